@@ -1,0 +1,5 @@
+"""Quant types: the table (types.py) and numpy reference dequantize/quantize (reference.py)."""
+
+from sdcompile.quant.types import BY_GGML_ID, QUANT_TYPES, QuantType, get
+
+__all__ = ["BY_GGML_ID", "QUANT_TYPES", "QuantType", "get"]
