@@ -1,0 +1,23 @@
+"""How each kernel runs fast on each target: one schedule rule per (target family, op).
+
+``cpu`` is LLVM; ``gpu`` is shared by WebGPU (WGSL, run on Vulkan) and CUDA and stays within WebGPU's limits
+(256 invocations and 16 KB of workgroup memory per workgroup).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from schedules import cpu, gpu
+from sdcompile.kernels.spec import KernelSpec
+
+RULES = {"cpu": cpu.RULES, "gpu": gpu.RULES}
+
+
+def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str) -> None:
+    """Schedule the function ``spec.name`` (already selected with ``sch.work_on``) for ``kind``."""
+    try:
+        rule = RULES[kind][spec.op]
+    except KeyError:
+        raise ValueError(f"no {kind} schedule for op {spec.op!r}") from None
+    rule(sch, spec)

@@ -1,0 +1,6 @@
+"""The typed graph IR, its op table and verifier."""
+
+from sdcompile.ir.graph import Graph, Node, Value, WeightData
+from sdcompile.ir.verify import IRError, verify
+
+__all__ = ["Graph", "IRError", "Node", "Value", "WeightData", "verify"]

@@ -1,0 +1,45 @@
+"""Model families: detect which one a tensor store holds and lift it into the IR."""
+
+from __future__ import annotations
+
+from sdcompile.errors import UnsupportedModelError
+from sdcompile.ir import Graph
+from sdcompile.models import clip_text
+
+# Components by tensor-name prefix, for `inspect` (first match wins). Lifting is per family, below.
+COMPONENT_PREFIXES: list[tuple[str, str]] = [
+    ("cond_stage_model.", "text_encoder"),
+    ("conditioner.embedders.", "text_encoder"),
+    ("text_encoder", "text_encoder"),
+    ("text_model.", "text_encoder"),
+    ("embeddings.", "text_encoder"),
+    ("encoder.layers.", "text_encoder"),
+    ("final_layer_norm.", "text_encoder"),
+    ("model.diffusion_model.", "unet"),
+    ("unet.", "unet"),
+    ("first_stage_model.", "vae"),
+    ("vae.", "vae"),
+    ("token_embd.", "llm"),
+    ("blk.", "llm"),
+    ("output", "llm"),
+]
+
+
+def component_of(name: str) -> str:
+    for prefix, comp in COMPONENT_PREFIXES:
+        if name.startswith(prefix):
+            return comp
+    return "other"
+
+
+def detect_family(store) -> str | None:
+    if clip_text.find_prefix(set(store.names())) is not None:
+        return "clip_text"
+    return None
+
+
+def lift(store, batch: int = 1) -> Graph:
+    """Lift the model a store holds. Today: the CLIP text encoder (alone or inside a full SD checkpoint)."""
+    if batch < 1:
+        raise UnsupportedModelError(f"batch must be >= 1, got {batch}")
+    return clip_text.lift(store, batch=batch)

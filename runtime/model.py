@@ -1,0 +1,196 @@
+"""Load an artifact and run its plan. Imports nothing from `sdcompile`: only numpy, gguf and the backend's library.
+
+Loading verifies every file's hash, probes the device and selects the build for it (refusing with a clear message
+when none fits), checks memory, uploads the weights once and allocates the planned buffer slots. `run` splits a batch
+larger than the compiled one into compiled-size chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import RuntimeFailure
+
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    mf = Path(path) / "manifest.json"
+    if not mf.is_file():
+        raise RuntimeFailure(
+            f"{path}: not an sdcompile artifact (no manifest.json); pass the directory `compile -o` wrote"
+        )
+    try:
+        m = json.loads(mf.read_text())
+    except (OSError, ValueError) as e:
+        raise RuntimeFailure(f"{mf}: unreadable manifest ({e}); recompile the model") from None
+    if m.get("format") != "sdcompile-artifact" or m.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
+        raise RuntimeFailure(
+            f"{mf}: artifact format {m.get('format')!r} version {m.get('format_version')!r} is not supported by this "
+            f"runtime (supports {SUPPORTED_FORMAT_VERSIONS}); recompile with a matching sdcompile"
+        )
+    return m
+
+
+def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    for rel, rec in sorted(manifest.get("files", {}).items()):
+        p = Path(path) / rel
+        if not p.is_file():
+            raise RuntimeFailure(f"{path}: artifact file {rel} is missing; copy the whole artifact directory")
+        if p.stat().st_size != rec["bytes"] or _sha256(p) != rec["sha256"]:
+            raise RuntimeFailure(f"{p}: contents do not match the manifest's hash (damaged or modified); recompile")
+
+
+def _make_executor(path: Path, manifest: dict[str, Any], num_threads: int | None):
+    target = manifest["target"]
+    kernels = manifest["kernels"]
+    if target == "cpu":
+        from runtime.executors.cpu import Executor
+    elif target == "vulkan":
+        from runtime.executors.vulkan import Executor
+    elif target == "cuda":
+        from runtime.device import probe_cuda, select_cuda_build
+
+        devices = probe_cuda()
+        if not devices:
+            raise RuntimeFailure(
+                f"{path}: this artifact was compiled for CUDA but no CUDA device was found (no NVIDIA driver or GPU); "
+                "run it on a machine with an NVIDIA GPU, or recompile with --target cpu or --target vulkan"
+            )
+        select_cuda_build(kernels["build"], devices[0])  # raises NoCompatibleBuild naming both sides
+        from runtime.executors.cuda import Executor
+    else:
+        raise RuntimeFailure(f"{path}: unknown target {target!r} in manifest")
+    return Executor(path, kernels, num_threads=num_threads)
+
+
+def _words(raw: np.ndarray) -> np.ndarray:
+    b = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    pad = (-b.size) % 4
+    if pad:
+        b = np.concatenate([b, np.zeros(pad, np.uint8)])
+    return b.view(np.uint32)
+
+
+class Model:
+    """A loaded artifact. `run({"input_ids": ids})` returns {"last_hidden_state": array}."""
+
+    def __init__(self, path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.manifest = m = read_manifest(self.path)
+        if verify:
+            verify_files(self.path, m)
+        self.plan = m["plan"]
+        self.ex = _make_executor(self.path, m, num_threads)
+        self.device = self.ex.device_info()
+        self._check_memory()
+        self._load_weights()
+        self.slots = [self.ex.alloc(n) for n in self.plan["slots"]]
+        self.inputs = {}
+        for name, spec in self.plan["inputs"].items():
+            self.inputs[name] = self.ex.alloc(int(np.prod(spec["shape"])) * 4)
+        self._kparams = {name: k["params"] for name, k in m["kernels"]["kernels"].items()}
+
+    def _check_memory(self) -> None:
+        peak = self.manifest["memory"]["peak_bytes"]
+        avail = self.device.get("memory_bytes")
+        if avail is not None and peak > avail:
+            raise RuntimeFailure(
+                f"{self.path}: needs {peak / 2**20:.1f} MiB at peak but {self.device.get('name', 'the device')} has "
+                f"{avail / 2**20:.1f} MiB; recompile with a smaller --type or run on a larger device"
+            )
+
+    def _load_weights(self) -> None:
+        import gguf
+
+        wf = self.path / self.manifest["weights"]["file"]
+        try:
+            reader = gguf.GGUFReader(str(wf))
+        except Exception as e:  # the gguf package raises assorted errors for damaged files
+            raise RuntimeFailure(f"{wf}: cannot read weights ({e}); recompile") from None
+        want = self.manifest["weights"]["tensors"]
+        self.weights = {}
+        for t in reader.tensors:
+            if t.name in want:
+                words = _words(np.asarray(t.data))
+                buf = self.ex.alloc(words.nbytes)
+                self.ex.upload(buf, words)
+                self.weights[t.name] = buf
+        missing = sorted(set(want) - set(self.weights))
+        if missing:
+            raise RuntimeFailure(f"{wf}: weights {missing[:5]} are missing; recompile")
+
+    def _arg(self, ref: dict, param: dict):
+        shape = tuple(param["shape"])
+        if "slot" in ref:
+            return (self.slots[ref["slot"]], shape, param.get("np_dtype", "float32"))
+        if "weight" in ref:
+            return (self.weights[ref["weight"]], shape, "uint32")
+        return (self.inputs[ref["input"]], shape, "int32")
+
+    def _check_input(self, name: str, arr: np.ndarray) -> np.ndarray:
+        spec = self.plan["inputs"][name]
+        arr = np.asarray(arr)
+        if arr.dtype.name not in spec["accept"]:
+            raise RuntimeFailure(f"input {name!r} has dtype {arr.dtype}; expected one of {spec['accept']}")
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != spec["shape"][1]:
+            raise RuntimeFailure(f"input {name!r} has shape {arr.shape}; expected [batch, {spec['shape'][1]}]")
+        hi = spec.get("max_value")
+        if arr.size and (arr.min() < 0 or (hi is not None and arr.max() > hi)):
+            raise RuntimeFailure(f"input {name!r} holds ids outside 0..{hi} (the model's vocabulary)")
+        return arr.astype(np.int32)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        unknown = set(inputs) - set(self.plan["inputs"])
+        missing = set(self.plan["inputs"]) - set(inputs)
+        if unknown or missing:
+            raise RuntimeFailure(f"inputs {sorted(inputs)} do not match the model's {sorted(self.plan['inputs'])}")
+        arrays = {k: self._check_input(k, v) for k, v in inputs.items()}
+        batch = self.plan["inputs"][next(iter(arrays))]["shape"][0]
+        total = next(iter(arrays.values())).shape[0]
+        outs: dict[str, list[np.ndarray]] = {o: [] for o in self.plan["outputs"]}
+        for start in range(0, total, batch):
+            chunk = {}
+            for k, a in arrays.items():
+                part = a[start : start + batch]
+                if part.shape[0] < batch:  # pad the last chunk; its extra rows are dropped below
+                    part = np.concatenate([part, np.zeros((batch - part.shape[0], *part.shape[1:]), part.dtype)])
+                chunk[k] = part
+            res = self._run_compiled(chunk)
+            n = min(batch, total - start)
+            for o, v in res.items():
+                outs[o].append(v[:n])
+        return {o: np.concatenate(v) for o, v in outs.items()}
+
+    def _run_compiled(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for k, a in chunk.items():
+            self.ex.upload(self.inputs[k], np.ascontiguousarray(a).reshape(-1))
+        for step in self.plan["steps"]:
+            params = self._kparams[step["kernel"]]
+            args = [self._arg(ref, p) for ref, p in zip(step["args"], params)]
+            self.ex.launch(step["kernel"], args)
+        self.ex.synchronize()
+        res = {}
+        for o, spec in self.plan["outputs"].items():
+            flat = self.ex.download(self.slots[spec["slot"]], (int(np.prod(spec["shape"])),), "float32")
+            res[o] = flat.reshape(spec["shape"])
+        return res
+
+
+def load(path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> Model:
+    return Model(path, num_threads=num_threads, verify=verify)

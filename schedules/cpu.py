@@ -1,0 +1,93 @@
+"""CPU schedules (LLVM): parallel over output tiles, vector lanes over contiguous output columns, cache blocking.
+
+Shapes are static, so tile sizes are picked per spec. A split whose factor does not divide the extent leaves a
+predicate in the loop nest; the factors below divide the common shapes (768, 3072, 64) so the hot loops stay
+clean, and odd shapes remain correct, only slower.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from sdcompile.kernels.spec import KernelSpec
+
+VEC = 16  # f32 lanes of one AVX-512 register; LLVM splits it into two on AVX2 machines
+
+
+def _divisor(n: int, cap: int, multiple: int = 1) -> int:
+    """The largest divisor of n that is <= cap and a multiple of ``multiple``; cap itself if there is none."""
+    for f in range(min(cap, n), 0, -1):
+        if n % f == 0 and f % multiple == 0:
+            return f
+    return min(cap, n)
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    M, N, K = (int(spec.attr(k)) for k in "MNK")
+    wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
+    nb = _divisor(N, 64, VEC) if N >= VEC else N  # output columns per task: the width of one decoded W tile
+    kb = _divisor(K, 256, 32)  # K per decoded tile: kb x nb f32 = 64 KB at most, L2-resident
+    mr = 6  # rows of the register tile: 6 x (64 / 16) accumulators fill most of the 32 zmm registers
+    m, n, k = sch.get_loops(mm)
+    n0, n1 = sch.split(n, [None, nb])
+    k0, k1 = sch.split(k, [None, kb])
+    m0, m1 = sch.split(m, [None, mr])
+    # n0 outermost and parallel; each decoded tile (k0) serves every row block m0 before the next is decoded.
+    sch.reorder(n0, k0, m0, k1, m1, n1)
+    sch.parallel(n0)
+    sch.compute_at(wdq, k0)
+    # Decode along the stored order (k innermost within a row of W) so block scales stay in cache.
+    dk, dn = sch.get_loops(wdq)[-2:]
+    sch.reorder(dn, dk)
+    sch.unroll(m1)
+    sch.vectorize(n1)
+    sch.reverse_compute_at(y, n0)
+    ym, yn = sch.get_loops(y)[-2:]
+    sch.vectorize(yn)
+    # vectorize must precede decompose_reduction (TOOLCHAIN.md).
+    init = sch.decompose_reduction(mm, k0)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def embed(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    y = sch.get_sblock("y")
+    m, d = sch.get_loops(y)
+    sch.parallel(m)
+
+
+def layer_norm(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    D = int(spec.attr("D"))
+    mean, var, y = (sch.get_sblock(n) for n in ("mean", "var", "y"))
+    m, d = sch.get_loops(y)
+    sch.parallel(m)
+    sch.compute_at(var, m)
+    sch.compute_at(mean, m)
+    if D % VEC == 0:
+        d0, d1 = sch.split(d, [None, VEC])
+        sch.vectorize(d1)
+
+
+def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+    score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
+    r, c = sch.get_loops(o)
+    b, i = sch.split(r, [B, S])
+    h, e = sch.split(c, [H, Dh])
+    sch.reorder(b, h, i, e)
+    row = sch.fuse(b, h, i)
+    sch.parallel(row)
+    # Every intermediate lives per query row: O(S) floats, whatever the sequence length.
+    sch.compute_at(oacc, row)
+    sch.compute_at(rsum, row)
+    sch.compute_at(prob, row)
+    sch.compute_at(rmax, row)
+    sch.compute_at(score, row)
+    # oacc: for each key j, add p_j * v[j, :] across the head's Dh lanes (contiguous in v).
+    oe, oj = sch.get_loops(oacc)[-2:]
+    sch.reorder(oj, oe)
+    sch.vectorize(oe)
+    sch.decompose_reduction(oacc, oj)
+    sch.vectorize(e)
+
+
+RULES = {"linear": linear, "embed": embed, "layer_norm": layer_norm, "attention": attention}

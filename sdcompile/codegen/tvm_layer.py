@@ -1,0 +1,196 @@
+"""The one place that calls TVM's compiler API (TVM 0.27), so that an upgrade touches this file only.
+
+Kernel math (``sdcompile.kernels``) and schedules (``schedules/``) use TE and ``s_tir.Schedule`` directly: those
+are the languages they are written in. Everything else — making PrimFuncs, targets, lowering, reading launch
+geometry out of the lowered host code, compiling and exporting — goes through here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tvm
+from tvm import te, tirx
+from tvm.tirx.build import split_host_device_mods, tir_to_runtime
+
+from sdcompile.kernels import te_compute
+from sdcompile.kernels.spec import KernelSpec
+
+# WebGPU's guaranteed limits (maxComputeInvocationsPerWorkgroup, maxComputeWorkgroupStorageSize); CUDA kernels
+# share the GPU schedules, so they obey the same limits.
+GPU_MAX_THREADS = 256
+GPU_MAX_SHARED_BYTES = 16384
+# WebGPU's maxComputeWorkgroupsPerDimension; TVM's packGridDimX trick exists to exceed it, but its bounds check
+# (`> packGridDimX`) runs one padded workgroup too many, so schedules stay below instead.
+GPU_MAX_GRID = 65535
+
+
+class LoweringError(RuntimeError):
+    """A schedule produced something the executors cannot launch (an internal bug, not a user error)."""
+
+
+def version() -> str:
+    return str(tvm.__version__)
+
+
+def system_cpu() -> str:
+    # "native" silently becomes generic code in TVM 0.27; ask LLVM for the host CPU's name instead.
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def cpu_target(mcpu: str | None = None, num_cores: int | None = None) -> dict:
+    t: dict = {"kind": "llvm", "mcpu": mcpu or system_cpu()}
+    if num_cores:
+        t["num-cores"] = int(num_cores)
+    return t
+
+
+def gpu_target(kind: str, arch: str = "sm_75") -> dict:
+    host = {"kind": "llvm"}
+    limits = {"max_num_threads": GPU_MAX_THREADS, "max_shared_memory_per_block": GPU_MAX_SHARED_BYTES}
+    if kind == "webgpu":
+        return {"kind": "webgpu", **limits, "host": host}
+    if kind == "cuda":
+        return {"kind": "cuda", "arch": arch, **limits, "host": host}
+    raise ValueError(f"unknown GPU kind {kind!r}")
+
+
+def prim_func(spec: KernelSpec) -> tirx.PrimFunc:
+    """The unscheduled PrimFunc of a spec, with ``spec.name`` as its symbol."""
+    # create_prim_func names every function "main"; the symbol must be unique within a module.
+    return te.create_prim_func(te_compute(spec)).with_attr("global_symbol", spec.name)
+
+
+def scheduled_module(specs: list[KernelSpec], kind: str) -> tvm.IRModule:
+    """One IRModule holding every spec's PrimFunc, scheduled for ``kind`` ("cpu" or "gpu")."""
+    from schedules import apply
+
+    funcs = {}
+    for spec in sorted(set(specs), key=lambda s: s.name):
+        sch = tvm.s_tir.Schedule(tvm.IRModule({spec.name: prim_func(spec)}))
+        sch.work_on(spec.name)
+        apply(sch, spec, kind)
+        funcs[spec.name] = sch.mod[spec.name]
+    return tvm.IRModule(funcs)
+
+
+def compile_cpu(mod: tvm.IRModule, target: dict):
+    """Compile a module for the host CPU; returns TVM's Executable (export it with ``export_library``)."""
+    return tvm.compile(mod, target=tvm.target.Target(target))
+
+
+def export_library(exe, path: Path) -> None:
+    exe.export_library(str(path))
+
+
+# --- GPU lowering with launch geometry ---------------------------------------------------------------------------
+
+
+def _calls(stmt, out: list) -> None:
+    """Kernel-launch calls in the lowered host code, in execution order, with the loops around them."""
+    kind = type(stmt).__name__
+    if kind == "Evaluate":
+        v = stmt.value
+        if getattr(getattr(v, "op", None), "name", None) == "tirx.call_ffi_kernel":
+            out.append(v)
+        return
+    if kind == "For":
+        before = len(out)
+        _calls(stmt.body, out)
+        if len(out) > before:
+            raise LoweringError(
+                f"a kernel launch sits inside a host loop over {stmt.loop_var}: the schedule left a loop unbound"
+            )
+        return
+    for attr in ("seq", "body", "then_case", "else_case"):
+        child = getattr(stmt, attr, None)
+        if child is None:
+            continue
+        if type(child).__name__ in ("Array", "list"):
+            for c in child:
+                _calls(c, out)
+        else:
+            _calls(child, out)
+
+
+def _launch_entry(call, params: list[str]) -> dict:
+    """Launch info of one ``call_ffi_kernel(name, buffers..., pods..., launch values...)``."""
+    tags = list(call.attrs.launch_params)
+    args = list(call.args)
+    entry = str(args[0].value)
+    values = [a for a in args[1:]]
+    value_tags = [t for t in tags if t.startswith(("blockIdx.", "threadIdx.")) or t == "tirx.use_dyn_shared_memory"]
+    n_launch = len(value_tags)
+    operands, launch_vals = values[: len(values) - n_launch], values[len(values) - n_launch :]
+    grid, block, dyn_shared = [1, 1, 1], [1, 1, 1], 0
+    for tag, val in zip(value_tags, launch_vals):
+        if not isinstance(val, tirx.IntImm):
+            raise LoweringError(f"{entry}: launch extent {tag} = {val} is not a constant")
+        if tag == "tirx.use_dyn_shared_memory":
+            dyn_shared = int(val.value)
+        else:
+            (grid if tag.startswith("blockIdx") else block)["xyz".index(tag[-1])] = int(val.value)
+    buffers, pods = [], []
+    for a in operands:
+        if getattr(getattr(a, "op", None), "name", None) == "tirx.buffer_data":
+            name = str(a.args[0].name)
+            if name not in params:
+                raise LoweringError(f"{entry}: buffer {name!r} is not a kernel parameter (a global intermediate?)")
+            buffers.append(name)
+        elif isinstance(a, tirx.IntImm):
+            pods.append({"dtype": str(a.dtype), "value": int(a.value)})
+        else:
+            raise LoweringError(f"{entry}: unsupported kernel operand {a}")
+    if grid[0] > GPU_MAX_GRID or grid[1] > GPU_MAX_GRID or grid[2] != 1:
+        raise LoweringError(f"{entry}: grid {grid} exceeds {GPU_MAX_GRID} per dimension or uses blockIdx.z")
+    if block[0] * block[1] * block[2] > GPU_MAX_THREADS:
+        raise LoweringError(f"{entry}: workgroup {block} has more than {GPU_MAX_THREADS} invocations")
+    info = {"entry": entry, "grid": grid, "block": block, "buffers": buffers, "pods": pods}
+    if dyn_shared:
+        info["dyn_shared_bytes"] = dyn_shared
+    return info
+
+
+def lower_gpu_module(mod: tvm.IRModule, kind: str, params: dict[str, list[str]]) -> tuple[str, dict[str, list]]:
+    """Lower a scheduled module for a GPU target without needing the device (or its driver).
+
+    Returns the device source (CUDA C or WGSL, every device function) and, per host function, the device
+    functions it launches in order: entry point, grid and workgroup sizes, buffer operands by parameter name (the
+    order of the device function's buffer arguments, which is the WGSL binding order) and constant scalar
+    operands (WGSL: the uniform struct's fields before ``packGridDimX``).
+    """
+    target = tvm.target.Target(gpu_target(kind))
+    mod = tirx.transform.BindTarget(target.with_host(target.host))(mod)
+    pipeline, finalize_host, finalize_device = tirx.get_default_tir_pipeline(target)
+    mod = pipeline(mod)
+    host_mod, device_mods = split_host_device_mods(mod)
+    launch: dict[str, list] = {}
+    for gv, func in host_mod.functions.items():
+        name = gv.name_hint
+        if name not in params:
+            continue
+        found: list = []
+        _calls(func.body, found)
+        launch[name] = [_launch_entry(c, params[name]) for c in found]
+    host_mod = finalize_host()(host_mod)
+    device_mods = {t: finalize_device()(m) for t, m in device_mods.items()}
+    # Without libcuda, the CUDA codegen returns a source-only module and never calls nvcc: what we want here.
+    rt = tir_to_runtime(host_mod, device_mods, target.host)
+    source = "\n".join(m.inspect_source() for m in rt.imports)
+    return source, launch
+
+
+_FUNC_HEADER = re.compile(r"^// Function: (\w+)\n//-+\n", re.M)
+
+
+def split_wgsl(source: str) -> dict[str, str]:
+    """TVM's WebGPU module source is every function's WGSL behind a ``// Function: name`` header; each is a
+    complete shader module (its own bindings), so each must be compiled alone."""
+    parts = _FUNC_HEADER.split(source)
+    out: dict[str, str] = {}
+    for i in range(1, len(parts), 2):
+        body = parts[i + 1].strip()
+        if body:
+            out[parts[i]] = body + "\n"
+    return out

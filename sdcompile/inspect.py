@@ -1,0 +1,89 @@
+"""`sdcompile inspect`: what a weight file holds, without compiling it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdcompile.formats import open_store
+from sdcompile.models import component_of, detect_family
+from sdcompile.passes.memory_plan import fmt_bytes
+
+
+def inspect_file(path: Path) -> dict[str, Any]:
+    store = open_store(path)
+    comps: dict[str, dict[str, Any]] = {}
+    for t in store.infos():
+        c = comps.setdefault(component_of(t.name), {"tensors": 0, "bytes": 0, "types": {}})
+        c["tensors"] += 1
+        c["bytes"] += t.nbytes
+        c["types"][t.dtype] = c["types"].get(t.dtype, 0) + 1
+    family = detect_family(store)
+    info: dict[str, Any] = {
+        "file": str(path),
+        "format": store.format,
+        "family": family,
+        "tensors": len(store),
+        "bytes": sum(t.nbytes for t in store.infos()),
+        "components": dict(sorted(comps.items())),
+        "metadata": {k: _short(v) for k, v in sorted(store.metadata.items())[:40]},
+        "tensor_list": [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes} for t in store.infos()
+        ],
+    }
+    if family is not None:
+        from sdcompile.models import lift
+        from sdcompile.passes import memory_plan
+        from sdcompile.passes.context import CompileOptions, PassContext
+
+        g = lift(store)
+        info["model"] = g.meta.get("config", {})
+        ctx = PassContext(CompileOptions())
+        memory_plan.run(g, ctx)
+        info["memory_estimate"] = {
+            k: ctx.report["memory"][k] for k in ("weights_bytes", "activation_bytes", "peak_bytes")
+        }
+        info["memory_estimate"]["note"] = "stored types, batch 1, weights kept as stored"
+    return info
+
+
+def _short(v: Any) -> Any:
+    if isinstance(v, list) and len(v) > 8:
+        return v[:8] + [f"... {len(v)} items"]
+    if isinstance(v, str) and len(v) > 200:
+        return v[:200] + "..."
+    return v
+
+
+def render_inspect(info: dict[str, Any], tensors: bool = False) -> str:
+    lines = [
+        f"file      {info['file']}",
+        f"format    {info['format']}",
+        f"model     {info['family'] or 'not recognised'}",
+        f"tensors   {info['tensors']} ({fmt_bytes(info['bytes'])})",
+    ]
+    if "model" in info:
+        cfg = info["model"]
+        lines.append(
+            "config    "
+            + ", ".join(
+                f"{k}={cfg[k]}" for k in ("convention", "vocab", "width", "layers", "heads", "mlp", "positions", "act")
+            )
+        )
+    lines.append("")
+    lines.append(f"{'component':<14}{'tensors':>8}{'size':>12}  types")
+    for name, c in info["components"].items():
+        types = ", ".join(f"{t}×{n}" for t, n in sorted(c["types"].items()))
+        lines.append(f"{name:<14}{c['tensors']:>8}{fmt_bytes(c['bytes']):>12}  {types}")
+    if "memory_estimate" in info:
+        m = info["memory_estimate"]
+        lines.append("")
+        lines.append(
+            f"memory    weights {fmt_bytes(m['weights_bytes'])} + activations "
+            f"{fmt_bytes(m['activation_bytes'])} = peak {fmt_bytes(m['peak_bytes'])} ({m['note']})"
+        )
+    if tensors:
+        lines.append("")
+        for t in info["tensor_list"]:
+            lines.append(f"  {t['name']:<70} {t['dtype']:<7} {str(t['shape']):<16} {fmt_bytes(t['bytes'])}")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Multi-head scaled dot-product attention with an optional causal mask.
+
+q, k, v and o are [B*S, H*Dh] row-major (heads side by side, as the projections produce them). Intermediates are
+per (b, h, i) query row — ``score`` (scaled q.k), ``rmax``, ``prob`` (unnormalised exp), ``rsum``, ``oacc`` — so schedules
+keep them in one row's worth of fast memory. The mask uses the lowest finite f32 instead of -inf: WGSL rejects
+infinite constants, and exp(lowest - max) is exactly 0 anyway.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from sdcompile.kernels.spec import KernelSpec
+
+LOWEST = -3.4028234663852886e38
+
+
+def compute(spec: KernelSpec) -> list[te.Tensor]:
+    B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+    causal = bool(spec.attr("causal"))
+    scale = float(Dh) ** -0.5
+    shape = (B * S, H * Dh)
+    q = te.placeholder(shape, "float32", name="q")
+    k = te.placeholder(shape, "float32", name="k")
+    v = te.placeholder(shape, "float32", name="v")
+
+    d = te.reduce_axis((0, Dh), name="d")
+    score = te.compute(
+        (B, H, S, S),
+        lambda b, h, i, j: te.sum(q[b * S + i, h * Dh + d] * k[b * S + j, h * Dh + d], axis=d) * scale,
+        name="score",
+    )
+
+    def masked(b, h, i, j):
+        s = score[b, h, i, j]
+        return tirx.Select(j > i, tirx.const(LOWEST, "float32"), s) if causal else s
+
+    j1 = te.reduce_axis((0, S), name="j1")
+    rmax = te.compute((B, H, S), lambda b, h, i: te.max(masked(b, h, i, j1), axis=j1), name="rmax")
+    prob = te.compute((B, H, S, S), lambda b, h, i, j: te.exp(masked(b, h, i, j) - rmax[b, h, i]), name="prob")
+    j2 = te.reduce_axis((0, S), name="j2")
+    rsum = te.compute((B, H, S), lambda b, h, i: te.sum(prob[b, h, i, j2], axis=j2), name="rsum")
+    j3 = te.reduce_axis((0, S), name="j3")
+    # (r, c) = (b * S + i, h * Dh + e): the output is indexed the way it is stored, and schedules split r and c back.
+    oacc = te.compute(
+        shape, lambda r, c: te.sum(prob[r // S, c // Dh, r % S, j3] * v[(r // S) * S + j3, c], axis=j3), name="oacc"
+    )
+    o = te.compute(shape, lambda r, c: oacc[r, c] / rsum[r // S, c // Dh, r % S], name="o")
+    return [q, k, v, o]

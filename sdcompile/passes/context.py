@@ -1,0 +1,24 @@
+"""What every pass receives besides the IR: the compile options and the report it appends its decisions to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CompileOptions:
+    target: str = "cpu"  # "cpu" | "vulkan" | "cuda"
+    type: str | None = None  # default storage type for quantizable weights; None keeps the file's type
+    tensor_type_rules: list[tuple[str, str]] = field(default_factory=list)  # (regex, type), first match wins
+    fallback_policy: str = "lossless"
+    memory_budget: int | None = None  # bytes; None: the probed device limit where one can be probed
+    cuda_archs: list[str] | None = None
+    batch: int = 1
+    weights_format: str = "gguf"  # "gguf" | "safetensors"
+
+
+@dataclass
+class PassContext:
+    options: CompileOptions
+    report: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,107 @@
+"""Pass `legalize`: make every op runnable on the target, choosing a fallback where a weight type has no kernel.
+
+Contract: afterwards every node's op, and every weight type it reads, has a native kernel on the target backend
+(per `sdcompile/backends/capabilities.json`). Where a weight type has none, the policy's fallback chain is tried in
+order and the first step whose result has a kernel is applied:
+
+- ``repack``: a lossless re-encoding into a type that has a kernel (e.g. TQ1_0 -> TQ2_0: both hold ternary values
+  with one f16 scale per 256; only the packing differs);
+- ``requantize:T``: dequantize and quantize again as T (lossy; smaller than f16);
+- ``dequantize:T``: store as plain float T (exact for f32; f16 rounds).
+
+Every decision (op, tensor, from, to, step, why) goes into the report; when nothing in the chain works the error
+says what was tried.
+"""
+
+from __future__ import annotations
+
+from sdcompile.backends import Backend, backend
+from sdcompile.errors import NoKernelError, OptionError
+from sdcompile.ir import Graph
+from sdcompile.passes.context import PassContext
+from sdcompile.quant.types import QUANT_TYPES
+
+# Lossless re-encodings: source type -> type holding exactly the same values.
+REPACKS: dict[str, str] = {"tq1_0": "tq2_0", "bf16": "f32"}
+
+POLICIES: dict[str, list[str]] = {
+    # Never lose information when a lossless option exists; otherwise prefer accuracy over size.
+    "lossless": ["repack", "dequantize:f16", "dequantize:f32"],
+    # Stay small: an 8-bit requantization before falling back to 16-bit floats.
+    "size": ["repack", "requantize:q8_0", "dequantize:f16", "dequantize:f32"],
+    # Exact values at any memory cost.
+    "exact": ["repack", "dequantize:f32"],
+}
+
+# Which input of an op is its (possibly quantized) weight.
+WEIGHT_INPUT = {"linear": 1, "embed": 1}
+
+
+def _candidate(step: str, wtype: str, shape: tuple[int, ...]) -> str | None:
+    if step == "repack":
+        return REPACKS.get(wtype)
+    kind, _, target = step.partition(":")
+    if kind in ("dequantize", "requantize") and target != wtype:
+        if shape[-1] % QUANT_TYPES[target].block_size:
+            return None
+        return target
+    return None
+
+
+def run(g: Graph, ctx: PassContext) -> Graph:
+    g = g.copy()
+    be: Backend = backend(ctx.options.target)
+    chain = POLICIES.get(ctx.options.fallback_policy)
+    if chain is None:
+        raise OptionError(
+            f"unknown fallback policy {ctx.options.fallback_policy!r}; choose one of {', '.join(POLICIES)}"
+        )
+    decisions = []
+    native = 0
+    for n in g.nodes:
+        if n.op not in be.ops:
+            raise NoKernelError(
+                f"op {n.op!r} (producing {n.outputs[0]}, {n.component}) has no kernel on {be.name} and no fallback; "
+                f"ops with kernels: {', '.join(sorted(be.ops))}"
+            )
+        idx = WEIGHT_INPUT.get(n.op)
+        if idx is None:
+            continue
+        w = g.values[n.inputs[idx]]
+        if be.has_kernel(n.op, w.dtype):
+            native += 1
+            continue
+        tried = []
+        for step in chain:
+            to = _candidate(step, w.dtype, w.shape)
+            if to is None or not be.has_kernel(n.op, to):
+                tried.append(f"{step}: {'not applicable' if to is None else to + ' has no kernel either'}")
+                continue
+            why = f"{be.name} has no {n.op} kernel for {w.dtype} ({be.reason(w.dtype)})"
+            decisions.append(
+                {
+                    "op": n.op,
+                    "node": n.outputs[0],
+                    "tensor": w.name,
+                    "from": w.dtype,
+                    "to": to,
+                    "step": step.split(":")[0],
+                    "why": why,
+                }
+            )
+            w.data.history.append(f"legalize: {w.dtype} -> {to} ({step}; {why})")
+            w.dtype = to
+            break
+        else:
+            raise NoKernelError(
+                f"{n.op} {n.outputs[0]} reads {w.name} as {w.dtype}, which has no kernel on {be.name}, and the "
+                f"'{ctx.options.fallback_policy}' policy found no fallback ({'; '.join(tried)}); try "
+                f"--fallback-policy size or choose another --type"
+            )
+    ctx.report["legalize"] = {
+        "backend": be.name,
+        "policy": ctx.options.fallback_policy,
+        "native": native,
+        "fallbacks": decisions,
+    }
+    return g

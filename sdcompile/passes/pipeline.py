@@ -1,0 +1,38 @@
+"""The pass pipeline: one plain list, in order, with phase comments. The verifier runs after every pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from sdcompile.ir import Graph, verify
+from sdcompile.passes import fuse, legalize, memory_plan, quantize
+from sdcompile.passes.context import PassContext
+
+Pass = Callable[[Graph, PassContext], Graph]
+
+PIPELINE: list[tuple[str, Pass]] = [
+    # storage types: decided on canonical names, independent of the input file format
+    ("quantize", quantize.run),
+    # operator fusion: dequantize + matmul + bias + activation + residual into one kernel
+    ("fuse", fuse.run),
+    # backend: every op and weight type must have a kernel on the target, else a recorded fallback
+    ("legalize", legalize.run),
+    # memory: buffer reuse and the peak-memory check against the budget
+    ("memory_plan", memory_plan.run),
+]
+
+
+def run_pipeline(g: Graph, ctx: PassContext, dump_ir: Path | None = None, on_pass=None) -> Graph:
+    verify(g, "lift")
+    if dump_ir is not None:
+        dump_ir.mkdir(parents=True, exist_ok=True)
+        (dump_ir / "00-lift.ir").write_text(str(g) + "\n")
+    for i, (name, fn) in enumerate(PIPELINE, 1):
+        g = fn(g, ctx)
+        verify(g, name)
+        if dump_ir is not None:
+            (dump_ir / f"{i:02d}-{name}.ir").write_text(str(g) + "\n")
+        if on_pass is not None:
+            on_pass(name)
+    return g
