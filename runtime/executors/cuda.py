@@ -1,16 +1,18 @@
 """Run an artifact's CUDA kernels through the driver API (ctypes on libcuda; no toolkit, no cuda-python).
 
-The artifact holds ``kernels_cuda.fatbin`` (SASS per architecture plus PTX) and, per kernel, its parameters and a
-list of device-function dispatches::
+The artifact holds ``kernels_cuda.fatbin`` (SASS per architecture plus PTX) and the manifest's cuda section, which
+``sdcompile.codegen.cuda_build.build_cuda`` writes and the executor receives as ``kernels``::
 
-    kernels = {name: {"params": [{"name", "kind", "shape", "dtype", ...}, ...],
-                      "launch": [{"func": "entry_symbol", "grid": [x, y, z], "block": [x, y, z],
-                                  "args": [0, 2, "y", ...],   # optional: kernel arguments by index or param name;
-                                                              # default: every kernel argument in order
-                                  "shared_mem": 0}, ...]}}    # optional: dynamic shared memory in bytes
+    {"target": "cuda", "build": {"archs": [...], "ptx": [...], ...},
+     "kernels": {name: {"params": [{"name", "kind", "shape", "dtype", ...}, ...],
+                        "launch": [{"entry": "device_function_symbol", "grid": [x, y, z], "block": [x, y, z],
+                                    "buffers": ["x", "w", "y"],      # kernel parameters by name (or index)
+                                    "pods": [{"dtype": "int32", "value": 4}],   # constant scalars, after buffers
+                                    "dyn_shared_bytes": 0}, ...]}}}
 
-A kernel's dispatches run in order on the legacy default stream, so each sees the previous one's writes.
-Every device function takes only buffer pointers (kernels are fixed-shape), in the order its dispatch lists them.
+(``func``/``args``/``shared_mem`` are accepted for ``entry``/``buffers``/``dyn_shared_bytes``; a bare table of
+kernels without ``build`` works too.) A kernel's dispatches run in order on the legacy default stream, so each sees
+the previous one's writes. TVM orders a device function's parameters buffers first, then scalars.
 """
 
 from __future__ import annotations
@@ -59,33 +61,54 @@ class Buffer:
 def dispatch_arg_indices(dispatch: Mapping, param_names: Sequence[str], nargs: int) -> list[int]:
     """Which kernel arguments (by index) a dispatch passes to its device function, in order.
 
-    ``dispatch["args"]`` lists argument indices or parameter names; without it, every argument is passed in order.
+    ``dispatch["buffers"]`` (or ``"args"``) lists parameter names or argument indices; without it, every argument is
+    passed in order.
     """
-    spec = dispatch.get("args")
+    spec = dispatch.get("buffers", dispatch.get("args"))
     if spec is None:
         return list(range(nargs))
     out = []
     for a in spec:
         if isinstance(a, bool):
-            raise ValueError(f"dispatch {dispatch.get('func')!r}: bad argument reference {a!r}")
+            raise ValueError(f"dispatch {_entry(dispatch)!r}: bad argument reference {a!r}")
         if isinstance(a, int):
             i = a
         elif isinstance(a, str):
             if a not in param_names:
-                raise ValueError(f"dispatch {dispatch.get('func')!r} names unknown parameter {a!r}")
+                raise ValueError(f"dispatch {_entry(dispatch)!r} names unknown parameter {a!r}")
             i = list(param_names).index(a)
         else:
-            raise ValueError(f"dispatch {dispatch.get('func')!r}: bad argument reference {a!r}")
+            raise ValueError(f"dispatch {_entry(dispatch)!r}: bad argument reference {a!r}")
         if not 0 <= i < nargs:
-            raise ValueError(f"dispatch {dispatch.get('func')!r} uses argument {i}, but the kernel got {nargs}")
+            raise ValueError(f"dispatch {_entry(dispatch)!r} uses argument {i}, but the kernel got {nargs}")
         out.append(i)
     return out
 
 
-def pack_kernel_params(ptrs: Sequence[int]) -> tuple[ctypes.Array, list]:
-    """The ``void** kernelParams`` array cuLaunchKernel takes: one pointer per argument, each pointing at a
-    CUdeviceptr holding the buffer's address. Returns the array and the objects that must outlive the launch."""
-    holders = [CUdeviceptr(int(p)) for p in ptrs]
+_POD_TYPES = {
+    "int32": ctypes.c_int32,
+    "int64": ctypes.c_int64,
+    "uint32": ctypes.c_uint32,
+    "uint64": ctypes.c_uint64,
+    "float32": ctypes.c_float,
+    "float64": ctypes.c_double,
+}
+
+
+def _entry(dispatch: Mapping) -> str:
+    return str(dispatch.get("entry", dispatch.get("func")))
+
+
+def pack_kernel_params(ptrs: Sequence[int], pods: Sequence[Mapping] = ()) -> tuple[ctypes.Array, list]:
+    """The ``void** kernelParams`` array cuLaunchKernel takes: one pointer per device-function parameter, each
+    pointing at the value (a CUdeviceptr for a buffer, then each scalar in its own C type). Returns the array and the
+    value holders, which must stay alive until cuLaunchKernel returns (it copies the values)."""
+    holders: list = [CUdeviceptr(int(p)) for p in ptrs]
+    for pod in pods:
+        ctype = _POD_TYPES.get(str(pod["dtype"]))
+        if ctype is None:
+            raise ValueError(f"unsupported scalar kernel argument type {pod['dtype']!r}")
+        holders.append(ctype(pod["value"]))
     arr = (ctypes.c_void_p * max(len(holders), 1))()
     for i, h in enumerate(holders):
         arr[i] = ctypes.cast(ctypes.pointer(h), ctypes.c_void_p)
@@ -105,19 +128,24 @@ def check_args(kernel_name: str, params: Sequence[Mapping], args: Sequence[tuple
         names = ", ".join(p.get("name", "?") for p in params)
         raise RuntimeFailure(f"kernel {kernel_name} takes {len(params)} arguments ({names}), got {len(args)}")
     for i, (buf, shape, dtype) in enumerate(args):
-        try:
-            itemsize = np.dtype(dtype).itemsize
-        except TypeError:
-            continue  # a storage type name (q4_0, ...): its size is the parameter's word count, checked upstream
-        need = int(np.prod(shape, dtype=np.int64)) * itemsize
-        if buf.nbytes < need:
-            pname = params[i].get("name", str(i)) if params else str(i)
-            raise RuntimeFailure(
-                f"kernel {kernel_name}: argument {pname} needs {need} bytes ({dtype}{list(shape)}), "
-                f"but its buffer holds {buf.nbytes}"
-            )
+        p = params[i] if params else {}
+        pname = p.get("name", str(i))
         if buf.freed:
-            raise RuntimeFailure(f"kernel {kernel_name}: argument {i} is a freed buffer")
+            raise RuntimeFailure(f"kernel {kernel_name}: argument {pname} is a freed buffer")
+        if p.get("kind") == "raw":
+            # A weight in its storage type: its shape is the logical one, its size the word count.
+            need = int(p["words"]) * 4 if "words" in p else None
+            what = f"{p.get('dtype', 'raw')}{list(shape)} as {p.get('words')} uint32 words"
+        else:
+            try:
+                need = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            except TypeError:
+                need = None  # a storage type name (q4_0, ...) without a parameter record: nothing to check
+            what = f"{dtype}{list(shape)}"
+        if need is not None and buf.nbytes < need:
+            raise RuntimeFailure(
+                f"kernel {kernel_name}: argument {pname} needs {need} bytes ({what}), but its buffer holds {buf.nbytes}"
+            )
 
 
 def _read_build(artifact_dir: Path) -> dict | None:
@@ -158,6 +186,10 @@ class Executor:
     ) -> None:
         del num_threads  # CPU thread count: irrelevant on a GPU, accepted for the common executor interface
         self.artifact_dir = Path(artifact_dir)
+        if isinstance(kernels.get("kernels"), Mapping):  # the manifest's whole cuda section
+            if build is None and isinstance(kernels.get("build"), Mapping):
+                build = dict(kernels["build"])
+            kernels = kernels["kernels"]
         self.kernels = kernels
         self._mod = None
         self._ctx = None
@@ -253,6 +285,7 @@ class Executor:
         return {
             "target": "cuda",
             **{k: self.device[k] for k in ("index", "name", "cc", "total_mem")},
+            "memory_bytes": self.device["total_mem"],
             "code": self.code,  # "sm_XX" (SASS) or "compute_XX" (PTX through the JIT); None if the build is unknown
             "driver_version": f"{ver.value // 1000}.{ver.value % 1000 // 10}",
         }
@@ -300,18 +333,18 @@ class Executor:
         self._bind()
         names = [p.get("name") for p in params]
         for d in k["launch"]:
-            func = d["func"]
+            func = _entry(d)
             idx = dispatch_arg_indices(d, names, len(args))
             grid = _dims(d["grid"], "grid", func)
             block = _dims(d["block"], "block", func)
-            shared = int(d.get("shared_mem", d.get("dyn_shmem", 0)))
+            shared = int(d.get("dyn_shared_bytes", d.get("shared_mem", 0)))
             f = self._function(func, shared)
-            arr, keep = pack_kernel_params([args[i][0].ptr for i in idx])
+            arr, keep = pack_kernel_params([args[i][0].ptr for i in idx], d.get("pods", ()))
             self._drv.check(
                 self._drv.cuLaunchKernel(f, *grid, *block, shared, None, arr, None),
                 f"cuLaunchKernel({func}, grid={list(grid)}, block={list(block)})",
             )
-            del keep  # the driver copies the parameter values at launch
+            del keep  # cuLaunchKernel has copied the argument values
 
     def synchronize(self) -> None:
         self._bind()

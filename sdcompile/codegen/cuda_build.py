@@ -260,7 +260,9 @@ def _validate_archs(sass: Iterable[str], ptx: Iterable[str]) -> tuple[list[str],
     return sorted(sass_n, key=_cc_of), sorted(ptx_n, key=_cc_of)
 
 
-def nvcc_command(nvcc: str | Path, archs: Sequence[str], ptx: Sequence[str], src: str | Path, out: str | Path) -> list:
+def nvcc_command(
+    nvcc: str | Path, archs: Sequence[str], ptx: Sequence[str], src: str | Path, out: str | Path
+) -> list[str]:
     """The nvcc command line: one ``-gencode`` per SASS arch, one per PTX arch."""
     cmd: list[str] = [str(nvcc), *_NVCC_OPTIONS]
     for a in archs:
@@ -395,6 +397,8 @@ def build_cuda(
 
 def _param_record(p) -> dict:
     rec = {"name": p.name, "kind": p.kind, "shape": list(p.shape), "dtype": p.dtype, "is_output": p.is_output}
+    # np_dtype: what the buffer holds (raw weights travel as uint32 words, see kernels/spec.py)
+    rec["np_dtype"] = "uint32" if p.kind == "raw" else p.dtype
     if p.kind == "raw":
         rec["words"] = p.words()
     return rec

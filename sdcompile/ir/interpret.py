@@ -31,6 +31,7 @@ def _layer_norm(x, g, b, eps):
 def _attention(q, k, v, heads, batch, seq, causal):
     m, w = q.shape
     dh = w // heads
+    batch = m // seq  # the interpreter runs any batch, not only the compiled one
     sh = lambda t: t.reshape(batch, seq, heads, dh).transpose(0, 2, 1, 3)  # noqa: E731
     s = sh(q) @ sh(k).transpose(0, 1, 3, 2) / math.sqrt(dh)
     if causal:

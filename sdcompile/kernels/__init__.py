@@ -1,26 +1,30 @@
-"""Kernel algorithms as TVM TE computes, independent of target. Schedules live in ``schedules/``."""
+"""Kernel algorithms as TVM TE computes, independent of target. Schedules live in ``schedules/``.
+
+TVM is imported on first use, not on import: the IR and passes import ``spec`` without paying for the compiler.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-from tvm import te
-
-from sdcompile.kernels import attention, embed, linear, norm
-from sdcompile.kernels.dequant import supported_types
 from sdcompile.kernels.spec import KernelSpec
 
-_COMPUTES: dict[str, Callable[[KernelSpec], list[te.Tensor]]] = {
-    "embed": embed.compute,
-    "linear": linear.compute,
-    "layer_norm": norm.compute,
-    "attention": attention.compute,
-}
+if TYPE_CHECKING:
+    from tvm import te
+
+# op -> module whose ``compute(spec)`` returns the kernel's tensors
+_MODULES = {"embed": "embed", "linear": "linear", "layer_norm": "norm", "attention": "attention"}
 
 
 def te_compute(spec: KernelSpec) -> list[te.Tensor]:
     """The kernel's tensors in ``spec.params`` order (inputs, then the output)."""
-    return _COMPUTES[spec.op](spec)
+    return import_module(f"sdcompile.kernels.{_MODULES[spec.op]}").compute(spec)
+
+
+def supported_types() -> tuple[str, ...]:
+    """Weight types with a native decoder (``linear`` and ``embed`` accept all of them)."""
+    return import_module("sdcompile.kernels.dequant").supported_types()
 
 
 __all__ = ["KernelSpec", "te_compute", "supported_types"]

@@ -17,7 +17,7 @@ from tvm import te, tirx
 
 from sdcompile.quant.types import get as get_type
 
-PrimExpr = tirx.PrimExpr
+PrimExpr = tirx.Expr
 # (words, byte offset of the element's block, index of the element inside its block, element index) -> f32 value
 Decoder = Callable[[te.Tensor, PrimExpr, PrimExpr, PrimExpr], PrimExpr]
 
@@ -149,7 +149,6 @@ def decode(wtype: str, w: te.Tensor, row: PrimExpr, col: PrimExpr, ncols: int) -
     fn = DECODERS.get(qt.name)
     if fn is None:
         raise NotImplementedError(f"no decoder for weight type {qt.name}")
-    row = tirx.Cast("int32", row) if row.dtype != "int32" else row
     bs, ts = qt.block_size, qt.type_size
     e = row * ncols + col  # element index (plain float types)
     if bs == 1:

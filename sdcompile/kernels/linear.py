@@ -17,19 +17,19 @@ from sdcompile.kernels.dequant import decode
 from sdcompile.kernels.spec import KernelSpec
 
 
-def erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
+def erf(x: tirx.Expr) -> tirx.Expr:
     """erf(x) in f32 from exp and arithmetic only (no target has to provide erf; WGSL has none).
 
     Abramowitz & Stegun 7.1.26 has 1.5e-7 absolute error, comparable to f32 rounding of values near 1.
     """
-    a = abs(x)
+    a = tirx.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     y = 1.0 - poly * te.exp(-a * a)
     return tirx.Select(x < 0.0, -y, y)
 
 
-def activation(name: str, v: tirx.PrimExpr) -> tirx.PrimExpr:
+def activation(name: str, v: tirx.Expr) -> tirx.Expr:
     if name == "none":
         return v
     if name == "gelu":

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 
-from sdcompile.errors import OptionError
+from sdcompile.errors import OptionError, QuantError
 from sdcompile.ir import Graph
 from sdcompile.passes.context import PassContext
+from sdcompile.quant.reference import QUANTIZABLE
 from sdcompile.quant.types import QUANT_TYPES, get
 
 SKIP = [
@@ -70,6 +71,11 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             fallback = "f16" if not QUANT_TYPES[v.dtype].is_float or v.dtype == "f16" else v.dtype
             why = f"{why}; row of {v.shape[-1]} not a multiple of {want}'s block {qt.block_size}, kept {fallback}"
             want = fallback
+        if want != v.dtype and want not in QUANTIZABLE:
+            raise QuantError(
+                f"{v.name}: cannot quantize {v.dtype} to {want} ({why}); sdcompile quantizes to "
+                f"{', '.join(QUANTIZABLE)}; choose one of those or a file already stored as {want}"
+            )
         if want != v.dtype:
             v.data.history.append(f"quantize: {v.dtype} -> {want} ({why})")
         decisions.append({"tensor": v.name, "from": v.dtype, "to": want, "why": why})

@@ -524,8 +524,10 @@ def _q_tq2_0(x: np.ndarray) -> np.ndarray:
 def _q_mxfp4(x: np.ndarray) -> np.ndarray:
     n = len(x)
     amax = np.abs(x).max(axis=1, keepdims=True)
-    # ggml: e = amax > 0 ? (uint8_t)(floorf(log2f(amax)) - 2 + 127) : 0. The shared exponent makes the largest
-    # e2m1 value (6 = 2**2 * 1.5) cover amax. Going through int32 makes out-of-range (subnormal amax) wrap as x86 does.
+    # ggml: e = amax > 0 ? (uint8_t)(floorf(log2f(amax)) - 2 + 127) : 0, a scale of 2**(floor(log2(amax)) - 2), so
+    # amax lands among the top e2m1 codes (4 and 6 times the scale; beyond that it clamps to 6). Like gguf we use
+    # numpy's float32 log2 for log2f. A subnormal amax gives a negative e, which C leaves undefined; going through
+    # int32 wraps it as x86 builds of ggml do.
     with np.errstate(divide="ignore"):
         e = np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0).astype(np.int32).astype(np.uint8)
     d = _e8m0_to_fp32_half(e)  # [n, 1]
@@ -606,11 +608,11 @@ def dequantize(raw: np.ndarray, qtype: str | QuantType, shape: tuple[int, ...]) 
     else:
         data = np.frombuffer(raw, dtype=np.uint8)
     if data.size != expected:
-        row = shape[-1] if shape else 1
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        row_bytes = t.row_bytes(shape[-1] if shape else 1)
         raise QuantError(
-            f"a {t.name} tensor of shape {shape} takes {expected} bytes ({expected // max(t.row_bytes(row), 1)} rows "
-            f"of {t.row_bytes(row)} bytes), but {data.size} bytes were given; the data is truncated or the type or "
-            f"shape is wrong"
+            f"a {t.name} tensor of shape {shape} takes {expected} bytes ({rows} rows of {row_bytes} bytes), but "
+            f"{data.size} bytes were given; the data is truncated or the type or shape is wrong"
         )
 
     n_blocks = data.size // t.type_size
@@ -653,8 +655,10 @@ def quantize(arr: np.ndarray, qtype: str | QuantType) -> np.ndarray:
     blocks = x.reshape(-1, t.block_size)
     out = np.empty((len(blocks), t.type_size), dtype=np.uint8)
     step = max(1, _CHUNK_VALUES // t.block_size)
-    for start in range(0, len(blocks), step):
-        stop = min(start + step, len(blocks))
-        out[start:stop] = encode(blocks[start:stop]).reshape(stop - start, t.type_size)
+    # A scale beyond f16's range becomes inf, as in ggml; NaN and inf inputs of the float types convert as in ggml.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, len(blocks), step):
+            stop = min(start + step, len(blocks))
+            out[start:stop] = encode(blocks[start:stop]).reshape(stop - start, t.type_size)
     assert out.size == nbytes
     return out.reshape(-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -85,8 +86,6 @@ def test_default_fatbin_holds_every_arch(default_build):
 def test_fatbin_contains_the_kernel_symbol(default_build):
     out, _ = default_build
     tool = cb.find_cuobjdump()
-    import subprocess
-
     res = subprocess.run([str(tool), "--dump-elf-symbols", str(out)], capture_output=True, text=True, check=True)
     assert "axpy_kernel" in res.stdout
 
@@ -386,3 +385,133 @@ def test_check_args():
     with pytest.raises(RuntimeFailure, match="argument y needs 16 bytes"):
         cx.check_args("k", params, small)
     assert np.dtype("float32").itemsize == 4
+
+
+# A stand-in for libcuda.so.1 with the driver API's exact C signatures: "device memory" is host memory, the module
+# loader checks the fatbin magic and finds function names in the image, and cuLaunchKernel runs axpy_kernel on the
+# CPU over the requested grid. It exercises the executor's ctypes prototypes (64-bit pointers, size_t, the
+# kernel-params array) end to end without a GPU.
+FAKE_LIBCUDA_C = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+typedef unsigned long long CUdeviceptr;
+static int cc(int which) { const char *e = getenv("FAKE_CUDA_CC"); int v = e ? atoi(e) : 86;
+                           return which ? v % 10 : v / 10; }
+int cuInit(unsigned flags) { return flags ? 1 : 0; }
+int cuDriverGetVersion(int *v) { *v = 13000; return 0; }
+int cuDeviceGetCount(int *n) { *n = 1; return 0; }
+int cuDeviceGet(int *d, int i) { if (i != 0) return 101; *d = 0; return 0; }
+int cuDeviceGetName(char *s, int n, int d) { strncpy(s, "Fake GPU", n); return 0; }
+int cuDeviceGetAttribute(int *v, int a, int d) {
+  if (a == 75) { *v = cc(0); return 0; } if (a == 76) { *v = cc(1); return 0; } return 1; }
+int cuDeviceTotalMem_v2(size_t *m, int d) { *m = (size_t)8 << 30; return 0; }
+int cuGetErrorName(int rc, const char **s) { *s = rc == 500 ? "CUDA_ERROR_NOT_FOUND" : "CUDA_ERROR_FAKE"; return 0; }
+int cuGetErrorString(int rc, const char **s) { *s = "fake error"; return 0; }
+static int ctx_token, retained;
+int cuDevicePrimaryCtxRetain(void **c, int d) { *c = &ctx_token; retained++; return 0; }
+int cuDevicePrimaryCtxRelease_v2(int d) { retained--; return 0; }
+int fake_retained(void) { return retained; }
+int cuCtxSetCurrent(void *c) { return c == &ctx_token ? 0 : 201; }
+int cuCtxSynchronize(void) { return 0; }
+typedef struct { unsigned char *img; size_t n; } Mod;
+int cuModuleLoadDataEx(void **m, const void *image, unsigned nopt, int *opts, void **vals) {
+  const unsigned char *p = image; uint32_t magic; uint16_t hsize; uint64_t fsize;
+  memcpy(&magic, p, 4); if (magic != 0xBA55ED50u) return 200;
+  memcpy(&hsize, p + 6, 2); memcpy(&fsize, p + 8, 8);
+  Mod *mod = malloc(sizeof(Mod)); mod->n = hsize + fsize; mod->img = malloc(mod->n);
+  memcpy(mod->img, p, mod->n); *m = mod; return 0; }
+int cuModuleUnload(void *m) { Mod *mod = m; free(mod->img); free(mod); return 0; }
+int cuModuleGetFunction(void **f, void *m, const char *name) {
+  Mod *mod = m; size_t k = strlen(name);
+  for (size_t i = 0; i + k <= mod->n; i++)
+    if (memcmp(mod->img + i, name, k) == 0 && mod->img[i + k] == 0) { *f = strdup(name); return 0; }
+  return 500; }
+int cuFuncSetAttribute(void *f, int a, int v) { return 0; }
+int cuMemAlloc_v2(CUdeviceptr *p, size_t n) { *p = (CUdeviceptr)(uintptr_t)calloc(1, n); return 0; }
+int cuMemFree_v2(CUdeviceptr p) { free((void *)(uintptr_t)p); return 0; }
+int cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { memset((void *)(uintptr_t)p, v, n); return 0; }
+int cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { memcpy((void *)(uintptr_t)d, s, n); return 0; }
+int cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { memcpy(d, (void *)(uintptr_t)s, n); return 0; }
+int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                   unsigned shmem, void *stream, void **params, void **extra) {
+  if (strcmp((const char *)f, "axpy_kernel") != 0 || gy != 1 || gz != 1 || by != 1 || bz != 1) return 1;
+  float *a = (float *)(uintptr_t)*(CUdeviceptr *)params[0];
+  float *b = (float *)(uintptr_t)*(CUdeviceptr *)params[1];
+  float *y = (float *)(uintptr_t)*(CUdeviceptr *)params[2];
+  for (unsigned t = 0; t < gx * bx; t++) y[t] = a[t] * 2.0f + b[t];
+  return 0; }
+"""
+
+
+@pytest.fixture
+def fake_driver(tmp_path, monkeypatch):
+    import runtime.device as rd
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the fake driver")
+    src = tmp_path / "fake_libcuda.c"
+    src.write_text(FAKE_LIBCUDA_C)
+    lib = tmp_path / "libcuda_fake.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(lib), str(src)], check=True)
+    monkeypatch.delenv("SDCOMPILE_SIMULATE_CUDA_DEVICE", raising=False)
+    monkeypatch.setattr(rd, "_libcuda_names", lambda: [str(lib)])
+    monkeypatch.setattr(rd, "_driver", None)
+    monkeypatch.setattr(rd, "_driver_error", None)
+    return ctypes.CDLL(str(lib))
+
+
+def test_probe_through_the_driver_api(fake_driver, monkeypatch):
+    monkeypatch.setenv("FAKE_CUDA_CC", "89")
+    assert probe_cuda() == [{"index": 0, "name": "Fake GPU", "cc": "8.9", "total_mem": 8 << 30}]
+
+
+def test_executor_runs_a_kernel_on_the_fake_driver(fake_driver, default_build, monkeypatch):
+    from runtime.executors import cuda as cx
+
+    out, rec = default_build
+    monkeypatch.setenv("FAKE_CUDA_CC", "87")
+    kernels = {
+        "axpy": {
+            "params": [{"name": "a"}, {"name": "b"}, {"name": "y"}],
+            "launch": [{"func": "axpy_kernel", "grid": [4, 1, 1], "block": [64, 1, 1], "args": ["a", "b", 2]}],
+        }
+    }
+    ex = cx.Executor(out.parent, kernels, num_threads=2, build=rec)
+    info = ex.device_info()
+    assert info["name"] == "Fake GPU" and info["cc"] == "8.7" and info["code"] == "sm_86"
+    assert info["driver_version"] == "13.0"
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(256, dtype=np.float32), rng.standard_normal(256, dtype=np.float32)
+    bufs = [ex.alloc(1024) for _ in range(3)]
+    ex.upload(bufs[0], a)
+    ex.upload(bufs[1], b)
+    ex.launch("axpy", [(bufs[0], (256,), "float32"), (bufs[1], (256,), "float32"), (bufs[2], (256,), "float32")])
+    ex.synchronize()
+    np.testing.assert_array_equal(ex.download(bufs[2], (256,), np.float32), a * 2 + b)
+    with pytest.raises(RuntimeFailure, match="no cuda kernel"):
+        ex.launch("missing", [])
+    ex.close()
+    assert fake_driver.fake_retained() == 0
+
+
+def test_executor_refuses_an_incompatible_device(fake_driver, default_build, monkeypatch):
+    from runtime.executors import cuda as cx
+
+    out, rec = default_build
+    monkeypatch.setenv("FAKE_CUDA_CC", "52")
+    with pytest.raises(NoCompatibleBuild, match="5.2"):
+        cx.Executor(out.parent, {}, build=rec)
+    assert fake_driver.fake_retained() == 0
+
+
+def test_executor_reports_a_missing_function(fake_driver, default_build):
+    from runtime.device import CudaError
+    from runtime.executors import cuda as cx
+
+    out, rec = default_build
+    ex = cx.Executor(out.parent, {"k": {"params": [], "launch": [{"func": "nope", "grid": [1], "block": [1]}]}})
+    with pytest.raises(CudaError, match="cuModuleGetFunction\\(nope\\).*NOT_FOUND"):
+        ex.launch("k", [])
+    ex.close()

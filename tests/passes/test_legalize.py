@@ -1,0 +1,116 @@
+"""legalize: native types pass through; a type without a kernel gets the policy's fallback, recorded in the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sdcompile import examples as ex
+from sdcompile.backends import backend
+from sdcompile.errors import NoKernelError, OptionError
+from sdcompile.formats import open_store
+from sdcompile.ir import interpret, verify
+from sdcompile.models import lift
+from sdcompile.passes import fuse, legalize, quantize
+from sdcompile.passes.context import CompileOptions, PassContext
+
+
+def _prep(g, **opts):
+    ctx = PassContext(CompileOptions(**opts))
+    return fuse.run(quantize.run(g, ctx), ctx), ctx
+
+
+def test_native_types_unchanged(tiny_graph):
+    g, ctx = _prep(tiny_graph, type="q8_0")
+    out = legalize.run(g, ctx)
+    verify(out, "legalize")
+    assert ctx.report["legalize"]["fallbacks"] == []
+    assert ctx.report["legalize"]["native"] == 13
+    assert {v.name: v.dtype for v in out.weights()} == {v.name: v.dtype for v in g.weights()}
+
+
+def test_only_the_op_without_kernel_falls_back(tiny_graph):
+    # q4_0 has a linear kernel but no embedding-gather kernel: only the token table changes.
+    g, ctx = _prep(tiny_graph, type="q4_0")
+    out = legalize.run(g, ctx)
+    fb = ctx.report["legalize"]["fallbacks"]
+    assert [(d["op"], d["from"], d["to"]) for d in fb] == [("embed", "q4_0", "f16")]
+    assert ctx.report["legalize"]["native"] == 12
+    assert out.values["text_encoder.embeddings.token_embedding.weight"].dtype == "f16"
+
+
+def test_tq1_0_repacked_losslessly_to_tq2_0(tiny_graph, tiny_ids):
+    # TQ1_0 has no kernel on any backend today; the lossless policy repacks it to TQ2_0 (same ternary values).
+    assert not backend("vulkan").has_kernel("linear", "tq1_0")
+    # fc1's 128-wide rows do not fill a 256-value tq1_0 block, so quantize leaves fc1 alone; fc2's rows are 512.
+    g, ctx = _prep(tiny_graph, type="f32", tensor_type_rules=[("mlp", "tq1_0")], target="vulkan")
+    out = legalize.run(g, ctx)
+    verify(out, "legalize")
+    fb = ctx.report["legalize"]["fallbacks"]
+    assert len(fb) == 2 and {d["step"] for d in fb} == {"repack"} and {d["to"] for d in fb} == {"tq2_0"}
+    assert all("tq1_0" in d["why"] for d in fb)
+    assert {v.dtype for v in out.weights() if "fc2.weight" in v.name} == {"tq2_0"}
+    a = interpret.run(g, {"input_ids": tiny_ids})["last_hidden_state"]
+    b = interpret.run(out, {"input_ids": tiny_ids})["last_hidden_state"]
+    np.testing.assert_array_equal(a, b)  # lossless: bit-identical values
+
+
+def _q4_k_gguf(path, state):
+    """A GGUF whose fc2 weights are stored as Q4_K (random valid blocks: small finite f16 scales, random nibbles)."""
+    import gguf
+
+    rng = np.random.default_rng(3)
+    w = gguf.GGUFWriter(str(path), arch="clip", use_temp_file=False)
+    w.add_uint32("num_attention_heads", 2)
+    for name, arr in ex.rename(state, "ldm").items():
+        if name.endswith("fc2.weight"):
+            rows, k = arr.shape
+            blocks = rng.integers(0, 256, (rows, k // 256, 144), dtype=np.uint8)
+            blocks[..., 0:4] = np.array([0.002, 0.001], np.float16).view(np.uint8)  # d, dmin
+            data = blocks.reshape(rows, -1)
+            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+        else:
+            w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_k_quant_fallback_per_policy(tiny_state, tiny_ids, tmp_path):
+    # Q4_K has no kernel yet. Per policy: lossless stores f16 (q4_k values rounded at f16 precision), size
+    # requantizes to q8_0, exact stores f32 (the q4_k values exactly).
+    g0 = lift(open_store(_q4_k_gguf(tmp_path / "k.gguf", tiny_state)))
+    assert g0.values["text_encoder.encoder.layers.0.mlp.fc2.weight"].dtype == "q4_k"
+    for policy, want, tol in (("lossless", "f16", 1e-2), ("size", "q8_0", 5e-2), ("exact", "f32", 1e-12)):
+        g, ctx = _prep(g0, fallback_policy=policy)
+        out = legalize.run(g, ctx)
+        verify(out, "legalize")
+        fb = ctx.report["legalize"]["fallbacks"]
+        assert [(d["from"], d["to"]) for d in fb] == [("q4_k", want)] * 2
+        ref = interpret.run(g, {"input_ids": tiny_ids})["last_hidden_state"]
+        got = interpret.run(out, {"input_ids": tiny_ids})["last_hidden_state"]
+        err = np.abs(ref - got).max()
+        assert err < tol, (policy, err)
+
+
+def test_no_fallback_is_a_clear_error(tiny_graph, tmp_path):
+    table = json.loads(legalize.backend.__globals__["TABLE"].read_text())
+    table["cpu"]["linear"] = ["q4_k"]  # a backend with only a k-quant kernel: f16/f32 fallbacks have none
+    p = tmp_path / "caps.json"
+    p.write_text(json.dumps(table))
+    g, ctx = _prep(tiny_graph, type="f32")
+    be = backend("cpu", p)
+    assert be.has_kernel("linear", "q4_k") and not be.has_kernel("linear", "f32")
+    orig = legalize.backend
+    legalize.backend = lambda name: be  # noqa: E731  (inject the test table)
+    try:
+        with pytest.raises(NoKernelError, match="no kernel on cpu"):
+            legalize.run(g, ctx)
+    finally:
+        legalize.backend = orig
+    with pytest.raises(OptionError, match="fallback policy"):
+        legalize.run(g, PassContext(CompileOptions(fallback_policy="yolo")))
