@@ -595,8 +595,9 @@ def dequantize(raw: np.ndarray, qtype: str | QuantType, shape: tuple[int, ...]) 
     """Decode the stored bytes of a tensor of type `qtype` into float32 values of `shape`.
 
     `raw` holds the tensor's bytes as stored in a GGUF file (a uint8 array of any shape, or any bytes-like object), in
-    C order; `shape` is the numpy-order shape, its last dimension the blocked one. Raises QuantError when the type is
-    unknown, the last dimension is not a multiple of the block size, or the number of bytes does not match.
+    C order; `shape` is the numpy-order shape, its last dimension the blocked one. Returns a new float32 array of
+    `shape`. Raises QuantError when the type is unknown, the last dimension is not a multiple of the block size, or
+    the number of bytes does not match; TypeError for an array that is not uint8 (a caller's bug, not the file's).
     """
     t = _resolve(qtype)
     shape = _check_shape(shape, t)
