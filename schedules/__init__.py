@@ -9,15 +9,22 @@ from __future__ import annotations
 from tvm import s_tir
 
 from schedules import cpu, gpu
+from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
 RULES = {"cpu": cpu.RULES, "gpu": gpu.RULES}
 
 
-def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str) -> None:
+def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | None = None) -> None:
     """Schedule the function ``spec.name`` (already selected with ``sch.work_on``) for ``kind``."""
     try:
         rule = RULES[kind][spec.op]
     except KeyError:
         raise ValueError(f"no {kind} schedule for op {spec.op!r}") from None
-    rule(sch, spec)
+    if kind == "cpu":
+        rule(sch, spec, cpu_info or CpuInfo())
+    else:
+        rule(sch, spec)
+
+
+__all__ = ["CpuInfo", "apply"]

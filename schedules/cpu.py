@@ -7,11 +7,19 @@ clean, and odd shapes remain correct, only slower.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tvm import s_tir
 
 from sdcompile.kernels.spec import KernelSpec
 
-VEC = 16  # f32 lanes of one AVX-512 register; LLVM splits it into two on AVX2 machines
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What the schedules need to know about the CPU: f32 lanes per vector register and how many registers."""
+
+    lanes: int = 16  # AVX-512
+    registers: int = 32
 
 
 def _divisor(n: int, cap: int, multiple: int = 1) -> int:
@@ -22,12 +30,28 @@ def _divisor(n: int, cap: int, multiple: int = 1) -> int:
     return min(cap, n)
 
 
-def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+def register_tile(M: int, N: int, cpu: CpuInfo) -> tuple[int, int]:
+    """(rows, vectors) of the matmul register tile: rows x vectors accumulators, plus one register per weight
+    vector and one broadcast of x, must fit the register file. Rows must divide M: a tail predicate inside the
+    unrolled tile makes LLVM shuffle the whole accumulator set every iteration (measured 3x slower)."""
+    best = (1, 1)
+    for nv in range(4, 0, -1):
+        if N % (nv * cpu.lanes):
+            continue
+        for mr in range(min(M, 16), 0, -1):
+            if M % mr == 0 and mr * nv + nv + 1 <= cpu.registers and mr * nv > best[0] * best[1]:
+                best = (mr, nv)
+    return best
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     M, N, K = (int(spec.attr(k)) for k in "MNK")
     wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
-    nb = _divisor(N, 64, VEC) if N >= VEC else N  # output columns per task: the width of one decoded W tile
-    kb = _divisor(K, 256, 32)  # K per decoded tile: kb x nb f32 = 64 KB at most, L2-resident
-    mr = 6  # rows of the register tile: 6 x (64 / 16) accumulators fill most of the 32 zmm registers
+    mr, nv = register_tile(M, N, cpu)
+    import os
+    if os.environ.get('MR'): mr, nv = int(os.environ['MR']), int(os.environ['NV'])
+    nb = nv * cpu.lanes if N % cpu.lanes == 0 else _divisor(N, 64)  # output columns per task
+    kb = _divisor(K, int(os.environ.get('KB', 256)), 32)  # K per decoded tile: kb x nb f32 stays in L2
     m, n, k = sch.get_loops(mm)
     n0, n1 = sch.split(n, [None, nb])
     k0, k1 = sch.split(k, [None, kb])
@@ -49,25 +73,25 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-def embed(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+def embed(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     y = sch.get_sblock("y")
     m, d = sch.get_loops(y)
     sch.parallel(m)
 
 
-def layer_norm(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+def layer_norm(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     D = int(spec.attr("D"))
     mean, var, y = (sch.get_sblock(n) for n in ("mean", "var", "y"))
     m, d = sch.get_loops(y)
     sch.parallel(m)
     sch.compute_at(var, m)
     sch.compute_at(mean, m)
-    if D % VEC == 0:
-        d0, d1 = sch.split(d, [None, VEC])
+    if D % cpu.lanes == 0:
+        d0, d1 = sch.split(d, [None, cpu.lanes])
         sch.vectorize(d1)
 
 
-def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
     score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
     r, c = sch.get_loops(o)

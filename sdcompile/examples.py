@@ -106,3 +106,36 @@ def example_ids(batch: int = 1, positions: int = 77, vocab: int = 1000, seed: in
         ids[b, 0] = vocab - 2
         ids[b, 1 : n + 1] = rng.integers(0, vocab - 2, n)
     return ids
+
+
+def transformers_clip(state: dict[str, np.ndarray], shape: ClipTextShape = TINY, act: str = "quick_gelu"):
+    """transformers' CLIPTextModel holding `state` (the independent reference the compiled encoder is checked against)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.width,
+        intermediate_size=shape.mlp,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        max_position_embeddings=shape.positions,
+        hidden_act=act,
+        layer_norm_eps=1e-5,
+    )
+    model = CLIPTextModel(cfg).eval()
+    own = model.state_dict()
+    prefix = "text_model." if any(k.startswith("text_model.") for k in own) else ""
+    tensors = {prefix + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if not m.endswith("position_ids")]
+    if missing or unexpected:
+        raise RuntimeError(f"reference model mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def transformers_hidden(model, ids: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).last_hidden_state.numpy()

@@ -62,15 +62,30 @@ def prim_func(spec: KernelSpec) -> tirx.PrimFunc:
     return te.create_prim_func(te_compute(spec)).with_attr("global_symbol", spec.name)
 
 
-def scheduled_module(specs: list[KernelSpec], kind: str) -> tvm.IRModule:
-    """One IRModule holding every spec's PrimFunc, scheduled for ``kind`` ("cpu" or "gpu")."""
+def cpu_info(target: dict):
+    """Vector lanes and register count of an LLVM target, for the CPU schedules."""
+    from schedules import CpuInfo
+
+    t = tvm.target.Target(target)
+    has = tvm.target.codegen.llvm_cpu_has_features
+    if has("avx512f", t):
+        return CpuInfo(lanes=16, registers=32)
+    if has("avx", t):
+        return CpuInfo(lanes=8, registers=16)
+    return CpuInfo(lanes=4, registers=32 if "aarch64" in str(t.attrs.get("mtriple", "")) else 16)
+
+
+def scheduled_module(specs: list[KernelSpec], kind: str, target: dict | None = None) -> tvm.IRModule:
+    """One IRModule holding every spec's PrimFunc, scheduled for ``kind`` ("cpu" or "gpu"); ``target`` (the CPU
+    target dict) tunes the CPU schedules to its vector registers."""
     from schedules import apply
 
+    info = cpu_info(target or cpu_target()) if kind == "cpu" else None
     funcs = {}
     for spec in sorted(set(specs), key=lambda s: s.name):
         sch = tvm.s_tir.Schedule(tvm.IRModule({spec.name: prim_func(spec)}))
         sch.work_on(spec.name)
-        apply(sch, spec, kind)
+        apply(sch, spec, kind, info)
         funcs[spec.name] = sch.mod[spec.name]
     return tvm.IRModule(funcs)
 

@@ -15,6 +15,7 @@ that are materialized from the memory map on `raw()`/`array()`.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import pickle
 import struct
@@ -262,6 +263,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._pload = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
+        asked = f"{module}.{name}"
+        # Protocol-2 pickles written by Python 3 use Python 2 names (__builtin__, commands); map them back as
+        # pickle's own find_class does, so the allow-list and the error message see the real names.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         hit = _ALLOWED.get((module, name))
         if hit is not None:
             return hit
@@ -271,8 +279,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _StorageType(name, "u8")
         if module == "torch" and name in TORCH_DTYPES:
             return _TorchDtype(name, TORCH_DTYPES[name])
+        written = f" (written as {asked})" if asked != f"{module}.{name}" else ""
         raise UnsafePickleError(
-            f"{self._path}: the checkpoint's pickle asks for {module}.{name}, which is not on the allow-list of "
+            f"{self._path}: the checkpoint's pickle asks for {module}.{name}{written}, which is not on the allow-list of "
             f"tensor-rebuilding functions; refused without running it. {_UNSAFE_HINT}"
         )
 

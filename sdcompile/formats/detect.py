@@ -95,10 +95,10 @@ def detect_format(path: Path | str) -> str:
     if head[:1] == b"{" or head[:1] == b"[":
         raise fail(p, "is a JSON file, not a weight file (a config?)", _HELP)
     try:
-        head.decode("utf-8")
-        text = True
-    except UnicodeDecodeError:
-        text = False
+        chars = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut off at the end of `head` is still text
+        chars = head[: e.start].decode("utf-8") if e.start >= len(head) - 3 and e.start > 0 else ""
+    text = bool(chars) and all(c.isprintable() or c in "\t\r\n" for c in chars)
     what = "a text file" if text else f"of an unknown format (starts with {head[:16].hex(' ')})"
     raise fail(p, f"is {what}, not a model file", _HELP)
 

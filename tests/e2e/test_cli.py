@@ -1,0 +1,108 @@
+"""The `sdcompile` command: real subprocesses, exit codes, one-line errors without tracebacks, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sdc(*args, env=None, timeout=600):
+    import os
+
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "sdcompile.cli", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=e,
+    )
+
+
+def test_help_and_version():
+    r = sdc("--help")
+    assert r.returncode == 0 and "compile" in r.stdout and "inspect" in r.stdout
+    assert sdc("--version").stdout.startswith("sdcompile ")
+    assert sdc("compile").returncode == 2  # argparse: missing arguments
+
+
+def test_inspect_json(tiny_ldm_safetensors):
+    r = sdc("inspect", tiny_ldm_safetensors, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["format"] == "safetensors" and info["family"] == "clip_text"
+    assert info["components"]["text_encoder"]["tensors"] == 2 + 2 * 16 + 2
+    assert info["model"]["heads"] == 2 and info["model"]["layers"] == 2
+    assert info["memory_estimate"]["peak_bytes"] > info["memory_estimate"]["weights_bytes"]
+    r = sdc("inspect", tiny_ldm_safetensors)
+    assert "text_encoder" in r.stdout and "clip_text" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["inspect", "README.md"], "README.md"),
+        (["inspect", "no/such/file.gguf"], "file.gguf"),
+        (["compile", "{model}", "-o", "{tmp}/x", "--type", "q9_9"], "unknown quant type"),
+        (["compile", "{model}", "-o", "{tmp}/x", "--memory-budget", "10KiB"], "exceeds the budget"),
+        (["compile", "{model}", "-o", "{tmp}/x", "--tensor-type-rules", "fc1"], "regex=type"),
+        (["compile", "{model}", "-o", "{tmp}/x", "--target", "cuda", "--cuda-arch", "sm_52"], "sm_52"),
+        (["run", "{tmp}", "--input", "input_ids=x.npy", "--output", "{tmp}/o.npz"], "not an sdcompile artifact"),
+    ],
+)
+def test_user_errors_are_one_line(args, needle, tiny_ldm_safetensors, tmp_path):
+    args = [a.format(model=tiny_ldm_safetensors, tmp=tmp_path) for a in args]
+    r = sdc(*args)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("sdcompile: error:") and needle in r.stderr, r.stderr
+
+
+def test_compile_run_bench(tiny_ldm_safetensors, tiny_ids, tmp_path):
+    out = tmp_path / "art"
+    r = sdc("compile", tiny_ldm_safetensors, "--target", "cpu", "--type", "q8_0", "-o", out)
+    assert r.returncode == 0, r.stderr
+    for needle in ("legalize", "memory", "peak", "q8_0"):
+        assert needle in r.stdout
+    np.save(tmp_path / "ids.npy", tiny_ids)
+    r = sdc("run", out, "--input", f"input_ids={tmp_path / 'ids.npy'}", "--output", tmp_path / "o.npz")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "o.npz")["last_hidden_state"].shape == (2, 77, 128)
+    r = sdc("bench", out, "--repeat", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)
+    assert 0 < b["min_ms"] <= b["median_ms"] <= b["max_ms"]
+
+
+def test_cuda_artifact_refused_on_too_old_device(tiny_ldm_safetensors, tiny_ids, tmp_path):
+    """Compile for CUDA (nvcc, no GPU needed), then load on a simulated GTX 970 (sm_52): a clear refusal."""
+    import shutil
+
+    if not shutil.which("nvcc"):
+        pytest.skip("nvcc not installed")
+    out = tmp_path / "cuda"
+    r = sdc("compile", tiny_ldm_safetensors, "--target", "cuda", "--cuda-arch", "sm_75,sm_86", "-o", out)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["kernels"]["build"]["archs"] == ["sm_75", "sm_86"]
+    np.save(tmp_path / "ids.npy", tiny_ids)
+    r = sdc(
+        "run",
+        out,
+        "--input",
+        f"input_ids={tmp_path / 'ids.npy'}",
+        "--output",
+        tmp_path / "o.npz",
+        env={"SDCOMPILE_SIMULATE_CUDA_DEVICE": "GeForce GTX 970:5.2:4"},
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "5.2" in r.stderr and "sm_75" in r.stderr and "sm_86" in r.stderr, r.stderr

@@ -1,0 +1,69 @@
+"""The compiled CLIP text encoder against transformers' CLIPTextModel with the same weights, on CPU and Vulkan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.e2e.helpers import artifact_state, compile_and_load, reference
+
+
+def _vulkan_available() -> bool:
+    try:
+        from runtime.executors.vulkan import find_adapter
+
+        return find_adapter() is not None
+    except Exception:
+        return False
+
+
+TARGETS = [
+    "cpu",
+    pytest.param(
+        "vulkan",
+        marks=[
+            pytest.mark.vulkan,
+            pytest.mark.skipif(
+                not _vulkan_available(), reason="no Vulkan adapter (install mesa-vulkan-drivers for lavapipe)"
+            ),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_f32_matches_transformers(target, tiny_ldm_safetensors, tiny_state, tiny_ids, tmp_path):
+    # f32 end to end: the issue's bound is 1e-4 absolute on the hidden states (layer-normed, std ~1); differences
+    # come only from summation order and exp/erf implementations in f32.
+    _, model = compile_and_load(tiny_ldm_safetensors, tmp_path / "a", target=target)
+    got = model.run({"input_ids": tiny_ids})["last_hidden_state"]
+    ref = reference(tiny_state, tiny_ids)
+    assert got.shape == ref.shape == (2, 77, 128)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+
+
+# Quantized types: the reference is transformers on the weights the artifact holds (its storage types decoded to f32),
+# so what remains is f32 arithmetic on identical values: the same 1e-4 bound applies. tq1_0 has no kernel and is
+# repacked to tq2_0 by legalize; q4_0's token table has no gather kernel and falls back to f16.
+QTYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "tq2_0", "tq1_0"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_quantized_types_match_reference_on_dequantized_weights(target, tiny_ldm_safetensors, tiny_ids, tmp_path):
+    full = reference(__import__("sdcompile.examples", fromlist=["x"]).clip_text_state(), tiny_ids)
+    for qtype in QTYPES:
+        out = tmp_path / qtype
+        m, model = compile_and_load(
+            tiny_ldm_safetensors,
+            out,
+            target=target,
+            type=qtype,
+            tensor_type_rules=[("token_embedding", "q8_0")] if qtype.startswith("tq") else [],
+        )
+        got = model.run({"input_ids": tiny_ids})["last_hidden_state"]
+        ref = reference(artifact_state(out), tiny_ids)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4, err_msg=qtype)
+        # and the quantization itself changed the result (the artifact really holds that type)
+        assert np.abs(got - full).max() > 1e-5, qtype
+        if qtype == "tq1_0":
+            assert [d["to"] for d in m["report"]["legalize"]["fallbacks"]] == ["tq2_0", "tq2_0"]
