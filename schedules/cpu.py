@@ -57,14 +57,18 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     k0, k1 = sch.split(k, [None, kb])
     m0, m1 = sch.split(m, [None, mr])
     # n0 outermost and parallel; each decoded tile (k0) serves every row block m0 before the next is decoded.
-    sch.reorder(n0, k0, m0, k1, m1, n1)
+    n1o, n1i = sch.split(n1, [None, cpu.lanes]) if nb % cpu.lanes == 0 else (None, n1)
+    sch.reorder(n0, k0, m0, k1, m1, *([n1o] if n1o else []), n1i)
     sch.parallel(n0)
     sch.compute_at(wdq, k0)
     # Decode along the stored order (k innermost within a row of W) so block scales stay in cache.
     dk, dn = sch.get_loops(wdq)[-2:]
     sch.reorder(dn, dk)
+    # LLVM handles <16 x float> well but scalarizes odd widths like <48 x float>: vectorize one register's width.
     sch.unroll(m1)
-    sch.vectorize(n1)
+    if n1o is not None:
+        sch.unroll(n1o)
+    sch.vectorize(n1i)
     sch.reverse_compute_at(y, n0)
     ym, yn = sch.get_loops(y)[-2:]
     sch.vectorize(yn)

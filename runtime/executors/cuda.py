@@ -227,15 +227,14 @@ class Executor:
         drv.check(drv.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
         self._ctx = ctx
         self._bind()
-        self._image = fatbin.read_bytes()  # the driver reads the image during cuModuleLoadDataEx only
-        self._load_module()
+        self._load_module(fatbin.read_bytes())
 
-    def _load_module(self) -> None:
+    def _load_module(self, fatbin: bytes) -> None:
         drv = self._drv
         log = ctypes.create_string_buffer(16384)
         opts = (ctypes.c_int * 2)(_CU_JIT_ERROR_LOG_BUFFER, _CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES)
         vals = (ctypes.c_void_p * 2)(ctypes.cast(log, ctypes.c_void_p).value, len(log))
-        image = ctypes.create_string_buffer(self._image, len(self._image))
+        image = ctypes.create_string_buffer(fatbin, len(fatbin))  # the driver copies it during the call
         mod = ctypes.c_void_p()
         rc = drv.cuModuleLoadDataEx(ctypes.byref(mod), ctypes.cast(image, ctypes.c_void_p), 2, opts, vals)
         if rc == CUDA_ERROR_NO_BINARY_FOR_GPU:

@@ -55,11 +55,6 @@ def _cc_of(arch: str) -> tuple[int, int]:
     return n // 10, n % 10
 
 
-def _cc_str(arch: str) -> str:
-    major, minor = _cc_of(arch)
-    return f"{major}.{minor}"
-
-
 def _supported_text() -> str:
     sass = ", ".join(f"sm_{n}" for n in NVCC13_ARCHS)
     return (
