@@ -194,6 +194,33 @@ def load_average() -> list[float] | None:
         return None
 
 
+def pressure() -> dict[str, float] | None:
+    """Linux pressure-stall information: % of the last 10 s / 60 s some task waited for CPU, memory or I/O.
+
+    Unlike the load average it is not inflated by the benchmark's own threads before they start, and memory pressure
+    shows page-cache thrashing that makes one run out of twenty take seconds.
+    """
+    out: dict[str, float] = {}
+    for res in ("cpu", "memory", "io"):
+        for line in (_read(f"/proc/pressure/{res}") or "").splitlines():
+            if line.startswith("some "):
+                fields = dict(kv.split("=") for kv in line.split()[1:])
+                out[f"{res}_some_avg10"] = float(fields["avg10"])
+                out[f"{res}_some_avg60"] = float(fields["avg60"])
+    return out or None
+
+
+def contention(stats: dict[str, Any] | None, load: list[float] | None, cores: int | None) -> list[str]:
+    """Reasons to distrust numbers taken under `stats` (from `pressure()`) and `load` (from `load_average()`)."""
+    why = []
+    if load and cores and load[0] > 0.5 * cores:
+        why.append(f"1-minute load average {load[0]} on {cores} cores")
+    for key, limit in (("cpu_some_avg10", 10.0), ("memory_some_avg10", 1.0), ("io_some_avg10", 10.0)):
+        if stats and stats.get(key, 0.0) > limit:
+            why.append(f"{key.split('_')[0]} pressure {stats[key]}% (last 10 s)")
+    return why
+
+
 def machine_info(packages: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, Any]:
     return {
         "cpu": cpu_info(),
@@ -202,6 +229,7 @@ def machine_info(packages: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": package_versions(packages),
         "load_average_start": load_average(),
+        "pressure_start": pressure(),
     }
 
 
@@ -219,6 +247,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the final file should look like any other
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -226,6 +255,12 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -296,6 +331,10 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align:
             out.append(c.ljust(w) if a == "l" else c.rjust(w) if a == "r" else c.center(w))
         return "| " + " | ".join(out) + " |"
 
-    rule = {"l": lambda w: ":" + "-" * (w - 1), "r": lambda w: "-" * (w - 1) + ":", "c": lambda w: ":" + "-" * (w - 2) + ":"}
+    rule = {
+        "l": lambda w: ":" + "-" * (w - 1),
+        "r": lambda w: "-" * (w - 1) + ":",
+        "c": lambda w: ":" + "-" * (w - 2) + ":",
+    }
     sep = "| " + " | ".join(rule[a](w) for a, w in zip(align, widths)) + " |"
     return "\n".join([line(headers), sep] + [line(r) for r in body])

@@ -33,11 +33,13 @@ try:  # `python -m benchmarks.text_encoder` from the repository root
         atomic_path,
         atomic_write_json,
         atomic_write_text,
+        contention,
         fmt,
         fmt_sci,
         load_average,
         machine_info,
         markdown_table,
+        pressure,
         ratio,
         time_fn,
         utc_now,
@@ -48,11 +50,13 @@ except ImportError:  # `python benchmarks/text_encoder.py`: the script's own dir
         atomic_path,
         atomic_write_json,
         atomic_write_text,
+        contention,
         fmt,
         fmt_sci,
         load_average,
         machine_info,
         markdown_table,
+        pressure,
         ratio,
         time_fn,
         utc_now,
@@ -62,7 +66,16 @@ HERE = Path(__file__).resolve().parent
 SEQ = 77
 SEED = 0
 DEFAULT_TYPES = "f32,f16,q8_0,q4_0"
-KNOWN_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")
+
+
+def known_types() -> list[str] | None:
+    """sdcompile's storage types (its quant table plus the float types), or None if the table cannot be imported."""
+    try:
+        from sdcompile.quant.types import QUANT_TYPES
+    except Exception:  # a broken compiler is reported per row later, not as a usage error
+        return None
+    return sorted({"f32", "f16", "bf16", *(t.lower() for t in QUANT_TYPES)})
+
 
 # Exit codes.
 EXIT_OK = 0
@@ -128,9 +141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.batch < 1:
         p.error("--batch must be at least 1")
     a.types = [t.strip().lower() for t in a.types.split(",") if t.strip()]
-    unknown = [t for t in a.types if t not in KNOWN_TYPES]
+    known = known_types()
+    unknown = [t for t in a.types if known is not None and t not in known]
     if unknown:
-        p.error(f"unknown --types {unknown}; known: {', '.join(KNOWN_TYPES)}")
+        p.error(f"unknown --types {unknown}; known: {', '.join(known)}")
     return a
 
 
@@ -189,6 +203,7 @@ def fill_timing(row: dict[str, Any], fn: Callable[[], np.ndarray], args: argpars
     t = time_fn(fn, warmup=args.warmup, repeat=args.repeat)
     row.update(t.summary())
     row["runs_ms"] = t.runs_ms
+    row["pressure_after"] = pressure()  # avg10 covers roughly the timed runs: was anything else competing?
 
 
 def max_abs_diff(out: np.ndarray | None, ref: np.ndarray | None) -> float | None:
@@ -235,22 +250,19 @@ def run_torch(model, ids: np.ndarray, args: argparse.Namespace) -> tuple[dict[st
 # -------------------------------------------------------------------------------------------------- ONNX Runtime
 
 
-class _Wrapper:
+def _last_hidden_module(model):
     """Only last_hidden_state leaves the exported graph (the pooled output is dead code SD never reads)."""
+    import torch
 
-    @staticmethod
-    def make(model):
-        import torch
+    class LastHidden(torch.nn.Module):
+        def __init__(self, m) -> None:
+            super().__init__()
+            self.m = m
 
-        class LastHidden(torch.nn.Module):
-            def __init__(self, m) -> None:
-                super().__init__()
-                self.m = m
+        def forward(self, input_ids):
+            return self.m(input_ids=input_ids).last_hidden_state
 
-            def forward(self, input_ids):
-                return self.m(input_ids=input_ids).last_hidden_state
-
-        return LastHidden(model).eval()
+    return LastHidden(model).eval()
 
 
 def export_onnx(model, ids: np.ndarray, path: Path, exporter: str) -> None:
@@ -267,7 +279,7 @@ def export_onnx(model, ids: np.ndarray, path: Path, exporter: str) -> None:
         kwargs.update(dynamo=True, dynamic_shapes={"input_ids": {0: torch.export.Dim("batch")}}, external_data=False)
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes: expected here
-        torch.onnx.export(_Wrapper.make(model), (torch.from_numpy(ids),), str(tmp), **kwargs)
+        torch.onnx.export(_last_hidden_module(model), (torch.from_numpy(ids),), str(tmp), **kwargs)
 
 
 def run_ort(
@@ -310,7 +322,7 @@ def run_ort(
         out = fn()
         fill_timing(row, fn, args)
         row["max_abs_diff_vs_torch"] = max_abs_diff(out, ref)
-        del sess  # joins ORT's thread pool before the next implementation is timed
+        sess = None  # joins ORT's thread pool before the next implementation is timed
     except Exception as e:
         record_error(row, stage, e)
         out = None
@@ -363,12 +375,25 @@ def run_sdcompile(
     except Exception as e:
         record_error(row, stage, e)
     finally:
-        del m
+        m = None
         gc.collect()
     return row
 
 
 # ---------------------------------------------------------------------------------------------------------- report
+
+
+def collect_warnings(machine: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    cores = machine["cpu"]["usable_cores"]
+    before = contention(machine["pressure_start"], machine["load_average_start"], cores)
+    out = ["before the run: " + "; ".join(before)] if before else []
+    for r in rows:
+        why = contention(r.get("pressure_after"), None, None)
+        if r["min_ms"] and r["p90_ms"] and r["p90_ms"] > 1.5 * r["min_ms"]:
+            why.append(f"p90 is {r['p90_ms'] / r['min_ms']:.1f}× the minimum")
+        if why:
+            out.append(f"{r['impl']} {r['type']}: " + "; ".join(why))
+    return out
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -414,6 +439,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"absolute difference of last_hidden_state from PyTorch f32 (PyTorch's own max |value| is "
         f"{fmt(cfg.get('reference_max_abs'), 2)}).",
     ]
+    if result["warnings"]:
+        lines += ["", "Warnings (numbers may be unreliable):", ""] + [f"- {w}" for w in result["warnings"]]
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "Errors:", ""] + [f"- {r['impl']} {r['type']}: {r['error']}" for r in errors]
@@ -465,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_sdcompile(weights, t, ids, ref, args))
 
     machine["load_average_end"] = load_average()
+    machine["pressure_end"] = pressure()
     result = {
         "benchmark": "text_encoder",
         "created": utc_now(),
@@ -494,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": machine,
         "rows": rows,
+        "warnings": collect_warnings(machine, rows),
     }
     md = render_markdown(result)
     atomic_write_json(args.json, result)

@@ -1,14 +1,27 @@
-"""Errors the runtime raises for problems a user can fix (wrong device, missing driver, damaged artifact).
+"""Errors a user of the runtime can cause (wrong device, incomplete artifact, bad arguments).
 
-The runtime imports nothing from ``sdcompile``: an artifact runs where only the runtime is installed.
+The runtime imports no compiler code, so it has its own hierarchy. ``RuntimeFailure`` derives from ``RuntimeError``
+so callers that only know the standard library still catch it. Each message says what happened and what to do.
 """
 
 from __future__ import annotations
 
 
-class RuntimeFailure(Exception):
-    """Base of every user-facing runtime error: the message says what happened and what to do."""
+class RuntimeFailure(RuntimeError):
+    """Base of every user-facing runtime error."""
 
 
-class NoCompatibleBuild(RuntimeFailure):
-    """The artifact holds no device code the device can run (no SASS for its architecture, no usable PTX)."""
+class NoDeviceError(RuntimeFailure):
+    """The device the artifact was built for is not present (no Vulkan adapter, no CUDA driver, ...)."""
+
+
+class ArtifactError(RuntimeFailure):
+    """The artifact is incomplete or inconsistent: a kernel file is missing, a kernel is not in the manifest."""
+
+
+class LaunchError(RuntimeFailure):
+    """A kernel was called with arguments that do not match its parameters."""
+
+
+class NoCompatibleBuild(NoDeviceError):
+    """The artifact holds no kernel build this device can run (e.g. CUDA code for other architectures)."""

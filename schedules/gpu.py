@@ -1,1 +1,151 @@
-RULES = {}
+"""GPU schedules, shared by WebGPU (WGSL on Vulkan) and CUDA.
+
+They stay within WebGPU's guaranteed limits — at most 256 invocations and 16 KB of workgroup memory per workgroup,
+65535 workgroups per grid dimension, no blockIdx.z (TVM's WebGPU host reserves it) — so one schedule serves both.
+Every loop ends up bound to a block or thread axis: a loop left unbound would run on the host and launch the
+kernel once per iteration, which the executors do not do.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from sdcompile.kernels.spec import KernelSpec
+
+MAX_THREADS = 256
+SHARED_BYTES = 16384
+
+
+def _read_index(sch: s_tir.Schedule, block, name: str) -> int:
+    """Index of the buffer called ``name`` among a block's reads (cache_read addresses reads by position)."""
+    for i, region in enumerate(sch.get(block).reads):
+        if str(getattr(region.source, "name", region.source)) == name:
+            return i
+    raise KeyError(name)
+
+
+def _cooperative(sch: s_tir.Schedule, block, threads: tuple[str, ...], extents: tuple[int, ...]) -> None:
+    """Spread a stage computed inside a workgroup over all of the workgroup's threads."""
+    fused = sch.fuse(*sch.get_loops(block)[-2:])  # the two loops compute_at created
+    parts = sch.split(fused, [None, *extents])
+    for lp, t in zip(parts[1:], threads):
+        sch.bind(lp, t)
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    """Tiled matmul: a workgroup computes a BM x BN output tile, each thread TM x TN of it in registers; per BK
+    slice of K, x and the decoded weight are staged in workgroup memory, each weight element decoded once per
+    workgroup (the decode is fused into the staging, so a quant type costs nothing extra in the inner loop)."""
+    M, N, K = (int(spec.attr(k)) for k in "MNK")
+    wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
+    tx, tn = 16, 4  # 64 output columns per workgroup
+    ty, tm = 8, (4 if M >= 32 else 1)  # 32 rows per workgroup, or 8 for short inputs (a prompt, a decode step)
+    bk = 16  # shared: (8*tm) x 16 + 16 x 64 floats <= 6 KB
+
+    acc = sch.cache_write(mm, 0, "local")
+    sch.reverse_compute_inline(y)  # the epilogue runs on the accumulators, at write-back
+    m, n, k = sch.get_loops(mm)
+    mb, mt, mi = sch.split(m, [None, ty, tm])
+    nb, nt, ni = sch.split(n, [None, tx, tn])
+    ko, ki = sch.split(k, [None, bk])
+    sch.reorder(mb, nb, mt, nt, ko, ki, mi, ni)
+    sch.bind(mb, "blockIdx.y")
+    sch.bind(nb, "blockIdx.x")
+    sch.bind(mt, "threadIdx.y")
+    sch.bind(nt, "threadIdx.x")
+    sch.reverse_compute_at(acc, nt)
+
+    xs = sch.cache_read(mm, _read_index(sch, mm, "x"), "shared")
+    sch.compute_at(xs, ko)
+    _cooperative(sch, xs, ("threadIdx.y", "threadIdx.x"), (ty, tx))
+    sch.set_scope(wdq, 0, "shared")
+    sch.compute_at(wdq, ko)
+    _cooperative(sch, wdq, ("threadIdx.y", "threadIdx.x"), (ty, tx))
+
+    sch.unroll(mi)
+    sch.unroll(ni)
+    sch.decompose_reduction(mm, ko)
+
+
+def embed(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    y = sch.get_sblock("y")
+    m, d = sch.get_loops(y)
+    d0, d1 = sch.split(d, [None, min(MAX_THREADS, _pow2_at_least(int(spec.attr("D"))))])
+    sch.bind(m, "blockIdx.y")
+    sch.bind(d0, "blockIdx.x")
+    sch.bind(d1, "threadIdx.x")
+
+
+def _pow2_at_least(n: int, lo: int = 32) -> int:
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+def _row_threads(width: int) -> int:
+    """Threads for one row-wise workgroup: enough to cover the row in one pass, at most 256, a power of two so
+    TVM's cross-thread reduction tree is balanced."""
+    return min(MAX_THREADS, _pow2_at_least(width))
+
+
+def layer_norm(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    """One workgroup per row; mean and variance are workgroup-wide reductions kept in workgroup memory."""
+    D = int(spec.attr("D"))
+    t = _row_threads(D)
+    mean, var, y = (sch.get_sblock(n) for n in ("mean", "var", "y"))
+    m, d = sch.get_loops(y)
+    sch.bind(m, "blockIdx.x")
+    d0, d1 = sch.split(d, [None, t])
+    sch.bind(d1, "threadIdx.x")
+    for red in (var, mean):
+        sch.set_scope(red, 0, "shared")
+        sch.compute_at(red, m)
+        r0, r1 = sch.split(sch.get_loops(red)[-1], [None, t])
+        sch.bind(r1, "threadIdx.x")
+
+
+def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    """One workgroup per query row (b, h, i): threads share the row's scores in workgroup memory, reduce max and
+    sum across the workgroup, then each thread owns output channels of the head."""
+    B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+    # Threads = channels of a head (or a divisor of it): an exact split keeps the head index affine, which the
+    # compute_at region analysis needs to see that a workgroup touches a single head.
+    t = Dh if Dh <= MAX_THREADS else max(f for f in range(1, MAX_THREADS + 1) if Dh % f == 0)
+    score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
+    # Row buffers: scores and probabilities, S floats each. Over budget, recompute the scores instead of
+    # storing them (twice the q.k work); a longer row needs a tiled (flash) kernel.
+    keep_score = 2 * S * 4 <= SHARED_BYTES - 1024
+    if S * 4 > SHARED_BYTES - 1024:
+        raise NotImplementedError(
+            f"GPU attention keeps a row of {S} probabilities in workgroup memory ({S * 4} bytes > "
+            f"{SHARED_BYTES - 1024}); sequence lengths this long need a tiled kernel"
+        )
+    r, c = sch.get_loops(o)
+    b, i = sch.split(r, [B, S])
+    h, e = sch.split(c, [H, Dh])
+    sch.reorder(b, h, i, e)
+    bh = sch.fuse(b, h)
+    sch.bind(bh, "blockIdx.y")
+    sch.bind(i, "blockIdx.x")
+    e0, e1 = sch.split(e, [None, t])
+    sch.bind(e1, "threadIdx.x")
+
+    sch.set_scope(oacc, 0, "local")
+    sch.compute_at(oacc, e1)
+    for blk in (rsum, prob, rmax):
+        sch.set_scope(blk, 0, "shared")
+        sch.compute_at(blk, i)
+        j0, j1 = sch.split(sch.get_loops(blk)[-1], [None, t])
+        sch.bind(j1, "threadIdx.x")
+    if keep_score:
+        sch.set_scope(score, 0, "shared")
+        sch.compute_at(score, i)
+        loops = sch.get_loops(score)
+        j0, j1 = sch.split(loops[-2], [None, t])
+        sch.bind(j1, "threadIdx.x")
+    else:
+        sch.compute_inline(score)
+
+
+RULES = {"linear": linear, "embed": embed, "layer_norm": layer_norm, "attention": attention}

@@ -8,6 +8,7 @@ geometry out of the lowered host code, compiling and exporting — goes through 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import tvm
@@ -37,6 +38,10 @@ def version() -> str:
 def system_cpu() -> str:
     # "native" silently becomes generic code in TVM 0.27; ask LLVM for the host CPU's name instead.
     return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def system_triple() -> str:
+    return str(tvm.target.codegen.llvm_get_system_triple())
 
 
 def cpu_target(mcpu: str | None = None, num_cores: int | None = None) -> dict:
@@ -75,14 +80,21 @@ def cpu_info(target: dict):
     return CpuInfo(lanes=4, registers=32 if "aarch64" in str(t.attrs.get("mtriple", "")) else 16)
 
 
-def scheduled_module(specs: list[KernelSpec], kind: str, target: dict | None = None) -> tvm.IRModule:
+def scheduled_module(
+    specs: list[KernelSpec],
+    kind: str,
+    target: dict | None = None,
+    progress: Callable[[int, str], None] | None = None,
+) -> tvm.IRModule:
     """One IRModule holding every spec's PrimFunc, scheduled for ``kind`` ("cpu" or "gpu"); ``target`` (the CPU
     target dict) tunes the CPU schedules to its vector registers."""
     from schedules import apply
 
     info = cpu_info(target or cpu_target()) if kind == "cpu" else None
     funcs = {}
-    for spec in sorted(set(specs), key=lambda s: s.name):
+    for i, spec in enumerate(sorted(set(specs), key=lambda s: s.name)):
+        if progress:
+            progress(i, f"scheduling {spec.name}")
         sch = tvm.s_tir.Schedule(tvm.IRModule({spec.name: prim_func(spec)}))
         sch.work_on(spec.name)
         apply(sch, spec, kind, info)
@@ -152,8 +164,11 @@ def _launch_entry(call, params: list[str]) -> dict:
             name = str(a.args[0].name)
             if name not in params:
                 raise LoweringError(f"{entry}: buffer {name!r} is not a kernel parameter (a global intermediate?)")
+            if pods:
+                raise LoweringError(f"{entry}: a buffer operand follows a scalar one")
             buffers.append(name)
         elif isinstance(a, tirx.IntImm):
+            # The executors pass buffers first, then scalars (WGSL: bindings, then the uniform struct).
             pods.append({"dtype": str(a.dtype), "value": int(a.value)})
         else:
             raise LoweringError(f"{entry}: unsupported kernel operand {a}")
@@ -176,7 +191,7 @@ def lower_gpu_module(mod: tvm.IRModule, kind: str, params: dict[str, list[str]])
     operands (WGSL: the uniform struct's fields before ``packGridDimX``).
     """
     target = tvm.target.Target(gpu_target(kind))
-    mod = tirx.transform.BindTarget(target.with_host(target.host))(mod)
+    mod = tirx.transform.BindTarget(target)(mod)
     pipeline, finalize_host, finalize_device = tirx.get_default_tir_pipeline(target)
     mod = pipeline(mod)
     host_mod, device_mods = split_host_device_mods(mod)

@@ -18,7 +18,9 @@ import numpy as np
 class TensorInfo:
     name: str
     shape: tuple[int, ...]  # numpy order, outermost first
-    dtype: str  # a quant-type name from sdcompile.quant ("f32", "f16", "bf16", "q4_0", ...) or "i8"/"i16"/"i32"/"i64"/"f64"/"u8"/"bool"
+    # a quant-type name from sdcompile.quant ("f32", "f16", "bf16", "q4_0", ...) or a plain type:
+    # "f64", "i8"/"i16"/"i32"/"i64", "u8"/"u16"/"u32"/"u64", "bool", "f8_e4m3"/"f8_e5m2" (array() gives f32)
+    dtype: str
     nbytes: int  # bytes of the stored data
 
 

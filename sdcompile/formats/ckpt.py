@@ -20,6 +20,7 @@ import collections
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sdcompile.formats.base import TensorInfo, TensorStore
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 MAX_PICKLE = 1 << 30  # a data.pkl this big (uncompressed) is not a checkpoint we can hold; refuse before inflating
+MAX_NESTING = 64  # state dicts nest a few levels; names of deeper ones would cost O(depth^2) memory
 STATE_DICT_KEYS = ("state_dict", "model", "module", "model_state_dict")
 
 _HINT = "the checkpoint is corrupt or truncated; re-download it, or re-save it with torch.save"
@@ -101,10 +103,31 @@ TORCH_DTYPES: dict[str, str | None] = {
 # Local stand-ins for what the pickle may name
 
 
+# Element sizes of the known-but-unsupported types, so legacy files holding them (say, in optimizer state) still parse.
+_UNSUPPORTED_ITEMSIZE = {
+    "ComplexFloatStorage": 8,
+    "ComplexDoubleStorage": 16,
+    "QInt32Storage": 4,
+    "complex64": 8,
+    "cfloat": 8,
+    "complex128": 16,
+    "cdouble": 16,
+    "qint32": 4,
+}
+
+
+def _size_of(name: str, dtype: str | None) -> int:
+    return PLAIN_DTYPES[dtype].itemsize if dtype is not None else _UNSUPPORTED_ITEMSIZE.get(name, 1)
+
+
 @dataclass(frozen=True)
 class _StorageType:
     name: str
     dtype: str | None
+
+    @property
+    def itemsize(self) -> int:
+        return _size_of(self.name, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -116,8 +139,9 @@ class _TorchDtype:
 class _StorageRef:
     """A storage named by a persistent id: its root key, dtype and element count, and for legacy views a byte range."""
 
-    def __init__(self, key: str, dtype: str | None, numel: int, view: tuple[int, int] | None = None) -> None:
-        self.key, self.dtype, self.numel, self.view = key, dtype, numel, view
+    def __init__(self, key: str, st: _StorageType, numel: int, view: tuple[int, int] | None = None) -> None:
+        self.key, self.dtype, self.itemsize, self.numel, self.view = key, st.dtype, st.itemsize, numel, view
+        self.type_name = st.name
 
     def __setstate__(self, state: Any) -> None:
         raise FormatError("the pickle tries to set the state of a storage")
@@ -155,7 +179,7 @@ def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: _Torc
         if not isinstance(dtype, _TorchDtype):
             raise FormatError(f"a tensor's dtype is a {type(dtype).__name__}, not a torch dtype")
         return _TensorRec(storage, dtype.dtype, dtype.name, offset, shape, strides)
-    return _TensorRec(storage, storage.dtype, storage.dtype or "unsupported", offset, shape, strides)
+    return _TensorRec(storage, storage.dtype, storage.type_name, offset, shape, strides)
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride):  # torch._utils._rebuild_tensor
@@ -316,10 +340,6 @@ def _nonneg(x: Any, what: str) -> int:
     return x
 
 
-def _itemsize(dtype: str | None) -> int:
-    return PLAIN_DTYPES[dtype].itemsize if dtype in PLAIN_DTYPES else 1
-
-
 class CkptStore(TensorStore):
     format = "ckpt"
 
@@ -341,17 +361,19 @@ class CkptStore(TensorStore):
                 top = self._load_legacy()
             else:
                 raise fail(p, "is neither a zip checkpoint nor a pickle", "this is not a PyTorch checkpoint")
+            self._collect(top)
         except FormatError as e:
             if str(e).startswith(str(p)):
                 raise
             raise type(e)(f"{p}: {e}; {_HINT}") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as e:
+            raise fail(p, f"is a damaged zip archive ({str(e)[:200]})", _HINT) from None
+        except OSError as e:
+            raise fail(p, f"cannot be read ({e})", "check the file and its permissions") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
             raise fail(p, f"has a corrupt pickle ({type(e).__name__}: {str(e)[:200]})", _HINT) from None
-        except (MemoryError, OverflowError, RecursionError, struct.error) as e:
+        except (MemoryError, OverflowError, RuntimeError, struct.error) as e:  # RecursionError is a RuntimeError
             raise fail(p, f"has a corrupt pickle ({type(e).__name__}: {str(e)[:200]})", _HINT) from None
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError) as e:
-            raise fail(p, f"is a damaged zip archive ({str(e)[:200]})", _HINT) from None
-        self._collect(top)
 
     # -- zip ------------------------------------------------------------------------------------------------------
 
@@ -416,7 +438,7 @@ class CkptStore(TensorStore):
     def _root(self, key: str, st: _StorageType, numel: int) -> _StorageRef:
         ref = self._storages.get(key)
         if ref is None:
-            ref = self._storages[key] = _StorageRef(key, st.dtype, numel)
+            ref = self._storages[key] = _StorageRef(key, st, numel)
         return ref
 
     # -- legacy -----------------------------------------------------------------------------------------------------
@@ -449,7 +471,7 @@ class CkptStore(TensorStore):
             for k in keys:
                 key = _key(k)
                 ref = self._storages.get(key)
-                isz = _itemsize(ref.dtype if ref else "u8")
+                isz = ref.itemsize if ref else 1
                 if pos + 8 > self._size:
                     raise fail(p, f"is truncated: storage {key!r} is missing", _HINT)
                 (n,) = struct.unpack_from("<q" if not self._big_endian else ">q", self._mm, pos)
@@ -480,8 +502,7 @@ class CkptStore(TensorStore):
         if not isinstance(view, tuple) or len(view) != 3:
             raise FormatError(f"a storage view is described by {str(view)[:100]}")
         vkey, off, vsize = _key(view[0]), _nonneg(view[1], "a view offset"), _nonneg(view[2], "a view size")
-        isz = _itemsize(st.dtype)
-        return _StorageRef(vkey, st.dtype, vsize, view=(key, off * isz))  # type: ignore[arg-type]
+        return _StorageRef(vkey, st, vsize, view=(key, off * st.itemsize))
 
     # -- state dict -------------------------------------------------------------------------------------------------
 
@@ -538,7 +559,7 @@ class CkptStore(TensorStore):
         if root is None or loc is None:
             raise fail(self.path, f"tensor {name!r} refers to storage {root_key!r}, whose data is missing", _HINT)
         have = loc[1] if isinstance(loc, tuple) else self._compressed[root_key].file_size
-        declared = root.numel * _itemsize(root.dtype)
+        declared = root.numel * root.itemsize
         if have < declared:
             raise fail(
                 self.path,
@@ -547,7 +568,7 @@ class CkptStore(TensorStore):
             )
         if ref.view:
             off = ref.view[1]
-            size = ref.numel * _itemsize(ref.dtype)
+            size = ref.numel * ref.itemsize
             if off + size > declared:
                 raise fail(self.path, f"storage view {ref.key!r} lies outside storage {root_key!r}", _HINT)
             return size
@@ -560,12 +581,18 @@ class CkptStore(TensorStore):
             buf = self._mm[loc[0] : loc[0] + loc[1]]
         else:
             if not loc:
-                with zipfile.ZipFile(self.path) as zf:
-                    loc = self._data[root_key] = zf.read(self._compressed[root_key])
+                zi = self._compressed[root_key]
+                try:
+                    with zipfile.ZipFile(self.path) as zf:
+                        loc = self._data[root_key] = zf.read(zi)
+                except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError, zlib.error) as e:
+                    raise fail(self.path, f"zip member {zi.filename} cannot be inflated ({e})", _HINT) from None
+                if len(loc) != zi.file_size:
+                    raise fail(self.path, f"zip member {zi.filename} inflates to the wrong size", _HINT)
             buf = np.frombuffer(loc, dtype=np.uint8)
         if ref.view:
             off = ref.view[1]
-            buf = buf[off : off + ref.numel * _itemsize(ref.dtype)]
+            buf = buf[off : off + ref.numel * ref.itemsize]
         return buf
 
     # -- access -----------------------------------------------------------------------------------------------------
@@ -633,6 +660,8 @@ def _flatten(root: dict) -> dict[str, _TensorRec]:
             if isinstance(v, _TensorRec):
                 out[name] = v
             elif isinstance(v, dict) and id(v) not in seen:
+                if len(stack) >= MAX_NESTING:
+                    raise FormatError(f"dicts are nested more than {MAX_NESTING} levels deep (at {name[:200]!r}...)")
                 seen.add(id(v))
                 stack.append((name + ".", iter(v.items())))
                 break

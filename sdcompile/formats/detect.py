@@ -61,7 +61,7 @@ def _is_torch_zip(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return any(n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1) for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError) as e:
         raise fail(path, f"starts like a zip archive but is damaged ({e})", "re-download it") from None
 
 

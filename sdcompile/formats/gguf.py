@@ -212,10 +212,11 @@ class GGUFStore(TensorStore):
         if tid in BY_GGML_ID:
             qt = BY_GGML_ID[tid]
             dtype = qt.name
-            if shape and shape[-1] % qt.block_size:
+            row = shape[-1] if shape else 1
+            if row % qt.block_size:
                 raise fail(
                     p,
-                    f"tensor {name!r} has a row of {shape[-1]} values, not a multiple of {qt.name}'s "
+                    f"tensor {name!r} has a row of {row} values, not a multiple of {qt.name}'s "
                     f"block size {qt.block_size}",
                     _HINT,
                 )

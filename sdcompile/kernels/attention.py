@@ -1,7 +1,7 @@
 """Multi-head scaled dot-product attention with an optional causal mask.
 
 q, k, v and o are [B*S, H*Dh] row-major (heads side by side, as the projections produce them). Intermediates are
-per (b, h, i) query row — ``score`` (scaled q.k), ``rmax``, ``prob`` (unnormalised exp), ``rsum``, ``oacc`` — so schedules
+per (b, h, i) query row — ``score`` (q.k), ``rmax``, ``prob`` (unnormalised exp), ``rsum``, ``oacc`` — so schedules
 keep them in one row's worth of fast memory. The mask uses the lowest finite f32 instead of -inf: WGSL rejects
 infinite constants, and exp(lowest - max) is exactly 0 anyway.
 """
@@ -27,12 +27,12 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     d = te.reduce_axis((0, Dh), name="d")
     score = te.compute(
         (B, H, S, S),
-        lambda b, h, i, j: te.sum(q[b * S + i, h * Dh + d] * k[b * S + j, h * Dh + d], axis=d) * scale,
+        lambda b, h, i, j: te.sum(q[b * S + i, h * Dh + d] * k[b * S + j, h * Dh + d], axis=d),
         name="score",
     )
 
     def masked(b, h, i, j):
-        s = score[b, h, i, j]
+        s = score[b, h, i, j] * scale
         return tirx.Select(j > i, tirx.const(LOWEST, "float32"), s) if causal else s
 
     j1 = te.reduce_axis((0, S), name="j1")

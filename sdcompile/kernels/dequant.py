@@ -37,19 +37,30 @@ def half_bits(w: te.Tensor, i: PrimExpr) -> PrimExpr:
     return (w[i >> 2] >> _u32((i & 2) * 8)) & _u32(0xFFFF)
 
 
+def let(value: PrimExpr, body: Callable[[PrimExpr], PrimExpr], name: str = "t") -> PrimExpr:
+    """Bind ``value`` once: TE expressions are trees, and without a binding a value used in several places is
+    printed (WGSL, CUDA C) and often computed once per use."""
+    v = tirx.Var(name, value.ty)
+    return tirx.Let(v, value, body(v))
+
+
 def f16_to_f32(h: PrimExpr) -> PrimExpr:
     """IEEE half bits (u32 holding 16 bits) -> f32, exact for normals, subnormals, zeros, infinities and NaNs."""
-    sign = (h & _u32(0x8000)) << _u32(16)
-    exp = (h >> _u32(10)) & _u32(0x1F)
-    man = h & _u32(0x3FF)
-    normal = sign | ((exp + _u32(112)) << _u32(23)) | (man << _u32(13))
-    special = sign | _u32(0x7F800000) | (man << _u32(13))
-    as_f32 = tirx.reinterpret("float32", tirx.Select(exp == _u32(31), special, normal))
-    # Subnormal halves are man * 2^-24; computing them in floating point avoids emitting f32 denormal bits, which
-    # GPUs may flush to zero.
-    sub = tirx.Cast("float32", man) * tirx.const(2.0**-24, "float32")
-    sub = tirx.Select(sign != _u32(0), -sub, sub)
-    return tirx.Select(exp == _u32(0), sub, as_f32)
+
+    def convert(h: PrimExpr) -> PrimExpr:
+        sign = (h & _u32(0x8000)) << _u32(16)
+        exp = (h >> _u32(10)) & _u32(0x1F)
+        man = h & _u32(0x3FF)
+        normal = sign | ((exp + _u32(112)) << _u32(23)) | (man << _u32(13))
+        special = sign | _u32(0x7F800000) | (man << _u32(13))
+        as_f32 = tirx.reinterpret("float32", tirx.Select(exp == _u32(31), special, normal))
+        # Subnormal halves are man * 2^-24; computing them in floating point avoids emitting f32 denormal bits,
+        # which GPUs may flush to zero.
+        sub = tirx.Cast("float32", man) * tirx.const(2.0**-24, "float32")
+        sub = tirx.Select(sign != _u32(0), -sub, sub)
+        return tirx.Select(exp == _u32(0), sub, as_f32)
+
+    return let(h, convert, "h")
 
 
 def f16_at(w: te.Tensor, i: PrimExpr) -> PrimExpr:

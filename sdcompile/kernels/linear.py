@@ -13,7 +13,7 @@ import math
 
 from tvm import te, tirx
 
-from sdcompile.kernels.dequant import decode
+from sdcompile.kernels.dequant import decode, let
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -22,21 +22,25 @@ def erf(x: tirx.Expr) -> tirx.Expr:
 
     Abramowitz & Stegun 7.1.26 has 1.5e-7 absolute error, comparable to f32 rounding of values near 1.
     """
-    a = tirx.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    y = 1.0 - poly * te.exp(-a * a)
-    return tirx.Select(x < 0.0, -y, y)
+
+    def from_abs(a):
+        def from_t(t):
+            poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+            return 1.0 - poly * te.exp(-a * a)
+
+        return let(1.0 / (1.0 + 0.3275911 * a), from_t, "t")
+
+    return let(from_abs(tirx.abs(x)), lambda y: tirx.Select(x < 0.0, -y, y), "erf_abs")
 
 
 def activation(name: str, v: tirx.Expr) -> tirx.Expr:
     if name == "none":
         return v
     if name == "gelu":
-        return 0.5 * v * (1.0 + erf(v * (1.0 / math.sqrt(2.0))))
+        return let(v, lambda u: 0.5 * u * (1.0 + erf(u * (1.0 / math.sqrt(2.0)))), "u")
     if name == "quick_gelu":
         # x * sigmoid(1.702 x); exp overflow for very negative x gives x / inf = -0, the right limit.
-        return v / (1.0 + te.exp(v * -1.702))
+        return let(v, lambda u: u / (1.0 + te.exp(u * -1.702)), "u")
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -60,7 +64,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     act = str(spec.attr("act", "none"))
 
     def epilogue(m, n):
-        v = mm[m, n]
+        v = mm[m, n]  # bias, activation, residual: in this order, as in the spec
         if bias is not None:
             v = v + bias[n]
         v = activation(act, v)

@@ -14,14 +14,18 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     x = te.placeholder((M, D), "float32", name="x")
     gamma = te.placeholder((D,), "float32", name="gamma")
     beta = te.placeholder((D,), "float32", name="beta")
+    inv_d = 1.0 / D
     r1 = te.reduce_axis((0, D), name="r1")
-    mean = te.compute((M,), lambda m: te.sum(x[m, r1], axis=r1) * (1.0 / D), name="mean")
+    # Reductions must be the top of a TE compute, so the stages hold sums and the consumers divide by D.
+    mean = te.compute((M,), lambda m: te.sum(x[m, r1], axis=r1), name="mean")
     r2 = te.reduce_axis((0, D), name="r2")
-    var = te.compute((M,), lambda m: te.sum((x[m, r2] - mean[m]) * (x[m, r2] - mean[m]), axis=r2), name="var")
-    # var holds the sum; 1/sqrt instead of rsqrt keeps to functions every target lowers the same way.
+    var = te.compute(
+        (M,), lambda m: te.sum((x[m, r2] - mean[m] * inv_d) * (x[m, r2] - mean[m] * inv_d), axis=r2), name="var"
+    )
+    # 1/sqrt instead of rsqrt keeps to functions every target lowers the same way.
     y = te.compute(
         (M, D),
-        lambda m, d: (x[m, d] - mean[m]) * (1.0 / te.sqrt(var[m] * (1.0 / D) + eps)) * gamma[d] + beta[d],
+        lambda m, d: (x[m, d] - mean[m] * inv_d) * (1.0 / te.sqrt(var[m] * inv_d + eps)) * gamma[d] + beta[d],
         name="y",
     )
     return [x, gamma, beta, y]

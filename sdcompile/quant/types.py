@@ -90,7 +90,7 @@ _TABLE = [
 QUANT_TYPES: dict[str, QuantType] = {t.name: t for t in _TABLE}
 BY_GGML_ID: dict[int, QuantType] = {t.ggml_id: t for t in _TABLE}
 
-# Plain (non-block) element types GGUF may also hold; weights of these types are converted to f32 on read.
+# Plain (non-block) element types GGUF may also hold (ids, masks); readers return them in their stored dtype.
 GGUF_PLAIN_INT = {24: ("i8", 1), 25: ("i16", 2), 26: ("i32", 4), 27: ("i64", 8), 28: ("f64", 8)}
 
 

@@ -10,11 +10,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import FakeStorage, FakeTensor, craft_pickle, legacy_ckpt, zip_ckpt
 
 from sdcompile.errors import FormatError, UnsafePickleError
 from sdcompile.formats import open_store
 from sdcompile.formats.ckpt import CkptStore
+from tests.formats.samples import FakeStorage, FakeTensor, craft_pickle, legacy_ckpt, zip_ckpt
 
 torch = pytest.importorskip("torch")
 
@@ -229,3 +229,26 @@ def test_unknown_torch_global_is_refused(tmp_path):
     path = _save({"m": torch.nn.Identity()}, tmp_path / "mod.pt", "zip")
     with pytest.raises(UnsafePickleError, match=r"torch\.nn\.modules\.linear\.Identity"):
         open_store(path)
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_unsupported_dtype_outside_state_dict_is_ignored(tmp_path, layout):
+    # complex tensors in optimizer state must not stop the weights from loading, nor shift the legacy storage table
+    obj = {
+        "optimizer": {"c": torch.ones(3, dtype=torch.complex64)},
+        "state_dict": {"w": torch.arange(4.0), "v": torch.ones(2, dtype=torch.float64)},
+    }
+    st = open_store(_save(obj, tmp_path / "c.pt", layout))
+    np.testing.assert_array_equal(st.array("w"), np.arange(4.0, dtype=np.float32))
+    np.testing.assert_array_equal(st.array("v"), np.ones(2))
+    bad = _save({"c": torch.ones(3, dtype=torch.complex64)}, tmp_path / "bad.pt", layout)
+    with pytest.raises(FormatError, match=r"bad\.pt: tensor 'c' has dtype (ComplexFloatStorage|complex64)"):
+        open_store(bad)
+
+
+def test_self_referencing_dict(tmp_path):
+    s = FakeStorage("0", 2)
+    d = {"w": FakeTensor(s, 0, (2,), (1,))}
+    d["me"] = d
+    path = zip_ckpt(tmp_path / "loop.ckpt", craft_pickle(d), {"0": np.ones(2, np.float32).tobytes()})
+    assert open_store(path).names() == ["w"]

@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_safetensors, simple_gguf
 
 from sdcompile.errors import FormatError
 from sdcompile.formats import FORMATS, TensorInfo, TensorStore, detect_format, open_store
+from tests.formats.samples import make_safetensors, simple_gguf
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
-from conftest import gguf_bytes, gguf_string
-
-import gguf
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
+
 from sdcompile.formats import open_store
 from sdcompile.formats.gguf import GGUFStore
+from tests.formats.samples import gguf_bytes, gguf_string
 
 # types gguf.quants.quantize supports bit-exactly, with the numpy shapes we store them in
 QUANTIZED = [
@@ -128,7 +128,7 @@ def test_tensors_match_writer_and_reader(written):
 def test_plain_arrays(written):
     path, expect = written
     st = open_store(path)
-    for name, (dtype, shape, _raw, want) in expect.items():
+    for name, (_dtype, shape, _raw, want) in expect.items():
         if name.startswith("p."):
             got = st.array(name)
             assert got.dtype == want.dtype and got.shape == shape
@@ -152,7 +152,11 @@ def test_quant_arrays_use_reference_dequantize(written):
 def test_version2_custom_alignment_and_byte_strings(tmp_path):
     kvs = [
         ("general.alignment", 4, (64).to_bytes(4, "little")),
-        ("tok", 9, (8).to_bytes(4, "little") + (2).to_bytes(8, "little") + gguf_string(b"\xff\xfe") + gguf_string("ok")),
+        (
+            "tok",
+            9,
+            (8).to_bytes(4, "little") + (2).to_bytes(8, "little") + gguf_string(b"\xff\xfe") + gguf_string("ok"),
+        ),
     ]
     data = np.arange(16, dtype=np.float32).tobytes()
     path = tmp_path / "v2.gguf"

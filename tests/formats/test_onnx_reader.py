@@ -15,9 +15,15 @@ from sdcompile.formats.onnx import OnnxStore
 def _model(inits: list[TensorProto], opset: int = 17) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
-    nodes = [helper.make_node("Add", ["x", inits[0].name], ["y"])] if inits else [helper.make_node("Identity", ["x"], ["y"])]
+    nodes = (
+        [helper.make_node("Add", ["x", inits[0].name], ["y"])]
+        if inits
+        else [helper.make_node("Identity", ["x"], ["y"])]
+    )
     g = helper.make_graph(nodes, "g", [x], [y], initializer=inits)
-    m = helper.make_model(g, producer_name="sdcompile-test", producer_version="1.2", opset_imports=[helper.make_opsetid("", opset)])
+    m = helper.make_model(
+        g, producer_name="sdcompile-test", producer_version="1.2", opset_imports=[helper.make_opsetid("", opset)]
+    )
     helper.set_model_props(m, {"author": "me"})
     return m
 
@@ -31,13 +37,33 @@ def _inits(rng):
         "w_float_data": (helper.make_tensor("w_float_data", TensorProto.FLOAT, [2, 3], w.ravel().tolist()), "f32", w),
         "i64_typed": (helper.make_tensor("i64_typed", TensorProto.INT64, [3], [1, -2, 3]), "i64", np.array([1, -2, 3])),
         "i8_typed": (helper.make_tensor("i8_typed", TensorProto.INT8, [2], [-5, 7]), "i8", np.array([-5, 7], np.int8)),
-        "u8_typed": (helper.make_tensor("u8_typed", TensorProto.UINT8, [2], [250, 7]), "u8", np.array([250, 7], np.uint8)),
-        "b_typed": (helper.make_tensor("b_typed", TensorProto.BOOL, [2], [True, False]), "bool", np.array([True, False])),
+        "u8_typed": (
+            helper.make_tensor("u8_typed", TensorProto.UINT8, [2], [250, 7]),
+            "u8",
+            np.array([250, 7], np.uint8),
+        ),
+        "b_typed": (
+            helper.make_tensor("b_typed", TensorProto.BOOL, [2], [True, False]),
+            "bool",
+            np.array([True, False]),
+        ),
         "f16_typed": (helper.make_tensor("f16_typed", TensorProto.FLOAT16, [4], f16), "f16", f16),
-        "f64_typed": (helper.make_tensor("f64_typed", TensorProto.DOUBLE, [2], [0.5, -1.0]), "f64", np.array([0.5, -1.0])),
-        "u64_typed": (helper.make_tensor("u64_typed", TensorProto.UINT64, [1], [2**63 + 1]), "u64", np.array([2**63 + 1], np.uint64)),
+        "f64_typed": (
+            helper.make_tensor("f64_typed", TensorProto.DOUBLE, [2], [0.5, -1.0]),
+            "f64",
+            np.array([0.5, -1.0]),
+        ),
+        "u64_typed": (
+            helper.make_tensor("u64_typed", TensorProto.UINT64, [1], [2**63 + 1]),
+            "u64",
+            np.array([2**63 + 1], np.uint64),
+        ),
         "f16_raw": (numpy_helper.from_array(f16, "f16_raw"), "f16", f16),
-        "i32_raw": (numpy_helper.from_array(np.arange(6, dtype=np.int32).reshape(3, 2), "i32_raw"), "i32", np.arange(6, dtype=np.int32).reshape(3, 2)),
+        "i32_raw": (
+            numpy_helper.from_array(np.arange(6, dtype=np.int32).reshape(3, 2), "i32_raw"),
+            "i32",
+            np.arange(6, dtype=np.int32).reshape(3, 2),
+        ),
         "bf16_typed": (
             helper.make_tensor("bf16_typed", TensorProto.BFLOAT16, [3], bf_bits.astype(np.int32).tolist(), raw=False),
             "bf16",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_safetensors, safetensors_bytes
 
 from sdcompile.errors import FormatError
 from sdcompile.formats import open_store
 from sdcompile.formats.safetensors import SafetensorsStore
+from tests.formats.samples import make_safetensors, safetensors_bytes
 
 _OURS = {
     np.dtype("float32"): "f32",

@@ -1,0 +1,115 @@
+"""CPU executor: calls the kernels of ``kernels_cpu.so`` through TVM's runtime library (not its compiler)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import ArtifactError
+from runtime.executors.common import check_args, kernel_table, lookup
+
+ALIGN = 64  # TVM kernels assume 64-byte aligned tensors (and vector loads are happier)
+
+
+def _import_tvm():
+    # The runtime-only library loads in half the time and a fraction of the memory; it still loads exported
+    # libraries and runs parallel kernels. If the compiler is already imported (tests, `sdcompile run`), reuse it.
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    import tvm
+
+    return tvm
+
+
+def set_num_threads(tvm, n: int | None) -> int:
+    """Size TVM's thread pool explicitly: its default on a 2-core machine is 1 thread.
+
+    Mode -3 (each worker may run on any of the given cores) keeps the process's CPU affinity intact; the default
+    mode pins the calling thread to one core, which would also confine every thread numpy starts afterwards.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    n = max(1, min(int(n or len(cpus)), len(cpus)))
+    tvm.get_global_func("runtime.config_threadpool")(-3, n, [str(c) for c in cpus])
+    return int(tvm.runtime.num_threads())
+
+
+class Buffer:
+    """A 64-byte aligned host allocation; views handed to kernels are cached per (shape, dtype)."""
+
+    __slots__ = ("nbytes", "array", "_tensors")
+
+    def __init__(self, nbytes: int):
+        raw = np.zeros(nbytes + ALIGN, np.uint8)
+        start = (-raw.ctypes.data) % ALIGN
+        self.nbytes = int(nbytes)
+        self.array = raw[start : start + nbytes]
+        self._tensors: dict = {}
+
+    def view(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        return self.array[:n].view(dtype).reshape(shape)
+
+    def tensor(self, tvm, shape: tuple[int, ...], dtype: str):
+        key = (shape, dtype)
+        t = self._tensors.get(key)
+        if t is None:
+            t = self._tensors[key] = tvm.runtime.from_dlpack(self.view(shape, dtype))
+        return t
+
+
+class Executor:
+    backend = "cpu"
+
+    def __init__(self, artifact_dir: Path, kernels: dict, num_threads: int | None = None):
+        self._tvm = _import_tvm()
+        self.artifact_dir = Path(artifact_dir)
+        self.kernels = kernel_table(kernels)
+        self.num_threads = set_num_threads(self._tvm, num_threads)
+        modules: dict[str, object] = {}
+        self._funcs: dict[str, object] = {}
+        for name, info in sorted(self.kernels.items()):
+            (entry,) = info["launch"]  # one library call per kernel on the CPU
+            rel = entry["file"]
+            if rel not in modules:
+                path = self.artifact_dir / rel
+                if not path.is_file():
+                    raise ArtifactError(f"kernel library {path} is missing; rebuild the artifact for the cpu target")
+                modules[rel] = self._tvm.runtime.load_module(str(path))
+            try:
+                self._funcs[name] = modules[rel].get_function(entry["entry"])
+            except AttributeError:
+                raise ArtifactError(
+                    f"{rel} has no kernel {entry['entry']!r}; the library does not match the manifest"
+                ) from None
+
+    def device_info(self) -> dict:
+        import platform
+
+        name = platform.processor() or platform.machine()
+        info = {"backend": "cpu", "name": name, "adapter": name, "type": "CPU", "threads": self.num_threads}
+        try:
+            info["memory_bytes"] = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not every platform reports it
+            pass
+        return info
+
+    def alloc(self, nbytes: int) -> Buffer:
+        return Buffer(nbytes)
+
+    def upload(self, buf: Buffer, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        buf.array[: data.size] = data
+
+    def download(self, buf: Buffer, shape, dtype) -> np.ndarray:
+        return buf.view(tuple(shape), dtype).copy()
+
+    def launch(self, kernel_name: str, args: list[tuple[Buffer, tuple[int, ...], str]]) -> None:
+        info = lookup(self.kernels, kernel_name)
+        layouts = check_args(kernel_name, info, args)
+        self._funcs[kernel_name](*(buf.tensor(self._tvm, *lay) for (buf, _, _), lay in zip(args, layouts)))
+
+    def synchronize(self) -> None:
+        """CPU kernels run synchronously inside ``launch``."""
