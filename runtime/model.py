@@ -134,12 +134,16 @@ class Model:
             raise RuntimeFailure(f"{wf}: weights {missing[:5]} are missing; recompile")
 
     def _arg(self, ref: dict, param: dict):
+        """(buffer, shape, dtype) for one kernel argument, as the parameter's kind says the kernel reads it."""
         shape = tuple(param["shape"])
-        if "slot" in ref:
-            return (self.slots[ref["slot"]], shape, param.get("np_dtype", "float32"))
         if "weight" in ref:
-            return (self.weights[ref["weight"]], shape, "uint32")
-        return (self.inputs[ref["input"]], shape, "int32")
+            buf = self.weights[ref["weight"]]
+            if param["kind"] == "raw":  # storage-type bytes, read by the kernel as uint32 words
+                return (buf, (int(param["words"]),), "uint32")
+            return (buf, shape, "float32")  # small f32 tensors (bias, norm, positions)
+        if "slot" in ref:
+            return (self.slots[ref["slot"]], shape, param["dtype"])
+        return (self.inputs[ref["input"]], shape, param["dtype"])
 
     def _check_input(self, name: str, arr: np.ndarray) -> np.ndarray:
         spec = self.plan["inputs"][name]

@@ -49,9 +49,11 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
     mr, nv = register_tile(M, N, cpu)
     import os
-    if os.environ.get('MR'): mr, nv = int(os.environ['MR']), int(os.environ['NV'])
+
+    if os.environ.get("MR"):
+        mr, nv = int(os.environ["MR"]), int(os.environ["NV"])
     nb = nv * cpu.lanes if N % cpu.lanes == 0 else _divisor(N, 64)  # output columns per task
-    kb = _divisor(K, int(os.environ.get('KB', 256)), 32)  # K per decoded tile: kb x nb f32 stays in L2
+    kb = _divisor(K, int(os.environ.get("KB", 256)), 32)  # K per decoded tile: kb x nb f32 stays in L2
     m, n, k = sch.get_loops(mm)
     n0, n1 = sch.split(n, [None, nb])
     k0, k1 = sch.split(k, [None, kb])

@@ -164,8 +164,8 @@ def cmd_run(args) -> int:
 
     import runtime
 
-    inputs = dict(_load_npy(s) for s in args.input)
     model = runtime.load(args.artifact, num_threads=args.threads)
+    inputs = dict(_load_npy(s) for s in args.input)
     out = model.run(inputs)
     tmp = args.output.with_name(args.output.name + ".tmp.npz")
     np.savez(tmp, **out)

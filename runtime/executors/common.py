@@ -15,7 +15,9 @@ def kernel_table(kernels: dict) -> dict[str, dict]:
         kernels = kernels["kernels"]
     for name, info in kernels.items():
         if not isinstance(info, dict) or "params" not in info or "launch" not in info:
-            raise ArtifactError(f"kernel {name!r} in the manifest has no params/launch description; rebuild the artifact")
+            raise ArtifactError(
+                f"kernel {name!r} in the manifest has no params/launch description; rebuild the artifact"
+            )
     return kernels
 
 
@@ -49,13 +51,15 @@ def nbytes_of(shape: tuple[int, ...], dtype: str) -> int:
 def check_args(name: str, info: dict, args: list) -> list[tuple[tuple[int, ...], str]]:
     params = info["params"]
     if len(args) != len(params):
-        raise LaunchError(f"kernel {name} takes {len(params)} arguments ({', '.join(p['name'] for p in params)}), "
-                          f"got {len(args)}")
+        raise LaunchError(
+            f"kernel {name} takes {len(params)} arguments ({', '.join(p['name'] for p in params)}), got {len(args)}"
+        )
     layouts = []
     for p, (buf, shape, dtype) in zip(params, args):
         layout = arg_layout(name, p, tuple(shape), dtype)
         if nbytes_of(*layout) > buf.nbytes:
-            raise LaunchError(f"kernel {name}: buffer for {p['name']!r} has {buf.nbytes} bytes, needs "
-                              f"{nbytes_of(*layout)}")
+            raise LaunchError(
+                f"kernel {name}: buffer for {p['name']!r} has {buf.nbytes} bytes, needs {nbytes_of(*layout)}"
+            )
         layouts.append(layout)
     return layouts

@@ -104,8 +104,10 @@ class Executor:
         features = []
         if any("enable f16" in code for code in self._code.values()):
             if "shader-f16" not in self.adapter.features:
-                raise NoDeviceError(f"Vulkan adapter {self.adapter.info['device']} lacks shader-f16, which these "
-                                    "kernels need; build them without f16 arithmetic or use another device")
+                raise NoDeviceError(
+                    f"Vulkan adapter {self.adapter.info['device']} lacks shader-f16, which these "
+                    "kernels need; build them without f16 arithmetic or use another device"
+                )
             features.append("shader-f16")
         lim = self.adapter.limits
         self.max_binding = int(lim["max-storage-buffer-binding-size"])
@@ -125,8 +127,13 @@ class Executor:
     def device_info(self) -> dict:
         info = self.adapter.info
         # WebGPU does not report device memory; memory checks are skipped when "memory_bytes" is absent.
-        return {"backend": "vulkan", "name": info.get("device", ""), "adapter": info.get("device", ""),
-                "type": info.get("adapter_type", ""), "driver": info.get("description", "")}
+        return {
+            "backend": "vulkan",
+            "name": info.get("device", ""),
+            "adapter": info.get("device", ""),
+            "type": info.get("adapter_type", ""),
+            "driver": info.get("description", ""),
+        }
 
     def alloc(self, nbytes: int) -> Buffer:
         import wgpu
@@ -178,14 +185,19 @@ class Executor:
             key = tuple((buf.serial, size) for buf, size in bound)
             group = k.bind_groups.get(key)
             if group is None:
-                for (buf, size), pname in zip(bound, entry["buffers"]):
+                for (_, size), pname in zip(bound, entry["buffers"]):
                     if size > self.max_binding:
-                        raise LaunchError(f"kernel {kernel_name}: {pname!r} needs a {size}-byte binding; this "
-                                          f"adapter allows {self.max_binding}")
-                entries = [{"binding": i, "resource": {"buffer": buf.gpu, "offset": 0, "size": max(4, _round4(size))}}
-                           for i, (buf, size) in enumerate(bound)]
-                entries.append({"binding": len(bound),
-                                "resource": {"buffer": k.uniform, "offset": 0, "size": k.uniform_size}})
+                        raise LaunchError(
+                            f"kernel {kernel_name}: {pname!r} needs a {size}-byte binding; this "
+                            f"adapter allows {self.max_binding}"
+                        )
+                entries = [
+                    {"binding": i, "resource": {"buffer": buf.gpu, "offset": 0, "size": max(4, _round4(size))}}
+                    for i, (buf, size) in enumerate(bound)
+                ]
+                entries.append(
+                    {"binding": len(bound), "resource": {"buffer": k.uniform, "offset": 0, "size": k.uniform_size}}
+                )
                 group = k.bind_groups[key] = self.device.create_bind_group(layout=k.layout, entries=entries)
             compute.set_pipeline(k.pipeline)
             compute.set_bind_group(0, group)

@@ -64,9 +64,7 @@ def _param_names(specs: list[KernelSpec]) -> dict[str, list[str]]:
     return {s.name: [p.name for p in s.params] for s in specs}
 
 
-def build_kernels(
-    specs: list[KernelSpec], target: str, out_dir: Path, *, progress: Progress | None = None
-) -> dict:
+def build_kernels(specs: list[KernelSpec], target: str, out_dir: Path, *, progress: Progress | None = None) -> dict:
     """Compile every spec for ``target`` ("cpu" or "vulkan") into ``out_dir``; return the description above."""
     if target not in TARGETS:
         raise OptionError(f"unknown kernel target {target!r}; choose one of {', '.join(TARGETS)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from sdcompile.kernels.dequant import f32
 from sdcompile.kernels.spec import KernelSpec
 
 LOWEST = -3.4028234663852886e38
@@ -18,7 +19,7 @@ LOWEST = -3.4028234663852886e38
 def compute(spec: KernelSpec) -> list[te.Tensor]:
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
     causal = bool(spec.attr("causal"))
-    scale = float(Dh) ** -0.5
+    scale = f32(float(Dh) ** -0.5)
     shape = (B * S, H * Dh)
     q = te.placeholder(shape, "float32", name="q")
     k = te.placeholder(shape, "float32", name="k")
@@ -33,7 +34,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
 
     def masked(b, h, i, j):
         s = score[b, h, i, j] * scale
-        return tirx.Select(j > i, tirx.const(LOWEST, "float32"), s) if causal else s
+        return tirx.Select(j > i, f32(LOWEST), s) if causal else s
 
     j1 = te.reduce_axis((0, S), name="j1")
     rmax = te.compute((B, H, S), lambda b, h, i: te.max(masked(b, h, i, j1), axis=j1), name="rmax")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from tvm import te, tirx
 
 from sdcompile.quant.types import get as get_type
@@ -56,7 +57,7 @@ def f16_to_f32(h: PrimExpr) -> PrimExpr:
         as_f32 = tirx.reinterpret("float32", tirx.Select(exp == _u32(31), special, normal))
         # Subnormal halves are man * 2^-24; computing them in floating point avoids emitting f32 denormal bits,
         # which GPUs may flush to zero.
-        sub = tirx.Cast("float32", man) * tirx.const(2.0**-24, "float32")
+        sub = tirx.Cast("float32", man) * f32(2.0**-24)
         sub = tirx.Select(sign != _u32(0), -sub, sub)
         return tirx.Select(exp == _u32(0), sub, as_f32)
 
@@ -65,6 +66,13 @@ def f16_to_f32(h: PrimExpr) -> PrimExpr:
 
 def f16_at(w: te.Tensor, i: PrimExpr) -> PrimExpr:
     return f16_to_f32(half_bits(w, i))
+
+
+def f32(v: float) -> PrimExpr:
+    """An f32 constant that survives every code generator bit-exactly: TVM's WGSL printer writes float literals
+    with 7 significant digits (2^-24 becomes 5.960464e-08f, one ulp off), so constants go through their bits."""
+    bits = int(np.array(v, np.float32).view(np.uint32))
+    return tirx.reinterpret("float32", tirx.const(bits, "uint32"))
 
 
 def _i8(b: PrimExpr) -> PrimExpr:

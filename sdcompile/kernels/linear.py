@@ -13,7 +13,7 @@ import math
 
 from tvm import te, tirx
 
-from sdcompile.kernels.dequant import decode, let
+from sdcompile.kernels.dequant import decode, f32, let
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -25,10 +25,11 @@ def erf(x: tirx.Expr) -> tirx.Expr:
 
     def from_abs(a):
         def from_t(t):
-            poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+            c1, c2, c3, c4, c5 = (f32(c) for c in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
+            poly = t * (c1 + t * (c2 + t * (c3 + t * (c4 + t * c5))))
             return 1.0 - poly * te.exp(-a * a)
 
-        return let(1.0 / (1.0 + 0.3275911 * a), from_t, "t")
+        return let(1.0 / (1.0 + f32(0.3275911) * a), from_t, "t")
 
     return let(from_abs(tirx.abs(x)), lambda y: tirx.Select(x < 0.0, -y, y), "erf_abs")
 
@@ -37,10 +38,10 @@ def activation(name: str, v: tirx.Expr) -> tirx.Expr:
     if name == "none":
         return v
     if name == "gelu":
-        return let(v, lambda u: 0.5 * u * (1.0 + erf(u * (1.0 / math.sqrt(2.0)))), "u")
+        return let(v, lambda u: 0.5 * u * (1.0 + erf(u * f32(1.0 / math.sqrt(2.0)))), "u")
     if name == "quick_gelu":
         # x * sigmoid(1.702 x); exp overflow for very negative x gives x / inf = -0, the right limit.
-        return let(v, lambda u: u / (1.0 + te.exp(u * -1.702)), "u")
+        return let(v, lambda u: u / (1.0 + te.exp(u * f32(-1.702))), "u")
     raise ValueError(f"unknown activation {name!r}")
 
 

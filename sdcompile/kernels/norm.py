@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tvm import te
 
+from sdcompile.kernels.dequant import f32
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -14,7 +15,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     x = te.placeholder((M, D), "float32", name="x")
     gamma = te.placeholder((D,), "float32", name="gamma")
     beta = te.placeholder((D,), "float32", name="beta")
-    inv_d = 1.0 / D
+    inv_d = f32(1.0 / D)
     r1 = te.reduce_axis((0, D), name="r1")
     # Reductions must be the top of a TE compute, so the stages hold sums and the consumers divide by D.
     mean = te.compute((M,), lambda m: te.sum(x[m, r1], axis=r1), name="mean")
@@ -25,7 +26,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     # 1/sqrt instead of rsqrt keeps to functions every target lowers the same way.
     y = te.compute(
         (M, D),
-        lambda m, d: (x[m, d] - mean[m] * inv_d) * (1.0 / te.sqrt(var[m] * inv_d + eps)) * gamma[d] + beta[d],
+        lambda m, d: (x[m, d] - mean[m] * inv_d) * (1.0 / te.sqrt(var[m] * inv_d + f32(eps))) * gamma[d] + beta[d],
         name="y",
     )
     return [x, gamma, beta, y]

@@ -109,8 +109,9 @@ class KernelSpec:
         raise ValueError(self.op)
 
 
-def linear(M: int, N: int, K: int, wtype: str, bias: bool = False, residual: bool = False,
-           act: str = "none") -> KernelSpec:
+def linear(
+    M: int, N: int, K: int, wtype: str, bias: bool = False, residual: bool = False, act: str = "none"
+) -> KernelSpec:
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}")
     return KernelSpec.make("linear", M=M, N=N, K=K, wtype=wtype, bias=bias, residual=residual, act=act)

@@ -45,9 +45,13 @@ def _move_to(g: Graph, node: Node, replaced: Node) -> None:
 
 
 # matmul(x, dequantize(w)) | matmul(x, w)  ->  linear(x, w)
-def _check_matmul(g: Graph, n: Node) -> Match | str:
+def _check_dequantize(g: Graph, n: Node) -> Match | str:
     deq = _single_producer(g, n.inputs[1], "dequantize")
-    return {"deq": deq if isinstance(deq, Node) else None}
+    return {"deq": deq} if isinstance(deq, Node) else deq
+
+
+def _check_matmul(g: Graph, n: Node) -> Match | str:
+    return {"deq": None}
 
 
 def _rewrite_matmul(g: Graph, n: Node, m: Match) -> None:
@@ -127,7 +131,8 @@ def _rewrite_residual(g: Graph, n: Node, m: Match) -> None:
 
 
 RULES: list[Rule] = [
-    Rule("dequantize_into_matmul", "matmul", _check_matmul, _rewrite_matmul),
+    Rule("dequantize_into_matmul", "matmul", _check_dequantize, _rewrite_matmul),
+    Rule("matmul_to_linear", "matmul", _check_matmul, _rewrite_matmul),
     Rule("bias_into_linear", "add", _check_bias, _rewrite_bias),
     Rule("activation_into_linear", "gelu", _check_act, _rewrite_act),
     Rule("activation_into_linear", "quick_gelu", _check_act, _rewrite_act),

@@ -28,6 +28,16 @@ def sdc(*args, env=None, timeout=600):
     )
 
 
+@pytest.fixture(scope="module")
+def cli_artifact(tiny_ldm_safetensors, tmp_path_factory) -> Path:
+    from sdcompile.compiler import compile_model
+    from sdcompile.passes.context import CompileOptions
+
+    out = tmp_path_factory.mktemp("cli") / "art"
+    compile_model(tiny_ldm_safetensors, out, CompileOptions(target="cpu"))
+    return out
+
+
 def test_help_and_version():
     r = sdc("--help")
     assert r.returncode == 0 and "compile" in r.stdout and "inspect" in r.stdout
@@ -57,10 +67,12 @@ def test_inspect_json(tiny_ldm_safetensors):
         (["compile", "{model}", "-o", "{tmp}/x", "--tensor-type-rules", "fc1"], "regex=type"),
         (["compile", "{model}", "-o", "{tmp}/x", "--target", "cuda", "--cuda-arch", "sm_52"], "sm_52"),
         (["run", "{tmp}", "--input", "input_ids=x.npy", "--output", "{tmp}/o.npz"], "not an sdcompile artifact"),
+        (["run", "{art}", "--input", "input_ids=nothere.npy", "--output", "{tmp}/o.npz"], "nothere.npy"),
+        (["run", "{art}", "--input", "input_ids", "--output", "{tmp}/o.npz"], "NAME=FILE.npy"),
     ],
 )
-def test_user_errors_are_one_line(args, needle, tiny_ldm_safetensors, tmp_path):
-    args = [a.format(model=tiny_ldm_safetensors, tmp=tmp_path) for a in args]
+def test_user_errors_are_one_line(args, needle, tiny_ldm_safetensors, cli_artifact, tmp_path):
+    args = [a.format(model=tiny_ldm_safetensors, tmp=tmp_path, art=cli_artifact) for a in args]
     r = sdc(*args)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr

@@ -196,3 +196,53 @@ def check(case: Case, got: np.ndarray) -> None:
             f"{case.spec.name}: {int(bad.sum())} of {bad.size} elements out of tolerance; worst at {i}: "
             f"got {got[i]!r}, want {case.ref[i]!r}, tol {case.tol[i]:.3g}"
         )
+
+
+# --- exhaustive decode checks ------------------------------------------------------------------------------------
+# Random normal weights never produce subnormal, infinite or NaN halves, nor subnormal block scales; these cases do.
+
+
+def decode_specs() -> list[S.KernelSpec]:
+    return [S.embed(1024, 1, 1024, 64, "f16"), S.embed(1024, 1, 1024, 64, "bf16"), S.embed(64, 1, 64, 64, "q8_0")]
+
+
+def decode_case(spec: S.KernelSpec) -> Case:
+    """An embed (a pure gather, pos = 0) whose table holds every 16-bit pattern once for f16/bf16, or q8_0
+    blocks whose f16 scales are subnormal, zero or negative; the output must equal the decoded table exactly."""
+    V, D = int(spec.attr("V")), int(spec.attr("D"))
+    wtype = str(spec.attr("wtype"))
+    ids = np.arange(V, dtype=np.int32)[::-1].copy()
+    pos = np.zeros((1, D), np.float32)
+    if wtype in ("f16", "bf16"):
+        bits = np.arange(V * D, dtype=np.uint32).astype(np.uint16)
+        words = bits.view(np.uint32).copy()
+        with np.errstate(invalid="ignore"):  # gguf's bf16 decode casts NaN patterns through an integer
+            ref = quants.dequantize(bits.view(np.uint8), GGUF_TYPES[wtype]).reshape(V, D).astype(np.float64)
+    else:
+        rng = np.random.default_rng(1)
+        scales = np.concatenate(
+            [
+                np.float16([0.0, -0.0, 6e-8, -6e-8, 3e-5, 6.1e-5, -65504.0]),
+                rng.standard_normal(V * D // 32 - 7).astype(np.float16),
+            ]
+        )
+        qs = rng.integers(-128, 128, (V * D // 32, 32)).astype(np.int8)
+        blocks = np.concatenate([scales.view(np.uint8).reshape(-1, 2), qs.view(np.uint8)], axis=1)
+        raw = blocks.reshape(-1)
+        words = np.frombuffer(raw.tobytes() + b"\0" * (-raw.size % 4), np.uint32).copy()
+        ref = quants.dequantize(raw, Q.Q8_0).reshape(V, D).astype(np.float64)
+    ref = ref[ids] + 0.0  # + pos (zero); -0.0 + 0.0 = +0.0, as the kernel computes it
+    return Case(spec, [ids, words, pos], ref, np.zeros_like(ref))
+
+
+def check_exact(case: Case, got: np.ndarray) -> None:
+    ref = case.ref.astype(np.float32)
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(got), nan), f"{case.spec.name}: NaNs differ"
+    diff = (got != ref) & ~nan
+    if diff.any():
+        i = np.argwhere(diff)[0]
+        raise AssertionError(
+            f"{case.spec.name}: {int(diff.sum())} values differ; first at {tuple(i)}: got {got[tuple(i)]!r}, "
+            f"want {ref[tuple(i)]!r}"
+        )

@@ -1,0 +1,116 @@
+"""Kernels built for the CPU (LLVM) through ``build_kernels`` and run by the CPU executor, against numpy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from runtime.errors import ArtifactError, LaunchError
+from runtime.executors.cpu import Executor
+from sdcompile.codegen.build import build_kernels, lower_gpu
+from sdcompile.kernels import spec as S
+from tests.kernels import kernel_cases as kc
+
+SPECS = kc.all_specs()
+DECODE = kc.decode_specs()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    # One build for the whole module: LLVM compile time dominates the suite.
+    out = tmp_path_factory.mktemp("cpu_kernels")
+    return out, build_kernels(SPECS + DECODE, "cpu", out)
+
+
+@pytest.fixture(scope="module")
+def ex(built):
+    out, result = built
+    return Executor(out, result, num_threads=2)
+
+
+def test_description_is_json_and_complete(built):
+    out, result = built
+    assert json.loads(json.dumps(result)) == result
+    assert result["target"] == "cpu" and result["files"] == ["kernels_cpu.so"]
+    assert result["cpu"]["mcpu"]
+    assert sorted(result["kernels"]) == sorted(s.name for s in SPECS + DECODE)
+    lin = result["kernels"][SPECS[0].name]
+    assert lin["op"] == "linear" and lin["attrs"]["wtype"] == "f32"
+    assert [p["name"] for p in lin["params"]] == ["x", "w", "y"]
+    assert lin["launch"] == [{"entry": SPECS[0].name, "file": "kernels_cpu.so", "buffers": ["x", "w", "y"]}]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_kernel_matches_numpy(ex, spec):
+    case = kc.make_case(spec)
+    kc.check(case, kc.run_case(ex, case))
+
+
+@pytest.mark.parametrize("spec", DECODE, ids=lambda s: s.name)
+def test_decode_is_exact_on_special_values(ex, spec):
+    case = kc.decode_case(spec)
+    kc.check_exact(case, kc.run_case(ex, case))
+
+
+def test_repeated_launches_reuse_buffers(ex):
+    # Cached tensor views must see new contents, and a larger-than-needed buffer must work.
+    spec = S.layer_norm(7, 96, 1e-5)
+    a, b = kc.make_case(spec, seed=1), kc.make_case(spec, seed=2)
+    bufs = [ex.alloc(x.nbytes + 256) for x in a.inputs] + [ex.alloc(7 * 96 * 4 + 256)]
+    args = [(buf, x.shape, str(x.dtype)) for buf, x in zip(bufs, a.inputs)] + [(bufs[-1], (7, 96), "float32")]
+    for case in (a, b):
+        for buf, x in zip(bufs, case.inputs):
+            ex.upload(buf, x)
+        ex.launch(spec.name, args)
+        ex.synchronize()
+        kc.check(case, ex.download(bufs[-1], (7, 96), "float32"))
+
+
+def test_user_errors(ex, built):
+    spec = S.layer_norm(7, 96, 1e-5)
+    buf = ex.alloc(7 * 96 * 4)
+    with pytest.raises(ArtifactError, match="not in this artifact"):
+        ex.launch("no_such_kernel", [])
+    with pytest.raises(LaunchError, match="takes 4 arguments"):
+        ex.launch(spec.name, [(buf, (7, 96), "float32")])
+    with pytest.raises(LaunchError, match="must be float32"):
+        ex.launch(spec.name, [(buf, (7, 95), "float32")] * 4)
+    with pytest.raises(LaunchError, match="bytes, needs"):
+        ex.launch(
+            spec.name,
+            [(ex.alloc(16), (7, 96), "float32")] + [(buf, (96,), "float32")] * 2 + [(buf, (7, 96), "float32")],
+        )
+    out, result = built
+    with pytest.raises(ArtifactError, match="missing"):
+        Executor(out / "nowhere", result)
+
+
+def test_same_specs_give_same_bytes(tmp_path):
+    specs = [S.linear(7, 64, 256, "q4_0", bias=True), S.layer_norm(7, 96, 1e-5)]
+    results = [build_kernels(list(order), "cpu", tmp_path / str(i)) for i, order in enumerate((specs, specs[::-1]))]
+    assert results[0] == results[1]
+    assert (tmp_path / "0/kernels_cpu.so").read_bytes() == (tmp_path / "1/kernels_cpu.so").read_bytes()
+
+
+def test_lower_gpu_gives_cuda_source_without_a_gpu(tmp_path):
+    specs = [S.linear(7, 64, 256, "q4_0", bias=True, act="gelu"), S.attention(2, 7, 2, 16, True)]
+    source, launch = lower_gpu(specs, "cuda")
+    assert sorted(launch) == sorted(s.name for s in specs)
+    for s in specs:
+        (entry,) = launch[s.name]
+        assert f'extern "C" __global__ void __launch_bounds__({np.prod(entry["block"])}) {entry["entry"]}(' in source
+        assert sorted(entry["buffers"]) == sorted(p.name for p in s.params) and entry["pods"] == []
+        assert 1 <= np.prod(entry["block"]) <= 256 and entry["grid"][2] == 1
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed: CUDA source generated but not compiled")
+    (tmp_path / "k.cu").write_text(source)
+    subprocess.run(
+        [nvcc, "--cubin", "-arch=sm_75", "-o", str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")],
+        check=True,
+        capture_output=True,
+    )
