@@ -33,17 +33,18 @@ def inspect_file(path: Path) -> dict[str, Any]:
     }
     if family is not None:
         from sdcompile.models import lift
-        from sdcompile.passes import memory_plan
+        from sdcompile.passes import fuse, memory_plan, quantize
         from sdcompile.passes.context import CompileOptions, PassContext
 
         g = lift(store)
         info["model"] = g.meta.get("config", {})
         ctx = PassContext(CompileOptions())
-        memory_plan.run(g, ctx)
+        for p in (quantize.run, fuse.run, memory_plan.run):  # as compiled, minus target-specific legalization
+            g = p(g, ctx)
         info["memory_estimate"] = {
             k: ctx.report["memory"][k] for k in ("weights_bytes", "activation_bytes", "peak_bytes")
         }
-        info["memory_estimate"]["note"] = "stored types, batch 1, weights kept as stored"
+        info["memory_estimate"]["note"] = "batch 1, weights as stored (norms and biases as f32)"
     return info
 
 
