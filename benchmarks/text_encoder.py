@@ -195,6 +195,7 @@ def new_row(impl: str, type_: str, args: argparse.Namespace) -> dict[str, Any]:
         "median_ms": None,
         "p90_ms": None,
         "max_abs_diff_vs_torch": None,
+        "rel_rms_diff_vs_torch": None,
         "error": None,
     }
 
@@ -206,13 +207,16 @@ def fill_timing(row: dict[str, Any], fn: Callable[[], np.ndarray], args: argpars
     row["pressure_after"] = pressure()  # avg10 covers roughly the timed runs: was anything else competing?
 
 
-def max_abs_diff(out: np.ndarray | None, ref: np.ndarray | None) -> float | None:
+def agreement(row: dict[str, Any], out: np.ndarray | None, ref: np.ndarray | None) -> None:
+    """Fill max |out - ref| and rms(out - ref) / rms(ref), PyTorch f32 being `ref`."""
     if out is None or ref is None:
-        return None
+        return
     out = np.asarray(out)
     if out.shape != ref.shape:
         raise ValueError(f"output shape {out.shape} differs from PyTorch's {ref.shape}")
-    return float(np.max(np.abs(out.astype(np.float32) - ref)))
+    d = out.astype(np.float64) - ref
+    row["max_abs_diff_vs_torch"] = float(np.max(np.abs(d)))
+    row["rel_rms_diff_vs_torch"] = float(np.sqrt(np.mean(d * d) / np.mean(ref.astype(np.float64) ** 2)))
 
 
 def record_error(row: dict[str, Any], stage: str, e: BaseException) -> None:
@@ -240,7 +244,7 @@ def run_torch(model, ids: np.ndarray, args: argparse.Namespace) -> tuple[dict[st
 
             out = fn()
             fill_timing(row, fn, args)
-        row["max_abs_diff_vs_torch"] = 0.0
+        row["max_abs_diff_vs_torch"] = row["rel_rms_diff_vs_torch"] = 0.0
     except Exception as e:
         record_error(row, "run", e)
         out = None
@@ -321,7 +325,7 @@ def run_ort(
 
         out = fn()
         fill_timing(row, fn, args)
-        row["max_abs_diff_vs_torch"] = max_abs_diff(out, ref)
+        agreement(row, out, ref)
         sess = None  # joins ORT's thread pool before the next implementation is timed
     except Exception as e:
         record_error(row, stage, e)
@@ -369,7 +373,7 @@ def run_sdcompile(
 
         out = fn()
         stage = "check"
-        row["max_abs_diff_vs_torch"] = max_abs_diff(out, ref)
+        agreement(row, out, ref)
         stage = "run"
         fill_timing(row, fn, args)
     except Exception as e:
@@ -421,10 +425,22 @@ def render_markdown(result: dict[str, Any]) -> str:
                 fmt(ratio(r["median_ms"], ort_med), 2, "×"),
                 fmt(ratio(r["median_ms"], torch_med), 2, "×"),
                 fmt_sci(r["max_abs_diff_vs_torch"]),
+                fmt_sci(r.get("rel_rms_diff_vs_torch")),
                 fmt(r.get("compile_s"), 1),
             ]
         )
-    headers = ["impl", "type", "median ms", "min ms", "p90 ms", "vs ORT", "vs PyTorch", "max\\|diff\\|", "compile s"]
+    headers = [
+        "impl",
+        "type",
+        "median ms",
+        "min ms",
+        "p90 ms",
+        "vs ORT",
+        "vs PyTorch",
+        "max\\|diff\\|",
+        "rel rms",
+        "compile s",
+    ]
     lines = [
         f"### SD1.5 text encoder: batch {cfg['batch']} × {SEQ} tokens, {cfg['threads']} threads, "
         f"{cfg['repeat']} timed runs after {cfg['warmup']} warmup",
@@ -437,7 +453,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         "vs ORT / vs PyTorch: median time divided by that peer's median (below 1× is faster). max|diff|: largest "
         f"absolute difference of last_hidden_state from PyTorch f32 (PyTorch's own max |value| is "
-        f"{fmt(cfg.get('reference_max_abs'), 2)}).",
+        f"{fmt(cfg.get('reference_max_abs'), 2)}); rel rms: rms(difference) / rms(PyTorch output).",
     ]
     if result["warnings"]:
         lines += ["", "Warnings (numbers may be unreliable):", ""] + [f"- {w}" for w in result["warnings"]]

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from tvm import s_tir
 
+from sdcompile.errors import NoKernelError
+from sdcompile.kernels.dequant import scale_stages
 from sdcompile.kernels.spec import KernelSpec
 
 MAX_THREADS = 256
 SHARED_BYTES = 16384
+# Longest key sequence the attention schedule supports: one row of probabilities in workgroup memory, with 2 KB
+# left for the reduction buffers. Legalization should read this, not rediscover it.
+MAX_ATTENTION_SEQ = (SHARED_BYTES - 2048) // 4
 
 
 def _read_index(sch: s_tir.Schedule, block, name: str) -> int:
@@ -24,9 +29,10 @@ def _read_index(sch: s_tir.Schedule, block, name: str) -> int:
     raise KeyError(name)
 
 
-def _cooperative(sch: s_tir.Schedule, block, threads: tuple[str, ...], extents: tuple[int, ...]) -> None:
-    """Spread a stage computed inside a workgroup over all of the workgroup's threads."""
-    fused = sch.fuse(*sch.get_loops(block)[-2:])  # the two loops compute_at created
+def _cooperative(sch: s_tir.Schedule, block, depth: int, threads: tuple[str, ...], extents: tuple[int, ...]) -> None:
+    """Spread a stage computed inside a workgroup (``depth`` loops deep) over all of the workgroup's threads."""
+    created = sch.get_loops(block)[depth:]  # compute_at leaves out unit loops, so there may be one or two
+    fused = sch.fuse(*created) if len(created) > 1 else created[0]
     parts = sch.split(fused, [None, *extents])
     for lp, t in zip(parts[1:], threads):
         sch.bind(lp, t)
@@ -38,10 +44,16 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     workgroup (the decode is fused into the staging, so a quant type costs nothing extra in the inner loop)."""
     M, N, K = (int(spec.attr(k)) for k in "MNK")
     wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
-    tx, tn = 16, 4  # 64 output columns per workgroup
-    ty, tm = 8, (4 if M >= 32 else 1)  # 32 rows per workgroup, or 8 for short inputs (a prompt, a decode step)
-    bk = 16  # shared: (8*tm) x 16 + 16 x 64 floats <= 6 KB
+    # Rows per workgroup follow M: 8 threads x 4 rows for a long input, fewer for a prompt or a decode step (M = 1
+    # would otherwise leave 7 of 8 thread rows idle); the freed threads widen the tile along N instead.
+    ty = min(8, _pow2_at_least(M, lo=1))
+    tm = 4 if M >= 32 else 1
+    tx, tn = min(64, 128 // ty), 4
+    bk = 16 if tx * tn <= 128 else 8  # workgroup memory: (ty tm + tx tn) bk floats <= 8.5 KB
 
+    for name in scale_stages(str(spec.attr("wtype"))):
+        # Each staged weight element decodes its own block scale: no extra workgroup memory.
+        sch.compute_inline(sch.get_sblock(name))
     acc = sch.cache_write(mm, 0, "local")
     sch.reverse_compute_inline(y)  # the epilogue runs on the accumulators, at write-back
     m, n, k = sch.get_loops(mm)
@@ -57,10 +69,10 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
 
     xs = sch.cache_read(mm, _read_index(sch, mm, "x"), "shared")
     sch.compute_at(xs, ko)
-    _cooperative(sch, xs, ("threadIdx.y", "threadIdx.x"), (ty, tx))
+    _cooperative(sch, xs, 5, ("threadIdx.y", "threadIdx.x"), (ty, tx))
     sch.set_scope(wdq, 0, "shared")
     sch.compute_at(wdq, ko)
-    _cooperative(sch, wdq, ("threadIdx.y", "threadIdx.x"), (ty, tx))
+    _cooperative(sch, wdq, 5, ("threadIdx.y", "threadIdx.x"), (ty, tx))
 
     sch.unroll(mi)
     sch.unroll(ni)
@@ -106,46 +118,43 @@ def layer_norm(sch: s_tir.Schedule, spec: KernelSpec) -> None:
 
 
 def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
-    """One workgroup per query row (b, h, i): threads share the row's scores in workgroup memory, reduce max and
-    sum across the workgroup, then each thread owns output channels of the head."""
+    """One workgroup per query row (b, h, i). Thread tx owns keys j = tx * ceil(S / t) + jo: their scores stay in its
+    registers, the row max and sum are workgroup reductions, the probabilities go to workgroup memory (S floats),
+    and then thread tx owns output channel tx of the head.
+
+    Scores are registers, not workgroup memory, for a reason beyond space: TVM's storage rewrite would compute the
+    probabilities in place over shared scores, and the barrier that needs falls inside the tail predicate of a
+    key loop when t does not divide S, which TVM refuses ("Cannot insert syncs inside condition").
+    """
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
     # Threads = channels of a head (or a divisor of it): an exact split keeps the head index affine, which the
     # compute_at region analysis needs to see that a workgroup touches a single head.
     t = Dh if Dh <= MAX_THREADS else max(f for f in range(1, MAX_THREADS + 1) if Dh % f == 0)
-    score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
-    # Row buffers: scores and probabilities, S floats each. Over budget, recompute the scores instead of
-    # storing them (twice the q.k work); a longer row needs a tiled (flash) kernel.
-    keep_score = 2 * S * 4 <= SHARED_BYTES - 1024
-    if S * 4 > SHARED_BYTES - 1024:
-        raise NotImplementedError(
-            f"GPU attention keeps a row of {S} probabilities in workgroup memory ({S * 4} bytes > "
-            f"{SHARED_BYTES - 1024}); sequence lengths this long need a tiled kernel"
+    if S > MAX_ATTENTION_SEQ:
+        raise NoKernelError(
+            f"GPU attention keeps a row of S={S} probabilities in workgroup memory ({S * 4} bytes; at most "
+            f"{MAX_ATTENTION_SEQ} keys fit in WebGPU's 16 KB): longer sequences need a tiled kernel or CPU placement"
         )
+    score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
     r, c = sch.get_loops(o)
     b, i = sch.split(r, [B, S])
     h, e = sch.split(c, [H, Dh])
     sch.reorder(b, h, i, e)
-    bh = sch.fuse(b, h)
-    sch.bind(bh, "blockIdx.y")
+    sch.bind(sch.fuse(b, h), "blockIdx.y")
     sch.bind(i, "blockIdx.x")
     e0, e1 = sch.split(e, [None, t])
     sch.bind(e1, "threadIdx.x")
 
     sch.set_scope(oacc, 0, "local")
     sch.compute_at(oacc, e1)
-    for blk in (rsum, prob, rmax):
-        sch.set_scope(blk, 0, "shared")
+    for blk, scope in ((rsum, "shared"), (prob, "shared"), (rmax, "shared"), (score, "local")):
+        sch.set_scope(blk, 0, scope)
         sch.compute_at(blk, i)
-        j0, j1 = sch.split(sch.get_loops(blk)[-1], [None, t])
+        # The key loop: the last loop, or for the score the one before its q.k reduction.
+        jloop = sch.get_loops(blk)[-2 if blk == score else -1]
+        # Thread-major split: the thread index drops out of the register array's index, leaving ceil(S / t) slots.
+        j1, j0 = sch.split(jloop, [t, None])
         sch.bind(j1, "threadIdx.x")
-    if keep_score:
-        sch.set_scope(score, 0, "shared")
-        sch.compute_at(score, i)
-        loops = sch.get_loops(score)
-        j0, j1 = sch.split(loops[-2], [None, t])
-        sch.bind(j1, "threadIdx.x")
-    else:
-        sch.compute_inline(score)
 
 
 RULES = {"linear": linear, "embed": embed, "layer_norm": layer_norm, "attention": attention}

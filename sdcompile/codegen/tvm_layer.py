@@ -146,7 +146,7 @@ def _launch_entry(call, params: list[str]) -> dict:
     tags = list(call.attrs.launch_params)
     args = list(call.args)
     entry = str(args[0].value)
-    values = [a for a in args[1:]]
+    values = list(args[1:])
     value_tags = [t for t in tags if t.startswith(("blockIdx.", "threadIdx.")) or t == "tirx.use_dyn_shared_memory"]
     n_launch = len(value_tags)
     operands, launch_vals = values[: len(values) - n_launch], values[len(values) - n_launch :]
@@ -169,7 +169,7 @@ def _launch_entry(call, params: list[str]) -> dict:
             buffers.append(name)
         elif isinstance(a, tirx.IntImm):
             # The executors pass buffers first, then scalars (WGSL: bindings, then the uniform struct).
-            pods.append({"dtype": str(a.dtype), "value": int(a.value)})
+            pods.append({"dtype": str(a.ty), "value": int(a.value)})
         else:
             raise LoweringError(f"{entry}: unsupported kernel operand {a}")
     if grid[0] > GPU_MAX_GRID or grid[1] > GPU_MAX_GRID or grid[2] != 1:
@@ -205,7 +205,8 @@ def lower_gpu_module(mod: tvm.IRModule, kind: str, params: dict[str, list[str]])
         launch[name] = [_launch_entry(c, params[name]) for c in found]
     host_mod = finalize_host()(host_mod)
     device_mods = {t: finalize_device()(m) for t, m in device_mods.items()}
-    # Without libcuda, the CUDA codegen returns a source-only module and never calls nvcc: what we want here.
+    # Without libcuda, the CUDA codegen returns a source-only module and never calls nvcc: what we want here. With
+    # a driver it also compiles PTX; either way the default inspect_source() is the CUDA C (or WGSL) text.
     rt = tir_to_runtime(host_mod, device_mods, target.host)
     source = "\n".join(m.inspect_source() for m in rt.imports)
     return source, launch

@@ -5,22 +5,22 @@ are not word-aligned (a q4_0 block is 18 bytes), so every decoder addresses byte
 Everything is 32-bit integer arithmetic plus one bit-reinterpret of a u32 to f32: that is the common subset of
 LLVM, CUDA and WGSL (WGSL has no 8/16-bit or 64-bit types and cannot reinterpret a 16-bit value).
 
-Adding a quant type means adding one function to ``DECODERS``; the reference for what a block means is
+Adding a quant type means adding one entry to ``DECODERS``; the reference for what a block means is
 ``gguf.quants.dequantize`` (bit-exact with ggml).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import te, tirx
 
+from sdcompile.errors import NoKernelError
 from sdcompile.quant.types import get as get_type
 
 PrimExpr = tirx.Expr
-# (words, byte offset of the element's block, index of the element inside its block, element index) -> f32 value
-Decoder = Callable[[te.Tensor, PrimExpr, PrimExpr, PrimExpr], PrimExpr]
 
 
 def _u32(v: int | PrimExpr) -> PrimExpr:
@@ -85,23 +85,24 @@ def _f(v: PrimExpr) -> PrimExpr:
 
 
 # --- one decoder per type ---------------------------------------------------------------------------------------
+# Element functions take (words, byte offset of the block, index in the block, flat element index, block scales).
 
 
-def _f32(w, base, j, e):
-    return tirx.reinterpret("float32", w[e])
+@dataclass(frozen=True)
+class Decoder:
+    """How to decode one weight type.
+
+    ``scales`` read per-block f32 values (ggml's f16 ``d`` and ``m`` fields) from the block's byte offset; kernels
+    may compute them once per block and keep them in a small table, because decoding a half costs more than the
+    rest of an element. ``element`` combines them with the element's own quant bits.
+    """
+
+    element: Callable[..., PrimExpr]
+    scales: tuple[Callable[[te.Tensor, PrimExpr], PrimExpr], ...] = ()
 
 
-def _f16(w, base, j, e):
-    return f16_at(w, e * 2)
-
-
-def _bf16(w, base, j, e):
-    return tirx.reinterpret("float32", half_bits(w, e * 2) << _u32(16))
-
-
-def _q8_0(w, base, j, e):
-    # d: f16, qs: i8[32]
-    return f16_at(w, base) * _f(_i8(byte(w, base + 2 + j)))
+def _f16_field(offset: int) -> Callable[[te.Tensor, PrimExpr], PrimExpr]:
+    return lambda w, base: f16_at(w, base + offset)
 
 
 def _nibble(w, qs_off, j):
@@ -109,49 +110,42 @@ def _nibble(w, qs_off, j):
     return (byte(w, qs_off + (j & 15)) >> _u32((j >> 4) * 4)) & _u32(0xF)
 
 
-def _q4_0(w, base, j, e):
-    # d: f16, qs: u8[16]; x = d * (q - 8)
-    return f16_at(w, base) * _f(tirx.Cast("int32", _nibble(w, base + 2, j)) - 8)
-
-
-def _q4_1(w, base, j, e):
-    # d, m: f16, qs: u8[16]; x = d * q + m
-    return f16_at(w, base) * _f(_nibble(w, base + 4, j)) + f16_at(w, base + 2)
-
-
 def _fifth_bit(w, qh_off, j):
     """Bit j of the little-endian u32 qh: the fifth bit of element j's quant."""
     return (byte(w, qh_off + (j >> 3)) >> _u32(j & 7)) & _u32(1)
 
 
-def _q5_0(w, base, j, e):
-    # d: f16, qh: u8[4], qs: u8[16]; x = d * (q - 16)
-    q = _nibble(w, base + 6, j) | (_fifth_bit(w, base + 2, j) << _u32(4))
-    return f16_at(w, base) * _f(tirx.Cast("int32", q) - 16)
+def _q5(w, qh_off, qs_off, j):
+    return _nibble(w, qs_off, j) | (_fifth_bit(w, qh_off, j) << _u32(4))
 
 
-def _q5_1(w, base, j, e):
-    # d, m: f16, qh: u8[4], qs: u8[16]; x = d * q + m
-    q = _nibble(w, base + 8, j) | (_fifth_bit(w, base + 4, j) << _u32(4))
-    return f16_at(w, base) * _f(q) + f16_at(w, base + 2)
-
-
-def _tq2_0(w, base, j, e):
-    # qs: u8[64], d: f16. Element j: byte qs[(j // 128) * 32 + j % 32], 2-bit field (j % 128) // 32; x = d * (q - 1)
-    q = (byte(w, base + (j >> 7) * 32 + (j & 31)) >> _u32(((j >> 5) & 3) * 2)) & _u32(3)
-    return f16_at(w, base + 64) * _f(tirx.Cast("int32", q) - 1)
+def _signed(q: PrimExpr, offset: int) -> PrimExpr:
+    return _f(tirx.Cast("int32", q) - offset)
 
 
 DECODERS: dict[str, Decoder] = {
-    "f32": _f32,
-    "f16": _f16,
-    "bf16": _bf16,
-    "q8_0": _q8_0,
-    "q4_0": _q4_0,
-    "q4_1": _q4_1,
-    "q5_0": _q5_0,
-    "q5_1": _q5_1,
-    "tq2_0": _tq2_0,
+    "f32": Decoder(lambda w, base, j, e, s: tirx.reinterpret("float32", w[e])),
+    "f16": Decoder(lambda w, base, j, e, s: f16_at(w, e * 2)),
+    "bf16": Decoder(lambda w, base, j, e, s: tirx.reinterpret("float32", half_bits(w, e * 2) << _u32(16))),
+    # d: f16, qs: i8[32]; x = d * q
+    "q8_0": Decoder(lambda w, base, j, e, s: s[0] * _f(_i8(byte(w, base + 2 + j))), (_f16_field(0),)),
+    # d: f16, qs: u8[16]; x = d * (q - 8)
+    "q4_0": Decoder(lambda w, base, j, e, s: s[0] * _signed(_nibble(w, base + 2, j), 8), (_f16_field(0),)),
+    # d, m: f16, qs: u8[16]; x = d * q + m
+    "q4_1": Decoder(lambda w, base, j, e, s: s[0] * _f(_nibble(w, base + 4, j)) + s[1], (_f16_field(0), _f16_field(2))),
+    # d: f16, qh: u8[4], qs: u8[16]; x = d * (q - 16)
+    "q5_0": Decoder(lambda w, base, j, e, s: s[0] * _signed(_q5(w, base + 2, base + 6, j), 16), (_f16_field(0),)),
+    # d, m: f16, qh: u8[4], qs: u8[16]; x = d * q + m
+    "q5_1": Decoder(
+        lambda w, base, j, e, s: s[0] * _f(_q5(w, base + 4, base + 8, j)) + s[1], (_f16_field(0), _f16_field(2))
+    ),
+    # qs: u8[64], d: f16. Element j: byte qs[(j // 128) * 32 + j % 32], 2-bit field (j % 128) // 32; x = d * (q - 1)
+    "tq2_0": Decoder(
+        lambda w, base, j, e, s: (
+            s[0] * _signed((byte(w, base + (j >> 7) * 32 + (j & 31)) >> _u32(((j >> 5) & 3) * 2)) & _u32(3), 1)
+        ),
+        (_f16_field(64),),
+    ),
 }
 
 
@@ -159,18 +153,55 @@ def supported_types() -> tuple[str, ...]:
     return tuple(sorted(DECODERS))
 
 
-def decode(wtype: str, w: te.Tensor, row: PrimExpr, col: PrimExpr, ncols: int) -> PrimExpr:
-    """f32 value of element (row, col) of a raw [rows, ncols] weight of type ``wtype`` held in word buffer ``w``.
+def scale_stages(wtype: str) -> list[str]:
+    """Names of the scale stages ``decode_staged`` creates for ``wtype`` (for schedules)."""
+    return [f"wscale{i}" for i in range(len(_decoder(wtype)[1].scales))]
 
-    Offsets are int32: a single raw weight must stay below 2 GiB.
-    """
+
+def _decoder(wtype: str):
     qt = get_type(wtype)
-    fn = DECODERS.get(qt.name)
-    if fn is None:
-        raise NotImplementedError(f"no decoder for weight type {qt.name}")
-    bs, ts = qt.block_size, qt.type_size
-    e = row * ncols + col  # element index (plain float types)
-    if bs == 1:
-        return fn(w, e * ts, tirx.const(0, "int32"), e)
-    base = row * qt.row_bytes(ncols) + (col // bs) * ts
-    return fn(w, base, col % bs, e)
+    dec = DECODERS.get(qt.name)
+    if dec is None:
+        raise NoKernelError(
+            f"no kernel decodes weight type {qt.name} (native: {', '.join(supported_types())}); legalization must "
+            "repack, dequantize or requantize it first"
+        )
+    return qt, dec
+
+
+def _where(qt, row: PrimExpr, col: PrimExpr, ncols: int) -> tuple[PrimExpr, PrimExpr, PrimExpr]:
+    """(block byte offset, index in block, flat element index) of element (row, col). Offsets are int32: a single
+    raw weight must stay below 2 GiB."""
+    e = row * ncols + col
+    if qt.block_size == 1:
+        return e * qt.type_size, tirx.const(0, "int32"), e
+    return row * qt.row_bytes(ncols) + (col // qt.block_size) * qt.type_size, col % qt.block_size, e
+
+
+def decode(wtype: str, w: te.Tensor, row: PrimExpr, col: PrimExpr, ncols: int) -> PrimExpr:
+    """f32 value of element (row, col) of a raw [rows, ncols] weight of type ``wtype`` held in word buffer ``w``."""
+    qt, dec = _decoder(wtype)
+    base, j, e = _where(qt, row, col, ncols)
+    return dec.element(w, base, j, e, tuple(f(w, base) for f in dec.scales))
+
+
+def decode_staged(
+    wtype: str, w: te.Tensor, rows: int, ncols: int
+) -> tuple[list[te.Tensor], Callable[[PrimExpr, PrimExpr], PrimExpr]]:
+    """Like ``decode``, with the per-block scales as separate stages ``wscale<i>[rows, ncols // block_size]`` that a
+    schedule can compute once per block (or inline). Returns the stages and the element function (row, col)."""
+    qt, dec = _decoder(wtype)
+    nblk = ncols // qt.block_size
+
+    def stage(i: int, field: Callable[[te.Tensor, PrimExpr], PrimExpr]) -> te.Tensor:
+        return te.compute(
+            (rows, nblk), lambda r, b: field(w, r * qt.row_bytes(ncols) + b * qt.type_size), name=f"wscale{i}"
+        )
+
+    stages = [stage(i, f) for i, f in enumerate(dec.scales)]
+
+    def element(row: PrimExpr, col: PrimExpr) -> PrimExpr:
+        base, j, e = _where(qt, row, col, ncols)
+        return dec.element(w, base, j, e, tuple(t[row, col // qt.block_size] for t in stages))
+
+    return stages, element

@@ -1,6 +1,8 @@
 """Fused linear: y = act(x @ dequant(W)^T + bias) + res, with W decoded from its raw words inside the kernel.
 
-Three stages, named for the schedules:
+Stages, named for the schedules:
+- ``wscale<i>``: per-block scales of quantized weights (ggml's d, m), [N, K / block]; decoding a half costs
+  more than the rest of an element, so CPU schedules compute them once per block, GPU schedules inline them;
 - ``wdq``: the decoded weight, laid out [K, N] so that consecutive output columns are contiguous — schedules
   materialize it one tile at a time (CPU: a cache-sized local tile; GPU: workgroup memory), never whole;
 - ``mm``: the f32 matmul, accumulated in f32 over K;
@@ -13,7 +15,7 @@ import math
 
 from tvm import te, tirx
 
-from sdcompile.kernels.dequant import decode, f32, let
+from sdcompile.kernels.dequant import decode_staged, f32, let
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -52,7 +54,8 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     x = te.placeholder((M, K), "float32", name="x")
     w = te.placeholder((ps["w"].words(),), "uint32", name="w")
     args = [x, w]
-    wdq = te.compute((K, N), lambda k, n: decode(wtype, w, n, k, K), name="wdq")
+    scales, element = decode_staged(wtype, w, N, K)
+    wdq = te.compute((K, N), lambda k, n: element(n, k), name="wdq")
     r = te.reduce_axis((0, K), name="r")
     mm = te.compute((M, N), lambda m, n: te.sum(x[m, r] * wdq[r, n], axis=r), name="mm")
     bias = res = None

@@ -114,3 +114,16 @@ def test_lower_gpu_gives_cuda_source_without_a_gpu(tmp_path):
         check=True,
         capture_output=True,
     )
+
+
+def test_missing_kernels_are_user_errors():
+    # Legalization decides fallbacks from these facts; reaching codegen without one is a NoKernelError, not a crash.
+    from schedules.gpu import MAX_ATTENTION_SEQ
+    from sdcompile.errors import NoKernelError
+    from sdcompile.kernels import supported_types
+
+    assert set(kc.GGUF_TYPES) <= set(supported_types())
+    with pytest.raises(NoKernelError, match="q2_k"):
+        lower_gpu([S.linear(1, 64, 256, "q2_k")], "webgpu")
+    with pytest.raises(NoKernelError, match="tiled kernel"):
+        lower_gpu([S.attention(1, MAX_ATTENTION_SEQ + 1, 1, 64, False)], "webgpu")
