@@ -15,12 +15,26 @@ ALIGN = 64  # TVM kernels assume 64-byte aligned tensors (and vector loads are h
 
 
 def _import_tvm():
-    # The runtime-only library loads in half the time and a fraction of the memory; it still loads exported
-    # libraries and runs parallel kernels. If the compiler is already imported (tests, `sdcompile run`), reuse it.
-    if "tvm" not in sys.modules:
-        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    import tvm
+    """Import TVM, as its runtime library alone when this process has not loaded the compiler.
 
+    The runtime-only library (``TVM_USE_RUNTIME_LIB=1``) loads in half the time and a fraction of the memory and
+    still loads exported libraries and runs parallel kernels. But ``import tvm`` happens once per process: a
+    process that runs an artifact first and compiles afterwards must import ``sdcompile`` (or ``tvm``) before
+    creating this executor, which the check below then honours.
+    """
+    if "tvm" in sys.modules or "sdcompile" in sys.modules:
+        import tvm
+
+        return tvm
+    previous = os.environ.get("TVM_USE_RUNTIME_LIB")
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        import tvm
+    finally:  # do not leak the setting into subprocesses
+        if previous is None:
+            del os.environ["TVM_USE_RUNTIME_LIB"]
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = previous
     return tvm
 
 

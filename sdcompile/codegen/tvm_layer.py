@@ -12,11 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import tvm
-from tvm import te, tirx
-from tvm.tirx.build import split_host_device_mods, tir_to_runtime
+import tvm_ffi
 
-from sdcompile.kernels import te_compute
-from sdcompile.kernels.spec import KernelSpec
+from sdcompile.errors import ToolchainError
+
+if tvm_ffi.get_global_func("target.build.llvm", allow_missing=True) is None:
+    # `import tvm` happens once per process; the runtime's CPU executor imports the runtime library alone when
+    # the compiler has not been imported yet.
+    raise ToolchainError(
+        "TVM was loaded as its runtime library only (TVM_USE_RUNTIME_LIB=1, or an artifact was run before "
+        "anything was compiled in this process); import sdcompile before running artifacts when both happen "
+        "in one process"
+    )
+
+from tvm import te, tirx  # noqa: E402 - after the check above, which explains the usual failure
+from tvm.tirx.build import split_host_device_mods, tir_to_runtime  # noqa: E402
+
+from sdcompile.kernels import te_compute  # noqa: E402
+from sdcompile.kernels.spec import KernelSpec  # noqa: E402
 
 # WebGPU's guaranteed limits (maxComputeInvocationsPerWorkgroup, maxComputeWorkgroupStorageSize); CUDA kernels
 # share the GPU schedules, so they obey the same limits.

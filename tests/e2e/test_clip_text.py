@@ -44,7 +44,7 @@ def test_f32_matches_transformers(target, tiny_ldm_safetensors, tiny_state, tiny
 
 # Quantized types: the reference is transformers on the weights the artifact holds (its storage types decoded to f32),
 # so what remains is f32 arithmetic on identical values: the same 1e-4 bound applies. tq1_0 has no kernel and is
-# repacked to tq2_0 by legalize; q4_0's token table has no gather kernel and falls back to f16.
+# repacked to tq2_0 by legalize.
 QTYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "tq2_0", "tq1_0"]
 
 

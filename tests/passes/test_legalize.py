@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sdcompile import examples as ex
-from sdcompile.backends import backend
+from sdcompile.backends import TABLE, backend
 from sdcompile.errors import NoKernelError, OptionError
 from sdcompile.formats import open_store
 from sdcompile.ir import interpret, verify
@@ -31,8 +31,23 @@ def test_native_types_unchanged(tiny_graph):
     assert {v.name: v.dtype for v in out.weights()} == {v.name: v.dtype for v in g.weights()}
 
 
-def test_only_the_op_without_kernel_falls_back(tiny_graph):
-    # q4_0 has a linear kernel but no embedding-gather kernel: only the token table changes.
+@pytest.fixture()
+def table_backend(tmp_path, monkeypatch):
+    """Inject a capability table edited by the test (legalize reads backends only through `backend`)."""
+
+    def make(edit):
+        table = json.loads(TABLE.read_text())
+        edit(table)
+        p = tmp_path / "caps.json"
+        p.write_text(json.dumps(table))
+        monkeypatch.setattr(legalize, "backend", lambda name: backend(name, p))
+
+    return make
+
+
+def test_only_the_op_without_kernel_falls_back(tiny_graph, table_backend):
+    # A backend with a q4_0 matmul kernel but no q4_0 gather kernel: only the token table changes.
+    table_backend(lambda t: t["cpu"].update(embed=["f32", "f16"]))
     g, ctx = _prep(tiny_graph, type="q4_0")
     out = legalize.run(g, ctx)
     fb = ctx.report["legalize"]["fallbacks"]
@@ -97,20 +112,12 @@ def test_k_quant_fallback_per_policy(tiny_state, tiny_ids, tmp_path):
         assert err < tol, (policy, err)
 
 
-def test_no_fallback_is_a_clear_error(tiny_graph, tmp_path):
-    table = json.loads(legalize.backend.__globals__["TABLE"].read_text())
-    table["cpu"]["linear"] = ["q4_k"]  # a backend with only a k-quant kernel: f16/f32 fallbacks have none
-    p = tmp_path / "caps.json"
-    p.write_text(json.dumps(table))
+def test_no_fallback_is_a_clear_error(tiny_graph, table_backend):
+    # A backend with only a k-quant matmul kernel: neither the f16 nor the f32 fallback has a kernel.
+    table_backend(lambda t: t["cpu"].update(linear=["q4_k"]))
     g, ctx = _prep(tiny_graph, type="f32")
-    be = backend("cpu", p)
-    assert be.has_kernel("linear", "q4_k") and not be.has_kernel("linear", "f32")
-    orig = legalize.backend
-    legalize.backend = lambda name: be  # noqa: E731  (inject the test table)
-    try:
-        with pytest.raises(NoKernelError, match="no kernel on cpu"):
-            legalize.run(g, ctx)
-    finally:
-        legalize.backend = orig
+    with pytest.raises(NoKernelError, match="no kernel on cpu") as e:
+        legalize.run(g, ctx)
+    assert "dequantize:f16" in str(e.value) and "--fallback-policy" in str(e.value)
     with pytest.raises(OptionError, match="fallback policy"):
         legalize.run(g, PassContext(CompileOptions(fallback_policy="yolo")))
