@@ -122,6 +122,10 @@ def transformers_clip(state: dict[str, np.ndarray], shape: ClipTextShape = TINY,
         max_position_embeddings=shape.positions,
         hidden_act=act,
         layer_norm_eps=1e-5,
+        # token ids of the random vocabulary (CLIP's defaults, 49406/49407, lie outside a tiny one)
+        bos_token_id=shape.vocab - 2,
+        eos_token_id=shape.vocab - 1,
+        pad_token_id=shape.vocab - 1,
     )
     model = CLIPTextModel(cfg).eval()
     own = model.state_dict()
@@ -139,3 +143,18 @@ def transformers_hidden(model, ids: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         return model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).last_hidden_state.numpy()
+
+
+def artifact_state(artifact: Path) -> dict[str, np.ndarray]:
+    """The weights an artifact computes with (stored types decoded to f32), under transformers-5 names.
+
+    Running the reference model on these isolates the compiler's arithmetic from the quantization error it chose.
+    """
+    from sdcompile.formats import open_store
+    from sdcompile.quant.reference import dequantize
+
+    store = open_store(Path(artifact) / "weights.gguf")
+    return {
+        t.name.removeprefix("text_encoder."): dequantize(np.asarray(store.raw(t.name)), t.dtype, t.shape)
+        for t in store.infos()
+    }

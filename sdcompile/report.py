@@ -33,8 +33,9 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     lines.append(
         f"memory    peak {fmt_bytes(mem['peak_bytes'])} = weights {fmt_bytes(mem['weights_bytes'])} + activations "
         f"{fmt_bytes(mem['activation_bytes'])} in {mem['slots']} slots (without reuse "
-        f"{fmt_bytes(mem['activation_bytes_without_reuse'])}) + inputs {fmt_bytes(mem['input_bytes'])}; budget "
-        + (f"{fmt_bytes(budget)} ({mem.get('budget_source', '')})" if budget else "none")
+        f"{fmt_bytes(mem['activation_bytes_without_reuse'])}) + inputs {fmt_bytes(mem['input_bytes'])}\n"
+        "          budget "
+        + (f"{fmt_bytes(budget)} ({mem.get('budget_source', '')})" if budget else f"none ({mem.get('budget_source')})")
     )
     k = m["kernels"]
     build = k.get("build") or {}

@@ -102,7 +102,7 @@ class Executor:
     def device_info(self) -> dict:
         import platform
 
-        name = platform.processor() or platform.machine()
+        name = _cpu_model() or platform.processor() or platform.machine()
         info = {"backend": "cpu", "name": name, "adapter": name, "type": "CPU", "threads": self.num_threads}
         try:
             info["memory_bytes"] = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -127,3 +127,15 @@ class Executor:
 
     def synchronize(self) -> None:
         """CPU kernels run synchronously inside ``launch``."""
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name from /proc/cpuinfo (Linux); platform.processor() is often just the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
