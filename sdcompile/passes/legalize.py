@@ -19,6 +19,7 @@ from sdcompile.backends import Backend, backend
 from sdcompile.errors import NoKernelError, OptionError
 from sdcompile.ir import Graph
 from sdcompile.passes.context import PassContext
+from sdcompile.passes.memory_plan import fmt_bytes, weight_bytes
 from sdcompile.quant.types import QUANT_TYPES
 
 # Lossless re-encodings: source type -> type holding exactly the same values.
@@ -68,16 +69,32 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if idx is None:
             continue
         w = g.values[n.inputs[idx]]
-        if be.has_kernel(n.op, w.dtype):
+        fits = lambda t: be.max_buffer_bytes is None or weight_bytes(t, w.shape) <= be.max_buffer_bytes  # noqa: E731
+        if be.has_kernel(n.op, w.dtype) and fits(w.dtype):
             native += 1
             continue
+        if not be.has_kernel(n.op, w.dtype):
+            why = f"{be.name} has no {n.op} kernel for {w.dtype} ({be.reason(w.dtype)})"
+        else:
+            why = (
+                f"{w.dtype} is {fmt_bytes(weight_bytes(w.dtype, w.shape))}, over {be.name}'s "
+                f"{fmt_bytes(be.max_buffer_bytes)} limit for one buffer"
+            )
         tried = []
         for step in chain:
             to = _candidate(step, w.dtype, w.shape)
-            if to is None or not be.has_kernel(n.op, to):
-                tried.append(f"{step}: {'not applicable' if to is None else to + ' has no kernel either'}")
+            if to is None or not be.has_kernel(n.op, to) or not fits(to):
+                tried.append(
+                    f"{step}: "
+                    + (
+                        "not applicable"
+                        if to is None
+                        else f"{to} has no kernel either"
+                        if not be.has_kernel(n.op, to)
+                        else f"{to} is too large too"
+                    )
+                )
                 continue
-            why = f"{be.name} has no {n.op} kernel for {w.dtype} ({be.reason(w.dtype)})"
             decisions.append(
                 {
                     "op": n.op,
@@ -94,7 +111,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             break
         else:
             raise NoKernelError(
-                f"{n.op} {n.outputs[0]} reads {w.name} as {w.dtype}, which has no kernel on {be.name}, and the "
+                f"{n.op} {n.outputs[0]} reads {w.name} as {w.dtype}: {why}; the "
                 f"'{ctx.options.fallback_policy}' policy found no fallback ({'; '.join(tried)}); try "
                 f"--fallback-policy size or choose another --type"
             )

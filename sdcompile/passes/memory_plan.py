@@ -8,6 +8,7 @@ budget and concrete options.
 
 from __future__ import annotations
 
+from sdcompile.backends import backend
 from sdcompile.errors import MemoryBudgetError
 from sdcompile.ir import Graph
 from sdcompile.passes.context import PassContext
@@ -97,6 +98,13 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     }
     if budget is not None and peak > budget:
         raise MemoryBudgetError(_over_budget(g, peak, budget, weights, activations))
+    limit = backend(ctx.options.target).max_buffer_bytes
+    biggest = max(sizes, default=0)
+    if limit is not None and biggest > limit:
+        raise MemoryBudgetError(
+            f"an activation buffer needs {fmt_bytes(biggest)}, over {ctx.options.target}'s {fmt_bytes(limit)} limit "
+            f"for one buffer; compile with a smaller --batch"
+        )
     return g
 
 

@@ -35,10 +35,13 @@ def test_native_types_unchanged(tiny_graph):
 def table_backend(tmp_path, monkeypatch):
     """Inject a capability table edited by the test (legalize reads backends only through `backend`)."""
 
+    made = []
+
     def make(edit):
         table = json.loads(TABLE.read_text())
         edit(table)
-        p = tmp_path / "caps.json"
+        made.append(1)
+        p = tmp_path / f"caps{len(made)}.json"  # a new name each time: tables are cached per path
         p.write_text(json.dumps(table))
         monkeypatch.setattr(legalize, "backend", lambda name: backend(name, p))
 
@@ -116,8 +119,32 @@ def test_no_fallback_is_a_clear_error(tiny_graph, table_backend):
     # A backend with only a k-quant matmul kernel: neither the f16 nor the f32 fallback has a kernel.
     table_backend(lambda t: t["cpu"].update(linear=["q4_k"]))
     g, ctx = _prep(tiny_graph, type="f32")
-    with pytest.raises(NoKernelError, match="no kernel on cpu") as e:
+    with pytest.raises(NoKernelError, match="cpu has no linear kernel for f32") as e:
         legalize.run(g, ctx)
     assert "dequantize:f16" in str(e.value) and "--fallback-policy" in str(e.value)
     with pytest.raises(OptionError, match="fallback policy"):
         legalize.run(g, PassContext(CompileOptions(fallback_policy="yolo")))
+
+
+def test_weight_over_the_buffer_limit_is_shrunk(tiny_graph, table_backend):
+    # Vulkan binds at most 128 MiB per buffer (an SD1.5 f32 token table is 145 MiB). Scaled down: a 300 KiB limit
+    # against the tiny model's 500 KiB f32 token table; every other weight is 256 KiB and stays.
+    table_backend(lambda t: t["cpu"].update(max_buffer_bytes=300 * 1024))
+    g, ctx = _prep(tiny_graph, type="f32")
+    out = legalize.run(g, ctx)
+    fb = ctx.report["legalize"]["fallbacks"]
+    assert [(d["tensor"].split(".")[-2], d["from"], d["to"]) for d in fb] == [("token_embedding", "f32", "f16")]
+    assert "over cpu's 300.0 KiB limit" in fb[0]["why"]
+    verify(out, "legalize")
+    table_backend(lambda t: t["cpu"].update(max_buffer_bytes=200 * 1024))
+    g, ctx = _prep(tiny_graph, type="f32")
+    with pytest.raises(NoKernelError, match="too large too"):
+        legalize.run(g, ctx)
+    g, ctx = _prep(tiny_graph, type="f32", fallback_policy="size")
+    legalize.run(g, ctx)
+    assert {d["to"] for d in ctx.report["legalize"]["fallbacks"]} == {"q8_0"}
+
+
+def test_vulkan_declares_its_buffer_limit():
+    assert backend("vulkan").max_buffer_bytes == 128 * 2**20
+    assert backend("cpu").max_buffer_bytes is None
