@@ -106,6 +106,10 @@ def test_cuda_artifact_refused_on_too_old_device(tiny_ldm_safetensors, tiny_ids,
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["kernels"]["build"]["archs"] == ["sm_75", "sm_86"]
+    from sdcompile.codegen.cuda_build import list_fatbin
+
+    held = list_fatbin(out / m["kernels"]["build"]["file"])  # cuobjdump on the artifact's own fatbin
+    assert held["elf"] == ["sm_75", "sm_86"] and held["ptx"] == ["compute_86"]
     np.save(tmp_path / "ids.npy", tiny_ids)
     r = sdc(
         "run",
