@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--json", action="store_true")
 
+    s = sub.add_parser("kernels", help="build and validate every (type, backend) kernel; write the capability table")
+    s.add_argument("--check", action="store_true", help="fail if the capability table claims a kernel that fails")
+    s.add_argument("--write", action="store_true", help="write the capability table legalization reads")
+    s.add_argument("--targets", default="cpu,vulkan,cuda", help="comma-separated backends (default: all three)")
+    s.add_argument("--types", default=None, help="comma-separated weight types (default: every type)")
+    s.add_argument("--json", action="store_true", help="machine-readable results")
+
     s = sub.add_parser("example", help="write built-in example weights (a random CLIP text encoder)")
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--size", choices=["tiny", "sd15"], default="tiny")
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             "run": cmd_run,
             "bench": cmd_bench,
             "example": cmd_example,
+            "kernels": cmd_kernels,
         }[args.cmd](args)
     except (SdcompileError, RuntimeFailure) as e:
         print(f"sdcompile: error: {e}", file=sys.stderr)
@@ -185,6 +193,41 @@ def cmd_bench(args) -> int:
     else:
         print(f"{res['artifact']} on {res['device']}: {res['repeat']} runs, batch {res['batch']}")
         print(f"  min {res['min_ms']:.2f} ms   median {res['median_ms']:.2f} ms   max {res['max_ms']:.2f} ms")
+    return 0
+
+
+def cmd_kernels(args) -> int:
+    import json as _json
+
+    from sdcompile.backends import TABLE
+    from sdcompile.kernels import check
+    from sdcompile.quant.types import QUANT_TYPES, get
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    for t in targets:
+        if t not in ("cpu", "vulkan", "cuda"):
+            raise OptionError(f"unknown target {t!r} in --targets; choose from cpu, vulkan, cuda")
+    types = [get(t).name for t in args.types.split(",")] if args.types else list(QUANT_TYPES)
+    results = {}
+    for tg in targets:
+        results[tg] = check.check_target(tg, types, progress=None if args.json else lambda m: print(m, file=sys.stderr))
+    base = _json.loads(TABLE.read_text())
+    wrong = check.claims_without_kernel(base, results)
+    table = check.table_from(results, base)
+    if args.write:
+        check.write_table(table)
+    if args.json:
+        print(_json.dumps({"results": results, "table_claims_failing": wrong}, indent=1))
+    else:
+        print(check.render(results))
+        if args.write:
+            print(f"\nwrote {TABLE.name}")
+    if args.check and wrong:
+        print(
+            "sdcompile: error: the capability table claims kernels that do not validate:\n  " + "\n  ".join(wrong),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

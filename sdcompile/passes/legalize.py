@@ -69,7 +69,10 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if idx is None:
             continue
         w = g.values[n.inputs[idx]]
-        fits = lambda t: be.max_buffer_bytes is None or weight_bytes(t, w.shape) <= be.max_buffer_bytes  # noqa: E731
+
+        def fits(t: str, shape: tuple[int, ...] = w.shape) -> bool:
+            return be.max_buffer_bytes is None or weight_bytes(t, shape) <= be.max_buffer_bytes
+
         if be.has_kernel(n.op, w.dtype) and fits(w.dtype):
             native += 1
             continue
