@@ -1,8 +1,8 @@
 """Load an artifact and run its plan. Imports nothing from `sdcompile`: only numpy, gguf and the backend's library.
 
 Loading verifies every file's hash, probes the device and selects the build for it (refusing with a clear message
-when none fits), checks memory, uploads the weights once and allocates the planned buffer slots. `run` splits a batch
-larger than the compiled one into compiled-size chunks.
+when none fits), checks memory, uploads the weights (and the lookup tables some weight types decode through) once
+and allocates the planned buffer slots. `run` splits a batch larger than the compiled one into compiled-size chunks.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class Model:
         self.device = self.ex.device_info()
         self._check_memory()
         self._load_weights()
+        self._load_luts()
         self.slots = [self.ex.alloc(n) for n in self.plan["slots"]]
         self.inputs = {}
         for name, spec in self.plan["inputs"].items():
@@ -133,9 +134,44 @@ class Model:
         if missing:
             raise RuntimeFailure(f"{wf}: weights {missing[:5]} are missing; recompile")
 
+    def _load_luts(self) -> None:
+        """Upload each lookup table the plan uses once (i-quant codebooks; the manifest's ``luts`` record), and check
+        that every step's table exists with the size its kernel reads."""
+        rec = self.manifest.get("luts") or {"tables": {}}
+        self.luts = {}
+        if rec["tables"]:
+            lf = self.path / rec["file"]
+            try:
+                data = np.fromfile(lf, dtype="<u4")
+            except OSError as e:
+                raise RuntimeFailure(f"{lf}: cannot read lookup tables ({e}); recompile") from None
+            for name, t in sorted(rec["tables"].items()):
+                start, n = int(t["offset"]), int(t["words"])
+                if start % 4 or start // 4 + n > data.size:
+                    raise RuntimeFailure(f"{lf}: table {name!r} lies outside the file; recompile")
+                words = np.ascontiguousarray(data[start // 4 : start // 4 + n])
+                buf = self.ex.alloc(words.nbytes)
+                self.ex.upload(buf, words)
+                self.luts[name] = (buf, n)
+        for step in self.plan["steps"]:
+            params = self.manifest["kernels"]["kernels"][step["kernel"]]["params"]
+            for ref, p in zip(step["args"], params):
+                if "lut" not in ref:
+                    continue
+                have = self.luts.get(ref["lut"])
+                if have is None or have[1] != int(p["words"]):
+                    raise RuntimeFailure(
+                        f"{self.path}: kernel {step['kernel']} reads lookup table {ref['lut']!r} "
+                        f"({p['words']} words) but the artifact "
+                        + ("does not hold it" if have is None else f"holds {have[1]} words")
+                        + "; recompile"
+                    )
+
     def _arg(self, ref: dict, param: dict):
         """(buffer, shape, dtype) for one kernel argument, as the parameter's kind says the kernel reads it."""
         shape = tuple(param["shape"])
+        if "lut" in ref:  # a constant table, shared by every kernel that reads it
+            return (self.luts[ref["lut"]][0], (int(param["words"]),), "uint32")
         if "weight" in ref:
             buf = self.weights[ref["weight"]]
             if param["kind"] == "raw":  # storage-type bytes, read by the kernel as uint32 words

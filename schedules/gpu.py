@@ -16,6 +16,7 @@ from sdcompile.kernels.spec import KernelSpec
 
 MAX_THREADS = 256
 SHARED_BYTES = 16384
+GPU_MAX_GRID = 65535
 # Longest key sequence the attention schedule supports: one row of probabilities in workgroup memory, with 2 KB
 # left for the reduction buffers. Legalization should read this, not rediscover it.
 MAX_ATTENTION_SEQ = (SHARED_BYTES - 2048) // 4
@@ -38,7 +39,52 @@ def _cooperative(sch: s_tir.Schedule, block, depth: int, threads: tuple[str, ...
         sch.bind(lp, t)
 
 
+# GEMV (M = 1) geometry: GEMV_ROWS output rows per workgroup, GEMV_THREADS threads per row splitting K, each
+# thread GEMV_VEC consecutive elements per step (consecutive threads read consecutive bytes of a block: coalesced).
+GEMV_ROWS, GEMV_THREADS, GEMV_VEC = 4, 64, 4
+
+
+def _gemv_fits(N: int, K: int) -> bool:
+    return -(-N // GEMV_ROWS) <= GPU_MAX_GRID and K >= GEMV_THREADS
+
+
+def gemv(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    """Matrix-vector product (M = 1), bound by reading the weight once: a workgroup owns GEMV_ROWS output rows;
+    the GEMV_THREADS threads of a row split K, each decoding its own elements straight into a register sum (no
+    workgroup-memory staging: every weight is used once), and a workgroup-memory tree reduction (TVM's cross-thread
+    allreduce, no subgroup operations) combines them; the epilogue runs on the reduced value."""
+    K = int(spec.attr("K"))
+    mm, y = sch.get_sblock("mm"), sch.get_sblock("y")
+    sch.compute_inline(sch.get_sblock("wdq"))
+    tx = GEMV_THREADS
+    vec = GEMV_VEC if K % (tx * GEMV_VEC) == 0 else 1  # keep the K split exact where possible: no tail predicate
+    m, n, k = sch.get_loops(mm)
+    nb, ny = sch.split(n, [None, GEMV_ROWS])
+    ko, kt, kv = sch.split(k, [None, tx, vec])
+    sch.reorder(m, nb, ny, kt, ko, kv)  # kt outside ko: per-thread stages (the scales) go under ko
+    sch.bind(sch.fuse(m, nb), "blockIdx.x")
+    sch.bind(ny, "threadIdx.y")
+    sch.bind(kt, "threadIdx.x")
+    sch.unroll(kv)
+    # A thread's GEMV_VEC elements share a block: decode the block's scales once per step, into registers.
+    for name in scale_stages(str(spec.attr("wtype"))):
+        blk = sch.get_sblock(name)
+        sch.set_scope(blk, 0, "local")
+        sch.compute_at(blk, ko)
+    # TVM's cross-thread reduction leaves the row sum with thread x = 0 of the row, which also runs the epilogue
+    # (TVM predicates it); the sum goes through workgroup memory (GEMV_ROWS floats) rather than a global buffer.
+    sch.set_scope(mm, 0, "shared")
+    sch.reverse_compute_at(y, ny)
+
+
 def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    if int(spec.attr("M")) == 1 and _gemv_fits(int(spec.attr("N")), int(spec.attr("K"))):
+        gemv(sch, spec)
+    else:
+        tiled(sch, spec)
+
+
+def tiled(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     """Tiled matmul: a workgroup computes a BM x BN output tile, each thread TM x TN of it in registers; per BK
     slice of K, x and the decoded weight are staged in workgroup memory, each weight element decoded once per
     workgroup (the decode is fused into the staging, so a quant type costs nothing extra in the inner loop)."""

@@ -16,7 +16,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages into .venv (first run: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   # torch is pinned to the CPU build that the test extras name; pip takes it from a local wheel where one exists.
-  .venv/bin/python -m pip install -q -e ".[vulkan,test]"
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+    .venv/bin/python -m pip install -q -e ".[vulkan,test,bench]"
   echo "$want" > "$stamp"
 fi
 

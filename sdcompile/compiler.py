@@ -7,8 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from sdcompile import __version__
-from sdcompile.codegen.artifact import FORMAT_VERSION, WEIGHTS_FILE, sha256_file, write_artifact, write_weights_gguf
-from sdcompile.codegen.plan import build_plan
+from sdcompile.codegen.artifact import (
+    FORMAT_VERSION,
+    LUTS_FILE,
+    WEIGHTS_FILE,
+    sha256_file,
+    write_artifact,
+    write_luts,
+    write_weights_gguf,
+)
+from sdcompile.codegen.plan import build_plan, plan_luts
 from sdcompile.errors import OptionError
 from sdcompile.formats import open_store
 from sdcompile.ir import Graph
@@ -122,6 +130,9 @@ def compile_model(
             manifest["kernels"] = _build_kernels(specs, options, tmp, bar)
             values = {v.name: v for v in g.weights()}
             write_weights_gguf(tmp / WEIGHTS_FILE, [(n, t, s, raw_bytes(values[n])) for n, t, s in weights])
+            luts = plan_luts(specs)
+            if luts:  # only i-quant kernels read tables; other artifacts keep their exact former contents
+                manifest["luts"] = write_luts(tmp / LUTS_FILE, luts)
             bar.step("weights")
 
         write_artifact(out_dir, manifest, fill)

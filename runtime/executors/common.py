@@ -31,10 +31,10 @@ def lookup(kernels: dict[str, dict], name: str) -> dict:
 def arg_layout(name: str, param: dict, shape: tuple[int, ...], dtype: str) -> tuple[tuple[int, ...], str]:
     """The (shape, dtype) a kernel receives for one argument.
 
-    Raw weights reach kernels as uint32 words whatever their logical shape; every other argument must match the
-    parameter's shape (element count) and dtype exactly.
+    Raw weights reach kernels as uint32 words whatever their logical shape, and so do lookup tables (kind "lut");
+    every other argument must match the parameter's shape (element count) and dtype exactly.
     """
-    if param["kind"] == "raw":
+    if param["kind"] in ("raw", "lut"):
         return (int(param["words"]),), "uint32"
     want = tuple(int(d) for d in param["shape"])
     if np.dtype(dtype) != np.dtype(param["dtype"]) or math.prod(shape) != math.prod(want):

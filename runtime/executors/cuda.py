@@ -132,8 +132,8 @@ def check_args(kernel_name: str, params: Sequence[Mapping], args: Sequence[tuple
         pname = p.get("name", str(i))
         if buf.freed:
             raise RuntimeFailure(f"kernel {kernel_name}: argument {pname} is a freed buffer")
-        if p.get("kind") == "raw":
-            # A weight in its storage type: its shape is the logical one, its size the word count.
+        if p.get("kind") in ("raw", "lut"):
+            # A weight in its storage type (its shape is the logical one) or a lookup table: sized by its words.
             need = int(p["words"]) * 4 if "words" in p else None
             what = f"{p.get('dtype', 'raw')}{list(shape)} as {p.get('words')} uint32 words"
         else:

@@ -17,6 +17,7 @@ import numpy as np
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.gguf"
+LUTS_FILE = "luts.bin"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -80,3 +81,22 @@ def write_artifact(out_dir: Path, manifest: dict, fill) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def write_luts(path: Path, names: list[str]) -> dict:
+    """Write the lookup tables ``names`` (``sdcompile/kernels/luts.py``) back to back as little-endian uint32 words,
+    in sorted order; return the manifest's ``luts`` record: {"file", "tables": {name: {"offset": bytes, "words"}}}.
+
+    A separate raw file, not tensors in the weights GGUF: the tables are not model weights (tools reading the
+    weights file see only the model), they are tiny, and the runtime reads them with one numpy call.
+    """
+    from sdcompile.kernels.luts import table_words
+
+    tables, chunks, offset = {}, [], 0
+    for name in sorted(set(names)):
+        words = np.ascontiguousarray(table_words(name), dtype="<u4")
+        tables[name] = {"offset": offset, "words": int(words.size)}
+        chunks.append(words.tobytes())
+        offset += words.nbytes
+    Path(path).write_bytes(b"".join(chunks))
+    return {"file": Path(path).name, "tables": tables}

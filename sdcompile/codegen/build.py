@@ -5,7 +5,7 @@ a kernel without importing the compiler:
 
     {"target": "cpu" | "vulkan", "files": [paths relative to out_dir], "tvm_version": ..., <target details>,
      "kernels": {name: {"op": ..., "attrs": {...}, "params": [{"name", "kind", "shape", "dtype", "is_output",
-                                                                "words"?}, ...],
+                                                                "words"? (raw and lut)}, ...],
                         "launch": [entry, ...]}}}
 
 A launch entry is one device function call, in the order they run:
@@ -38,7 +38,7 @@ Progress = Callable[[int, int, str], None]  # (done, total, what is happening)
 
 def _param_info(p: ParamSpec) -> dict:
     info = {"name": p.name, "kind": p.kind, "shape": list(p.shape), "dtype": p.dtype, "is_output": p.is_output}
-    if p.kind == "raw":
+    if p.kind in ("raw", "lut"):
         info["words"] = p.words()
     return info
 

@@ -393,7 +393,7 @@ def build_cuda(
 def _param_record(p) -> dict:
     rec = {"name": p.name, "kind": p.kind, "shape": list(p.shape), "dtype": p.dtype, "is_output": p.is_output}
     # np_dtype: what the buffer holds (raw weights travel as uint32 words, see kernels/spec.py)
-    rec["np_dtype"] = "uint32" if p.kind == "raw" else p.dtype
-    if p.kind == "raw":
+    rec["np_dtype"] = "uint32" if p.kind in ("raw", "lut") else p.dtype
+    if p.kind in ("raw", "lut"):
         rec["words"] = p.words()
     return rec

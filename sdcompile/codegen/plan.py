@@ -1,7 +1,9 @@
 """Turn the legalized, memory-planned IR into kernel specs and the artifact's execution plan.
 
 The plan is data the runtime interprets: a list of steps, each a kernel symbol and its arguments in the kernel's
-parameter order, each argument a buffer reference — {"input": name}, {"weight": name} or {"slot": index}.
+parameter order, each argument a buffer reference — {"input": name}, {"weight": name}, {"slot": index} or
+{"lut": table} (a constant lookup table the kernel's weight decoder reads, stored once in the artifact; see
+``sdcompile/kernels/luts.py``). ``plan_luts`` lists the tables a plan uses.
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ def build_plan(g: Graph) -> tuple[list[ks.KernelSpec], dict[str, Any]]:
         sp = node_spec(g, n)
         specs.setdefault(sp.name, sp)
         args = []
-        for x in n.inputs + n.outputs:
+        if len(n.inputs + n.outputs) != sum(p.kind != "lut" for p in sp.params):  # an internal bug, not a user error
+            raise ValueError(f"node {n.outputs[0]} ({n.op}) does not match kernel {sp.name}'s parameters")
+        values = iter(n.inputs + n.outputs)
+        for p in sp.params:
+            if p.kind == "lut":  # not a graph value: the table is part of the kernel's weight type
+                args.append({"lut": p.name})
+                continue
+            x = next(values)
             v = g.values[x]
             if v.kind == "input":
                 args.append({"input": x})
@@ -70,3 +79,8 @@ def build_plan(g: Graph) -> tuple[list[ks.KernelSpec], dict[str, Any]]:
         for i in plan["inputs"].values():
             i["max_value"] = vocab - 1 if vocab else None
     return sorted(specs.values(), key=lambda s: s.name), plan
+
+
+def plan_luts(specs: list[ks.KernelSpec]) -> list[str]:
+    """The lookup tables the kernels read, sorted: what the artifact must store."""
+    return sorted({p.name for s in specs for p in s.params if p.kind == "lut"})

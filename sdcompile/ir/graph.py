@@ -25,6 +25,13 @@ class WeightData:
     source_dtype: str  # its stored type in the file ("f16", "q4_0", ...)
     # Why the dtype changed, for the report ("quantize: rule 'attn=q8_0'", "legalize: repack tq1_0 -> tq2_0", ...).
     history: list[str] = field(default_factory=list)
+    # The storage types the passes chose, in order; materializing replays them, so a weight quantized to q4_k and
+    # then dequantized to f16 by legalization holds q4_k's values, as the report says.
+    steps: list[str] = field(default_factory=list)
+
+    def convert(self, to: str, why: str) -> None:
+        self.history.append(why)
+        self.steps.append(to)
 
 
 @dataclass

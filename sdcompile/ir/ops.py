@@ -86,6 +86,8 @@ SHAPE_RULES: dict[str, Callable[[list[Shape], dict[str, Any]], Shape]] = {
     "linear": _linear,
 }
 
-# Which inputs of an op may be weights kept in a storage (quant) type; every other input must be f32/int.
-QUANT_INPUTS: dict[str, tuple[int, ...]] = {"embed": (1,), "dequantize": (0,), "linear": (1,)}
+# Which inputs of an op may be weights kept in a storage (quant) type; every other input must be f32/int. A matmul
+# reads its weight in the stored type straight after lifting a quantized file (a GGUF's q8_0, iq4_xs, ...); the
+# `quantize` pass then makes the dequantization explicit.
+QUANT_INPUTS: dict[str, tuple[int, ...]] = {"embed": (1,), "dequantize": (0,), "linear": (1,), "matmul": (1,)}
 ELEMENTWISE = ("add", "gelu", "quick_gelu")

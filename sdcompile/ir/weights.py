@@ -9,12 +9,19 @@ from sdcompile.ir.graph import Value
 
 def raw_bytes(v: Value) -> np.ndarray:
     """The weight's bytes in its storage type (ggml block layout), as a flat uint8 array."""
-    from sdcompile.quant.reference import quantize
+    from sdcompile.quant.reference import dequantize, quantize
 
     d = v.data
-    if v.dtype == d.source_dtype:
-        return np.ascontiguousarray(d.store.raw(d.key)).reshape(-1).view(np.uint8)
-    return np.ascontiguousarray(quantize(np.asarray(d.store.array(d.key), dtype=np.float32), v.dtype)).reshape(-1)
+    dtype = d.source_dtype
+    raw = np.ascontiguousarray(d.store.raw(d.key)).reshape(-1).view(np.uint8)
+    for step in d.steps or [v.dtype]:
+        if step != dtype:
+            values = dequantize(raw, dtype, v.shape) if dtype != d.source_dtype else d.store.array(d.key)
+            raw = np.ascontiguousarray(quantize(np.asarray(values, dtype=np.float32), step)).reshape(-1)
+            dtype = step
+    if dtype != v.dtype:  # internal bug: a pass changed the dtype without recording a step
+        raise AssertionError(f"{v.name}: steps {d.steps} end at {dtype}, value says {v.dtype}")
+    return raw
 
 
 def as_f32(v: Value) -> np.ndarray:

@@ -54,6 +54,13 @@ def _decoded(raw: np.ndarray, wtype: str, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(gguf.quants.dequantize(data, gguf.GGMLQuantizationType(t.ggml_id)), np.float64).reshape(shape)
 
 
+def _tables(spec: S.KernelSpec) -> list[np.ndarray]:
+    """The lookup tables the kernel reads (i-quant grids; they follow the other inputs), as the runtime passes them."""
+    from sdcompile.kernels.luts import table_words
+
+    return [np.array(table_words(p.name)) for p in spec.params if p.kind == "lut"]
+
+
 def case(spec: S.KernelSpec, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """(inputs in parameter order, float64 reference, per-element tolerance)."""
     rng = np.random.default_rng([seed, *map(ord, spec.name)])
@@ -66,14 +73,19 @@ def case(spec: S.KernelSpec, seed: int = 0) -> tuple[list[np.ndarray], np.ndarra
         ref = x.astype(np.float64) @ w.T
         # Recursive f32 summation of K products: |error| <= K u sum|x||w| (Higham), plus the decode's rounding.
         tol = (K + 4) * U32 * (np.abs(x.astype(np.float64)) @ np.abs(w).T) + 4 * U32 * np.abs(ref)
-        return [x, _words(raw)], ref, tol
+        return [x, _words(raw), *_tables(spec)], ref, tol
     M, Sq, V, D = (int(spec.attr(k)) for k in "MSVD")
     raw = sample_raw(wtype, (V, D), rng)
     tok = _decoded(raw, wtype, (V, D))
     ids = rng.integers(0, V, M).astype(np.int32)
     pos = rng.standard_normal((Sq, D)).astype(np.float32)
     ref = tok[ids] + pos[np.arange(M) % Sq]
-    return [ids, _words(raw), pos], ref, 2 * U32 * (1 + np.abs(ref))
+    # A gather adds one f32 rounding. Types decoded as x - m (the k-quants' d*sc*q - dmin*min) may be reassociated
+    # by a GPU compiler into (x + pos) - m (lavapipe does): the rounding then scales with |x| + |m|, bounded by twice
+    # the row's largest decoded magnitude for these formats.
+    rowmax = np.abs(tok).max(axis=1, keepdims=True)[ids]
+    tol = 4 * U32 * (np.abs(ref) + np.abs(pos[np.arange(M) % Sq]) + 2 * rowmax)
+    return [ids, _words(raw), pos, *_tables(spec)], ref, tol
 
 
 def _run(executor, spec: S.KernelSpec, inputs: list[np.ndarray]) -> np.ndarray:

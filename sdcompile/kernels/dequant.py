@@ -11,7 +11,7 @@ Adding a quant type means adding one entry to ``DECODERS``; the reference for wh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +94,8 @@ class Decoder:
 
     ``scales`` read per-block f32 values (ggml's f16 ``d`` and ``m`` fields) from the block's byte offset; kernels
     may compute them once per block and keep them in a small table, because decoding a half costs more than the
-    rest of an element. ``element`` combines them with the element's own quant bits.
+    rest of an element. ``element`` combines them with the element's own quant bits; a type that reads lookup
+    tables (``kernels/luts.py``) gets them as further arguments, one per table, after the scales.
     """
 
     element: Callable[..., PrimExpr]
@@ -178,15 +179,26 @@ def _where(qt, row: PrimExpr, col: PrimExpr, ncols: int) -> tuple[PrimExpr, Prim
     return row * qt.row_bytes(ncols) + (col // qt.block_size) * qt.type_size, col % qt.block_size, e
 
 
-def decode(wtype: str, w: te.Tensor, row: PrimExpr, col: PrimExpr, ncols: int) -> PrimExpr:
-    """f32 value of element (row, col) of a raw [rows, ncols] weight of type ``wtype`` held in word buffer ``w``."""
+def lut_inputs(wtype: str) -> list[te.Tensor]:
+    """Placeholders for the lookup tables ``wtype``'s decoder reads (``kernels/luts.py``), in ``spec.lut_params``
+    order; kernels pass them to ``decode``/``decode_staged`` and take them as inputs. Empty for most types."""
+    from sdcompile.kernels.spec import lut_params
+
+    return [te.placeholder(p.shape, "uint32", name=p.name) for p in lut_params(wtype)]
+
+
+def decode(
+    wtype: str, w: te.Tensor, row: PrimExpr, col: PrimExpr, ncols: int, luts: Sequence[te.Tensor] = ()
+) -> PrimExpr:
+    """f32 value of element (row, col) of a raw [rows, ncols] weight of type ``wtype`` held in word buffer ``w``;
+    ``luts``: the tables from ``lut_inputs(wtype)``, passed to the element function after the scales."""
     qt, dec = _decoder(wtype)
     base, j, e = _where(qt, row, col, ncols)
-    return dec.element(w, base, j, e, tuple(f(w, base) for f in dec.scales))
+    return dec.element(w, base, j, e, tuple(f(w, base) for f in dec.scales), *luts)
 
 
 def decode_staged(
-    wtype: str, w: te.Tensor, rows: int, ncols: int
+    wtype: str, w: te.Tensor, rows: int, ncols: int, luts: Sequence[te.Tensor] = ()
 ) -> tuple[list[te.Tensor], Callable[[PrimExpr, PrimExpr], PrimExpr]]:
     """Like ``decode``, with the per-block scales as separate stages ``wscale<i>[rows, ncols // block_size]`` that a
     schedule can compute once per block (or inline). Returns the stages and the element function (row, col)."""
@@ -202,6 +214,15 @@ def decode_staged(
 
     def element(row: PrimExpr, col: PrimExpr) -> PrimExpr:
         base, j, e = _where(qt, row, col, ncols)
-        return dec.element(w, base, j, e, tuple(t[row, col // qt.block_size] for t in stages))
+        return dec.element(w, base, j, e, tuple(t[row, col // qt.block_size] for t in stages), *luts)
 
     return stages, element
+
+
+# --- decoders defined in their own modules (imported last: they build on the helpers above) ---------------------
+from sdcompile.kernels.dequant_kquants import DECODERS as _KQUANT_DECODERS  # noqa: E402
+
+DECODERS.update(_KQUANT_DECODERS)
+
+# A plain module import (no attribute access): dequant_iquants registers itself, so importing it first works too.
+import sdcompile.kernels.dequant_iquants  # noqa: E402, F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from sdcompile.kernels.dequant import decode
+from sdcompile.kernels.dequant import decode, lut_inputs
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -14,11 +14,13 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     ids = te.placeholder((M,), "int32", name="ids")
     tok = te.placeholder((ps["tok"].words(),), "uint32", name="tok")
     pos = te.placeholder((S, D), "float32", name="pos")
+    wtype = str(spec.attr("wtype"))
+    luts = lut_inputs(wtype)
 
     def body(m, d):
         # A bad id must not read outside the table (on a GPU that is a fault or garbage from another buffer).
         row = tirx.max(tirx.min(ids[m], V - 1), 0)
-        return decode(str(spec.attr("wtype")), tok, row, d, D) + pos[m % S, d]
+        return decode(wtype, tok, row, d, D, luts) + pos[m % S, d]
 
     y = te.compute((M, D), body, name="y")
-    return [ids, tok, pos, y]
+    return [ids, tok, pos, *luts, y]

@@ -15,7 +15,7 @@ import math
 
 from tvm import te, tirx
 
-from sdcompile.kernels.dequant import decode_staged, f32, let
+from sdcompile.kernels.dequant import decode_staged, f32, let, lut_inputs
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -54,7 +54,8 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     x = te.placeholder((M, K), "float32", name="x")
     w = te.placeholder((ps["w"].words(),), "uint32", name="w")
     args = [x, w]
-    scales, element = decode_staged(wtype, w, N, K)
+    luts = lut_inputs(wtype)  # lookup grids of the i-quants (params after the other inputs, before the output)
+    scales, element = decode_staged(wtype, w, N, K, luts)
     wdq = te.compute((K, N), lambda k, n: element(n, k), name="wdq")
     r = te.reduce_axis((0, K), name="r")
     mm = te.compute((M, N), lambda m, n: te.sum(x[m, r] * wdq[r, n], axis=r), name="mm")
@@ -77,4 +78,4 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         return v
 
     y = te.compute((M, N), epilogue, name="y")
-    return args + [y]
+    return args + luts + [y]

@@ -1,13 +1,16 @@
 """What a kernel computes, as a hashable description shared by codegen, the artifact and the runtime.
 
 A kernel is fixed-shape: every dimension is known at compile time (the runtime splits a larger batch into
-compiled-size chunks). Parameters come in call order, outputs last. Three parameter kinds exist:
+compiled-size chunks). Parameters come in call order, outputs last. Four parameter kinds exist:
 
 - ``act``: an f32 activation buffer (row-major, the given shape) — or int32 for token ids;
 - ``f32``: a small f32 weight (bias, norm scale, position table) stored as f32 in the artifact;
 - ``raw``: a weight kept in its storage type (f32, f16, bf16 or a ggml quant type) and passed as the tensor's raw
   GGUF bytes viewed as little-endian ``uint32`` words (zero-padded to a multiple of 4 bytes). Kernels decode the
   blocks themselves; WGSL has no 8/16-bit buffers, so words are the one layout all three targets share.
+- ``lut``: a constant lookup table the weight type's decoder reads (the i-quants' grids), ``uint32[words]``, named
+  after the table (``kernels/luts.py``); the plan passes it as ``{"lut": name}``, the artifact stores each table once.
+  Types that need tables get one such parameter per table, after the other inputs and before the output.
 
 Ops (all math in f32):
 
@@ -29,16 +32,25 @@ ACTIVATIONS = ("none", "gelu", "quick_gelu")
 @dataclass(frozen=True)
 class ParamSpec:
     name: str
-    kind: str  # "act" | "f32" | "raw"
-    shape: tuple[int, ...]  # logical shape (for raw: the weight's logical shape, not the word count)
-    dtype: str  # "float32", "int32", or for raw the storage type name ("q4_0", "f16", ...)
+    kind: str  # "act" | "f32" | "raw" | "lut"
+    shape: tuple[int, ...]  # logical shape (for raw: the weight's logical shape, not the word count; lut: (words,))
+    dtype: str  # "float32", "int32", "uint32" (lut), or for raw the storage type name ("q4_0", "f16", ...)
     is_output: bool = False
 
     def words(self) -> int:
-        """uint32 words a raw parameter occupies (its GGUF bytes rounded up to 4)."""
+        """uint32 words a raw parameter occupies (its GGUF bytes rounded up to 4), or a lookup table's words."""
+        if self.kind == "lut":
+            return self.shape[0]
         from sdcompile.quant.types import get
 
         return (get(self.dtype).nbytes(self.shape) + 3) // 4
+
+
+def lut_params(wtype: str) -> list[ParamSpec]:
+    """The lookup-table parameters a kernel decoding ``wtype`` takes (none for most types)."""
+    from sdcompile.kernels.luts import TABLE_WORDS, tables_for
+
+    return [ParamSpec(t, "lut", (TABLE_WORDS[t],), "uint32") for t in tables_for(wtype)]
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class KernelSpec:
                 ParamSpec("ids", "act", (a["M"],), "int32"),
                 ParamSpec("tok", "raw", (a["V"], a["D"]), a["wtype"]),
                 ParamSpec("pos", "f32", (a["S"], a["D"]), "float32"),
+                *lut_params(a["wtype"]),
                 ParamSpec("y", "act", (a["M"], a["D"]), "float32", True),
             ]
         if self.op == "linear":
@@ -89,6 +102,7 @@ class KernelSpec:
                 ps.append(ParamSpec("bias", "f32", (a["N"],), "float32"))
             if a.get("residual"):
                 ps.append(ParamSpec("res", "act", (a["M"], a["N"]), "float32"))
+            ps += lut_params(a["wtype"])
             ps.append(ParamSpec("y", "act", (a["M"], a["N"]), "float32", True))
             return ps
         if self.op == "layer_norm":

@@ -109,7 +109,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
                     "why": why,
                 }
             )
-            w.data.history.append(f"legalize: {w.dtype} -> {to} ({step}; {why})")
+            w.data.convert(to, f"legalize: {w.dtype} -> {to} ({step}; {why})")
             w.dtype = to
             break
         else:

@@ -77,7 +77,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
                 f"{', '.join(QUANTIZABLE)}; choose one of those or a file already stored as {want}"
             )
         if want != v.dtype:
-            v.data.history.append(f"quantize: {v.dtype} -> {want} ({why})")
+            v.data.convert(want, f"quantize: {v.dtype} -> {want} ({why})")
         decisions.append({"tensor": v.name, "from": v.dtype, "to": want, "why": why})
         v.dtype = want
         counts[want] = counts.get(want, 0) + 1

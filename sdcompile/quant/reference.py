@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from sdcompile.errors import QuantError
-from sdcompile.quant import grids
+from sdcompile.quant import grids, kquants
 from sdcompile.quant.types import QUANT_TYPES, QuantType, get
 
 __all__ = ["QUANTIZABLE", "dequantize", "quantize"]
@@ -561,9 +561,10 @@ _QUANT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tq1_0": _q_tq1_0,
     "tq2_0": _q_tq2_0,
     "mxfp4": _q_mxfp4,
+    **kquants.QUANTIZERS,  # q2_k .. q6_k, iq4_nl, iq4_xs: ggml's search-based quantizers, mirrored in numpy
 }
 
-#: The types `quantize` can produce. K-quants and i-quants need ggml's search-based quantizers (llama-quantize).
+#: The types `quantize` can produce. The other i-quants need ggml's codebook-search quantizers (llama-quantize).
 QUANTIZABLE: tuple[str, ...] = tuple(_QUANT)
 
 
@@ -642,7 +643,7 @@ def quantize(arr: np.ndarray, qtype: str | QuantType) -> np.ndarray:
     if encode is None:
         raise QuantError(
             f"cannot quantize to {t.name}: sdcompile's reference quantizer supports {', '.join(QUANTIZABLE)}; "
-            f"k-quants and i-quants need ggml's quantizer (llama-quantize), or choose one of those types"
+            f"the other i-quants need ggml's quantizer (llama-quantize), or choose one of those types"
         )
     x = np.ascontiguousarray(np.asarray(arr), dtype=np.float32)
     shape = _check_shape(x.shape, t)

@@ -142,6 +142,8 @@ def linear_specs() -> list[S.KernelSpec]:
         S.linear(7, 64, 256, "q4_0", bias=True, residual=True, act="gelu"),
         S.linear(7, 64, 256, "q8_0", bias=True, act="quick_gelu"),
         S.linear(7, 64, 256, "f16", residual=True),
+        # quick_gelu's exp on large |x| (pre-activations reach +-60 here): overflow to inf must give -0, not NaN.
+        S.linear(7, 72, 288, "f32", bias=True, act="quick_gelu"),
     ]
     return specs
 
@@ -153,9 +155,14 @@ def other_specs() -> list[S.KernelSpec]:
         S.embed(7, 5, 50, 64, "q8_0"),
         S.embed(7, 5, 50, 64, "q4_0"),
         S.layer_norm(7, 96, 1e-5),
+        S.layer_norm(5, 100, 1e-5),  # a row that is no whole number of 16-float vectors
         S.attention(2, 7, 2, 16, False),
         S.attention(2, 7, 2, 16, True),
         S.attention(1, 9, 3, 24, True),
+        # Keys and head channels that fit no vector width (13 prime, 40 = 2.5 registers of 16).
+        S.attention(1, 13, 2, 40, True),
+        S.attention(2, 13, 3, 40, False),
+        S.attention(1, 77, 12, 64, True),  # the SD1.5 text encoder's
     ]
 
 

@@ -116,14 +116,47 @@ def test_lower_gpu_gives_cuda_source_without_a_gpu(tmp_path):
     )
 
 
-def test_missing_kernels_are_user_errors():
+def test_missing_kernels_are_user_errors(monkeypatch):
     # Legalization decides fallbacks from these facts; reaching codegen without one is a NoKernelError, not a crash.
     from schedules.gpu import MAX_ATTENTION_SEQ
     from sdcompile.errors import NoKernelError
-    from sdcompile.kernels import supported_types
+    from sdcompile.kernels import dequant, supported_types
 
     assert set(kc.GGUF_TYPES) <= set(supported_types())
+    monkeypatch.delitem(dequant.DECODERS, "q2_k")  # every ggml type has a decoder now: pretend one is missing
     with pytest.raises(NoKernelError, match="q2_k"):
         lower_gpu([S.linear(1, 64, 256, "q2_k")], "webgpu")
     with pytest.raises(NoKernelError, match="tiled kernel"):
         lower_gpu([S.attention(1, MAX_ATTENTION_SEQ + 1, 1, 64, False)], "webgpu")
+
+
+def test_exp_is_vector_code_within_an_ulp():
+    # Kernels' exp on the CPU is schedules.cpu._vector_exp (a lowering rule for LLVM targets), not libm's expf one
+    # lane at a time: check it on a vectorized loop over the values softmax and quick_gelu produce, and the edges.
+    import tvm
+    from tvm import te
+
+    import schedules.cpu  # noqa: F401 - registers the rule (scheduled_module imports it before any CPU compile)
+    from sdcompile.codegen import tvm_layer
+
+    edges = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, 88.72, 88.7229, 89.0, -87.3, -100.0, -103.9, -104.5]
+    edges += [np.finfo(np.float32).min, np.finfo(np.float32).max, 0.5, -0.5, 1.0, -1.0]
+    x = np.concatenate([edges, np.random.default_rng(0).uniform(-110, 100, 4096 - len(edges))]).astype(np.float32)
+    a = te.placeholder(x.shape, "float32", name="a")
+    b = te.compute(x.shape, lambda i: te.exp(a[i]), name="b")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    (i,) = sch.get_loops(sch.get_sblock("b"))
+    sch.vectorize(sch.split(i, [None, 16])[1])
+    exe = tvm_layer.compile_cpu(sch.mod, tvm_layer.cpu_target())
+    assert "expf" not in exe.mod.inspect_source("asm")
+    out = tvm.runtime.tensor(np.zeros_like(x))
+    exe.mod["main"](tvm.runtime.tensor(x), out)
+    got = out.numpy()
+    with np.errstate(over="ignore"):
+        ref = np.exp(x.astype(np.float64))
+        ref32 = ref.astype(np.float32)
+    finite = np.isfinite(ref32)
+    assert np.array_equal(got[~finite], ref32[~finite], equal_nan=True)  # NaN stays NaN; +inf on f32 overflow
+    ulp = np.maximum(np.spacing(ref32[finite]), np.float32(2.0**-149)).astype(np.float64)
+    err = np.abs(got[finite] - ref[finite]) / ulp
+    assert err.max() <= 1.0, (x[finite][np.argmax(err)], err.max())

@@ -59,9 +59,10 @@ def test_only_the_op_without_kernel_falls_back(tiny_graph, table_backend):
     assert out.values["text_encoder.embeddings.token_embedding.weight"].dtype == "f16"
 
 
-def test_tq1_0_repacked_losslessly_to_tq2_0(tiny_graph, tiny_ids):
-    # TQ1_0 has no kernel on any backend today; the lossless policy repacks it to TQ2_0 (same ternary values).
-    assert not backend("vulkan").has_kernel("linear", "tq1_0")
+def test_tq1_0_repacked_losslessly_to_tq2_0(tiny_graph, tiny_ids, table_backend):
+    # A backend without a TQ1_0 kernel: the lossless policy repacks it to TQ2_0 (same ternary values).
+    table_backend(lambda t: t["vulkan"].update(linear=[x for x in t["vulkan"]["linear"] if x != "tq1_0"]))
+    assert not legalize.backend("vulkan").has_kernel("linear", "tq1_0")
     # fc1's 128-wide rows do not fill a 256-value tq1_0 block, so quantize leaves fc1 alone; fc2's rows are 512.
     g, ctx = _prep(tiny_graph, type="f32", tensor_type_rules=[("mlp", "tq1_0")], target="vulkan")
     out = legalize.run(g, ctx)
@@ -98,9 +99,10 @@ def _q4_k_gguf(path, state):
     return path
 
 
-def test_k_quant_fallback_per_policy(tiny_state, tiny_ids, tmp_path):
-    # Q4_K has no kernel yet. Per policy: lossless stores f16 (q4_k values rounded at f16 precision), size
+def test_k_quant_fallback_per_policy(tiny_state, tiny_ids, tmp_path, table_backend):
+    # A backend without a Q4_K kernel. Per policy: lossless stores f16 (q4_k values rounded at f16 precision), size
     # requantizes to q8_0, exact stores f32 (the q4_k values exactly).
+    table_backend(lambda t: t["cpu"].update(linear=[x for x in t["cpu"]["linear"] if x != "q4_k"]))
     g0 = lift(open_store(_q4_k_gguf(tmp_path / "k.gguf", tiny_state)))
     assert g0.values["text_encoder.encoder.layers.0.mlp.fc2.weight"].dtype == "q4_k"
     for policy, want, tol in (("lossless", "f16", 1e-2), ("size", "q8_0", 5e-2), ("exact", "f32", 1e-12)):
@@ -148,3 +150,22 @@ def test_weight_over_the_buffer_limit_is_shrunk(tiny_graph, table_backend):
 def test_vulkan_declares_its_buffer_limit():
     assert backend("vulkan").max_buffer_bytes == 128 * 2**20
     assert backend("cpu").max_buffer_bytes is None
+
+
+def test_fallback_keeps_the_values_quantize_chose(tiny_graph, table_backend):
+    # quantize picks q8_0; a backend without a q8_0 kernel stores f16. The stored weights are q8_0's values (rounded
+    # to f16), not the original f32 weights rounded to f16: the report's "q8_0 -> f16" is what the artifact holds.
+    from sdcompile.ir.weights import as_f32
+    from sdcompile.quant.reference import dequantize, quantize
+
+    table_backend(lambda t: t["cpu"].update(linear=["f32", "f16"], embed=["f32", "f16"]))
+    g, ctx = _prep(tiny_graph, type="q8_0")
+    out = legalize.run(g, ctx)
+    name = "text_encoder.encoder.layers.0.mlp.fc1.weight"
+    v = out.values[name]
+    assert v.dtype == "f16" and v.data.steps == ["q8_0", "f16"]
+    src = tiny_graph.values[name].data
+    f = np.asarray(src.store.array(src.key), np.float32)
+    q8 = dequantize(quantize(f, "q8_0"), "q8_0", f.shape)
+    np.testing.assert_array_equal(as_f32(v), q8.astype(np.float16).astype(np.float32))
+    assert not np.array_equal(as_f32(v), f.astype(np.float16).astype(np.float32))

@@ -13,7 +13,11 @@ from gguf import quants as gguf_quants
 
 from sdcompile.errors import QuantError
 from sdcompile.quant import QUANT_TYPES, QuantType, dequantize, get, grids, quantize, reference
+from sdcompile.quant.kquants import QUANTIZERS as KQUANTIZERS
 from sdcompile.quant.reference import QUANTIZABLE
+
+# gguf.quants.quantize implements these; the k-quants and iq4 quantizers are checked against ggml in test_kquants.py.
+GGUF_QUANTIZABLE = [name for name in QUANTIZABLE if name not in KQUANTIZERS]
 
 # gguf's numpy code warns on the overflows and NaNs that some cases exercise on purpose; ours must not warn.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:gguf.*")
@@ -100,7 +104,7 @@ def test_dequantize_plain_floats_keep_nan_and_inf(name):
     assert_bits_equal(out, _gguf_dequantize(raw, name, (len(specials),)))
 
 
-@pytest.mark.parametrize("name", QUANTIZABLE)
+@pytest.mark.parametrize("name", GGUF_QUANTIZABLE)
 def test_dequantize_quantized_data_bit_exact(name):
     # Realistic blocks: quantized from normal data by gguf, so the scales are what a converter writes.
     rng = np.random.default_rng(1)
@@ -138,7 +142,7 @@ def _cases(block: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("name", QUANTIZABLE)
+@pytest.mark.parametrize("name", GGUF_QUANTIZABLE)
 def test_quantize_bit_exact_with_gguf(name):
     rng = np.random.default_rng(2)
     for case, x in _cases(QUANT_TYPES[name].block_size, rng).items():
@@ -201,7 +205,7 @@ def test_chunk_boundaries(name, monkeypatch):
     shape = (7, 3 * max(t.block_size, 64))
     raw = _random_blocks(name, shape, rng)
     assert_bits_equal(dequantize(raw, name, shape), _gguf_dequantize(raw, name, shape))
-    if name in QUANTIZABLE:
+    if name in GGUF_QUANTIZABLE:
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_array_equal(quantize(x, name), _gguf_quantize(x, name))
 
@@ -268,7 +272,7 @@ def test_row_not_a_multiple_of_the_block():
 
 
 def test_quantize_unsupported_type_lists_the_supported_ones():
-    for name in ["q4_k", "iq2_xxs", "q6_k"]:
+    for name in ["iq2_xxs", "iq3_s", "iq1_m"]:
         with pytest.raises(QuantError, match=f"cannot quantize to {name}.*q8_0.*tq2_0"):
             quantize(np.zeros((1, 256), np.float32), name)
 
