@@ -69,7 +69,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     act = str(spec.attr("act", "none"))
 
     def epilogue(m, n):
-        v = mm[m, n]  # bias, activation, residual: in this order, as in the spec
+        v = mm(m, n)  # bias, activation, residual, in this order; call syntax gives a PrimExpr (indexing a TensorSlice)
         if bias is not None:
             v = v + bias[n]
         v = activation(act, v)

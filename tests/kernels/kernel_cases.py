@@ -142,6 +142,7 @@ def linear_specs() -> list[S.KernelSpec]:
         S.linear(7, 64, 256, "q4_0", bias=True, residual=True, act="gelu"),
         S.linear(7, 64, 256, "q8_0", bias=True, act="quick_gelu"),
         S.linear(7, 64, 256, "f16", residual=True),
+        S.linear(7, 64, 256, "q4_0", act="gelu"),  # an activation without a bias
         # quick_gelu's exp on large |x| (pre-activations reach +-60 here): overflow to inf must give -0, not NaN.
         S.linear(7, 72, 288, "f32", bias=True, act="quick_gelu"),
     ]
