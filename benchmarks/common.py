@@ -338,3 +338,47 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align:
     }
     sep = "| " + " | ".join(rule[a](w) for a, w in zip(align, widths)) + " |"
     return "\n".join([line(headers), sep] + [line(r) for r in body])
+
+
+def cache_sizes() -> dict[str, int]:
+    """CPU cache sizes in bytes by level as Linux reports them for CPU 0 ({"L1d": ..., "L2": ..., "L3": ...}).
+
+    Inside a VM this is what the hypervisor reports, which may be the whole host socket's last-level cache: a
+    benchmark that wants cold caches should size its working set from it, not from a guess.
+    """
+    out: dict[str, int] = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for d in sorted(base.glob("index*")) if base.is_dir() else []:
+        level, kind, size = (_read(str(d / f)) for f in ("level", "type", "size"))
+        if not (level and kind and size):
+            continue
+        kind, size = kind.strip(), size.strip().upper()
+        if kind == "Instruction":
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        try:
+            nbytes = int(size.rstrip("KMG")) * mult
+        except ValueError:
+            continue
+        out[f"L{level.strip()}{'d' if kind == 'Data' else ''}"] = nbytes
+    return out
+
+
+def last_level_cache_bytes() -> int | None:
+    sizes = cache_sizes()
+    return max(sizes.values()) if sizes else None
+
+
+def cpu_stall_us() -> int | None:
+    """Cumulative µs in which some task waited for a CPU (Linux PSI ``/proc/pressure/cpu``, "some total=").
+
+    The difference over an interval, divided by its length, is the share of that interval the machine was short of
+    CPUs: unlike the 10-second average it covers exactly the timed runs.
+    """
+    for line in (_read("/proc/pressure/cpu") or "").splitlines():
+        if line.startswith("some "):
+            for kv in line.split()[1:]:
+                key, _, val = kv.partition("=")
+                if key == "total":
+                    return int(val)
+    return None
