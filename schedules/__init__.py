@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, gpu
+from schedules import cpu, cpu_gemv, gpu
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
@@ -22,7 +22,10 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
     except KeyError:
         raise ValueError(f"no {kind} schedule for op {spec.op!r}") from None
     if kind == "cpu":
-        rule(sch, spec, cpu_info or CpuInfo())
+        info = cpu_info or CpuInfo()
+        if cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
+            rule = cpu_gemv.linear
+        rule(sch, spec, info)
     else:
         rule(sch, spec)
 

@@ -27,8 +27,9 @@ from sdcompile.quant.types import QUANT_TYPES
 
 U32 = 2.0**-24  # unit roundoff of f32
 OPS = ("linear", "embed")
-# K = 512 holds two 256-value super-blocks per row; N and the vocabulary are small, so a check costs little.
-SHAPES = {"gemv": dict(M=1, N=64, K=512), "gemm": dict(M=7, N=64, K=512)}
+# K = 512 holds two 256-value super-blocks per row; N and the vocabulary are small, so a check costs little. M=1
+# takes the CPU GEMV path (integer dot products), M=16 the tiled GEMM that decodes to f32.
+SHAPES = {"gemv": dict(M=1, N=64, K=512), "gemm": dict(M=16, N=64, K=512)}  # M=16: past the CPU GEMV path (M <= 8)
 EMBED = dict(M=7, S=5, V=50, D=512)
 PASS = ("validated", "compiled")
 
