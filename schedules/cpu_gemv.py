@@ -24,9 +24,10 @@ math and its error bound: ``sdcompile/kernels/linear_gemv.py``):
 
 Every vector is 512-bit and every index pattern a constant shuffle, which LLVM lowers to ``vpermb`` / ``vpermw`` /
 ``vpermps``. The rule is used for AVX-512 targets with AVX512BW (``applicable``); other types, M > 8 and other CPUs
-keep the tiled schedule. Measured (cold caches, 2 threads, 2-core AVX-512 VM whose read bandwidth is ~33 GB/s):
-q4_0 / q8_0 / q4_k / q6_k 4096 x 11008 at 84-96% of that bandwidth and faster than ggml's best buffer type
-(``benchmarks/gemv.py``); 5-25x faster than the tiled schedule.
+keep the tiled schedule. Measured with ``benchmarks/gemv.py`` (M = 1, 4096 x 4096 and 4096 x 11008, cold caches,
+2 threads, 2-core AVX-512 VM): 27-32 GB/s for all four types, 89-106% of that script's read-bandwidth figure (30 GB/s;
+a sum over two streams per thread reads 33-35 GB/s), as fast as ggml's AMX buffer for q4_0 and 0.5-0.9x ggml's best
+time for the others; 14-28x faster than the tiled schedule.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def _avx512bw() -> bool:
 pytestmark = pytest.mark.skipif(not _avx512bw(), reason="the GEMV path needs an AVX-512 (BW) CPU")
 
 # Shapes: K at one unit (8 q4_0/q8_0 blocks, one super-block) and not a multiple of it (tail blocks, K below a
-# unit), N not a multiple of the row streams (4 at M = 1, 2 at M = 2) and below them, M from 1 to 8.
+# unit), N not a multiple of the row streams (6 at M = 1, 2 at M = 2) and below them, M from 1 to 8.
 BLOCK_SHAPES = [(1, 64, 256), (1, 100, 416), (2, 33, 288), (3, 16, 32), (8, 40, 512), (1, 5, 1024), (2, 1, 96)]
 SUPER_SHAPES = [(1, 64, 256), (1, 101, 768), (2, 33, 512), (5, 16, 1280), (8, 24, 256), (1, 3, 512)]
 SPECS = [S.linear(m, n, k, t) for t in ("q4_0", "q8_0") for m, n, k in BLOCK_SHAPES]
