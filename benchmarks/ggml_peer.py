@@ -259,7 +259,7 @@ class Ggml:
 
     def info(self) -> dict:
         return {
-            "lib_dir": str(self.lib_dir),
+            "lib_dir": self.lib_dir.name,  # the name only: results must not carry machine paths
             "device": self.f["ggml_backend_dev_name"](self.dev).decode(),
             "device_description": self.f["ggml_backend_dev_description"](self.dev).decode(),
             "cpu_features": self.cpu_features(),

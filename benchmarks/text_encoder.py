@@ -305,7 +305,7 @@ def run_ort(
             with Stopwatch() as sw:
                 export_onnx(model, ids, path, args.onnx_exporter)
             row["export_s"] = round(sw.seconds, 2)
-        row["onnx_file"] = str(path)
+        row["onnx_file"] = path.name  # the name only: results must not carry machine paths
 
         stage = "load"
         so = ort.SessionOptions()
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                 "mlp": SD15.mlp,
                 "positions": SD15.positions,
             },
-            "weights_file": str(weights),
+            "weights_file": weights.name,
             "weights_sha256": digest,
             "seed": SEED,
             "batch": args.batch,
