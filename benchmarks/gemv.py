@@ -615,6 +615,15 @@ class Sdcompile:
                 best[key] = min(best[key], (time.perf_counter() - t0) / 200 * 1e6)
         return best["launch"] - best["direct"]
 
+    @staticmethod
+    def path(spec) -> str:
+        """Which CPU schedule runs ``spec``: "gemv" (AVX-512 integer dot products), "amx" (tile unit) or "tiled"."""
+        from schedules import cpu_amx, cpu_gemv
+
+        if cpu_gemv.applicable(spec, 16):
+            return "gemv"
+        return "amx" if cpu_amx.applicable(spec, 16) else "tiled"
+
     def direct(self, spec, bufs) -> Callable[[], None]:
         """A no-argument call of the spec's PackedFunc on these executor buffers (DLPack tensors built once)."""
         f = self.module[spec.name]
@@ -661,6 +670,7 @@ def run_sdcompile(sd: Sdcompile, w: WeightCopies, batch: int, x: np.ndarray, ref
         name = spec.name
         ex.launch(name, launch_args(w.buffers[0]))
         stage = "check"
+        row["path"] = sd.path(spec)
         validate(row, ex.download(yb, (batch, n), "float32"), ref, TOL_EXACT)
         stage = "run"
         if sd.call == "executor":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, cpu_gemv, gpu
+from schedules import cpu, cpu_amx, cpu_gemv, gpu
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
@@ -25,6 +25,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         info = cpu_info or CpuInfo()
         if cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
             rule = cpu_gemv.linear
+        elif cpu_amx.applicable(spec, info.lanes):  # more rows, a CPU with a tile unit: int8 GEMM on AMX
+            rule = cpu_amx.linear
         rule(sch, spec, info)
     else:
         rule(sch, spec)

@@ -154,6 +154,16 @@ class _Ops:
         return acc + T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", a, b)
 
 
+def store_output(bufs: dict, act: str, m, n, v) -> None:
+    """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it)."""
+    if "bias" in bufs:
+        v = v + bufs["bias"][n]
+    v = activation(act, v)
+    if "res" in bufs:
+        v = v + bufs["res"][m, n]
+    T.buffer_store(bufs["y"], v, [m, n])
+
+
 def _check_bound(name: str, bound: int) -> None:
     if bound > INT32_MAX:
         raise AssertionError(f"{name}: int32 accumulator bound {bound} overflows")
@@ -364,13 +374,7 @@ class _Gemv:
                 self.store_y(m, row, v)
 
     def store_y(self, m, n, v) -> None:
-        b = self.bufs
-        if "bias" in b:
-            v = v + b["bias"][n]
-        v = activation(self.act, v)
-        if "res" in b:
-            v = v + b["res"][m, n]
-        T.buffer_store(b["y"], v, [m, n])
+        store_output(self.bufs, self.act, m, n, v)
 
     def _acc(self, s, m, chain, value, lanes=16) -> None:
         o = (s * self.M + m) * 32 + 16 * chain
@@ -518,24 +522,34 @@ class _Gemv:
             self._acc(s, m, 0, f * _bc(d * self.xs[m * self.ngroups + u], 16))
 
 
-def build(spec: KernelSpec, params: list, vnni: bool) -> tirx.PrimFunc:
-    """The GEMV PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+def prim_func(spec: KernelSpec, params: list, emit) -> tirx.PrimFunc:
+    """A PrimFunc named for ``spec`` over the given parameter buffers (``spec.params`` order), whose body
+    ``emit(bufs)`` writes with the IR builder (bufs: parameter name -> buffer)."""
     names = [p.name for p in spec.params]
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(spec.name)
             T.func_attr({"tirx.noalias": True})
-            bufs = {n: T.arg(n, b) for n, b in zip(names, params)}
-            _Gemv(spec, bufs, vnni).build()
+            emit({n: T.arg(n, b) for n, b in zip(names, params)})
     return ib.get()
+
+
+def replace_body(sch: s_tir.Schedule, spec: KernelSpec, build_fn) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with ``build_fn(spec, params)``'s."""
+    func = build_fn(spec, list(sch.mod[spec.name].params))
+    root = sch.get_sblock("root")
+    sch.state.replace(sch.get_sref(root), s_tir.stmt.SBlock([], [], [], "root", func.body))
+
+
+def build(spec: KernelSpec, params: list, vnni: bool) -> tirx.PrimFunc:
+    """The GEMV PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _Gemv(spec, bufs, vnni).build())
 
 
 def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     """Replace the scheduled function's body (``sch.work_on`` selected it) with the GEMV loop nest."""
-    func = sch.mod[spec.name]
-    gemv = build(spec, list(func.params), target_features()[1])
-    root = sch.get_sblock("root")
-    sch.state.replace(sch.get_sref(root), s_tir.stmt.SBlock([], [], [], "root", gemv.body))
+    vnni = target_features()[1]
+    replace_body(sch, spec, lambda spec, params: build(spec, params, vnni))
 
 
 __all__ = ["applicable", "build", "linear", "streams", "target_features"]

@@ -7,6 +7,7 @@ geometry out of the lowered host code, compiling and exporting — goes through 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +58,39 @@ def system_triple() -> str:
     return str(tvm.target.codegen.llvm_get_system_triple())
 
 
+def host_amx() -> bool:
+    """Whether this host can run AMX-INT8 tile code: the CPU has it (Linux's cpuinfo flags; LLVM's host detection
+    names a VM's Sapphire Rapids "rocketlake", which has none) and Linux grants this process the tile state.
+    SDCOMPILE_NO_AMX=1 turns it off (to compare, or for artifacts that must run on CPUs without it)."""
+    global _HOST_AMX
+    if _HOST_AMX is None:
+        _HOST_AMX = _probe_amx()
+    return _HOST_AMX and os.environ.get("SDCOMPILE_NO_AMX", "") in ("", "0")
+
+
+_HOST_AMX: bool | None = None
+
+
+def _probe_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    if not {"amx_tile", "amx_int8"} <= set(flags):
+        return False
+    import ctypes
+
+    try:  # arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): 0 when granted
+        return ctypes.CDLL(None, use_errno=True).syscall(158, 0x1023, 18) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def cpu_target(mcpu: str | None = None, num_cores: int | None = None) -> dict:
     t: dict = {"kind": "llvm", "mcpu": mcpu or system_cpu()}
+    if mcpu is None and host_amx():
+        t["mattr"] = ["+amx-tile", "+amx-int8"]
     if num_cores:
         t["num-cores"] = int(num_cores)
     return t

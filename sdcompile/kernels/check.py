@@ -28,7 +28,8 @@ from sdcompile.quant.types import QUANT_TYPES
 U32 = 2.0**-24  # unit roundoff of f32
 OPS = ("linear", "embed")
 # K = 512 holds two 256-value super-blocks per row; N and the vocabulary are small, so a check costs little. M=1
-# takes the CPU GEMV path (integer dot products), M=16 the tiled GEMM that decodes to f32.
+# takes the CPU GEMV path (integer dot products), M=16 the GEMM path: the tile unit (schedules/cpu_amx.py) for
+# q4_0/q8_0/q4_k/q6_k on CPUs with AMX, else the tiled GEMM that decodes to f32.
 SHAPES = {"gemv": dict(M=1, N=64, K=512), "gemm": dict(M=16, N=64, K=512)}  # M=16: past the CPU GEMV path (M <= 8)
 EMBED = dict(M=7, S=5, V=50, D=512)
 PASS = ("validated", "compiled")

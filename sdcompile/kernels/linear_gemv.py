@@ -38,30 +38,39 @@ def group(wtype: str) -> int:
     return 32 if wtype in ("q4_0", "q8_0") else 256
 
 
-def quantize_activations(x: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
-    """(xq int32 [M, K], dx f32 [M, K / g]) as the kernel computes them (f32 arithmetic, round half to even)."""
+def quantize_activations(x: np.ndarray, g: int, qmax: int = XQ_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """(xq int32 [M, K], dx f32 [M, K / g]) as the kernel computes them (f32 arithmetic, round half to even):
+    ``dx = amax / qmax`` and ``xq = rint(x * (qmax / amax))`` per group of g values of a row."""
     x = np.asarray(x, np.float32)
     M, K = x.shape
     xg = x.reshape(M, K // g, g)
     amax = np.abs(xg).max(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(amax > 0, np.float32(XQ_MAX) / amax, np.float32(0)).astype(np.float32)
+        inv = np.where(amax > 0, np.float32(qmax) / amax, np.float32(0)).astype(np.float32)
     xq = np.rint(xg * inv[..., None]).astype(np.int32).reshape(M, K)
-    dx = (amax * np.float32(1.0 / XQ_MAX)).astype(np.float32)
+    dx = (amax * np.float32(1.0 / qmax)).astype(np.float32)
     return xq, dx
 
 
-def reference(x: np.ndarray, w: np.ndarray, wtype: str) -> np.ndarray:
-    """x @ w.T in float64 on the activations the kernel sees (xq * dx); ``w`` the decoded weight [N, K]."""
-    g = group(wtype)
-    xq, dx = quantize_activations(x, g)
+def grouped_reference(x: np.ndarray, w: np.ndarray, g: int, qmax: int = XQ_MAX) -> np.ndarray:
+    """x @ w.T in float64 on the activations a kernel quantizing per g values to +-qmax sees (xq * dx)."""
+    xq, dx = quantize_activations(x, g, qmax)
     xd = xq.astype(np.float64) * np.repeat(dx.astype(np.float64), g, axis=1)
     return xd @ np.asarray(w, np.float64).T
 
 
-def error_bound(x: np.ndarray, w: np.ndarray, wtype: str) -> np.ndarray:
-    """Largest |kernel - x @ w.T| the activation quantization allows (f32 accumulation comes on top)."""
-    g = group(wtype)
-    _, dx = quantize_activations(x, g)
+def grouped_error_bound(x: np.ndarray, w: np.ndarray, g: int, qmax: int = XQ_MAX) -> np.ndarray:
+    """Largest |kernel - x @ w.T| that quantization allows (f32 accumulation comes on top)."""
+    _, dx = quantize_activations(x, g, qmax)
     step = np.repeat(dx.astype(np.float64), g, axis=1) * XQ_ERROR
     return step @ np.abs(np.asarray(w, np.float64)).T
+
+
+def reference(x: np.ndarray, w: np.ndarray, wtype: str) -> np.ndarray:
+    """x @ w.T in float64 on the activations the kernel sees (xq * dx); ``w`` the decoded weight [N, K]."""
+    return grouped_reference(x, w, group(wtype))
+
+
+def error_bound(x: np.ndarray, w: np.ndarray, wtype: str) -> np.ndarray:
+    """Largest |kernel - x @ w.T| the activation quantization allows (f32 accumulation comes on top)."""
+    return grouped_error_bound(x, w, group(wtype))

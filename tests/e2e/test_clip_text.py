@@ -66,6 +66,14 @@ QTYPES = [
 ]
 
 
+def _integer_path(qtype: str) -> bool:
+    """Whether the encoder's 77-row linears of this type run on the AMX tile unit with 16-bit activations."""
+    from sdcompile.codegen import tvm_layer
+    from sdcompile.kernels import linear_amx
+
+    return qtype in linear_amx.TYPES and tvm_layer.host_amx()
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_quantized_types_match_reference_on_dequantized_weights(target, tiny_ldm_safetensors, tiny_ids, tmp_path):
     full = reference(__import__("sdcompile.examples", fromlist=["x"]).clip_text_state(), tiny_ids)
@@ -80,7 +88,13 @@ def test_quantized_types_match_reference_on_dequantized_weights(target, tiny_ldm
         )
         got = model.run({"input_ids": tiny_ids})["last_hidden_state"]
         ref = reference(artifact_state(out), tiny_ids)
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4, err_msg=qtype)
+        # The CPU's integer paths (GEMV at <= 8 rows, AMX GEMM above) quantize activations to 16 bits per block
+        # (relative error ~2e-5 per matmul, sdcompile/kernels/linear_gemv.py and linear_amx.py); through the
+        # encoder's layers and layer norms that reaches ~1.5e-4 at values ~2, against ~1e-5 for f32 decoding.
+        atol = 5e-4 if target == "cpu" and _integer_path(qtype) else 1e-4
+        np.testing.assert_allclose(got, ref, rtol=0, atol=atol, err_msg=qtype)
+        rel = np.sqrt(np.mean((got - ref) ** 2) / np.mean(ref**2))
+        assert rel < 5e-5, (qtype, rel)
         # and the quantization itself changed the result (the artifact really holds that type)
         assert np.abs(got - full).max() > 1e-5, qtype
         stored = m["weights"]["tensors"]["text_encoder.encoder.layers.0.mlp.fc2.weight"]["dtype"]

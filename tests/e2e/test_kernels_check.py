@@ -44,11 +44,25 @@ def test_every_type_has_a_native_kernel_or_a_reason(results):
                 assert t in table[target]["why_not"], (target, t)
 
 
+def test_a_broken_amx_kernel_fails_the_check(monkeypatch):
+    """The AMX GEMM decodes q4_0 with its own code: decoding it as q8_0 must fail the check."""
+    from schedules import cpu_amx
+    from sdcompile.codegen import tvm_layer
+
+    if not tvm_layer.host_amx():
+        pytest.skip("no AMX on this CPU: the GEMM check runs the tiled path (tested below)")
+    monkeypatch.setattr(cpu_amx._Gemm, "decode_q4_0", cpu_amx._Gemm.decode_q8_0)
+    res = check.check_target("cpu", ["q4_0"])
+    assert res["q4_0"]["gemm"]["status"] == "failed" and res["q4_0"]["gemv"]["status"] == "validated"
+
+
 def test_a_broken_kernel_fails_the_check(monkeypatch):
     # Decode q4_0 blocks as q4_1 (reads the scale bytes as data): the check must catch it and flag the table.
-    # (The GEMV path decodes q4_0 with its own integer kernel, so only GEMM and the gather use the broken decoder.)
+    # (The GEMV and AMX paths decode q4_0 with their own integer kernels, so only the tiled GEMM, which AMX's
+    # absence brings back, and the gather use the broken decoder.)
     from sdcompile.kernels import dequant
 
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
     monkeypatch.setitem(dequant.DECODERS, "q4_0", dequant.DECODERS["q4_1"])
     res = {"cpu": check.check_target("cpu", ["q4_0"])}
     assert res["cpu"]["q4_0"]["gemm"]["status"] == "failed" and res["cpu"]["q4_0"]["embed"]["status"] == "failed"

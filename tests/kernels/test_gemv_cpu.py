@@ -97,8 +97,9 @@ def _weight(rng, wtype: str, shape: tuple[int, int], extreme: bool = False):
     return kq.words_of(raw), wd, wmag
 
 
-def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False):
-    """(inputs, reference f64 y, tolerance against it, y on the int16 activations, its tolerance)."""
+def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False, model=None):
+    """(inputs, reference f64 y, tolerance against it, y on the int16 activations, its tolerance). ``model``: the
+    kernel's activation model, (reference(x, w), error_bound(x, w)); the GEMV path's by default."""
     M, N, K = (int(spec.attr(k)) for k in "MNK")
     wtype = str(spec.attr("wtype"))
     rng = np.random.default_rng([seed, *map(ord, spec.name)])
@@ -107,9 +108,10 @@ def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False):
         x[1::2] = -1.0
     words, wd, wmag = _weight(rng, wtype, (N, K), extreme)
     x64 = x.astype(np.float64)
-    pre, preq = x64 @ wd.T, G.reference(x, wd, wtype)
+    reference, error_bound = model or (lambda x, w: G.reference(x, w, wtype), lambda x, w: G.error_bound(x, w, wtype))
+    pre, preq = x64 @ wd.T, reference(x, wd)
     f32_terms = (K / 16 + 16) * U32 * ((np.abs(x64) * 1.01) @ wmag.T)
-    tol = G.error_bound(x, wd, wtype) + f32_terms
+    tol = error_bound(x, wd) + f32_terms
     tolq = f32_terms
     inputs = [x, words]
     post = []

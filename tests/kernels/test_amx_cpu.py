@@ -1,0 +1,124 @@
+"""The CPU GEMM path on AMX (``schedules/cpu_amx.py``): ``linear`` with M > 8 for q4_0, q8_0, q4_k and q6_k, built by
+``build_kernels`` and run by the CPU executor, against gguf's dequantization and float64 numpy.
+
+Tolerances (the math: ``sdcompile/kernels/linear_amx.py``):
+
+- against ``x @ W^T``: the 16-bit activations' error, ``linear_amx.error_bound`` (sum |w| * 0.51 * dx per output),
+  plus f32 rounding;
+- against ``linear_amx.reference`` (the same product on the 16-bit activations, in float64): f32 rounding only,
+  ``(K / 16 + 16) u sum |x||w|``: the tile unit's int32 sums are exact; each group's sum is rounded to f32 once,
+  scaled (two or three roundings) and added to one of K / 32 partial sums. A quant, a scale or an activation in
+  the wrong place would be off by about |y|.
+
+The shapes cover one to four tiles of 16 rows of x with partial last tiles (M = 9, 17, 33), an odd and an even
+number of 32-value groups (the loop runs two groups per step, on two sets of tile registers), and several tiles of
+16 weight rows per parallel task.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.executors.cpu import Executor
+from sdcompile.codegen import tvm_layer
+from sdcompile.codegen.build import build_kernels
+from sdcompile.kernels import linear_amx as A
+from sdcompile.kernels import spec as S
+from tests.kernels.test_gemv_cpu import _case as gemv_case
+from tests.kernels.test_gemv_cpu import _check, _run
+
+pytestmark = pytest.mark.skipif(not tvm_layer.host_amx(), reason="the AMX path needs a CPU with AMX-INT8 (and Linux)")
+
+BLOCK_SHAPES = [(9, 16, 32), (16, 32, 96), (17, 48, 64), (33, 16, 288), (64, 64, 512), (20, 560, 128)]
+SUPER_SHAPES = [(9, 16, 256), (17, 32, 512), (64, 48, 768), (33, 16, 1280)]
+SPECS = [S.linear(m, n, k, t) for t in ("q4_0", "q8_0") for m, n, k in BLOCK_SHAPES]
+SPECS += [S.linear(m, n, k, t) for t in ("q4_k", "q6_k") for m, n, k in SUPER_SHAPES]
+SPECS += [
+    S.linear(77, 32, 256, "q4_0", bias=True, residual=True, act="gelu"),
+    S.linear(16, 32, 288, "q8_0", bias=True),
+    S.linear(24, 64, 512, "q4_k", bias=True, act="quick_gelu"),
+    S.linear(12, 48, 256, "q6_k", residual=True),
+]
+EXTREME = [S.linear(18, 16, 512, t) for t in A.TYPES]
+NONFINITE = S.linear(20, 32, 288, "q8_0")
+NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "q5_0"), S.linear(8, 16, 256, "q4_0")]
+
+
+@pytest.fixture(scope="module")
+def ex(tmp_path_factory):
+    out = tmp_path_factory.mktemp("amx_cpu")
+    return Executor(out, build_kernels(SPECS + EXTREME + [NONFINITE], "cpu", out), num_threads=2)
+
+
+def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False):
+    """(inputs, reference f64 y, tolerance against it, y on the 16-bit activations, its tolerance)."""
+    return gemv_case(spec, seed, extreme, model=(A.reference, A.error_bound))
+
+
+def test_dispatch(monkeypatch):
+    """More than 8 rows, a supported type and N in whole tiles take the AMX rule; SDCOMPILE_NO_AMX turns it off."""
+    from schedules import cpu_amx
+
+    for spec in SPECS + EXTREME + [NONFINITE]:
+        assert cpu_amx.applicable(spec, 16), spec.name
+    for spec in NOT_AMX:
+        assert not cpu_amx.applicable(spec, 16), spec.name
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
+    assert "mattr" not in tvm_layer.cpu_target()
+    assert not cpu_amx.applicable(SPECS[0], 16)
+
+
+def test_amx_code_uses_the_tile_unit():
+    spec = S.linear(32, 64, 256, "q4_0")
+    target = tvm_layer.cpu_target()
+    asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
+    for insn in ("ldtilecfg", "tileloadd", "tdpbssd", "tilestored", "tilerelease"):
+        assert insn in asm, insn
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_amx_matches_numpy(ex, spec):
+    inputs, ref, tol, refq, tolq = _case(spec)
+    got = _run(ex, spec, inputs)
+    _check(spec.name + " vs x @ W^T", got, ref, tol)
+    _check(spec.name + " vs the 16-bit-activation model", got, refq, tolq)
+    rel = np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean(ref**2))
+    assert rel < 2e-4, rel  # 16-bit activations: ~2e-5 (ggml's int8: ~5e-3)
+
+
+@pytest.mark.parametrize("spec", EXTREME, ids=lambda s: s.name)
+def test_amx_extreme_values_do_not_overflow(ex, spec):
+    inputs, ref, tol, refq, tolq = _case(spec, extreme=True)
+    got = _run(ex, spec, inputs)
+    _check(spec.name + " (extreme)", got, refq, tolq)
+    _check(spec.name + " (extreme) vs x @ W^T", got, ref, tol)
+
+
+def test_amx_zero_and_non_finite_activations(ex):
+    """An all-zero row of x gives exact zeros; a NaN or an infinity makes that row's outputs non-finite and leaves
+    the other rows (in the same tile of 16) as they were."""
+    inputs, ref, tol, _, _ = _case(NONFINITE)
+    x = inputs[0].copy()
+    x[0] = 0.0
+    x[1, 5] = np.nan
+    x[2, 200] = np.inf
+    got = _run(ex, NONFINITE, [x, *inputs[1:]])
+    assert np.array_equal(got[0], np.zeros(got.shape[1]))
+    assert not np.isfinite(got[1]).any() and not np.isfinite(got[2]).any()
+    _check("untouched rows", got[3:], ref[3:], tol[3:])
+
+
+def test_amx_model_is_tighter_than_ggml_activations():
+    """The 16-bit activation model's error is ~256x below 8-bit activations' on the same data (what ggml does)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 512)).astype(np.float32)
+    w = rng.standard_normal((32, 512))
+    exact = x.astype(np.float64) @ w.T
+    err16 = np.abs(A.reference(x, w) - exact).max()
+    g = x.reshape(16, -1, 32)
+    d = np.abs(g).max(-1, keepdims=True) / 127
+    x8 = (np.rint(g / d) * d).reshape(16, 512)
+    err8 = np.abs(x8 @ w.T - exact).max()
+    assert err16 * 50 < err8
+    assert np.all(np.abs(A.reference(x, w) - exact) <= A.error_bound(x, w))
