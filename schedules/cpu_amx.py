@@ -5,18 +5,29 @@ The tiled schedule (``schedules/cpu.py``) decodes W to f32 and runs an f32 matmu
 AVX-512 FMAs (one 512-bit FMA port here: ~1.5 G/s per core), about 12 ms for 4096 x 4096, 1.3-3x slower than ggml's
 int8 dot products. int8 dot products on AVX-512 (``vpdpbusd``: 64 multiply-adds) top out at ~100 G per second per
 core, which ggml's kernels already reach within ~15%. The tile unit does 16 x 16 x 64 multiply-adds per
-``TDPBSSD`` (measured ~2.9 T per second per core), so the work moves to what surrounds it. Per call:
+``TDPBSSD`` (measured ~2.9 T per second per core), so the work moves to what surrounds it: tile products come out
+only through memory (``TILESTORED``, ~16 cycles per 16 x 16 int32 tile), and each stored tile is converted and
+scaled with AVX-512. The fewer tiles per multiply-add leave the unit, the faster. The math (16-bit activations as
+two int8 halves, exact int32 sums): ``sdcompile/kernels/linear_amx.py``. Per call:
 
-- **prep** (parallel over rows of x): x becomes int8 ``xq`` with one f32 scale per 32 values (the math:
-  ``sdcompile/kernels/linear_amx.py``), stored as the tile unit's B operand: for each 16 rows of x and each group of
-  32 values, 8 rows of 64 bytes, row j holding values 4j..4j+3 of each of the 16 rows (the "VNNI" layout). Rows past
-  M are zeros. q4_k also keeps ``dx * sum(xq)`` per group, for its mins.
-- **tiles** (parallel over ``chunks`` of 16 weight rows): a task decodes its 16 rows of W once into int8 quants,
-  16 x 32 bytes per group (q6_k: 16 x 16 per sub-block), with one f32 scale per row and group (``d``, ``d * sc``) and
-  for q4_k the ``dmin * m`` offsets, into a per-task panel (16 x K bytes: L2). Then for each 16 rows of x, for each
-  group: the tile unit multiplies the panel's 16 x 32 tile by x's 32 x 16 tile into 16 x 16 int32 sums, which go
-  to memory (``TILESTORED``: AMX has no path to vector registers), and AVX-512 adds ``f32(sum) * w_scale * x_scale``
-  into 16 f32 accumulator registers. The epilogue (bias, activation, residual) runs per output.
+- **prep** (parallel over rows of x): x becomes 16-bit ``xq = 256 xh + xl`` with one f32 scale per group (32
+  values for q4_0/q8_0, 256 for the k-quants), stored as the tile unit's B operands: for each 16 rows of x, the
+  xh (then xl) bytes as K / 4 rows of 64 bytes, row j holding values 4j..4j+3 of each of the 16 rows (the "VNNI"
+  layout). Rows past M are zeros. q4_k also keeps ``dx * sum(xq)`` per 32, for its mins.
+- **tiles** (parallel over ``MAX_CHUNKS`` ranges of 16 weight rows): a task decodes its 16 rows of W once into a
+  panel (L2), then for each 16 rows of x walks K, with 16 f32 sums (y^T, 16 columns x 16 rows) in registers:
+  - q4_0 / q8_0 (``block``): quants ``q - 8`` / ``q`` as int8 with the f32 block scale; per 32-value block the unit
+    multiplies the 16 x 32 weight tile by the xh and the xl tiles into two int32 tiles, which AVX-512 combines
+    (``256 hi + lo``, exact), converts and scales by block scale times activation scale.
+  - q4_k / q6_k (``super``): a super-block's 6/8-bit sub-block scales are integers, so they go into the weights:
+    ``P = sc * q`` (q6_k: ``sc * (q - 32)``), 13 bits, split as ``P = 256 Ph + Pl`` (Ph signed, Pl unsigned bytes).
+    Then ``sum(P xq) = 65536 sum(Ph xh) + 256 (sum(Ph xl) + sum(Pl xh)) + sum(Pl xl)``: three int32 tiles per 256
+    values (``TDPBSSD`` for the signed Ph, ``TDPBUSD`` for the unsigned Pl), each exact and below 2^24, against 16
+    (q4_k) or 32 (q6_k) tiles per 256 with a tile per sub-block. q4_k's ``dmin * m`` offsets are 8 f32
+    multiply-adds per row and super-block on the stored ``dx * sum(xq)``.
+  Both loops are software-pipelined by one step: the products of step i + 1 are issued before the sums of step i
+  are read back, as tile stores do not forward to vector loads, which wait for the store to finish. The epilogue
+  (bias, activation, residual) runs per output.
 
 AMX is switched on per process by the kernel itself (``arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)``: Linux keeps
 the 8 KiB of tile state out of threads that did not ask); each task loads the tile configuration, which is per
@@ -43,10 +54,12 @@ ARCH_REQ_XCOMP_PERM = 0x1023
 XFEATURE_XTILEDATA = 18
 MAX_CHUNKS = 16  # parallel tasks, each a contiguous range of 16-row weight tiles with its own panel and buffers
 
-# Tile registers, two sets (even and odd groups): weight quants (A0 / A1), activations (B0 / B1), and the int32
-# sums (16 rows x 64 bytes) of A times the activations' high bytes (C0 / C2) and low bytes (C1 / C3). q6_k's two
-# 16-value sub-blocks per group take A0, A1 and both sets' sums, with B0 / B1 the high / low bytes.
+# Tile registers. block: two sets (even and odd blocks) of weight quants (A0 / A1), activations (B0 / B1) and the
+# int32 sums of A times the activations' high bytes (C0 / C2) and low bytes (C1 / C3). super: weight high and low
+# bytes (AH, AL), activation high and low bytes (BH, BL), and the sums HH, MID, LL.
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)
+AH, AL, BH, BL, HH, MID, LL = range(7)
+SUPER = ("q4_k", "q6_k")
 
 
 def target_has_amx() -> bool:
@@ -78,6 +91,25 @@ def _amx(name: str, *args) -> None:
     T.evaluate(T.call_llvm_intrin("void", "llvm.x86." + name, *args))
 
 
+def _pipeline(n: int, issue, finish) -> None:
+    """issue(i, slot) then finish(i, slot) for i < n, with issue(i + 1) before finish(i); slot = i % 2 is static
+    (the loop runs two steps per iteration), so each step can use its own tile registers and landing buffer."""
+    issue(0, 0)
+    if n // 2:
+        with T.serial(0, n // 2) as p:
+            issue(2 * p + 1, 1)
+            finish(2 * p, 0)
+            if n % 2:
+                issue(2 * p + 2, 0)
+            else:
+                with T.If(2 * p + 2 < n):
+                    with T.Then():
+                        issue(2 * p + 2, 0)
+            finish(2 * p + 1, 1)
+    if n % 2:
+        finish(n - 1, 0)
+
+
 class _Gemm:
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.spec = spec
@@ -87,11 +119,11 @@ class _Gemm:
         self.RB = self.qt.row_bytes(self.K)
         self.bufs = bufs
         self.act = str(spec.attr("act", "none"))
+        self.super = self.wtype in SUPER
+        self.G = A.group(self.wtype)  # activations per scale; also the unit of the K loop
         self.MT = -(-self.M // A.TILE)  # tiles of 16 rows of x
         self.NT = self.N // A.TILE
-        self.NG = self.K // A.GROUP
-        self.KS = 16 if self.wtype == "q6_k" else 32  # quants per weight tile row (per scale)
-        self.NS = A.GROUP // self.KS  # weight tiles per group
+        self.NG = self.K // self.G
         self.mins = self.wtype == "q4_k"
         self.CH = min(self.NT, MAX_CHUNKS)
         self.TPC = -(-self.NT // self.CH)  # weight tiles per chunk
@@ -102,20 +134,21 @@ class _Gemm:
         self.w8 = T.decl_buffer((words * 4,), "int8", data=b["w"].data)
         self.wu8 = T.decl_buffer((words * 4,), "uint8", data=b["w"].data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=b["w"].data)
-        MT, NG, CH = self.MT, self.NG, self.CH
-        # x: B operands, 2 x 8 rows x 16 int32 words per (16 rows of x, group): xh, then xl; scales [MT, NG, 16]
-        self.xb = T.alloc_buffer((MT * NG * 256,), "int32")
+        MT, NG, CH, K = self.MT, self.NG, self.CH, self.K
+        # x: B operands [MT][xh, xl][K / 4 rows][16 words]; scales [MT][group][16]
+        self.xb = T.alloc_buffer((MT * 2 * K * 4,), "int32")
         self.xs = T.alloc_buffer((MT * NG * 16,), "float32")
+        if self.mins:  # dx * sum(xq) per 32: [MT][K / 32][16]
+            self.xm = T.alloc_buffer((MT * (K // 32) * 16,), "float32")
+        # per chunk: the weight panel (super: high then low bytes), its scales (q4_k: and offsets), the C tiles'
+        # landing place (two slots), one y tile
+        self.psize = (2 if self.super else 1) * A.TILE * K
+        self.panel = T.alloc_buffer((CH * self.psize,), "int8")
+        self.wsc = T.alloc_buffer((CH * NG * A.TILE,), "float32")
         if self.mins:
-            self.xm = T.alloc_buffer((MT * NG * 16,), "float32")
-        # per chunk: the weight panel, its scales (and q4_k offsets), the C tiles' landing place, one y tile
-        nsub = NG * self.NS
-        self.panel = T.alloc_buffer((CH * nsub * A.TILE * self.KS,), "int8")
-        self.wsc = T.alloc_buffer((CH * nsub * A.TILE,), "float32")
-        if self.mins:
-            self.wmin = T.alloc_buffer((CH * NG * A.TILE,), "float32")
-        self.cbuf = T.alloc_buffer((CH * 2 * self.NS * 512,), "int32")
-        self.ybuf = T.alloc_buffer((CH * 256,), "float32")  # one 16 x 16 tile of y^T on its way out
+            self.wmin = T.alloc_buffer((CH * (K // 32) * A.TILE,), "float32")
+        self.cbuf = T.alloc_buffer((CH * 2 * 4 * 256,), "int32")
+        self.ybuf = T.alloc_buffer((CH * 256,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
         rc = T.call_extern(
             "int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM), T.int64(XFEATURE_XTILEDATA)
@@ -135,48 +168,69 @@ class _Gemm:
         with T.serial(0, 64) as i:
             T.buffer_store(cfg, T.uint8(0), [i])
         T.buffer_store(cfg, T.uint8(1), [0])
-        shapes = {A0: (16, self.KS), A1: (16, self.KS), B0: (self.KS // 4, 64), B1: (self.KS // 4, 64)}
-        shapes.update({t: (16, 64) for t in (C0, C1, C2, C3)})
+        if self.super:
+            shapes = {t: (16, 64) for t in (AH, AL, BH, BL, HH, MID, LL)}
+        else:
+            shapes = {A0: (16, 32), A1: (16, 32), B0: (8, 64), B1: (8, 64)}
+            shapes.update({t: (16, 64) for t in (C0, C1, C2, C3)})
         for t, (rows, colsb) in shapes.items():
             T.buffer_store(cfg, T.uint8(colsb), [16 + 2 * t])
             T.buffer_store(cfg, T.uint8(rows), [48 + t])
 
     # -- activations --
 
+    def _xrow(self, mt, part, k):
+        """Word index of B row k / 4 of x's row tile mt, part 0 (xh) or 1 (xl)."""
+        return ((mt * 2 + part) * (self.K // 4) + k // 4) * 16
+
     def prep(self) -> None:
-        M, NG = self.M, self.NG
+        M, NG, G = self.M, self.NG, self.G
         x = self.bufs["x"]
         with T.parallel(0, self.MT * A.TILE) as m:
+            mem = T.bind(T.tvm_stack_alloca("shape", 16))  # per task: running max and sum (see tile())
+            amx = T.decl_buffer((16,), "float32", data=mem)
+            tot = T.decl_buffer((16,), "float32", data=mem, elem_offset=16)
             mt = T.bind(m // A.TILE)
             mi = T.bind(m % A.TILE)
             with T.serial(0, NG) as g:
                 at = T.bind((mt * NG + g) * A.TILE + mi)  # this row's slot in the group's scale vectors
-                words = (mt * NG + g) * 256 + mi  # word j of the row's 32 bytes goes to B row j (+ 8: xl)
                 with T.If(m < M):
                     with T.Then():
-                        v = [T.bind(x[m, T.Ramp(g * A.GROUP + 16 * i, 1, 16)]) for i in range(2)]
-                        amax = T.bind(_tree(T.max(T.abs(v[0]), T.abs(v[1])), 16, T.max))
-                        total = T.bind(_hsum(v[0] + v[1], 16))
+                        _st(amx, 0, _c(0.0, "float32", 16), 16)
+                        _st(tot, 0, _c(0.0, "float32", 16), 16)
+                        with T.serial(0, G // 16) as i:
+                            v = T.bind(x[m, T.Ramp(g * G + 16 * i, 1, 16)])
+                            _st(amx, 0, T.max(_ld(amx, 0, 16), T.abs(v)), 16)
+                            _st(tot, 0, _ld(tot, 0, 16) + v, 16)
+                        amax = T.bind(_tree(_ld(amx, 0, 16), 16, T.max))
+                        total = T.bind(_hsum(_ld(tot, 0, 16), 16))
                         inv = T.bind(T.Select(amax > T.float32(0), T.float32(float(A.XQ_MAX)) / amax, T.float32(0)))
                         # A group holding an infinity or a NaN gets a NaN scale (max may drop NaNs; the sum keeps them).
                         dx = T.bind(T.Select(T.isfinite(total), amax * T.float32(1.0 / A.XQ_MAX), T.float32(math.nan)))
-                        q = [T.bind(T.Cast("int32x16", T.nearbyint(vi * _bc(inv, 16)))) for vi in v]
-                        # xq = 256 xh + xl: xh = floor((xq + 128) / 256) in [-127, 127], xl in [-128, 127]
-                        hi = [T.bind((qi + _c(128, "int32", 16)) >> _c(8, "int32", 16)) for qi in q]
-                        lo = [qi - (hv << _c(8, "int32", 16)) for qi, hv in zip(q, hi)]
-                        for part, vals in ((0, hi), (1, lo)):
-                            q8 = T.Cast("int8x32", _shuffle(vals, range(32)))
-                            T.buffer_store(self.xb, T.reinterpret("int32x8", q8), [T.Ramp(words + part * 128, 16, 8)])
                         T.buffer_store(self.xs, dx, [at])
-                        if self.mins:
-                            s = _hsum(q[0] + q[1], 16)
-                            T.buffer_store(self.xm, T.Cast("float32", s) * dx, [at])
+                        with T.serial(0, G // 32) as s:
+                            k = g * G + 32 * s
+                            v = [x[m, T.Ramp(k + 16 * i, 1, 16)] for i in range(2)]
+                            q = [T.bind(T.Cast("int32x16", T.nearbyint(vi * _bc(inv, 16)))) for vi in v]
+                            # xq = 256 xh + xl: xh = floor((xq + 128) / 256) in [-127, 127], xl in [-128, 127]
+                            hi = [T.bind((qi + _c(128, "int32", 16)) >> _c(8, "int32", 16)) for qi in q]
+                            lo = [qi - (hv << _c(8, "int32", 16)) for qi, hv in zip(q, hi)]
+                            for part, vals in ((0, hi), (1, lo)):
+                                q8 = T.Cast("int8x32", _shuffle(vals, range(32)))
+                                at_w = self._xrow(mt, part, k) + mi
+                                T.buffer_store(self.xb, T.reinterpret("int32x8", q8), [T.Ramp(at_w, 16, 8)])
+                            if self.mins:
+                                ssum = T.Cast("float32", _hsum(q[0] + q[1], 16)) * dx
+                                T.buffer_store(self.xm, ssum, [(mt * (self.K // 32) + k // 32) * 16 + mi])
                     with T.Else():
-                        for part in range(2):
-                            T.buffer_store(self.xb, _c(0, "int32", 8), [T.Ramp(words + part * 128, 16, 8)])
                         T.buffer_store(self.xs, T.float32(0), [at])
-                        if self.mins:
-                            T.buffer_store(self.xm, T.float32(0), [at])
+                        with T.serial(0, G // 32) as s:
+                            k = g * G + 32 * s
+                            for part in range(2):
+                                at_w = self._xrow(mt, part, k) + mi
+                                T.buffer_store(self.xb, _c(0, "int32", 8), [T.Ramp(at_w, 16, 8)])
+                            if self.mins:
+                                T.buffer_store(self.xm, T.float32(0), [(mt * (self.K // 32) + k // 32) * 16 + mi])
 
     # -- weights --
 
@@ -194,103 +248,27 @@ class _Gemm:
             _amx("tilerelease")
 
     def tile(self, c, nt) -> None:
-        nsub = self.NG * self.NS
-        pbase = c * nsub * A.TILE * self.KS
-        sbase = c * nsub * A.TILE
-        mbase = c * self.NG * A.TILE
+        self.pbase = c * self.psize
+        self.sbase = c * self.NG * A.TILE
+        self.mbase = c * (self.K // 32) * A.TILE
+        self.cbase = c * 2 * 4 * 256
         # Unit by unit (a block, a super-block), 16 rows each: the panel fills in order. Row by row, each row's
         # stores would land 512 bytes apart, in 8 of the L1's 64 sets, and miss (measured: 1.25 ms of 4.7).
         decode = getattr(self, "decode_" + self.wtype)
-        with T.serial(0, self.NG if self.wtype in ("q4_0", "q8_0") else self.K // 256) as u:
+        with T.serial(0, self.NG) as u:
             with T.serial(0, A.TILE) as r:
-                decode(T.bind((nt * A.TILE + r) * self.RB), u, r, pbase, sbase, mbase)
-        self.product(c, nt, pbase, sbase, mbase)
-
-    def _panel_store(self, pbase, s, r, value) -> None:
-        """Quants of weight tile s (16 rows x KS), row r."""
-        _st(self.panel, pbase + (s * A.TILE + r) * self.KS, value, self.KS)
-
-    def decode_q4_0(self, row, g, r, pbase, sbase, mbase) -> None:
-        off = T.bind(row + g * 18)
-        v = T.bind(_ld(self.wu8, off + 2, 16))
-        q = _shuffle([v & _c(15, "uint8", 16), v >> _c(4, "uint8", 16)], range(32))
-        self._panel_store(pbase, g, r, T.reinterpret("int8x32", q) - _c(8, "int8", 32))
-        T.buffer_store(self.wsc, _f16(self.w16[off // 2], 1), [sbase + g * A.TILE + r])
-
-    def decode_q8_0(self, row, g, r, pbase, sbase, mbase) -> None:
-        off = T.bind(row + g * 34)
-        self._panel_store(pbase, g, r, _ld(self.w8, off + 2, 32))
-        T.buffer_store(self.wsc, _f16(self.w16[off // 2], 1), [sbase + g * A.TILE + r])
-
-    def decode_q4_k(self, row, u, r, pbase, sbase, mbase) -> None:
-        base = T.bind(row + u * 144)
-        d = T.bind(_f16(self.w16[base // 2], 1))
-        dmin = T.bind(_f16(self.w16[base // 2 + 1], 1))
-
-        def s(i):  # scale byte i (of 12)
-            return T.Cast("int32", self.wu8[base + 4 + i])
-
-        for j in range(8):  # ggml's get_scale_min_k4
-            if j < 4:
-                sc, mn = s(j) & 63, s(j + 4) & 63
-            else:
-                sc = (s(j + 4) & 15) | ((s(j - 4) >> 6) << 4)
-                mn = (s(j + 4) >> 4) | ((s(j) >> 6) << 4)
-            g = u * 8 + j
-            T.buffer_store(self.wsc, d * T.Cast("float32", sc), [sbase + g * A.TILE + r])
-            T.buffer_store(self.wmin, dmin * T.Cast("float32", mn), [mbase + g * A.TILE + r])
-        for p in range(4):  # bytes 32p.. hold sub-block 2p in their low nibbles, 2p + 1 in their high ones
-            v = T.bind(_ld(self.wu8, base + 16 + 32 * p, 32))
-            self._panel_store(pbase, u * 8 + 2 * p, r, T.reinterpret("int8x32", v & _c(15, "uint8", 32)))
-            self._panel_store(pbase, u * 8 + 2 * p + 1, r, T.reinterpret("int8x32", v >> _c(4, "uint8", 32)))
-
-    def decode_q6_k(self, row, u, r, pbase, sbase, mbase) -> None:
-        m15, m3 = _c(15, "uint8", 32), _c(3, "uint8", 32)
-        base = T.bind(row + u * 210)
-        d = T.bind(_f16(self.w16[(base + 208) // 2], 1))
-        with T.serial(0, 16) as j:
-            sc = T.Cast("float32", self.w8[base + 192 + j])
-            T.buffer_store(self.wsc, d * sc, [sbase + (u * 16 + j) * A.TILE + r])
-        for h in range(2):
-            lo = T.bind(_ld(self.wu8, base + 64 * h, 32))
-            hi = T.bind(_ld(self.wu8, base + 64 * h + 32, 32))
-            qh = T.bind(_ld(self.wu8, base + 128 + 32 * h, 32))
-            parts = [lo & m15, hi & m15, lo >> _c(4, "uint8", 32), hi >> _c(4, "uint8", 32)]
-            for i, low in enumerate(parts):  # quants 128 h + 32 i + l: low bits, and qh bits 2i, 2i + 1
-                top = (qh >> _c(2 * i, "uint8", 32)) & m3 if i else qh & m3
-                q = T.bind(T.reinterpret("int8x32", low | (top << _c(4, "uint8", 32))) - _c(32, "int8", 32))
-                s = (u * 8 + 4 * h + i) * 2  # two tiles of 16 per group
-                self._panel_store(pbase, s, r, _shuffle([q], range(16)))
-                self._panel_store(pbase, s + 1, r, _shuffle([q], range(16, 32)))
-
-    # -- the tile unit --
-
-    def product(self, c, nt, pbase, sbase, mbase) -> None:
-        """y's 16 columns of weight tile nt, 16 rows of x at a time: the f32 sums stay in 16 vector registers over
-        all groups (small local arrays, which LLVM promotes; one 1 KiB array would live in memory)."""
-        NG, MT = self.NG, self.MT
-        with T.serial(0, MT) as mt:
-            # An LLVM alloca (which it promotes to registers): TVM turns allocations inside a parallel loop into
-            # runtime workspace calls, whose memory LLVM must keep in sync at every iteration.
+                decode(T.bind((nt * A.TILE + r) * self.RB), u, r)
+        with T.serial(0, self.MT) as mt:
+            # 16 f32 sums (one per weight row, lanes over x's rows) in an LLVM alloca, which it keeps in registers:
+            # TVM turns allocations inside a parallel loop into runtime workspace calls, which it could not.
             mem = T.bind(T.tvm_stack_alloca("shape", 128))
             self.facc = [T.decl_buffer((16,), "float32", data=mem, elem_offset=16 * r) for r in range(16)]
             for r in range(16):
                 _st(self.facc[r], 0, _c(0.0, "float32", 16), 16)
-            # Software-pipelined by one group: the products of group g + 1 are issued before the sums of group g
-            # are read back. AMX's tile stores do not forward to vector loads, which wait until the store is done;
-            # read right away, they stalled every group (q4_0 4096 x 4096, M = 64: 3.8 ms -> see step()).
-            # Even and odd groups use two sets of tile registers and of landing buffers.
-            self.products(c, 0, mt, 0, pbase)
-            if NG // 2:
-                with T.serial(0, NG // 2) as gp:
-                    self.products(c, 2 * gp + 1, mt, 1, pbase)
-                    self.scale(c, 2 * gp, mt, 0, sbase, mbase)
-                    with T.If(2 * gp + 2 < NG):
-                        with T.Then():
-                            self.products(c, 2 * gp + 2, mt, 0, pbase)
-                    self.scale(c, 2 * gp + 1, mt, 1, sbase, mbase)
-            if NG % 2:
-                self.scale(c, NG - 1, mt, 0, sbase, mbase)
+            if self.super:
+                _pipeline(self.NG, lambda u, s: self.super_products(u, mt, s), lambda u, s: self.super_scale(u, mt, s))
+            else:
+                _pipeline(self.NG, lambda g, s: self.block_products(g, mt, s), lambda g, s: self.block_scale(g, mt, s))
             yb = c * 256
             for r in range(16):
                 _st(self.ybuf, yb + 16 * r, _ld(self.facc[r], 0, 16), 16)
@@ -299,51 +277,127 @@ class _Gemm:
                     m = mt * 16 + lane
                     with T.If(m < self.M):
                         with T.Then():
-                            self.store_y(m, nt * 16 + r, self.ybuf[yb + 16 * r + lane])
+                            store_output(self.bufs, self.act, m, nt * 16 + r, self.ybuf[yb + 16 * r + lane])
 
-    def products(self, c, g, mt, reg, pbase) -> None:
-        """The tile products of group g and x's row tile mt on register set ``reg`` (q6_k: always both sets), into
-        landing buffer ``reg``."""
-        NG, NS, KS = self.NG, self.NS, self.KS
-        cb = (c * 2 + reg) * NS * 512
-        for h in range(NS):
-            at, bt = (A0, B0) if reg == 0 else (A1, B1)
-            if NS == 2:
-                at = A0 + h
-            _amx("tileloadd64", _i8(at), T.address_of(self.panel[pbase + (g * NS + h) * A.TILE * KS]), T.int64(KS))
-            for part in range(2):  # xh, xl
-                brow = (mt * NG + g) * 16 + part * 8 + h * (KS // 4)
-                ct = (C0, C1, C2, C3)[2 * (h if NS == 2 else reg) + part]
-                if NS == 2:
-                    bt = B0 + part
-                _amx("tileloadd64", _i8(bt), T.address_of(self.xb[brow * 16]), T.int64(64))
-                _amx("tilezero", _i8(ct))
-                _amx("tdpbssd", _i8(ct), _i8(at), _i8(bt))
-                _amx("tilestored64", _i8(ct), T.address_of(self.cbuf[cb + (2 * h + part) * 256]), T.int64(64))
+    # -- decoding into the panel --
 
-    def scale(self, c, g, mt, reg, sbase, mbase) -> None:
-        """Group g's int32 sums from landing buffer ``reg``, scaled, into the f32 sums."""
-        NG, NS = self.NG, self.NS
-        cb = (c * 2 + reg) * NS * 512
-        xs = T.bind(_ld(self.xs, (mt * NG + g) * 16, 16))
-        if self.mins:
-            xm = T.bind(_ld(self.xm, (mt * NG + g) * 16, 16))
+    def _block_store(self, g, r, quants, scale) -> None:
+        _st(self.panel, self.pbase + (g * A.TILE + r) * 32, quants, 32)
+        T.buffer_store(self.wsc, scale, [self.sbase + g * A.TILE + r])
+
+    def decode_q4_0(self, row, g, r) -> None:
+        off = T.bind(row + g * 18)
+        v = T.bind(_ld(self.wu8, off + 2, 16))
+        q = _shuffle([v & _c(15, "uint8", 16), v >> _c(4, "uint8", 16)], range(32))
+        self._block_store(g, r, T.reinterpret("int8x32", q) - _c(8, "int8", 32), _f16(self.w16[off // 2], 1))
+
+    def decode_q8_0(self, row, g, r) -> None:
+        off = T.bind(row + g * 34)
+        self._block_store(g, r, _ld(self.w8, off + 2, 32), _f16(self.w16[off // 2], 1))
+
+    def _super_store(self, u, r, k, p) -> None:
+        """P = sc * q (int16x32) for values k..k+31 of super-block u, row r: high bytes, then low bytes."""
+        at = self.pbase + (u * A.TILE + r) * 256 + k
+        _st(self.panel, at, T.Cast("int8x32", p >> _c(8, "int16", 32)), 32)
+        _st(self.panel, at + A.TILE * self.K, T.Cast("int8x32", p & _c(255, "int16", 32)), 32)
+
+    def decode_q4_k(self, row, u, r) -> None:
+        base = T.bind(row + u * 144)
+        T.buffer_store(self.wsc, _f16(self.w16[base // 2], 1), [self.sbase + u * A.TILE + r])
+        dmin = T.bind(_f16(self.w16[base // 2 + 1], 1))
+
+        def s(i):  # scale byte i (of 12)
+            return T.Cast("int16", self.wu8[base + 4 + i])
+
+        sc = []
+        for j in range(8):  # ggml's get_scale_min_k4
+            if j < 4:
+                scj, mn = s(j) & T.int16(63), s(j + 4) & T.int16(63)
+            else:
+                scj = (s(j + 4) & T.int16(15)) | ((s(j - 4) >> T.int16(6)) << T.int16(4))
+                mn = (s(j + 4) >> T.int16(4)) | ((s(j) >> T.int16(6)) << T.int16(4))
+            sc.append(T.bind(scj))
+            at = self.mbase + (u * 8 + j) * A.TILE + r
+            T.buffer_store(self.wmin, dmin * T.Cast("float32", mn), [at])
+        for p in range(4):  # bytes 32p.. hold sub-block 2p in their low nibbles, 2p + 1 in their high ones
+            v = T.bind(T.Cast("int16x32", _ld(self.wu8, base + 16 + 32 * p, 32)))
+            self._super_store(u, r, 64 * p, (v & _c(15, "int16", 32)) * _bc(sc[2 * p], 32))
+            self._super_store(u, r, 64 * p + 32, (v >> _c(4, "int16", 32)) * _bc(sc[2 * p + 1], 32))
+
+    def decode_q6_k(self, row, u, r) -> None:
+        m15, m3 = _c(15, "uint8", 32), _c(3, "uint8", 32)
+        base = T.bind(row + u * 210)
+        T.buffer_store(self.wsc, _f16(self.w16[(base + 208) // 2], 1), [self.sbase + u * A.TILE + r])
+        sc = T.bind(T.Cast("int16x16", _ld(self.w8, base + 192, 16)))
+        for h in range(2):
+            lo = T.bind(_ld(self.wu8, base + 64 * h, 32))
+            hi = T.bind(_ld(self.wu8, base + 64 * h + 32, 32))
+            qh = T.bind(_ld(self.wu8, base + 128 + 32 * h, 32))
+            parts = [lo & m15, hi & m15, lo >> _c(4, "uint8", 32), hi >> _c(4, "uint8", 32)]
+            for i, low in enumerate(parts):  # quants 128 h + 32 i + l: low bits, and qh bits 2i, 2i + 1
+                top = (qh >> _c(2 * i, "uint8", 32)) & m3 if i else qh & m3
+                q = T.Cast("int16x32", low | (top << _c(4, "uint8", 32))) - _c(32, "int16", 32)
+                j = 8 * h + 2 * i  # 16-value sub-blocks j, j + 1
+                self._super_store(u, r, 128 * h + 32 * i, q * _shuffle([sc, sc], [j] * 16 + [j + 1] * 16))
+
+    # -- the tile unit --
+
+    def block_products(self, g, mt, reg) -> None:
+        """Block g times x's row tile mt on tile register set ``reg``, into landing slot ``reg``."""
+        at, bt, cts = (A0, B0, (C0, C1)) if reg == 0 else (A1, B1, (C2, C3))
+        _amx("tileloadd64", _i8(at), T.address_of(self.panel[self.pbase + g * A.TILE * 32]), T.int64(32))
+        for part in range(2):  # xh, xl
+            _amx("tileloadd64", _i8(bt), T.address_of(self.xb[self._xrow(mt, part, g * 32)]), T.int64(64))
+            _amx("tilezero", _i8(cts[part]))
+            _amx("tdpbssd", _i8(cts[part]), _i8(at), _i8(bt))
+            cb = self.cbase + (reg * 4 + part) * 256
+            _amx("tilestored64", _i8(cts[part]), T.address_of(self.cbuf[cb]), T.int64(64))
+
+    def block_scale(self, g, mt, reg) -> None:
+        """Block g's sums from landing slot ``reg``, scaled, into the f32 sums."""
+        cb = self.cbase + reg * 4 * 256
+        xs = T.bind(_ld(self.xs, (mt * self.NG + g) * 16, 16))
         for r in range(16):
-            t = None
-            for h in range(NS):
-                ws = self.wsc[sbase + (g * NS + h) * A.TILE + r]
-                ch = _ld(self.cbuf, cb + 2 * h * 256 + 16 * r, 16)
-                cl = _ld(self.cbuf, cb + (2 * h + 1) * 256 + 16 * r, 16)
-                # sum(q * xq) = 256 sum(q * xh) + sum(q * xl), exact in int32 (|q xq| <= 128 * 32512 per term)
-                term = T.Cast("float32x16", (ch << _c(8, "int32", 16)) + cl) * _bc(ws, 16)
-                t = term if t is None else t + term
-            v = _ld(self.facc[r], 0, 16) + t * xs
-            if self.mins:
-                v = v - xm * _bc(self.wmin[mbase + g * A.TILE + r], 16)
-            _st(self.facc[r], 0, v, 16)
+            ch = _ld(self.cbuf, cb + 16 * r, 16)
+            cl = _ld(self.cbuf, cb + 256 + 16 * r, 16)
+            # sum(q * xq) = 256 sum(q * xh) + sum(q * xl), exact in int32 (|q xq| <= 128 * 32512 per term)
+            t = T.Cast("float32x16", (ch << _c(8, "int32", 16)) + cl) * _bc(self.wsc[self.sbase + g * A.TILE + r], 16)
+            _st(self.facc[r], 0, _ld(self.facc[r], 0, 16) + t * xs, 16)
 
-    def store_y(self, m, n, v) -> None:
-        store_output(self.bufs, self.act, m, n, v)
+    def super_products(self, u, mt, slot) -> None:
+        """Super-block u times x's row tile mt: the HH, MID and LL sums, into landing slot ``slot``."""
+        for t in (HH, MID, LL):
+            _amx("tilezero", _i8(t))
+        hpanel = self.pbase + u * A.TILE * 256
+        for q in range(4):  # 64 values at a time
+            k = u * 256 + 64 * q
+            _amx("tileloadd64", _i8(AH), T.address_of(self.panel[hpanel + 64 * q]), T.int64(256))
+            _amx("tileloadd64", _i8(AL), T.address_of(self.panel[hpanel + A.TILE * self.K + 64 * q]), T.int64(256))
+            _amx("tileloadd64", _i8(BH), T.address_of(self.xb[self._xrow(mt, 0, k)]), T.int64(64))
+            _amx("tileloadd64", _i8(BL), T.address_of(self.xb[self._xrow(mt, 1, k)]), T.int64(64))
+            _amx("tdpbssd", _i8(HH), _i8(AH), _i8(BH))
+            _amx("tdpbssd", _i8(MID), _i8(AH), _i8(BL))
+            _amx("tdpbusd", _i8(MID), _i8(AL), _i8(BH))  # Pl is unsigned
+            _amx("tdpbusd", _i8(LL), _i8(AL), _i8(BL))
+        for i, t in enumerate((HH, MID, LL)):
+            cb = self.cbase + (slot * 4 + i) * 256
+            _amx("tilestored64", _i8(t), T.address_of(self.cbuf[cb]), T.int64(64))
+
+    def super_scale(self, u, mt, slot) -> None:
+        """Super-block u's sums from landing slot ``slot``: 65536 HH + 256 MID + LL (each exact in f32), times
+        d * dx; q4_k subtracts its dmin * m * dx * sum(xq) per 32."""
+        cb = self.cbase + slot * 4 * 256
+        xs = T.bind(_ld(self.xs, (mt * self.NG + u) * 16, 16))
+        if self.mins:
+            xm = [T.bind(_ld(self.xm, (mt * (self.K // 32) + u * 8 + j) * 16, 16)) for j in range(8)]
+        for r in range(16):
+            hh, mid, ll = (T.Cast("float32x16", _ld(self.cbuf, cb + i * 256 + 16 * r, 16)) for i in range(3))
+            t = hh * _c(65536.0, "float32", 16) + (mid * _c(256.0, "float32", 16) + ll)
+            v = _ld(self.facc[r], 0, 16) + t * _bc(self.wsc[self.sbase + u * A.TILE + r], 16) * xs
+            if self.mins:
+                for j in range(8):
+                    v = v - xm[j] * _bc(self.wmin[self.mbase + (u * 8 + j) * A.TILE + r], 16)
+            _st(self.facc[r], 0, v, 16)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

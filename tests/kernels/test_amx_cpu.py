@@ -53,7 +53,9 @@ def ex(tmp_path_factory):
 
 def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False):
     """(inputs, reference f64 y, tolerance against it, y on the 16-bit activations, its tolerance)."""
-    return gemv_case(spec, seed, extreme, model=(A.reference, A.error_bound))
+    wtype = str(spec.attr("wtype"))
+    model = (lambda x, w: A.reference(x, w, wtype), lambda x, w: A.error_bound(x, w, wtype))
+    return gemv_case(spec, seed, extreme, model=model)
 
 
 def test_dispatch(monkeypatch):
@@ -115,10 +117,10 @@ def test_amx_model_is_tighter_than_ggml_activations():
     x = rng.standard_normal((16, 512)).astype(np.float32)
     w = rng.standard_normal((32, 512))
     exact = x.astype(np.float64) @ w.T
-    err16 = np.abs(A.reference(x, w) - exact).max()
+    err16 = np.abs(A.reference(x, w, "q4_0") - exact).max()
     g = x.reshape(16, -1, 32)
     d = np.abs(g).max(-1, keepdims=True) / 127
     x8 = (np.rint(g / d) * d).reshape(16, 512)
     err8 = np.abs(x8 @ w.T - exact).max()
     assert err16 * 50 < err8
-    assert np.all(np.abs(A.reference(x, w) - exact) <= A.error_bound(x, w))
+    assert np.all(np.abs(A.reference(x, w, "q4_0") - exact) <= A.error_bound(x, w, "q4_0"))
