@@ -20,11 +20,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.executors.cpu import Executor
 from sdcompile.codegen import tvm_layer
-from sdcompile.codegen.build import build_kernels
 from sdcompile.kernels import linear_amx as A
 from sdcompile.kernels import spec as S
+from tests.kernels import fixtures as fx
 from tests.kernels.test_gemv_cpu import _case as gemv_case
 from tests.kernels.test_gemv_cpu import _check, _run
 
@@ -45,10 +44,8 @@ NONFINITE = S.linear(20, 32, 288, "q8_0")
 NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "q5_0"), S.linear(8, 16, 256, "q4_0")]
 
 
-@pytest.fixture(scope="module")
-def ex(tmp_path_factory):
-    out = tmp_path_factory.mktemp("amx_cpu")
-    return Executor(out, build_kernels(SPECS + EXTREME + [NONFINITE], "cpu", out), num_threads=2)
+built = fx.built_fixture("cpu", lambda: SPECS + EXTREME + [NONFINITE], "amx_cpu")
+ex = fx.executor_fixture("cpu")
 
 
 def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False):

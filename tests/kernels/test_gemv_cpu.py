@@ -22,11 +22,10 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
-from runtime.executors.cpu import Executor
-from sdcompile.codegen.build import build_kernels
 from sdcompile.kernels import linear_gemv as G
 from sdcompile.kernels import spec as S
 from sdcompile.quant.types import get as get_type
+from tests.kernels import fixtures as fx
 from tests.kernels import kernel_cases as kc
 from tests.kernels import kquant_cases as kq
 
@@ -62,10 +61,8 @@ OTHER = [S.linear(1, 16, 256, "q5_0"), S.linear(9, 16, 256, "q4_0")]  # not GEMV
 NONFINITE = S.linear(4, 33, 288, "q8_0")
 
 
-@pytest.fixture(scope="module")
-def ex(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gemv_cpu")
-    return Executor(out, build_kernels(SPECS + EXTREME + OTHER + [NONFINITE], "cpu", out), num_threads=2)
+built = fx.built_fixture("cpu", lambda: SPECS + EXTREME + OTHER + [NONFINITE], "gemv_cpu")
+ex = fx.executor_fixture("cpu")
 
 
 def _weight(rng, wtype: str, shape: tuple[int, int], extreme: bool = False):

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from runtime.errors import LaunchError
-from runtime.executors.cpu import Executor
-from sdcompile.codegen.build import build_kernels
 from sdcompile.kernels import spec as S
 from sdcompile.kernels import supported_types
 from sdcompile.kernels.luts import TABLE_WORDS, TABLES, TYPE_TABLES, table_words, tables_for
 from sdcompile.quant import grids
+from tests.kernels import fixtures as fx
 from tests.kernels import iquant_cases as ic
 from tests.kernels import kernel_cases as kc
 
@@ -22,17 +21,9 @@ LINEAR = ic.linear_specs()
 EMBED = ic.embed_specs()
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    # One build for the whole module: LLVM compile time dominates.
-    out = tmp_path_factory.mktemp("iquant_cpu")
-    return out, build_kernels(LINEAR + EMBED, "cpu", out)
-
-
-@pytest.fixture(scope="module")
-def ex(built):
-    out, result = built
-    return Executor(out, result, num_threads=2)
+# One build for the whole module: LLVM compile time dominates.
+built = fx.built_fixture("cpu", lambda: LINEAR + EMBED, "iquant_cpu")
+ex = fx.executor_fixture("cpu")
 
 
 @pytest.mark.parametrize("spec", LINEAR, ids=lambda s: s.name)

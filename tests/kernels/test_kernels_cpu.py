@@ -13,23 +13,16 @@ from runtime.errors import ArtifactError, LaunchError
 from runtime.executors.cpu import Executor
 from sdcompile.codegen.build import build_kernels, lower_gpu
 from sdcompile.kernels import spec as S
+from tests.kernels import fixtures as fx
 from tests.kernels import kernel_cases as kc
 
 SPECS = kc.all_specs()
 DECODE = kc.decode_specs()
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    # One build for the whole module: LLVM compile time dominates the suite.
-    out = tmp_path_factory.mktemp("cpu_kernels")
-    return out, build_kernels(SPECS + DECODE, "cpu", out)
-
-
-@pytest.fixture(scope="module")
-def ex(built):
-    out, result = built
-    return Executor(out, result, num_threads=2)
+# One build for the whole module: LLVM compile time dominates the suite.
+built = fx.built_fixture("cpu", lambda: SPECS + DECODE, "cpu_kernels")
+ex = fx.executor_fixture("cpu")
 
 
 def test_description_is_json_and_complete(built):

@@ -11,42 +11,20 @@ import numpy as np
 import pytest
 
 from runtime.errors import ArtifactError, NoDeviceError
-from sdcompile.codegen.build import build_kernels
 from sdcompile.kernels import spec as S
+from tests.kernels import fixtures as fx
 from tests.kernels import kernel_cases as kc
 
-
-def _adapter():
-    try:
-        from runtime.executors.vulkan import find_adapter
-    except ImportError:  # wgpu not installed
-        return None
-    return find_adapter()
-
-
-pytestmark = [
-    pytest.mark.vulkan,
-    pytest.mark.skipif(
-        _adapter() is None, reason="no Vulkan adapter (install mesa-vulkan-drivers for lavapipe, and wgpu)"
-    ),
-]
+pytestmark = fx.vulkan_marks()
 
 SPECS = kc.all_specs()
 DECODE = kc.decode_specs()
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vulkan_kernels")
-    return out, build_kernels(SPECS + DECODE, "vulkan", out)
+built = fx.built_fixture("vulkan", lambda: SPECS + DECODE, "vulkan_kernels")
 
 
-@pytest.fixture(scope="module")
-def ex(built):
-    from runtime.executors.vulkan import Executor
-
-    out, result = built
-    return Executor(out, result)
+ex = fx.executor_fixture("vulkan")
 
 
 def test_description_is_json_and_complete(built):

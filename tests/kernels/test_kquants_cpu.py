@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.executors.cpu import Executor
-from sdcompile.codegen.build import build_kernels
+from tests.kernels import fixtures as fx
 from tests.kernels import kernel_cases as kc
 from tests.kernels import kquant_cases as kq
 
@@ -14,11 +13,9 @@ SPECS = kq.linear_specs() + kq.embed_specs()
 DECODE = kq.decode_specs()
 
 
-@pytest.fixture(scope="module")
-def ex(tmp_path_factory):
-    # One build for the module: LLVM compile time dominates.
-    out = tmp_path_factory.mktemp("kquant_cpu")
-    return Executor(out, build_kernels(SPECS + DECODE, "cpu", out), num_threads=2)
+# One build for the module: LLVM compile time dominates.
+built = fx.built_fixture("cpu", lambda: SPECS + DECODE, "kquant_cpu")
+ex = fx.executor_fixture("cpu")
 
 
 def test_every_type_has_a_decoder():

@@ -6,42 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from sdcompile.codegen.build import build_kernels
+from tests.kernels import fixtures as fx
 from tests.kernels import kernel_cases as kc
 from tests.kernels import kquant_cases as kq
 
-
-def _adapter():
-    try:
-        from runtime.executors.vulkan import find_adapter
-    except ImportError:  # wgpu not installed
-        return None
-    return find_adapter()
-
-
-pytestmark = [
-    pytest.mark.vulkan,
-    pytest.mark.skipif(
-        _adapter() is None, reason="no Vulkan adapter (install mesa-vulkan-drivers for lavapipe, and wgpu)"
-    ),
-]
+pytestmark = fx.vulkan_marks()
 
 SPECS = kq.linear_specs() + kq.embed_specs() + kq.gemv_specs()
 DECODE = kq.decode_specs()
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("kquant_vulkan")
-    return out, build_kernels(SPECS + DECODE, "vulkan", out)
+built = fx.built_fixture("vulkan", lambda: SPECS + DECODE, "kquant_vulkan")
 
 
-@pytest.fixture(scope="module")
-def ex(built):
-    from runtime.executors.vulkan import Executor
-
-    out, result = built
-    return Executor(out, result)
+ex = fx.executor_fixture("vulkan")
 
 
 def test_gemv_geometry(built):

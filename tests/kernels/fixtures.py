@@ -1,0 +1,56 @@
+"""What every kernel test module needs: build a set of specs once per module for a target, an executor over the
+build, and (Vulkan) a skip where no adapter exists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+
+def vulkan_adapter():
+    try:
+        from runtime.executors.vulkan import find_adapter
+    except ImportError:  # wgpu not installed
+        return None
+    return find_adapter()
+
+
+def vulkan_marks() -> list:
+    """pytestmark for a Vulkan module: the ``vulkan`` marker, skipped without an adapter."""
+    return [
+        pytest.mark.vulkan,
+        pytest.mark.skipif(
+            vulkan_adapter() is None, reason="no Vulkan adapter (install mesa-vulkan-drivers for lavapipe, and wgpu)"
+        ),
+    ]
+
+
+def built_fixture(target: str, specs: Callable[[], list] | list, name: str):
+    """A module-scoped fixture: (directory, build description) of ``specs`` built for ``target``."""
+
+    @pytest.fixture(scope="module")
+    def built(tmp_path_factory):
+        from sdcompile.codegen.build import build_kernels
+
+        out = tmp_path_factory.mktemp(name)
+        return out, build_kernels(specs() if callable(specs) else specs, target, out)
+
+    return built
+
+
+def executor_fixture(target: str):
+    """A module-scoped fixture: the target's executor over the module's ``built`` fixture (CPU: 2 threads)."""
+
+    @pytest.fixture(scope="module")
+    def ex(built):
+        out, result = built
+        if target == "cpu":
+            from runtime.executors.cpu import Executor
+
+            return Executor(out, result, num_threads=2)
+        from runtime.executors.vulkan import Executor
+
+        return Executor(out, result)
+
+    return ex
