@@ -315,13 +315,15 @@ class _Gemv:
         rem = N - S * NS
         rpc = max(1, -(-NS // CHUNKS))
         nch = -(-NS // rpc) if NS else 0
-        # Each task's accumulators: a slice of one buffer per call (per-task allocations cost a runtime call each).
-        stride = S * M * 33
-        accs = T.alloc_buffer((max(nch, 1) * stride,), "float32")
+        # Each task's accumulators: an LLVM alloca per task, which LLVM keeps in registers (TVM turns allocations
+        # inside a parallel loop into runtime workspace calls, whose memory LLVM must reload and store around
+        # every accumulation; it then also reloads x's vectors for every row stream).
+        stride = S * M * 32 + 2 * (-(-S * M // 2))
 
         def local(c):
-            self.facc = T.decl_buffer((S * M * 32,), "float32", data=accs.data, elem_offset=c * stride)
-            self.tsum = T.decl_buffer((S * M,), "float32", data=accs.data, elem_offset=c * stride + S * M * 32)
+            mem = T.bind(T.tvm_stack_alloca("shape", stride // 2))
+            self.facc = T.decl_buffer((S * M * 32,), "float32", data=mem)
+            self.tsum = T.decl_buffer((S * M,), "float32", data=mem, elem_offset=S * M * 32)
 
         if nch == 0:  # fewer rows than streams
             with T.parallel(0, 1) as c:
