@@ -71,9 +71,13 @@ def test_dispatch(monkeypatch):
 def test_amx_code_uses_the_tile_unit():
     spec = S.linear(32, 64, 256, "q4_0")
     target = tvm_layer.cpu_target()
-    asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
+    mod = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod
+    asm = mod.inspect_source("asm")
     for insn in ("ldtilecfg", "tileloadd", "tdpbssd", "tilestored", "tilerelease"):
         assert insn in asm, insn
+    # the kernel asks Linux for the tile state itself and stops with a message (not SIGILL) when refused
+    ll = mod.inspect_source("ll")
+    assert "@syscall" in ll and "Linux refused this process the AMX tile state" in ll
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
