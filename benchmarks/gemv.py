@@ -628,9 +628,9 @@ class Sdcompile:
         """Which CPU schedule runs ``spec``: "gemv" (AVX-512 integer dot products), "amx" (tile unit) or "tiled"."""
         from schedules import cpu_amx, cpu_gemv
 
-        if cpu_gemv.applicable(spec, 16):
-            return "gemv"
-        return "amx" if cpu_amx.applicable(spec, 16) else "tiled"
+        if cpu_amx.applicable(spec, 16):
+            return "amx"
+        return "gemv" if cpu_gemv.applicable(spec, 16) else "tiled"
 
     def direct(self, spec, bufs) -> Callable[[], None]:
         """A no-argument call of the spec's PackedFunc on these executor buffers (DLPack tensors built once)."""

@@ -23,10 +23,10 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         raise ValueError(f"no {kind} schedule for op {spec.op!r}") from None
     if kind == "cpu":
         info = cpu_info or CpuInfo()
-        if cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
-            rule = cpu_gemv.linear
-        elif cpu_amx.applicable(spec, info.lanes):  # more rows, a CPU with a tile unit: int8 GEMM on AMX
+        if cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX
             rule = cpu_amx.linear
+        elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
+            rule = cpu_gemv.linear
         rule(sch, spec, info)
     else:
         rule(sch, spec)

@@ -1,5 +1,5 @@
-"""CPU GEMM on AMX: ``linear`` with more than 8 rows of x (prompts, batches, image tokens) for q4_0, q8_0, q4_k and
-q6_k weights in their GGUF layout, on CPUs with AMX-INT8 (Sapphire Rapids and later).
+"""CPU GEMM on AMX: ``linear`` with several rows of x (5 to 8 and more, per type: ``linear_amx.FROM_ROWS``; prompts,
+batches, image tokens) for q4_0, q8_0, q4_k and q6_k weights in their GGUF layout, on CPUs with AMX-INT8 (Sapphire Rapids and later).
 
 The tiled schedule (``schedules/cpu.py``) decodes W to f32 and runs an f32 matmul: at M = 64 that is bound by
 AVX-512 FMAs (one 512-bit FMA port here: ~1.5 G/s per core), about 12 ms for 4096 x 4096, 1.3-3x slower than ggml's
@@ -45,7 +45,6 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_gemv import _bc, _c, _f16, _hsum, _ld, _shuffle, _st, _tree, prim_func, replace_body, store_output
 from sdcompile.kernels import linear_amx as A
-from sdcompile.kernels import linear_gemv
 from sdcompile.kernels.spec import KernelSpec
 from sdcompile.quant.types import get as get_type
 
@@ -72,11 +71,11 @@ def target_has_amx() -> bool:
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
-    """Whether ``linear`` ``spec`` runs on the tile unit: more rows than the GEMV path takes, N in whole tiles."""
+    """Whether ``linear`` ``spec`` runs on the tile unit: enough rows (``linear_amx.FROM_ROWS``), N in whole tiles."""
     return (
         spec.op == "linear"
         and str(spec.attr("wtype")) in A.TYPES
-        and int(spec.attr("M")) > linear_gemv.MAX_ROWS
+        and int(spec.attr("M")) >= A.FROM_ROWS[str(spec.attr("wtype"))]
         and int(spec.attr("N")) % A.TILE == 0
         and lanes == 16
         and target_has_amx()

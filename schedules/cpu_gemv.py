@@ -23,8 +23,9 @@ math and its error bound: ``sdcompile/kernels/linear_gemv.py``):
   output.
 
 Every vector is 512-bit and every index pattern a constant shuffle, which LLVM lowers to ``vpermb`` / ``vpermw`` /
-``vpermps``. The rule is used for AVX-512 targets with AVX512BW (``applicable``); other types, M > 8 and other CPUs
-keep the tiled schedule. Measured with ``benchmarks/gemv.py`` (M = 1, 4096 x 4096 and 4096 x 11008, cold caches,
+``vpermps``. The rule is used for AVX-512 targets with AVX512BW (``applicable``) unless the AMX rule takes the spec
+(from 5-8 rows on CPUs with AMX, ``schedules/cpu_amx.py``); other types, M > 8 and other CPUs keep the tiled
+schedule. Measured with ``benchmarks/gemv.py`` (M = 1, 4096 x 4096 and 4096 x 11008, cold caches,
 2 threads, 2-core AVX-512 VM): 27-32 GB/s for all four types, 89-106% of that script's read-bandwidth figure (30 GB/s;
 a sum over two streams per thread reads 33-35 GB/s), as fast as ggml's AMX buffer for q4_0 and 0.5-0.9x ggml's best
 time for the others; 14-28x faster than the tiled schedule.

@@ -1,7 +1,8 @@
 """The math of the CPU GEMV fast path (``linear`` with few rows), as a numpy model that tests and docs share.
 
-``linear`` with M <= ``MAX_ROWS`` rows on an AVX-512 CPU runs a hand-written loop nest (``schedules/cpu_gemv.py``)
-instead of the decode-a-tile-then-matmul schedule, for the weight types in ``TYPES``. Its math differs from
+``linear`` with M <= ``MAX_ROWS`` rows on an AVX-512 CPU (where AMX does not take it: ``linear_amx.FROM_ROWS``)
+runs a hand-written loop nest (``schedules/cpu_gemv.py``) instead of the decode-a-tile-then-matmul schedule, for
+the weight types in ``TYPES``. Its math differs from
 ``linear.py`` in two ways, both like ggml's own CPU kernels:
 
 1. **Activations are quantized to int16 inside the call.** Each row of x is cut into groups of ``group(wtype)``

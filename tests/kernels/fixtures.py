@@ -26,15 +26,19 @@ def vulkan_marks() -> list:
     ]
 
 
-def built_fixture(target: str, specs: Callable[[], list] | list, name: str):
-    """A module-scoped fixture: (directory, build description) of ``specs`` built for ``target``."""
+def built_fixture(target: str, specs: Callable[[], list] | list, name: str, env: dict[str, str] | None = None):
+    """A module-scoped fixture: (directory, build description) of ``specs`` built for ``target``, with the
+    environment variables ``env`` set during the build (``SDCOMPILE_NO_AMX``: test the paths AMX would take over)."""
 
     @pytest.fixture(scope="module")
     def built(tmp_path_factory):
         from sdcompile.codegen.build import build_kernels
 
         out = tmp_path_factory.mktemp(name)
-        return out, build_kernels(specs() if callable(specs) else specs, target, out)
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in (env or {}).items():
+                mp.setenv(k, v)
+            return out, build_kernels(specs() if callable(specs) else specs, target, out)
 
     return built
 

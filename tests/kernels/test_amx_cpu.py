@@ -1,4 +1,4 @@
-"""The CPU GEMM path on AMX (``schedules/cpu_amx.py``): ``linear`` with M > 8 for q4_0, q8_0, q4_k and q6_k, built by
+"""The CPU GEMM path on AMX (``schedules/cpu_amx.py``): ``linear`` with M >= FROM_ROWS for q4_0, q8_0, q4_k and q6_k, built by
 ``build_kernels`` and run by the CPU executor, against gguf's dequantization and float64 numpy.
 
 Tolerances (the math: ``sdcompile/kernels/linear_amx.py``):
@@ -41,10 +41,13 @@ SPECS += [
 ]
 EXTREME = [S.linear(18, 16, 512, t) for t in A.TYPES]
 NONFINITE = S.linear(20, 32, 288, "q8_0")
-NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "q5_0"), S.linear(8, 16, 256, "q4_0")]
+# at each type's threshold (linear_amx.FROM_ROWS) and one row below it
+AT_THRESHOLD = [S.linear(A.FROM_ROWS[t], 32, 256, t) for t in A.TYPES]
+NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "q5_0")]
+NOT_AMX += [S.linear(A.FROM_ROWS[t] - 1, 32, 256, t) for t in A.TYPES]
 
 
-built = fx.built_fixture("cpu", lambda: SPECS + EXTREME + [NONFINITE], "amx_cpu")
+built = fx.built_fixture("cpu", lambda: SPECS + AT_THRESHOLD + EXTREME + [NONFINITE], "amx_cpu")
 ex = fx.executor_fixture("cpu")
 
 
@@ -56,10 +59,10 @@ def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False):
 
 
 def test_dispatch(monkeypatch):
-    """More than 8 rows, a supported type and N in whole tiles take the AMX rule; SDCOMPILE_NO_AMX turns it off."""
+    """Enough rows, a supported type and N in whole tiles take the AMX rule; SDCOMPILE_NO_AMX turns it off."""
     from schedules import cpu_amx
 
-    for spec in SPECS + EXTREME + [NONFINITE]:
+    for spec in SPECS + AT_THRESHOLD + EXTREME + [NONFINITE]:
         assert cpu_amx.applicable(spec, 16), spec.name
     for spec in NOT_AMX:
         assert not cpu_amx.applicable(spec, 16), spec.name
@@ -80,7 +83,7 @@ def test_amx_code_uses_the_tile_unit():
     assert "@syscall" in ll and "Linux refused this process the AMX tile state" in ll
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", SPECS + AT_THRESHOLD, ids=lambda s: s.name)
 def test_amx_matches_numpy(ex, spec):
     inputs, ref, tol, refq, tolq = _case(spec)
     got = _run(ex, spec, inputs)

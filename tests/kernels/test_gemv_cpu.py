@@ -61,7 +61,9 @@ OTHER = [S.linear(1, 16, 256, "q5_0"), S.linear(9, 16, 256, "q4_0")]  # not GEMV
 NONFINITE = S.linear(4, 33, 288, "q8_0")
 
 
-built = fx.built_fixture("cpu", lambda: SPECS + EXTREME + OTHER + [NONFINITE], "gemv_cpu")
+# Without AMX: on an AMX CPU the tile unit takes over from 5-8 rows (linear_amx.FROM_ROWS); this module tests the
+# GEMV path at every M it can take.
+built = fx.built_fixture("cpu", lambda: SPECS + EXTREME + OTHER + [NONFINITE], "gemv_cpu", {"SDCOMPILE_NO_AMX": "1"})
 ex = fx.executor_fixture("cpu")
 
 
