@@ -1,5 +1,6 @@
-"""CPU GEMM on AMX: ``linear`` with several rows of x (5 to 8 and more, per type: ``linear_amx.FROM_ROWS``; prompts,
-batches, image tokens) for q4_0, q8_0, q4_k and q6_k weights in their GGUF layout, on CPUs with AMX-INT8 (Sapphire Rapids and later).
+"""CPU GEMM on AMX: ``linear`` with several rows of x (prompts, batches, image tokens; from 5 to 8 rows for the types
+with a GEMV kernel, from one for the others: ``linear_amx.FROM_ROWS``) for q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k
+and q6_k weights in their GGUF layout, on CPUs with AMX-INT8 (Sapphire Rapids and later).
 
 The tiled schedule (``schedules/cpu.py``) decodes W to f32 and runs an f32 matmul: at M = 64 that is bound by
 AVX-512 FMAs (one 512-bit FMA port here: ~1.5 G/s per core), about 12 ms for 4096 x 4096, 1.3-3x slower than ggml's
@@ -16,14 +17,15 @@ two int8 halves, exact int32 sums): ``sdcompile/kernels/linear_amx.py``. Per cal
   layout). Rows past M are zeros. q4_k also keeps ``dx * sum(xq)`` per 32, for its mins.
 - **tiles** (parallel over ``MAX_CHUNKS`` ranges of 16 weight rows): a task decodes its 16 rows of W once into a
   panel (L2), then for each 16 rows of x walks K, with 16 f32 sums (y^T, 16 columns x 16 rows) in registers:
-  - q4_0 / q8_0 (``block``): quants ``q - 8`` / ``q`` as int8 with the f32 block scale; per 32-value block the unit
-    multiplies the 16 x 32 weight tile by the xh and the xl tiles into two int32 tiles, which AVX-512 combines
-    (``256 hi + lo``, exact), converts and scales by block scale times activation scale.
-  - q4_k / q6_k (``super``): a super-block's 6/8-bit sub-block scales are integers, so they go into the weights:
-    ``P = sc * q`` (q6_k: ``sc * (q - 32)``), 13 bits, split as ``P = 256 Ph + Pl`` (Ph signed, Pl unsigned bytes).
+  - q4_0, q5_0, q8_0, q4_1, q5_1 (``block``): quants (``q - 8``, ``q - 16``, ``q``, ``q``, ``q``) as int8 with the
+    f32 block scale; per 32-value block the unit multiplies the 16 x 32 weight tile by the xh and the xl tiles into
+    two int32 tiles, which AVX-512 combines (``256 hi + lo``, exact), converts and scales by block scale times
+    activation scale; q4_1 / q5_1 add ``m * dx * sum(xq)``.
+  - q4_k, q5_k, q6_k (``super``): a super-block's 6/8-bit sub-block scales are integers, so they go into the
+    weights: ``P = sc * q`` (q6_k: ``sc * (q - 32)``), 13 bits, split as ``P = 256 Ph + Pl`` (Ph signed, Pl unsigned).
     Then ``sum(P xq) = 65536 sum(Ph xh) + 256 (sum(Ph xl) + sum(Pl xh)) + sum(Pl xl)``: three int32 tiles per 256
     values (``TDPBSSD`` for the signed Ph, ``TDPBUSD`` for the unsigned Pl), each exact and below 2^24, against 16
-    (q4_k) or 32 (q6_k) tiles per 256 with a tile per sub-block. q4_k's ``dmin * m`` offsets are 8 f32
+    (q4_k) or 32 (q6_k) tiles per 256 with a tile per sub-block. q4_k / q5_k's ``dmin * m`` offsets are 8 f32
     multiply-adds per row and super-block on the stored ``dx * sum(xq)``.
   Both loops are software-pipelined by one step: the products of step i + 1 are issued before the sums of step i
   are read back, as tile stores do not forward to vector loads, which wait for the store to finish. The epilogue
@@ -43,7 +45,20 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_gemv import _bc, _c, _f16, _hsum, _ld, _shuffle, _st, _tree, prim_func, replace_body, store_output
+from schedules.cpu_gemv import (
+    _bc,
+    _c,
+    _f16,
+    _hsum,
+    _ld,
+    _shuffle,
+    _st,
+    _tree,
+    _vconst,
+    prim_func,
+    replace_body,
+    store_output,
+)
 from sdcompile.kernels import linear_amx as A
 from sdcompile.kernels.spec import KernelSpec
 from sdcompile.quant.types import get as get_type
@@ -58,7 +73,8 @@ MAX_CHUNKS = 16  # parallel tasks, each a contiguous range of 16-row weight tile
 # bytes (AH, AL), activation high and low bytes (BH, BL), and the sums HH, MID, LL.
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)
 AH, AL, BH, BL, HH, MID, LL = range(7)
-SUPER = ("q4_k", "q6_k")
+SUPER = ("q4_k", "q5_k", "q6_k")
+MINS = ("q4_1", "q5_1", "q4_k", "q5_k")  # an additive offset per 32 weights (w = d q + m; k-quants: - dmin m)
 
 
 def target_has_amx() -> bool:
@@ -123,7 +139,7 @@ class _Gemm:
         self.MT = -(-self.M // A.TILE)  # tiles of 16 rows of x
         self.NT = self.N // A.TILE
         self.NG = self.K // self.G
-        self.mins = self.wtype == "q4_k"
+        self.mins = self.wtype in MINS
         self.CH = min(self.NT, MAX_CHUNKS)
         self.TPC = -(-self.NT // self.CH)  # weight tiles per chunk
 
@@ -294,6 +310,41 @@ class _Gemm:
         off = T.bind(row + g * 34)
         self._block_store(g, r, _ld(self.w8, off + 2, 32), _f16(self.w16[off // 2], 1))
 
+    def _nibbles(self, at):
+        """The 32 4-bit quants of a block's 16 bytes at ``at``: low nibbles (values 0-15), then high (16-31)."""
+        v = T.bind(_ld(self.wu8, at, 16))
+        return _shuffle([v & _c(15, "uint8", 16), v >> _c(4, "uint8", 16)], range(32))
+
+    def _fifth_bits(self, at):
+        """Bit j of the little-endian u32 at ``at`` as bit 4 of byte j (q5_0 / q5_1's high bits)."""
+        qh = T.bind(
+            T.Cast("uint32", self.wu8[at])
+            | (T.Cast("uint32", self.wu8[at + 1]) << T.uint32(8))
+            | (T.Cast("uint32", self.wu8[at + 2]) << T.uint32(16))
+            | (T.Cast("uint32", self.wu8[at + 3]) << T.uint32(24))
+        )
+        bits = (_bc(qh, 32) >> _vconst(range(32), "uint32")) & _c(1, "uint32", 32)
+        return T.Cast("uint8x32", bits) << _c(4, "uint8", 32)
+
+    def _block_min(self, g, r, m) -> None:
+        T.buffer_store(self.wmin, m, [self.mbase + g * A.TILE + r])
+
+    def decode_q5_0(self, row, g, r) -> None:
+        off = T.bind(row + g * 22)
+        q = T.reinterpret("int8x32", self._nibbles(off + 6) | self._fifth_bits(off + 2)) - _c(16, "int8", 32)
+        self._block_store(g, r, q, _f16(self.w16[off // 2], 1))
+
+    def decode_q4_1(self, row, g, r) -> None:
+        off = T.bind(row + g * 20)
+        self._block_store(g, r, T.reinterpret("int8x32", self._nibbles(off + 4)), _f16(self.w16[off // 2], 1))
+        self._block_min(g, r, _f16(self.w16[off // 2 + 1], 1))
+
+    def decode_q5_1(self, row, g, r) -> None:
+        off = T.bind(row + g * 24)
+        q = T.reinterpret("int8x32", self._nibbles(off + 8) | self._fifth_bits(off + 4))
+        self._block_store(g, r, q, _f16(self.w16[off // 2], 1))
+        self._block_min(g, r, _f16(self.w16[off // 2 + 1], 1))
+
     def _super_store(self, u, r, k, p) -> None:
         """P = sc * q (int16x32) for values k..k+31 of super-block u, row r: high bytes, then low bytes."""
         at = self.pbase + (u * A.TILE + r) * 256 + k
@@ -301,7 +352,15 @@ class _Gemm:
         _st(self.panel, at + A.TILE * self.K, T.Cast("int8x32", p & _c(255, "int16", 32)), 32)
 
     def decode_q4_k(self, row, u, r) -> None:
-        base = T.bind(row + u * 144)
+        self._decode_k45(row, u, r, 144, None)
+
+    def decode_q5_k(self, row, u, r) -> None:
+        self._decode_k45(row, u, r, 176, 16)
+
+    def _decode_k45(self, row, u, r, size: int, qh_at: int | None) -> None:
+        """q4_k (qh_at None) and q5_k: d, dmin, 12 bytes of 6-bit scales and mins, [q5_k: 32 bytes of fifth bits,]
+        128 bytes of nibbles."""
+        base = T.bind(row + u * size)
         T.buffer_store(self.wsc, _f16(self.w16[base // 2], 1), [self.sbase + u * A.TILE + r])
         dmin = T.bind(_f16(self.w16[base // 2 + 1], 1))
 
@@ -317,11 +376,18 @@ class _Gemm:
                 mn = (s(j + 4) >> T.int16(4)) | ((s(j) >> T.int16(6)) << T.int16(4))
             sc.append(T.bind(scj))
             at = self.mbase + (u * 8 + j) * A.TILE + r
-            T.buffer_store(self.wmin, dmin * T.Cast("float32", mn), [at])
+            T.buffer_store(self.wmin, -dmin * T.Cast("float32", mn), [at])
+        qs = 16 if qh_at is None else 48
+        if qh_at is not None:
+            qh = T.bind(T.Cast("int16x32", _ld(self.wu8, base + qh_at, 32)))
         for p in range(4):  # bytes 32p.. hold sub-block 2p in their low nibbles, 2p + 1 in their high ones
-            v = T.bind(T.Cast("int16x32", _ld(self.wu8, base + 16 + 32 * p, 32)))
-            self._super_store(u, r, 64 * p, (v & _c(15, "int16", 32)) * _bc(sc[2 * p], 32))
-            self._super_store(u, r, 64 * p + 32, (v >> _c(4, "int16", 32)) * _bc(sc[2 * p + 1], 32))
+            v = T.bind(T.Cast("int16x32", _ld(self.wu8, base + qs + 32 * p, 32)))
+            lo, hi = v & _c(15, "int16", 32), v >> _c(4, "int16", 32)
+            if qh_at is not None:  # q5_k: bit 2p (2p + 1) of qh byte l is the fifth bit of value l of 2p (2p + 1)
+                lo = lo | (((qh >> _c(2 * p, "int16", 32)) & _c(1, "int16", 32)) << _c(4, "int16", 32))
+                hi = hi | (((qh >> _c(2 * p + 1, "int16", 32)) & _c(1, "int16", 32)) << _c(4, "int16", 32))
+            self._super_store(u, r, 64 * p, lo * _bc(sc[2 * p], 32))
+            self._super_store(u, r, 64 * p + 32, hi * _bc(sc[2 * p + 1], 32))
 
     def decode_q6_k(self, row, u, r) -> None:
         m15, m3 = _c(15, "uint8", 32), _c(3, "uint8", 32)
@@ -356,12 +422,17 @@ class _Gemm:
         """Block g's sums from landing slot ``reg``, scaled, into the f32 sums."""
         cb = self.cbase + reg * 4 * 256
         xs = T.bind(_ld(self.xs, (mt * self.NG + g) * 16, 16))
+        if self.mins:
+            xm = T.bind(_ld(self.xm, (mt * (self.K // 32) + g) * 16, 16))
         for r in range(16):
             ch = _ld(self.cbuf, cb + 16 * r, 16)
             cl = _ld(self.cbuf, cb + 256 + 16 * r, 16)
             # sum(q * xq) = 256 sum(q * xh) + sum(q * xl), exact in int32 (|q xq| <= 128 * 32512 per term)
             t = T.Cast("float32x16", (ch << _c(8, "int32", 16)) + cl) * _bc(self.wsc[self.sbase + g * A.TILE + r], 16)
-            _st(self.facc[r], 0, _ld(self.facc[r], 0, 16) + t * xs, 16)
+            v = _ld(self.facc[r], 0, 16) + t * xs
+            if self.mins:  # q4_1 / q5_1: + m * dx * sum(xq)
+                v = v + xm * _bc(self.wmin[self.mbase + g * A.TILE + r], 16)
+            _st(self.facc[r], 0, v, 16)
 
     def super_products(self, u, mt, slot) -> None:
         """Super-block u times x's row tile mt: the HH, MID and LL sums, into landing slot ``slot``."""
@@ -395,7 +466,7 @@ class _Gemm:
             v = _ld(self.facc[r], 0, 16) + t * _bc(self.wsc[self.sbase + u * A.TILE + r], 16) * xs
             if self.mins:
                 for j in range(8):
-                    v = v - xm[j] * _bc(self.wmin[self.mbase + (u * 8 + j) * A.TILE + r], 16)
+                    v = v + xm[j] * _bc(self.wmin[self.mbase + (u * 8 + j) * A.TILE + r], 16)
             _st(self.facc[r], 0, v, 16)
 
 

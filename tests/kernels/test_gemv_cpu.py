@@ -70,7 +70,7 @@ ex = fx.executor_fixture("cpu")
 def _weight(rng, wtype: str, shape: tuple[int, int], extreme: bool = False):
     """(words, decoded weight, wmag): gguf-quantized normal data for q4_0/q8_0, random valid blocks for k-quants;
     ``extreme``: every quant and scale at its largest magnitude."""
-    if wtype in ("q4_0", "q8_0"):
+    if wtype in ("q4_0", "q8_0", "q5_0", "q4_1", "q5_1"):
         raw = np.asarray(quants.quantize(rng.standard_normal(shape).astype(np.float32), Q[wtype.upper()]))
         raw = raw.reshape(-1).view(np.uint8).copy()
     else:
@@ -82,9 +82,13 @@ def _weight(rng, wtype: str, shape: tuple[int, int], extreme: bool = False):
             b[:, 2:] = 0x00  # q - 8 = -8 everywhere
         elif wtype == "q8_0":
             b[:, 2:] = 0x80  # -128
-        elif wtype == "q4_k":
+        elif wtype == "q5_0":
+            b[:, 2:] = 0x00  # q - 16 = -16 everywhere
+        elif wtype in ("q4_1", "q5_1"):
+            b[:, 4:] = 0xFF  # quants 15 (31)
+        elif wtype in ("q4_k", "q5_k"):
             b[:, 4:16] = 0xFF  # every 6-bit scale and min 63
-            b[:, 16:] = 0xFF  # quants 15
+            b[:, 16:] = 0xFF  # quants 15 (31)
         else:
             b[:, :192] = 0xFF  # quants 63 (stored + 32)
             b[:, 192:208] = 0x80  # scales -128
@@ -93,6 +97,11 @@ def _weight(rng, wtype: str, shape: tuple[int, int], extreme: bool = False):
     else:
         wd = np.asarray(quants.dequantize(raw.reshape(shape[0], -1), Q[wtype.upper()]), np.float64).reshape(shape)
         wmag = np.abs(wd)
+        if wtype in ("q4_1", "q5_1"):  # w = d q + m, summed as d q x and m x apart: |d q| + |m|
+            size = get_type(wtype).type_size
+            m = raw.reshape(shape[0], -1, size)[..., 2:4].copy().view(np.float16).astype(np.float64)
+            m = np.repeat(m.reshape(shape[0], -1), 32, axis=1)
+            wmag = np.abs(wd - m) + np.abs(m)
     return kq.words_of(raw), wd, wmag
 
 
