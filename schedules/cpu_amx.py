@@ -73,8 +73,9 @@ MAX_CHUNKS = 16  # parallel tasks, each a contiguous range of 16-row weight tile
 # bytes (AH, AL), activation high and low bytes (BH, BL), and the sums HH, MID, LL.
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)
 AH, AL, BH, BL, HH, MID, LL = range(7)
-SUPER = ("q4_k", "q5_k", "q6_k")
-MINS = ("q4_1", "q5_1", "q4_k", "q5_k")  # an additive offset per 32 weights (w = d q + m; k-quants: - dmin m)
+SUPER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+# an additive offset per 32 weights (q2_k: per 16): w = d q + m (k-quants: - dmin m)
+MINS = ("q4_1", "q5_1", "q2_k", "q4_k", "q5_k")
 
 
 def target_has_amx() -> bool:
@@ -140,6 +141,8 @@ class _Gemm:
         self.NT = self.N // A.TILE
         self.NG = self.K // self.G
         self.mins = self.wtype in MINS
+        self.MG = 16 if self.wtype == "q2_k" else 32  # weights per offset
+        self.NM = self.K // self.MG
         self.CH = min(self.NT, MAX_CHUNKS)
         self.TPC = -(-self.NT // self.CH)  # weight tiles per chunk
 
@@ -153,15 +156,15 @@ class _Gemm:
         # x: B operands [MT][xh, xl][K / 4 rows][16 words]; scales [MT][group][16]
         self.xb = T.alloc_buffer((MT * 2 * K * 4,), "int32")
         self.xs = T.alloc_buffer((MT * NG * 16,), "float32")
-        if self.mins:  # dx * sum(xq) per 32: [MT][K / 32][16]
-            self.xm = T.alloc_buffer((MT * (K // 32) * 16,), "float32")
+        if self.mins:  # dx * sum(xq) per MG: [MT][K / MG][16]
+            self.xm = T.alloc_buffer((MT * self.NM * 16,), "float32")
         # per chunk: the weight panel (super: high then low bytes), its scales (q4_k: and offsets), the C tiles'
         # landing place (two slots), one y tile
         self.psize = (2 if self.super else 1) * A.TILE * K
         self.panel = T.alloc_buffer((CH * self.psize,), "int8")
         self.wsc = T.alloc_buffer((CH * NG * A.TILE,), "float32")
         if self.mins:
-            self.wmin = T.alloc_buffer((CH * (K // 32) * A.TILE,), "float32")
+            self.wmin = T.alloc_buffer((CH * self.NM * A.TILE,), "float32")
         self.cbuf = T.alloc_buffer((CH * 2 * 4 * 256,), "int32")
         self.ybuf = T.alloc_buffer((CH * 256,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
@@ -235,8 +238,11 @@ class _Gemm:
                                 at_w = self._xrow(mt, part, k) + mi
                                 T.buffer_store(self.xb, T.reinterpret("int32x8", q8), [T.Ramp(at_w, 16, 8)])
                             if self.mins:
-                                ssum = T.Cast("float32", _hsum(q[0] + q[1], 16)) * dx
-                                T.buffer_store(self.xm, ssum, [(mt * (self.K // 32) + k // 32) * 16 + mi])
+                                sums = [q[0] + q[1]] if self.MG == 32 else q
+                                for i, qs in enumerate(sums):
+                                    ssum = T.Cast("float32", _hsum(qs, 16)) * dx
+                                    at_m = (mt * self.NM + k // self.MG + i) * 16 + mi
+                                    T.buffer_store(self.xm, ssum, [at_m])
                     with T.Else():
                         T.buffer_store(self.xs, T.float32(0), [at])
                         with T.serial(0, G // 32) as s:
@@ -245,7 +251,9 @@ class _Gemm:
                                 at_w = self._xrow(mt, part, k) + mi
                                 T.buffer_store(self.xb, _c(0, "int32", 8), [T.Ramp(at_w, 16, 8)])
                             if self.mins:
-                                T.buffer_store(self.xm, T.float32(0), [(mt * (self.K // 32) + k // 32) * 16 + mi])
+                                for i in range(32 // self.MG):
+                                    at_m = (mt * self.NM + k // self.MG + i) * 16 + mi
+                                    T.buffer_store(self.xm, T.float32(0), [at_m])
 
     # -- weights --
 
@@ -265,7 +273,7 @@ class _Gemm:
     def tile(self, c, nt) -> None:
         self.pbase = c * self.psize
         self.sbase = c * self.NG * A.TILE
-        self.mbase = c * (self.K // 32) * A.TILE
+        self.mbase = c * self.NM * A.TILE
         self.cbase = c * 2 * 4 * 256
         # Unit by unit (a block, a super-block), 16 rows each: the panel fills in order. Row by row, each row's
         # stores would land 512 bytes apart, in 8 of the L1's 64 sets, and miss (measured: 1.25 ms of 4.7).
@@ -389,6 +397,47 @@ class _Gemm:
             self._super_store(u, r, 64 * p, lo * _bc(sc[2 * p], 32))
             self._super_store(u, r, 64 * p + 32, hi * _bc(sc[2 * p + 1], 32))
 
+    def decode_q2_k(self, row, u, r) -> None:
+        """16 bytes of 4-bit scale and min pairs, 64 bytes of 2-bit quants, d, dmin; 16 sub-blocks of 16."""
+        base = T.bind(row + u * 84)
+        T.buffer_store(self.wsc, _f16(self.w16[(base + 80) // 2], 1), [self.sbase + u * A.TILE + r])
+        dmin = T.bind(_f16(self.w16[(base + 82) // 2], 1))
+        with T.serial(0, 16) as j:
+            m = T.Cast("float32", self.wu8[base + j] >> T.uint8(4))
+            T.buffer_store(self.wmin, -dmin * m, [self.mbase + (u * 16 + j) * A.TILE + r])
+        sc = T.bind(T.Cast("int16x16", _ld(self.wu8, base, 16)) & _c(15, "int16", 16))
+        for n in range(2):
+            qs = T.bind(T.Cast("int16x32", _ld(self.wu8, base + 16 + 32 * n, 32)))
+            for j in range(4):  # values 128 n + 32 j + l: bits 2j of byte l; sub-blocks 8n + 2j, 8n + 2j + 1
+                q = (qs >> _c(2 * j, "int16", 32)) & _c(3, "int16", 32)
+                s = 8 * n + 2 * j
+                self._super_store(u, r, 128 * n + 32 * j, q * _shuffle([sc, sc], [s] * 16 + [s + 1] * 16))
+
+    def decode_q3_k(self, row, u, r) -> None:
+        """32 bytes of high bits, 64 bytes of 2-bit quants, 12 bytes of packed 6-bit scales, d; 16 sub-blocks of 16,
+        quants ``low - 4 * (1 - high)`` in [-4, 3], scales ``s - 32``."""
+        base = T.bind(row + u * 110)
+        T.buffer_store(self.wsc, _f16(self.w16[(base + 108) // 2], 1), [self.sbase + u * A.TILE + r])
+
+        def b(i):
+            return T.Cast("int16", self.wu8[base + 96 + i])
+
+        scales = []
+        for i in range(16):  # ggml's unpacking of the 12 bytes into 16 6-bit scales
+            low = b(i % 8) & T.int16(15) if i < 8 else b(i - 8) >> T.int16(4)
+            high = (b(8 + i % 4) >> T.int16(2 * (i // 4))) & T.int16(3)
+            scales.append(T.bind((low | (high << T.int16(4))) - T.int16(32)))
+        hm = T.bind(T.Cast("int16x32", _ld(self.wu8, base, 32)))
+        for n in range(2):
+            qs = T.bind(T.Cast("int16x32", _ld(self.wu8, base + 32 + 32 * n, 32)))
+            for j in range(4):  # values 128 n + 32 j + l: bits 2j of qs byte l, bit 4n + j of hmask byte l
+                low = (qs >> _c(2 * j, "int16", 32)) & _c(3, "int16", 32)
+                high = (hm >> _c(4 * n + j, "int16", 32)) & _c(1, "int16", 32)
+                q = low - _c(4, "int16", 32) + (high << _c(2, "int16", 32))
+                s = 8 * n + 2 * j
+                sv = _shuffle([_bc(scales[s], 16), _bc(scales[s + 1], 16)], range(32))
+                self._super_store(u, r, 128 * n + 32 * j, q * sv)
+
     def decode_q6_k(self, row, u, r) -> None:
         m15, m3 = _c(15, "uint8", 32), _c(3, "uint8", 32)
         base = T.bind(row + u * 210)
@@ -423,7 +472,7 @@ class _Gemm:
         cb = self.cbase + reg * 4 * 256
         xs = T.bind(_ld(self.xs, (mt * self.NG + g) * 16, 16))
         if self.mins:
-            xm = T.bind(_ld(self.xm, (mt * (self.K // 32) + g) * 16, 16))
+            xm = T.bind(_ld(self.xm, (mt * self.NM + g) * 16, 16))
         for r in range(16):
             ch = _ld(self.cbuf, cb + 16 * r, 16)
             cl = _ld(self.cbuf, cb + 256 + 16 * r, 16)
@@ -459,14 +508,15 @@ class _Gemm:
         cb = self.cbase + slot * 4 * 256
         xs = T.bind(_ld(self.xs, (mt * self.NG + u) * 16, 16))
         if self.mins:
-            xm = [T.bind(_ld(self.xm, (mt * (self.K // 32) + u * 8 + j) * 16, 16)) for j in range(8)]
+            nj = 256 // self.MG
+            xm = [T.bind(_ld(self.xm, (mt * self.NM + u * nj + j) * 16, 16)) for j in range(nj)]
         for r in range(16):
             hh, mid, ll = (T.Cast("float32x16", _ld(self.cbuf, cb + i * 256 + 16 * r, 16)) for i in range(3))
             t = hh * _c(65536.0, "float32", 16) + (mid * _c(256.0, "float32", 16) + ll)
             v = _ld(self.facc[r], 0, 16) + t * _bc(self.wsc[self.sbase + u * A.TILE + r], 16) * xs
             if self.mins:
-                for j in range(8):
-                    v = v + xm[j] * _bc(self.wmin[self.mbase + (u * 8 + j) * A.TILE + r], 16)
+                for j in range(nj):
+                    v = v + xm[j] * _bc(self.wmin[self.mbase + (u * nj + j) * A.TILE + r], 16)
             _st(self.facc[r], 0, v, 16)
 
 

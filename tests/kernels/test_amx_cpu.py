@@ -37,7 +37,9 @@ SPECS += [S.linear(m, n, k, t) for t in ("q4_k", "q6_k") for m, n, k in SUPER_SH
 SPECS += [
     S.linear(m, n, k, t) for t in ("q5_0", "q4_1", "q5_1") for m, n, k in [(1, 16, 32), (3, 48, 96), (33, 32, 288)]
 ]
-SPECS += [S.linear(m, n, k, "q5_k") for m, n, k in [(1, 16, 256), (5, 32, 512), (33, 48, 768)]]
+SPECS += [
+    S.linear(m, n, k, t) for t in ("q2_k", "q3_k", "q5_k") for m, n, k in [(1, 16, 256), (5, 32, 512), (33, 48, 768)]
+]
 SPECS += [
     S.linear(77, 32, 256, "q4_0", bias=True, residual=True, act="gelu"),
     S.linear(16, 32, 288, "q8_0", bias=True),
@@ -48,7 +50,7 @@ EXTREME = [S.linear(18, 16, 512, t) for t in A.TYPES]
 NONFINITE = S.linear(20, 32, 288, "q8_0")
 # at each type's threshold (linear_amx.FROM_ROWS) and one row below it
 AT_THRESHOLD = [S.linear(A.FROM_ROWS[t], 32, 256, t) for t in A.TYPES if A.FROM_ROWS[t] > 1]
-NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "q2_k")]
+NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "iq4_xs")]
 NOT_AMX += [S.linear(A.FROM_ROWS[t] - 1, 32, 256, t) for t in A.TYPES if A.FROM_ROWS[t] > 1]
 
 

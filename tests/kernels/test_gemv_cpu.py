@@ -86,6 +86,10 @@ def _weight(rng, wtype: str, shape: tuple[int, int], extreme: bool = False):
             b[:, 2:] = 0x00  # q - 16 = -16 everywhere
         elif wtype in ("q4_1", "q5_1"):
             b[:, 4:] = 0xFF  # quants 15 (31)
+        elif wtype == "q2_k":
+            b[:, :80] = 0xFF  # scales and mins 15, quants 3
+        elif wtype == "q3_k":
+            b[:, :108] = 0x00  # quants -4 (high bits clear), scales -32: |sc q| = 128
         elif wtype in ("q4_k", "q5_k"):
             b[:, 4:16] = 0xFF  # every 6-bit scale and min 63
             b[:, 16:] = 0xFF  # quants 15 (31)
