@@ -1,6 +1,6 @@
 """CPU GEMM on AMX: ``linear`` with several rows of x (prompts, batches, image tokens; from 5 to 8 rows for the types
-with a GEMV kernel, from one for the others: ``linear_amx.FROM_ROWS``) for q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k
-and q6_k weights in their GGUF layout, on CPUs with AMX-INT8 (Sapphire Rapids and later).
+with a GEMV kernel, from one for the others: ``linear_amx.FROM_ROWS``) for q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k,
+q4_k, q5_k and q6_k weights in their GGUF layout, on CPUs with AMX-INT8 (Sapphire Rapids and later).
 
 The tiled schedule (``schedules/cpu.py``) decodes W to f32 and runs an f32 matmul: at M = 64 that is bound by
 AVX-512 FMAs (one 512-bit FMA port here: ~1.5 G/s per core), about 12 ms for 4096 x 4096, 1.3-3x slower than ggml's
@@ -21,12 +21,13 @@ two int8 halves, exact int32 sums): ``sdcompile/kernels/linear_amx.py``. Per cal
     f32 block scale; per 32-value block the unit multiplies the 16 x 32 weight tile by the xh and the xl tiles into
     two int32 tiles, which AVX-512 combines (``256 hi + lo``, exact), converts and scales by block scale times
     activation scale; q4_1 / q5_1 add ``m * dx * sum(xq)``.
-  - q4_k, q5_k, q6_k (``super``): a super-block's 6/8-bit sub-block scales are integers, so they go into the
-    weights: ``P = sc * q`` (q6_k: ``sc * (q - 32)``), 13 bits, split as ``P = 256 Ph + Pl`` (Ph signed, Pl unsigned).
+  - q2_k, q3_k, q4_k, q5_k, q6_k (``super``): a super-block's 4/6/8-bit sub-block scales are integers, so they go
+    into the weights: ``P = sc * q`` (q3_k: q in -4..3; q6_k: ``sc * (q - 32)``), at most 13 bits, split as
+    ``P = 256 Ph + Pl`` (Ph signed, Pl unsigned).
     Then ``sum(P xq) = 65536 sum(Ph xh) + 256 (sum(Ph xl) + sum(Pl xh)) + sum(Pl xl)``: three int32 tiles per 256
     values (``TDPBSSD`` for the signed Ph, ``TDPBUSD`` for the unsigned Pl), each exact and below 2^24, against 16
-    (q4_k) or 32 (q6_k) tiles per 256 with a tile per sub-block. q4_k / q5_k's ``dmin * m`` offsets are 8 f32
-    multiply-adds per row and super-block on the stored ``dx * sum(xq)``.
+    (q4_k) or 32 (q6_k) tiles per 256 with a tile per sub-block. The ``dmin * m`` offsets (q2_k per 16, q4_k / q5_k
+    per 32) are 16 or 8 f32 multiply-adds per row and super-block on the stored ``dx * sum(xq)``.
   Both loops are software-pipelined by one step: the products of step i + 1 are issued before the sums of step i
   are read back, as tile stores do not forward to vector loads, which wait for the store to finish. The epilogue
   (bias, activation, residual) runs per output.

@@ -15,8 +15,9 @@ an f32 matmul. Its math is ggml's for these types:
    where ggml's 8-bit activations give ~5e-3.
 2. **Weights become integers, exactly**: q4_0 ``q - 8``, q5_0 ``q - 16``, q8_0 ``q``, q4_1 / q5_1 ``q`` (int8) with
    their f16 block scale (q4_1 / q5_1: and their f16 offset ``m``, applied as ``m * dx * sum(xq)``); the k-quants
-   fold their integer sub-block scales in, ``P = sc * q`` (q4_k 0..945, q5_k 0..1953, with ``dmin * m`` per 32
-   kept apart) or ``P = sc * (q - 32)`` (q6_k, -4096..4064), split into bytes ``P = 256 Ph + Pl``. The tile unit sums
+   fold their integer sub-block scales in, ``P = sc * q`` (q2_k 0..45, q3_k -128..124, q4_k 0..945, q5_k 0..1953,
+   with ``dmin * m`` per 16 or 32 kept apart) or ``P = sc * (q - 32)`` (q6_k, -4096..4064), split into bytes
+   ``P = 256 Ph + Pl``. The tile unit sums
    byte products exactly in int32 (``TDPBSSD``, ``TDPBUSD``): per q4_0/q8_0 block ``256 sum(q xh) + sum(q xl)``,
    exact in int32; per k-quant super-block ``65536 sum(Ph xh) + 256 (sum(Ph xl) + sum(Pl xh)) + sum(Pl xl)``,
    whose three parts are each below 2^24, so exact in f32, and are added in f32. Each block's or super-block's
