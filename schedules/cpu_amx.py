@@ -1,6 +1,6 @@
 """CPU GEMM on AMX: ``linear`` with several rows of x (prompts, batches, image tokens; from 5 to 8 rows for the types
-with a GEMV kernel, from one for the others: ``linear_amx.FROM_ROWS``) for q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k,
-q4_k, q5_k and q6_k weights in their GGUF layout, on CPUs with AMX-INT8 (Sapphire Rapids and later).
+with a GEMV kernel, from one for the others: ``linear_amx.FROM_ROWS``) for q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl,
+q2_k, q3_k, q4_k, q5_k, q6_k and iq4_xs weights in their GGUF layout (iq4's codebook values through a byte shuffle), on CPUs with AMX-INT8 (Sapphire Rapids and later).
 
 The tiled schedule (``schedules/cpu.py``) decodes W to f32 and runs an f32 matmul: at M = 64 that is bound by
 AVX-512 FMAs (one 512-bit FMA port here: ~1.5 G/s per core), about 12 ms for 4096 x 4096, 1.3-3x slower than ggml's
@@ -62,6 +62,7 @@ from schedules.cpu_gemv import (
 )
 from sdcompile.kernels import linear_amx as A
 from sdcompile.kernels.spec import KernelSpec
+from sdcompile.quant.grids import KVALUES_IQ4NL
 from sdcompile.quant.types import get as get_type
 
 SYS_ARCH_PRCTL = 158  # x86-64
@@ -74,7 +75,7 @@ MAX_CHUNKS = 16  # parallel tasks, each a contiguous range of 16-row weight tile
 # bytes (AH, AL), activation high and low bytes (BH, BL), and the sums HH, MID, LL.
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)
 AH, AL, BH, BL, HH, MID, LL = range(7)
-SUPER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+SUPER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs")
 # an additive offset per 32 weights (q2_k: per 16): w = d q + m (k-quants: - dmin m)
 MINS = ("q4_1", "q5_1", "q2_k", "q4_k", "q5_k")
 
@@ -337,6 +338,28 @@ class _Gemm:
 
     def _block_min(self, g, r, m) -> None:
         T.buffer_store(self.wmin, m, [self.mbase + g * A.TILE + r])
+
+    def _iq4(self, nibbles):
+        """iq4_nl's codebook values (int8) of 32 4-bit indices: a byte shuffle within each 128-bit lane."""
+        table = _vconst(list(KVALUES_IQ4NL) * 2, "int8")
+        return T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.pshuf.b", table, T.reinterpret("int8x32", nibbles))
+
+    def decode_iq4_nl(self, row, g, r) -> None:
+        off = T.bind(row + g * 18)
+        self._block_store(g, r, self._iq4(self._nibbles(off + 2)), _f16(self.w16[off // 2], 1))
+
+    def decode_iq4_xs(self, row, u, r) -> None:
+        """d, 2 bytes of scale high bits, 4 bytes of scale low nibbles, 128 bytes of indices; 8 sub-blocks of 32 with
+        6-bit scales ``ls - 32``."""
+        base = T.bind(row + u * 136)
+        T.buffer_store(self.wsc, _f16(self.w16[base // 2], 1), [self.sbase + u * A.TILE + r])
+        sh = T.bind(T.Cast("int16", self.wu8[base + 2]) | (T.Cast("int16", self.wu8[base + 3]) << T.int16(8)))
+        for j in range(8):
+            low = (T.Cast("int16", self.wu8[base + 4 + j // 2]) >> T.int16(4 * (j % 2))) & T.int16(15)
+            high = (sh >> T.int16(2 * j)) & T.int16(3)
+            ls = T.bind((low | (high << T.int16(4))) - T.int16(32))
+            q = T.Cast("int16x32", self._iq4(self._nibbles(base + 8 + 16 * j)))
+            self._super_store(u, r, 32 * j, q * _bc(ls, 32))
 
     def decode_q5_0(self, row, g, r) -> None:
         off = T.bind(row + g * 22)

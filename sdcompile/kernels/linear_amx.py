@@ -1,8 +1,8 @@
 """The math of the CPU GEMM fast path on AMX (``linear`` with at least ``FROM_ROWS[type]`` rows), as a numpy model
 that tests and docs share.
 
-``linear`` with M >= FROM_ROWS[type] rows, a weight type in ``TYPES`` and a CPU with AMX-INT8 (Sapphire Rapids and later) runs a
-hand-written loop nest (``schedules/cpu_amx.py``) on the CPU's tile unit instead of decoding tiles of W to f32 for
+``linear`` with M >= FROM_ROWS[type] rows, a weight type in ``TYPES`` and a CPU with AMX-INT8 (Sapphire Rapids and
+later) runs a hand-written loop nest (``schedules/cpu_amx.py``) on the CPU's tile unit instead of decoding tiles of W to f32 for
 an f32 matmul. Its math is ggml's for these types:
 
 1. **Activations are quantized to 16 bits inside the call**, as on the GEMV path, per group of ``group(wtype)``
@@ -34,25 +34,15 @@ import numpy as np
 
 from sdcompile.kernels import linear_gemv as G
 
-TYPES = ("q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q4_1", "q5_1", "q2_k", "q3_k", "q5_k")
+TYPES = ("q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q4_1", "q5_1", "q2_k", "q3_k", "q5_k", "iq4_nl", "iq4_xs")
 # Rows of x from which the tile unit beats the GEMV path (which takes M <= 8): the tile unit's cost hardly changes
 # from 1 to 16 rows, the GEMV path's grows with each. Measured, 4096 x 4096, 2 threads, weights in cache (the GEMV
 # path at M = 5..8 is past the memory limit): q8_0 at M = 5 2.6 ms vs 2.1, q4_0 at 6 2.5 vs 2.2, q6_k at 7 2.5 vs
 # 2.3, q4_k at 8 2.9 vs 2.7 (and at 7 2.4 vs 2.5).
 # Types without a GEMV kernel: the tile unit from one row (4096 x 4096, M = 1: ~2.2 ms, against ~5 ms for the tiled
 # schedule's f32 decode).
-FROM_ROWS = {
-    "q8_0": 5,
-    "q4_0": 6,
-    "q6_k": 7,
-    "q4_k": 8,
-    "q5_0": 1,
-    "q4_1": 1,
-    "q5_1": 1,
-    "q2_k": 1,
-    "q3_k": 1,
-    "q5_k": 1,
-}
+FROM_ROWS = {"q8_0": 5, "q4_0": 6, "q6_k": 7, "q4_k": 8}
+FROM_ROWS.update({t: 1 for t in ("q5_0", "q4_1", "q5_1", "q2_k", "q3_k", "q5_k", "iq4_nl", "iq4_xs")})
 XQ_MAX = 127 * 256  # |xq| <= 32512: xq = 256 xh + xl with xh, xl in int8
 TILE = 16  # rows of the weight tile (outputs per task step) and of the activation tile (rows of x)
 # |x - dx * xq| <= XQ_ERROR * dx (as for the GEMV path: rint's half step plus f32 rounding of the scaling)
@@ -61,7 +51,7 @@ XQ_ERROR = G.XQ_ERROR
 
 def group(wtype: str) -> int:
     """Activations per scale: a block (32) or a k-quant super-block (256), as on the GEMV path."""
-    return 256 if wtype.endswith("_k") else 32
+    return 256 if wtype.endswith("_k") or wtype == "iq4_xs" else 32
 
 
 def quantize_activations(x: np.ndarray, wtype: str) -> tuple[np.ndarray, np.ndarray]:

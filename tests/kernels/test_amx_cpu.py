@@ -34,23 +34,21 @@ SUPER_SHAPES = [(9, 16, 256), (17, 32, 512), (64, 48, 768), (33, 16, 1280)]
 SPECS = [S.linear(m, n, k, t) for t in ("q4_0", "q8_0") for m, n, k in BLOCK_SHAPES]
 SPECS += [S.linear(m, n, k, t) for t in ("q4_k", "q6_k") for m, n, k in SUPER_SHAPES]
 # the types without a GEMV kernel, which the tile unit takes from one row
-SPECS += [
-    S.linear(m, n, k, t) for t in ("q5_0", "q4_1", "q5_1") for m, n, k in [(1, 16, 32), (3, 48, 96), (33, 32, 288)]
-]
-SPECS += [
-    S.linear(m, n, k, t) for t in ("q2_k", "q3_k", "q5_k") for m, n, k in [(1, 16, 256), (5, 32, 512), (33, 48, 768)]
-]
+SMALL_BLOCK = [(1, 16, 32), (3, 48, 96), (33, 32, 288)]
+SMALL_SUPER = [(1, 16, 256), (5, 32, 512), (33, 48, 768)]
+SPECS += [S.linear(m, n, k, t) for t in ("q5_0", "q4_1", "q5_1", "iq4_nl") for m, n, k in SMALL_BLOCK]
+SPECS += [S.linear(m, n, k, t) for t in ("q2_k", "q3_k", "q5_k", "iq4_xs") for m, n, k in SMALL_SUPER]
 SPECS += [
     S.linear(77, 32, 256, "q4_0", bias=True, residual=True, act="gelu"),
     S.linear(16, 32, 288, "q8_0", bias=True),
     S.linear(24, 64, 512, "q4_k", bias=True, act="quick_gelu"),
     S.linear(12, 48, 256, "q6_k", residual=True),
 ]
-EXTREME = [S.linear(18, 16, 512, t) for t in A.TYPES]
+EXTREME = [S.linear(18, 16, 512, t) for t in A.TYPES if not t.startswith("iq")]
 NONFINITE = S.linear(20, 32, 288, "q8_0")
 # at each type's threshold (linear_amx.FROM_ROWS) and one row below it
 AT_THRESHOLD = [S.linear(A.FROM_ROWS[t], 32, 256, t) for t in A.TYPES if A.FROM_ROWS[t] > 1]
-NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "iq4_xs")]
+NOT_AMX = [S.linear(16, 24, 256, "q4_0"), S.linear(16, 16, 256, "iq2_xs")]
 NOT_AMX += [S.linear(A.FROM_ROWS[t] - 1, 32, 256, t) for t in A.TYPES if A.FROM_ROWS[t] > 1]
 
 

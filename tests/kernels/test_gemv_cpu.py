@@ -26,6 +26,7 @@ from sdcompile.kernels import linear_gemv as G
 from sdcompile.kernels import spec as S
 from sdcompile.quant.types import get as get_type
 from tests.kernels import fixtures as fx
+from tests.kernels import iquant_cases as ic
 from tests.kernels import kernel_cases as kc
 from tests.kernels import kquant_cases as kq
 
@@ -73,6 +74,8 @@ def _weight(rng, wtype: str, shape: tuple[int, int], extreme: bool = False):
     if wtype in ("q4_0", "q8_0", "q5_0", "q4_1", "q5_1"):
         raw = np.asarray(quants.quantize(rng.standard_normal(shape).astype(np.float32), Q[wtype.upper()]))
         raw = raw.reshape(-1).view(np.uint8).copy()
+    elif wtype in ("iq4_nl", "iq4_xs"):
+        raw = ic.random_blocks(wtype, shape[0], shape[1], rng).reshape(-1)
     else:
         raw = kq.random_blocks(rng, wtype, shape)
     qt = get_type(wtype)
