@@ -5,11 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sdcompile import examples as ex
 from sdcompile.compiler import compile_model
 from sdcompile.examples import artifact_state  # noqa: F401  (re-exported for the tests)
 from sdcompile.passes.context import CompileOptions
+
+
+def vulkan_available() -> bool:
+    try:
+        from runtime.executors.vulkan import find_adapter
+
+        return find_adapter() is not None
+    except Exception:
+        return False
+
+
+# Every end-to-end test that runs a model runs it on the CPU and, where an adapter exists, on Vulkan.
+TARGETS = [
+    "cpu",
+    pytest.param(
+        "vulkan",
+        marks=[
+            pytest.mark.vulkan,
+            pytest.mark.skipif(
+                not vulkan_available(), reason="no Vulkan adapter (install mesa-vulkan-drivers for lavapipe)"
+            ),
+        ],
+    ),
+]
 
 
 def compile_and_load(src: Path, out: Path, **opts):

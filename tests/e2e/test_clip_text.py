@@ -5,30 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.e2e.helpers import artifact_state, atol_against_decoded, compile_and_load, reference
-
-
-def _vulkan_available() -> bool:
-    try:
-        from runtime.executors.vulkan import find_adapter
-
-        return find_adapter() is not None
-    except Exception:
-        return False
-
-
-TARGETS = [
-    "cpu",
-    pytest.param(
-        "vulkan",
-        marks=[
-            pytest.mark.vulkan,
-            pytest.mark.skipif(
-                not _vulkan_available(), reason="no Vulkan adapter (install mesa-vulkan-drivers for lavapipe)"
-            ),
-        ],
-    ),
-]
+from tests.e2e.helpers import TARGETS, artifact_state, atol_against_decoded, compile_and_load, reference
 
 
 @pytest.mark.parametrize("target", TARGETS)

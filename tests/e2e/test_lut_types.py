@@ -18,31 +18,10 @@ from sdcompile import examples as ex
 from sdcompile.backends import TABLE, backend
 from sdcompile.kernels.luts import table_words
 from sdcompile.passes import legalize
-from tests.e2e.helpers import artifact_state, atol_against_decoded, compile_and_load
+from tests.e2e.helpers import TARGETS, artifact_state, atol_against_decoded, compile_and_load
 from tests.kernels.iquant_cases import random_blocks
 
 IQ_TYPES = ["iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq4_nl", "iq4_xs"]
-
-
-def _vulkan_available() -> bool:
-    try:
-        from runtime.executors.vulkan import find_adapter
-
-        return find_adapter() is not None
-    except Exception:
-        return False
-
-
-TARGETS = [
-    "cpu",
-    pytest.param(
-        "vulkan",
-        marks=[
-            pytest.mark.vulkan,
-            pytest.mark.skipif(not _vulkan_available(), reason="no Vulkan adapter (install mesa-vulkan-drivers)"),
-        ],
-    ),
-]
 
 
 @pytest.fixture()

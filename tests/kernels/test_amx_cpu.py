@@ -24,8 +24,7 @@ from sdcompile.codegen import tvm_layer
 from sdcompile.kernels import linear_amx as A
 from sdcompile.kernels import spec as S
 from tests.kernels import fixtures as fx
-from tests.kernels.test_gemv_cpu import _case as gemv_case
-from tests.kernels.test_gemv_cpu import _check, _run
+from tests.kernels import integer_cases as ic
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_amx(), reason="the AMX path needs a CPU with AMX-INT8 (and Linux)")
 
@@ -56,13 +55,6 @@ built = fx.built_fixture("cpu", lambda: SPECS + AT_THRESHOLD + EXTREME + [NONFIN
 ex = fx.executor_fixture("cpu")
 
 
-def _case(spec: S.KernelSpec, seed: int = 0, extreme: bool = False):
-    """(inputs, reference f64 y, tolerance against it, y on the 16-bit activations, its tolerance)."""
-    wtype = str(spec.attr("wtype"))
-    model = (lambda x, w: A.reference(x, w, wtype), lambda x, w: A.error_bound(x, w, wtype))
-    return gemv_case(spec, seed, extreme, model=model)
-
-
 def test_dispatch(monkeypatch):
     """Enough rows, a supported type and N in whole tiles take the AMX rule; SDCOMPILE_NO_AMX turns it off."""
     from schedules import cpu_amx
@@ -90,34 +82,17 @@ def test_amx_code_uses_the_tile_unit():
 
 @pytest.mark.parametrize("spec", SPECS + AT_THRESHOLD, ids=lambda s: s.name)
 def test_amx_matches_numpy(ex, spec):
-    inputs, ref, tol, refq, tolq = _case(spec)
-    got = _run(ex, spec, inputs)
-    _check(spec.name + " vs x @ W^T", got, ref, tol)
-    _check(spec.name + " vs the 16-bit-activation model", got, refq, tolq)
-    rel = np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean(ref**2))
-    assert rel < 2e-4, rel  # 16-bit activations: ~2e-5 (ggml's int8: ~5e-3)
+    ic.check_matches(ex, spec, ic.AMX, "16-bit-activation")
 
 
 @pytest.mark.parametrize("spec", EXTREME, ids=lambda s: s.name)
 def test_amx_extreme_values_do_not_overflow(ex, spec):
-    inputs, ref, tol, refq, tolq = _case(spec, extreme=True)
-    got = _run(ex, spec, inputs)
-    _check(spec.name + " (extreme)", got, refq, tolq)
-    _check(spec.name + " (extreme) vs x @ W^T", got, ref, tol)
+    ic.check_extreme(ex, spec, ic.AMX)
 
 
 def test_amx_zero_and_non_finite_activations(ex):
-    """An all-zero row of x gives exact zeros; a NaN or an infinity makes that row's outputs non-finite and leaves
-    the other rows (in the same tile of 16) as they were."""
-    inputs, ref, tol, _, _ = _case(NONFINITE)
-    x = inputs[0].copy()
-    x[0] = 0.0
-    x[1, 5] = np.nan
-    x[2, 200] = np.inf
-    got = _run(ex, NONFINITE, [x, *inputs[1:]])
-    assert np.array_equal(got[0], np.zeros(got.shape[1]))
-    assert not np.isfinite(got[1]).any() and not np.isfinite(got[2]).any()
-    _check("untouched rows", got[3:], ref[3:], tol[3:])
+    """As on the GEMV path, with the affected rows inside a tile of 16 that other rows share."""
+    ic.check_zero_and_non_finite(ex, NONFINITE, ic.AMX)
 
 
 def test_amx_model_is_tighter_than_ggml_activations():
