@@ -46,19 +46,19 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_gemv import (
-    _bc,
-    _c,
-    _f16,
-    _hsum,
-    _ld,
-    _shuffle,
-    _st,
-    _tree,
-    _vconst,
+from schedules.tir_build import (
+    bcast,
+    f16_to_f32,
+    hsum,
     prim_func,
+    reduce_tree,
     replace_body,
+    shuffle,
+    splat,
     store_output,
+    vconst,
+    vload,
+    vstore,
 )
 from sdcompile.kernels import linear_amx as A
 from sdcompile.kernels.spec import KernelSpec
@@ -216,14 +216,14 @@ class _Gemm:
                 at = T.bind((mt * NG + g) * A.TILE + mi)  # this row's slot in the group's scale vectors
                 with T.If(m < M):
                     with T.Then():
-                        _st(amx, 0, _c(0.0, "float32", 16), 16)
-                        _st(tot, 0, _c(0.0, "float32", 16), 16)
+                        vstore(amx, 0, splat(0.0, "float32", 16), 16)
+                        vstore(tot, 0, splat(0.0, "float32", 16), 16)
                         with T.serial(0, G // 16) as i:
                             v = T.bind(x[m, T.Ramp(g * G + 16 * i, 1, 16)])
-                            _st(amx, 0, T.max(_ld(amx, 0, 16), T.abs(v)), 16)
-                            _st(tot, 0, _ld(tot, 0, 16) + v, 16)
-                        amax = T.bind(_tree(_ld(amx, 0, 16), 16, T.max))
-                        total = T.bind(_hsum(_ld(tot, 0, 16), 16))
+                            vstore(amx, 0, T.max(vload(amx, 0, 16), T.abs(v)), 16)
+                            vstore(tot, 0, vload(tot, 0, 16) + v, 16)
+                        amax = T.bind(reduce_tree(vload(amx, 0, 16), 16, T.max))
+                        total = T.bind(hsum(vload(tot, 0, 16), 16))
                         inv = T.bind(T.Select(amax > T.float32(0), T.float32(float(A.XQ_MAX)) / amax, T.float32(0)))
                         # A group holding an infinity or a NaN gets a NaN scale (max may drop NaNs; the sum keeps them).
                         dx = T.bind(T.Select(T.isfinite(total), amax * T.float32(1.0 / A.XQ_MAX), T.float32(math.nan)))
@@ -231,18 +231,18 @@ class _Gemm:
                         with T.serial(0, G // 32) as s:
                             k = g * G + 32 * s
                             v = [x[m, T.Ramp(k + 16 * i, 1, 16)] for i in range(2)]
-                            q = [T.bind(T.Cast("int32x16", T.nearbyint(vi * _bc(inv, 16)))) for vi in v]
+                            q = [T.bind(T.Cast("int32x16", T.nearbyint(vi * bcast(inv, 16)))) for vi in v]
                             # xq = 256 xh + xl: xh = floor((xq + 128) / 256) in [-127, 127], xl in [-128, 127]
-                            hi = [T.bind((qi + _c(128, "int32", 16)) >> _c(8, "int32", 16)) for qi in q]
-                            lo = [qi - (hv << _c(8, "int32", 16)) for qi, hv in zip(q, hi)]
+                            hi = [T.bind((qi + splat(128, "int32", 16)) >> splat(8, "int32", 16)) for qi in q]
+                            lo = [qi - (hv << splat(8, "int32", 16)) for qi, hv in zip(q, hi)]
                             for part, vals in ((0, hi), (1, lo)):
-                                q8 = T.Cast("int8x32", _shuffle(vals, range(32)))
+                                q8 = T.Cast("int8x32", shuffle(vals, range(32)))
                                 at_w = self._xrow(mt, part, k) + mi
                                 T.buffer_store(self.xb, T.reinterpret("int32x8", q8), [T.Ramp(at_w, 16, 8)])
                             if self.mins:
                                 sums = [q[0] + q[1]] if self.MG == 32 else q
                                 for i, qs in enumerate(sums):
-                                    ssum = T.Cast("float32", _hsum(qs, 16)) * dx
+                                    ssum = T.Cast("float32", hsum(qs, 16)) * dx
                                     at_m = (mt * self.NM + k // self.MG + i) * 16 + mi
                                     T.buffer_store(self.xm, ssum, [at_m])
                     with T.Else():
@@ -251,7 +251,7 @@ class _Gemm:
                             k = g * G + 32 * s
                             for part in range(2):
                                 at_w = self._xrow(mt, part, k) + mi
-                                T.buffer_store(self.xb, _c(0, "int32", 8), [T.Ramp(at_w, 16, 8)])
+                                T.buffer_store(self.xb, splat(0, "int32", 8), [T.Ramp(at_w, 16, 8)])
                             if self.mins:
                                 for i in range(32 // self.MG):
                                     at_m = (mt * self.NM + k // self.MG + i) * 16 + mi
@@ -289,14 +289,14 @@ class _Gemm:
             mem = T.bind(T.tvm_stack_alloca("shape", 128))
             self.facc = [T.decl_buffer((16,), "float32", data=mem, elem_offset=16 * r) for r in range(16)]
             for r in range(16):
-                _st(self.facc[r], 0, _c(0.0, "float32", 16), 16)
+                vstore(self.facc[r], 0, splat(0.0, "float32", 16), 16)
             if self.super:
                 _pipeline(self.NG, lambda u, s: self.super_products(u, mt, s), lambda u, s: self.super_scale(u, mt, s))
             else:
                 _pipeline(self.NG, lambda g, s: self.block_products(g, mt, s), lambda g, s: self.block_scale(g, mt, s))
             yb = c * 256
             for r in range(16):
-                _st(self.ybuf, yb + 16 * r, _ld(self.facc[r], 0, 16), 16)
+                vstore(self.ybuf, yb + 16 * r, vload(self.facc[r], 0, 16), 16)
             with T.serial(0, 16) as r:
                 with T.serial(0, 16) as lane:
                     m = mt * 16 + lane
@@ -307,23 +307,23 @@ class _Gemm:
     # -- decoding into the panel --
 
     def _block_store(self, g, r, quants, scale) -> None:
-        _st(self.panel, self.pbase + (g * A.TILE + r) * 32, quants, 32)
+        vstore(self.panel, self.pbase + (g * A.TILE + r) * 32, quants, 32)
         T.buffer_store(self.wsc, scale, [self.sbase + g * A.TILE + r])
 
     def decode_q4_0(self, row, g, r) -> None:
         off = T.bind(row + g * 18)
-        v = T.bind(_ld(self.wu8, off + 2, 16))
-        q = _shuffle([v & _c(15, "uint8", 16), v >> _c(4, "uint8", 16)], range(32))
-        self._block_store(g, r, T.reinterpret("int8x32", q) - _c(8, "int8", 32), _f16(self.w16[off // 2], 1))
+        v = T.bind(vload(self.wu8, off + 2, 16))
+        q = shuffle([v & splat(15, "uint8", 16), v >> splat(4, "uint8", 16)], range(32))
+        self._block_store(g, r, T.reinterpret("int8x32", q) - splat(8, "int8", 32), f16_to_f32(self.w16[off // 2], 1))
 
     def decode_q8_0(self, row, g, r) -> None:
         off = T.bind(row + g * 34)
-        self._block_store(g, r, _ld(self.w8, off + 2, 32), _f16(self.w16[off // 2], 1))
+        self._block_store(g, r, vload(self.w8, off + 2, 32), f16_to_f32(self.w16[off // 2], 1))
 
     def _nibbles(self, at):
         """The 32 4-bit quants of a block's 16 bytes at ``at``: low nibbles (values 0-15), then high (16-31)."""
-        v = T.bind(_ld(self.wu8, at, 16))
-        return _shuffle([v & _c(15, "uint8", 16), v >> _c(4, "uint8", 16)], range(32))
+        v = T.bind(vload(self.wu8, at, 16))
+        return shuffle([v & splat(15, "uint8", 16), v >> splat(4, "uint8", 16)], range(32))
 
     def _fifth_bits(self, at):
         """Bit j of the little-endian u32 at ``at`` as bit 4 of byte j (q5_0 / q5_1's high bits)."""
@@ -333,55 +333,55 @@ class _Gemm:
             | (T.Cast("uint32", self.wu8[at + 2]) << T.uint32(16))
             | (T.Cast("uint32", self.wu8[at + 3]) << T.uint32(24))
         )
-        bits = (_bc(qh, 32) >> _vconst(range(32), "uint32")) & _c(1, "uint32", 32)
-        return T.Cast("uint8x32", bits) << _c(4, "uint8", 32)
+        bits = (bcast(qh, 32) >> vconst(range(32), "uint32")) & splat(1, "uint32", 32)
+        return T.Cast("uint8x32", bits) << splat(4, "uint8", 32)
 
     def _block_min(self, g, r, m) -> None:
         T.buffer_store(self.wmin, m, [self.mbase + g * A.TILE + r])
 
     def _iq4(self, nibbles):
         """iq4_nl's codebook values (int8) of 32 4-bit indices: a byte shuffle within each 128-bit lane."""
-        table = _vconst(list(KVALUES_IQ4NL) * 2, "int8")
+        table = vconst(list(KVALUES_IQ4NL) * 2, "int8")
         return T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.pshuf.b", table, T.reinterpret("int8x32", nibbles))
 
     def decode_iq4_nl(self, row, g, r) -> None:
         off = T.bind(row + g * 18)
-        self._block_store(g, r, self._iq4(self._nibbles(off + 2)), _f16(self.w16[off // 2], 1))
+        self._block_store(g, r, self._iq4(self._nibbles(off + 2)), f16_to_f32(self.w16[off // 2], 1))
 
     def decode_iq4_xs(self, row, u, r) -> None:
         """d, 2 bytes of scale high bits, 4 bytes of scale low nibbles, 128 bytes of indices; 8 sub-blocks of 32 with
         6-bit scales ``ls - 32``."""
         base = T.bind(row + u * 136)
-        T.buffer_store(self.wsc, _f16(self.w16[base // 2], 1), [self.sbase + u * A.TILE + r])
+        T.buffer_store(self.wsc, f16_to_f32(self.w16[base // 2], 1), [self.sbase + u * A.TILE + r])
         sh = T.bind(T.Cast("int16", self.wu8[base + 2]) | (T.Cast("int16", self.wu8[base + 3]) << T.int16(8)))
         for j in range(8):
             low = (T.Cast("int16", self.wu8[base + 4 + j // 2]) >> T.int16(4 * (j % 2))) & T.int16(15)
             high = (sh >> T.int16(2 * j)) & T.int16(3)
             ls = T.bind((low | (high << T.int16(4))) - T.int16(32))
             q = T.Cast("int16x32", self._iq4(self._nibbles(base + 8 + 16 * j)))
-            self._super_store(u, r, 32 * j, q * _bc(ls, 32))
+            self._super_store(u, r, 32 * j, q * bcast(ls, 32))
 
     def decode_q5_0(self, row, g, r) -> None:
         off = T.bind(row + g * 22)
-        q = T.reinterpret("int8x32", self._nibbles(off + 6) | self._fifth_bits(off + 2)) - _c(16, "int8", 32)
-        self._block_store(g, r, q, _f16(self.w16[off // 2], 1))
+        q = T.reinterpret("int8x32", self._nibbles(off + 6) | self._fifth_bits(off + 2)) - splat(16, "int8", 32)
+        self._block_store(g, r, q, f16_to_f32(self.w16[off // 2], 1))
 
     def decode_q4_1(self, row, g, r) -> None:
         off = T.bind(row + g * 20)
-        self._block_store(g, r, T.reinterpret("int8x32", self._nibbles(off + 4)), _f16(self.w16[off // 2], 1))
-        self._block_min(g, r, _f16(self.w16[off // 2 + 1], 1))
+        self._block_store(g, r, T.reinterpret("int8x32", self._nibbles(off + 4)), f16_to_f32(self.w16[off // 2], 1))
+        self._block_min(g, r, f16_to_f32(self.w16[off // 2 + 1], 1))
 
     def decode_q5_1(self, row, g, r) -> None:
         off = T.bind(row + g * 24)
         q = T.reinterpret("int8x32", self._nibbles(off + 8) | self._fifth_bits(off + 4))
-        self._block_store(g, r, q, _f16(self.w16[off // 2], 1))
-        self._block_min(g, r, _f16(self.w16[off // 2 + 1], 1))
+        self._block_store(g, r, q, f16_to_f32(self.w16[off // 2], 1))
+        self._block_min(g, r, f16_to_f32(self.w16[off // 2 + 1], 1))
 
     def _super_store(self, u, r, k, p) -> None:
         """P = sc * q (int16x32) for values k..k+31 of super-block u, row r: high bytes, then low bytes."""
         at = self.pbase + (u * A.TILE + r) * 256 + k
-        _st(self.panel, at, T.Cast("int8x32", p >> _c(8, "int16", 32)), 32)
-        _st(self.panel, at + A.TILE * self.K, T.Cast("int8x32", p & _c(255, "int16", 32)), 32)
+        vstore(self.panel, at, T.Cast("int8x32", p >> splat(8, "int16", 32)), 32)
+        vstore(self.panel, at + A.TILE * self.K, T.Cast("int8x32", p & splat(255, "int16", 32)), 32)
 
     def decode_q4_k(self, row, u, r) -> None:
         self._decode_k45(row, u, r, 144, None)
@@ -393,8 +393,8 @@ class _Gemm:
         """q4_k (qh_at None) and q5_k: d, dmin, 12 bytes of 6-bit scales and mins, [q5_k: 32 bytes of fifth bits,]
         128 bytes of nibbles."""
         base = T.bind(row + u * size)
-        T.buffer_store(self.wsc, _f16(self.w16[base // 2], 1), [self.sbase + u * A.TILE + r])
-        dmin = T.bind(_f16(self.w16[base // 2 + 1], 1))
+        T.buffer_store(self.wsc, f16_to_f32(self.w16[base // 2], 1), [self.sbase + u * A.TILE + r])
+        dmin = T.bind(f16_to_f32(self.w16[base // 2 + 1], 1))
 
         def s(i):  # scale byte i (of 12)
             return T.Cast("int16", self.wu8[base + 4 + i])
@@ -411,37 +411,37 @@ class _Gemm:
             T.buffer_store(self.wmin, -dmin * T.Cast("float32", mn), [at])
         qs = 16 if qh_at is None else 48
         if qh_at is not None:
-            qh = T.bind(T.Cast("int16x32", _ld(self.wu8, base + qh_at, 32)))
+            qh = T.bind(T.Cast("int16x32", vload(self.wu8, base + qh_at, 32)))
         for p in range(4):  # bytes 32p.. hold sub-block 2p in their low nibbles, 2p + 1 in their high ones
-            v = T.bind(T.Cast("int16x32", _ld(self.wu8, base + qs + 32 * p, 32)))
-            lo, hi = v & _c(15, "int16", 32), v >> _c(4, "int16", 32)
+            v = T.bind(T.Cast("int16x32", vload(self.wu8, base + qs + 32 * p, 32)))
+            lo, hi = v & splat(15, "int16", 32), v >> splat(4, "int16", 32)
             if qh_at is not None:  # q5_k: bit 2p (2p + 1) of qh byte l is the fifth bit of value l of 2p (2p + 1)
-                lo = lo | (((qh >> _c(2 * p, "int16", 32)) & _c(1, "int16", 32)) << _c(4, "int16", 32))
-                hi = hi | (((qh >> _c(2 * p + 1, "int16", 32)) & _c(1, "int16", 32)) << _c(4, "int16", 32))
-            self._super_store(u, r, 64 * p, lo * _bc(sc[2 * p], 32))
-            self._super_store(u, r, 64 * p + 32, hi * _bc(sc[2 * p + 1], 32))
+                lo = lo | (((qh >> splat(2 * p, "int16", 32)) & splat(1, "int16", 32)) << splat(4, "int16", 32))
+                hi = hi | (((qh >> splat(2 * p + 1, "int16", 32)) & splat(1, "int16", 32)) << splat(4, "int16", 32))
+            self._super_store(u, r, 64 * p, lo * bcast(sc[2 * p], 32))
+            self._super_store(u, r, 64 * p + 32, hi * bcast(sc[2 * p + 1], 32))
 
     def decode_q2_k(self, row, u, r) -> None:
         """16 bytes of 4-bit scale and min pairs, 64 bytes of 2-bit quants, d, dmin; 16 sub-blocks of 16."""
         base = T.bind(row + u * 84)
-        T.buffer_store(self.wsc, _f16(self.w16[(base + 80) // 2], 1), [self.sbase + u * A.TILE + r])
-        dmin = T.bind(_f16(self.w16[(base + 82) // 2], 1))
+        T.buffer_store(self.wsc, f16_to_f32(self.w16[(base + 80) // 2], 1), [self.sbase + u * A.TILE + r])
+        dmin = T.bind(f16_to_f32(self.w16[(base + 82) // 2], 1))
         with T.serial(0, 16) as j:
             m = T.Cast("float32", self.wu8[base + j] >> T.uint8(4))
             T.buffer_store(self.wmin, -dmin * m, [self.mbase + (u * 16 + j) * A.TILE + r])
-        sc = T.bind(T.Cast("int16x16", _ld(self.wu8, base, 16)) & _c(15, "int16", 16))
+        sc = T.bind(T.Cast("int16x16", vload(self.wu8, base, 16)) & splat(15, "int16", 16))
         for n in range(2):
-            qs = T.bind(T.Cast("int16x32", _ld(self.wu8, base + 16 + 32 * n, 32)))
+            qs = T.bind(T.Cast("int16x32", vload(self.wu8, base + 16 + 32 * n, 32)))
             for j in range(4):  # values 128 n + 32 j + l: bits 2j of byte l; sub-blocks 8n + 2j, 8n + 2j + 1
-                q = (qs >> _c(2 * j, "int16", 32)) & _c(3, "int16", 32)
+                q = (qs >> splat(2 * j, "int16", 32)) & splat(3, "int16", 32)
                 s = 8 * n + 2 * j
-                self._super_store(u, r, 128 * n + 32 * j, q * _shuffle([sc, sc], [s] * 16 + [s + 1] * 16))
+                self._super_store(u, r, 128 * n + 32 * j, q * shuffle([sc, sc], [s] * 16 + [s + 1] * 16))
 
     def decode_q3_k(self, row, u, r) -> None:
         """32 bytes of high bits, 64 bytes of 2-bit quants, 12 bytes of packed 6-bit scales, d; 16 sub-blocks of 16,
         quants ``low - 4 * (1 - high)`` in [-4, 3], scales ``s - 32``."""
         base = T.bind(row + u * 110)
-        T.buffer_store(self.wsc, _f16(self.w16[(base + 108) // 2], 1), [self.sbase + u * A.TILE + r])
+        T.buffer_store(self.wsc, f16_to_f32(self.w16[(base + 108) // 2], 1), [self.sbase + u * A.TILE + r])
 
         def b(i):
             return T.Cast("int16", self.wu8[base + 96 + i])
@@ -451,32 +451,32 @@ class _Gemm:
             low = b(i % 8) & T.int16(15) if i < 8 else b(i - 8) >> T.int16(4)
             high = (b(8 + i % 4) >> T.int16(2 * (i // 4))) & T.int16(3)
             scales.append(T.bind((low | (high << T.int16(4))) - T.int16(32)))
-        hm = T.bind(T.Cast("int16x32", _ld(self.wu8, base, 32)))
+        hm = T.bind(T.Cast("int16x32", vload(self.wu8, base, 32)))
         for n in range(2):
-            qs = T.bind(T.Cast("int16x32", _ld(self.wu8, base + 32 + 32 * n, 32)))
+            qs = T.bind(T.Cast("int16x32", vload(self.wu8, base + 32 + 32 * n, 32)))
             for j in range(4):  # values 128 n + 32 j + l: bits 2j of qs byte l, bit 4n + j of hmask byte l
-                low = (qs >> _c(2 * j, "int16", 32)) & _c(3, "int16", 32)
-                high = (hm >> _c(4 * n + j, "int16", 32)) & _c(1, "int16", 32)
-                q = low - _c(4, "int16", 32) + (high << _c(2, "int16", 32))
+                low = (qs >> splat(2 * j, "int16", 32)) & splat(3, "int16", 32)
+                high = (hm >> splat(4 * n + j, "int16", 32)) & splat(1, "int16", 32)
+                q = low - splat(4, "int16", 32) + (high << splat(2, "int16", 32))
                 s = 8 * n + 2 * j
-                sv = _shuffle([_bc(scales[s], 16), _bc(scales[s + 1], 16)], range(32))
+                sv = shuffle([bcast(scales[s], 16), bcast(scales[s + 1], 16)], range(32))
                 self._super_store(u, r, 128 * n + 32 * j, q * sv)
 
     def decode_q6_k(self, row, u, r) -> None:
-        m15, m3 = _c(15, "uint8", 32), _c(3, "uint8", 32)
+        m15, m3 = splat(15, "uint8", 32), splat(3, "uint8", 32)
         base = T.bind(row + u * 210)
-        T.buffer_store(self.wsc, _f16(self.w16[(base + 208) // 2], 1), [self.sbase + u * A.TILE + r])
-        sc = T.bind(T.Cast("int16x16", _ld(self.w8, base + 192, 16)))
+        T.buffer_store(self.wsc, f16_to_f32(self.w16[(base + 208) // 2], 1), [self.sbase + u * A.TILE + r])
+        sc = T.bind(T.Cast("int16x16", vload(self.w8, base + 192, 16)))
         for h in range(2):
-            lo = T.bind(_ld(self.wu8, base + 64 * h, 32))
-            hi = T.bind(_ld(self.wu8, base + 64 * h + 32, 32))
-            qh = T.bind(_ld(self.wu8, base + 128 + 32 * h, 32))
-            parts = [lo & m15, hi & m15, lo >> _c(4, "uint8", 32), hi >> _c(4, "uint8", 32)]
+            lo = T.bind(vload(self.wu8, base + 64 * h, 32))
+            hi = T.bind(vload(self.wu8, base + 64 * h + 32, 32))
+            qh = T.bind(vload(self.wu8, base + 128 + 32 * h, 32))
+            parts = [lo & m15, hi & m15, lo >> splat(4, "uint8", 32), hi >> splat(4, "uint8", 32)]
             for i, low in enumerate(parts):  # quants 128 h + 32 i + l: low bits, and qh bits 2i, 2i + 1
-                top = (qh >> _c(2 * i, "uint8", 32)) & m3 if i else qh & m3
-                q = T.Cast("int16x32", low | (top << _c(4, "uint8", 32))) - _c(32, "int16", 32)
+                top = (qh >> splat(2 * i, "uint8", 32)) & m3 if i else qh & m3
+                q = T.Cast("int16x32", low | (top << splat(4, "uint8", 32))) - splat(32, "int16", 32)
                 j = 8 * h + 2 * i  # 16-value sub-blocks j, j + 1
-                self._super_store(u, r, 128 * h + 32 * i, q * _shuffle([sc, sc], [j] * 16 + [j + 1] * 16))
+                self._super_store(u, r, 128 * h + 32 * i, q * shuffle([sc, sc], [j] * 16 + [j + 1] * 16))
 
     # -- the tile unit --
 
@@ -494,18 +494,20 @@ class _Gemm:
     def block_scale(self, g, mt, reg) -> None:
         """Block g's sums from landing slot ``reg``, scaled, into the f32 sums."""
         cb = self.cbase + reg * 4 * 256
-        xs = T.bind(_ld(self.xs, (mt * self.NG + g) * 16, 16))
+        xs = T.bind(vload(self.xs, (mt * self.NG + g) * 16, 16))
         if self.mins:
-            xm = T.bind(_ld(self.xm, (mt * self.NM + g) * 16, 16))
+            xm = T.bind(vload(self.xm, (mt * self.NM + g) * 16, 16))
         for r in range(16):
-            ch = _ld(self.cbuf, cb + 16 * r, 16)
-            cl = _ld(self.cbuf, cb + 256 + 16 * r, 16)
+            ch = vload(self.cbuf, cb + 16 * r, 16)
+            cl = vload(self.cbuf, cb + 256 + 16 * r, 16)
             # sum(q * xq) = 256 sum(q * xh) + sum(q * xl), exact in int32 (|q xq| <= 128 * 32512 per term)
-            t = T.Cast("float32x16", (ch << _c(8, "int32", 16)) + cl) * _bc(self.wsc[self.sbase + g * A.TILE + r], 16)
-            v = _ld(self.facc[r], 0, 16) + t * xs
+            t = T.Cast("float32x16", (ch << splat(8, "int32", 16)) + cl) * bcast(
+                self.wsc[self.sbase + g * A.TILE + r], 16
+            )
+            v = vload(self.facc[r], 0, 16) + t * xs
             if self.mins:  # q4_1 / q5_1: + m * dx * sum(xq)
-                v = v + xm * _bc(self.wmin[self.mbase + g * A.TILE + r], 16)
-            _st(self.facc[r], 0, v, 16)
+                v = v + xm * bcast(self.wmin[self.mbase + g * A.TILE + r], 16)
+            vstore(self.facc[r], 0, v, 16)
 
     def super_products(self, u, mt, slot) -> None:
         """Super-block u times x's row tile mt: the HH, MID and LL sums, into landing slot ``slot``."""
@@ -530,18 +532,18 @@ class _Gemm:
         """Super-block u's sums from landing slot ``slot``: 65536 HH + 256 MID + LL (each exact in f32), times
         d * dx; q4_k subtracts its dmin * m * dx * sum(xq) per 32."""
         cb = self.cbase + slot * 4 * 256
-        xs = T.bind(_ld(self.xs, (mt * self.NG + u) * 16, 16))
+        xs = T.bind(vload(self.xs, (mt * self.NG + u) * 16, 16))
         if self.mins:
             nj = 256 // self.MG
-            xm = [T.bind(_ld(self.xm, (mt * self.NM + u * nj + j) * 16, 16)) for j in range(nj)]
+            xm = [T.bind(vload(self.xm, (mt * self.NM + u * nj + j) * 16, 16)) for j in range(nj)]
         for r in range(16):
-            hh, mid, ll = (T.Cast("float32x16", _ld(self.cbuf, cb + i * 256 + 16 * r, 16)) for i in range(3))
-            t = hh * _c(65536.0, "float32", 16) + (mid * _c(256.0, "float32", 16) + ll)
-            v = _ld(self.facc[r], 0, 16) + t * _bc(self.wsc[self.sbase + u * A.TILE + r], 16) * xs
+            hh, mid, ll = (T.Cast("float32x16", vload(self.cbuf, cb + i * 256 + 16 * r, 16)) for i in range(3))
+            t = hh * splat(65536.0, "float32", 16) + (mid * splat(256.0, "float32", 16) + ll)
+            v = vload(self.facc[r], 0, 16) + t * bcast(self.wsc[self.sbase + u * A.TILE + r], 16) * xs
             if self.mins:
                 for j in range(nj):
-                    v = v + xm[j] * _bc(self.wmin[self.mbase + (u * nj + j) * A.TILE + r], 16)
-            _st(self.facc[r], 0, v, 16)
+                    v = v + xm[j] * bcast(self.wmin[self.mbase + (u * nj + j) * A.TILE + r], 16)
+            vstore(self.facc[r], 0, v, 16)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

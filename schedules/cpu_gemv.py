@@ -37,11 +37,24 @@ import math
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from schedules.tir_build import (
+    bcast,
+    f16_to_f32,
+    hsum,
+    imm,
+    prim_func,
+    reduce_tree,
+    replace_body,
+    shuffle,
+    splat,
+    store_output,
+    vconst,
+    vload,
+    vstore,
+)
 from sdcompile.kernels import linear_gemv as G
-from sdcompile.kernels.linear import activation
 from sdcompile.kernels.spec import KernelSpec
 from sdcompile.quant.types import get as get_type
 
@@ -84,63 +97,6 @@ def streams(M: int) -> int:
     return 6 if M == 1 else 2 if M == 2 else 1
 
 
-# --- IR helpers ------------------------------------------------------------------------------------------------
-
-
-def _i(v: int) -> tirx.IntImm:
-    return tirx.IntImm("int32", v)
-
-
-def _ld(buf, start, lanes: int):
-    return buf[T.Ramp(start, 1, lanes)] if lanes > 1 else buf[start]
-
-
-def _st(buf, start, value, lanes: int) -> None:
-    T.buffer_store(buf, value, [T.Ramp(start, 1, lanes)] if lanes > 1 else [start])
-
-
-def _shuffle(vectors, idx) -> tirx.Expr:
-    return tirx.Shuffle(list(vectors), [_i(int(i)) for i in idx])
-
-
-def _bc(v, lanes: int) -> tirx.Expr:
-    return T.Broadcast(v, lanes)
-
-
-def _c(v, dtype: str, lanes: int) -> tirx.Expr:
-    return T.Broadcast(tirx.const(v, dtype), lanes)
-
-
-def _tree(v, lanes: int, op):
-    """Reduce the lanes of v pairwise (halves, then quarters, ...); each level is bound once, since an unbound
-    vector used twice per level grows the expression 2^levels times (and TVM's passes with it)."""
-    while lanes > 1:
-        h = lanes // 2
-        v = T.bind(v)
-        v = op(_shuffle([v], range(h)), _shuffle([v], range(h, lanes)))
-        lanes = h
-    return v
-
-
-def _hsum(v, lanes: int):
-    return _tree(v, lanes, lambda a, b: a + b)
-
-
-def _f16(bits, lanes: int):
-    """f32 of IEEE half bits held in int16 lanes (vcvtph2ps)."""
-    if lanes == 1:
-        return T.Cast("float32", T.reinterpret("float16", bits))
-    return T.Cast(f"float32x{lanes}", T.reinterpret(f"float16x{lanes}", bits))
-
-
-def _vconst(values, dtype: str):
-    """A constant vector (a shuffle of broadcasts, which LLVM folds into one constant)."""
-    values = list(values)
-    distinct = sorted(set(values))
-    vecs = [_c(v, dtype, len(values)) for v in distinct]
-    return _shuffle(vecs, [distinct.index(v) * len(values) + i for i, v in enumerate(values)])
-
-
 class _Ops:
     def __init__(self, vnni: bool):
         self.vnni = vnni
@@ -153,16 +109,6 @@ class _Ops:
         if self.vnni:
             return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpwssds.512", acc, a, b)
         return acc + T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pmaddw.d.512", a, b)
-
-
-def store_output(bufs: dict, act: str, m, n, v) -> None:
-    """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it)."""
-    if "bias" in bufs:
-        v = v + bufs["bias"][n]
-    v = activation(act, v)
-    if "res" in bufs:
-        v = v + bufs["res"][m, n]
-    T.buffer_store(bufs["y"], v, [m, n])
 
 
 def _check_bound(name: str, bound: int) -> None:
@@ -240,25 +186,25 @@ class _Gemv:
         with T.serial(0, M) as m:
             with T.serial(0, self.ngroups) as gi:
                 if nvec > 2:
-                    _st(amx, 0, _c(0.0, "float32", 16), 16)
-                    _st(tot, 0, _c(0.0, "float32", 16), 16)
+                    vstore(amx, 0, splat(0.0, "float32", 16), 16)
+                    vstore(tot, 0, splat(0.0, "float32", 16), 16)
                     with T.serial(0, nvec) as i:
                         v = T.bind(x[m, T.Ramp(gi * g + 16 * i, 1, 16)])
-                        _st(amx, 0, T.max(_ld(amx, 0, 16), T.abs(v)), 16)
-                        _st(tot, 0, _ld(tot, 0, 16) + v, 16)
-                    a, t = _ld(amx, 0, 16), _ld(tot, 0, 16)
+                        vstore(amx, 0, T.max(vload(amx, 0, 16), T.abs(v)), 16)
+                        vstore(tot, 0, vload(tot, 0, 16) + v, 16)
+                    a, t = vload(amx, 0, 16), vload(tot, 0, 16)
                 else:
                     v = [T.bind(x[m, T.Ramp(gi * g + 16 * i, 1, 16)]) for i in range(nvec)]
                     a, t = T.max(T.abs(v[0]), T.abs(v[1])), v[0] + v[1]
-                amax = T.bind(_tree(a, 16, T.max))
-                total = T.bind(_hsum(t, 16))
+                amax = T.bind(reduce_tree(a, 16, T.max))
+                total = T.bind(hsum(t, 16))
                 inv = T.bind(T.Select(amax > T.float32(0), T.float32(float(G.XQ_MAX)) / amax, T.float32(0)))
                 # A group holding an infinity or a NaN gets a NaN scale (max may drop NaNs; the sum keeps them).
                 dx = T.Select(T.isfinite(total), amax * T.float32(1.0 / G.XQ_MAX), T.float32(math.nan))
                 T.buffer_store(self.xs, dx, [m * self.ngroups + gi])
 
                 def quant(v):
-                    return T.Cast("int32x16", T.nearbyint(v * _bc(inv, 16)))
+                    return T.Cast("int32x16", T.nearbyint(v * bcast(inv, 16)))
 
                 if nvec > 2:
                     self._store_kquant(m, gi, quant)
@@ -269,17 +215,17 @@ class _Gemv:
         """q4_0 / q8_0: one block's 32 int16 activations and (q4_0) its -8 * sum(xq) offset."""
         K, xq, xi = self.K, self.xq, self.xi
         if self.wtype == "q8_0":
-            _st(xq, m * K + 32 * b, T.Cast("int16x32", _shuffle(q, range(32))), 32)
+            vstore(xq, m * K + 32 * b, T.Cast("int16x32", shuffle(q, range(32))), 32)
             return
-        total = T.bind(_hsum(q[0] + q[1], 16))
+        total = T.bind(hsum(q[0] + q[1], 16))
         # Main units: pair p of blocks 2p, 2p + 1 holds [b0 lo, b1 lo, b0 hi, b1 hi] (16 each); tail blocks
         # (after the last unit of 8) keep their natural order. xi: -8 * sum(xq) at lane 0 of 8 per block.
         main = b < self.nunits * 8
         pos = T.Select(main, (b // 2) * 64 + (b % 2) * 16, 32 * b)
-        hi = T.Select(main, _i(32), _i(16))
-        _st(xq, m * K + pos, T.Cast("int16x16", q[0]), 16)
-        _st(xq, m * K + pos + hi, T.Cast("int16x16", q[1]), 16)
-        _st(xi, m * self.xi_row + 8 * b, _shuffle([_bc(total * -8, 8), _c(0, "int32", 8)], [0] + [8] * 7), 8)
+        hi = T.Select(main, imm(32), imm(16))
+        vstore(xq, m * K + pos, T.Cast("int16x16", q[0]), 16)
+        vstore(xq, m * K + pos + hi, T.Cast("int16x16", q[1]), 16)
+        vstore(xi, m * self.xi_row + 8 * b, shuffle([bcast(total * -8, 8), splat(0, "int32", 8)], [0] + [8] * 7), 8)
 
     def _store_kquant(self, m, gi, quant) -> None:
         """k-quants: the sums of a super-block's sub-blocks (32 values for q4_k's mins, 16 for q6_k's -32 offset),
@@ -287,11 +233,11 @@ class _Gemv:
         elements (byte parity p in a little-endian word) of two runs of 32 (q4_k) or of one run of 64 (q6_k)."""
         K, xn, x = self.K, self.xn, self.bufs["x"]
         with T.serial(0, 16) as i:
-            _st(xn, 16 * i, T.Cast("int16x16", quant(x[m, T.Ramp(gi * 256 + 16 * i, 1, 16)])), 16)
+            vstore(xn, 16 * i, T.Cast("int16x16", quant(x[m, T.Ramp(gi * 256 + 16 * i, 1, 16)])), 16)
         sub = 32 if self.wtype == "q4_k" else 16
         with T.serial(0, 256 // sub) as j:
-            v = T.Cast(f"int32x{sub}", _ld(xn, sub * j, sub))
-            T.buffer_store(self.xi, _hsum(v, sub), [m * self.xi_row + gi * (256 // sub) + j])
+            v = T.Cast(f"int32x{sub}", vload(xn, sub * j, sub))
+            T.buffer_store(self.xi, hsum(v, sub), [m * self.xi_row + gi * (256 // sub) + j])
         for o in range(8):
             hi, nib, p = o // 4, (o // 2) % 2, o % 2
             if self.wtype == "q4_k":  # runs at 128 t' + 32 nib and + 64 (t' = hi)
@@ -300,8 +246,8 @@ class _Gemv:
             else:  # q6_k: the run of 64 at 128 h + 64 nib (h = hi)
                 runs = (128 * hi + 64 * nib, 128 * hi + 64 * nib + 32)
                 idx = [p + 2 * i for i in range(32)]
-            vec = _shuffle([_ld(xn, runs[0], 32), _ld(xn, runs[1], 32)], idx)
-            _st(self.xq, m * K + gi * 256 + 32 * o, vec, 32)
+            vec = shuffle([vload(xn, runs[0], 32), vload(xn, runs[1], 32)], idx)
+            vstore(self.xq, m * K + gi * 256 + 32 * o, vec, 32)
 
     # -- rows --
 
@@ -352,7 +298,7 @@ class _Gemv:
         M = self.M
         nacc = len(rows) * M
         for i in range(nacc):
-            _st(self.facc, 32 * i, _c(0.0, "float32", 32), 32)
+            vstore(self.facc, 32 * i, splat(0.0, "float32", 32), 32)
             T.buffer_store(self.tsum, T.float32(0), [i])
         bases = [r * self.RB for r in rows]
         if self.nunits:
@@ -363,7 +309,7 @@ class _Gemv:
                         for o in range(0, self.unit_bytes, 64):  # gaps <= 64 bytes: every line once
                             ptr = T.address_of(self.w8[base + PREFETCH + o])
                             T.evaluate(
-                                T.call_llvm_intrin("void", "llvm.prefetch", ptr, _i(0), _i(PREFETCH_LOCALITY), _i(1))
+                                T.call_llvm_intrin("void", "llvm.prefetch", ptr, imm(0), imm(PREFETCH_LOCALITY), imm(1))
                             )
                     getattr(self, "unit_" + self.wtype)(s, base, u)
         if self.wtype in ("q4_0", "q8_0") and self.nblk % 8:
@@ -373,7 +319,7 @@ class _Gemv:
         for s, row in enumerate(rows):
             for m in range(M):
                 i = s * M + m
-                v = _hsum(_ld(self.facc, 32 * i, 16) + _ld(self.facc, 32 * i + 16, 16), 16) + self.tsum[i]
+                v = hsum(vload(self.facc, 32 * i, 16) + vload(self.facc, 32 * i + 16, 16), 16) + self.tsum[i]
                 self.store_y(m, row, v)
 
     def store_y(self, m, n, v) -> None:
@@ -381,34 +327,34 @@ class _Gemv:
 
     def _acc(self, s, m, chain, value, lanes=16) -> None:
         o = (s * self.M + m) * 32 + 16 * chain
-        _st(self.facc, o, _ld(self.facc, o, lanes) + value, lanes)
+        vstore(self.facc, o, vload(self.facc, o, lanes) + value, lanes)
 
     # -- per type units --
 
     def unit_q4_0(self, s, base, u) -> None:
         w8, K, M = self.w8, self.K, self.M
-        A = T.bind(_ld(w8, base, 64))
-        D = T.bind(_ld(w8, base + 36, 64))
-        B = T.bind(_ld(w8, base + 64, 64))
-        C = T.bind(_ld(w8, base + 80, 64))
+        A = T.bind(vload(w8, base, 64))
+        D = T.bind(vload(w8, base + 36, 64))
+        B = T.bind(vload(w8, base + 64, 64))
+        C = T.bind(vload(w8, base + 80, 64))
         # The 8 blocks' f16 scales sit at bytes 18 i: words 0, 9, 18, 27 of A and 4, 13, 22, 31 of B.
         A16, B16 = T.reinterpret("int16x32", A), T.reinterpret("int16x32", B)
-        dw = T.bind(_f16(_shuffle([A16, B16], [0, 9, 18, 27, 36, 45, 54, 63]), 8))
-        ss = [T.bind(dw * _ld(self.xs, m * self.ngroups + u * 8, 8)) for m in range(M)]
+        dw = T.bind(f16_to_f32(shuffle([A16, B16], [0, 9, 18, 27, 36, 45, 54, 63]), 8))
+        ss = [T.bind(dw * vload(self.xs, m * self.ngroups + u * 8, 8)) for m in range(M)]
         for p in range(4):
             # Pair p: blocks 2p, 2p + 1 at bytes 36p, 36p + 18; their 16 quant bytes each, every byte twice (a word
             # whose low nibble is the low quant, whose top nibble is the high one).
             src, shift = [(A, 0), (D, 36), (B, 64), (C, 80)][p]
             offs = [36 * p + 2 + i if i < 16 else 36 * p + 20 + (i - 16) for i in range(32)]
-            wv = T.bind(T.reinterpret("int16x32", _shuffle([src], [o - shift for o in offs for _ in range(2)])))
-            lo = T.bind(wv & _c(15, "int16", 32))
-            hi = T.bind(T.reinterpret("int16x32", T.reinterpret("uint16x32", wv) >> _c(12, "uint16", 32)))
+            wv = T.bind(T.reinterpret("int16x32", shuffle([src], [o - shift for o in offs for _ in range(2)])))
+            lo = T.bind(wv & splat(15, "int16", 32))
+            hi = T.bind(T.reinterpret("int16x32", T.reinterpret("uint16x32", wv) >> splat(12, "uint16", 32)))
             pair = u * 4 + p
             for m in range(M):
-                acc = _ld(self.xi, m * self.xi_row + 16 * pair, 16)
-                acc = self.ops.dot(acc, lo, _ld(self.xq, m * K + 64 * pair, 32))
-                acc = self.ops.dot(acc, hi, _ld(self.xq, m * K + 64 * pair + 32, 32))
-                scale = _shuffle([ss[m], ss[m]], [2 * p] * 8 + [2 * p + 1] * 8)
+                acc = vload(self.xi, m * self.xi_row + 16 * pair, 16)
+                acc = self.ops.dot(acc, lo, vload(self.xq, m * K + 64 * pair, 32))
+                acc = self.ops.dot(acc, hi, vload(self.xq, m * K + 64 * pair + 32, 32))
+                scale = shuffle([ss[m], ss[m]], [2 * p] * 8 + [2 * p + 1] * 8)
                 self._acc(s, m, p % 2, T.Cast("float32x16", acc) * scale)
 
     def unit_q8_0(self, s, base, u) -> None:
@@ -416,27 +362,27 @@ class _Gemv:
         for b in range(8):
             # Each block's f16 scale as a scalar: windows over the blocks would overlap the quant loads, and LLVM
             # then rebuilds the quants from the windows byte by byte.
-            d = _f16(self.w16[(base + 34 * b) // 2], 1)
-            q = T.bind(T.Cast("int16x32", _ld(w8, base + 34 * b + 2, 32)))
+            d = f16_to_f32(self.w16[(base + 34 * b) // 2], 1)
+            q = T.bind(T.Cast("int16x32", vload(w8, base + 34 * b + 2, 32)))
             blk = u * 8 + b
             for m in range(M):
-                acc = self.ops.dot(_c(0, "int32", 16), q, _ld(self.xq, m * K + 32 * blk, 32))
-                scale = _bc(d * self.xs[m * self.ngroups + blk], 16)
+                acc = self.ops.dot(splat(0, "int32", 16), q, vload(self.xq, m * K + 32 * blk, 32))
+                scale = bcast(d * self.xs[m * self.ngroups + blk], 16)
                 self._acc(s, m, b % 2, T.Cast("float32x16", acc) * scale)
 
     def tail_block(self, s, rb, b) -> None:
         """One q4_0 / q8_0 block after the last full unit of 8 (natural order in xq)."""
         K, M = self.K, self.M
         off = rb + b * self.qt.type_size
-        d = _f16(self.w16[off // 2], 1)
+        d = f16_to_f32(self.w16[off // 2], 1)
         if self.wtype == "q4_0":
-            v = T.Cast("int16x16", _ld(self.wu8, off + 2, 16))
-            q = T.bind(_shuffle([v & _c(15, "int16", 16), v >> _c(4, "int16", 16)], range(32)))
+            v = T.Cast("int16x16", vload(self.wu8, off + 2, 16))
+            q = T.bind(shuffle([v & splat(15, "int16", 16), v >> splat(4, "int16", 16)], range(32)))
         else:
-            q = T.bind(T.Cast("int16x32", _ld(self.w8, off + 2, 32)))
+            q = T.bind(T.Cast("int16x32", vload(self.w8, off + 2, 32)))
         for m in range(M):
-            acc = self.ops.dot(_c(0, "int32", 16), q, _ld(self.xq, m * K + 32 * b, 32))
-            total = _hsum(acc, 16)
+            acc = self.ops.dot(splat(0, "int32", 16), q, vload(self.xq, m * K + 32 * b, 32))
+            total = hsum(acc, 16)
             if self.wtype == "q4_0":
                 total = total + self.xi[m * self.xi_row + 8 * b]
             i = s * M + m
@@ -445,103 +391,84 @@ class _Gemv:
 
     def _words(self, at: int | tirx.Expr):
         """64 weight bytes at ``at`` as 32 little-endian u16 words: byte 2i in the low half of word i."""
-        return T.bind(T.reinterpret("uint16x32", _ld(self.w8, at, 64)))
+        return T.bind(T.reinterpret("uint16x32", vload(self.w8, at, 64)))
 
     def unit_q4_k(self, s, base, u) -> None:
         K, M = self.K, self.M
-        dd = T.bind(_f16(_ld(self.w16, base // 2, 2), 2))  # d, dmin
-        V = T.bind(T.Cast("int16x16", _ld(self.wu8, base, 16)))  # d, dmin, then the 12 scale bytes b[0..11]
+        dd = T.bind(f16_to_f32(vload(self.w16, base // 2, 2), 2))  # d, dmin
+        V = T.bind(T.Cast("int16x16", vload(self.wu8, base, 16)))  # d, dmin, then the 12 scale bytes b[0..11]
         # ggml's get_scale_min_k4 for all 8 sub-blocks at once: lanes 0-7 scales, 8-15 mins (b[k] is lane 4 + k).
-        P = _shuffle([V], [4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15])
-        Q = _shuffle([V], [0, 0, 0, 0, 4, 5, 6, 7, 0, 0, 0, 0, 8, 9, 10, 11])
-        lo = (P >> _vconst([0] * 12 + [4] * 4, "int16")) & _vconst(([63] * 4 + [15] * 4) * 2, "int16")
-        hi = ((Q >> _c(6, "int16", 16)) << _c(4, "int16", 16)) & _vconst(([0] * 4 + [0x30] * 4) * 2, "int16")
+        P = shuffle([V], [4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15])
+        Q = shuffle([V], [0, 0, 0, 0, 4, 5, 6, 7, 0, 0, 0, 0, 8, 9, 10, 11])
+        lo = (P >> vconst([0] * 12 + [4] * 4, "int16")) & vconst(([63] * 4 + [15] * 4) * 2, "int16")
+        hi = ((Q >> splat(6, "int16", 16)) << splat(4, "int16", 16)) & vconst(([0] * 4 + [0x30] * 4) * 2, "int16")
         SM = T.bind(lo | hi)
         # Quants: 64 bytes (128 quants: sub-blocks 4t'..4t'+3) at a time, as words; nibble nib of byte parity p
         # of word i is quant 128 t' + 64 (i >= 16) + 32 nib + (2 i + p) % 32, sub-block 4t' + 2 (i >= 16) + nib.
         # Two int32 accumulators per row: a chain of 8 dependent vpdpwssds is 40 cycles.
-        accs = [[_c(0, "int32", 16)] * M for _ in range(2)]
+        accs = [[splat(0, "int32", 16)] * M for _ in range(2)]
         for tp in range(2):
             L = self._words(base + 16 + 64 * tp)
             for nib in range(2):
                 sc = T.bind(
-                    T.reinterpret("uint16x32", _shuffle([SM, SM], [4 * tp + nib] * 16 + [4 * tp + 2 + nib] * 16))
+                    T.reinterpret("uint16x32", shuffle([SM, SM], [4 * tp + nib] * 16 + [4 * tp + 2 + nib] * 16))
                 )
                 for p in range(2):
                     shift = 8 * p + 4 * nib
                     q = (
-                        L >> _c(shift, "uint16", 32)
+                        L >> splat(shift, "uint16", 32)
                         if shift == 12
-                        else (L >> _c(shift, "uint16", 32)) & _c(15, "uint16", 32)
+                        else (L >> splat(shift, "uint16", 32)) & splat(15, "uint16", 32)
                     )
                     a = T.bind(T.reinterpret("int16x32", q * sc))
                     o = 4 * tp + 2 * nib + p
                     for m in range(M):
-                        xv = _ld(self.xq, m * K + u * 256 + 32 * o, 32)
+                        xv = vload(self.xq, m * K + u * 256 + 32 * o, 32)
                         accs[p][m] = T.bind(self.ops.dot(accs[p][m], a, xv))
-        mins = T.bind(T.Cast("int32x8", _shuffle([SM], range(8, 16))))
+        mins = T.bind(T.Cast("int32x8", shuffle([SM], range(8, 16))))
         for m in range(M):
-            sdx = T.bind(dd * _bc(self.xs[m * self.ngroups + u], 2))
-            self._acc(s, m, 0, T.Cast("float32x16", accs[0][m] + accs[1][m]) * _bc(_shuffle([sdx], [0]), 16))
-            mx = mins * _ld(self.xi, m * self.xi_row + u * 8, 8)
-            self._acc(s, m, 1, T.Cast("float32x8", mx) * _bc(-_shuffle([sdx], [1]), 8), 8)
+            sdx = T.bind(dd * bcast(self.xs[m * self.ngroups + u], 2))
+            self._acc(s, m, 0, T.Cast("float32x16", accs[0][m] + accs[1][m]) * bcast(shuffle([sdx], [0]), 16))
+            mx = mins * vload(self.xi, m * self.xi_row + u * 8, 8)
+            self._acc(s, m, 1, T.Cast("float32x8", mx) * bcast(-shuffle([sdx], [1]), 8), 8)
 
     def unit_q6_k(self, s, base, u) -> None:
         K, M = self.K, self.M
-        d = T.bind(_f16(self.w16[(base + 208) // 2], 1))
-        sc16 = T.bind(T.Cast("int16x16", _ld(self.w8, base + 192, 16)))
-        sc32 = T.Cast("int32x16", _ld(self.w8, base + 192, 16))
-        accs = [[_c(0, "int32", 16)] * M for _ in range(2)]
-        m15, m30 = _c(15, "uint16", 32), _c(0x30, "uint16", 32)
+        d = T.bind(f16_to_f32(self.w16[(base + 208) // 2], 1))
+        sc16 = T.bind(T.Cast("int16x16", vload(self.w8, base + 192, 16)))
+        sc32 = T.Cast("int32x16", vload(self.w8, base + 192, 16))
+        accs = [[splat(0, "int32", 16)] * M for _ in range(2)]
+        m15, m30 = splat(15, "uint16", 32), splat(0x30, "uint16", 32)
         for h in range(2):
             # ql: 64 bytes as words; qh: its 32 bytes (16 words) in both halves. Quant 128 h + 64 nib + 2 i + p
             # (p: byte parity in word i) has its low 4 bits in nibble nib of ql byte 64 h + 2 i + p and its top
             # 2 in field 2 nib + (i >= 16) of qh byte 32 h + (2 i + p) % 32: qh word i % 16, byte p.
             L = self._words(base + 64 * h)
-            qh = T.bind(_ld(self.w16, (base + 128 + 32 * h) // 2, 16))
-            QH = T.bind(T.reinterpret("uint16x32", _shuffle([qh, qh], list(range(16)) * 2)))
+            qh = T.bind(vload(self.w16, (base + 128 + 32 * h) // 2, 16))
+            QH = T.bind(T.reinterpret("uint16x32", shuffle([qh, qh], list(range(16)) * 2)))
             for nib in range(2):
                 for p in range(2):
                     shift = 8 * p + 4 * nib
-                    lo = L >> _c(shift, "uint16", 32) if shift == 12 else (L >> _c(shift, "uint16", 32)) & m15
+                    lo = L >> splat(shift, "uint16", 32) if shift == 12 else (L >> splat(shift, "uint16", 32)) & m15
                     # field bits 8 p + 2 f, f = 2 nib + (i >= 16), moved to bits 4-5
                     r = [8 * p + 2 * (2 * nib + half) - 4 for half in (0, 1)]
                     if r[0] < 0:
-                        top = QH << _vconst([-r[0]] * 16 + [-r[1]] * 16, "uint16")
+                        top = QH << vconst([-r[0]] * 16 + [-r[1]] * 16, "uint16")
                     else:
-                        top = QH >> _vconst([r[0]] * 16 + [r[1]] * 16, "uint16")
+                        top = QH >> vconst([r[0]] * 16 + [r[1]] * 16, "uint16")
                     q = T.reinterpret("int16x32", lo | (top & m30))
                     sub = 8 * h + 4 * nib
-                    a = T.bind(q * _shuffle([sc16, sc16], [sub + i // 8 for i in range(32)]))
+                    a = T.bind(q * shuffle([sc16, sc16], [sub + i // 8 for i in range(32)]))
                     o = 4 * h + 2 * nib + p
                     for m in range(M):
-                        xv = _ld(self.xq, m * K + u * 256 + 32 * o, 32)
+                        xv = vload(self.xq, m * K + u * 256 + 32 * o, 32)
                         accs[h][m] = T.bind(self.ops.dot(accs[h][m], a, xv))
         for m in range(M):
             # quants are stored + 32: subtract 32 * sum over sub-blocks of sc * sum(xq)
-            corr = sc32 * _ld(self.xi, m * self.xi_row + u * 16, 16)
+            corr = sc32 * vload(self.xi, m * self.xi_row + u * 16, 16)
             f = T.Cast("float32x16", accs[0][m]) + T.Cast("float32x16", accs[1][m])
-            f = f - T.Cast("float32x16", corr) * _c(32.0, "float32", 16)
-            self._acc(s, m, 0, f * _bc(d * self.xs[m * self.ngroups + u], 16))
-
-
-def prim_func(spec: KernelSpec, params: list, emit) -> tirx.PrimFunc:
-    """A PrimFunc named for ``spec`` over the given parameter buffers (``spec.params`` order), whose body
-    ``emit(bufs)`` writes with the IR builder (bufs: parameter name -> buffer)."""
-    names = [p.name for p in spec.params]
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(spec.name)
-            T.func_attr({"tirx.noalias": True})
-            emit({n: T.arg(n, b) for n, b in zip(names, params)})
-    return ib.get()
-
-
-def replace_body(sch: s_tir.Schedule, spec: KernelSpec, build_fn) -> None:
-    """Replace the scheduled function's body (``sch.work_on`` selected it) with ``build_fn(spec, params)``'s."""
-    func = build_fn(spec, list(sch.mod[spec.name].params))
-    root = sch.get_sblock("root")
-    sch.state.replace(sch.get_sref(root), s_tir.stmt.SBlock([], [], [], "root", func.body))
+            f = f - T.Cast("float32x16", corr) * splat(32.0, "float32", 16)
+            self._acc(s, m, 0, f * bcast(d * self.xs[m * self.ngroups + u], 16))
 
 
 def build(spec: KernelSpec, params: list, vnni: bool) -> tirx.PrimFunc:

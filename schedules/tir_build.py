@@ -1,0 +1,96 @@
+"""Building blocks for schedules written directly as TIR with TVM's IR builder (``cpu_gemv``, ``cpu_amx``): vector
+loads and stores, shuffles, constants, reductions, the fused epilogue, and the PrimFunc that replaces a scheduled
+function's body. Every vector is an explicit TIR vector type, so LLVM sees exactly the widths written here.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from sdcompile.kernels.linear import activation
+from sdcompile.kernels.spec import KernelSpec
+
+
+def imm(v: int) -> tirx.IntImm:
+    return tirx.IntImm("int32", v)
+
+
+def vload(buf, start, lanes: int):
+    return buf[T.Ramp(start, 1, lanes)] if lanes > 1 else buf[start]
+
+
+def vstore(buf, start, value, lanes: int) -> None:
+    T.buffer_store(buf, value, [T.Ramp(start, 1, lanes)] if lanes > 1 else [start])
+
+
+def shuffle(vectors, idx) -> tirx.Expr:
+    return tirx.Shuffle(list(vectors), [imm(int(i)) for i in idx])
+
+
+def bcast(v, lanes: int) -> tirx.Expr:
+    return T.Broadcast(v, lanes)
+
+
+def splat(v, dtype: str, lanes: int) -> tirx.Expr:
+    return T.Broadcast(tirx.const(v, dtype), lanes)
+
+
+def reduce_tree(v, lanes: int, op):
+    """Reduce the lanes of v pairwise (halves, then quarters, ...); each level is bound once, since an unbound
+    vector used twice per level grows the expression 2^levels times (and TVM's passes with it)."""
+    while lanes > 1:
+        h = lanes // 2
+        v = T.bind(v)
+        v = op(shuffle([v], range(h)), shuffle([v], range(h, lanes)))
+        lanes = h
+    return v
+
+
+def hsum(v, lanes: int):
+    return reduce_tree(v, lanes, lambda a, b: a + b)
+
+
+def f16_to_f32(bits, lanes: int):
+    """f32 of IEEE half bits held in int16 lanes (vcvtph2ps)."""
+    if lanes == 1:
+        return T.Cast("float32", T.reinterpret("float16", bits))
+    return T.Cast(f"float32x{lanes}", T.reinterpret(f"float16x{lanes}", bits))
+
+
+def vconst(values, dtype: str):
+    """A constant vector (a shuffle of broadcasts, which LLVM folds into one constant)."""
+    values = list(values)
+    distinct = sorted(set(values))
+    vecs = [splat(v, dtype, len(values)) for v in distinct]
+    return shuffle(vecs, [distinct.index(v) * len(values) + i for i, v in enumerate(values)])
+
+
+def store_output(bufs: dict, act: str, m, n, v) -> None:
+    """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it)."""
+    if "bias" in bufs:
+        v = v + bufs["bias"][n]
+    v = activation(act, v)
+    if "res" in bufs:
+        v = v + bufs["res"][m, n]
+    T.buffer_store(bufs["y"], v, [m, n])
+
+
+def prim_func(spec: KernelSpec, params: list, emit) -> tirx.PrimFunc:
+    """A PrimFunc named for ``spec`` over the given parameter buffers (``spec.params`` order), whose body
+    ``emit(bufs)`` writes with the IR builder (bufs: parameter name -> buffer)."""
+    names = [p.name for p in spec.params]
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(spec.name)
+            T.func_attr({"tirx.noalias": True})
+            emit({n: T.arg(n, b) for n, b in zip(names, params)})
+    return ib.get()
+
+
+def replace_body(sch: s_tir.Schedule, spec: KernelSpec, build_fn) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with ``build_fn(spec, params)``'s."""
+    func = build_fn(spec, list(sch.mod[spec.name].params))
+    root = sch.get_sblock("root")
+    sch.state.replace(sch.get_sref(root), s_tir.stmt.SBlock([], [], [], "root", func.body))
