@@ -1,0 +1,1 @@
+"""Tests of the runtime's host-side pipelines (tokenizer, samplers, image I/O)."""
