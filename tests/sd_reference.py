@@ -1,0 +1,196 @@
+"""Reference Stable Diffusion 1.x components for tests: diffusers' UNet2DConditionModel and AutoencoderKL and
+transformers' CLIPTextModel holding the weights of an LDM state dict (`sdcompile.examples_sd.sd_state`).
+
+Independent of sdcompile's own naming code: the state dict is converted with diffusers' converters
+(`diffusers.loaders.single_file_utils.convert_ldm_*_checkpoint`), and the UNet/VAE configs come from diffusers'
+`create_*_diffusers_config_from_ldm` applied to the original LDM model config (v1-inference.yaml's fields), so a
+mistake in `sdcompile.models.sd_names` or in `examples_sd.*_config` cannot hide in the reference.
+
+Precision: float32 by default (the weights' own type); pass `dtype="f64"` for a float64 reference (the model and
+inputs are cast up, so it shows the error of an f32 implementation alone). torch runs on the CPU with 2 threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sdcompile.examples_sd import SdShape, text_config
+
+_DTYPES = {"f32": "float32", "f64": "float64"}
+
+
+def _torch():
+    import torch
+
+    torch.set_num_threads(2)
+    return torch
+
+
+def original_config(shape: SdShape) -> dict:
+    """The LDM model config (as in v1-inference.yaml) of `shape`: what diffusers' config builders read."""
+    u, v = shape.unet, shape.vae
+    base = u.block_out_channels[0]
+    mult = [c // base for c in u.block_out_channels]
+    if [base * m for m in mult] != list(u.block_out_channels):
+        raise ValueError(f"UNet widths {u.block_out_channels} are not multiples of the first")
+    # LDM marks attention levels by downsampling factor: level i works at 1/2^i of the latent size
+    attn_res = [2**i for i, a in enumerate(u.attention) if a]
+    vbase = v.block_out_channels[0]
+    return {
+        "model": {
+            "params": {
+                "scale_factor": v.scaling_factor,
+                "unet_config": {
+                    "params": {
+                        "in_channels": u.in_channels,
+                        "out_channels": u.out_channels,
+                        "model_channels": base,
+                        "attention_resolutions": attn_res,
+                        "num_res_blocks": u.layers_per_block,
+                        "channel_mult": mult,
+                        "num_heads": u.heads,
+                        "transformer_depth": u.transformer_depth,
+                        "context_dim": u.context_dim,
+                        "use_linear_in_transformer": False,
+                    }
+                },
+                "first_stage_config": {
+                    "params": {
+                        "ddconfig": {
+                            "z_channels": v.latent_channels,
+                            "resolution": v.sample_size,
+                            "in_channels": v.in_channels,
+                            "out_ch": v.out_channels,
+                            "ch": vbase,
+                            "ch_mult": [c // vbase for c in v.block_out_channels],
+                            "num_res_blocks": v.layers_per_block,
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+
+def diffusers_unet_config(shape: SdShape, state: dict | None = None) -> dict:
+    from diffusers.loaders.single_file_utils import create_unet_diffusers_config_from_ldm
+
+    cfg = create_unet_diffusers_config_from_ldm(original_config(shape), state or {})
+    cfg["norm_num_groups"] = shape.unet.groups  # not in LDM's config: LDM's normalization() always uses 32
+    return cfg
+
+
+def diffusers_vae_config(shape: SdShape, state: dict | None = None) -> dict:
+    from diffusers.loaders.single_file_utils import create_vae_diffusers_config_from_ldm
+
+    cfg = create_vae_diffusers_config_from_ldm(original_config(shape), state or {})
+    cfg["norm_num_groups"] = shape.vae.groups
+    return cfg
+
+
+def _tensors(state: dict[str, np.ndarray], prefix: str):
+    torch = _torch()
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items() if k.startswith(prefix)}
+
+
+def _finish(model, converted: dict, dtype: str):
+    torch = _torch()
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    missing = [m for m in missing if not m.endswith("position_ids")]
+    if missing or unexpected:
+        raise RuntimeError(f"reference model mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if dtype != "f32":
+        model = model.to(getattr(torch, _DTYPES[dtype]))
+    return model.eval()
+
+
+def unet_model(state: dict[str, np.ndarray], shape: SdShape, dtype: str = "f32"):
+    """diffusers' UNet2DConditionModel with the UNet weights of the LDM `state` (converted by diffusers)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
+
+    cfg = diffusers_unet_config(shape)
+    converted = convert_ldm_unet_checkpoint(_tensors(state, LDM_UNET_KEY), cfg)
+    return _finish(UNet2DConditionModel(**cfg), converted, dtype)
+
+
+def vae_model(state: dict[str, np.ndarray], shape: SdShape, dtype: str = "f32"):
+    """diffusers' AutoencoderKL with the VAE weights of the LDM `state` (converted by diffusers)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    cfg = diffusers_vae_config(shape)
+    converted = convert_ldm_vae_checkpoint(_tensors(state, "first_stage_model."), cfg)
+    return _finish(AutoencoderKL(**cfg), converted, dtype)
+
+
+def text_model(state: dict[str, np.ndarray], shape: SdShape, dtype: str = "f32"):
+    """transformers' CLIPTextModel with the text-encoder weights of the LDM `state` (converted by diffusers)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = {k: v for k, v in text_config(shape).items() if k not in ("architectures", "transformers_version")}
+    model = CLIPTextModel(CLIPTextConfig(**cfg))
+    converted = convert_ldm_clip_checkpoint(_tensors(state, "cond_stage_model.transformer."))
+    if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel (as diffusers handles it)
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    return _finish(model, converted, dtype)
+
+
+def _array(model, x: np.ndarray):
+    torch = _torch()
+    dt = next(model.parameters()).dtype
+    return torch.from_numpy(np.ascontiguousarray(x)).to(dt)
+
+
+def unet_eps(
+    state: dict[str, np.ndarray],
+    shape: SdShape,
+    latents: np.ndarray,
+    t: float | np.ndarray,
+    context: np.ndarray,
+    dtype: str = "f32",
+    model=None,
+) -> np.ndarray:
+    """The UNet's noise prediction for latents [B, 4, h, w], timestep(s) t and text context [B, 77, ctx] (float32)."""
+    torch = _torch()
+    model = model or unet_model(state, shape, dtype)
+    tt = torch.as_tensor(np.asarray(t, np.float64)).to(next(model.parameters()).dtype)
+    with torch.no_grad():
+        out = model(_array(model, latents), tt, encoder_hidden_states=_array(model, context)).sample
+    return out.float().numpy()
+
+
+def vae_decode(
+    state: dict[str, np.ndarray], shape: SdShape, latents: np.ndarray, dtype: str = "f32", model=None
+) -> np.ndarray:
+    """The decoder's image [B, 3, 8h, 8w] for latents [B, 4, h, w] as given: NOT divided by the scaling factor
+    (a pipeline decodes latents / 0.18215; pass them that way if that is what you compare)."""
+    torch = _torch()
+    model = model or vae_model(state, shape, dtype)
+    with torch.no_grad():
+        out = model.decode(_array(model, latents)).sample
+    return out.float().numpy()
+
+
+def vae_encode_mean(
+    state: dict[str, np.ndarray], shape: SdShape, image: np.ndarray, dtype: str = "f32", model=None
+) -> np.ndarray:
+    """The mean of the encoder's latent distribution for an image [B, 3, H, W] in [-1, 1]: not multiplied by the
+    scaling factor."""
+    torch = _torch()
+    model = model or vae_model(state, shape, dtype)
+    with torch.no_grad():
+        out = model.encode(_array(model, image)).latent_dist.mean
+    return out.float().numpy()
+
+
+def text_hidden(
+    state: dict[str, np.ndarray], shape: SdShape, ids: np.ndarray, dtype: str = "f32", model=None
+) -> np.ndarray:
+    """The text encoder's last hidden state [B, 77, width] for token ids [B, 77] (SD 1.x's context)."""
+    torch = _torch()
+    model = model or text_model(state, shape, dtype)
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).last_hidden_state
+    return out.float().numpy()
