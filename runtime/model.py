@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.errors import RuntimeFailure
 
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (2,)
 
 
 def _sha256(path: Path) -> str:
@@ -85,25 +85,58 @@ def _words(raw: np.ndarray) -> np.ndarray:
     return b.view(np.uint32)
 
 
+class DeviceTensor:
+    """A function's output left on the device: pass it as another call's input and no bytes cross to the host.
+    It stays valid until the function that produced it runs again."""
+
+    __slots__ = ("buffer", "shape", "dtype")
+
+    def __init__(self, buffer, shape: tuple[int, ...], dtype: str) -> None:
+        self.buffer, self.shape, self.dtype = buffer, tuple(shape), dtype
+
+
 class Model:
-    """A loaded artifact. `run({"input_ids": ids})` returns {"last_hidden_state": array}."""
+    """A loaded artifact: a module of functions sharing weights and slot buffers.
+
+    ``call(fn, inputs)`` runs one function; ``run(inputs)`` runs the only function (a text encoder's
+    ``encode_text``), splitting a larger batch into compiled-size chunks.
+    """
 
     def __init__(self, path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> None:
         self.path = Path(path)
         self.manifest = m = read_manifest(self.path)
         if verify:
             verify_files(self.path, m)
-        self.plan = m["plan"]
+        self.functions: dict[str, dict] = m["functions"]
         self.ex = _make_executor(self.path, m, num_threads)
         self.device = self.ex.device_info()
         self._check_memory()
         self._load_weights()
         self._load_luts()
-        self.slots = [self.ex.alloc(n) for n in self.plan["slots"]]
-        self.inputs = {}
-        for name, spec in self.plan["inputs"].items():
-            self.inputs[name] = self.ex.alloc(int(np.prod(spec["shape"])) * 4)
+        # Functions run one at a time, so they share slots: slot i is as large as its largest use.
+        sizes: list[int] = []
+        for f in self.functions.values():
+            for i, n in enumerate(f["slots"]):
+                if i == len(sizes):
+                    sizes.append(0)
+                sizes[i] = max(sizes[i], int(n))
+        self.slots = [self.ex.alloc(n) for n in sizes]
+        self.inputs: dict[str, dict[str, object]] = {}
+        self.outputs: dict[str, dict[str, object]] = {}
+        for fn, f in self.functions.items():
+            self.inputs[fn] = {k: self.ex.alloc(_nbytes(v)) for k, v in f["inputs"].items()}
+            self.outputs[fn] = {k: self.ex.alloc(_nbytes(v)) for k, v in f["outputs"].items()}
         self._kparams = {name: k["params"] for name, k in m["kernels"]["kernels"].items()}
+
+    @property
+    def plan(self) -> dict:
+        """The plan of a single-function artifact (a text encoder)."""
+        return self.functions[self._only()]
+
+    def _only(self) -> str:
+        if len(self.functions) != 1:
+            raise RuntimeFailure(f"{self.path} holds functions {sorted(self.functions)}: name the one to run")
+        return next(iter(self.functions))
 
     def _check_memory(self) -> None:
         peak = self.manifest["memory"]["peak_bytes"]
@@ -153,7 +186,7 @@ class Model:
                 buf = self.ex.alloc(words.nbytes)
                 self.ex.upload(buf, words)
                 self.luts[name] = (buf, n)
-        for step in self.plan["steps"]:
+        for step in (st for f in self.functions.values() for st in f["steps"]):
             params = self.manifest["kernels"]["kernels"][step["kernel"]]["params"]
             for ref, p in zip(step["args"], params):
                 if "lut" not in ref:
@@ -167,7 +200,7 @@ class Model:
                         + "; recompile"
                     )
 
-    def _arg(self, ref: dict, param: dict):
+    def _arg(self, fn: str, ref: dict, param: dict, bound: dict):
         """(buffer, shape, dtype) for one kernel argument, as the parameter's kind says the kernel reads it."""
         shape = tuple(param["shape"])
         if "lut" in ref:  # a constant table, shared by every kernel that reads it
@@ -179,31 +212,82 @@ class Model:
             return (buf, shape, "float32")  # small f32 tensors (bias, norm, positions)
         if "slot" in ref:
             return (self.slots[ref["slot"]], shape, param["dtype"])
-        return (self.inputs[ref["input"]], shape, param["dtype"])
+        if "output" in ref:
+            return (self.outputs[fn][ref["output"]], shape, param["dtype"])
+        return (bound[ref["input"]], shape, param["dtype"])
 
-    def _check_input(self, name: str, arr: np.ndarray) -> np.ndarray:
-        spec = self.plan["inputs"][name]
+    def _check_input(self, fn: str, name: str, arr) -> np.ndarray:
+        spec = self.functions[fn]["inputs"][name]
+        want = tuple(spec["shape"])
+        if isinstance(arr, DeviceTensor):
+            if arr.shape != want:
+                raise RuntimeFailure(f"{fn}: input {name!r} has shape {list(arr.shape)}; expected {list(want)}")
+            return arr
         arr = np.asarray(arr)
-        if arr.dtype.name not in spec["accept"]:
-            raise RuntimeFailure(f"input {name!r} has dtype {arr.dtype}; expected one of {spec['accept']}")
-        if arr.ndim == 1:
-            arr = arr[None]
-        if arr.ndim != 2 or arr.shape[1] != spec["shape"][1]:
-            raise RuntimeFailure(f"input {name!r} has shape {arr.shape}; expected [batch, {spec['shape'][1]}]")
+        accept = spec.get("accept", [spec["dtype"]])
+        if arr.dtype.name not in accept and not (spec["dtype"] == "float32" and arr.dtype.kind == "f"):
+            raise RuntimeFailure(f"{fn}: input {name!r} has dtype {arr.dtype}; expected one of {accept}")
+        if arr.shape != want:
+            raise RuntimeFailure(f"{fn}: input {name!r} has shape {list(arr.shape)}; expected {list(want)}")
         hi = spec.get("max_value")
-        if arr.size and (arr.min() < 0 or (hi is not None and arr.max() > hi)):
-            raise RuntimeFailure(f"input {name!r} holds ids outside 0..{hi} (the model's vocabulary)")
-        return arr.astype(np.int32)
+        if "accept" in spec and arr.size and (arr.min() < 0 or (hi is not None and arr.max() > hi)):
+            raise RuntimeFailure(f"{fn}: input {name!r} holds ids outside 0..{hi} (the model's vocabulary)")
+        if not np.isfinite(arr).all() if arr.dtype.kind == "f" else False:
+            raise RuntimeFailure(f"{fn}: input {name!r} holds NaN or infinite values")
+        return np.ascontiguousarray(arr.astype(spec["dtype"]))
+
+    def call(self, fn: str, inputs: dict, *, download: bool = True) -> dict:
+        """Run function ``fn``. Inputs are arrays or `DeviceTensor`s (outputs of an earlier call, which stay on the
+        device). Returns arrays, or with ``download=False`` `DeviceTensor`s valid until ``fn`` runs again."""
+        if fn not in self.functions:
+            raise RuntimeFailure(f"{self.path} has no function {fn!r}; it holds {sorted(self.functions)}")
+        f = self.functions[fn]
+        unknown, missing = set(inputs) - set(f["inputs"]), set(f["inputs"]) - set(inputs)
+        if unknown or missing:
+            raise RuntimeFailure(f"{fn}: inputs {sorted(inputs)} do not match its signature {sorted(f['inputs'])}")
+        bound = {}
+        for k, v in inputs.items():
+            v = self._check_input(fn, k, v)
+            if isinstance(v, DeviceTensor):
+                bound[k] = v.buffer
+            else:
+                self.ex.upload(self.inputs[fn][k], v.reshape(-1))
+                bound[k] = self.inputs[fn][k]
+        for step in f["steps"]:
+            params = self._kparams[step["kernel"]]
+            self.ex.launch(step["kernel"], [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)])
+        if not download:
+            return {o: DeviceTensor(self.outputs[fn][o], s["shape"], s["dtype"]) for o, s in f["outputs"].items()}
+        self.ex.synchronize()
+        return {
+            o: self.download(DeviceTensor(self.outputs[fn][o], s["shape"], s["dtype"])) for o, s in f["outputs"].items()
+        }
+
+    def download(self, t: DeviceTensor) -> np.ndarray:
+        return self.ex.download(t.buffer, (int(np.prod(t.shape)),), t.dtype).reshape(t.shape)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        unknown = set(inputs) - set(self.plan["inputs"])
-        missing = set(self.plan["inputs"]) - set(inputs)
+        """Run the only function on arrays whose first axis is a batch of any size: split into compiled-size
+        chunks (the last one padded, its extra rows dropped)."""
+        fn = self._only()
+        f = self.functions[fn]
+        unknown, missing = set(inputs) - set(f["inputs"]), set(f["inputs"]) - set(inputs)
         if unknown or missing:
-            raise RuntimeFailure(f"inputs {sorted(inputs)} do not match the model's {sorted(self.plan['inputs'])}")
-        arrays = {k: self._check_input(k, v) for k, v in inputs.items()}
-        batch = self.plan["inputs"][next(iter(arrays))]["shape"][0]
+            raise RuntimeFailure(f"inputs {sorted(inputs)} do not match the model's {sorted(f['inputs'])}")
+        arrays = {}
+        for k, v in inputs.items():
+            a = np.asarray(v)
+            want = f["inputs"][k]["shape"]
+            if a.ndim == len(want) - 1:
+                a = a[None]
+            if a.ndim != len(want) or list(a.shape[1:]) != list(want[1:]):
+                raise RuntimeFailure(
+                    f"input {k!r} has shape {a.shape}; expected [batch, {', '.join(map(str, want[1:]))}]"
+                )
+            arrays[k] = a
+        batch = f["inputs"][next(iter(arrays))]["shape"][0]
         total = next(iter(arrays.values())).shape[0]
-        outs: dict[str, list[np.ndarray]] = {o: [] for o in self.plan["outputs"]}
+        outs: dict[str, list[np.ndarray]] = {o: [] for o in f["outputs"]}
         for start in range(0, total, batch):
             chunk = {}
             for k, a in arrays.items():
@@ -211,25 +295,15 @@ class Model:
                 if part.shape[0] < batch:  # pad the last chunk; its extra rows are dropped below
                     part = np.concatenate([part, np.zeros((batch - part.shape[0], *part.shape[1:]), part.dtype)])
                 chunk[k] = part
-            res = self._run_compiled(chunk)
+            res = self.call(fn, chunk)
             n = min(batch, total - start)
             for o, v in res.items():
                 outs[o].append(v[:n])
         return {o: np.concatenate(v) for o, v in outs.items()}
 
-    def _run_compiled(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for k, a in chunk.items():
-            self.ex.upload(self.inputs[k], np.ascontiguousarray(a).reshape(-1))
-        for step in self.plan["steps"]:
-            params = self._kparams[step["kernel"]]
-            args = [self._arg(ref, p) for ref, p in zip(step["args"], params)]
-            self.ex.launch(step["kernel"], args)
-        self.ex.synchronize()
-        res = {}
-        for o, spec in self.plan["outputs"].items():
-            flat = self.ex.download(self.slots[spec["slot"]], (int(np.prod(spec["shape"])),), "float32")
-            res[o] = flat.reshape(spec["shape"])
-        return res
+
+def _nbytes(spec: dict) -> int:
+    return max(4, int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize)
 
 
 def load(path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> Model:

@@ -1,4 +1,8 @@
-"""How each kernel runs fast on each target: one schedule rule per (target family, op).
+"""How each kernel runs fast on each target: one schedule rule per (target kind, schedule family).
+
+A kernel op names its family in ``sdcompile/kernels/spec.py``: the hot kernels have their own (``linear`` — also
+conv2d, whose patch stage is inlined first —, ``attention``, the norms, ``embed``); pointwise and data-movement ops
+share ``injective`` (``schedules/injective.py``), so a new one needs no schedule of its own.
 
 ``cpu`` is LLVM; ``gpu`` is shared by WebGPU (WGSL, run on Vulkan) and CUDA and stays within WebGPU's limits
 (256 invocations and 16 KB of workgroup memory per workgroup).
@@ -8,19 +12,21 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, cpu_amx, cpu_gemv, gpu
+from schedules import cpu, cpu_amx, cpu_gemv, gpu, injective
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
-RULES = {"cpu": cpu.RULES, "gpu": gpu.RULES}
+RULES = {"cpu": cpu.RULES | {"injective": injective.cpu}, "gpu": gpu.RULES | {"injective": injective.gpu}}
 
 
 def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | None = None) -> None:
     """Schedule the function ``spec.name`` (already selected with ``sch.work_on``) for ``kind``."""
     try:
-        rule = RULES[kind][spec.op]
+        rule = RULES[kind][spec.family]
     except KeyError:
-        raise ValueError(f"no {kind} schedule for op {spec.op!r}") from None
+        raise ValueError(f"no {kind} schedule for op {spec.op!r} (family {spec.family!r})") from None
+    if spec.op == "conv2d" and kind == "cpu":  # implicit GEMM: the patches become the matmul's input expression
+        sch.compute_inline(sch.get_sblock("xcol"))
     if kind == "cpu":
         info = cpu_info or CpuInfo()
         if cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX

@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from sdcompile.kernels.dequant import scale_stages
-from sdcompile.kernels.spec import KernelSpec
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from sdcompile.quant.types import get as get_type
 
 # --- exp ---------------------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def _row_block(M: int, mr: int, target: int = 512) -> int:
 
 
 def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
-    M, N, K = (int(spec.attr(k)) for k in "MNK")
+    M, N, K = gemm_mnk(spec)
     wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
     mr, nv = register_tile(M, N, cpu)
     nb = nv * cpu.lanes if N % cpu.lanes == 0 else _divisor(N, 64)  # output columns per task
@@ -233,15 +233,18 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     row reductions and one libm expf call per score.
     """
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+    T = int(spec.attr("T", S))  # keys: S for self-attention, the context length for cross-attention
     score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
-    if S == 1:  # one key, o = v: every loop below would have extent 1, and compute_at drops those
+    if T == 1 or S == 1:  # one key (o = v) or one query: loops of extent 1 below, which compute_at drops
         sch.parallel(sch.get_loops(o)[0])
         return
-    kl, el = _lanes_for(S, cpu), _lanes_for(Dh, cpu)  # lanes over keys, over head channels
+    kl, el = _lanes_for(T, cpu), _lanes_for(Dh, cpu)  # lanes over keys, over head channels
     rows, ev = register_tile(S, Dh, CpuInfo(lanes=el, registers=cpu.registers))
     # Parallel tasks: heads, and for fewer than 8 heads (a VAE's single-head attention) row groups as well; each
     # task stages its head's keys once, so more groups would repeat that transpose.
-    groups = _divisor(S // rows, -(-8 // (B * H)))
+    # Row groups only for one image: with B > 1 the fused (b, h, group) task loop makes TVM's region analysis see
+    # the staged keys as written piecewise and refuse to vectorize (B images already give B tasks).
+    groups = _divisor(S // rows, -(-8 // (B * H))) if B == 1 else 1
     r, c = sch.get_loops(o)
     b, i = sch.split(r, [B, S])
     h, e = sch.split(c, [H, Dh])
@@ -265,7 +268,7 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     # Scores: for each channel d, rows x u key vectors accumulate in registers (each kt vector serves all rows,
     # each q[i, d] becomes an FMA's broadcast operand).
     *ri, j, d = sch.get_loops(score)[2:]
-    nkv = S // kl
+    nkv = T // kl
     u = max(f for f in range(1, nkv + 1) if nkv % f == 0 and f * rows + f + 1 <= cpu.registers)
     jt, ju, jv = sch.split(j, [None, u, kl])
     sch.reorder(jt, d, *ri, ju, jv)
@@ -292,4 +295,27 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     sch.vectorize(e1)
 
 
-RULES = {"linear": linear, "embed": embed, "layer_norm": layer_norm, "attention": attention}
+def group_norm(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
+    """One parallel task per (image, group): its two statistics, then its outputs, while the group is in cache.
+    Output loops (b, n, c) become (b, g, n, c') with c = g * C/G + c'."""
+    C, G = int(spec.attr("C")), int(spec.attr("G"))
+    mean, var, y = (sch.get_sblock(n) for n in ("mean", "var", "y"))
+    b, n, c = sch.get_loops(y)
+    g, c1 = sch.split(c, [G, C // G])
+    sch.reorder(b, g, n, c1)
+    task = sch.fuse(b, g)
+    sch.parallel(task)
+    for blk in (var, mean):
+        sch.compute_at(blk, task)
+    if (C // G) % cpu.lanes == 0:
+        _, v = sch.split(c1, [None, cpu.lanes])
+        sch.vectorize(v)
+
+
+RULES = {
+    "linear": linear,
+    "embed": embed,
+    "layer_norm": layer_norm,
+    "group_norm": group_norm,
+    "attention": attention,
+}

@@ -12,7 +12,7 @@ from tvm import s_tir
 
 from sdcompile.errors import NoKernelError
 from sdcompile.kernels.dequant import scale_stages
-from sdcompile.kernels.spec import KernelSpec
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
 MAX_THREADS = 256
 SHARED_BYTES = 16384
@@ -53,7 +53,7 @@ def gemv(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     the GEMV_THREADS threads of a row split K, each decoding its own elements straight into a register sum (no
     workgroup-memory staging: every weight is used once), and a workgroup-memory tree reduction (TVM's cross-thread
     allreduce, no subgroup operations) combines them; the epilogue runs on the reduced value."""
-    K = int(spec.attr("K"))
+    K = _mk(spec)[1]
     mm, y = sch.get_sblock("mm"), sch.get_sblock("y")
     sch.compute_inline(sch.get_sblock("wdq"))
     tx = GEMV_THREADS
@@ -78,17 +78,26 @@ def gemv(sch: s_tir.Schedule, spec: KernelSpec) -> None:
 
 
 def linear(sch: s_tir.Schedule, spec: KernelSpec) -> None:
-    if int(spec.attr("M")) == 1 and _gemv_fits(int(spec.attr("N")), int(spec.attr("K"))):
+    M, K = _mk(spec)
+    if M == 1 and _gemv_fits(int(spec.attr("N")), K):
+        if spec.op == "conv2d":
+            sch.compute_inline(sch.get_sblock("xcol"))
         gemv(sch, spec)
     else:
         tiled(sch, spec)
+
+
+def _mk(spec: KernelSpec) -> tuple[int, int]:
+    """Rows and reduction length of a linear or conv2d spec (a conv is a GEMM over its patches)."""
+    m, _, k = gemm_mnk(spec)
+    return m, k
 
 
 def tiled(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     """Tiled matmul: a workgroup computes a BM x BN output tile, each thread TM x TN of it in registers; per BK
     slice of K, x and the decoded weight are staged in workgroup memory, each weight element decoded once per
     workgroup (the decode is fused into the staging, so a quant type costs nothing extra in the inner loop)."""
-    M, N, K = (int(spec.attr(k)) for k in "MNK")
+    M, K = _mk(spec)
     wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
     # Rows per workgroup follow M: 8 threads x 4 rows for a long input, fewer for a prompt or a decode step (M = 1
     # would otherwise leave 7 of 8 thread rows idle); the freed threads widen the tile along N instead.
@@ -113,7 +122,11 @@ def tiled(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     sch.bind(nt, "threadIdx.x")
     sch.reverse_compute_at(acc, nt)
 
-    xs = sch.cache_read(mm, _read_index(sch, mm, "x"), "shared")
+    if spec.op == "conv2d":  # the patch stage itself is what the workgroup stages (never the whole image)
+        xs = sch.get_sblock("xcol")
+        sch.set_scope(xs, 0, "shared")
+    else:
+        xs = sch.cache_read(mm, _read_index(sch, mm, "x"), "shared")
     sch.compute_at(xs, ko)
     _cooperative(sch, xs, 5, ("threadIdx.y", "threadIdx.x"), (ty, tx))
     sch.set_scope(wdq, 0, "shared")
@@ -173,12 +186,13 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     key loop when t does not divide S, which TVM refuses ("Cannot insert syncs inside condition").
     """
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+    T = int(spec.attr("T", S))
     # Threads = channels of a head (or a divisor of it): an exact split keeps the head index affine, which the
     # compute_at region analysis needs to see that a workgroup touches a single head.
     t = Dh if Dh <= MAX_THREADS else max(f for f in range(1, MAX_THREADS + 1) if Dh % f == 0)
-    if S > MAX_ATTENTION_SEQ:
+    if T > MAX_ATTENTION_SEQ:
         raise NoKernelError(
-            f"GPU attention keeps a row of S={S} probabilities in workgroup memory ({S * 4} bytes; at most "
+            f"GPU attention keeps a row of T={T} probabilities in workgroup memory ({T * 4} bytes; at most "
             f"{MAX_ATTENTION_SEQ} keys fit in WebGPU's 16 KB): longer sequences need a tiled kernel or CPU placement"
         )
     score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
@@ -203,4 +217,31 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
         sch.bind(j1, "threadIdx.x")
 
 
-RULES = {"linear": linear, "embed": embed, "layer_norm": layer_norm, "attention": attention}
+def group_norm(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    """One workgroup per (image, group): the group's mean and variance are workgroup reductions (as layer_norm's),
+    then its threads write the group's outputs. Output loops (b, n, c) become (b, g, n, c') with
+    c = g * C/G + c'."""
+    B, N, C, G = (int(spec.attr(k)) for k in ("B", "N", "C", "G"))
+    t = _row_threads(N * (C // G))
+    mean, var, y = (sch.get_sblock(n) for n in ("mean", "var", "y"))
+    b, n, c = sch.get_loops(y)
+    g, c1 = sch.split(c, [G, C // G])
+    sch.reorder(b, g, n, c1)
+    bg = sch.fuse(b, g)
+    sch.bind(bg, "blockIdx.x")
+    _, tx = sch.split(sch.fuse(n, c1), [None, t])
+    sch.bind(tx, "threadIdx.x")
+    for red in (var, mean):
+        sch.set_scope(red, 0, "shared")
+        sch.compute_at(red, bg)
+        _, r1 = sch.split(sch.get_loops(red)[-1], [None, t])
+        sch.bind(r1, "threadIdx.x")
+
+
+RULES = {
+    "linear": linear,
+    "embed": embed,
+    "layer_norm": layer_norm,
+    "group_norm": group_norm,
+    "attention": attention,
+}

@@ -18,6 +18,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch is pinned to the CPU build that the test extras name; pip takes it from a local wheel where one exists.
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     .venv/bin/python -m pip install -q -e ".[vulkan,test,bench]"
+  # The OpenAI CLIP BPE vocabulary (MIT licence) ships in clip-anytorch; its declared dependencies (torchvision)
+  # would replace the CPU torch, and only the vocabulary file is used, so it is installed alone.
+  .venv/bin/python -m pip install -q --no-deps clip-anytorch==2.6.0
   echo "$want" > "$stamp"
 fi
 

@@ -16,13 +16,14 @@ from sdcompile.codegen.artifact import (
     write_luts,
     write_weights_gguf,
 )
-from sdcompile.codegen.plan import build_plan, plan_luts
+from sdcompile.codegen.plan import build_plans, plan_luts
 from sdcompile.errors import OptionError
-from sdcompile.formats import open_store
-from sdcompile.ir import Graph
+from sdcompile.ir import Module
 from sdcompile.ir.weights import raw_bytes
-from sdcompile.models import lift
+from sdcompile.models import lift_module
+from sdcompile.models.inputs import open_model
 from sdcompile.passes.context import CompileOptions, PassContext
+from sdcompile.passes.memory_plan import check_module
 from sdcompile.passes.pipeline import PIPELINE, run_pipeline
 
 
@@ -48,12 +49,47 @@ class _Progress:
 
 def compile_graph_passes(
     path: Path, options: CompileOptions, dump_ir: Path | None = None, on_pass=None
-) -> tuple[Graph, PassContext, Any]:
-    store = open_store(path)
-    g = lift(store, batch=options.batch)
+) -> tuple[Module, PassContext, Any]:
+    """Open the model, lift its module and run the pass pipeline on every function; then plan memory for the
+    module as a whole (the functions share slot buffers and run one after another)."""
+    store, configs = open_model(path, options)
+    mod = lift_module(store, options, configs)
     ctx = PassContext(options)
-    g = run_pipeline(g, ctx, dump_ir=dump_ir, on_pass=on_pass)
-    return g, ctx, store
+    reports: dict[str, dict] = {}
+    for name, g in list(mod.functions.items()):
+        ctx.report = {}
+        mod.functions[name] = run_pipeline(g, ctx, dump_ir=dump_ir / name if dump_ir else None, on_pass=on_pass)
+        reports[name] = ctx.report
+    ctx.report = _merge_reports(reports)
+    check_module(mod.functions, ctx)
+    return mod, ctx, store
+
+
+def _merge_reports(reports: dict[str, dict]) -> dict:
+    """One report for the module: quantize decisions per tensor (identical across functions that share a weight),
+    fusion and legalization summed over functions."""
+    out: dict[str, Any] = {"quantize": {"types": {}, "tensors": []}, "fuse": {"fired": {}, "declined": {}, "nodes": 0}}
+    seen: set[str] = set()
+    fallbacks: list[dict] = []
+    native = 0
+    for rep in reports.values():
+        for d in rep["quantize"]["tensors"]:
+            if d["tensor"] not in seen:
+                seen.add(d["tensor"])
+                out["quantize"]["tensors"].append(d)
+                out["quantize"]["types"][d["to"]] = out["quantize"]["types"].get(d["to"], 0) + 1
+        for k, v in rep["fuse"]["fired"].items():
+            out["fuse"]["fired"][k] = out["fuse"]["fired"].get(k, 0) + v
+        out["fuse"]["declined"].update(rep["fuse"]["declined"])
+        out["fuse"]["nodes"] += rep["fuse"]["nodes"]
+        native += rep["legalize"]["native"]
+        fallbacks += [f for f in rep["legalize"]["fallbacks"] if f not in fallbacks]
+        out["legalize"] = dict(rep["legalize"])
+    out["quantize"]["types"] = dict(sorted(out["quantize"]["types"].items()))
+    if "legalize" in out:
+        out["legalize"]["native"] = native
+        out["legalize"]["fallbacks"] = fallbacks
+    return out
 
 
 def _default_budget(target: str) -> tuple[int | None, str]:
@@ -77,14 +113,14 @@ def _default_budget(target: str) -> tuple[int | None, str]:
 
 
 def compile_model(
-    path: str | Path,
+    path: str | Path | None,
     out_dir: str | Path,
     options: CompileOptions,
     *,
     progress: bool = False,
     dump_ir: Path | None = None,
 ) -> dict[str, Any]:
-    path, out_dir = Path(path), Path(out_dir)
+    path, out_dir = (Path(path) if path is not None else None), Path(out_dir)
     if options.target not in ("cpu", "vulkan", "cuda"):
         raise OptionError(f"unknown target {options.target!r}; choose cpu, vulkan or cuda")
     budget_source = "--memory-budget"
@@ -93,11 +129,12 @@ def compile_model(
     bar = _Progress(progress, total=len(PIPELINE) + 4)
     try:
         bar.step("lift", 0)
-        g, ctx, store = compile_graph_passes(path, options, dump_ir, on_pass=bar.step)
+        mod, ctx, store = compile_graph_passes(path, options, dump_ir, on_pass=bar.step)
         ctx.report["memory"]["budget_source"] = budget_source
-        specs, plan = build_plan(g)
+        specs, plans = build_plans(mod.functions)
         bar.step("plan")
-        weights = [(v.name, v.dtype, v.shape) for v in sorted(g.weights(), key=lambda v: v.name)]
+        pool = mod.weights()
+        weights = [(v.name, v.dtype, v.shape) for v in sorted(pool.values(), key=lambda v: v.name)]
 
         manifest: dict[str, Any] = {
             "format": "sdcompile-artifact",
@@ -105,12 +142,13 @@ def compile_model(
             "sdcompile_version": __version__,
             "tvm_version": _tvm_version(),
             "source": {
-                "file": path.name,
-                "sha256": sha256_file(path),
+                **_source_hashes(path, options),
                 "format": store.format,
-                "family": g.meta.get("family"),
-                "convention": g.meta.get("convention"),
-                "config": g.meta.get("config"),
+                "family": mod.meta.get("family"),
+                "convention": next(iter(mod.functions.values())).meta.get("convention"),
+                "config": mod.meta.get("config"),
+                "assumptions": mod.meta.get("assumptions", []),
+                "ignored": mod.meta.get("ignored", {}),
             },
             "target": options.target,
             "options": {
@@ -120,7 +158,7 @@ def compile_model(
                 "batch": options.batch,
                 "memory_budget": options.memory_budget,
             },
-            "plan": plan,
+            "functions": plans,
             "weights": {"file": WEIGHTS_FILE, "tensors": {n: {"dtype": t, "shape": list(s)} for n, t, s in weights}},
             "memory": ctx.report["memory"],
             "report": {k: ctx.report[k] for k in ("quantize", "fuse", "legalize")},
@@ -128,11 +166,12 @@ def compile_model(
 
         def fill(tmp: Path) -> None:
             manifest["kernels"] = _build_kernels(specs, options, tmp, bar)
-            values = {v.name: v for v in g.weights()}
+            values = pool
             write_weights_gguf(tmp / WEIGHTS_FILE, [(n, t, s, raw_bytes(values[n])) for n, t, s in weights])
             luts = plan_luts(specs)
             if luts:  # only i-quant kernels read tables; other artifacts keep their exact former contents
                 manifest["luts"] = write_luts(tmp / LUTS_FILE, luts)
+            _write_extras(tmp, manifest, mod)
             bar.step("weights")
 
         write_artifact(out_dir, manifest, fill)
@@ -140,6 +179,60 @@ def compile_model(
     finally:
         bar.close()
     return manifest
+
+
+def _source_hashes(path: Path | None, options: CompileOptions) -> dict[str, Any]:
+    """The input files (a checkpoint, a diffusers directory's weights and configs, separate component files) by
+    name with their SHA-256, and one hash over all of them; names only, never this machine's paths."""
+    import hashlib
+
+    files: list[tuple[str, Path]] = []
+    if path is not None and path.is_dir():
+        files += [(str(p.relative_to(path)), p) for p in sorted(path.rglob("*")) if p.is_file()]
+    elif path is not None:
+        files.append((path.name, path))
+    for role in ("diffusion_model", "vae", "clip_l"):
+        f = getattr(options, role)
+        if f:
+            files.append((f"{role}:{Path(f).name}", Path(f)))
+    hashes = {name: sha256_file(p) for name, p in files}
+    total = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in sorted(hashes.items())).encode()).hexdigest()
+    name = path.name if path is not None else "+".join(n for n, _ in files)
+    return {"file": name, "sha256": hashes[files[0][0]] if len(files) == 1 else total, "files": hashes}
+
+
+def _write_extras(tmp: Path, manifest: dict[str, Any], mod: Module) -> None:
+    """What a pipeline needs besides kernels and weights: an SD artifact carries the CLIP BPE vocabulary (MIT
+    licence, from the clip-anytorch package) so the runtime tokenizes without any package or network, and the
+    scheduler configuration it was trained with."""
+    if mod.meta.get("family") != "sd" or "encode_text" not in mod.functions:
+        return
+    import shutil
+
+    from runtime.pipelines.tokenizer import find_vocab
+
+    vocab = find_vocab()
+    if vocab is None:
+        from sdcompile.errors import ToolchainError
+
+        raise ToolchainError(
+            "the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz) was not found: install it with "
+            "`pip install --no-deps clip-anytorch==2.6.0` (scripts/setup.sh does)"
+        )
+    shutil.copyfile(vocab, tmp / VOCAB_FILE)
+    cfg = mod.meta.get("config") or {}
+    unet = cfg.get("unet") or {}
+    manifest["pipeline"] = {
+        "kind": "stable-diffusion",
+        "vocab": {"file": VOCAB_FILE, "licence": "MIT (OpenAI CLIP)", "pad_token_id": 49407},
+        "scheduler": mod.meta.get("scheduler") or {"prediction_type": unet.get("prediction", "epsilon")},
+        "vae_scaling_factor": (cfg.get("vae") or {}).get("scaling_factor"),
+        "sizes": cfg.get("sizes"),
+        "batch": cfg.get("batch"),
+    }
+
+
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
 def _build_kernels(specs, options: CompileOptions, out: Path, bar: _Progress) -> dict[str, Any]:

@@ -32,19 +32,36 @@ def inspect_file(path: Path) -> dict[str, Any]:
         ],
     }
     if family is not None:
-        from sdcompile.models import lift
+        from sdcompile.models import lift_module
         from sdcompile.passes import fuse, memory_plan, quantize
         from sdcompile.passes.context import CompileOptions, PassContext
 
-        g = lift(store)
-        info["model"] = g.meta.get("config", {})
-        ctx = PassContext(CompileOptions())
-        for p in (quantize.run, fuse.run, memory_plan.run):  # as compiled, minus target-specific legalization
-            g = p(g, ctx)
+        opts = CompileOptions()
+        mod = lift_module(store, opts)
+        cfg = mod.meta.get("config", {})
+        info["model"] = cfg
+        info["assumptions"] = mod.meta.get("assumptions", [])
+        info["ignored"] = mod.meta.get("ignored", {})
+        info["functions"] = {
+            name: {
+                "inputs": {i: list(g.values[i].shape) for i in g.inputs},
+                "outputs": {o: list(g.values[o].shape) for o in g.outputs},
+            }
+            for name, g in mod.functions.items()
+        }
+        ctx = PassContext(opts)
+        for name, g in mod.functions.items():
+            for p in (quantize.run, fuse.run, memory_plan.run):  # as compiled, minus target-specific legalization
+                g = p(g, ctx)
+            mod.functions[name] = g
+        memory_plan.check_module(mod.functions, ctx)
         info["memory_estimate"] = {
             k: ctx.report["memory"][k] for k in ("weights_bytes", "activation_bytes", "peak_bytes")
         }
-        info["memory_estimate"]["note"] = "batch 1, weights as stored (norms and biases as f32)"
+        info["memory_estimate"]["note"] = (
+            f"{'SD at ' + ', '.join(f'{w}x{h}' for w, h in opts.sizes) + ', guidance batch 2' if family == 'sd' else 'batch 1'}"
+            ", weights as stored (norms and biases as f32)"
+        )
     return info
 
 
@@ -63,7 +80,7 @@ def render_inspect(info: dict[str, Any], tensors: bool = False) -> str:
         f"model     {info['family'] or 'not recognised'}",
         f"tensors   {info['tensors']} ({fmt_bytes(info['bytes'])})",
     ]
-    if "model" in info:
+    if "model" in info and info["family"] == "clip_text":
         cfg = info["model"]
         lines.append(
             "config    "
@@ -71,6 +88,30 @@ def render_inspect(info: dict[str, Any], tensors: bool = False) -> str:
                 f"{k}={cfg[k]}" for k in ("convention", "vocab", "width", "layers", "heads", "mlp", "positions", "act")
             )
         )
+    elif "model" in info:
+        cfg = info["model"]
+        u, v = cfg.get("unet") or {}, cfg.get("vae") or {}
+        if u:
+            lines.append(
+                f"unet      {u['family']}, {u['in_channels']}->{u['out_channels']} channels, width {u['model_channels']}, "
+                f"context {u['context_dim']}, "
+                + (f"{u['heads']} heads" if u.get("heads") else f"{u['head_dim']} channels per head")
+                + f", predicts {u['prediction']}"
+            )
+        if v:
+            lines.append(f"vae       {v['latent_channels']} latent channels, scaling factor {v['scaling_factor']}")
+        for fn, sig in info.get("functions", {}).items():
+            ins = ", ".join(f"{k}{v}" for k, v in sig["inputs"].items())
+            outs = ", ".join(f"{k}{v}" for k, v in sig["outputs"].items())
+            lines.append(f"function  {fn}({ins}) -> {outs}")
+    for a in info.get("assumptions", []):
+        lines.append(f"assumed   {a}")
+    if info.get("ignored"):
+        reasons: dict[str, int] = {}
+        for why in info["ignored"].values():
+            reasons[why] = reasons.get(why, 0) + 1
+        for why, n in sorted(reasons.items()):
+            lines.append(f"ignored   {n} tensors: {why}")
     lines.append("")
     lines.append(f"{'component':<14}{'tensors':>8}{'size':>12}  types")
     for name, c in info["components"].items():

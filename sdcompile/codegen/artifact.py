@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a module of several functions ("functions"), not one "plan"
 WEIGHTS_FILE = "weights.gguf"
 LUTS_FILE = "luts.bin"
 

@@ -22,6 +22,7 @@ Same specs give the same bytes: kernels are ordered by name and every dict is bu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,6 +65,12 @@ def _param_names(specs: list[KernelSpec]) -> dict[str, list[str]]:
     return {s.name: [p.name for p in s.params] for s in specs}
 
 
+# Kernel libraries built in this process, by (target, code-generation target, specs): compiling the same model in
+# several formats (or twice) builds its kernels once. Only bytes TVM produced are kept, so a hit writes exactly
+# what a fresh build would.
+_BUILT: dict[tuple, tuple[dict[str, bytes], dict]] = {}
+
+
 def build_kernels(specs: list[KernelSpec], target: str, out_dir: Path, *, progress: Progress | None = None) -> dict:
     """Compile every spec for ``target`` ("cpu" or "vulkan") into ``out_dir``; return the description above."""
     if target not in TARGETS:
@@ -71,6 +78,23 @@ def build_kernels(specs: list[KernelSpec], target: str, out_dir: Path, *, progre
     specs = _unique(specs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    key = (
+        target,
+        repr(sorted(tvm_layer.cpu_target().items())) if target == "cpu" else "",
+        tuple(s.name for s in specs),
+    )
+    if key in _BUILT:
+        files, result = _BUILT[key]
+        for rel, data in files.items():
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out_dir / rel).write_bytes(data)
+        return json.loads(json.dumps(result))
+    result = _build_kernels(specs, target, out_dir, progress)
+    _BUILT[key] = ({rel: (out_dir / rel).read_bytes() for rel in result["files"]}, json.loads(json.dumps(result)))
+    return result
+
+
+def _build_kernels(specs: list[KernelSpec], target: str, out_dir: Path, progress: Progress | None) -> dict:
     step = progress or (lambda done, total, what: None)
     total = len(specs) + 1
     result: dict = {"target": target, "tvm_version": tvm_layer.version()}

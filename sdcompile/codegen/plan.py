@@ -1,9 +1,15 @@
-"""Turn the legalized, memory-planned IR into kernel specs and the artifact's execution plan.
+"""Turn the legalized, memory-planned functions of a module into kernel specs and the artifact's execution plans.
 
-The plan is data the runtime interprets: a list of steps, each a kernel symbol and its arguments in the kernel's
-parameter order, each argument a buffer reference — {"input": name}, {"weight": name}, {"slot": index} or
+A plan is data the runtime interprets, one per function: its typed signature (inputs and outputs with shapes and
+dtypes), its slot sizes, and a list of steps, each a kernel symbol and its arguments in the kernel's parameter order.
+An argument is a buffer reference — {"input": name}, {"output": name}, {"weight": name}, {"slot": index} or
 {"lut": table} (a constant lookup table the kernel's weight decoder reads, stored once in the artifact; see
-``sdcompile/kernels/luts.py``). ``plan_luts`` lists the tables a plan uses.
+``sdcompile/kernels/luts.py``). Views (reshape) run no step: their storage is the viewed value's. Kernel specs come
+from the op registry (``sdcompile/ir/ops.py``: each op's kernel and ``lower``). ``plan_luts`` lists the tables the
+kernels use.
+
+Runtime state (an LLM's KV cache) and runtime scalars (a position) will be further reference kinds ({"state":
+name}, {"scalar": name}) declared in the signature; nothing else here needs to change for them.
 """
 
 from __future__ import annotations
@@ -11,35 +17,37 @@ from __future__ import annotations
 from typing import Any
 
 from sdcompile.ir import Graph
+from sdcompile.ir.ops import get as get_op
 from sdcompile.kernels import spec as ks
 
 
 def node_spec(g: Graph, n) -> ks.KernelSpec:
-    a = n.attrs
-    shape = lambda i: g.values[n.inputs[i]].shape  # noqa: E731
-    if n.op == "embed":
-        b, s = shape(0)
-        v, d = shape(1)
-        return ks.embed(M=b * s, S=s, V=v, D=d, wtype=g.values[n.inputs[1]].dtype)
-    if n.op == "linear":
-        m, k = shape(0)
-        return ks.linear(
-            m, shape(1)[0], k, g.values[n.inputs[1]].dtype, bias=a["bias"], residual=a["residual"], act=a["act"]
-        )
-    if n.op == "layer_norm":
-        m, d = shape(0)
-        return ks.layer_norm(m, d, a["eps"])
-    if n.op == "attention":
-        return ks.attention(a["batch"], a["seq"], a["heads"], shape(0)[1] // a["heads"], a["causal"])
-    raise ValueError(f"no kernel spec for op {n.op}")  # legalize guarantees this does not happen
+    d = get_op(n.op)
+    if d.kernel is None or d.lower is None:  # legalize guarantees this does not happen
+        raise ValueError(f"op {n.op} has no kernel")
+    shapes = [g.values[i].shape for i in n.inputs]
+    types = [g.values[i].dtype for i in n.inputs]
+    return ks.KernelSpec.make(d.kernel, **d.lower(shapes, types, g.values[n.outputs[0]].shape, n.attrs))
 
 
-def build_plan(g: Graph) -> tuple[list[ks.KernelSpec], dict[str, Any]]:
+def _signature(g: Graph, names: list[str]) -> dict[str, dict]:
+    out = {}
+    for name in names:
+        v = g.values[name]
+        rec: dict[str, Any] = {"shape": list(v.shape), "dtype": "int32" if v.dtype in ("int32", "int64") else v.dtype}
+        if v.dtype in ("int32", "int64"):
+            rec["accept"] = ["int32", "int64"]
+        out[name] = rec
+    return out
+
+
+def function_plan(g: Graph, specs: dict[str, ks.KernelSpec]) -> dict[str, Any]:
     mp = g.meta["memory_plan"]
-    slot_of = mp["slot_of"]
-    specs: dict[str, ks.KernelSpec] = {}
+    storage = mp["storage"]
     steps = []
     for n in g.nodes:
+        if get_op(n.op).view:
+            continue
         sp = node_spec(g, n)
         specs.setdefault(sp.name, sp)
         args = []
@@ -57,28 +65,25 @@ def build_plan(g: Graph) -> tuple[list[ks.KernelSpec], dict[str, Any]]:
             elif v.kind == "weight":
                 args.append({"weight": x})
             else:
-                args.append({"slot": slot_of[x]})
+                args.append(dict(storage[x]))
         steps.append({"kernel": sp.name, "args": args, "node": n.outputs[0], "component": n.component})
     plan = {
-        "inputs": {
-            i: {"shape": list(g.values[i].shape), "dtype": "int32", "accept": ["int32", "int64"]} for i in g.inputs
-        },
-        "outputs": {
-            o: {
-                "slot": slot_of[o],
-                "shape": g.meta.get("output_shapes", {}).get(o, list(g.values[o].shape)),
-                "dtype": "float32",
-            }
-            for o in g.outputs
-        },
+        "inputs": _signature(g, g.inputs),
+        "outputs": _signature(g, g.outputs),
         "slots": mp["slots"],
         "steps": steps,
     }
-    if "config" in g.meta:
-        vocab = g.meta["config"].get("vocab")
-        for i in plan["inputs"].values():
-            i["max_value"] = vocab - 1 if vocab else None
-    return sorted(specs.values(), key=lambda s: s.name), plan
+    vocab = g.meta.get("config", {}).get("vocab") if isinstance(g.meta.get("config"), dict) else None
+    for _name, rec in plan["inputs"].items():
+        if "accept" in rec and vocab:
+            rec["max_value"] = vocab - 1
+    return plan
+
+
+def build_plans(functions: dict[str, Graph]) -> tuple[list[ks.KernelSpec], dict[str, dict[str, Any]]]:
+    specs: dict[str, ks.KernelSpec] = {}
+    plans = {name: function_plan(g, specs) for name, g in functions.items()}
+    return sorted(specs.values(), key=lambda s: s.name), plans
 
 
 def plan_luts(specs: list[ks.KernelSpec]) -> list[str]:

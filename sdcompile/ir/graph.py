@@ -1,8 +1,8 @@
 """The typed graph IR.
 
-A `Value` has a canonical name, a shape, a dtype and a kind (input, weight, activation). Weights carry a dtype that
-is either a plain float type or a ggml quant type name (storage type); activations are float32 (token ids int32 or
-int64). A `Node` applies an op to values and is tagged with the model component it belongs to (text_encoder, unet,
+A `Value` has a canonical name, a shape of any rank, a dtype and a kind (input, weight, activation). Weights carry a
+dtype that is either a plain float type or a ggml quant type name (storage type); activations are float32 or
+float16 (token ids int32 or int64). A `Node` applies an op to values and is tagged with the model component it belongs to (text_encoder, unet,
 vae, ...). Nodes are kept in a valid execution order. Weight data stays lazy: a `WeightData` says where the bytes
 come from and which conversion the passes asked for; nothing is read until the artifact is written.
 """
@@ -13,7 +13,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-ACT_DTYPES = ("float32", "int32", "int64")
+ACT_DTYPES = ("float32", "float16", "int32", "int64")
 
 
 @dataclass
@@ -28,6 +28,9 @@ class WeightData:
     # The storage types the passes chose, in order; materializing replays them, so a weight quantized to q4_k and
     # then dequantized to f16 by legalization holds q4_k's values, as the report says.
     steps: list[str] = field(default_factory=list)
+    # A derived weight (``sdcompile/ir/derived.py``): its values are this expression of stored tensors, evaluated
+    # in f32 when the artifact is written; ``key`` then names its first source, for reports.
+    expr: Any = None
 
     def convert(self, to: str, why: str) -> None:
         self.history.append(why)
@@ -118,3 +121,21 @@ class Graph:
         from sdcompile.ir.printer import format_graph
 
         return format_graph(self)
+
+
+@dataclass
+class Module:
+    """Several functions (each a `Graph` with its own inputs and outputs) sharing one weight pool: a weight with the
+    same canonical name is the same tensor in every function that reads it. SD: ``encode_text``, ``denoise``,
+    ``decode_latents``, ``encode_image``; an LLM will add ``prefill`` and ``decode`` with runtime-owned state."""
+
+    functions: dict[str, Graph] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def weights(self) -> dict[str, Value]:
+        """Every weight of every function, by name (functions hold copies; passes keep them identical)."""
+        out: dict[str, Value] = {}
+        for f in self.functions.values():
+            for v in f.weights():
+                out.setdefault(v.name, v)
+        return out

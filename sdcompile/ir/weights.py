@@ -13,10 +13,17 @@ def raw_bytes(v: Value) -> np.ndarray:
 
     d = v.data
     dtype = d.source_dtype
-    raw = np.ascontiguousarray(d.store.raw(d.key)).reshape(-1).view(np.uint8)
+    if d.expr is not None:  # a derived weight: its f32 values, then the types the passes chose
+        values = d.expr.evaluate()
+        raw = np.ascontiguousarray(quantize(values, dtype)).reshape(-1).view(np.uint8)
+    else:
+        raw = np.ascontiguousarray(d.store.raw(d.key)).reshape(-1).view(np.uint8)
     for step in d.steps or [v.dtype]:
         if step != dtype:
-            values = dequantize(raw, dtype, v.shape) if dtype != d.source_dtype else d.store.array(d.key)
+            if dtype != d.source_dtype or d.expr is not None:
+                values = dequantize(raw, dtype, v.shape)
+            else:
+                values = d.store.array(d.key)
             raw = np.ascontiguousarray(quantize(np.asarray(values, dtype=np.float32), step)).reshape(-1)
             dtype = step
     if dtype != v.dtype:  # internal bug: a pass changed the dtype without recording a step

@@ -8,18 +8,16 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from sdcompile.kernels.spec import KernelSpec
+from sdcompile.kernels.spec import KERNELS, KernelSpec
 
 if TYPE_CHECKING:
     from tvm import te
 
-# op -> module whose ``compute(spec)`` returns the kernel's tensors
-_MODULES = {"embed": "embed", "linear": "linear", "layer_norm": "norm", "attention": "attention"}
-
 
 def te_compute(spec: KernelSpec) -> list[te.Tensor]:
-    """The kernel's tensors in ``spec.params`` order (inputs, then the output)."""
-    return import_module(f"sdcompile.kernels.{_MODULES[spec.op]}").compute(spec)
+    """The kernel's tensors in ``spec.params`` order (inputs, then the output); the module is the kernel op's
+    declaration in ``spec.KERNELS``."""
+    return import_module(f"sdcompile.kernels.{KERNELS[spec.op].module}").compute(spec)
 
 
 def supported_types() -> tuple[str, ...]:

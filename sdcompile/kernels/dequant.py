@@ -72,6 +72,8 @@ def f32(v: float) -> PrimExpr:
     """An f32 constant that survives every code generator bit-exactly: TVM's WGSL printer writes float literals
     with 7 significant digits (2^-24 becomes 5.960464e-08f, one ulp off), so constants go through their bits."""
     bits = int(np.array(v, np.float32).view(np.uint32))
+    if bits == 0:  # TVM folds a reinterpret of constant 0 through a pointer-only shortcut and fails
+        return tirx.const(0.0, "float32")
     return tirx.reinterpret("float32", tirx.const(bits, "uint32"))
 
 

@@ -41,6 +41,8 @@ def activation(name: str, v: tirx.Expr) -> tirx.Expr:
         return v
     if name == "gelu":
         return let(v, lambda u: 0.5 * u * (1.0 + erf(u * f32(1.0 / math.sqrt(2.0)))), "u")
+    if name == "silu":
+        return let(v, lambda u: u / (1.0 + te.exp(-u)), "u")
     if name == "quick_gelu":
         # x * sigmoid(1.702 x); exp overflow for very negative x gives x / inf = -0, the right limit.
         return let(v, lambda u: u / (1.0 + te.exp(u * f32(-1.702))), "u")
@@ -49,11 +51,17 @@ def activation(name: str, v: tirx.Expr) -> tirx.Expr:
 
 def compute(spec: KernelSpec) -> list[te.Tensor]:
     M, N, K = (int(spec.attr(k)) for k in "MNK")
+    x = te.placeholder((M, K), "float32", name="x")
+    return matmul(spec, M, N, K, x, x)
+
+
+def matmul(spec: KernelSpec, M: int, N: int, K: int, x_in: te.Tensor, x: te.Tensor) -> list[te.Tensor]:
+    """The fused dequantize-matmul-epilogue over ``x`` [M, K]: the input placeholder itself (linear) or a stage
+    computed from ``x_in`` (conv2d's patches, which its schedules inline into the matmul)."""
     wtype = str(spec.attr("wtype"))
     ps = {p.name: p for p in spec.params}
-    x = te.placeholder((M, K), "float32", name="x")
     w = te.placeholder((ps["w"].words(),), "uint32", name="w")
-    args = [x, w]
+    args = [x_in, w]
     luts = lut_inputs(wtype)  # lookup grids of the i-quants (params after the other inputs, before the output)
     scales, element = decode_staged(wtype, w, N, K, luts)
     wdq = te.compute((K, N), lambda k, n: element(n, k), name="wdq")

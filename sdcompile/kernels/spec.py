@@ -18,15 +18,23 @@ Ops (all math in f32):
 - ``linear``     x:f32[M,K]; w:raw[N,K]; [bias:f32[N]]; [res:f32[M,N]] -> y:f32[M,N];
                  y = act(x @ W^T + bias) + res, act in {none, gelu (erf), quick_gelu (x*sigmoid(1.702x))}
 - ``layer_norm`` x:f32[M,D]; gamma:f32[D]; beta:f32[D] -> y:f32[M,D]  (biased variance, eps attribute)
-- ``attention``  q,k,v:f32[B*S, H*Dh] -> o:f32[B*S, H*Dh]; softmax(q k^T * Dh^-0.5 [+ causal mask]) v per head
+- ``attention``  q:f32[B*S, H*Dh]; k,v:f32[B*T, H*Dh] -> o:f32[B*S, H*Dh]; softmax(q k^T * Dh^-0.5 [+ causal]) v
+- ``conv2d``     x:f32[B,H,W,C]; w:raw[N, kh*kw*C]; [bias]; [res:f32[M,N]] -> y:f32[M = B*Ho*Wo, N] (channels last)
+- ``group_norm`` x:f32[B,N,C]; gamma, beta:f32[C] -> y:f32[B,N,C], G groups of C/G channels, optional fused SiLU
+- pointwise and data movement: ``unary`` (gelu, quick_gelu, silu), ``add``/``mul`` (y broadcast onto x),
+  ``affine`` (x * scale + shift), ``geglu``, ``transpose``, ``concat``, ``upsample_nearest``,
+  ``timestep_embedding``; their parameters follow from their shape attributes.
+
+Each kernel op is declared once in ``KERNELS``: its parameters, the module holding its TE compute and its schedule
+family (``schedules/`` has a rule per family and target; pointwise ops share the ``injective`` default).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-OPS = ("embed", "linear", "layer_norm", "attention")
-ACTIVATIONS = ("none", "gelu", "quick_gelu")
+ACTIVATIONS = ("none", "gelu", "quick_gelu", "silu")
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ def lut_params(wtype: str) -> list[ParamSpec]:
 @dataclass(frozen=True)
 class KernelSpec:
     op: str
-    # Sorted (key, value) pairs; values are ints, floats, bools or strings. Shapes: M, N, K, D, V, S, B, H, Dh.
+    # Sorted (key, value) pairs; values are ints, floats, bools, strings or tuples of ints.
     attrs: tuple[tuple[str, object], ...] = field(default=())
 
     def attr(self, key: str, default: object = None) -> object:
@@ -64,9 +72,9 @@ class KernelSpec:
 
     @staticmethod
     def make(op: str, **attrs: object) -> KernelSpec:
-        if op not in OPS:
+        if op not in KERNELS:
             raise ValueError(f"unknown kernel op {op!r}")
-        return KernelSpec(op, tuple(sorted(attrs.items())))
+        return KernelSpec(op, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items())))
 
     @property
     def name(self) -> str:
@@ -78,49 +86,136 @@ class KernelSpec:
                     parts.append(k)
             elif isinstance(v, float):
                 parts.append(f"{k}{v:g}".replace(".", "p").replace("-", "m").replace("+", ""))
+            elif isinstance(v, tuple):
+                parts.append(k + "x".join(str(int(d)) for d in v))
             else:
                 parts.append(f"{k}{v}")
         return "_".join(parts)
 
     @property
+    def family(self) -> str:
+        return KERNELS[self.op].family
+
+    @property
     def params(self) -> list[ParamSpec]:
-        a = dict(self.attrs)
-        if self.op == "embed":
-            return [
-                ParamSpec("ids", "act", (a["M"],), "int32"),
-                ParamSpec("tok", "raw", (a["V"], a["D"]), a["wtype"]),
-                ParamSpec("pos", "f32", (a["S"], a["D"]), "float32"),
-                *lut_params(a["wtype"]),
-                ParamSpec("y", "act", (a["M"], a["D"]), "float32", True),
-            ]
-        if self.op == "linear":
-            ps = [
-                ParamSpec("x", "act", (a["M"], a["K"]), "float32"),
-                ParamSpec("w", "raw", (a["N"], a["K"]), a["wtype"]),
-            ]
-            if a.get("bias"):
-                ps.append(ParamSpec("bias", "f32", (a["N"],), "float32"))
-            if a.get("residual"):
-                ps.append(ParamSpec("res", "act", (a["M"], a["N"]), "float32"))
-            ps += lut_params(a["wtype"])
-            ps.append(ParamSpec("y", "act", (a["M"], a["N"]), "float32", True))
-            return ps
-        if self.op == "layer_norm":
-            return [
-                ParamSpec("x", "act", (a["M"], a["D"]), "float32"),
-                ParamSpec("gamma", "f32", (a["D"],), "float32"),
-                ParamSpec("beta", "f32", (a["D"],), "float32"),
-                ParamSpec("y", "act", (a["M"], a["D"]), "float32", True),
-            ]
-        if self.op == "attention":
-            m, w = a["B"] * a["S"], a["H"] * a["Dh"]
-            return [
-                ParamSpec("q", "act", (m, w), "float32"),
-                ParamSpec("k", "act", (m, w), "float32"),
-                ParamSpec("v", "act", (m, w), "float32"),
-                ParamSpec("o", "act", (m, w), "float32", True),
-            ]
-        raise ValueError(self.op)
+        return KERNELS[self.op].params(dict(self.attrs))
+
+
+def _act(name: str, shape: tuple[int, ...], out: bool = False, dtype: str = "float32") -> ParamSpec:
+    return ParamSpec(name, "act", tuple(int(d) for d in shape), dtype, out)
+
+
+def _embed_params(a: dict) -> list[ParamSpec]:
+    return [
+        _act("ids", (a["M"],), dtype="int32"),
+        ParamSpec("tok", "raw", (a["V"], a["D"]), a["wtype"]),
+        ParamSpec("pos", "f32", (a["S"], a["D"]), "float32"),
+        *lut_params(a["wtype"]),
+        _act("y", (a["M"], a["D"]), True),
+    ]
+
+
+def _matmul_params(x: ParamSpec, a: dict, m: int) -> list[ParamSpec]:
+    ps = [x, ParamSpec("w", "raw", (a["N"], a["K"]), a["wtype"])]
+    if a.get("bias"):
+        ps.append(ParamSpec("bias", "f32", (a["N"],), "float32"))
+    if a.get("residual"):
+        ps.append(_act("res", (m, a["N"])))
+    ps += lut_params(a["wtype"])
+    ps.append(_act("y", (m, a["N"]), True))
+    return ps
+
+
+def _linear_params(a: dict) -> list[ParamSpec]:
+    return _matmul_params(_act("x", (a["M"], a["K"])), a, a["M"])
+
+
+def conv_geometry(a: dict) -> tuple[int, int, int, int]:
+    """(Ho, Wo, M, K) of a conv2d spec's attributes."""
+    pt, pl, pb, pr = a["pads"]
+    ho = (a["H"] + pt + pb - a["kh"]) // a["stride"] + 1
+    wo = (a["W"] + pl + pr - a["kw"]) // a["stride"] + 1
+    return ho, wo, a["B"] * ho * wo, a["kh"] * a["kw"] * a["C"]
+
+
+def gemm_mnk(spec: KernelSpec) -> tuple[int, int, int]:
+    """(M, N, K) of the matmul a linear or conv2d spec computes (a conv multiplies its [M, K] patches)."""
+    if spec.op == "conv2d":
+        _, _, m, k = conv_geometry(dict(spec.attrs))
+        return m, int(spec.attr("N")), k
+    return int(spec.attr("M")), int(spec.attr("N")), int(spec.attr("K"))
+
+
+def _conv_params(a: dict) -> list[ParamSpec]:
+    ho, wo, m, k = conv_geometry(a)
+    return _matmul_params(_act("x", (a["B"], a["H"], a["W"], a["C"])), a | {"K": k}, m)
+
+
+def _norm_params(x: tuple[int, ...], d: int) -> list[ParamSpec]:
+    return [
+        _act("x", x),
+        ParamSpec("gamma", "f32", (d,), "float32"),
+        ParamSpec("beta", "f32", (d,), "float32"),
+        _act("y", x, True),
+    ]
+
+
+def _attention_params(a: dict) -> list[ParamSpec]:
+    w = a["H"] * a["Dh"]
+    q, kv = (a["B"] * a["S"], w), (a["B"] * a.get("T", a["S"]), w)
+    return [_act("q", q), _act("k", kv), _act("v", kv), _act("o", q, True)]
+
+
+def _binary_params(a: dict) -> list[ParamSpec]:
+    return [_act("x", a["shape"]), _act("y", a["yshape"]), _act("z", a["shape"], True)]
+
+
+def _transpose_params(a: dict) -> list[ParamSpec]:
+    s = a["shape"]
+    return [_act("x", s), _act("y", tuple(s[p] for p in a["perm"]), True)]
+
+
+def _concat_params(a: dict) -> list[ParamSpec]:
+    ins = [_act(f"x{i}", (a["outer"], w)) for i, w in enumerate(a["widths"])]
+    return [*ins, _act("y", (a["outer"], sum(a["widths"])), True)]
+
+
+@dataclass(frozen=True)
+class KernelOp:
+    params: Callable[[dict], list[ParamSpec]]
+    module: str  # sdcompile.kernels.<module>.compute(spec) gives the TE tensors in params order
+    family: str  # schedule family: schedules/ has one rule per (target kind, family)
+
+
+KERNELS: dict[str, KernelOp] = {
+    "embed": KernelOp(_embed_params, "embed", "embed"),
+    "linear": KernelOp(_linear_params, "linear", "linear"),
+    "conv2d": KernelOp(_conv_params, "conv", "linear"),
+    "layer_norm": KernelOp(lambda a: _norm_params((a["M"], a["D"]), a["D"]), "norm", "layer_norm"),
+    "group_norm": KernelOp(lambda a: _norm_params((a["B"], a["N"], a["C"]), a["C"]), "group_norm", "group_norm"),
+    "attention": KernelOp(_attention_params, "attention", "attention"),
+    "unary": KernelOp(lambda a: [_act("x", (a["n"],)), _act("y", (a["n"],), True)], "pointwise", "injective"),
+    "affine": KernelOp(lambda a: [_act("x", (a["n"],)), _act("y", (a["n"],), True)], "pointwise", "injective"),
+    "add": KernelOp(_binary_params, "pointwise", "injective"),
+    "mul": KernelOp(_binary_params, "pointwise", "injective"),
+    "geglu": KernelOp(
+        lambda a: [_act("x", (a["M"], 2 * a["F"])), _act("y", (a["M"], a["F"]), True)], "pointwise", "injective"
+    ),
+    "transpose": KernelOp(_transpose_params, "movement", "injective"),
+    "concat": KernelOp(_concat_params, "movement", "injective"),
+    "upsample_nearest": KernelOp(
+        lambda a: [
+            _act("x", (a["B"], a["H"], a["W"], a["C"])),
+            _act("y", (a["B"], a["H"] * a["f"], a["W"] * a["f"], a["C"]), True),
+        ],
+        "movement",
+        "injective",
+    ),
+    "timestep_embedding": KernelOp(
+        lambda a: [_act("t", (a["B"],)), _act("y", (a["B"], a["dim"]), True)], "pointwise", "injective"
+    ),
+}
+OPS = tuple(KERNELS)
 
 
 def linear(
@@ -139,5 +234,5 @@ def layer_norm(M: int, D: int, eps: float) -> KernelSpec:
     return KernelSpec.make("layer_norm", M=M, D=D, eps=float(eps))
 
 
-def attention(B: int, S: int, H: int, Dh: int, causal: bool) -> KernelSpec:
-    return KernelSpec.make("attention", B=B, S=S, H=H, Dh=Dh, causal=causal)
+def attention(B: int, S: int, H: int, Dh: int, causal: bool, T: int | None = None) -> KernelSpec:
+    return KernelSpec.make("attention", B=B, S=S, T=S if T is None else T, H=H, Dh=Dh, causal=causal)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sdcompile.errors import UnsupportedModelError
-from sdcompile.ir import Graph
-from sdcompile.models import clip_text
+from sdcompile.ir import Graph, Module
+from sdcompile.models import clip_text, sd
 
 # Components by tensor-name prefix, for `inspect` (first match wins). Lifting is per family, below.
 COMPONENT_PREFIXES: list[tuple[str, str]] = [
@@ -33,9 +33,23 @@ def component_of(name: str) -> str:
 
 
 def detect_family(store) -> str | None:
+    if sd.detect(store):
+        return "sd"
     if clip_text.find_prefix(set(store.names())) is not None:
         return "clip_text"
     return None
+
+
+def lift_module(store, options, configs: dict | None = None) -> Module:
+    """The module a store holds: an SD pipeline's functions, or a text encoder's ``encode_text``."""
+    if options.batch < 1:
+        raise UnsupportedModelError(f"batch must be >= 1, got {options.batch}")
+    if sd.detect(store):
+        return sd.lift(store, options.sizes, configs=configs, components=options.components)
+    g = clip_text.lift(store, batch=options.batch)
+    used = {v.data.key for v in g.weights()}
+    ignored = {n: "not part of the CLIP text encoder" for n in store.names() if n not in used}
+    return Module({"encode_text": g}, meta={"family": "clip_text", "config": g.meta["config"], "ignored": ignored})
 
 
 def lift(store, batch: int = 1) -> Graph:

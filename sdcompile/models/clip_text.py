@@ -134,47 +134,56 @@ def lift(store, batch: int = 1) -> Graph:
         g.add_weight(CANONICAL + sub, info.shape, info.dtype, COMPONENT, WeightData(store, key, info.dtype))
 
     c, S, D = COMPONENT, cfg.positions, cfg.width
-    M = batch * S
+    B = batch
     w = lambda sub: CANONICAL + sub  # noqa: E731
-    ids = g.add_input("input_ids", (batch, S), "int32", c)
+    ids = g.add_input("input_ids", (B, S), "int32", c)
     x = g.add_node(
         "embed",
         [ids, w("embeddings.token_embedding.weight"), w("embeddings.position_embedding.weight")],
         "te.embed",
-        (M, D),
+        (B, S, D),
         c,
     )
 
     def dense(h: str, sub: str, out: str, n: int) -> str:
-        y = g.add_node("matmul", [h, w(sub + ".weight")], out + ".mm", (M, n), c)
-        return g.add_node("add", [y, w(sub + ".bias")], out, (M, n), c)
+        y = g.add_node("matmul", [h, w(sub + ".weight")], out + ".mm", (B, S, n), c)
+        return g.add_node("add", [y, w(sub + ".bias")], out, (B, S, n), c)
 
     for i in range(cfg.layers):
         p, t = f"encoder.layers.{i}.", f"te.l{i}."
         h = g.add_node(
-            "layer_norm", [x, w(p + "layer_norm1.weight"), w(p + "layer_norm1.bias")], t + "ln1", (M, D), c, eps=cfg.eps
+            "layer_norm",
+            [x, w(p + "layer_norm1.weight"), w(p + "layer_norm1.bias")],
+            t + "ln1",
+            (B, S, D),
+            c,
+            eps=cfg.eps,
         )
         q = dense(h, p + "self_attn.q_proj", t + "q", D)
         k = dense(h, p + "self_attn.k_proj", t + "k", D)
         v = dense(h, p + "self_attn.v_proj", t + "v", D)
-        a = g.add_node("attention", [q, k, v], t + "attn", (M, D), c, heads=cfg.heads, batch=batch, seq=S, causal=True)
+        a = g.add_node("attention", [q, k, v], t + "attn", (B, S, D), c, heads=cfg.heads, causal=True)
         o = dense(a, p + "self_attn.out_proj", t + "o", D)
-        x = g.add_node("add", [o, x], t + "res1", (M, D), c)
+        x = g.add_node("add", [o, x], t + "res1", (B, S, D), c)
         h = g.add_node(
-            "layer_norm", [x, w(p + "layer_norm2.weight"), w(p + "layer_norm2.bias")], t + "ln2", (M, D), c, eps=cfg.eps
+            "layer_norm",
+            [x, w(p + "layer_norm2.weight"), w(p + "layer_norm2.bias")],
+            t + "ln2",
+            (B, S, D),
+            c,
+            eps=cfg.eps,
         )
         f = dense(h, p + "mlp.fc1", t + "fc1", cfg.mlp)
-        f = g.add_node(cfg.act, [f], t + "act", (M, cfg.mlp), c)
+        f = g.add_node(cfg.act, [f], t + "act", (B, S, cfg.mlp), c)
         f = dense(f, p + "mlp.fc2", t + "fc2", D)
-        x = g.add_node("add", [f, x], t + "res2", (M, D), c)
+        x = g.add_node("add", [f, x], t + "res2", (B, S, D), c)
     out = g.add_node(
         "layer_norm",
         [x, w("final_layer_norm.weight"), w("final_layer_norm.bias")],
         "last_hidden_state",
-        (M, D),
+        (B, S, D),
         c,
         eps=cfg.eps,
     )
     g.outputs.append(out)
-    g.meta["output_shapes"] = {"last_hidden_state": [batch, S, D]}
     return g

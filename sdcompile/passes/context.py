@@ -16,6 +16,14 @@ class CompileOptions:
     cuda_archs: list[str] | None = None
     batch: int = 1
     weights_format: str = "gguf"  # "gguf" | "safetensors"
+    # Diffusion models: image sizes (width, height) compiled, the components compiled, separate component files
+    # (as stable-diffusion.cpp's --diffusion-model, --vae, --clip-l take them; a separate VAE overrides the
+    # checkpoint's).
+    sizes: list[tuple[int, int]] = field(default_factory=lambda: [(512, 512)])
+    components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+    vae: str | None = None
+    diffusion_model: str | None = None
+    clip_l: str | None = None
 
 
 @dataclass

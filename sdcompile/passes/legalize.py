@@ -18,6 +18,7 @@ from __future__ import annotations
 from sdcompile.backends import Backend, backend
 from sdcompile.errors import NoKernelError, OptionError
 from sdcompile.ir import Graph
+from sdcompile.ir.ops import get as get_op
 from sdcompile.passes.context import PassContext
 from sdcompile.passes.memory_plan import fmt_bytes, weight_bytes
 from sdcompile.quant.types import QUANT_TYPES
@@ -33,9 +34,6 @@ POLICIES: dict[str, list[str]] = {
     # Exact values at any memory cost.
     "exact": ["repack", "dequantize:f32"],
 }
-
-# Which input of an op is its (possibly quantized) weight.
-WEIGHT_INPUT = {"linear": 1, "embed": 1}
 
 
 def _candidate(step: str, wtype: str, shape: tuple[int, ...]) -> str | None:
@@ -60,24 +58,27 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     decisions = []
     native = 0
     for n in g.nodes:
-        if n.op not in be.ops:
+        d = get_op(n.op)
+        if d.view:  # a view runs no kernel: the memory plan aliases it
+            continue
+        if d.kernel is None or d.kernel not in be.ops:
             raise NoKernelError(
                 f"op {n.op!r} (producing {n.outputs[0]}, {n.component}) has no kernel on {be.name} and no fallback; "
                 f"ops with kernels: {', '.join(sorted(be.ops))}"
             )
-        idx = WEIGHT_INPUT.get(n.op)
-        if idx is None:
+        if not d.weights or g.values[n.inputs[d.weights[0]]].kind != "weight":
             continue
-        w = g.values[n.inputs[idx]]
+        op = d.kernel
+        w = g.values[n.inputs[d.weights[0]]]
 
         def fits(t: str, shape: tuple[int, ...] = w.shape) -> bool:
             return be.max_buffer_bytes is None or weight_bytes(t, shape) <= be.max_buffer_bytes
 
-        if be.has_kernel(n.op, w.dtype) and fits(w.dtype):
+        if be.has_kernel(op, w.dtype) and fits(w.dtype):
             native += 1
             continue
-        if not be.has_kernel(n.op, w.dtype):
-            why = f"{be.name} has no {n.op} kernel for {w.dtype} ({be.reason(w.dtype)})"
+        if not be.has_kernel(op, w.dtype):
+            why = f"{be.name} has no {op} kernel for {w.dtype} ({be.reason(w.dtype)})"
         else:
             why = (
                 f"{w.dtype} is {fmt_bytes(weight_bytes(w.dtype, w.shape))}, over {be.name}'s "
@@ -86,14 +87,14 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         tried = []
         for step in chain:
             to = _candidate(step, w.dtype, w.shape)
-            if to is None or not be.has_kernel(n.op, to) or not fits(to):
+            if to is None or not be.has_kernel(op, to) or not fits(to):
                 tried.append(
                     f"{step}: "
                     + (
                         "not applicable"
                         if to is None
                         else f"{to} has no kernel either"
-                        if not be.has_kernel(n.op, to)
+                        if not be.has_kernel(op, to)
                         else f"{to} is too large too"
                     )
                 )

@@ -1,8 +1,10 @@
 """Pass `memory_plan`: assign every activation to a reusable buffer slot and check peak memory against a budget.
 
-Contract: `g.meta["memory_plan"]` maps each activation to a slot; two values share a slot only when their lifetimes
-do not overlap (a node's outputs never share a slot with its own inputs, since kernels are not in-place). Peak
-memory = weights as stored + input buffers + all slots. Over budget raises `MemoryBudgetError` naming the peak, the
+Contract: `g.meta["memory_plan"]` gives each activation its storage: a slot, or (a view) the storage of the value it
+views, or a buffer of its own for a function output; two values share a slot only when their lifetimes do not
+overlap (a node's outputs never share a slot with its own inputs, since kernels are not in-place). The functions
+of a module share the slots, so its peak memory = weights as stored + the largest use of each slot + every
+function's input and output buffers (`check_module`). Over budget raises `MemoryBudgetError` naming the peak, the
 budget and concrete options.
 """
 
@@ -11,10 +13,11 @@ from __future__ import annotations
 from sdcompile.backends import backend
 from sdcompile.errors import MemoryBudgetError
 from sdcompile.ir import Graph
+from sdcompile.ir.ops import get as get_op
 from sdcompile.passes.context import PassContext
 from sdcompile.quant.types import QUANT_TYPES
 
-_ITEMSIZE = {"float32": 4, "int32": 4, "int64": 4}  # int64 ids are narrowed to int32 by the runtime
+_ITEMSIZE = {"float32": 4, "float16": 2, "int32": 4, "int64": 4}  # int64 ids are narrowed to int32 by the runtime
 ALIGN = 256  # slot sizes are rounded so every buffer offset suits GPU storage-buffer alignment
 
 
@@ -42,18 +45,38 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def plan(g: Graph) -> tuple[dict[str, int], list[int]]:
+def roots(g: Graph) -> dict[str, str]:
+    """Each value's storage root: itself, or for a view (reshape) the root of the value it views."""
+    views = {n.outputs[0]: n.inputs[0] for n in g.nodes if get_op(n.op).view}
+    out = {}
+    for name in g.values:
+        r = name
+        while r in views:
+            r = views[r]
+        out[name] = r
+    return out
+
+
+def plan(g: Graph) -> tuple[dict[str, dict], list[int]]:
+    """(storage of every activation, slot sizes). Storage is {"slot": i}, {"input": name} (a view of an input) or
+    {"output": name}: a function's outputs get buffers of their own, so they outlive the call (the next function
+    reads them on the device) and the next call of another function cannot overwrite them."""
+    root = roots(g)
     last_use: dict[str, int] = {}
     for i, n in enumerate(g.nodes):
         for x in n.inputs:
-            last_use[x] = i
-    for o in g.outputs:
-        last_use[o] = len(g.nodes)  # outputs live until the caller reads them
-    slot_of: dict[str, int] = {}
+            last_use[root[x]] = i
+    outputs = {root[o]: o for o in g.outputs}
+    storage: dict[str, dict] = {}
     sizes: list[int] = []
     free: list[int] = []
     for i, n in enumerate(g.nodes):
+        if get_op(n.op).view:
+            continue
         for o in n.outputs:
+            if o in outputs:
+                storage[o] = {"output": outputs[o]}
+                continue
             need = _round(value_bytes(g, o))
             fits = [s for s in free if sizes[s] >= need]
             if fits:
@@ -66,49 +89,85 @@ def plan(g: Graph) -> tuple[dict[str, int], list[int]]:
                 sizes.append(need)
             if s in free:
                 free.remove(s)
-            slot_of[o] = s
-        for x in set(n.inputs) | set(n.outputs):
-            if x in slot_of and last_use.get(x, i) <= i and slot_of[x] not in free:
-                free.append(slot_of[x])
-    return slot_of, sizes
+            storage[o] = {"slot": s}
+        for x in {root[v] for v in (*n.inputs, *n.outputs)}:
+            st = storage.get(x)
+            if st and "slot" in st and last_use.get(x, i) <= i and st["slot"] not in free:
+                free.append(st["slot"])
+    for name, r in root.items():
+        if r != name and g.values[name].kind == "activation":
+            storage[name] = storage[r] if r in storage else {"input": r}
+    return storage, sizes
 
 
 def run(g: Graph, ctx: PassContext) -> Graph:
+    """Plan one function's buffers and record its sizes; the budget check is per module (`check_module`), since
+    functions run one after another and share the slot buffers."""
     g = g.copy()
-    slot_of, sizes = plan(g)
-    weights = sum(weight_bytes(v.dtype, v.shape) for v in g.weights())
-    inputs = sum(_round(value_bytes(g, i)) for i in g.inputs)
-    activations = sum(sizes)
-    naive = sum(_round(value_bytes(g, o)) for n in g.nodes for o in n.outputs)
-    peak = weights + inputs + activations
-    by_component: dict[str, int] = {}
-    for v in g.weights():
-        by_component[v.component] = by_component.get(v.component, 0) + weight_bytes(v.dtype, v.shape)
-    budget = ctx.options.memory_budget
-    g.meta["memory_plan"] = {"slots": sizes, "slot_of": slot_of}
-    ctx.report["memory"] = {
-        "weights_bytes": weights,
-        "weights_by_component": by_component,
-        "activation_bytes": activations,
+    storage, sizes = plan(g)
+    naive = sum(_round(value_bytes(g, o)) for n in g.nodes if not get_op(n.op).view for o in n.outputs)
+    g.meta["memory_plan"] = {
+        "slots": sizes,
+        "storage": storage,
+        "input_bytes": sum(_round(value_bytes(g, i)) for i in g.inputs),
+        "output_bytes": sum(_round(value_bytes(g, o)) for o in g.outputs),
         "activation_bytes_without_reuse": naive,
-        "input_bytes": inputs,
-        "peak_bytes": peak,
-        "budget_bytes": budget,
-        "slots": len(sizes),
     }
-    if budget is not None and peak > budget:
-        raise MemoryBudgetError(_over_budget(g, peak, budget, weights, activations))
-    limit = backend(ctx.options.target).max_buffer_bytes
-    biggest = max(sizes, default=0)
-    if limit is not None and biggest > limit:
-        raise MemoryBudgetError(
-            f"an activation buffer needs {fmt_bytes(biggest)}, over {ctx.options.target}'s {fmt_bytes(limit)} limit "
-            f"for one buffer; compile with a smaller --batch"
-        )
     return g
 
 
-def _over_budget(g: Graph, peak: int, budget: int, weights: int, activations: int) -> str:
+def check_module(functions: dict[str, Graph], ctx: PassContext) -> dict:
+    """Peak memory of a module: resident weights + the shared slot buffers (each slot as large as its largest use
+    in any function) + every function's own input and output buffers. Over budget raises `MemoryBudgetError`."""
+    weights_by_name = {v.name: v for g in functions.values() for v in g.weights()}
+    weights = sum(weight_bytes(v.dtype, v.shape) for v in weights_by_name.values())
+    nslots = max((len(g.meta["memory_plan"]["slots"]) for g in functions.values()), default=0)
+    slots = [0] * nslots
+    for g in functions.values():
+        for i, size in enumerate(g.meta["memory_plan"]["slots"]):
+            slots[i] = max(slots[i], size)
+    io = sum(g.meta["memory_plan"]["input_bytes"] + g.meta["memory_plan"]["output_bytes"] for g in functions.values())
+    activations = sum(slots)
+    peak = weights + activations + io
+    by_component: dict[str, int] = {}
+    for v in weights_by_name.values():
+        by_component[v.component] = by_component.get(v.component, 0) + weight_bytes(v.dtype, v.shape)
+    per_function = {
+        name: {
+            "activation_bytes": sum(g.meta["memory_plan"]["slots"]),
+            "activation_bytes_without_reuse": g.meta["memory_plan"]["activation_bytes_without_reuse"],
+            "slots": len(g.meta["memory_plan"]["slots"]),
+        }
+        for name, g in functions.items()
+    }
+    budget = ctx.options.memory_budget
+    report = {
+        "weights_bytes": weights,
+        "weights_by_component": by_component,
+        "activation_bytes": activations,
+        "io_bytes": io,
+        "input_bytes": io,
+        "peak_bytes": peak,
+        "budget_bytes": budget,
+        "slot_bytes": slots,
+        "slots": nslots,
+        "functions": per_function,
+        "activation_bytes_without_reuse": sum(f["activation_bytes_without_reuse"] for f in per_function.values()),
+    }
+    ctx.report["memory"] = report
+    if budget is not None and peak > budget:
+        raise MemoryBudgetError(_over_budget(list(weights_by_name.values()), peak, budget, weights, activations, ctx))
+    limit = backend(ctx.options.target).max_buffer_bytes
+    biggest = max(slots, default=0)
+    if limit is not None and biggest > limit:
+        raise MemoryBudgetError(
+            f"an activation buffer needs {fmt_bytes(biggest)}, over {ctx.options.target}'s {fmt_bytes(limit)} limit "
+            f"for one buffer; compile with a smaller --batch or --size"
+        )
+    return report
+
+
+def _over_budget(values: list, peak: int, budget: int, weights: int, activations: int, ctx: PassContext) -> str:
     options = []
     for t in ("q8_0", "q4_0"):
         w = sum(
@@ -120,11 +179,11 @@ def _over_budget(g: Graph, peak: int, budget: int, weights: int, activations: in
             and "norm" not in v.name
             and "position" not in v.name
             else weight_bytes(v.dtype, v.shape)
-            for v in g.weights()
+            for v in values
         )
         if w < weights:
             options.append(f"--type {t} (weights {fmt_bytes(w)}, peak about {fmt_bytes(peak - weights + w)})")
-    batch = g.meta.get("config", {}).get("batch", 1)
+    batch = ctx.options.batch
     if batch > 1:
         options.append(f"a smaller --batch (activations are {fmt_bytes(activations)} at batch {batch})")
     options.append("a larger --memory-budget if the device really has more free memory")

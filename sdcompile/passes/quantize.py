@@ -16,6 +16,7 @@ import re
 
 from sdcompile.errors import OptionError, QuantError
 from sdcompile.ir import Graph
+from sdcompile.ir.ops import get as get_op
 from sdcompile.passes.context import PassContext
 from sdcompile.quant.reference import QUANTIZABLE
 from sdcompile.quant.types import QUANT_TYPES, get
@@ -43,7 +44,11 @@ def parse_rules(text: str | None) -> list[tuple[str, str]]:
     return rules
 
 
-def _choose(name: str, stored: str, ctx: PassContext) -> tuple[str, str]:
+def _choose(name: str, stored: str, ctx: PassContext, reader: str | None) -> tuple[str, str]:
+    if reader is not None:  # a bias, a norm scale, a position table: kernels read it as plain f32
+        if QUANT_TYPES[stored].is_float:
+            return "f32", f"read as f32 by {reader}"
+        return "f32", f"read as f32 by {reader} (stored as {stored}; decoded)"
     for rx, why in SKIP:
         if rx.search(name):
             return "f32", f"skip list ({why})"
@@ -64,8 +69,16 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         get(ctx.options.type)
     decisions = []
     counts: dict[str, int] = {}
+    # Which weights sit where an op reads a storage type (the op registry's weight inputs); any other use means the
+    # kernel reads plain f32 values.
+    plain_reader: dict[str, str] = {}
+    for n in g.nodes:
+        slots = get_op(n.op).weights
+        for i, x in enumerate(n.inputs):
+            if g.values[x].kind == "weight" and i not in slots:
+                plain_reader.setdefault(x, n.op)
     for v in g.weights():
-        want, why = _choose(v.name, v.dtype, ctx)
+        want, why = _choose(v.name, v.dtype, ctx, plain_reader.get(v.name))
         qt = QUANT_TYPES[want]
         if v.shape[-1] % qt.block_size:
             fallback = "f16" if not QUANT_TYPES[v.dtype].is_float or v.dtype == "f16" else v.dtype

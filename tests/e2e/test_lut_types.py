@@ -104,10 +104,15 @@ def test_grid_types_carry_their_tables(target, iquant_backend, tiny_ids, tmp_pat
         words = table_words(name)
         assert rec["words"] == words.size
         assert data[rec["offset"] : rec["offset"] + words.nbytes] == words.tobytes()
-    refs = [(step["component"], a["lut"]) for step in manifest["plan"]["steps"] for a in step["args"] if "lut" in a]
+    refs = [
+        (step["component"], a["lut"])
+        for step in manifest["functions"]["encode_text"]["steps"]
+        for a in step["args"]
+        if "lut" in a
+    ]
     assert sorted(t for _, t in refs) == ["iq1s_grid", "iq1s_grid", "iq2xxs_grid"]
     # Each step passes the table at the parameter position its kernel declares.
-    for step in manifest["plan"]["steps"]:
+    for step in manifest["functions"]["encode_text"]["steps"]:
         params = manifest["kernels"]["kernels"][step["kernel"]]["params"]
         assert len(step["args"]) == len(params)
         for a, p in zip(step["args"], params):

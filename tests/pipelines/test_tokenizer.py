@@ -8,7 +8,6 @@ code under test), so a mistake in the runtime's tables cannot hide in both sides
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from runtime.pipelines.tokenizer import (
     find_vocab,
     parse_prompt_attention,
 )
+from tests.clip_vocab import openai_tables, reference_tokenizer
 
 VOCAB = find_vocab()
 needs_vocab = pytest.mark.skipif(
@@ -40,35 +40,13 @@ def tokenizer() -> ClipTokenizer:
     return ClipTokenizer(VOCAB)
 
 
-def _openai_tables(vocab_gz: Path) -> tuple[dict[str, int], list[str]]:
-    """vocab and merges as OpenAI's SimpleTokenizer builds them (clip/simple_tokenizer.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    byte_chars = [chr(c) for c in cs]
-    merges = gzip.open(vocab_gz).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    vocab = byte_chars + [c + "</w>" for c in byte_chars]
-    vocab += ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return dict(zip(vocab, range(len(vocab)))), merges
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """transformers' CLIPTokenizer configured as SD 1.5's (pad with <|endoftext|>), from files written here."""
     if VOCAB is None:
         pytest.skip("CLIP vocabulary not installed (pip install --no-deps clip-anytorch)")
-    transformers = pytest.importorskip("transformers")
-    vocab, merges = _openai_tables(VOCAB)
-    folder = tmp_path_factory.mktemp("clip_tokenizer")
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return transformers.CLIPTokenizer.from_pretrained(str(folder), pad_token="<|endoftext|>")
+    pytest.importorskip("transformers")
+    return reference_tokenizer(VOCAB, tmp_path_factory.mktemp("clip_tokenizer"))
 
 
 # --- generated prompts -----------------------------------------------------------------------------------------------
@@ -148,7 +126,7 @@ def test_prompts_cover_long_and_short():
 
 @needs_vocab
 def test_tables_match_openai(tokenizer):
-    vocab, merges = _openai_tables(VOCAB)
+    vocab, merges = openai_tables(VOCAB)
     assert tokenizer.encoder == vocab
     assert tokenizer.vocab_size == 49408
     assert tokenizer.encoder["<|startoftext|>"] == START_TOKEN_ID

@@ -1,0 +1,208 @@
+"""The Stable Diffusion pipeline: txt2img and img2img over an artifact's functions.
+
+Host code only: tokenize, call ``encode_text`` once for the unconditional and conditional prompts (batch 2, as
+diffusers concatenates them), then per step call ``denoise`` once with both halves (classifier-free guidance in one
+UNet call), combine on the host, step the sampler, and finally ``decode_latents``. The text context stays on the
+device between the UNet calls (unless prompt emphasis must rescale it first); latents are small and cross each
+step. Imports nothing from the compiler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import RuntimeFailure
+from runtime.pipelines.image import from_image, to_image
+from runtime.pipelines.samplers import make_rng, make_sampler, standard_normal
+from runtime.pipelines.schedules import NoiseSchedule
+from runtime.pipelines.tokenizer import ClipTokenizer
+
+Progress = Callable[[int, int, float], None]  # (step done, steps, seconds this step)
+
+
+@dataclass
+class Result:
+    image: np.ndarray  # uint8 [H, W, 3]
+    latents: np.ndarray  # f32 [1, 4, h, w], as the sampler left them (before the VAE's scaling factor)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+class StableDiffusion:
+    def __init__(self, model) -> None:
+        """``model``: a loaded artifact (``runtime.load``) compiled from an SD checkpoint."""
+        self.model = model
+        pipe = model.manifest.get("pipeline")
+        if not pipe or pipe.get("kind") != "stable-diffusion":
+            raise RuntimeFailure(
+                f"{model.path}: not a Stable Diffusion artifact (it holds {sorted(model.functions)}); compile an SD "
+                "checkpoint for txt2img"
+            )
+        self.pipe = pipe
+        self.tokenizer = ClipTokenizer(
+            Path(model.path) / pipe["vocab"]["file"], pad_token_id=pipe["vocab"]["pad_token_id"]
+        )
+        self.schedule = NoiseSchedule.from_config(pipe.get("scheduler") or {})
+        self.scaling = float(pipe["vae_scaling_factor"])
+        self.batch = int(pipe.get("batch") or 2)
+
+    # --- sizes ---------------------------------------------------------------------------------------------------
+    def sizes(self) -> list[tuple[int, int]]:
+        return [tuple(s) for s in self.pipe.get("sizes") or []]
+
+    def _fn(self, kind: str, width: int, height: int) -> str:
+        name = f"{kind}_{width}x{height}"
+        if name not in self.model.functions:
+            have = ", ".join(f"{w}x{h}" for w, h in self.sizes()) or "none"
+            raise RuntimeFailure(
+                f"{self.model.path} was compiled for image sizes {have}, not {width}x{height}; pick one of those with "
+                f"-W/-H, or recompile with --size {width}x{height}"
+            )
+        return name
+
+    # --- stages --------------------------------------------------------------------------------------------------
+    def encode_prompts(self, prompt: str, negative: str, warnings: list[str]):
+        """The context [2, 77, D] for (negative, prompt): on the device unless emphasis weights rescale it."""
+        toks = [self.tokenizer.tokenize(negative), self.tokenizer.tokenize(prompt)]
+        for which, t in zip(("negative prompt", "prompt"), toks):
+            warnings += [f"{which}: {w}" for w in t.warnings]
+        ids = np.stack([t.ids for t in toks]).astype(np.int32)
+        weights = np.stack([t.weights for t in toks])
+        if np.all(weights == 1.0):
+            return self.model.call("encode_text", {"input_ids": ids}, download=False)["last_hidden_state"]
+        hidden = self.model.call("encode_text", {"input_ids": ids})["last_hidden_state"]
+        # stable-diffusion.cpp's emphasis: scale each token's hidden state by its weight, then restore the mean.
+        out = np.empty_like(hidden)
+        for i in range(hidden.shape[0]):
+            h = hidden[i]
+            before = h.mean()
+            h = h * weights[i][:, None]
+            out[i] = h * (before / h.mean()) if h.mean() != 0 else h
+        return out
+
+    def denoise(
+        self,
+        context,
+        x: np.ndarray,
+        *,
+        steps: int,
+        cfg_scale: float,
+        method: str,
+        scheduler: str | None,
+        rng: np.random.Generator,
+        width: int,
+        height: int,
+        x0: np.ndarray | None = None,
+        strength: float = 1.0,
+        progress: Progress | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> np.ndarray:
+        fn = self._fn("denoise", width, height)
+        sampler = make_sampler(method, self.schedule, steps, scheduler, rng=rng, strength=strength)
+        lat = sampler.initial_latents(x, x0)
+        n = len(sampler)
+        step_times = []
+        for i, t in enumerate(sampler.timesteps):
+            t0 = time.perf_counter()
+            xin = sampler.scale_model_input(lat, i)
+            both = np.concatenate([xin, xin]).astype(np.float32)
+            tt = np.full((2,), t, np.float32)
+            eps = self.model.call(fn, {"x": both, "t": tt, "context": context})["eps"]
+            uncond, cond = eps[:1], eps[1:]
+            guided = uncond + cfg_scale * (cond - uncond)
+            lat = sampler.step(guided, i, lat)
+            dt = time.perf_counter() - t0
+            step_times.append(dt)
+            if progress:
+                progress(i + 1, n, dt)
+        if timings is not None:
+            timings["steps"] = n
+            timings["denoise_s"] = float(sum(step_times))
+            timings["step_s"] = float(np.median(step_times)) if step_times else 0.0
+        return lat.astype(np.float32)
+
+    def decode(self, latents: np.ndarray, width: int, height: int) -> np.ndarray:
+        img = self.model.call(self._fn("decode_latents", width, height), {"latents": latents})["image"]
+        if not np.isfinite(img).all():
+            raise RuntimeFailure("the VAE decoded NaN or infinite values (the latents diverged); try fewer steps")
+        return img
+
+    def encode_image(self, rgb: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+        """An image's latents as diffusers' img2img takes them: a sample of the encoder's distribution (noise from
+        the pipeline's generator, drawn before the initial noise), times the scaling factor."""
+        x = from_image(rgb, width, height)
+        mom = self.model.call(self._fn("encode_image", width, height), {"image": x})["moments"]
+        c = mom.shape[1] // 2
+        mean, logvar = mom[:, :c], np.clip(mom[:, c:], -30.0, 20.0)
+        sample = mean + np.exp(0.5 * logvar) * standard_normal(rng, mean.shape)
+        return (sample * self.scaling).astype(np.float32)
+
+    # --- whole pipelines -----------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str,
+        negative: str = "",
+        *,
+        steps: int = 20,
+        cfg_scale: float = 7.0,
+        method: str = "euler_a",
+        scheduler: str | None = None,
+        seed: int = 42,
+        width: int = 512,
+        height: int = 512,
+        init_noise: np.ndarray | None = None,
+        init_image: np.ndarray | None = None,
+        strength: float = 0.75,
+        progress: Progress | None = None,
+    ) -> Result:
+        """txt2img, or img2img when ``init_image`` (uint8 [H, W, 3]) is given. ``init_noise`` (unit variance,
+        [1, 4, H/8, W/8]) replaces the seeded initial noise, as diffusers' ``latents`` argument does."""
+        fn = self._fn("denoise", width, height)
+        shape = tuple(self.model.functions[fn]["inputs"]["x"]["shape"])
+        lshape = (1, *shape[1:])
+        t_all = time.perf_counter()
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        rng = make_rng(seed)
+        t0 = time.perf_counter()
+        context = self.encode_prompts(prompt, negative, warnings)
+        timings["encode_text_s"] = time.perf_counter() - t0
+        x0 = None
+        if init_image is not None:
+            t0 = time.perf_counter()
+            x0 = self.encode_image(init_image, width, height, rng)
+            timings["encode_image_s"] = time.perf_counter() - t0
+        else:
+            strength = 1.0
+        if init_noise is not None:
+            noise = np.asarray(init_noise, np.float32)
+            if noise.shape != lshape:
+                raise RuntimeFailure(f"initial noise has shape {list(noise.shape)}; this size needs {list(lshape)}")
+        else:
+            noise = standard_normal(rng, lshape)
+        lat = self.denoise(
+            context,
+            noise,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            method=method,
+            scheduler=scheduler,
+            rng=rng,
+            width=width,
+            height=height,
+            x0=x0,
+            strength=strength,
+            progress=progress,
+            timings=timings,
+        )
+        t0 = time.perf_counter()
+        img = self.decode(lat, width, height)
+        timings["decode_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_all
+        return Result(to_image(img), lat, timings, warnings, seed)

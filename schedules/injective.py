@@ -1,0 +1,58 @@
+"""Default schedules for pointwise and data-movement kernels (the ``injective`` family), as TVM's dlight does for
+GPUs: every stage but the output is inlined, and the output's loops are fused into one flat index.
+
+- CPU: the flat index is split into chunks run in parallel, the innermost part vectorized where the innermost
+  output dimension allows a whole vector without a tail.
+- GPU: the flat index is spread over 256-thread workgroups; beyond 65535 workgroups (WebGPU's per-dimension limit,
+  e.g. a 512x512x128 VAE activation) each thread takes several elements, a loop inside the kernel, never on the host.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import s_tir
+
+from sdcompile.kernels.spec import KernelSpec
+
+GPU_THREADS = 256
+GPU_MAX_GRID = 65535
+
+
+def _flat(sch: s_tir.Schedule, spec: KernelSpec):
+    out = next(p for p in spec.params if p.is_output)
+    blk = sch.get_sblock(out.name)
+    loops = sch.get_loops(blk)
+    return blk, (sch.fuse(*loops) if len(loops) > 1 else loops[0]), math.prod(out.shape), out.shape[-1]
+
+
+def cpu(sch: s_tir.Schedule, spec: KernelSpec, info) -> None:
+    blk, i, total, inner = _flat(sch, spec)
+    lanes = info.lanes if inner % info.lanes == 0 and total % info.lanes == 0 else 1
+    # Chunks of at least 4096 elements: smaller ones cost more in thread wake-ups than they save.
+    chunk = max(lanes, min(4096, total) // lanes * lanes)
+    while total % chunk and chunk > lanes:
+        chunk -= lanes
+    if total % chunk:
+        chunk = total
+    outer, rest = sch.split(i, [None, chunk])
+    sch.parallel(outer)
+    if lanes > 1:
+        _, vec = sch.split(rest, [None, lanes])
+        sch.vectorize(vec)
+
+
+def gpu(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    blk, i, total, inner = _flat(sch, spec)
+    threads = min(GPU_THREADS, total)
+    per = max(1, -(-total // (threads * GPU_MAX_GRID)))  # elements per thread, so the grid stays within the limit
+    if per == 1:
+        bx, tx = sch.split(i, [None, threads])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+        return
+    # Consecutive threads take consecutive elements in each of their `per` rounds (coalesced).
+    bx, s, tx = sch.split(i, [None, per, threads])
+    sch.reorder(bx, tx, s)
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")

@@ -1,0 +1,37 @@
+"""Data movement that cannot be a view: transpose, concat, nearest upsampling. One ``y`` stage each, scheduled by
+the ``injective`` rules. (Reshape is a view: the memory plan aliases it, no kernel runs.)"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from sdcompile.kernels.spec import KernelSpec
+
+
+def compute(spec: KernelSpec) -> list[te.Tensor]:
+    a = dict(spec.attrs)
+    if spec.op == "transpose":
+        shape, perm = tuple(a["shape"]), tuple(a["perm"])
+        x = te.placeholder(shape, "float32", name="x")
+        out = tuple(shape[p] for p in perm)
+        inv = [perm.index(d) for d in range(len(perm))]
+        return [x, te.compute(out, lambda *i: x[tuple(i[inv[d]] for d in range(len(perm)))], name="y")]
+    if spec.op == "concat":
+        outer, widths = a["outer"], tuple(a["widths"])
+        xs = [te.placeholder((outer, w), "float32", name=f"x{i}") for i, w in enumerate(widths)]
+
+        # Select evaluates both sides' addresses: clamp the later inputs' columns at 0 so none reads before its start.
+        def safe(o, c):
+            v = xs[-1][o, tirx.max(c - sum(widths[:-1]), 0)]
+            start = sum(widths[:-1])
+            for i in range(len(widths) - 2, -1, -1):
+                start -= widths[i]
+                v = tirx.Select(c < start + widths[i], xs[i][o, tirx.min(tirx.max(c - start, 0), widths[i] - 1)], v)
+            return v
+
+        return [*xs, te.compute((outer, sum(widths)), safe, name="y")]
+    if spec.op == "upsample_nearest":
+        B, H, W, C, f = (a[k] for k in ("B", "H", "W", "C", "f"))
+        x = te.placeholder((B, H, W, C), "float32", name="x")
+        return [x, te.compute((B, H * f, W * f, C), lambda b, i, j, c: x[b, i // f, j // f, c], name="y")]
+    raise ValueError(spec.op)

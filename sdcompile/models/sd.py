@@ -1,0 +1,584 @@
+"""Lift a Stable Diffusion 1.x/2.x checkpoint (UNet, VAE, CLIP text encoder) into a module of four functions.
+
+The lifter reads LDM single-file names (``model.diffusion_model.*``, ``first_stage_model.*``,
+``cond_stage_model.*``), which is also what stable-diffusion.cpp's GGUF files hold; diffusers directories and
+separate component files reach it through a renaming store (``sdcompile/models/sd_inputs.py``). Canonical IR names
+are ``unet.`` / ``vae.`` + the LDM sub-path, ``text_encoder.`` + the CLIP text model's sub-path.
+
+The UNet's structure is read from the names (which input/output block holds a resnet, a spatial transformer, a
+down- or upsampler) and its widths from the shapes, as stable-diffusion.cpp and diffusers' converter do; nothing
+about the level count or channel multipliers is assumed. What names and shapes cannot tell — attention heads (SD1:
+8 heads, SD2: 64 channels per head), GroupNorm's 32 groups, the VAE's scaling factor 0.18215 — comes from
+``config.json`` / metadata where present, else from the SD family the context width identifies, and every such
+assumption goes into the report.
+
+Functions (channels-last inside; NCHW at the signature, as diffusers' tensors are):
+- ``encode_text``: input_ids int32[B, 77] -> context f32[B, 77, D] (B = 2: unconditional and conditional prompts)
+- ``denoise_WxH``: x f32[B, 4, h, w], t f32[B], context -> eps (or v) f32[B, 4, h, w] (h = H / 8)
+- ``decode_latents_WxH``: latents f32[1, 4, h, w] (as the sampler leaves them) -> image f32[1, 3, H, W] in [-1, 1]
+- ``encode_image_WxH``: image f32[1, 3, H, W] -> moments f32[1, 8, h, w] (mean and log-variance; the pipeline
+  samples and scales)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdcompile.errors import UnsupportedModelError
+from sdcompile.ir import Graph, Module, WeightData
+from sdcompile.ir.derived import Reshape, Tensor, conv_weight
+from sdcompile.models import clip_text
+
+UNET = "model.diffusion_model."
+VAE = "first_stage_model."
+TEXT = "cond_stage_model.transformer.text_model."
+
+# SD 1.x/2.x constants the files do not state (LDM's configs, diffusers' defaults); each use is reported.
+GROUPS = 32
+UNET_EPS = 1e-5
+TRANSFORMER_GN_EPS = 1e-6
+VAE_EPS = 1e-6
+LN_EPS = 1e-5
+
+
+@dataclass
+class Assumptions:
+    """What the lifter could not read and assumed, for the report (``inspect`` and ``compile`` print these)."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, what: str) -> None:
+        if what not in self.items:
+            self.items.append(what)
+
+
+def _meta(store, *keys: str):
+    for k in keys:
+        if k in store.metadata:
+            return store.metadata[k]
+    return None
+
+
+class _Builder:
+    """Adds weights (recording which file tensors were used) and nodes to one function graph."""
+
+    def __init__(
+        self, g: Graph, store, file_prefix: str, canon_prefix: str, component: str, used: set[str], groups: int
+    ):
+        self.g, self.store, self.fp, self.cp, self.c, self.used = g, store, file_prefix, canon_prefix, component, used
+        self.groups = groups
+        self.n = 0
+
+    def has(self, sub: str) -> bool:
+        return self.fp + sub in self.store
+
+    def shape(self, sub: str) -> tuple[int, ...]:
+        return tuple(self.store.info(self.fp + sub).shape)
+
+    def _add(self, sub: str, shape: tuple[int, ...], expr) -> str:
+        name = self.cp + sub
+        if name in self.g.values:
+            return name
+        key = self.fp + sub
+        if key not in self.store:
+            raise UnsupportedModelError(f"{self.store.path}: {self.c} lacks tensor {key}")
+        self.used.add(key)
+        src = self.store.info(key).dtype
+        if expr is not None and src not in ("f32", "f16", "bf16"):
+            src = "f32"  # a layout change needs the values: a quantized source is decoded (exactly) first
+        data = WeightData(self.store, key, src, expr=expr)
+        self.g.add_weight(name, shape, src if expr is not None else self.store.info(key).dtype, self.c, data)
+        return name
+
+    def param(self, sub: str) -> str:
+        """A tensor used as stored (bias, norm scale, linear weight [O, I])."""
+        return self._add(sub, self.shape(sub), None)
+
+    def linear_w(self, sub: str) -> str:
+        """A linear weight [O, I]; a 1x1 conv weight [O, I, 1, 1] (LDM's proj_in, VAE attention) read as one."""
+        s = self.shape(sub)
+        if len(s) == 4:
+            if s[2:] != (1, 1):
+                raise UnsupportedModelError(f"{self.store.path}: {self.fp + sub} is {s}, expected a 1x1 convolution")
+            return self._add(sub, s[:2], Reshape(Tensor(self.store, self.fp + sub), s[:2]))
+        return self.param(sub)
+
+    def conv_w(self, sub: str) -> str:
+        s = self.shape(sub)
+        if len(s) != 4:
+            raise UnsupportedModelError(
+                f"{self.store.path}: {self.fp + sub} is {s}, expected a conv weight [O,C,kh,kw]"
+            )
+        return self._add(sub, (s[0], s[1] * s[2] * s[3]), conv_weight(self.store, self.fp + sub, s))
+
+    def node(self, op: str, inputs: list[str], shape: tuple[int, ...], **attrs: Any) -> str:
+        self.n += 1
+        return self.g.add_node(op, inputs, f"{self.cp}{op}.{self.n}", shape, self.c, **attrs)
+
+    # --- layers -----------------------------------------------------------------------------------------------
+
+    def conv(
+        self, x: str, sub: str, stride: int = 1, pads: tuple[int, ...] | None = None, res: str | None = None
+    ) -> str:
+        b, h, w, _ = self.g.values[x].shape
+        o, c, kh, kw = self.shape(sub + ".weight")
+        pad = pads if pads is not None else (kh // 2, kw // 2, kh // 2, kw // 2)
+        ins = [x, self.conv_w(sub + ".weight"), self.param(sub + ".bias")]
+        ho = (h + pad[0] + pad[2] - kh) // stride + 1
+        wo = (w + pad[1] + pad[3] - kw) // stride + 1
+        if res is not None:
+            ins.append(res)
+        attrs = {"kh": kh, "kw": kw, "stride": stride, "pads": tuple(pad), "bias": True, "residual": res is not None}
+        return self.node("conv2d", ins, (b, ho, wo, o), **attrs)
+
+    def linear(self, x: str, sub: str, bias: bool = True, act: str = "none", res: str | None = None) -> str:
+        w = self.linear_w(sub + ".weight")
+        shape = (*self.g.values[x].shape[:-1], self.g.values[w].shape[0])
+        ins = [x, w] + ([self.param(sub + ".bias")] if bias else []) + ([res] if res else [])
+        return self.node("linear", ins, shape, bias=bias, act=act, residual=res is not None)
+
+    def group_norm(self, x: str, sub: str, eps: float, act: str = "none") -> str:
+        return self.node(
+            "group_norm",
+            [x, self.param(sub + ".weight"), self.param(sub + ".bias")],
+            self.g.values[x].shape,
+            groups=self.groups,
+            eps=eps,
+            act=act,
+        )
+
+    def layer_norm(self, x: str, sub: str) -> str:
+        return self.node(
+            "layer_norm",
+            [x, self.param(sub + ".weight"), self.param(sub + ".bias")],
+            self.g.values[x].shape,
+            eps=LN_EPS,
+        )
+
+    def reshape(self, x: str, shape: tuple[int, ...]) -> str:
+        return self.node("reshape", [x], shape, to=tuple(shape))
+
+    def add(self, x: str, y: str) -> str:
+        return self.node("add", [x, y], self.g.values[x].shape)
+
+
+# --- UNet ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int
+    out_channels: int
+    model_channels: int
+    context_dim: int
+    head_dim: int | None  # channels per head (SD2), or
+    heads: int | None  # a fixed head count (SD1)
+    family: str  # "sd1" | "sd2"
+    prediction: str  # "epsilon" | "v_prediction"
+    groups: int = GROUPS
+
+
+def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig:
+    def shape(sub):
+        return tuple(store.info(UNET + sub).shape)
+
+    if UNET + "input_blocks.0.0.weight" not in store:
+        raise UnsupportedModelError(f"{store.path}: no SD UNet (no {UNET}input_blocks.0.0.weight)")
+    mc, cin = shape("input_blocks.0.0.weight")[:2]
+    cout = shape("out.2.weight")[0]
+    ctx_keys = [n for n in store.names() if n.startswith(UNET) and n.endswith("attn2.to_k.weight")]
+    if not ctx_keys:
+        raise UnsupportedModelError(f"{store.path}: UNet has no cross-attention (attn2) layers: not an SD 1.x/2.x UNet")
+    ctx = tuple(store.info(ctx_keys[0]).shape)[1]
+    if any(n.startswith(UNET + "label_emb") for n in store.names()):
+        raise UnsupportedModelError(
+            f"{store.path}: the UNet has a label/add embedding ({UNET}label_emb.*): an SDXL or SD2-unCLIP UNet, "
+            "which sdcompile cannot compile yet"
+        )
+    config = config or {}
+    heads = head_dim = None
+    hd = config.get("attention_head_dim")
+    if isinstance(hd, list):
+        hd = hd[0]
+    family = "sd1" if ctx == 768 else "sd2" if ctx == 1024 else "sd1"
+    if config.get("num_attention_heads"):
+        heads = int(
+            config["num_attention_heads"]
+            if not isinstance(config["num_attention_heads"], list)
+            else config["num_attention_heads"][0]
+        )
+    elif hd is not None:
+        # diffusers' SD1 configs say attention_head_dim = 8 meaning 8 heads (a historical misnomer it keeps);
+        # SD2's say [5, 10, 20, 20] (heads per level, 64 channels each). Both mean: heads = value at level 0 ...
+        heads = int(hd) if family == "sd1" else None
+        head_dim = None if family == "sd1" else 64
+    meta_heads = _meta(store, "unet.num_attention_heads", "unet.num_heads")
+    if meta_heads is not None:
+        heads, head_dim = int(meta_heads), None
+    if heads is None and head_dim is None:
+        if family == "sd2":
+            head_dim = 64
+            a.add(f"UNet: 64 channels per attention head (SD 2.x, from the context width {ctx}; no config says)")
+        else:
+            heads = 8
+            a.add(f"UNet: 8 attention heads (SD 1.x, from the context width {ctx}; no config says)")
+    pred = str(config.get("prediction_type") or _meta(store, "prediction_type") or "")
+    if not pred:
+        pred = "epsilon" if family == "sd1" else "v_prediction"
+        a.add(f"UNet: predicts {pred} ({family.upper()} default; no scheduler config says)")
+    if ctx not in (768, 1024):
+        a.add(f"UNet: context width {ctx} is neither SD 1.x's 768 nor SD 2.x's 1024; treated as SD 1.x")
+    groups = config.get("norm_num_groups")
+    if groups is None:
+        groups = GROUPS
+        a.add(f"UNet: GroupNorm with {GROUPS} groups (LDM's; no file states it)")
+    return UNetConfig(cin, cout, mc, ctx, head_dim, heads, family, pred, int(groups))
+
+
+def _kinds(store, prefix: str) -> dict[int, dict[int, str]]:
+    """{block index: {sub index: kind}} for input_blocks/output_blocks: resnet, transformer, down, up."""
+    out: dict[int, dict[int, str]] = {}
+    rx = re.compile(re.escape(prefix) + r"(\d+)\.(\d+)\.(.*)$")
+    for n in store.names():
+        m = rx.match(n)
+        if not m:
+            continue
+        i, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        kind = (
+            "resnet"
+            if rest.startswith(("in_layers", "out_layers", "emb_layers", "skip_connection"))
+            else "transformer"
+            if rest.startswith(("proj_in", "transformer_blocks", "norm.", "proj_out"))
+            else "down"
+            if rest.startswith("op.")
+            else "up"
+            if rest.startswith("conv.")
+            else "conv_in"
+            if rest in ("weight", "bias")
+            else None
+        )
+        if kind is None:
+            raise UnsupportedModelError(f"{store.path}: unrecognised UNet tensor {n}")
+        out.setdefault(i, {})[j] = kind
+    return out
+
+
+def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used: set[str]) -> None:
+    b = _Builder(g, store, UNET, "unet.", "unet", used, cfg.groups)
+    B, c = batch, "unet"
+    x_in = g.add_input("x", (B, cfg.in_channels, h, w), "float32", c)
+    t_in = g.add_input("t", (B,), "float32", c)
+    ctx = g.add_input("context", (B, 77, cfg.context_dim), "float32", c)
+    x = b.node("transpose", [x_in], (B, h, w, cfg.in_channels), perm=(0, 2, 3, 1))
+
+    temb = b.node("timestep_embedding", [t_in], (B, cfg.model_channels), dim=cfg.model_channels, flip=True, shift=0.0)
+    temb = b.linear(temb, "time_embed.0", act="silu")
+    temb = b.linear(temb, "time_embed.2")
+    temb_act = b.node("silu", [temb], g.values[temb].shape)
+
+    def resnet(x: str, p: str) -> str:
+        xb, xh, xw, _ = g.values[x].shape
+        hh = b.group_norm(x, p + "in_layers.0", UNET_EPS, "silu")
+        hh = b.conv(hh, p + "in_layers.2")
+        cout = g.values[hh].shape[-1]
+        e = b.linear(temb_act, p + "emb_layers.1")
+        hh = b.add(hh, b.reshape(e, (xb, 1, 1, cout)))
+        hh = b.group_norm(hh, p + "out_layers.0", UNET_EPS, "silu")
+        skip = b.conv(x, p + "skip_connection") if b.has(p + "skip_connection.weight") else x
+        return b.conv(hh, p + "out_layers.3", res=skip)
+
+    def heads_for(ch: int) -> int:
+        if cfg.heads is not None:
+            return cfg.heads
+        return max(1, ch // cfg.head_dim)
+
+    def attention(x: str, ctx_in: str | None, p: str, nh: int) -> str:
+        q = b.linear(x, p + ".to_q", bias=False)
+        src = ctx_in if ctx_in is not None else x
+        k = b.linear(src, p + ".to_k", bias=False)
+        v = b.linear(src, p + ".to_v", bias=False)
+        o = b.node("attention", [q, k, v], g.values[q].shape, heads=nh, causal=False)
+        return o
+
+    def transformer(x: str, p: str) -> str:
+        xb, xh, xw, ch = g.values[x].shape
+        nh = heads_for(ch)
+        hh = b.group_norm(x, p + "norm", TRANSFORMER_GN_EPS)
+        hh = b.reshape(hh, (xb, xh * xw, ch))
+        hh = b.linear(hh, p + "proj_in")
+        inner = g.values[hh].shape[-1]
+        k = 0
+        while b.has(f"{p}transformer_blocks.{k}.attn1.to_q.weight"):
+            tb = f"{p}transformer_blocks.{k}."
+            a1 = attention(b.layer_norm(hh, tb + "norm1"), None, tb + "attn1", nh)
+            hh = b.linear(a1, tb + "attn1.to_out.0", res=hh)
+            a2 = attention(b.layer_norm(hh, tb + "norm2"), ctx, tb + "attn2", nh)
+            hh = b.linear(a2, tb + "attn2.to_out.0", res=hh)
+            f = b.linear(b.layer_norm(hh, tb + "norm3"), tb + "ff.net.0.proj")
+            f = b.node("geglu", [f], (*g.values[f].shape[:-1], g.values[f].shape[-1] // 2))
+            hh = b.linear(f, tb + "ff.net.2", res=hh)
+            k += 1
+        if k == 0:
+            raise UnsupportedModelError(f"{store.path}: spatial transformer {UNET}{p} has no transformer blocks")
+        del inner
+        hh = b.linear(hh, p + "proj_out")
+        hh = b.reshape(hh, (xb, xh, xw, ch))
+        return b.add(hh, x)
+
+    def run_block(x: str, p: str, kinds: dict[int, str]) -> str:
+        for j in sorted(kinds):
+            kind, sp = kinds[j], f"{p}{j}."
+            if kind == "resnet":
+                x = resnet(x, sp)
+            elif kind == "transformer":
+                x = transformer(x, sp)
+            elif kind == "down":
+                x = b.conv(x, sp + "op", stride=2)
+            elif kind == "up":
+                xb, xh, xw, ch = g.values[x].shape
+                x = b.node("upsample_nearest", [x], (xb, 2 * xh, 2 * xw, ch), factor=2)
+                x = b.conv(x, sp + "conv")
+            elif kind == "conv_in":
+                x = b.conv(x, f"{p}{j}")
+        return x
+
+    inputs = _kinds(store, UNET + "input_blocks.")
+    outputs = _kinds(store, UNET + "output_blocks.")
+    if sorted(inputs) != list(range(len(inputs))) or sorted(outputs) != list(range(len(outputs))):
+        raise UnsupportedModelError(f"{store.path}: UNet input/output blocks are not numbered 0..N-1")
+    skips = []
+    for i in sorted(inputs):
+        x = run_block(x, f"input_blocks.{i}.", inputs[i])
+        skips.append(x)
+    mid = _kinds(store, UNET + "middle_block.") if False else None
+    del mid
+    mids: dict[int, str] = {}
+    for n in store.names():
+        m = re.match(re.escape(UNET) + r"middle_block\.(\d+)\.(.*)$", n)
+        if m:
+            mids[int(m.group(1))] = (
+                "transformer"
+                if m.group(2).startswith(("proj_in", "transformer_blocks", "norm.", "proj_out"))
+                else "resnet"
+            )
+    x = run_block(x, "middle_block.", mids)
+    for i in sorted(outputs):
+        if not skips:
+            raise UnsupportedModelError(f"{store.path}: UNet has more output blocks than skip connections")
+        s = skips.pop()
+        xb, xh, xw, ch = g.values[x].shape
+        x = b.node("concat", [x, s], (xb, xh, xw, ch + g.values[s].shape[-1]), axis=-1)
+        x = run_block(x, f"output_blocks.{i}.", outputs[i])
+    if skips:
+        raise UnsupportedModelError(f"{store.path}: UNet leaves {len(skips)} skip connections unused")
+    x = b.group_norm(x, "out.0", UNET_EPS, "silu")
+    x = b.conv(x, "out.2")
+    out = g.add_node("transpose", [x], "eps", (B, cfg.out_channels, h, w), c, perm=(0, 3, 1, 2))
+    g.outputs.append(out)
+
+
+# --- VAE -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    latent_channels: int
+    scaling_factor: float
+    groups: int = GROUPS
+
+
+def vae_config(store, a: Assumptions, config: dict | None = None) -> VaeConfig:
+    key = VAE + "decoder.conv_in.weight"
+    if key not in store:
+        raise UnsupportedModelError(f"{store.path}: no SD VAE decoder ({key})")
+    zc = tuple(store.info(key).shape)[1]
+    sf = (config or {}).get("scaling_factor") or _meta(store, "vae.scaling_factor", "scaling_factor")
+    if sf is None:
+        sf = 0.18215
+        a.add("VAE: scaling factor 0.18215 (SD 1.x/2.x; no config says)")
+    groups = (config or {}).get("norm_num_groups")
+    if groups is None:
+        groups = GROUPS
+        a.add(f"VAE: GroupNorm with {GROUPS} groups (LDM's; no file states it)")
+    return VaeConfig(zc, float(sf), int(groups))
+
+
+def _vae_resnet(b: _Builder, x: str, p: str) -> str:
+    h = b.group_norm(x, p + "norm1", VAE_EPS, "silu")
+    h = b.conv(h, p + "conv1")
+    h = b.group_norm(h, p + "norm2", VAE_EPS, "silu")
+    skip = b.conv(x, p + "nin_shortcut") if b.has(p + "nin_shortcut.weight") else x
+    return b.conv(h, p + "conv2", res=skip)
+
+
+def _vae_attention(b: _Builder, x: str, p: str) -> str:
+    g = b.g
+    xb, xh, xw, ch = g.values[x].shape
+    h = b.reshape(b.group_norm(x, p + "norm", VAE_EPS), (xb, xh * xw, ch))
+    q, k, v = (b.linear(h, p + n) for n in ("q", "k", "v"))
+    o = b.node("attention", [q, k, v], g.values[q].shape, heads=1, causal=False)
+    return b.reshape(b.linear(o, p + "proj_out", res=b.reshape(x, (xb, xh * xw, ch))), (xb, xh, xw, ch))
+
+
+def _levels(store, prefix: str) -> dict[int, list[int]]:
+    out: dict[int, set[int]] = {}
+    for n in store.names():
+        m = re.match(re.escape(prefix) + r"(\d+)\.block\.(\d+)\.", n)
+        if m:
+            out.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _vae_mid(b: _Builder, x: str, p: str) -> str:
+    x = _vae_resnet(b, x, p + "mid.block_1.")
+    x = _vae_attention(b, x, p + "mid.attn_1.")
+    return _vae_resnet(b, x, p + "mid.block_2.")
+
+
+def lift_decoder(g: Graph, store, cfg: VaeConfig, h: int, w: int, used: set[str]) -> None:
+    b = _Builder(g, store, VAE, "vae.", "vae", used, cfg.groups)
+    z = g.add_input("latents", (1, cfg.latent_channels, h, w), "float32", "vae")
+    x = b.node("affine", [z], (1, cfg.latent_channels, h, w), scale=1.0 / cfg.scaling_factor, shift=0.0)
+    x = b.node("transpose", [x], (1, h, w, cfg.latent_channels), perm=(0, 2, 3, 1))
+    x = b.conv(x, "post_quant_conv")
+    x = b.conv(x, "decoder.conv_in")
+    x = _vae_mid(b, x, "decoder.")
+    levels = _levels(store, VAE + "decoder.up.")
+    for lv in sorted(levels, reverse=True):
+        for r in levels[lv]:
+            x = _vae_resnet(b, x, f"decoder.up.{lv}.block.{r}.")
+        if b.has(f"decoder.up.{lv}.upsample.conv.weight"):
+            xb, xh, xw, ch = g.values[x].shape
+            x = b.node("upsample_nearest", [x], (xb, 2 * xh, 2 * xw, ch), factor=2)
+            x = b.conv(x, f"decoder.up.{lv}.upsample.conv")
+    x = b.group_norm(x, "decoder.norm_out", VAE_EPS, "silu")
+    x = b.conv(x, "decoder.conv_out")
+    _, H, W, C = g.values[x].shape
+    out = g.add_node("transpose", [x], "image", (1, C, H, W), "vae", perm=(0, 3, 1, 2))
+    g.outputs.append(out)
+
+
+def lift_encoder(g: Graph, store, cfg: VaeConfig, H: int, W: int, used: set[str]) -> None:
+    b = _Builder(g, store, VAE, "vae.", "vae", used, cfg.groups)
+    img = g.add_input("image", (1, 3, H, W), "float32", "vae")
+    x = b.node("transpose", [img], (1, H, W, 3), perm=(0, 2, 3, 1))
+    x = b.conv(x, "encoder.conv_in")
+    levels = _levels(store, VAE + "encoder.down.")
+    for lv in sorted(levels):
+        for r in levels[lv]:
+            x = _vae_resnet(b, x, f"encoder.down.{lv}.block.{r}.")
+        if b.has(f"encoder.down.{lv}.downsample.conv.weight"):
+            # LDM's VAE downsampling pads only the bottom and right edges, then a 3x3 stride-2 conv without padding.
+            x = b.conv(x, f"encoder.down.{lv}.downsample.conv", stride=2, pads=(0, 0, 1, 1))
+    x = _vae_mid(b, x, "encoder.")
+    x = b.group_norm(x, "encoder.norm_out", VAE_EPS, "silu")
+    x = b.conv(x, "encoder.conv_out")
+    x = b.conv(x, "quant_conv")
+    _, h, w, C = g.values[x].shape
+    out = g.add_node("transpose", [x], "moments", (1, C, h, w), "vae", perm=(0, 3, 1, 2))
+    g.outputs.append(out)
+
+
+# --- the module ----------------------------------------------------------------------------------------------------
+
+
+def detect(store) -> bool:
+    return UNET + "input_blocks.0.0.weight" in store or VAE + "decoder.conv_in.weight" in store
+
+
+def lift(
+    store,
+    sizes: list[tuple[int, int]],
+    *,
+    configs: dict[str, dict] | None = None,
+    components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder"),
+    batch: int = 2,
+) -> Module:
+    """The SD module for each image size (width, height) in ``sizes``; ``configs`` holds diffusers' config.json
+    dicts by component where the model came as a directory. Every tensor of the store not read by a lifted
+    component is listed in ``module.meta["ignored"]`` with the reason."""
+    configs = configs or {}
+    a = Assumptions()
+    used: set[str] = set()
+    mod = Module(meta={"family": "sd", "assumptions": a.items, "scheduler": configs.get("scheduler")})
+    ucfg = unet_config(store, a, configs.get("unet")) if "unet" in components else None
+    vcfg = vae_config(store, a, configs.get("vae")) if {"vae_decoder", "vae_encoder"} & set(components) else None
+    if "text_encoder" in components:
+        te = clip_text.lift(store, batch=batch)
+        te.meta["function"] = "encode_text"
+        for v in te.weights():
+            used.add(v.data.key)
+        if ucfg is not None and te.values["last_hidden_state"].shape[-1] != ucfg.context_dim:
+            raise UnsupportedModelError(
+                f"{store.path}: the text encoder's width {te.values['last_hidden_state'].shape[-1]} does not match "
+                f"the UNet's context width {ucfg.context_dim}: the files belong to different models"
+            )
+        mod.functions["encode_text"] = te
+    for W, H in sizes:
+        if W % 8 or H % 8 or W <= 0 or H <= 0:
+            raise UnsupportedModelError(f"image size {W}x{H} is not a positive multiple of 8")
+        tag = f"{W}x{H}"
+        if ucfg is not None:
+            g = Graph(meta={"family": "sd", "function": "denoise", "size": [W, H]})
+            lift_unet(g, store, ucfg, batch, H // 8, W // 8, used)
+            mod.functions[f"denoise_{tag}"] = g
+        if vcfg is not None and "vae_decoder" in components:
+            g = Graph(meta={"family": "sd", "function": "decode_latents", "size": [W, H]})
+            lift_decoder(g, store, vcfg, H // 8, W // 8, used)
+            mod.functions[f"decode_latents_{tag}"] = g
+        if vcfg is not None and "vae_encoder" in components:
+            g = Graph(meta={"family": "sd", "function": "encode_image", "size": [W, H]})
+            lift_encoder(g, store, vcfg, H, W, used)
+            mod.functions[f"encode_image_{tag}"] = g
+    mod.meta["config"] = {
+        "unet": ucfg.__dict__ if ucfg else None,
+        "vae": vcfg.__dict__ if vcfg else None,
+        "sizes": [list(s) for s in sizes],
+        "batch": batch,
+    }
+    mod.meta["ignored"] = ignored(store, used)
+    return mod
+
+
+def ignored(store, used: set[str]) -> dict[str, str]:
+    """Every tensor not used, with the reason: what users should know was left out."""
+    out = {}
+    for n in store.names():
+        if n in used:
+            continue
+        if n.startswith("model_ema."):
+            why = "EMA copy of the UNet (the checkpoint's model.diffusion_model.* weights are used)"
+        elif n.startswith(("optimizer", "optimizer_states")):
+            why = "optimizer state"
+        elif n.endswith("position_ids"):
+            why = "position ids buffer (positions are 0..76)"
+        elif n.endswith(("alphas_cumprod", "betas", "alphas_cumprod_prev", "sqrt_alphas_cumprod")) or n in (
+            "betas",
+            "alphas_cumprod",
+            "alphas_cumprod_prev",
+            "sqrt_alphas_cumprod",
+            "sqrt_one_minus_alphas_cumprod",
+            "log_one_minus_alphas_cumprod",
+            "sqrt_recip_alphas_cumprod",
+            "sqrt_recipm1_alphas_cumprod",
+            "posterior_variance",
+            "posterior_log_variance_clipped",
+            "posterior_mean_coef1",
+            "posterior_mean_coef2",
+            "model_ema.decay",
+            "model_ema.num_updates",
+            "logvar",
+        ):
+            why = "training schedule buffer (the sampler computes its own schedule)"
+        elif n.startswith(VAE + "loss."):
+            why = "VAE training loss (discriminator / perceptual) weights"
+        elif n.startswith(VAE + "encoder.") or n in (VAE + "quant_conv.weight", VAE + "quant_conv.bias"):
+            why = "VAE encoder: not compiled (--components leaves it out)"
+        elif n.startswith(TEXT) or n.startswith("cond_stage_model."):
+            why = "text encoder tensor not read by the lifted encoder"
+        else:
+            why = "not part of any component sdcompile lifts"
+        out[n] = why
+    return out
