@@ -56,3 +56,22 @@ def gpu(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     sch.reorder(bx, tx, s)
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
+
+
+def gpu_fallback(sch: s_tir.Schedule, spec: KernelSpec) -> None:
+    """Any kernel on a GPU, slowly but within the limits: the output's elements spread over threads as above, and
+    every other stage computed per thread, in registers, at the output element that needs it (TVM dlight's
+    Fallback rule). For degenerate shapes a hand schedule does not cover, e.g. attention over one key."""
+    out = next(p for p in spec.params if p.is_output)
+    blk = sch.get_sblock(out.name)
+    others = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != out.name]
+    loops = sch.get_loops(blk)
+    i = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = math.prod(out.shape)
+    threads = min(GPU_THREADS, total)
+    bx, tx = sch.split(i, [None, threads])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    for b in reversed(others):  # consumers first, so each producer lands inside its consumer's loop
+        sch.set_scope(b, 0, "local")
+        sch.compute_at(b, tx)

@@ -1,0 +1,74 @@
+"""The tiny SD checkpoint compiled for Vulkan (WGSL through wgpu; lavapipe in CI): every function against diffusers
+on the same weights, and a whole txt2img against diffusers' pipeline given identical initial noise. Tolerances as
+in test_sd_pipeline (f32 on both sides; lavapipe's exp/sin differ from LLVM's by a few ulp)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.e2e.sd_helpers import SHAPE, SIZE, compile_sd, diffusers_pipeline, state
+from tests.kernels.fixtures import vulkan_marks
+
+pytestmark = vulkan_marks()
+torch = pytest.importorskip("torch")
+R = pytest.importorskip("tests.sd_reference")
+W, H = SIZE
+
+
+@pytest.fixture(scope="module")
+def st():
+    return state()
+
+
+@pytest.fixture(scope="module")
+def model(st, tmp_path_factory):
+    import runtime
+    from sdcompile import examples_sd as E
+
+    d = tmp_path_factory.mktemp("sdvk")
+    src = E.write_sd(d / "tiny.safetensors", SHAPE, 0, "safetensors", state=st)
+    compile_sd(src, d / "art", target="vulkan")
+    return runtime.load(d / "art")
+
+
+def _close(got, want, rel=2e-5):
+    np.testing.assert_allclose(got, want, rtol=0, atol=rel * float(np.abs(want).max()))
+
+
+def test_functions_match_diffusers(model, st):
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 49407, (2, 77)).astype(np.int32)
+    ctx = model.call("encode_text", {"input_ids": ids})["last_hidden_state"]
+    _close(ctx, R.text_hidden(st, SHAPE, ids))
+    x = rng.standard_normal((2, 4, H // 8, W // 8)).astype(np.float32)
+    t = np.array([981.0, 21.0], np.float32)
+    _close(model.call(f"denoise_{W}x{H}", {"x": x, "t": t, "context": ctx})["eps"], R.unet_eps(st, SHAPE, x, t, ctx))
+    z = rng.standard_normal((1, 4, H // 8, W // 8)).astype(np.float32)
+    _close(model.call(f"decode_latents_{W}x{H}", {"latents": z})["image"], R.vae_decode(st, SHAPE, z / 0.18215))
+    img = np.tanh(rng.standard_normal((1, 3, H, W))).astype(np.float32)
+    _close(model.call(f"encode_image_{W}x{H}", {"image": img})["moments"][:, :4], R.vae_encode_mean(st, SHAPE, img))
+
+
+def test_txt2img_matches_diffusers(model, st, tmp_path):
+    from runtime.pipelines.sd import StableDiffusion
+
+    noise = np.random.default_rng(12).standard_normal((1, 4, H // 8, W // 8)).astype(np.float32)
+    res = StableDiffusion(model).generate(
+        "a lighthouse at dusk", "blurry", steps=4, cfg_scale=7.0, method="euler", width=W, height=H, init_noise=noise
+    )
+    pipe = diffusers_pipeline(st, "EulerDiscreteScheduler", tmp_path / "tok")
+    kw = dict(
+        prompt="a lighthouse at dusk",
+        negative_prompt="blurry",
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        height=H,
+        width=W,
+        latents=torch.from_numpy(noise),
+    )
+    with torch.no_grad():
+        lat = pipe(**kw, output_type="latent").images.numpy()
+        img = pipe(**kw, output_type="np").images[0]
+    _close(res.latents, lat, rel=1e-4)
+    assert np.abs(res.image.astype(np.int16) - (img * 255).round().astype(np.int16)).max() <= 1
