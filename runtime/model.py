@@ -148,6 +148,8 @@ class Model:
             )
 
     def _load_weights(self) -> None:
+        """Open the weights file; upload every tensor now, or with offload (the manifest's memory plan) only the
+        components the function about to run reads, freeing the others (``_need``)."""
         import gguf
 
         wf = self.path / self.manifest["weights"]["file"]
@@ -156,16 +158,38 @@ class Model:
         except Exception as e:  # the gguf package raises assorted errors for damaged files
             raise RuntimeFailure(f"{wf}: cannot read weights ({e}); recompile") from None
         want = self.manifest["weights"]["tensors"]
-        self.weights = {}
-        for t in reader.tensors:
-            if t.name in want:
-                words = _words(np.asarray(t.data))
-                buf = self.ex.alloc(words.nbytes)
-                self.ex.upload(buf, words)
-                self.weights[t.name] = buf
-        missing = sorted(set(want) - set(self.weights))
+        self._tensors = {t.name: t for t in reader.tensors if t.name in want}
+        missing = sorted(set(want) - set(self._tensors))
         if missing:
             raise RuntimeFailure(f"{wf}: weights {missing[:5]} are missing; recompile")
+        self.offload = bool(self.manifest["memory"].get("offload"))
+        self.weights: dict[str, object] = {}
+        self._loaded: set[str] = set()
+        if not self.offload:
+            self._upload([n for n in want])
+
+    def _upload(self, names: list[str]) -> None:
+        for n in names:
+            words = _words(np.asarray(self._tensors[n].data))
+            buf = self.ex.alloc(words.nbytes)
+            self.ex.upload(buf, words)
+            self.weights[n] = buf
+
+    def _need(self, fn: str) -> None:
+        """With offload: make the weights of ``fn``'s components resident, and only those."""
+        if not self.offload:
+            return
+        comps = set(self.manifest["memory"]["functions"][fn]["components"])
+        if comps == self._loaded:
+            return
+        tensors = self.manifest["weights"]["tensors"]
+        drop = [n for n, b in self.weights.items() if tensors[n].get("component") not in comps]
+        if drop:
+            self.ex.synchronize()
+            for n in drop:
+                self.ex.free(self.weights.pop(n))
+        self._upload([n for n, t in tensors.items() if t.get("component") in comps and n not in self.weights])
+        self._loaded = comps
 
     def _load_luts(self) -> None:
         """Upload each lookup table the plan uses once (i-quant codebooks; the manifest's ``luts`` record), and check
@@ -253,6 +277,7 @@ class Model:
             else:
                 self.ex.upload(self.inputs[fn][k], v.reshape(-1))
                 bound[k] = self.inputs[fn][k]
+        self._need(fn)
         for step in f["steps"]:
             params = self._kparams[step["kernel"]]
             self.ex.launch(step["kernel"], [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)])

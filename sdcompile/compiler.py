@@ -20,10 +20,10 @@ from sdcompile.codegen.plan import build_plans, plan_luts
 from sdcompile.errors import OptionError
 from sdcompile.ir import Module
 from sdcompile.ir.weights import raw_bytes
-from sdcompile.models import lift_module
+from sdcompile.models import detect_family, lift_module
 from sdcompile.models.inputs import open_model
 from sdcompile.passes.context import CompileOptions, PassContext
-from sdcompile.passes.memory_plan import check_module
+from sdcompile.passes.memory_plan import check_module, fmt_bytes
 from sdcompile.passes.pipeline import PIPELINE, run_pipeline
 
 
@@ -47,22 +47,65 @@ class _Progress:
             self.bar.close()
 
 
+def _memory_choices(options: CompileOptions, family: str) -> list[tuple[int | None, bool]]:
+    """(VAE tile, offload) configurations to try, cheapest in speed first: whole decode and resident weights, then
+    tiles, then offload, then both; the user's "on"/"off" settings prune the list."""
+    tiles = [None]
+    if family == "sd" and options.vae_tiling != "off":
+        tiles = [options.vae_tile] if options.vae_tiling == "on" else [None, options.vae_tile]
+    offloads = {"on": [True], "off": [False]}.get(options.offload, [False, True])
+    if family != "sd":
+        offloads = [False] if options.offload != "on" else [True]
+    order = [(t, o) for o in offloads for t in tiles]
+    return order
+
+
+def _describe_choice(tile: int | None, offload: bool) -> str:
+    parts = [f"--vae-tiling (tiles of {tile} latent pixels)" if tile else "", "--offload" if offload else ""]
+    return " + ".join(p for p in parts if p) or "as is"
+
+
 def compile_graph_passes(
-    path: Path, options: CompileOptions, dump_ir: Path | None = None, on_pass=None
+    path: Path | None, options: CompileOptions, dump_ir: Path | None = None, on_pass=None
 ) -> tuple[Module, PassContext, Any]:
     """Open the model, lift its module and run the pass pipeline on every function; then plan memory for the
-    module as a whole (the functions share slot buffers and run one after another)."""
+    module as a whole (the functions share slot buffers and run one after another). Where the plan does not fit
+    the budget or a buffer limit, the VAE is decoded in tiles and/or components are offloaded, in that order, as
+    the options allow; when nothing fits, the error lists what each configuration would need."""
+    from sdcompile.errors import MemoryBudgetError
+
     store, configs = open_model(path, options)
-    mod = lift_module(store, options, configs)
-    ctx = PassContext(options)
-    reports: dict[str, dict] = {}
-    for name, g in list(mod.functions.items()):
-        ctx.report = {}
-        mod.functions[name] = run_pipeline(g, ctx, dump_ir=dump_ir / name if dump_ir else None, on_pass=on_pass)
-        reports[name] = ctx.report
-    ctx.report = _merge_reports(reports)
-    check_module(mod.functions, ctx)
-    return mod, ctx, store
+    family = "sd" if detect_family(store) == "sd" else "other"
+    tried: list[str] = []
+    last_error: MemoryBudgetError | None = None
+    for tile, offload in _memory_choices(options, family):
+        mod = lift_module(store, options, configs, vae_tile=tile)
+        ctx = PassContext(options)
+        reports: dict[str, dict] = {}
+        for name, g in list(mod.functions.items()):
+            ctx.report = {}
+            mod.functions[name] = run_pipeline(g, ctx, dump_ir=dump_ir / name if dump_ir else None, on_pass=on_pass)
+            reports[name] = ctx.report
+        ctx.report = _merge_reports(reports)
+        try:
+            check_module(mod.functions, ctx, offload=offload)
+        except MemoryBudgetError as e:
+            last_error = e
+            peak = ctx.report["memory"]["peak_bytes"]
+            tried.append(f"{_describe_choice(tile, offload)}: peak {fmt_bytes(peak)}")
+            continue
+        ctx.report["memory"]["vae_tiling"] = mod.meta.get("vae_tiling") and {
+            "tile": tile,
+            "overlap": options.vae_tile_overlap,
+            "functions": mod.meta["vae_tiling"],
+        }
+        if tried:
+            ctx.report["memory"]["tried"] = tried
+        return mod, ctx, store
+    assert last_error is not None
+    if len(tried) > 1:
+        raise MemoryBudgetError(f"{last_error} Tried: " + "; ".join(tried))
+    raise last_error
 
 
 def _merge_reports(reports: dict[str, dict]) -> dict:
@@ -159,7 +202,10 @@ def compile_model(
                 "memory_budget": options.memory_budget,
             },
             "functions": plans,
-            "weights": {"file": WEIGHTS_FILE, "tensors": {n: {"dtype": t, "shape": list(s)} for n, t, s in weights}},
+            "weights": {
+                "file": WEIGHTS_FILE,
+                "tensors": {n: {"dtype": t, "shape": list(s), "component": pool[n].component} for n, t, s in weights},
+            },
             "memory": ctx.report["memory"],
             "report": {k: ctx.report[k] for k in ("quantize", "fuse", "legalize")},
         }
@@ -227,6 +273,7 @@ def _write_extras(tmp: Path, manifest: dict[str, Any], mod: Module) -> None:
         "vocab": {"file": VOCAB_FILE, "licence": "MIT (OpenAI CLIP)", "pad_token_id": 49407},
         "scheduler": mod.meta.get("scheduler") or {"prediction_type": unet.get("prediction", "epsilon")},
         "vae_scaling_factor": (cfg.get("vae") or {}).get("scaling_factor"),
+        "vae_tiling": manifest["memory"].get("vae_tiling"),
         "sizes": cfg.get("sizes"),
         "batch": cfg.get("batch"),
     }

@@ -113,6 +113,11 @@ class Executor:
     def alloc(self, nbytes: int) -> Buffer:
         return Buffer(nbytes)
 
+    def free(self, buf: Buffer) -> None:
+        """Host memory goes back when the last reference to the buffer does."""
+        buf.array = np.zeros(0, np.uint8)
+        buf._tensors.clear()
+
     def upload(self, buf: Buffer, array: np.ndarray) -> None:
         data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         buf.array[: data.size] = data

@@ -141,6 +141,11 @@ class Executor:
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
         return Buffer(nbytes, self.device.create_buffer(size=max(4, _round4(nbytes)), usage=usage))
 
+    def free(self, buf: Buffer) -> None:
+        self._submit()  # work recorded against the buffer must be submitted before it goes
+        self.synchronize()
+        buf.gpu.destroy()
+
     def upload(self, buf: Buffer, array: np.ndarray) -> None:
         data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         if data.size > buf.nbytes:

@@ -58,7 +58,8 @@ class StableDiffusion:
 
     def _fn(self, kind: str, width: int, height: int) -> str:
         name = f"{kind}_{width}x{height}"
-        if name not in self.model.functions:
+        tiled = (self.pipe.get("vae_tiling") or {}).get("functions") or {}
+        if name not in self.model.functions and not (kind == "decode_latents" and f"{width}x{height}" in tiled):
             have = ", ".join(f"{w}x{h}" for w, h in self.sizes()) or "none"
             raise RuntimeFailure(
                 f"{self.model.path} was compiled for image sizes {have}, not {width}x{height}; pick one of those with "
@@ -128,7 +129,14 @@ class StableDiffusion:
         return lat.astype(np.float32)
 
     def decode(self, latents: np.ndarray, width: int, height: int) -> np.ndarray:
-        img = self.model.call(self._fn("decode_latents", width, height), {"latents": latents})["image"]
+        tiling = self.pipe.get("vae_tiling") or {}
+        fn = (tiling.get("functions") or {}).get(f"{width}x{height}")
+        if fn is not None:
+            img = decode_tiled(
+                lambda z: self.model.call(fn, {"latents": z})["image"], latents, tiling["tile"], tiling["overlap"]
+            )
+        else:
+            img = self.model.call(self._fn("decode_latents", width, height), {"latents": latents})["image"]
         if not np.isfinite(img).all():
             raise RuntimeFailure("the VAE decoded NaN or infinite values (the latents diverged); try fewer steps")
         return img
@@ -206,3 +214,50 @@ class StableDiffusion:
         timings["decode_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_all
         return Result(to_image(img), lat, timings, warnings, seed)
+
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins along one axis: every (tile - overlap), the last one flush with the edge."""
+    if n <= tile:
+        return [0]
+    step = tile - overlap
+    out = list(range(0, n - tile, step))
+    return out + [n - tile]
+
+
+def _ramp(n: int, ov: int, left: bool, right: bool) -> np.ndarray:
+    """Blend weights along one axis of a tile: rising over the overlap where a neighbour precedes, falling where
+    one follows, 1 elsewhere (never 0, so every pixel has weight)."""
+    w = np.ones(n, np.float32)
+    r = (np.arange(ov, dtype=np.float32) + 0.5) / ov
+    if left:
+        w[:ov] = np.minimum(w[:ov], r)
+    if right:
+        w[n - ov :] = np.minimum(w[n - ov :], r[::-1])
+    return w
+
+
+def decode_tiled(
+    decode: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, tile: int, overlap: int
+) -> np.ndarray:
+    """Decode latents [1, C, h, w] in overlapping tiles of tile x tile latent pixels and blend them linearly across
+    the overlaps (as stable-diffusion.cpp's and diffusers' tiled VAE decoders do). Not identical to a whole decode:
+    each tile's group norms see only that tile, which the overlap and blending hide."""
+    _, _, h, w = latents.shape
+    f = None
+    out = wsum = None
+    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    for y in ys:
+        for x in xs:
+            part = decode(np.ascontiguousarray(latents[:, :, y : y + tile, x : x + tile]))
+            if out is None:
+                f = part.shape[-1] // tile
+                out = np.zeros((1, part.shape[1], h * f, w * f), np.float64)
+                wsum = np.zeros((h * f, w * f), np.float64)
+            ov = overlap * f
+            wy = _ramp(tile * f, ov, y > 0, y + tile < h)
+            wx = _ramp(tile * f, ov, x > 0, x + tile < w)
+            m = wy[:, None] * wx[None, :]
+            out[:, :, y * f : (y + tile) * f, x * f : (x + tile) * f] += part * m
+            wsum[y * f : (y + tile) * f, x * f : (x + tile) * f] += m
+    return (out / wsum).astype(np.float32)

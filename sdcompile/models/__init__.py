@@ -40,12 +40,12 @@ def detect_family(store) -> str | None:
     return None
 
 
-def lift_module(store, options, configs: dict | None = None) -> Module:
+def lift_module(store, options, configs: dict | None = None, vae_tile: int | None = None) -> Module:
     """The module a store holds: an SD pipeline's functions, or a text encoder's ``encode_text``."""
     if options.batch < 1:
         raise UnsupportedModelError(f"batch must be >= 1, got {options.batch}")
     if sd.detect(store):
-        return sd.lift(store, options.sizes, configs=configs, components=options.components)
+        return sd.lift(store, options.sizes, configs=configs, components=options.components, vae_tile=vae_tile)
     g = clip_text.lift(store, batch=options.batch)
     used = {v.data.key for v in g.weights()}
     ignored = {n: "not part of the CLIP text encoder" for n in store.names() if n not in used}

@@ -495,6 +495,7 @@ def lift(
     configs: dict[str, dict] | None = None,
     components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder"),
     batch: int = 2,
+    vae_tile: int | None = None,
 ) -> Module:
     """The SD module for each image size (width, height) in ``sizes``; ``configs`` holds diffusers' config.json
     dicts by component where the model came as a directory. Every tensor of the store not read by a lifted
@@ -525,9 +526,18 @@ def lift(
             lift_unet(g, store, ucfg, batch, H // 8, W // 8, used)
             mod.functions[f"denoise_{tag}"] = g
         if vcfg is not None and "vae_decoder" in components:
-            g = Graph(meta={"family": "sd", "function": "decode_latents", "size": [W, H]})
-            lift_decoder(g, store, vcfg, H // 8, W // 8, used)
-            mod.functions[f"decode_latents_{tag}"] = g
+            if vae_tile is not None and max(H, W) // 8 > vae_tile:
+                # One decoder for a tile serves every size; the pipeline blends overlapping tiles.
+                name = f"decode_latents_tile{vae_tile}"
+                if name not in mod.functions:
+                    g = Graph(meta={"family": "sd", "function": "decode_latents", "size": [8 * vae_tile] * 2})
+                    lift_decoder(g, store, vcfg, vae_tile, vae_tile, used)
+                    mod.functions[name] = g
+                mod.meta.setdefault("vae_tiling", {})[tag] = name
+            else:
+                g = Graph(meta={"family": "sd", "function": "decode_latents", "size": [W, H]})
+                lift_decoder(g, store, vcfg, H // 8, W // 8, used)
+                mod.functions[f"decode_latents_{tag}"] = g
         if vcfg is not None and "vae_encoder" in components:
             g = Graph(meta={"family": "sd", "function": "encode_image", "size": [W, H]})
             lift_encoder(g, store, vcfg, H, W, used)

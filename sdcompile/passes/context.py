@@ -24,6 +24,13 @@ class CompileOptions:
     vae: str | None = None
     diffusion_model: str | None = None
     clip_l: str | None = None
+    # Memory: decode the VAE in overlapping tiles of this many latent pixels ("auto": only where the whole decode
+    # does not fit the budget or a buffer limit; "off"); hold only the running component's weights on the device
+    # ("auto": only where all of them do not fit; "on"; "off").
+    vae_tiling: str = "auto"
+    vae_tile: int = 32
+    vae_tile_overlap: int = 8
+    offload: str = "auto"
 
 
 @dataclass

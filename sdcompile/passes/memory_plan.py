@@ -116,9 +116,12 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     return g
 
 
-def check_module(functions: dict[str, Graph], ctx: PassContext) -> dict:
-    """Peak memory of a module: resident weights + the shared slot buffers (each slot as large as its largest use
-    in any function) + every function's own input and output buffers. Over budget raises `MemoryBudgetError`."""
+def module_memory(functions: dict[str, Graph]) -> dict:
+    """Peak memory of a module, resident and with offload.
+
+    Resident: all weights + the shared slot buffers (each slot as large as its largest use in any function) +
+    every function's own input and output buffers. Offload (components loaded and freed in turn): the largest, over
+    functions, of the weights of the components that function reads, plus the same slots and buffers."""
     weights_by_name = {v.name: v for g in functions.values() for v in g.weights()}
     weights = sum(weight_bytes(v.dtype, v.shape) for v in weights_by_name.values())
     nslots = max((len(g.meta["memory_plan"]["slots"]) for g in functions.values()), default=0)
@@ -127,42 +130,60 @@ def check_module(functions: dict[str, Graph], ctx: PassContext) -> dict:
         for i, size in enumerate(g.meta["memory_plan"]["slots"]):
             slots[i] = max(slots[i], size)
     io = sum(g.meta["memory_plan"]["input_bytes"] + g.meta["memory_plan"]["output_bytes"] for g in functions.values())
-    activations = sum(slots)
-    peak = weights + activations + io
     by_component: dict[str, int] = {}
     for v in weights_by_name.values():
         by_component[v.component] = by_component.get(v.component, 0) + weight_bytes(v.dtype, v.shape)
-    per_function = {
-        name: {
+    per_function = {}
+    for name, g in functions.items():
+        comps = sorted({v.component for v in g.weights()})
+        per_function[name] = {
+            "components": comps,
+            "weights_bytes": sum(by_component[c] for c in comps),
             "activation_bytes": sum(g.meta["memory_plan"]["slots"]),
             "activation_bytes_without_reuse": g.meta["memory_plan"]["activation_bytes_without_reuse"],
             "slots": len(g.meta["memory_plan"]["slots"]),
         }
-        for name, g in functions.items()
-    }
-    budget = ctx.options.memory_budget
-    report = {
+    activations = sum(slots)
+    offload_weights = max((f["weights_bytes"] for f in per_function.values()), default=0)
+    return {
         "weights_bytes": weights,
         "weights_by_component": by_component,
         "activation_bytes": activations,
         "io_bytes": io,
         "input_bytes": io,
-        "peak_bytes": peak,
-        "budget_bytes": budget,
+        "resident_peak_bytes": weights + activations + io,
+        "offload_peak_bytes": offload_weights + activations + io,
         "slot_bytes": slots,
         "slots": nslots,
         "functions": per_function,
         "activation_bytes_without_reuse": sum(f["activation_bytes_without_reuse"] for f in per_function.values()),
     }
+
+
+def check_module(functions: dict[str, Graph], ctx: PassContext, offload: bool = False) -> dict:
+    """The module's memory record (``module_memory``) with its peak as planned (resident, or with ``offload``), in
+    ``ctx.report["memory"]``. Over the budget, or an activation over the backend's buffer limit, raises
+    `MemoryBudgetError`."""
+    report = module_memory(functions)
+    peak = report["offload_peak_bytes" if offload else "resident_peak_bytes"]
+    budget = ctx.options.memory_budget
+    report.update({"peak_bytes": peak, "offload": offload, "budget_bytes": budget})
     ctx.report["memory"] = report
+    weights_by_name = {v.name: v for g in functions.values() for v in g.weights()}
     if budget is not None and peak > budget:
-        raise MemoryBudgetError(_over_budget(list(weights_by_name.values()), peak, budget, weights, activations, ctx))
-    limit = backend(ctx.options.target).max_buffer_bytes
-    biggest = max(slots, default=0)
-    if limit is not None and biggest > limit:
         raise MemoryBudgetError(
-            f"an activation buffer needs {fmt_bytes(biggest)}, over {ctx.options.target}'s {fmt_bytes(limit)} limit "
-            f"for one buffer; compile with a smaller --batch or --size"
+            _over_budget(
+                list(weights_by_name.values()), peak, budget, report["weights_bytes"], report["activation_bytes"], ctx
+            )
+        )
+    limit = backend(ctx.options.target).max_buffer_bytes
+    biggest = max(report["slot_bytes"], default=0)
+    if limit is not None and biggest > limit:
+        where = max(functions, key=lambda f: max(functions[f].meta["memory_plan"]["slots"], default=0))
+        raise MemoryBudgetError(
+            f"{where}: an activation buffer needs {fmt_bytes(biggest)}, over {ctx.options.target}'s "
+            f"{fmt_bytes(limit)} limit for one buffer; compile a smaller --size or --batch, or decode in tiles "
+            "(--vae-tiling)"
         )
     return report
 
