@@ -75,6 +75,8 @@ class _Builder:
         return self.fp + sub in self.store
 
     def shape(self, sub: str) -> tuple[int, ...]:
+        if self.fp + sub not in self.store:
+            raise UnsupportedModelError(f"{self.store.path}: {self.c} lacks tensor {self.fp + sub}")
         return tuple(self.store.info(self.fp + sub).shape)
 
     def _add(self, sub: str, shape: tuple[int, ...], expr) -> str:
@@ -501,6 +503,15 @@ def lift(
     dicts by component where the model came as a directory. Every tensor of the store not read by a lifted
     component is listed in ``module.meta["ignored"]`` with the reason."""
     configs = configs or {}
+    names = store.names()
+    if any(n.startswith(("conditioner.embedders.1.", "model.diffusion_model.label_emb.")) for n in names) and (
+        {"unet", "text_encoder"} & set(components)
+    ):
+        raise UnsupportedModelError(
+            f"{store.path}: an SDXL checkpoint (a second text encoder under conditioner.embedders.1 and a UNet with "
+            "label_emb): its UNet and OpenCLIP-bigG text encoder cannot be compiled yet (SDXL support is a later "
+            "issue); its VAE alone can be compiled with --components vae_decoder,vae_encoder"
+        )
     a = Assumptions()
     used: set[str] = set()
     mod = Module(meta={"family": "sd", "assumptions": a.items, "scheduler": configs.get("scheduler")})
@@ -586,8 +597,12 @@ def ignored(store, used: set[str]) -> dict[str, str]:
             why = "VAE training loss (discriminator / perceptual) weights"
         elif n.startswith(VAE + "encoder.") or n in (VAE + "quant_conv.weight", VAE + "quant_conv.bias"):
             why = "VAE encoder: not compiled (--components leaves it out)"
-        elif n.startswith(TEXT) or n.startswith("cond_stage_model."):
-            why = "text encoder tensor not read by the lifted encoder"
+        elif n.startswith(VAE + "decoder.") or n.startswith(VAE + "post_quant_conv."):
+            why = "VAE decoder: not compiled (--components leaves it out)"
+        elif n.startswith(UNET):
+            why = "UNet: not compiled (--components leaves it out)"
+        elif n.startswith(("cond_stage_model.", "conditioner.embedders.")):
+            why = "text encoder: not compiled (--components leaves it out), or a tensor it does not read"
         else:
             why = "not part of any component sdcompile lifts"
         out[n] = why
