@@ -153,3 +153,21 @@ def test_wrong_size_says_which_sizes_exist(model):
 
     with pytest.raises(RuntimeFailure, match=rf"compiled for image sizes {W}x{H}, not 128x64.*--size 128x64"):
         StableDiffusion(model).generate("x", width=128, height=64)
+
+
+def test_prompt_emphasis_scales_the_context_as_stable_diffusion_cpp(model):
+    """'(fox:1.5)': the tokens of 'fox' weigh 1.5; each prompt's hidden states are multiplied by their token weights
+    and rescaled to keep their mean (stable-diffusion.cpp's rule)."""
+    from runtime.pipelines.sd import StableDiffusion
+
+    sd = StableDiffusion(model)
+    warn: list[str] = []
+    got = sd.encode_prompts("a (fox:1.5) in snow", "", warn)
+    toks = [sd.tokenizer.tokenize(""), sd.tokenizer.tokenize("a (fox:1.5) in snow")]
+    ids = np.stack([t.ids for t in toks])
+    hidden = model.call("encode_text", {"input_ids": ids})["last_hidden_state"]
+    w = toks[1].weights
+    assert sorted(set(np.round(w, 3))) == [1.0, 1.5]
+    scaled = hidden[1] * w[:, None]
+    np.testing.assert_allclose(got[1], scaled * (hidden[1].mean() / scaled.mean()), rtol=1e-6)
+    np.testing.assert_array_equal(got[0], hidden[0])  # the negative prompt has no emphasis
