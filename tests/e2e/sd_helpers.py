@@ -50,6 +50,25 @@ def diffusers_pipeline(st: dict[str, np.ndarray], scheduler_cls: str, folder: Pa
     return pipe
 
 
+def diffusers_txt2img(pipe, prompt: str, negative: str, steps: int, cfg: float, noise: np.ndarray):
+    """(final latents, 8-bit image) of diffusers' pipeline from the unit-variance initial ``noise`` [1, 4, h, w]."""
+    import torch
+
+    kw = dict(
+        prompt=prompt,
+        negative_prompt=negative,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        height=noise.shape[2] * 8,
+        width=noise.shape[3] * 8,
+        latents=torch.from_numpy(noise),
+    )
+    with torch.no_grad():
+        lat = pipe(**kw, output_type="latent").images.numpy()
+        img = pipe(**kw, output_type="np").images[0]
+    return lat, (img * 255).round().astype(np.int16)
+
+
 CANONICAL_TO_LDM = {
     "unet.": "model.diffusion_model.",
     "vae.": "first_stage_model.",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.e2e.sd_helpers import SHAPE, SIZE, compile_sd, diffusers_pipeline, state
+from tests.e2e.sd_helpers import SHAPE, SIZE, compile_sd, diffusers_pipeline, diffusers_txt2img, state
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -110,20 +110,8 @@ def test_txt2img_matches_diffusers(model, st, method, cls, tmp_path):
         pipe.scheduler = pipe.scheduler.__class__.from_config(
             pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
         )
-    kw = dict(
-        prompt=prompt,
-        negative_prompt=negative,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        height=H,
-        width=W,
-        latents=torch.from_numpy(noise),
-    )
-    with torch.no_grad():
-        lat = pipe(**kw, output_type="latent").images.numpy()
-        img = pipe(**kw, output_type="np").images[0]
+    lat, ref = diffusers_txt2img(pipe, prompt, negative, steps, cfg, noise)
     _close(res.latents, lat, rel=1e-4)
-    ref = (img * 255).round().astype(np.int16)
     assert np.abs(res.image.astype(np.int16) - ref).max() <= 1
 
 

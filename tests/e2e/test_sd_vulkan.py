@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.e2e.sd_helpers import SHAPE, SIZE, compile_sd, diffusers_pipeline, state
+from tests.e2e.sd_helpers import SHAPE, SIZE, compile_sd, diffusers_pipeline, diffusers_txt2img, state
 from tests.kernels.fixtures import vulkan_marks
 
 pytestmark = vulkan_marks()
@@ -58,17 +58,6 @@ def test_txt2img_matches_diffusers(model, st, tmp_path):
         "a lighthouse at dusk", "blurry", steps=4, cfg_scale=7.0, method="euler", width=W, height=H, init_noise=noise
     )
     pipe = diffusers_pipeline(st, "EulerDiscreteScheduler", tmp_path / "tok")
-    kw = dict(
-        prompt="a lighthouse at dusk",
-        negative_prompt="blurry",
-        num_inference_steps=4,
-        guidance_scale=7.0,
-        height=H,
-        width=W,
-        latents=torch.from_numpy(noise),
-    )
-    with torch.no_grad():
-        lat = pipe(**kw, output_type="latent").images.numpy()
-        img = pipe(**kw, output_type="np").images[0]
+    lat, ref = diffusers_txt2img(pipe, "a lighthouse at dusk", "blurry", 4, 7.0, noise)
     _close(res.latents, lat, rel=1e-4)
-    assert np.abs(res.image.astype(np.int16) - (img * 255).round().astype(np.int16)).max() <= 1
+    assert np.abs(res.image.astype(np.int16) - ref).max() <= 1

@@ -22,6 +22,7 @@ import pytest
 from runtime.errors import RuntimeFailure
 from runtime.pipelines.samplers import SAMPLE_METHODS, make_rng, make_sampler, standard_normal
 from runtime.pipelines.schedules import SCHEDULERS, NoiseSchedule, sigma_schedule
+from sdcompile.examples_sd import SD15_SCHEDULER_CONFIG
 
 torch = pytest.importorskip("torch")
 # diffusers' own numpy/torch interplay under numpy 2; not ours to fix
@@ -29,18 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 diffusers = pytest.importorskip("diffusers")
 
 # SD 1.5's published scheduler_config.json (it has no timestep_spacing: every class keeps its own default)
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+SD15 = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k != "_diffusers_version"}
 V_PRED = {"prediction_type": "v_prediction"}  # SD 2.x (768) configs differ from SD 1.5's only here
 DPM = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 SHAPE = (1, 4, 8, 8)
