@@ -1,10 +1,13 @@
 """`sdcompile kernels --check`: build and validate every (weight type, op, backend) and derive the capability table.
 
-Each weight type's `linear` kernel is built at one activation row (GEMV, token generation) and at several (GEMM),
-and its `embed` (row gather) kernel, for each backend. CPU and Vulkan kernels run on this machine against
-`gguf.quants.dequantize` followed by a float64 matmul; CUDA kernels are built by nvcc for every default architecture
-and run only where a GPU is present (otherwise their status is "compiled"). The capability table that legalization
-reads lists exactly the kernels that passed; a table claiming a kernel that does not pass fails the check.
+Per weight type, for each backend: its `linear` kernel at one activation row (GEMV, token generation) and at several
+(GEMM), its `embed` (row gather) kernel, and its `conv2d` kernel (an implicit GEMM over 3x3 patches, at stride 1 and
+at stride 2 with the VAE's one-sided padding), against `gguf.quants.dequantize` followed by a float64 matmul or
+convolution. Every weightless kernel op (norms, attention, pointwise, data movement) runs the cases of
+`sdcompile.kernels.op_cases` against the op registry's numpy reference. CPU and Vulkan kernels run on this machine;
+CUDA kernels are built by nvcc for every default architecture and run only where a GPU is present (otherwise their
+status is "compiled"). The capability table that legalization reads lists exactly the kernels that passed: the
+types per weight op, and the ops (`"ops"`) per backend; a table claiming a kernel that does not pass fails the check.
 """
 
 from __future__ import annotations
@@ -21,23 +24,61 @@ import numpy as np
 
 from sdcompile.backends import TABLE
 from sdcompile.errors import NoKernelError, SdcompileError, ToolchainError
+from sdcompile.ir import ops as ir_ops
+from sdcompile.kernels import op_cases
 from sdcompile.kernels import spec as S
 from sdcompile.quant.samples import sample_raw
 from sdcompile.quant.types import QUANT_TYPES
 
 U32 = 2.0**-24  # unit roundoff of f32
-OPS = ("linear", "embed")
+# Kernel ops that read a weight in its storage type (the op registry's weight ops; a test keeps them equal), and the
+# per-type checks each needs.
+WEIGHT_CHECKS: dict[str, tuple[str, ...]] = {
+    "linear": ("gemv", "gemm"),
+    "embed": ("embed",),
+    "conv2d": ("conv", "conv_s2"),
+}
+OPS = tuple(WEIGHT_CHECKS)
+# Kernel ops with no weight in a storage type: checked once per backend, by the cases in op_cases.CASES.
+WEIGHTLESS = tuple(op for op in S.KERNELS if op not in WEIGHT_CHECKS)
+OPS_KEY = "ops"  # results[target][OPS_KEY] = {op: {case: {"status", "detail"}}}; every other key is a weight type
 # K = 512 holds two 256-value super-blocks per row; N and the vocabulary are small, so a check costs little. M=1
 # takes the CPU GEMV path (integer dot products), M=16 the GEMM path: the tile unit (schedules/cpu_amx.py) for
 # q4_0/q8_0/q4_k/q6_k on CPUs with AMX, else the tiled GEMM that decodes to f32.
 SHAPES = {"gemv": dict(M=1, N=64, K=512), "gemm": dict(M=16, N=64, K=512)}  # M=16: past the CPU GEMV path (M <= 8)
 EMBED = dict(M=7, S=5, V=50, D=512)
+# 3x3 convolutions over C = 256 channels: K = 9 * 256 holds whole 256-value super-blocks, so every type's blocks fit;
+# a 4x4 image keeps them small. The stride-2 case pads only bottom and right (the VAE encoder's downsampling), so
+# both the asymmetric padding and the strided patch addressing are covered.
+CONV = {
+    "conv": dict(x=(1, 4, 4, 256), N=32, kh=3, kw=3, stride=1, pads=(1, 1, 1, 1)),
+    "conv_s2": dict(x=(1, 4, 4, 256), N=32, kh=3, kw=3, stride=2, pads=(0, 0, 1, 1)),
+}
 PASS = ("validated", "compiled")
+
+
+def conv_spec(key: str, wtype: str) -> S.KernelSpec:
+    """A check's conv2d kernel, lowered by the op registry as a compiled graph's node would be."""
+    c = CONV[key]
+    attrs = {k: c[k] for k in ("kh", "kw", "stride", "pads")}
+    d = ir_ops.get("conv2d")
+    shapes = [c["x"], (c["N"], c["kh"] * c["kw"] * c["x"][3])]
+    return S.KernelSpec.make("conv2d", **d.lower(shapes, ["f32", wtype], d.shape(shapes, attrs), attrs))
 
 
 def specs_for(wtype: str) -> dict[str, S.KernelSpec]:
     out = {k: S.linear(v["M"], v["N"], v["K"], wtype) for k, v in SHAPES.items()}
     out["embed"] = S.embed(EMBED["M"], EMBED["S"], EMBED["V"], EMBED["D"], wtype)
+    out.update({k: conv_spec(k, wtype) for k in CONV})
+    return out
+
+
+def op_cases_for(ops: list[str]) -> dict[str, list[op_cases.Case]]:
+    """The weightless cases of ``op_cases.CASES`` per kernel op (an op without one maps to an empty list)."""
+    out: dict[str, list[op_cases.Case]] = {op: [] for op in ops}
+    for c in op_cases.CASES:
+        if op_cases.weightless(c) and c.spec().op in out:
+            out[c.spec().op].append(c)
     return out
 
 
@@ -76,6 +117,19 @@ def case(spec: S.KernelSpec, seed: int = 0) -> tuple[list[np.ndarray], np.ndarra
         # Recursive f32 summation of K products: |error| <= K u sum|x||w| (Higham), plus the decode's rounding.
         tol = (K + 4) * U32 * (np.abs(x.astype(np.float64)) @ np.abs(w).T) + 4 * U32 * np.abs(ref)
         return [x, _words(raw), *_tables(spec)], ref, tol
+    if spec.op == "conv2d":
+        a = dict(spec.attrs)
+        B, H, W, C, N = (int(a[k]) for k in ("B", "H", "W", "C", "N"))
+        _, _, M, K = S.conv_geometry(a)
+        raw = sample_raw(wtype, (N, K), rng)
+        w = _decoded(raw, wtype, (N, K))
+        x = rng.standard_normal((B, H, W, C)).astype(np.float32)
+        # Patches in (ky, kx, c) order, zero padded: the registry's reference conv2d (checked against torch).
+        p = ir_ops.im2col_np(x.astype(np.float64), a).reshape(M, K)
+        ref = p @ w.T
+        # The same bound as linear over the K = kh*kw*C products of each output (padding adds exact zeros).
+        tol = (K + 4) * U32 * (np.abs(p) @ np.abs(w).T) + 4 * U32 * np.abs(ref)
+        return [x, _words(raw), *_tables(spec)], ref, tol
     M, Sq, V, D = (int(spec.attr(k)) for k in "MSVD")
     raw = sample_raw(wtype, (V, D), rng)
     tok = _decoded(raw, wtype, (V, D))
@@ -105,13 +159,24 @@ def _run(executor, spec: S.KernelSpec, inputs: list[np.ndarray]) -> np.ndarray:
     return executor.download(obuf, out.shape, "float32")
 
 
-def _verdict(got: np.ndarray, ref: np.ndarray, tol: np.ndarray) -> tuple[str, str]:
+def _verdict(got: np.ndarray, ref: np.ndarray, tol: np.ndarray, bound: str = "the f32 bound") -> tuple[str, str]:
     err = np.abs(got.astype(np.float64) - ref)
     bad = ~(err <= tol)  # NaN counts as bad
     ratio = float(np.nanmax(np.where(np.isfinite(err), err / tol, np.inf)))
     if bad.any():
         return "failed", f"{int(bad.sum())}/{bad.size} elements out of tolerance (worst {ratio:.3g}x)"
-    return "validated", f"max error {ratio:.3g}x of the f32 bound"
+    return "validated", f"max error {ratio:.3g}x of {bound}"
+
+
+def _run_case(executor, c: op_cases.Case) -> tuple[str, str]:
+    """Run one weightless case against the op registry's float64 reference (``op_cases.tolerance``)."""
+    spec = c.spec()
+    xs = c.inputs()
+    want = c.reference(xs)
+    # The executors take each argument in its parameter's shape (attention's [B*S, H*Dh], not the node's [B, S, W]).
+    inputs = [x.reshape(p.shape).astype(p.dtype) for x, p in zip(xs, spec.params)]
+    got = _run(executor, spec, inputs).reshape(want.shape)
+    return _verdict(got, want, np.full(want.shape, op_cases.tolerance(want)), "the case's tolerance")
 
 
 def _executor(target: str, out: Path, result: dict):
@@ -140,98 +205,188 @@ def _gpu_present() -> bool:
     return any(not d.get("simulated") for d in probe_cuda())
 
 
-def check_target(target: str, types: list[str], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """{type: {"gemv"|"gemm"|"embed": {"status", "detail"}}} for one backend."""
+def _attempt(run: Callable[[], tuple[str, str]]) -> dict[str, str]:
+    try:
+        status, detail = run()
+    except Exception as e:  # a kernel that crashes its launch is a failed kernel, not a crashed check
+        status, detail = "failed", f"launch failed: {type(e).__name__}: {e}"
+    return {"status": status, "detail": detail}
+
+
+def check_target(
+    target: str,
+    types: list[str],
+    progress: Callable[[str], None] | None = None,
+    ops: list[str] | None = None,
+) -> dict[str, Any]:
+    """{type: {"gemv"|"gemm"|"embed"|"conv"|"conv_s2": {"status", "detail"}}, "ops": {op: {case: {"status",
+    "detail"}}}} for one backend. ``ops``: the weightless kernel ops to check (default all; an empty list checks
+    none and leaves the "ops" entry out)."""
     from sdcompile.kernels import supported_types
 
     say = progress or (lambda _m: None)
-    results: dict[str, dict[str, dict[str, str]]] = {}
+    ops = list(WEIGHTLESS) if ops is None else list(ops)
+    unknown = [op for op in ops if op not in WEIGHTLESS]
+    if unknown:
+        raise ValueError(f"not weightless kernel ops: {unknown} (choose from {', '.join(WEIGHTLESS)})")
+    keys = [k for op in OPS for k in WEIGHT_CHECKS[op]]
+    results: dict[str, Any] = {}
     have = set(supported_types())
-    todo = []
+    groups: dict[str, list[S.KernelSpec]] = {}
     for t in types:
         if t not in have:
-            results[t] = {k: {"status": "no kernel", "detail": "no decoder for this type"} for k in (*SHAPES, "embed")}
+            results[t] = {k: {"status": "no kernel", "detail": "no decoder for this type"} for k in keys}
         else:
-            todo.append(t)
+            groups[t] = list(specs_for(t).values())
+    cases = op_cases_for(ops)
+    for op, cs in cases.items():
+        if cs:
+            groups[f"{OPS_KEY}:{op}"] = [c.spec() for c in cs]
     if target == "vulkan":
         from runtime.executors.vulkan import find_adapter
 
         if find_adapter() is None:
             raise NoKernelError("kernels --check: no Vulkan adapter to validate on (install mesa-vulkan-drivers)")
     run_here = target != "cuda" or _gpu_present()
+
+    def outcome(built: Any, run: Callable[[], tuple[str, str]]) -> dict[str, str]:
+        if isinstance(built, Exception):
+            return {"status": "no kernel", "detail": f"build failed: {built}"}
+        if not run_here:
+            archs = ", ".join(built["build"]["archs"] + built["build"]["ptx"])
+            return {"status": "compiled", "detail": f"nvcc: {archs}; no GPU here to run it"}
+        return _attempt(run)
+
     with tempfile.TemporaryDirectory(prefix=f"sdcompile-check-{target}-") as tmp:
-        groups = _build_groups(target, todo, Path(tmp), say)
-        for t in todo:
-            specs = specs_for(t)
-            d, built = groups[t]
-            if isinstance(built, Exception):
-                results[t] = {k: {"status": "no kernel", "detail": f"build failed: {built}"} for k in specs}
-                continue
-            if not run_here:
-                archs = ", ".join(built["build"]["archs"] + built["build"]["ptx"])
-                results[t] = {
-                    k: {"status": "compiled", "detail": f"nvcc: {archs}; no GPU here to run it"} for k in specs
-                }
-                continue
-            say(f"{target} {t}: run")
-            ex = _executor(target, d, built)
+        built_groups = _build_groups(target, groups, Path(tmp), say)
+        executors: dict[Path, Any] = {}
+
+        def executor(d: Path, built: Any):
+            # One executor per build (the joint build serves every group), made on first use inside a check, so
+            # an executor that cannot load the build fails that build's kernels instead of the whole check.
+            if d not in executors:
+                executors[d] = _executor(target, d, built)
+            return executors[d]
+
+        for t in (t for t in types if t in groups):
+            d, built = built_groups[t]
+            if run_here and not isinstance(built, Exception):
+                say(f"{target} {t}: run")
             results[t] = {}
-            for k, sp in specs.items():
-                inputs, ref, tol = case(sp)
-                try:
-                    status, detail = _verdict(_run(ex, sp, inputs), ref, tol)
-                except Exception as e:  # a kernel that crashes its launch is a failed kernel, not a crashed check
-                    status, detail = "failed", f"launch failed: {type(e).__name__}: {e}"
-                results[t][k] = {"status": status, "detail": detail}
+            for k, sp in specs_for(t).items():
+
+                def run(sp=sp, d=d, built=built):
+                    inputs, ref, tol = case(sp)
+                    return _verdict(_run(executor(d, built), sp, inputs), ref, tol)
+
+                results[t][k] = outcome(built, run)
+        if ops:
+            results[OPS_KEY] = {}
+            for op, cs in cases.items():
+                d, built = built_groups.get(f"{OPS_KEY}:{op}", (None, None))
+                if cs and run_here and not isinstance(built, Exception):
+                    say(f"{target} {op}: run")
+                results[OPS_KEY][op] = {
+                    c.spec().name: outcome(built, lambda c=c, d=d, built=built: _run_case(executor(d, built), c))
+                    for c in cs
+                }
     return results
 
 
-def _build_groups(target: str, types: list[str], tmp: Path, say) -> dict[str, tuple[Path, Any]]:
-    """Build every type's kernels in one build (one LLVM module, one nvcc run); if that fails, build each type
-    alone so one broken type cannot hide the others."""
-    say(f"{target}: building {len(types)} types")
+def _build_groups(target: str, groups: dict[str, list[S.KernelSpec]], tmp: Path, say) -> dict[str, tuple[Path, Any]]:
+    """Build every group's kernels (a weight type's, an op's cases) in one build (one LLVM module, one nvcc run);
+    if that fails, build each group alone so one broken kernel cannot hide the others."""
+    if not groups:
+        return {}
+    say(f"{target}: building {len(groups)} groups ({sum(len(v) for v in groups.values())} kernels)")
     d = tmp / "all"
     d.mkdir()
     try:
-        built = _build(target, [sp for t in types for sp in specs_for(t).values()], d)
-        return {t: (d, built) for t in types}
+        built = _build(target, [sp for specs in groups.values() for sp in specs], d)
+        return {g: (d, built) for g in groups}
     except (SdcompileError, ToolchainError, Exception) as e:  # noqa: B014 (TVM raises its own error types)
-        say(f"{target}: joint build failed ({type(e).__name__}); building each type alone")
+        say(f"{target}: joint build failed ({type(e).__name__}); building each group alone")
     out = {}
-    for t in types:
-        d = tmp / t
+    for i, (g, specs) in enumerate(groups.items()):
+        d = tmp / f"g{i}"
         d.mkdir()
         try:
-            out[t] = (d, _build(target, list(specs_for(t).values()), d))
+            out[g] = (d, _build(target, specs, d))
         except Exception as e:
-            out[t] = (d, e)
+            out[g] = (d, e)
     return out
 
 
+def type_results(per_target: dict[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
+    """The per-weight-type part of one backend's results."""
+    return {t: r for t, r in per_target.items() if t != OPS_KEY}
+
+
+def op_state(cases: dict[str, dict[str, str]]) -> tuple[str, str]:
+    """One weightless op's status over its cases: passing only if it has cases and every one passed."""
+    if not cases:
+        return "no check", "no case in sdcompile/kernels/op_cases.py checks it"
+    bad = {name: r for name, r in cases.items() if r["status"] not in PASS}
+    if bad:
+        statuses = sorted({r["status"] for r in bad.values()})
+        return statuses[0], "; ".join(f"{name}: {r['status']} ({r['detail']})" for name, r in bad.items())
+    statuses = {r["status"] for r in cases.values()}
+    return ("validated" if "validated" in statuses else "compiled"), f"{len(cases)} case{'s' if len(cases) > 1 else ''}"
+
+
 def table_from(results: dict[str, dict], base: dict[str, Any]) -> dict[str, Any]:
-    """The capability table: per backend, the types whose every check passed, and why the others have none."""
+    """The capability table: per backend, the types whose every check of an op passed, and why the others have
+    none; the ops (`"ops"`) whose checks passed. What this run did not check keeps its entry in ``base``."""
     table = json.loads(json.dumps(base))
-    for target, per_type in results.items():
+    for target, res in results.items():
         entry = table[target]
-        entry["linear"] = sorted(t for t, r in per_type.items() if all(r[k]["status"] in PASS for k in SHAPES))
-        entry["embed"] = sorted(t for t, r in per_type.items() if r["embed"]["status"] in PASS)
-        why = {}
-        for t, r in sorted(per_type.items()):
-            failing = [f"{k}: {v['status']} ({v['detail']})" for k, v in r.items() if v["status"] not in PASS]
-            if failing:
-                why[t] = "; ".join(failing)
-        entry["why_not"] = why or {"*": "no kernel for this type on this backend yet"}
-        entry["checked"] = {t: {k: v["status"] for k, v in r.items()} for t, r in sorted(per_type.items())}
+        per_type = type_results(res)
+        if per_type:
+            for op, keys in WEIGHT_CHECKS.items():
+                entry[op] = sorted(t for t, r in per_type.items() if all(r[k]["status"] in PASS for k in keys))
+            why = {}
+            for t, r in sorted(per_type.items()):
+                failing = [f"{k}: {v['status']} ({v['detail']})" for k, v in r.items() if v["status"] not in PASS]
+                if failing:
+                    why[t] = "; ".join(failing)
+            entry["why_not"] = why or {"*": "no kernel for this type on this backend yet"}
+            entry["checked"] = {t: {k: v["status"] for k, v in r.items()} for t, r in sorted(per_type.items())}
+        checked_ops = res.get(OPS_KEY, {})
+        claimed = set(entry.get("ops", []))
+        ops = {op for op in OPS if entry.get(op)}  # a weight op is there when some type has its kernel
+        for op in WEIGHTLESS:
+            if op in checked_ops:
+                if op_state(checked_ops[op])[0] in PASS:
+                    ops.add(op)
+            elif op in claimed:  # not checked in this run
+                ops.add(op)
+        entry["ops"] = sorted(ops)
+        if checked_ops:
+            done = entry.get("checked_ops", {}) | {
+                op: {name: r["status"] for name, r in cases.items()} for op, cases in checked_ops.items()
+            }
+            entry["checked_ops"] = {op: done[op] for op in sorted(done)}
+            why_ops = {op: w for op, w in entry.get("ops_why_not", {}).items() if op not in checked_ops}
+            for op, cases in checked_ops.items():
+                status, detail = op_state(cases)
+                if status not in PASS:
+                    why_ops[op] = f"{status}: {detail}"
+            if why_ops:
+                entry["ops_why_not"] = {op: why_ops[op] for op in sorted(why_ops)}
+            else:
+                entry.pop("ops_why_not", None)
     return table
 
 
 def claims_without_kernel(table: dict[str, Any], results: dict[str, dict]) -> list[str]:
-    """(backend, op, type) the table lists as native although its check did not pass."""
+    """(backend, op, type) the table lists as native, and (backend, op) it lists in "ops", although the check did
+    not pass."""
     wrong = []
-    for target, per_type in results.items():
-        for op in OPS:
-            for t in table.get(target, {}).get(op, []):
-                keys = list(SHAPES) if op == "linear" else ["embed"]
+    for target, res in results.items():
+        claims = table.get(target, {})
+        per_type = type_results(res)
+        for op, keys in WEIGHT_CHECKS.items():
+            for t in claims.get(op, []):
                 r = per_type.get(t)
                 if r is None:
                     continue
@@ -240,6 +395,12 @@ def claims_without_kernel(table: dict[str, Any], results: dict[str, dict]) -> li
                     wrong.append(
                         f"{target} {op} {t}: " + "; ".join(f"{k} {r[k]['status']} ({r[k]['detail']})" for k in bad)
                     )
+        checked_ops = res.get(OPS_KEY, {})
+        for op in claims.get("ops", []):
+            if op in checked_ops:
+                status, detail = op_state(checked_ops[op])
+                if status not in PASS:
+                    wrong.append(f"{target} {op}: {status} ({detail})")
     return wrong
 
 
@@ -249,24 +410,48 @@ def write_table(table: dict[str, Any], path: Path = TABLE) -> None:
     os.replace(tmp, path)
 
 
+MARK = {"validated": "native", "compiled": "native (compiled)"}
+
+
 def render(results: dict[str, dict]) -> str:
-    """A type x backend coverage table: native where every check passed, else what failed."""
+    """A type x backend coverage table (native where every check of the type passed, else what failed), then an
+    op x backend table: per weight op how many checked types have its kernel, per weightless op its status."""
     targets = list(results)
     lines = ["| type | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
-    mark = {"validated": "native", "compiled": "native (compiled)"}
     for t in QUANT_TYPES:
         cells = []
         for tg in targets:
-            r = results[tg].get(t)
+            r = type_results(results[tg]).get(t)
             if r is None:
                 cells.append("—")
                 continue
             states = {v["status"] for v in r.values()}
             if states <= set(PASS):
-                cells.append(mark["validated" if "validated" in states else "compiled"])
+                cells.append(MARK["validated" if "validated" in states else "compiled"])
             elif len(states) == 1:
                 cells.append(states.pop())
             else:
                 cells.append(", ".join(f"{k}: {v['status']}" for k, v in r.items() if v["status"] not in PASS))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "| op | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    for op in S.KERNELS:
+        cells = []
+        for tg in targets:
+            if op in WEIGHT_CHECKS:
+                per_type = type_results(results[tg])
+                if not per_type:
+                    cells.append("—")
+                    continue
+                rs = list(per_type.values())
+                ok = [r for r in rs if all(r[k]["status"] in PASS for k in WEIGHT_CHECKS[op])]
+                compiled = any(r[k]["status"] == "compiled" for r in ok for k in WEIGHT_CHECKS[op])
+                cells.append(f"{MARK['compiled' if compiled else 'validated']}: {len(ok)}/{len(rs)} types")
+                continue
+            cases = results[tg].get(OPS_KEY, {}).get(op)
+            if cases is None:
+                cells.append("—")
+                continue
+            status, detail = op_state(cases)
+            cells.append(f"{MARK[status]}, {detail}" if status in PASS else f"{status}: {detail}")
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
