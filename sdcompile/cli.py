@@ -1,21 +1,50 @@
-"""The `sdcompile` command: inspect, compile, run, bench, example.
+"""The `sdcompile` command: inspect, compile, txt2img, img2img, run, bench, kernels, example.
 
-User errors (SdcompileError, RuntimeFailure) print one line `sdcompile: error: ...` and exit non-zero; internal
-bugs keep their tracebacks.
+The image commands follow stable-diffusion.cpp's command line (-p, -n, --steps, --cfg-scale, --sampling-method,
+--scheduler, --seed, -W, -H, -o, -i, --strength), with the compile step split off: `compile` makes an artifact once,
+`txt2img`/`img2img` run it.
+
+User errors (SdcompileError, RuntimeFailure, bad arguments) print one line `sdcompile: error: ...` and exit non-zero;
+internal bugs keep their tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
 from pathlib import Path
 
 from sdcompile.errors import OptionError, SdcompileError
 
+SD_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+EXAMPLE_MODELS = ("sd-tiny", "sd15", "clip-tiny", "clip-sd15")
+EXAMPLE_FORMATS = ("safetensors", "ckpt", "gguf", "diffusers", "separate")
+# The webui's names for the sampling methods and schedules it also has (what its "parameters" reader restores);
+# the others keep stable-diffusion.cpp's name.
+WEBUI_SAMPLERS = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpm++2m": "DPM++ 2M", "lcm": "LCM"}
+WEBUI_SCHEDULES = {
+    "discrete": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "sgm_uniform": "SGM Uniform",
+    "simple": "Simple",
+    "kl_optimal": "KL Optimal",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `sdcompile: error:` line like every other user error (exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"sdcompile: error: {message} (see `{self.prog} --help`)\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sdcompile",
         description="Ahead-of-time compiler for diffusion models and GGUF-quantized weights (Apache TVM).",
     )
@@ -23,20 +52,63 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("inspect", help="show a weight file's format, model, tensors by component and memory")
-    s.add_argument("file", type=Path)
+    s.add_argument("file", type=Path, help="weight file (.safetensors, .gguf, .ckpt/.pt, .onnx)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--tensors", action="store_true", help="list every tensor")
 
-    s = sub.add_parser("compile", help="compile a model into a deployment artifact")
-    s.add_argument("file", type=Path)
+    s = sub.add_parser(
+        "compile",
+        help="compile a model into a deployment artifact",
+        description="Compile a model into an artifact directory. MODEL is a single-file checkpoint (.safetensors, "
+        ".ckpt, .gguf), a diffusers directory, or a text encoder; SD components may also come as separate files "
+        "(--diffusion-model, --vae, --clip-l), as stable-diffusion.cpp takes them.",
+    )
+    s.add_argument(
+        "file",
+        type=Path,
+        nargs="?",
+        metavar="MODEL",
+        help="checkpoint file or diffusers directory (optional when --diffusion-model is given)",
+    )
     s.add_argument("-o", "--output", type=Path, required=True, help="artifact directory to write")
-    s.add_argument("--target", choices=["cpu", "vulkan", "cuda"], default="cpu")
+    s.add_argument("--target", choices=["cpu", "vulkan", "cuda"], default="cpu", help="backend (default cpu)")
     s.add_argument("--type", help="storage type for quantizable weights (f32, f16, q8_0, q4_0, ...)")
     s.add_argument(
         "--tensor-type-rules",
         default="",
         metavar="R",
         help="'regex=type,...' on canonical tensor names; first match wins",
+    )
+    s.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="WxH",
+        help="image size to compile the SD functions for; repeat or give a comma list for several "
+        "(default 512x512; each a multiple of 8)",
+    )
+    s.add_argument("--diffusion-model", default=None, metavar="FILE", help="the UNet as a separate file")
+    s.add_argument("--vae", default=None, metavar="FILE", help="a separate VAE (replaces the checkpoint's)")
+    s.add_argument("--clip-l", default=None, metavar="FILE", help="the CLIP-L text encoder as a separate file")
+    s.add_argument(
+        "--components",
+        default=None,
+        metavar="LIST",
+        help=f"SD components to compile, comma-separated (default all: {','.join(SD_COMPONENTS)})",
+    )
+    s.add_argument(
+        "--vae-tiling",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="decode the VAE in overlapping tiles: auto (only where the whole decode does not fit; default), on, off",
+    )
+    s.add_argument("--vae-tile", type=int, default=None, metavar="N", help="tile size in latent pixels (default 32)")
+    s.add_argument(
+        "--offload",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="hold only the running component's weights on the device: auto (only where all do not fit; default), "
+        "on, off",
     )
     s.add_argument("--fallback-policy", default="lossless", help="lossless | size | exact (see legalize)")
     s.add_argument(
@@ -46,23 +118,35 @@ def _parser() -> argparse.ArgumentParser:
         help="CUDA architectures, e.g. sm_75,sm_86,compute_90 (default sm_75..sm_90 + compute_90)",
     )
     s.add_argument("--memory-budget", default=None, metavar="SIZE", help="e.g. 4GiB (default: the probed device)")
-    s.add_argument("--batch", type=int, default=1, help="compiled batch size (larger batches run in chunks)")
+    s.add_argument(
+        "--batch", type=int, default=1, help="compiled batch size of a text encoder (larger batches run in chunks)"
+    )
     s.add_argument("--dump-ir", type=Path, default=None, metavar="DIR", help="write the IR after each pass")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("run", help="run an artifact on inputs from .npy files")
-    s.add_argument("artifact", type=Path)
-    s.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", required=True)
-    s.add_argument("--output", type=Path, required=True, metavar="OUT.npz")
-    s.add_argument("--threads", type=int, default=None)
+    for cmd, what in (("txt2img", "make an image from a prompt"), ("img2img", "redraw an image guided by a prompt")):
+        s = sub.add_parser(cmd, help=f"{what} with a compiled Stable Diffusion artifact", description=what.capitalize())
+        _generation_args(s, img2img=cmd == "img2img")
 
-    s = sub.add_parser("bench", help="time an artifact over repeated runs")
-    s.add_argument("artifact", type=Path)
-    s.add_argument("--repeat", type=int, default=20)
-    s.add_argument("--warmup", type=int, default=3)
-    s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("run", help="run one function of an artifact on inputs from .npy files")
+    s.add_argument("artifact", type=Path, help="artifact directory (what `compile -o` wrote)")
+    s.add_argument(
+        "--function", default=None, metavar="NAME", help="function to run (default: the artifact's only one)"
+    )
+    s.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", required=True, help="one per input")
+    s.add_argument("--output", type=Path, required=True, metavar="OUT.npz", help="where to write the outputs")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+    s = sub.add_parser("bench", help="time one function of an artifact over repeated runs on random inputs")
+    s.add_argument("artifact", type=Path, help="artifact directory (what `compile -o` wrote)")
+    s.add_argument(
+        "--function", default=None, metavar="NAME", help="function to time (default: the artifact's only one)"
+    )
+    s.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    s.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("kernels", help="build and validate every (type, backend) kernel; write the capability table")
     s.add_argument("--check", action="store_true", help="fail if the capability table claims a kernel that fails")
@@ -71,13 +155,95 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--types", default=None, help="comma-separated weight types (default: every type)")
     s.add_argument("--json", action="store_true", help="machine-readable results")
 
-    s = sub.add_parser("example", help="write built-in example weights (a random CLIP text encoder)")
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--size", choices=["tiny", "sd15"], default="tiny")
-    s.add_argument("--convention", default="ldm", help="ldm | transformers | transformers5 | diffusers")
-    s.add_argument("--format", dest="fmt", choices=["safetensors", "gguf"], default="safetensors")
-    s.add_argument("--dtype", default="f32", help="f32 | f16 (safetensors); also q8_0, q4_0, ... for gguf")
+    s = sub.add_parser(
+        "example",
+        help="write built-in example weights with random values (SD 1.x checkpoints or a CLIP text encoder)",
+    )
+    s.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="file to write (a directory for --format diffusers or separate)",
+    )
+    s.add_argument(
+        "--model",
+        choices=EXAMPLE_MODELS,
+        default=None,
+        help="sd-tiny: SD 1.x topology with tiny widths (default); sd15: full-size SD 1.5 (about 4 GiB in f32); "
+        "clip-tiny, clip-sd15: only the CLIP text encoder",
+    )
+    s.add_argument(
+        "--size",
+        choices=["tiny", "sd15"],
+        default=None,
+        help="older spelling of --model clip-tiny / clip-sd15 (the CLIP text encoder)",
+    )
+    s.add_argument(
+        "--format",
+        dest="fmt",
+        choices=EXAMPLE_FORMATS,
+        default="safetensors",
+        help="safetensors (LDM single file), ckpt, gguf (as stable-diffusion.cpp's convert writes it), diffusers "
+        "(a directory), separate (--diffusion-model/--vae/--clip-l files); CLIP: safetensors or gguf",
+    )
+    s.add_argument(
+        "--convention",
+        default=None,
+        help="CLIP tensor names: ldm (default) | transformers | transformers5 | diffusers",
+    )
+    s.add_argument("--dtype", default="f32", help="f32 | f16; for gguf also q8_0, q4_0, ... (default f32)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    s.add_argument(
+        "--no-metadata",
+        action="store_true",
+        help="SD: no metadata in the file, like the released SD 1.5 files (hyperparameters then come from shapes)",
+    )
     return p
+
+
+def _generation_args(s: argparse.ArgumentParser, img2img: bool) -> None:
+    s.add_argument("artifact", type=Path, help="artifact compiled from an SD checkpoint (`sdcompile compile`)")
+    if img2img:
+        s.add_argument("-i", "--init-img", type=Path, required=True, help="the image to start from (PNG, PPM, PGM)")
+        s.add_argument(
+            "--strength",
+            type=float,
+            default=0.75,
+            help="how much to change it: 0 keeps it, 1 ignores it (default 0.75; runs int(steps * strength) steps)",
+        )
+    s.add_argument("-p", "--prompt", required=True, help="what to draw; (word:1.2) and [word] weigh words")
+    s.add_argument("-n", "--negative-prompt", default="", help="what to avoid (default none)")
+    s.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    s.add_argument("--cfg-scale", type=float, default=7.0, help="classifier-free guidance scale (default 7.0)")
+    s.add_argument(
+        "--sampling-method",
+        default="euler_a",
+        metavar="M",
+        help="euler, euler_a (default), ddim, ddim_trailing, dpm++2m, lcm",
+    )
+    s.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="S",
+        help="sigma schedule: default (the method's own), discrete, karras, exponential, sgm_uniform, simple, "
+        "smoothstep, kl_optimal, lcm",
+    )
+    s.add_argument("-s", "--seed", type=int, default=42, help="random seed; -1 picks one and reports it (default 42)")
+    s.add_argument("-W", "--width", type=int, default=None, help="image width (default: the first compiled size)")
+    s.add_argument("-H", "--height", type=int, default=None, help="image height (default: the first compiled size)")
+    s.add_argument("-o", "--output", type=Path, default=Path("output.png"), help="PNG to write (default output.png)")
+    s.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument(
+        "--init-noise",
+        type=Path,
+        default=None,
+        metavar="FILE.npy",
+        help="initial noise [1, 4, H/8, W/8] (unit variance) instead of the seed's, e.g. to compare with diffusers",
+    )
+    s.add_argument("--save-latents", type=Path, default=None, metavar="FILE.npy", help="also write the final latents")
+    s.add_argument("--json", action="store_true", help="print timings, seed and paths as JSON")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _version() -> str:
@@ -94,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "inspect": cmd_inspect,
             "compile": cmd_compile,
+            "txt2img": cmd_generate,
+            "img2img": cmd_generate,
             "run": cmd_run,
             "bench": cmd_bench,
             "example": cmd_example,
@@ -105,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdcompile: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sdcompile ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def cmd_inspect(args) -> int:
@@ -118,6 +289,36 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def parse_sizes(values: list[str]) -> list[tuple[int, int]]:
+    """`--size` values ("512x512", repeated or comma-separated) as [(width, height)], in order, without repeats."""
+    out: list[tuple[int, int]] = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip().lower()
+            if not part:
+                continue
+            m = re.fullmatch(r"(\d+)\s*x\s*(\d+)", part)
+            if not m:
+                raise OptionError(f"--size {part!r} is not WIDTHxHEIGHT (e.g. 512x512)")
+            w, h = int(m[1]), int(m[2])
+            if w <= 0 or h <= 0 or w % 8 or h % 8:
+                raise OptionError(f"--size {part}: width and height must be positive multiples of 8 (the VAE's factor)")
+            if (w, h) not in out:
+                out.append((w, h))
+    return out
+
+
+def parse_components(value: str) -> tuple[str, ...]:
+    comps = tuple(dict.fromkeys(c.strip() for c in value.split(",") if c.strip()))
+    unknown = [c for c in comps if c not in SD_COMPONENTS]
+    if unknown or not comps:
+        raise OptionError(
+            f"--components {value!r}: unknown component {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(SD_COMPONENTS)}"
+        )
+    return comps
+
+
 def cmd_compile(args) -> int:
     from sdcompile.compiler import compile_model
     from sdcompile.passes.context import CompileOptions
@@ -127,6 +328,13 @@ def cmd_compile(args) -> int:
 
     if args.batch < 1:
         raise OptionError(f"--batch must be at least 1, got {args.batch}")
+    if args.file is None and not args.diffusion_model:
+        raise OptionError("no model given: pass MODEL (a checkpoint or diffusers directory) or --diffusion-model FILE")
+    for opt, f in (("MODEL", args.file), ("--diffusion-model", args.diffusion_model), ("--vae", args.vae)):
+        if f is not None and not Path(f).exists():
+            raise OptionError(f"{opt} {f}: no such file or directory")
+    if args.clip_l is not None and not Path(args.clip_l).exists():
+        raise OptionError(f"--clip-l {args.clip_l}: no such file or directory")
     archs = None
     if args.cuda_arch is not None:
         from sdcompile.codegen.cuda_build import parse_arch_list
@@ -140,7 +348,23 @@ def cmd_compile(args) -> int:
         memory_budget=parse_size(args.memory_budget) if args.memory_budget else None,
         cuda_archs=archs,
         batch=args.batch,
+        diffusion_model=args.diffusion_model,
+        vae=args.vae,
+        clip_l=args.clip_l,
     )
+    if args.vae_tiling is not None:
+        opts.vae_tiling = args.vae_tiling
+    if args.vae_tile is not None:
+        if args.vae_tile < 1:
+            raise OptionError(f"--vae-tile must be at least 1 latent pixel, got {args.vae_tile}")
+        opts.vae_tile = args.vae_tile
+    if args.offload is not None:
+        opts.offload = args.offload
+    sizes = parse_sizes(args.size)
+    if sizes:
+        opts.sizes = sizes
+    if args.components is not None:
+        opts.components = parse_components(args.components)
     if opts.type is not None:
         from sdcompile.quant.types import get
 
@@ -149,10 +373,255 @@ def cmd_compile(args) -> int:
         args.file, args.output, opts, progress=not args.no_progress and sys.stderr.isatty(), dump_ir=args.dump_ir
     )
     if args.json:
-        print(json.dumps({k: manifest[k] for k in ("target", "memory", "report", "source", "files")}, indent=1))
+        keys = ("target", "source", "functions", "pipeline", "memory", "report", "files")
+        print(json.dumps({k: manifest[k] for k in keys if k in manifest}, indent=1))
     else:
         print(render_compile_report(manifest, args.output))
     return 0
+
+
+# --- txt2img / img2img ------------------------------------------------------------------------------------------
+
+
+def check_output_file(path: Path, option: str, suffix: str | None) -> None:
+    """Refuse an output path that cannot be written (or, with ``suffix``, is named for another format), before any
+    work is done."""
+    if path.is_dir():
+        example = path / ("output" + (suffix or ""))
+        raise OptionError(f"{option} {path} is a directory; give a file name such as {example}")
+    folder = path.parent
+    if not folder.exists():
+        raise OptionError(f"{option} {path}: the folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise OptionError(f"{option} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OptionError(f"{option} {path}: the folder {folder} is not writable")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise OptionError(f"{option} {path}: the file is written as {suffix[1:].upper()}; give it the {suffix} suffix")
+
+
+def _load_array(path: Path, option: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise OptionError(f"{option} {path}: cannot read it as a .npy array ({e})") from None
+
+
+def _save_npy(path: Path, arr) -> None:
+    """np.save under exactly this name (np.save itself appends .npy), replacing the file only when complete."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    tmp.replace(path)
+
+
+def _sd_size(path: Path, manifest: dict, width: int | None, height: int | None, img2img: bool) -> tuple[int, int]:
+    """-W/-H checked against what an SD artifact was compiled for (sizes and components); a missing one is taken
+    from the first compiled size."""
+    pipe = manifest.get("pipeline") or {}
+    fns = manifest["functions"]
+    if pipe.get("kind") != "stable-diffusion":
+        raise OptionError(
+            f"{path}: not a Stable Diffusion artifact (it holds {', '.join(sorted(fns))}); compile an SD checkpoint "
+            "for txt2img and img2img"
+        )
+    sizes = [tuple(s) for s in pipe.get("sizes") or []]
+    dw, dh = sizes[0] if sizes else (512, 512)
+    width = dw if width is None else width
+    height = dh if height is None else height
+    tag = f"{width}x{height}"
+    tiled = (pipe.get("vae_tiling") or {}).get("functions") or {}
+    need = {
+        "text_encoder": "encode_text" in fns,
+        "unet": any(f.startswith("denoise_") for f in fns),
+        "vae_decoder": any(f.startswith("decode_latents_") for f in fns),
+    }
+    if img2img:
+        need["vae_encoder"] = any(f.startswith("encode_image_") for f in fns)
+    missing = [c for c, have in need.items() if not have]
+    if missing:
+        cmd = "img2img" if img2img else "txt2img"
+        raise OptionError(
+            f"{path} was compiled without {', '.join(missing)}; {cmd} needs {', '.join(need)} (compile without "
+            "--components, or list them all)"
+        )
+    if f"denoise_{tag}" not in fns or (img2img and f"encode_image_{tag}" not in fns):
+        have = ", ".join(f"{w}x{h}" for w, h in sizes) or "none"
+        raise OptionError(
+            f"{path} was compiled for image sizes {have}, not {tag}; pick one of those with -W/-H, or recompile with "
+            f"--size {tag}"
+        )
+    if f"decode_latents_{tag}" not in fns and tag not in tiled:
+        raise OptionError(f"{path} holds no VAE decoder for {tag}; recompile with --size {tag}")
+    return width, height
+
+
+class _StepBar:
+    """tqdm progress bar on stderr, one tick per sampling step, showing the seconds of the last step."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.enabled, self.desc, self.bar = enabled, desc, None
+
+    def __call__(self, i: int, n: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=n,
+                desc=self.desc,
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}{postfix}",
+            )
+        self.bar.set_postfix_str(f"{seconds:.3f} s/step", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_generate(args) -> int:
+    """txt2img, or img2img with -i."""
+    import secrets
+    import time
+
+    import numpy as np
+
+    import runtime
+    from runtime.model import read_manifest
+    from runtime.pipelines.image import generation_parameters, read_png, write_png
+    from runtime.pipelines.samplers import make_sampler
+    from runtime.pipelines.schedules import NoiseSchedule
+    from runtime.pipelines.sd import StableDiffusion
+
+    img2img = args.cmd == "img2img"
+    # everything a user can get wrong is checked before the model loads and the sampling starts
+    if not args.artifact.exists():
+        raise OptionError(f"{args.artifact}: no such artifact; make one with `sdcompile compile MODEL -o DIR`")
+    check_output_file(args.output, "-o", ".png")
+    if args.save_latents is not None:
+        check_output_file(args.save_latents, "--save-latents", ".npy")
+    if args.threads is not None and args.threads < 1:
+        raise OptionError(f"--threads must be at least 1, got {args.threads}")
+    if not math.isfinite(args.cfg_scale):
+        raise OptionError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
+    if args.seed < -1 or args.seed >= 2**63:
+        raise OptionError(f"--seed must be between 0 and 2^63-1, or -1 for a random seed; got {args.seed}")
+    for opt, v in (("-W", args.width), ("-H", args.height)):
+        if v is not None and (v <= 0 or v % 8):
+            raise OptionError(f"{opt} {v}: image sizes are positive multiples of 8")
+    strength = args.strength if img2img else 1.0
+    # the sampler's own checks (method, schedule, steps, strength) on SD's default schedule: cheap and early
+    make_sampler(args.sampling_method, NoiseSchedule.from_config({}), args.steps, args.scheduler, strength=strength)
+    manifest = read_manifest(args.artifact)
+    width, height = _sd_size(args.artifact, manifest, args.width, args.height, img2img)
+    init = read_png(args.init_img) if img2img else None
+    noise = None
+    if args.init_noise is not None:
+        noise = _load_array(args.init_noise, "--init-noise")
+        want = [1, *manifest["functions"][f"denoise_{width}x{height}"]["inputs"]["x"]["shape"][1:]]
+        if list(noise.shape) != want or noise.dtype.kind != "f":
+            raise OptionError(
+                f"--init-noise {args.init_noise}: {noise.dtype}{list(noise.shape)}, but {width}x{height} needs "
+                f"float{want}"
+            )
+    seed = secrets.randbelow(2**31) if args.seed == -1 else args.seed
+
+    t0 = time.perf_counter()
+    model = runtime.load(args.artifact, num_threads=args.threads)
+    sd = StableDiffusion(model)
+    load_s = time.perf_counter() - t0
+    bar = _StepBar(not args.no_progress, "img2img" if img2img else "txt2img")
+    try:
+        res = sd.generate(
+            args.prompt,
+            args.negative_prompt,
+            steps=args.steps,
+            cfg_scale=args.cfg_scale,
+            method=args.sampling_method,
+            scheduler=args.scheduler,
+            seed=seed,
+            width=width,
+            height=height,
+            init_noise=noise,
+            init_image=init,
+            strength=strength,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    scheduler = None if args.scheduler in (None, "default") else args.scheduler
+    params = generation_parameters(
+        args.prompt,
+        args.negative_prompt,
+        args.steps,
+        WEBUI_SAMPLERS.get(args.sampling_method, args.sampling_method),
+        args.cfg_scale,
+        seed,
+        width,
+        height,
+        model.manifest["source"].get("file"),
+        scheduler=WEBUI_SCHEDULES.get(scheduler, scheduler) if scheduler else None,
+        strength=strength if img2img else None,
+    )
+    write_png(args.output, res.image, {"parameters": params})
+    if args.save_latents is not None:
+        _save_npy(args.save_latents, np.asarray(res.latents, np.float32))
+    for w in res.warnings:
+        print(f"sdcompile: warning: {w}", file=sys.stderr)
+    timings = {"load_s": load_s, **res.timings}
+    dev = model.device
+    device = f"{model.manifest['target']} ({dev.get('name') or dev.get('adapter') or dev.get('backend')})"
+    if args.json:
+        out = {
+            "image": str(args.output),
+            "latents": None if args.save_latents is None else str(args.save_latents),
+            "seed": seed,
+            "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt,
+            "width": width,
+            "height": height,
+            "steps": args.steps,
+            "sampling_method": args.sampling_method,
+            "scheduler": scheduler,
+            "cfg_scale": args.cfg_scale,
+            "strength": strength if img2img else None,
+            "artifact": str(args.artifact),
+            "device": device,
+            "timings": timings,
+            "warnings": res.warnings,
+            "parameters": params,
+        }
+        print(json.dumps(out, indent=1))
+    else:
+        t = res.timings
+        n = int(t.get("steps", 0))
+        parts = [f"text {t['encode_text_s']:.2f} s"]
+        if "encode_image_s" in t:
+            parts.append(f"image {t['encode_image_s']:.2f} s")
+        parts += [f"{n} steps {t['denoise_s']:.2f} s ({t['step_s']:.3f} s/step)", f"decode {t['decode_s']:.2f} s"]
+        print(
+            f"wrote {args.output}: {width}x{height}, seed {seed}, {args.sampling_method}"
+            + (f"/{scheduler}" if scheduler else "")
+            + f", cfg {args.cfg_scale:g}"
+            + (f", strength {strength:g}" if img2img else "")
+            + f", on {device}"
+        )
+        if args.save_latents is not None:
+            print(f"wrote {args.save_latents}: latents float32{list(res.latents.shape)}")
+        print(f"time  {t['total_s']:.2f} s = " + " + ".join(parts) + f" (load {load_s:.2f} s before)")
+    return 0
+
+
+# --- run / bench ------------------------------------------------------------------------------------------------
 
 
 def _load_npy(spec: str):
@@ -171,10 +640,15 @@ def cmd_run(args) -> int:
     import numpy as np
 
     import runtime
+    from runtime.model import read_manifest
+    from sdcompile.report import pick_function
 
-    model = runtime.load(args.artifact, num_threads=args.threads)
+    check_output_file(args.output, "--output", None)
+    fn = pick_function(args.artifact, read_manifest(args.artifact)["functions"], args.function)
     inputs = dict(_load_npy(s) for s in args.input)
-    out = model.run(inputs)
+    model = runtime.load(args.artifact, num_threads=args.threads)
+    # a single-function artifact takes any batch (run in compiled-size chunks); otherwise the exact signature
+    out = model.run(inputs) if len(model.functions) == 1 else model.call(fn, inputs)
     tmp = args.output.with_name(args.output.name + ".tmp.npz")
     np.savez(tmp, **out)
     tmp.replace(args.output)
@@ -187,11 +661,15 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from sdcompile.report import bench_artifact
 
-    res = bench_artifact(args.artifact, repeat=args.repeat, warmup=args.warmup, threads=args.threads)
+    if args.repeat < 1 or args.warmup < 0:
+        raise OptionError(f"--repeat must be at least 1 and --warmup at least 0 (got {args.repeat}, {args.warmup})")
+    res = bench_artifact(
+        args.artifact, repeat=args.repeat, warmup=args.warmup, threads=args.threads, function=args.function
+    )
     if args.json:
         print(json.dumps(res, indent=1))
     else:
-        print(f"{res['artifact']} on {res['device']}: {res['repeat']} runs, batch {res['batch']}")
+        print(f"{res['artifact']} {res['function']} on {res['device']}: {res['repeat']} runs, batch {res['batch']}")
         print(f"  min {res['min_ms']:.2f} ms   median {res['median_ms']:.2f} ms   max {res['max_ms']:.2f} ms")
     return 0
 
@@ -232,12 +710,27 @@ def cmd_kernels(args) -> int:
 
 
 def cmd_example(args) -> int:
+    model = args.model
+    if args.size is not None:
+        if model is not None and model != f"clip-{args.size}":
+            raise OptionError(f"--size {args.size} (the CLIP example) contradicts --model {model}; give one of them")
+        model = f"clip-{args.size}"
+    model = model or "sd-tiny"
+    if model.startswith("clip-"):
+        return _example_clip(args, model[len("clip-") :])
+    return _example_sd(args, model)
+
+
+def _example_clip(args, size: str) -> int:
     from sdcompile import examples as ex
 
-    shape = {"tiny": ex.TINY, "sd15": ex.SD15}[args.size]
-    if args.convention not in dict(ex.CONVENTIONS):
-        raise OptionError(f"unknown convention {args.convention!r}; choose from {', '.join(dict(ex.CONVENTIONS))}")
-    state = ex.rename(ex.clip_text_state(shape), args.convention)
+    shape = {"tiny": ex.TINY, "sd15": ex.SD15}[size]
+    convention = args.convention or "ldm"
+    if convention not in dict(ex.CONVENTIONS):
+        raise OptionError(f"unknown convention {convention!r}; choose from {', '.join(dict(ex.CONVENTIONS))}")
+    if args.fmt not in ("safetensors", "gguf"):
+        raise OptionError(f"the CLIP example is written as safetensors or gguf, not {args.fmt}")
+    state = ex.rename(ex.clip_text_state(shape, args.seed), convention)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"num_attention_heads": shape.heads}
     if args.fmt == "safetensors":
@@ -246,7 +739,38 @@ def cmd_example(args) -> int:
         ex.write_safetensors(args.output, state, args.dtype, {k: str(v) for k, v in meta.items()})
     else:
         ex.write_gguf(args.output, state, args.dtype, meta)
-    print(f"wrote {args.output} ({args.size} CLIP text encoder, {args.convention} names, {args.fmt}, {args.dtype})")
+    print(f"wrote {args.output} ({size} CLIP text encoder, {convention} names, {args.fmt}, {args.dtype})")
+    return 0
+
+
+def _example_sd(args, model: str) -> int:
+    from sdcompile import examples_sd as E
+    from sdcompile.passes.memory_plan import fmt_bytes
+
+    if args.convention not in (None, "ldm"):
+        raise OptionError(
+            "--convention is for the CLIP example; an SD example's names follow its --format (LDM names for "
+            "safetensors, ckpt and gguf, diffusers names for diffusers)"
+        )
+    shape = {"sd-tiny": E.TINY_SD, "sd15": E.SD15}[model]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.fmt in ("diffusers", "separate") and args.output.exists() and not args.output.is_dir():
+        raise OptionError(f"-o {args.output}: --format {args.fmt} writes a directory, and this is a file")
+    if args.fmt not in ("diffusers", "separate") and args.output.is_dir():
+        raise OptionError(f"-o {args.output} is a directory; --format {args.fmt} writes one file")
+    try:
+        out = E.write_sd(args.output, shape, args.seed, args.fmt, dtype=args.dtype, metadata=not args.no_metadata)
+    except ValueError as e:
+        raise OptionError(f"--format {args.fmt} --dtype {args.dtype}: {e}") from None
+    files = [out] if out.is_file() else sorted(p for p in out.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    names = {"diffusers": "diffusers names", "separate": "one file per component"}.get(args.fmt, "LDM names")
+    print(
+        f"wrote {out} ({shape.name}: SD 1.x with random weights, {names}, {args.fmt}, {args.dtype}; {fmt_bytes(size)})"
+    )
+    if args.fmt == "separate":
+        parts = " ".join(f"--{role.replace('_', '-')} {out / f}" for role, f in E.SEPARATE_FILES.items())
+        print(f"compile it with: sdcompile compile {parts} -o ARTIFACT")
     return 0
 
 

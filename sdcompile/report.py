@@ -9,15 +9,68 @@ from typing import Any
 
 from sdcompile.passes.memory_plan import fmt_bytes
 
+_SHORT_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "int32": "i32", "int64": "i64"}
+
+
+def signature(name: str, plan: dict[str, Any]) -> str:
+    """``name(input dtype[shape], ...) -> output dtype[shape], ...`` of one compiled function."""
+
+    def args(values: dict[str, Any]) -> str:
+        return ", ".join(
+            f"{k} {_SHORT_DTYPES.get(v['dtype'], v['dtype'])}[{', '.join(map(str, v['shape']))}]"
+            for k, v in values.items()
+        )
+
+    return f"{name}({args(plan['inputs'])}) -> {args(plan['outputs'])}"
+
+
+def _ignored_lines(ignored: dict[str, str]) -> list[str]:
+    """The tensors a compile left out, one line per reason with the count and the first names."""
+    if not ignored:
+        return ["ignored   none: every tensor of the model is used"]
+    by_reason: dict[str, list[str]] = {}
+    for name, why in ignored.items():
+        by_reason.setdefault(why, []).append(name)
+    lines = []
+    for i, (why, names) in enumerate(sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
+        shown = ", ".join(sorted(names)[:2]) + (", ..." if len(names) > 2 else "")
+        count = f"{len(names)} tensor{'s' if len(names) != 1 else ''}"
+        lines.append(f"{'ignored' if i == 0 else '':<10}{count}: {why} ({shown})")
+    return lines
+
+
+# SD functions in the order a pipeline calls them (a manifest read back from disk has its keys sorted)
+_CALL_ORDER = ("encode_text", "encode_image_", "denoise_", "decode_latents_")
+
+
+def in_call_order(names) -> list[str]:
+    def key(n: str) -> tuple[int, str]:
+        return next((i for i, p in enumerate(_CALL_ORDER) if n.startswith(p)), len(_CALL_ORDER)), n
+
+    return sorted(names, key=key)
+
 
 def render_compile_report(m: dict[str, Any], out: Path) -> str:
     r = m["report"]
     q = r["quantize"]["types"]
+    src = m["source"]
+    sizes = (m.get("pipeline") or {}).get("sizes") or (src.get("config") or {}).get("sizes") or []
+    names = f", {src['convention']} names" if src.get("convention") else ""
     lines = [
-        f"compiled {m['source']['file']} ({m['source']['format']}, {m['source']['family']}, "
-        f"{m['source']['convention']} names) for {m['target']}",
+        f"compiled {src['file']} ({src['format']}, {src['family']}{names}) for {m['target']}"
+        + (f", image sizes {', '.join(f'{w}x{h}' for w, h in sizes)}" if sizes else ""),
         "",
-        "weights   " + ", ".join(f"{t}×{n}" for t, n in q.items()),
+    ]
+    for i, name in enumerate(in_call_order(m["functions"])):
+        lines.append(f"{'functions' if i == 0 else '':<10}{signature(name, m['functions'][name])}")
+    lines += [f"assumed   {a}" for a in src.get("assumptions") or []]
+    lines += _ignored_lines(src.get("ignored") or {})
+    mem = m["memory"]
+    by_comp = mem.get("weights_by_component") or {}
+    lines += [
+        "weights   "
+        + ", ".join(f"{t}×{n}" for t, n in q.items())
+        + (f" ({', '.join(f'{c} {fmt_bytes(b)}' for c, b in by_comp.items())})" if len(by_comp) > 1 else ""),
         f"fusion    {r['fuse']['nodes']} kernels launched; "
         + ", ".join(f"{k} ×{v}" for k, v in sorted(r["fuse"]["fired"].items())),
     ]
@@ -28,12 +81,40 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     )
     for d in leg["fallbacks"]:
         lines.append(f"          {d['tensor']}: {d['from']} -> {d['to']} by {d['step']}: {d['why']}")
-    mem = m["memory"]
     budget = mem.get("budget_bytes")
     lines.append(
         f"memory    peak {fmt_bytes(mem['peak_bytes'])} = weights {fmt_bytes(mem['weights_bytes'])} + activations "
         f"{fmt_bytes(mem['activation_bytes'])} in {mem['slots']} slots (without reuse "
-        f"{fmt_bytes(mem['activation_bytes_without_reuse'])}) + inputs {fmt_bytes(mem['input_bytes'])}\n"
+        f"{fmt_bytes(mem['activation_bytes_without_reuse'])}) + inputs {fmt_bytes(mem['input_bytes'])}"
+    )
+    per_fn = mem.get("functions") or {}
+    if len(per_fn) > 1:
+        # the functions run one after another and share the slot buffers: the peak holds the largest of them
+        width = max(len(n) for n in per_fn)
+        lines.append("          activations per function (they run in turn, sharing the slots):")
+        for name in in_call_order(per_fn):
+            f = per_fn[name]
+            held = ""
+            if mem.get("offload") and "weights_bytes" in f:
+                held = f", with weights {fmt_bytes(f['weights_bytes'])} ({', '.join(f.get('components', []))})"
+            lines.append(
+                f"            {name:<{width}}  {fmt_bytes(f['activation_bytes']):>10} in {f['slots']} slots "
+                f"(without reuse {fmt_bytes(f['activation_bytes_without_reuse'])}){held}"
+            )
+    if mem.get("offload"):
+        lines.append(
+            "          offload: only the running function's components are on the device (all resident: "
+            f"{fmt_bytes(mem.get('resident_peak_bytes', 0))})"
+        )
+    tiling = mem.get("vae_tiling")
+    if tiling:
+        lines.append(
+            f"          VAE decoded in tiles of {tiling['tile']} latent pixels (overlap {tiling['overlap']}) at "
+            + ", ".join(sorted(tiling.get("functions") or {}))
+        )
+    for t in mem.get("tried") or []:
+        lines.append(f"          did not fit: {t}")
+    lines.append(
         "          budget "
         + (f"{fmt_bytes(budget)} ({mem.get('budget_source', '')})" if budget else f"none ({mem.get('budget_source')})")
     )
@@ -47,29 +128,62 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
-def bench_artifact(path: Path, repeat: int = 20, warmup: int = 3, threads: int | None = None) -> dict[str, Any]:
+format_compile = render_compile_report
+
+
+def pick_function(path: Path, functions: dict[str, Any], function: str | None) -> str:
+    """The function a `run`/`bench` addresses: the one named, or the artifact's only one."""
+    from sdcompile.errors import OptionError
+
+    if function is None:
+        if len(functions) == 1:
+            return next(iter(functions))
+        raise OptionError(f"{path} holds functions {', '.join(in_call_order(functions))}: pick one with --function")
+    if function not in functions:
+        raise OptionError(f"{path} has no function {function!r}; it holds {', '.join(in_call_order(functions))}")
+    return function
+
+
+def random_inputs(plan: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Inputs matching a function's signature: token ids within the vocabulary for integer inputs, standard normal
+    values for the rest."""
     import numpy as np
 
-    import runtime
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, spec in plan["inputs"].items():
+        dt = np.dtype(spec["dtype"])
+        if dt.kind in "iu":
+            out[name] = rng.integers(0, int(spec.get("max_value") or 1) + 1, spec["shape"]).astype(dt)
+        else:
+            out[name] = rng.standard_normal(spec["shape"]).astype(dt)
+    return out
 
+
+def bench_artifact(
+    path: Path, repeat: int = 20, warmup: int = 3, threads: int | None = None, function: str | None = None
+) -> dict[str, Any]:
+    import runtime
+    from runtime.model import read_manifest
+
+    fn = pick_function(path, read_manifest(path)["functions"], function)  # before the slower load
     model = runtime.load(path, num_threads=threads)
-    inputs = {}
-    for name, spec in model.plan["inputs"].items():
-        hi = spec.get("max_value") or 1
-        inputs[name] = np.random.default_rng(0).integers(0, hi + 1, spec["shape"]).astype(np.int32)
+    plan = model.functions[fn]
+    inputs = random_inputs(plan)
     for _ in range(warmup):
-        model.run(inputs)
+        model.call(fn, inputs)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        model.run(inputs)
+        model.call(fn, inputs)
         times.append((time.perf_counter() - t0) * 1e3)
     dev = model.device
     return {
         "artifact": str(path),
+        "function": fn,
         "device": dev.get("name") or dev.get("adapter") or dev.get("backend"),
         "target": model.manifest["target"],
-        "batch": next(iter(model.plan["inputs"].values()))["shape"][0],
+        "batch": next(iter(plan["inputs"].values()))["shape"][0],
         "repeat": repeat,
         "min_ms": min(times),
         "median_ms": statistics.median(times),

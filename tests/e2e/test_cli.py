@@ -122,3 +122,22 @@ def test_cuda_artifact_refused_on_too_old_device(tiny_ldm_safetensors, tiny_ids,
     )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "5.2" in r.stderr and "sm_75" in r.stderr and "sm_86" in r.stderr, r.stderr
+
+
+def test_example_clip_keeps_its_old_options(tmp_path):
+    """`example --size tiny` (the CLIP example's older spelling) still writes the CLIP text encoder."""
+    out = tmp_path / "clip.safetensors"
+    r = sdc("example", "--size", "tiny", "--convention", "transformers", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "CLIP text encoder" in r.stdout
+    info = json.loads(sdc("inspect", out, "--json").stdout)
+    assert info["family"] == "clip_text" and info["model"]["width"] == 128
+    r = sdc("example", "--size", "tiny", "--model", "sd-tiny", "-o", out)
+    assert r.returncode == 2 and r.stderr.startswith("sdcompile: error:") and "--model" in r.stderr
+
+
+def test_argument_errors_are_one_line():
+    r = sdc("compile", "--target", "tpu", "-o", "x")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("sdcompile: error: argument --target") and r.stderr.strip().count("\n") == 0
+    assert "sdcompile compile --help" in r.stderr
