@@ -166,6 +166,13 @@ def compile_model(
     path, out_dir = (Path(path) if path is not None else None), Path(out_dir)
     if options.target not in ("cpu", "vulkan", "cuda"):
         raise OptionError(f"unknown target {options.target!r}; choose cpu, vulkan or cuda")
+    if options.vae_tile_overlap is None:  # a quarter of the tile, as stable-diffusion.cpp's default tiling
+        options.vae_tile_overlap = options.vae_tile // 4
+    if not 0 <= options.vae_tile_overlap < options.vae_tile // 2 or options.vae_tile < 4:
+        raise OptionError(
+            f"VAE tiles of {options.vae_tile} latent pixels with an overlap of {options.vae_tile_overlap}: the tile "
+            "must be at least 4 and the overlap less than half of it (the default is 32 with 8)"
+        )
     budget_source = "--memory-budget"
     if options.memory_budget is None:
         options.memory_budget, budget_source = _default_budget(options.target)

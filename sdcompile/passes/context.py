@@ -29,7 +29,7 @@ class CompileOptions:
     # ("auto": only where all of them do not fit; "on"; "off").
     vae_tiling: str = "auto"
     vae_tile: int = 32
-    vae_tile_overlap: int = 8
+    vae_tile_overlap: int | None = None  # latent pixels; None: a quarter of the tile
     offload: str = "auto"
 
 
