@@ -145,8 +145,8 @@ class _Gemm:
         self.mins = self.wtype in MINS
         self.MG = 16 if self.wtype == "q2_k" else 32  # weights per offset
         self.NM = self.K // self.MG
-        self.CH = min(self.NT, MAX_CHUNKS)
-        self.TPC = -(-self.NT // self.CH)  # weight tiles per chunk
+        self.TPC = -(-self.NT // min(self.NT, MAX_CHUNKS))  # weight tiles per chunk
+        self.CH = -(-self.NT // self.TPC)  # chunks: every one has a tile (20 tiles: 10 chunks of 2, not 16)
 
     def build(self) -> None:
         b = self.bufs
@@ -264,7 +264,7 @@ class _Gemm:
             _amx("ldtilecfg", T.address_of(self.cfg[0]))
             with T.serial(0, self.TPC) as t:
                 nt = c * self.TPC + t
-                if self.NT % self.TPC:
+                if self.CH * self.TPC > self.NT:  # the last chunk is short
                     with T.If(nt < self.NT):
                         with T.Then():
                             self.tile(c, nt)

@@ -28,8 +28,10 @@ from tests.kernels import integer_cases as ic
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_amx(), reason="the AMX path needs a CPU with AMX-INT8 (and Linux)")
 
-BLOCK_SHAPES = [(9, 16, 32), (16, 32, 96), (17, 48, 64), (33, 16, 288), (64, 64, 512), (20, 560, 128)]
-SUPER_SHAPES = [(9, 16, 256), (17, 32, 512), (64, 48, 768), (33, 16, 1280)]
+# N = 320 (an SD UNet width): 20 tiles of 16 weight rows, two per task, ten tasks (the chunking once ran 16 tasks
+# of two, the last six past the weights, and corrupted the heap); N = 560: 35 tiles, the last task short.
+BLOCK_SHAPES = [(9, 16, 32), (16, 32, 96), (17, 48, 64), (33, 16, 288), (64, 64, 512), (20, 560, 128), (40, 320, 64)]
+SUPER_SHAPES = [(9, 16, 256), (17, 32, 512), (64, 48, 768), (33, 16, 1280), (24, 320, 256)]
 SPECS = [S.linear(m, n, k, t) for t in ("q4_0", "q8_0") for m, n, k in BLOCK_SHAPES]
 SPECS += [S.linear(m, n, k, t) for t in ("q4_k", "q6_k") for m, n, k in SUPER_SHAPES]
 # the types without a GEMV kernel, which the tile unit takes from one row
