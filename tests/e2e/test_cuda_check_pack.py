@@ -32,8 +32,11 @@ def test_build_pack(tmp_path):
     build = meta["cuda"]["build"]
     assert build["archs"] == ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90"] and build["ptx"] == ["compute_90"]
     names = set(meta["cuda"]["kernels"])
-    # the check's three cases per type, plus GEMV and GEMM at 4096 x 4096 for q4_0
-    assert len(names) == 3 + 3 + 2 and any("M64_N4096" in n and "q4_0" in n for n in names)
+    # the check's five cases per type (GEMV, GEMM, embed, two convs), plus GEMV and GEMM at 4096 x 4096 for q4_0
+    from sdcompile.kernels.check import specs_for
+
+    per_type = len(specs_for("q4_0"))
+    assert per_type == 5 and len(names) == 2 * per_type + 2 and any("M64_N4096" in n and "q4_0" in n for n in names)
     assert (tmp_path / build["file"]).stat().st_size > 0
     assert (tmp_path / "pylib" / "gguf" / "quants.py").is_file()
 
