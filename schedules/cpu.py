@@ -233,6 +233,29 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     row reductions and one libm expf call per score.
     """
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+    if spec.attr("tiled"):
+        # The online-softmax kernel (legalization picks it for GPU backends only; the CPU kernel above handles any
+        # length). A task per query row walks the key tiles, the running state and the tile's stages in its
+        # stack; the channel loops are vectors.
+        blocks = ("score", "tmax", "prob", "tsum", "tacc", "run", "o")
+        score, tmax, prob, tsum, tacc, run, o = (sch.get_sblock(n) for n in blocks)
+        r, c = sch.get_loops(o)
+        b, i = sch.split(r, [B, S])
+        h, e = sch.split(c, [H, Dh])
+        sch.reorder(b, h, i, e)
+        task = sch.fuse(b, h, i)
+        sch.parallel(task)
+        el = _lanes_for(Dh, cpu)
+        sch.vectorize(sch.split(e, [None, el])[1])
+        sch.compute_at(run, task)
+        e_run, t = sch.get_loops(run)[1:]
+        sch.reorder(t, e_run)
+        for blk in (tacc, tsum, prob, tmax, score):
+            sch.compute_at(blk, t)
+        e_acc, j = sch.get_loops(tacc)[2:]
+        sch.reorder(j, e_acc)
+        sch.vectorize(sch.split(e_acc, [None, el])[1])
+        return
     T = int(spec.attr("T", S))  # keys: S for self-attention, the context length for cross-attention
     score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
     if T == 1 or S == 1:  # one key (o = v) or one query: loops of extent 1 below, which compute_at drops
@@ -296,16 +319,17 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
 
 
 def group_norm(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
-    """One parallel task per (image, group): its two statistics, then its outputs, while the group is in cache.
+    """One parallel task per (image, group): its chunked statistics, then its outputs, while the group is in cache.
     Output loops (b, n, c) become (b, g, n, c') with c = g * C/G + c'."""
     C, G = int(spec.attr("C")), int(spec.attr("G"))
-    mean, var, y = (sch.get_sblock(n) for n in ("mean", "var", "y"))
+    blocks = [sch.get_sblock(n) for n in ("psum", "mean", "pvar", "var")]
+    y = sch.get_sblock("y")
     b, n, c = sch.get_loops(y)
     g, c1 = sch.split(c, [G, C // G])
     sch.reorder(b, g, n, c1)
     task = sch.fuse(b, g)
     sch.parallel(task)
-    for blk in (var, mean):
+    for blk in reversed(blocks):  # consumers first: each lands before its users in the task
         sch.compute_at(blk, task)
     if (C // G) % cpu.lanes == 0:
         _, v = sch.split(c1, [None, cpu.lanes])

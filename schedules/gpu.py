@@ -218,12 +218,14 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
 
 
 def group_norm(sch: s_tir.Schedule, spec: KernelSpec) -> None:
-    """One workgroup per (image, group): the group's mean and variance are workgroup reductions (as layer_norm's),
-    then its threads write the group's outputs. Output loops (b, n, c) become (b, g, n, c') with
-    c = g * C/G + c'."""
-    B, N, C, G = (int(spec.attr(k)) for k in ("B", "N", "C", "G"))
-    t = _row_threads(N * (C // G))
-    mean, var, y = (sch.get_sblock(n) for n in ("mean", "var", "y"))
+    """One workgroup per (image, group), one thread per chunk of pixels: each thread sums its chunk (``psum``,
+    then ``pvar``) into workgroup memory, a tree reduction over the chunks gives the mean (then the variance), and
+    the threads write the group's outputs. Output loops (b, n, c) become (b, g, n, c') with c = g * C/G + c'."""
+    from sdcompile.kernels.group_norm import chunks
+
+    N, C, G = (int(spec.attr(k)) for k in ("N", "C", "G"))
+    t = chunks(N)
+    psum, mean, pvar, var, y = (sch.get_sblock(n) for n in ("psum", "mean", "pvar", "var", "y"))
     b, n, c = sch.get_loops(y)
     g, c1 = sch.split(c, [G, C // G])
     sch.reorder(b, g, n, c1)
@@ -231,11 +233,14 @@ def group_norm(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     sch.bind(bg, "blockIdx.x")
     _, tx = sch.split(sch.fuse(n, c1), [None, t])
     sch.bind(tx, "threadIdx.x")
-    for red in (var, mean):
+    for red, part in ((var, pvar), (mean, psum)):
         sch.set_scope(red, 0, "shared")
         sch.compute_at(red, bg)
-        _, r1 = sch.split(sch.get_loops(red)[-1], [None, t])
-        sch.bind(r1, "threadIdx.x")
+        sch.set_scope(part, 0, "shared")
+        sch.compute_at(part, bg)
+        if t > 1:  # one chunk (a single pixel): compute_at drops the unit loops, and one thread does it all
+            sch.bind(sch.get_loops(red)[-1], "threadIdx.x")  # the reduction over chunks: a cross-thread tree
+            sch.bind(sch.get_loops(part)[1], "threadIdx.x")  # (bg, chunk, n, c'): one chunk per thread
 
 
 RULES = {

@@ -69,6 +69,8 @@ CASES = [
     ),
     Case("group_norm", ((2, 64, 64), (64,), (64,)), {"groups": 32, "eps": 1e-5, "act": "silu"}),
     Case("group_norm", ((1, 16, 96), (96,), (96,)), {"groups": 32, "eps": 1e-6}),
+    Case("group_norm", ((2, 1, 128), (128,), (128,)), {"groups": 32, "eps": 1e-5, "act": "silu"}),  # a 1x1 level
+    Case("group_norm", ((1, 4096, 32), (32,), (32,)), {"groups": 32, "eps": 1e-6}),  # 256 chunks of 16 pixels
     Case("layer_norm", ((2, 77, 64), (64,), (64,)), {"eps": 1e-5}),  # CLIP / transformer blocks
     Case("attention", ((2, 64, 64), (2, 77, 64), (2, 77, 64)), {"heads": 8}),  # cross-attention
     Case("attention", ((2, 64, 32), (2, 64, 32), (2, 64, 32)), {"heads": 1}),  # VAE mid-block: one head
