@@ -234,9 +234,11 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     """
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
     if spec.attr("tiled"):
-        # The online-softmax kernel (legalization picks it for GPU backends only; the CPU kernel above handles any
-        # length). A task per query row walks the key tiles, the running state and the tile's stages in its
-        # stack; the channel loops are vectors.
+        # The online-softmax kernel (sdcompile/kernels/attention_tiled.py): legalization picks it for GPU backends
+        # only, the kernel below handles any length on a CPU, but a tiled spec runs here too. A task per query row
+        # walks the key tiles with the running state and the tile's stages in its stack; channel loops are vectors.
+        from sdcompile.kernels.attention_tiled import key_tiles
+
         blocks = ("score", "tmax", "prob", "tsum", "tacc", "run", "o")
         score, tmax, prob, tsum, tacc, run, o = (sch.get_sblock(n) for n in blocks)
         r, c = sch.get_loops(o)
@@ -247,14 +249,19 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
         sch.parallel(task)
         el = _lanes_for(Dh, cpu)
         sch.vectorize(sch.split(e, [None, el])[1])
+        tiles = key_tiles(spec)[1]
         sch.compute_at(run, task)
-        e_run, t = sch.get_loops(run)[1:]
-        sch.reorder(t, e_run)
+        # (channel, tile) loops; compute_at leaves out a loop of one iteration (one channel, one tile).
+        own = sch.get_loops(run)[1:]
+        anchor = own[-1] if tiles > 1 else task
+        if tiles > 1 and len(own) == 2:
+            sch.reorder(own[1], own[0])
         for blk in (tacc, tsum, prob, tmax, score):
-            sch.compute_at(blk, t)
-        e_acc, j = sch.get_loops(tacc)[2:]
-        sch.reorder(j, e_acc)
-        sch.vectorize(sch.split(e_acc, [None, el])[1])
+            sch.compute_at(blk, anchor)
+        *e_acc, j = sch.get_loops(tacc)[2 if tiles > 1 else 1 :]
+        if e_acc:  # keys outer, channel vectors inner
+            sch.reorder(j, e_acc[0])
+            sch.vectorize(sch.split(e_acc[0], [None, el])[1])
         return
     T = int(spec.attr("T", S))  # keys: S for self-attention, the context length for cross-attention
     score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))

@@ -185,6 +185,10 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     probabilities in place over shared scores, and the barrier that needs falls inside the tail predicate of a
     key loop when t does not divide S, which TVM refuses ("Cannot insert syncs inside condition").
     """
+    if spec.attr("tiled"):  # keys past MAX_ATTENTION_SEQ (legalization decides): online softmax over key tiles
+        from schedules import gpu_attention
+
+        return gpu_attention.attention(sch, spec)
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
     T = int(spec.attr("T", S))
     # Threads = channels of a head (or a divisor of it): an exact split keeps the head index affine, which the
@@ -193,7 +197,8 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec) -> None:
     if T > MAX_ATTENTION_SEQ:
         raise NoKernelError(
             f"GPU attention keeps a row of T={T} probabilities in workgroup memory ({T * 4} bytes; at most "
-            f"{MAX_ATTENTION_SEQ} keys fit in WebGPU's 16 KB): longer sequences need a tiled kernel or CPU placement"
+            f"{MAX_ATTENTION_SEQ} keys fit in WebGPU's 16 KB): longer sequences take the tiled kernel (the spec "
+            f"attribute tiled, which legalization sets past this length)"
         )
     score, rmax, prob, rsum, oacc, o = (sch.get_sblock(n) for n in ("score", "rmax", "prob", "rsum", "oacc", "o"))
     r, c = sch.get_loops(o)

@@ -18,6 +18,10 @@ LOWEST = -3.4028234663852886e38
 
 
 def compute(spec: KernelSpec) -> list[te.Tensor]:
+    if spec.attr("tiled"):
+        from sdcompile.kernels import attention_tiled
+
+        return attention_tiled.compute(spec)
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
     T = int(spec.attr("T", S))
     causal = bool(spec.attr("causal"))

@@ -11,6 +11,10 @@ order and the first step whose result has a kernel is applied:
 
 Every decision (op, tensor, from, to, step, why) goes into the report; when nothing in the chain works the error
 says what was tried.
+
+Attention on a GPU backend whose keys outnumber what the untiled kernel keeps in workgroup memory (one row of
+probabilities) gets the node attribute ``tiled`` (online softmax over key tiles, ``kernels/attention_tiled.py``);
+the report lists those nodes under ``tiled_attention``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,36 @@ def _candidate(step: str, wtype: str, shape: tuple[int, ...]) -> str | None:
             return None
         return target
     return None
+
+
+# Backends whose attention kernel keeps a row of T probabilities in workgroup memory; past the longest row it holds
+# (``schedules/gpu.py``), the tiled kernel takes over.
+GPU_BACKENDS = ("vulkan", "cuda")
+
+
+def untiled_attention_keys(backend_name: str) -> int | None:
+    """The most keys the backend's untiled attention kernel handles (None: any number)."""
+    if backend_name not in GPU_BACKENDS:
+        return None
+    from schedules.gpu import MAX_ATTENTION_SEQ  # imports TVM: only for GPU backends, which build with it anyway
+
+    return MAX_ATTENTION_SEQ
+
+
+def _tile_attention(g: Graph, be: Backend) -> list[str]:
+    """Mark attention nodes with more keys than the untiled kernel holds as ``tiled``; their names."""
+    tiled = []
+    limit = None
+    for n in g.nodes:
+        if n.op != "attention":
+            continue
+        keys = g.values[n.inputs[1]].shape[1]  # k: [B, T, W]
+        if limit is None:
+            limit = untiled_attention_keys(be.name) or 0
+        if limit and keys > limit:
+            n.attrs["tiled"] = True
+            tiled.append(n.outputs[0])
+    return tiled
 
 
 def run(g: Graph, ctx: PassContext) -> Graph:
@@ -124,5 +158,6 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         "policy": ctx.options.fallback_policy,
         "native": native,
         "fallbacks": decisions,
+        "tiled_attention": _tile_attention(g, be),
     }
     return g
