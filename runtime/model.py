@@ -127,6 +127,7 @@ class Model:
             self.inputs[fn] = {k: self.ex.alloc(_nbytes(v)) for k, v in f["inputs"].items()}
             self.outputs[fn] = {k: self.ex.alloc(_nbytes(v)) for k, v in f["outputs"].items()}
         self._kparams = {name: k["params"] for name, k in m["kernels"]["kernels"].items()}
+        self._views: dict = {}
 
     @property
     def plan(self) -> dict:
@@ -235,10 +236,20 @@ class Model:
                 return (buf, (int(param["words"]),), "uint32")
             return (buf, shape, "float32")  # small f32 tensors (bias, norm, positions)
         if "slot" in ref:
-            return (self.slots[ref["slot"]], shape, param["dtype"])
-        if "output" in ref:
-            return (self.outputs[fn][ref["output"]], shape, param["dtype"])
-        return (bound[ref["input"]], shape, param["dtype"])
+            buf = self.slots[ref["slot"]]
+        elif "output" in ref:
+            buf = self.outputs[fn][ref["output"]]
+        else:
+            buf = bound[ref["input"]]
+        if ref.get("offset"):  # a slice the memory plan aliased: the part of the buffer it names
+            key = (id(buf), ref["offset"])
+            if key not in self._views or self._views[key][0] is not buf:
+                n = int(np.prod(shape)) * np.dtype(param["dtype"]).itemsize
+                if ref["offset"] + n > buf.nbytes:
+                    raise RuntimeFailure(f"{self.path}: a view past its buffer's end; the manifest is damaged, recompile")
+                self._views[key] = (buf, self.ex.view(buf, ref["offset"], n))
+            buf = self._views[key][1]
+        return (buf, shape, param["dtype"])
 
     def _check_input(self, fn: str, name: str, arr) -> np.ndarray:
         spec = self.functions[fn]["inputs"][name]

@@ -20,42 +20,47 @@ GPU_MAX_GRID = 65535
 
 
 def _flat(sch: s_tir.Schedule, spec: KernelSpec):
-    out = next(p for p in spec.params if p.is_output)
-    blk = sch.get_sblock(out.name)
-    loops = sch.get_loops(blk)
-    return blk, (sch.fuse(*loops) if len(loops) > 1 else loops[0]), math.prod(out.shape), out.shape[-1]
+    """(block, fused loop, elements, innermost extent) for each output of the kernel (a split has several)."""
+    out = []
+    for p in spec.params:
+        if not p.is_output:
+            continue
+        blk = sch.get_sblock(p.name)
+        loops = sch.get_loops(blk)
+        out.append((blk, sch.fuse(*loops) if len(loops) > 1 else loops[0], math.prod(p.shape), p.shape[-1]))
+    return out
 
 
 def cpu(sch: s_tir.Schedule, spec: KernelSpec, info) -> None:
-    blk, i, total, inner = _flat(sch, spec)
-    lanes = info.lanes if inner % info.lanes == 0 and total % info.lanes == 0 else 1
-    # Chunks of at least 4096 elements: smaller ones cost more in thread wake-ups than they save.
-    chunk = max(lanes, min(4096, total) // lanes * lanes)
-    while total % chunk and chunk > lanes:
-        chunk -= lanes
-    if total % chunk:
-        chunk = total
-    outer, rest = sch.split(i, [None, chunk])
-    sch.parallel(outer)
-    if lanes > 1:
-        _, vec = sch.split(rest, [None, lanes])
-        sch.vectorize(vec)
+    for _blk, i, total, inner in _flat(sch, spec):
+        lanes = info.lanes if inner % info.lanes == 0 and total % info.lanes == 0 else 1
+        # Chunks of at least 4096 elements: smaller ones cost more in thread wake-ups than they save.
+        chunk = max(lanes, min(4096, total) // lanes * lanes)
+        while total % chunk and chunk > lanes:
+            chunk -= lanes
+        if total % chunk:
+            chunk = total
+        outer, rest = sch.split(i, [None, chunk])
+        sch.parallel(outer)
+        if lanes > 1:
+            _, vec = sch.split(rest, [None, lanes])
+            sch.vectorize(vec)
 
 
 def gpu(sch: s_tir.Schedule, spec: KernelSpec) -> None:
-    blk, i, total, inner = _flat(sch, spec)
-    threads = min(GPU_THREADS, total)
-    per = max(1, -(-total // (threads * GPU_MAX_GRID)))  # elements per thread, so the grid stays within the limit
-    if per == 1:
-        bx, tx = sch.split(i, [None, threads])
+    for _blk, i, total, _inner in _flat(sch, spec):  # several outputs: one launch each
+        threads = min(GPU_THREADS, total)
+        per = max(1, -(-total // (threads * GPU_MAX_GRID)))  # elements per thread, so the grid stays in the limit
+        if per == 1:
+            bx, tx = sch.split(i, [None, threads])
+            sch.bind(bx, "blockIdx.x")
+            sch.bind(tx, "threadIdx.x")
+            continue
+        # Consecutive threads take consecutive elements in each of their `per` rounds (coalesced).
+        bx, s, tx = sch.split(i, [None, per, threads])
+        sch.reorder(bx, tx, s)
         sch.bind(bx, "blockIdx.x")
         sch.bind(tx, "threadIdx.x")
-        return
-    # Consecutive threads take consecutive elements in each of their `per` rounds (coalesced).
-    bx, s, tx = sch.split(i, [None, per, threads])
-    sch.reorder(bx, tx, s)
-    sch.bind(bx, "blockIdx.x")
-    sch.bind(tx, "threadIdx.x")
 
 
 def gpu_fallback(sch: s_tir.Schedule, spec: KernelSpec) -> None:

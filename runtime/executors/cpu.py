@@ -113,6 +113,12 @@ class Executor:
     def alloc(self, nbytes: int) -> Buffer:
         return Buffer(nbytes)
 
+    def view(self, buf: Buffer, offset: int, nbytes: int) -> Buffer:
+        """Bytes [offset, offset + nbytes) of ``buf`` as a buffer of their own (a slice the memory plan aliased)."""
+        v = Buffer.__new__(Buffer)
+        v.nbytes, v.array, v._tensors = int(nbytes), buf.array[offset : offset + nbytes], {}
+        return v
+
     def free(self, buf: Buffer) -> None:
         """Host memory goes back when the last reference to the buffer does."""
         buf.array = np.zeros(0, np.uint8)

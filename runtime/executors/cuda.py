@@ -298,6 +298,10 @@ class Executor:
         self._buffers.append(buf)
         return buf
 
+    def view(self, buf: Buffer, offset: int, nbytes: int) -> Buffer:
+        """Bytes [offset, offset + nbytes) of ``buf`` as a buffer of their own (a slice the memory plan aliased)."""
+        return Buffer(buf.ptr + int(offset), int(nbytes))
+
     def free(self, buf: Buffer) -> None:
         self._bind()
         if not buf.freed:

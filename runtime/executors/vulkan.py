@@ -46,12 +46,13 @@ def find_adapter():
 
 
 class Buffer:
-    __slots__ = ("nbytes", "gpu", "serial")
+    __slots__ = ("nbytes", "gpu", "serial", "offset")
     _count = 0
 
-    def __init__(self, nbytes: int, gpu):
+    def __init__(self, nbytes: int, gpu, offset: int = 0):
         self.nbytes = int(nbytes)
         self.gpu = gpu
+        self.offset = int(offset)  # a view: where it starts in ``gpu`` (a multiple of the binding alignment)
         # Bind groups are cached by buffer serial, never reused (an id() could be after the buffer is freed).
         Buffer._count += 1
         self.serial = Buffer._count
@@ -141,6 +142,10 @@ class Executor:
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
         return Buffer(nbytes, self.device.create_buffer(size=max(4, _round4(nbytes)), usage=usage))
 
+    def view(self, buf: Buffer, offset: int, nbytes: int) -> Buffer:
+        """Bytes [offset, offset + nbytes) of ``buf`` as a buffer of their own (a slice the memory plan aliased)."""
+        return Buffer(nbytes, buf.gpu, buf.offset + offset)
+
     def free(self, buf: Buffer) -> None:
         self._submit()  # work recorded against the buffer must be submitted before it goes
         self.synchronize()
@@ -197,7 +202,7 @@ class Executor:
                             f"adapter allows {self.max_binding}"
                         )
                 entries = [
-                    {"binding": i, "resource": {"buffer": buf.gpu, "offset": 0, "size": max(4, _round4(size))}}
+                    {"binding": i, "resource": {"buffer": buf.gpu, "offset": buf.offset, "size": max(4, _round4(size))}}
                     for i, (buf, size) in enumerate(bound)
                 ]
                 entries.append(

@@ -4,7 +4,9 @@ A plan is data the runtime interprets, one per function: its typed signature (in
 dtypes), its slot sizes, and a list of steps, each a kernel symbol and its arguments in the kernel's parameter order.
 An argument is a buffer reference — {"input": name}, {"output": name}, {"weight": name}, {"slot": index} or
 {"lut": table} (a constant lookup table the kernel's weight decoder reads, stored once in the artifact; see
-``sdcompile/kernels/luts.py``). Views (reshape) run no step: their storage is the viewed value's. Kernel specs come
+``sdcompile/kernels/luts.py``); a slot or input reference may carry an ``"offset"`` in bytes (a slice or split
+that is a contiguous run of its input). Views (reshape, such slices) run no step: their storage is the viewed
+value's. Kernel specs come
 from the op registry (``sdcompile/ir/ops.py``: each op's kernel and ``lower``). ``plan_luts`` lists the tables the
 kernels use.
 
@@ -18,6 +20,7 @@ from typing import Any
 
 from sdcompile.ir import Graph
 from sdcompile.ir.ops import get as get_op
+from sdcompile.ir.ops import node_view
 from sdcompile.kernels import spec as ks
 
 
@@ -46,7 +49,7 @@ def function_plan(g: Graph, specs: dict[str, ks.KernelSpec]) -> dict[str, Any]:
     storage = mp["storage"]
     steps = []
     for n in g.nodes:
-        if get_op(n.op).view:
+        if node_view(g, n) is not None:
             continue
         sp = node_spec(g, n)
         specs.setdefault(sp.name, sp)

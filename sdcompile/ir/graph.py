@@ -88,6 +88,15 @@ class Graph:
         self.nodes.append(Node(op, list(inputs), [out], dict(attrs), component))
         return out
 
+    def add_node_multi(
+        self, op: str, inputs: list[str], outs: list[tuple[str, tuple[int, ...]]], component: str, **attrs: Any
+    ) -> list[str]:
+        """A node with several outputs (``split``): ``outs`` are (name, shape) pairs, all float32."""
+        for name, shape in outs:
+            self.values[name] = Value(name, tuple(shape), "float32", "activation", component)
+        self.nodes.append(Node(op, list(inputs), [n for n, _ in outs], dict(attrs), component))
+        return [n for n, _ in outs]
+
     # -- queries ------------------------------------------------------------------------------------------------
     def weights(self) -> list[Value]:
         return [v for v in self.values.values() if v.kind == "weight"]

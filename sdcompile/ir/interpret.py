@@ -21,5 +21,8 @@ def run(g: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for v in g.weights():
         env[v.name] = as_f32(v).astype(np.float64)
     for n in g.nodes:
-        env[n.outputs[0]] = get(n.op).reference([env[i] for i in n.inputs], n.attrs)
+        d = get(n.op)
+        out = d.reference([env[i] for i in n.inputs], n.attrs)
+        for name, value in zip(n.outputs, out if d.multi else [out]):
+            env[name] = value
     return {o: env[o] for o in g.outputs}

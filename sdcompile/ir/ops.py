@@ -9,7 +9,11 @@ An `OpDef` holds what the compiler needs to know about an op:
 - ``reference``: a numpy implementation (float64) for the interpreter that pass tests compare graphs with;
 - ``kernel``: the kernel op it lowers to (``sdcompile/kernels/spec.py`` declares each kernel op's parameters, TE
   compute and schedule family), or None for ops that never reach codegen (``matmul`` and ``dequantize`` before
-  fusion) or that are views (``reshape``: the memory plan makes them an alias of their input);
+  fusion);
+- ``view``: for data movement that may need no kernel, the element offset of each output inside input 0 when
+  the output is a contiguous run of it (a reshape: 0; a slice or split along the outermost non-unit axis), else
+  None; ``node_view`` turns that into byte offsets the memory plan uses, where they suit GPU binding alignment;
+- ``outputs``: several for ops that have several (``split``), whose shape rule and reference return lists;
 - ``lower``: the kernel attributes of one node (shapes, types, epilogue flags).
 
 Activations are channels-last: images are [B, H, W, C], token sequences [B, S, C]; a 1x1 conv and a linear read
@@ -43,8 +47,9 @@ class OpDef:
     kernel: str | None = None
     # (input shapes, input dtypes, output shape, attrs) -> kernel attributes; input dtypes name weight types
     lower: Callable[[list[Shape], list[str], Shape, Attrs], dict[str, Any]] | None = None
-    view: bool = False  # output aliases input 0's memory (same bytes, another shape)
+    view: Callable[[list[Shape], Attrs], list[int] | None] | None = None  # element offsets of the outputs in input 0
     elementwise: bool = False  # same shape in and out, one value per value (fusable as an epilogue)
+    multi: bool = False  # several outputs: shape gives a list of shapes, reference a list of arrays
 
 
 OPS: dict[str, OpDef] = {}
@@ -469,7 +474,74 @@ def _reshape_shape(s: list[Shape], a: Attrs) -> Shape:
     return out
 
 
-register(OpDef("reshape", _reshape_shape, lambda x, a: x[0].reshape(a["to"]), view=True))
+register(OpDef("reshape", _reshape_shape, lambda x, a: x[0].reshape(a["to"]), view=lambda s, a: [0]))
+
+
+def _axis_parts(shape: Shape, axis: int) -> tuple[int, int, int]:
+    """(outer, length, inner) of a shape around ``axis``: the elements before, along and after it."""
+    ax = axis % len(shape)
+    return math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1 :])
+
+
+def _runs(shape: Shape, axis: int, starts: list[int]) -> list[int] | None:
+    """Element offsets of the parts starting at ``starts`` along ``axis``, when each part is one contiguous run of
+    the input (nothing but unit dimensions before the axis), else None (a kernel copies)."""
+    outer, _, inner = _axis_parts(shape, axis)
+    return [st * inner for st in starts] if outer == 1 else None
+
+
+def _slice_shape(s: list[Shape], a: Attrs) -> Shape:
+    x = s[0]
+    ax = a["axis"] % len(x)
+    _need(0 <= a["start"] < a["stop"] <= x[ax], f"slice {a['start']}:{a['stop']} is outside axis {ax} of {x}")
+    return (*x[:ax], a["stop"] - a["start"], *x[ax + 1 :])
+
+
+def _slice_ref(x, a):
+    idx = [slice(None)] * x[0].ndim
+    idx[a["axis"] % x[0].ndim] = slice(a["start"], a["stop"])
+    return x[0][tuple(idx)]
+
+
+def _slices_lower(s: list[Shape], axis: int, starts: list[int], widths: list[int]) -> dict:
+    outer, full, inner = _axis_parts(s[0], axis)
+    return {"outer": outer, "full": full, "inner": inner, "starts": tuple(starts), "widths": tuple(widths)}
+
+
+register(
+    OpDef(
+        "slice",
+        _slice_shape,
+        _slice_ref,
+        kernel="slices",
+        lower=lambda s, t, out, a: _slices_lower(s, a["axis"], [a["start"]], [a["stop"] - a["start"]]),
+        view=lambda s, a: _runs(s[0], a["axis"], [a["start"]]),
+    )
+)
+
+
+def _split_starts(a: Attrs) -> list[int]:
+    return [sum(a["sizes"][:i]) for i in range(len(a["sizes"]))]
+
+
+def _split_shape(s: list[Shape], a: Attrs) -> list[Shape]:
+    x = s[0]
+    ax = a["axis"] % len(x)
+    _need(sum(a["sizes"]) == x[ax] and all(n > 0 for n in a["sizes"]), f"split sizes {a['sizes']} do not add to {x[ax]}")
+    return [(*x[:ax], n, *x[ax + 1 :]) for n in a["sizes"]]
+
+
+register(
+    OpDef(
+        "split",
+        _split_shape,
+        lambda x, a: np.split(x[0], np.cumsum(a["sizes"])[:-1], axis=a["axis"]),
+        kernel="slices",
+        lower=lambda s, t, out, a: _slices_lower(s, a["axis"], _split_starts(a), list(a["sizes"])),
+        view=lambda s, a: _runs(s[0], a["axis"], _split_starts(a)),
+        multi=True,
+    )
+)
 
 
 def _transpose_shape(s: list[Shape], a: Attrs) -> Shape:
@@ -548,6 +620,32 @@ register(
         lower=lambda s, t, out, a: {"M": rows(s[0]), "F": s[0][-1] // 2},
     )
 )
+
+
+# --- views ------------------------------------------------------------------------------------------------------------
+
+VIEW_ALIGN = 256  # bytes: GPU storage-buffer bindings start at multiples of this (WebGPU's minimum alignment)
+_ITEM = {"float32": 4, "float16": 2, "int32": 4, "int64": 4}
+
+
+def node_view(g, n) -> list[int] | None:
+    """Byte offsets of a node's outputs inside its input's memory when the node is a view there (no kernel runs),
+    else None. A part that would start off the binding alignment is copied by the op's kernel instead."""
+    d = get(n.op)
+    if d.view is None:
+        return None
+    offs = d.view([g.values[i].shape for i in n.inputs], n.attrs)
+    if offs is None:
+        return None
+    item = _ITEM[g.values[n.inputs[0]].dtype]
+    out = [o * item for o in offs]
+    return out if all(o % VIEW_ALIGN == 0 for o in out) else None
+
+
+def output_shapes(d: OpDef, shapes: list[Shape], attrs: Attrs) -> list[Shape]:
+    """The shape rule's result as a list, for single- and multi-output ops alike."""
+    r = d.shape(shapes, attrs)
+    return list(r) if d.multi else [r]
 
 
 # --- derived tables (what other modules used to repeat) ------------------------------------------------------------

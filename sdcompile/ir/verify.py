@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from sdcompile.ir.graph import ACT_DTYPES, Graph
-from sdcompile.ir.ops import QUANT_INPUTS, SHAPE_RULES
+from sdcompile.ir.ops import QUANT_INPUTS, SHAPE_RULES, output_shapes
+from sdcompile.ir.ops import get as get_op
 from sdcompile.quant.types import QUANT_TYPES
 
 
@@ -46,11 +47,14 @@ def verify(g: Graph, where: str = "") -> None:
             if v.kind == "weight" and not QUANT_TYPES[v.dtype].is_float and j not in QUANT_INPUTS.get(n.op, ()):
                 problems.append(f"{tag}: input {j} ({x}) is {v.dtype}, which this op cannot read")
         try:
-            want = rule([g.values[x].shape for x in n.inputs], n.attrs)
+            wants = output_shapes(get_op(n.op), [g.values[x].shape for x in n.inputs], n.attrs)
         except (ValueError, KeyError, IndexError, TypeError) as e:
             problems.append(f"{tag}: {e}")
             continue
-        for o in n.outputs:
+        if len(wants) != len(n.outputs):
+            problems.append(f"{tag} has {len(n.outputs)} outputs, the op gives {len(wants)}")
+            continue
+        for o, want in zip(n.outputs, wants):
             if o in defined:
                 problems.append(f"{tag} redefines {o}")
             defined.add(o)

@@ -145,18 +145,24 @@ def case(spec: S.KernelSpec, seed: int = 0) -> tuple[list[np.ndarray], np.ndarra
 
 
 def _run(executor, spec: S.KernelSpec, inputs: list[np.ndarray]) -> np.ndarray:
+    return _run_all(executor, spec, inputs)[0]
+
+
+def _run_all(executor, spec: S.KernelSpec, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Every output of one kernel call (a split has several)."""
     args = []
     for a in inputs:
         buf = executor.alloc(a.nbytes + 64)
         executor.upload(buf, a)
         args.append((buf, a.shape, str(a.dtype)))
-    out = spec.params[-1]
-    obuf = executor.alloc(math.prod(out.shape) * 4)
-    executor.upload(obuf, np.full(out.shape, np.nan, np.float32))  # an element the kernel skips shows up
-    args.append((obuf, out.shape, "float32"))
+    outs = [p for p in spec.params if p.is_output]
+    for out in outs:
+        obuf = executor.alloc(math.prod(out.shape) * 4)
+        executor.upload(obuf, np.full(out.shape, np.nan, np.float32))  # an element the kernel skips shows up
+        args.append((obuf, out.shape, "float32"))
     executor.launch(spec.name, args)
     executor.synchronize()
-    return executor.download(obuf, out.shape, "float32")
+    return [executor.download(a[0], p.shape, "float32") for a, p in zip(args[len(inputs) :], outs)]
 
 
 def _verdict(got: np.ndarray, ref: np.ndarray, tol: np.ndarray, bound: str = "the f32 bound") -> tuple[str, str]:
@@ -172,10 +178,11 @@ def _run_case(executor, c: op_cases.Case) -> tuple[str, str]:
     """Run one weightless case against the op registry's float64 reference (``op_cases.tolerance``)."""
     spec = c.spec()
     xs = c.inputs()
-    want = c.reference(xs)
+    wants = op_cases.reference_list(c, xs)
     # The executors take each argument in its parameter's shape (attention's [B*S, H*Dh], not the node's [B, S, W]).
     inputs = [x.reshape(p.shape).astype(p.dtype) for x, p in zip(xs, spec.params)]
-    got = _run(executor, spec, inputs).reshape(want.shape)
+    got = np.concatenate([g.reshape(-1) for g in _run_all(executor, spec, inputs)])
+    want = np.concatenate([w.reshape(-1) for w in wants])
     return _verdict(got, want, np.full(want.shape, op_cases.tolerance(want)), "the case's tolerance")
 
 

@@ -1,5 +1,6 @@
-"""Data movement that cannot be a view: transpose, concat, nearest upsampling. One ``y`` stage each, scheduled by
-the ``injective`` rules. (Reshape is a view: the memory plan aliases it, no kernel runs.)"""
+"""Data movement that cannot be a view: transpose, concat, nearest upsampling, and the slices/splits that are not one
+contiguous run of their input. One stage per output, scheduled by the ``injective`` rules. (Reshape, and slices
+that are contiguous runs, are views: the memory plan aliases them and no kernel runs.)"""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
             return v
 
         return [*xs, te.compute((outer, sum(widths)), safe, name="y")]
+    if spec.op == "slices":  # slice (one part) and split (several): parts along the middle axis of [outer, full, inner]
+        x = te.placeholder((a["outer"], a["full"], a["inner"]), "float32", name="x")
+        def part(k: int, st: int, w: int) -> te.Tensor:  # TE takes no default arguments in a compute's lambda
+            return te.compute((a["outer"], w, a["inner"]), lambda o, j, i: x[o, st + j, i], name=f"y{k}")
+
+        return [x, *(part(k, st, w) for k, (st, w) in enumerate(zip(a["starts"], a["widths"])))]
     if spec.op == "upsample_nearest":
         B, H, W, C, f = (a[k] for k in ("B", "H", "W", "C", "f"))
         x = te.placeholder((B, H, W, C), "float32", name="x")

@@ -36,7 +36,7 @@ class Case:
     def spec(self) -> KernelSpec:
         d = get(self.op)
         types = [self.weights.get(i, "f32") for i in range(len(self.shapes))]
-        out = d.shape(list(self.shapes), self.attrs)
+        out = d.shape(list(self.shapes), self.attrs)  # (a list of shapes for a split; lowerings read the inputs)
         return KernelSpec.make(d.kernel, **d.lower(list(self.shapes), types, out, self.attrs))
 
     def inputs(self, seed: int = 0) -> list[np.ndarray]:
@@ -51,6 +51,12 @@ class Case:
 
     def reference(self, xs: list[np.ndarray]) -> np.ndarray:
         return get(self.op).reference([x.astype(np.float64) for x in xs], self.attrs)
+
+
+def reference_list(case: Case, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """The case's reference outputs as a list (a split has several)."""
+    r = case.reference(xs)
+    return list(r) if get(case.op).multi else [r]
 
 
 CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1), "bias": True}
@@ -86,6 +92,9 @@ CASES = [
     Case("transpose", ((2, 4, 8, 6),), {"perm": (0, 2, 3, 1)}),
     Case("transpose", ((2, 8, 6, 4),), {"perm": (0, 3, 1, 2)}),
     Case("concat", ((2, 4, 4, 32), (2, 4, 4, 64)), {"axis": -1}),
+    Case("slice", ((2, 4, 8, 6),), {"axis": 2, "start": 3, "stop": 7}),  # not contiguous: a copy kernel
+    Case("split", ((2, 16, 96),), {"axis": -1, "sizes": (32, 64)}),  # a fused qkv-like split of channels
+    Case("split", ((3, 5, 7),), {"axis": 0, "sizes": (1, 2)}),
     Case("upsample_nearest", ((2, 4, 4, 32),), {"factor": 2}),
     Case("timestep_embedding", ((2,),), {"dim": 320, "flip": True, "shift": 0.0}),
 ]

@@ -202,6 +202,14 @@ KERNELS: dict[str, KernelOp] = {
         lambda a: [_act("x", (a["M"], 2 * a["F"])), _act("y", (a["M"], a["F"]), True)], "pointwise", "injective"
     ),
     "transpose": KernelOp(_transpose_params, "movement", "injective"),
+    "slices": KernelOp(
+        lambda a: [
+            _act("x", (a["outer"], a["full"], a["inner"])),
+            *(_act(f"y{i}", (a["outer"], w, a["inner"]), True) for i, w in enumerate(a["widths"])),
+        ],
+        "movement",
+        "injective",
+    ),
     "concat": KernelOp(_concat_params, "movement", "injective"),
     "upsample_nearest": KernelOp(
         lambda a: [

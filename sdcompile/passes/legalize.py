@@ -23,6 +23,7 @@ from sdcompile.backends import Backend, backend
 from sdcompile.errors import NoKernelError, OptionError
 from sdcompile.ir import Graph
 from sdcompile.ir.ops import get as get_op
+from sdcompile.ir.ops import node_view
 from sdcompile.passes.context import PassContext
 from sdcompile.passes.memory_plan import fmt_bytes, weight_bytes
 from sdcompile.quant.types import QUANT_TYPES
@@ -93,7 +94,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     native = 0
     for n in g.nodes:
         d = get_op(n.op)
-        if d.view:  # a view runs no kernel: the memory plan aliases it
+        if node_view(g, n) is not None:  # a view runs no kernel: the memory plan aliases it
             continue
         if d.kernel is None or d.kernel not in be.ops:
             raise NoKernelError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from sdcompile.backends import backend
 from sdcompile.errors import MemoryBudgetError
 from sdcompile.ir import Graph
-from sdcompile.ir.ops import get as get_op
+from sdcompile.ir.ops import node_view
 from sdcompile.passes.context import PassContext
 from sdcompile.quant.types import QUANT_TYPES
 
@@ -45,35 +45,55 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def roots(g: Graph) -> dict[str, str]:
-    """Each value's storage root: itself, or for a view (reshape) the root of the value it views."""
-    views = {n.outputs[0]: n.inputs[0] for n in g.nodes if get_op(n.op).view}
+def views(g: Graph) -> dict[str, tuple[str, int]]:
+    """{view value: (the value it views, byte offset)} for every node that is a view (``ops.node_view``)."""
+    out = {}
+    for n in g.nodes:
+        offs = node_view(g, n)
+        if offs is not None:
+            for o, off in zip(n.outputs, offs):
+                out[o] = (n.inputs[0], off)
+    return out
+
+
+def roots(g: Graph) -> dict[str, tuple[str, int]]:
+    """Each value's storage root and its byte offset there: itself at 0, or for a view the root of what it views."""
+    vs = views(g)
     out = {}
     for name in g.values:
-        r = name
-        while r in views:
-            r = views[r]
-        out[name] = r
+        r, off = name, 0
+        while r in vs:
+            r, o = vs[r]
+            off += o
+        out[name] = (r, off)
     return out
 
 
 def plan(g: Graph) -> tuple[dict[str, dict], list[int]]:
     """(storage of every activation, slot sizes). Storage is {"slot": i}, {"input": name} (a view of an input) or
-    {"output": name}: a function's outputs get buffers of their own, so they outlive the call (the next function
-    reads them on the device) and the next call of another function cannot overwrite them."""
-    root = roots(g)
+    {"output": name}, with an ``"offset"`` in bytes for a view that starts inside its root: a function's outputs
+    get buffers of their own, so they outlive the call (the next function reads them on the device) and the next
+    call of another function cannot overwrite them."""
+    rootoff = roots(g)
+    root = {k: r for k, (r, _) in rootoff.items()}
     last_use: dict[str, int] = {}
     for i, n in enumerate(g.nodes):
         for x in n.inputs:
             last_use[root[x]] = i
-    outputs = {root[o]: o for o in g.outputs}
+    outputs = {}
+    for o in g.outputs:
+        r, off = rootoff[o]
+        if r != o and (off or value_bytes(g, r) != value_bytes(g, o)):  # an internal bug: lifting emits no such output
+            raise ValueError(f"function output {o} is a part of {r}; outputs must be whole values")
+        outputs[r] = o
     storage: dict[str, dict] = {}
     sizes: list[int] = []
     free: list[int] = []
+    viewing = set(views(g))
     for i, n in enumerate(g.nodes):
-        if get_op(n.op).view:
-            continue
         for o in n.outputs:
+            if o in viewing:
+                continue
             if o in outputs:
                 storage[o] = {"output": outputs[o]}
                 continue
@@ -94,9 +114,10 @@ def plan(g: Graph) -> tuple[dict[str, dict], list[int]]:
             st = storage.get(x)
             if st and "slot" in st and last_use.get(x, i) <= i and st["slot"] not in free:
                 free.append(st["slot"])
-    for name, r in root.items():
+    for name, (r, off) in rootoff.items():
         if r != name and g.values[name].kind == "activation":
-            storage[name] = storage[r] if r in storage else {"input": r}
+            base = storage[r] if r in storage else {"input": r}
+            storage[name] = dict(base, offset=off) if off else dict(base)
     return storage, sizes
 
 
@@ -105,7 +126,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     functions run one after another and share the slot buffers."""
     g = g.copy()
     storage, sizes = plan(g)
-    naive = sum(_round(value_bytes(g, o)) for n in g.nodes if not get_op(n.op).view for o in n.outputs)
+    naive = sum(_round(value_bytes(g, o)) for n in g.nodes if node_view(g, n) is None for o in n.outputs)
     g.meta["memory_plan"] = {
         "slots": sizes,
         "storage": storage,

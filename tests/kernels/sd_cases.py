@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdcompile.kernels.op_cases import CASES, Case, tolerance
+from sdcompile.kernels.op_cases import CASES, Case, reference_list, tolerance
 from sdcompile.quant.reference import dequantize, quantize
 
 __all__ = ["CASES", "Case", "case_ids", "check", "run_kernel"]
 
 
-def run_kernel(ex, case: Case, xs: list[np.ndarray]) -> np.ndarray:
+def run_kernel(ex, case: Case, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Every output of the case's kernel (a split has several)."""
     spec = case.spec()
     params = spec.params
     args = []
@@ -35,8 +36,7 @@ def run_kernel(ex, case: Case, xs: list[np.ndarray]) -> np.ndarray:
             args.append((buf, p.shape, p.dtype))
     ex.launch(spec.name, args)
     ex.synchronize()
-    out = params[-1]
-    return ex.download(args[-1][0], out.shape, "float32")
+    return [ex.download(a[0], p.shape, "float32") for a, p in zip(args, params) if p.is_output]
 
 
 def check(ex, case: Case) -> None:
@@ -46,10 +46,28 @@ def check(ex, case: Case) -> None:
         dequantize(quantize(x, case.weights[i]), case.weights[i], x.shape) if i in case.weights else x
         for i, x in enumerate(xs)
     ]
-    want = case.reference(ref_in)
-    got = run_kernel(ex, case, xs).reshape(want.shape)
-    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance(want), err_msg=case.spec().name)
+    for got, want in zip(run_kernel(ex, case, xs), reference_list(case, ref_in), strict=True):
+        got = got.reshape(want.shape)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tolerance(want), err_msg=case.spec().name)
 
 
 def case_ids() -> list[str]:
     return [c.spec().name for c in CASES]
+
+
+def check_view(ex) -> None:
+    """A kernel reading and writing parts of buffers at byte offsets (``executor.view``), as the memory plan aliases
+    a split: silu of elements 64.. of one buffer into elements 128.. of another."""
+    from sdcompile.kernels.spec import KernelSpec
+
+    spec = KernelSpec.make("unary", n=64, fn="silu")
+    x = np.random.default_rng(5).standard_normal(256).astype(np.float32)
+    src, dst = ex.alloc(x.nbytes), ex.alloc(x.nbytes)
+    ex.upload(src, x)
+    ex.upload(dst, np.zeros_like(x))
+    ex.launch(spec.name, [(ex.view(src, 256, 256), (64,), "float32"), (ex.view(dst, 512, 256), (64,), "float32")])
+    ex.synchronize()
+    out = ex.download(dst, (256,), "float32")
+    part = x[64:128].astype(np.float64)
+    np.testing.assert_allclose(out[128:192], part / (1 + np.exp(-part)), rtol=1e-6, atol=1e-7)
+    assert not out[:128].any() and not out[192:].any()  # nothing outside the view was written

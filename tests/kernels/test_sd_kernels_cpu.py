@@ -6,16 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sdcompile.kernels.spec import KernelSpec
 from tests.kernels.fixtures import built_fixture, executor_fixture
-from tests.kernels.sd_cases import CASES, case_ids, check
+from tests.kernels.sd_cases import CASES, case_ids, check, check_view
 
-built = built_fixture("cpu", lambda: [c.spec() for c in CASES], "sd_cpu")
+VIEW_SPEC = KernelSpec.make("unary", n=64, fn="silu")
+built = built_fixture("cpu", lambda: [c.spec() for c in CASES] + [VIEW_SPEC], "sd_cpu")
 ex = executor_fixture("cpu")
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_ids())
 def test_case(ex, case):
     check(ex, case)
+
+
+def test_kernel_on_buffer_views(ex):
+    check_view(ex)
 
 
 def test_conv_reference_matches_torch():

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from sdcompile.kernels.spec import KernelSpec
 from tests.kernels.fixtures import built_fixture, executor_fixture, vulkan_marks
-from tests.kernels.sd_cases import CASES, case_ids, check
+from tests.kernels.sd_cases import CASES, case_ids, check, check_view
 
 pytestmark = vulkan_marks()
-built = built_fixture("vulkan", lambda: [c.spec() for c in CASES], "sd_vk")
+VIEW_SPEC = KernelSpec.make("unary", n=64, fn="silu")
+built = built_fixture("vulkan", lambda: [c.spec() for c in CASES] + [VIEW_SPEC], "sd_vk")
 ex = executor_fixture("vulkan")
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_ids())
 def test_case(ex, case):
     check(ex, case)
+
+
+def test_kernel_on_buffer_views(ex):
+    check_view(ex)

@@ -102,3 +102,31 @@ def test_views_alias_their_source_and_extend_its_life(tiny_graph):
     assert storage["cv"] == storage["c"]
     assert storage["b"] != storage["a"] and storage["c"] != storage["a"]  # a (via v) is live until the add
     assert storage["y"] == {"output": "y"}
+
+
+def test_contiguous_parts_are_views_at_aligned_offsets():
+    """A split along the outermost axis is two runs of its input: no kernel, the parts at byte offsets inside the
+    input's slot; where a part would start off the 256-byte binding alignment, or is not one run (a split of
+    channels), a kernel copies it."""
+    from sdcompile.ir import Graph
+    from sdcompile.ir.ops import node_view
+
+    g = Graph(meta={})
+    x = g.add_input("x", (2, 16, 96), "float32", "unet")
+    a = g.add_node("silu", [x], "a", (2, 16, 96), "unet")
+    p0, p1 = g.add_node_multi("split", [a], [("p0", (1, 16, 96)), ("p1", (1, 16, 96))], "unet", axis=0, sizes=(1, 1))
+    c0, c1 = g.add_node_multi("split", [a], [("c0", (2, 16, 32)), ("c1", (2, 16, 64))], "unet", axis=-1, sizes=(32, 64))
+    s = g.add_node("slice", [a], "s", (2, 3, 96), "unet", axis=1, start=1, stop=4)
+    y = g.add_node("add", [p0, p1], "y", (1, 16, 96), "unet")
+    g.outputs += [y, g.add_node("mul", [c0, c0], "z", (2, 16, 32), "unet"), c1, s]
+    verify(g)
+    by_out = {n.outputs[0]: n for n in g.nodes}
+    assert node_view(g, by_out["p0"]) == [0, 16 * 96 * 4]  # a view: 6144 bytes in
+    assert node_view(g, by_out["c0"]) is None and node_view(g, by_out["s"]) is None  # not one run: copies
+    storage, _ = memory_plan.plan(g)
+    assert storage["p0"] == storage["a"] and storage["p1"] == dict(storage["a"], offset=6144)
+    assert "offset" not in storage["c0"] and storage["c0"] != storage["a"]
+    odd = Graph(meta={})
+    xi = odd.add_input("x", (3, 5), "float32", "vae")
+    odd.add_node_multi("split", [xi], [("q0", (1, 5)), ("q1", (2, 5))], "vae", axis=0, sizes=(1, 2))
+    assert node_view(odd, odd.nodes[0]) is None  # 20 bytes in: off the alignment, so a kernel copies
