@@ -25,7 +25,7 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         rule = RULES[kind][spec.family]
     except KeyError:
         raise ValueError(f"no {kind} schedule for op {spec.op!r} (family {spec.family!r})") from None
-    if kind == "gpu" and spec.op == "attention" and 1 in (int(spec.attr("S")), int(spec.attr("T", spec.attr("S")))):
+    if kind == "gpu" and spec.op == "attention" and not spec.attr("tiled") and 1 in (spec.attr("S"), spec.attr("T")):
         rule = injective.gpu_fallback  # one query or one key (a UNet's 1x1 level): loops of extent 1 everywhere
     if spec.op == "conv2d" and kind == "cpu":  # implicit GEMM: the patches become the matmul's input expression
         sch.compute_inline(sch.get_sblock("xcol"))

@@ -114,8 +114,9 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
     out: dict[str, Any] = {"quantize": {"types": {}, "tensors": []}, "fuse": {"fired": {}, "declined": {}, "nodes": 0}}
     seen: set[str] = set()
     fallbacks: list[dict] = []
+    tiled: list[str] = []
     native = 0
-    for rep in reports.values():
+    for name, rep in reports.items():
         for d in rep["quantize"]["tensors"]:
             if d["tensor"] not in seen:
                 seen.add(d["tensor"])
@@ -127,11 +128,13 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
         out["fuse"]["nodes"] += rep["fuse"]["nodes"]
         native += rep["legalize"]["native"]
         fallbacks += [f for f in rep["legalize"]["fallbacks"] if f not in fallbacks]
+        tiled += [f"{name}:{node}" for node in rep["legalize"].get("tiled_attention", [])]
         out["legalize"] = dict(rep["legalize"])
     out["quantize"]["types"] = dict(sorted(out["quantize"]["types"].items()))
     if "legalize" in out:
         out["legalize"]["native"] = native
         out["legalize"]["fallbacks"] = fallbacks
+        out["legalize"]["tiled_attention"] = tiled
     return out
 
 

@@ -81,6 +81,11 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     )
     for d in leg["fallbacks"]:
         lines.append(f"          {d['tensor']}: {d['from']} -> {d['to']} by {d['step']}: {d['why']}")
+    if leg.get("tiled_attention"):
+        lines.append(
+            f"          {len(leg['tiled_attention'])} attention nodes tiled (online softmax over key tiles: more keys "
+            f"than one row of probabilities in workgroup memory holds), e.g. {leg['tiled_attention'][0]}"
+        )
     budget = mem.get("budget_bytes")
     lines.append(
         f"memory    peak {fmt_bytes(mem['peak_bytes'])} = weights {fmt_bytes(mem['weights_bytes'])} + activations "

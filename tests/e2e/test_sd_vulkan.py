@@ -61,3 +61,18 @@ def test_txt2img_matches_diffusers(model, st, tmp_path):
     lat, ref = diffusers_txt2img(pipe, "a lighthouse at dusk", "blurry", 4, 7.0, noise)
     _close(res.latents, lat, rel=1e-4)
     assert np.abs(res.image.astype(np.int16) - ref).max() <= 1
+
+
+def test_512_compiles_for_vulkan_with_tiles_not_refusals(st, tmp_path):
+    """At 512x512 the UNet's self-attention has 4096 keys (past the untiled GPU kernel) and the VAE decode's
+    activations pass Vulkan's 128 MiB binding limit at SD widths: the compile tiles both instead of refusing."""
+    from sdcompile import examples_sd as E
+
+    src = E.write_sd(tmp_path / "tiny.safetensors", SHAPE, 0, "safetensors", state=st)
+    m = compile_sd(src, tmp_path / "art512", target="vulkan", sizes=[(512, 512)], memory_budget=160 << 20)
+    leg = m["report"]["legalize"]
+    fns = {n.split(":")[0] for n in leg["tiled_attention"]}
+    assert fns == {"denoise_512x512", "encode_image_512x512"}  # 4096 tokens: UNet level 0 and the VAE encoder's mid
+    # the tiny VAE's whole 512x512 decode needs more than this budget: tiles of 32x32 latents instead
+    assert m["memory"]["vae_tiling"]["functions"] == {"512x512": "decode_latents_tile32"}
+    assert m["memory"]["peak_bytes"] <= 160 << 20
