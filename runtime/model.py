@@ -155,7 +155,8 @@ class Model:
 
         wf = self.path / self.manifest["weights"]["file"]
         try:
-            reader = gguf.GGUFReader(str(wf))
+            # copy-on-write: pages stay shared with the file (the CPU executor adopts them without a copy)
+            reader = gguf.GGUFReader(str(wf), "c")
         except Exception as e:  # the gguf package raises assorted errors for damaged files
             raise RuntimeFailure(f"{wf}: cannot read weights ({e}); recompile") from None
         want = self.manifest["weights"]["tensors"]
@@ -170,8 +171,12 @@ class Model:
             self._upload([n for n in want])
 
     def _upload(self, names: list[str]) -> None:
+        adopt = getattr(self.ex, "adopt", None)  # the CPU reads the mapped file in place
         for n in names:
             words = _words(np.asarray(self._tensors[n].data))
+            if adopt is not None:
+                self.weights[n] = adopt(words)
+                continue
             buf = self.ex.alloc(words.nbytes)
             self.ex.upload(buf, words)
             self.weights[n] = buf

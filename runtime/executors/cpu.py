@@ -113,6 +113,18 @@ class Executor:
     def alloc(self, nbytes: int) -> Buffer:
         return Buffer(nbytes)
 
+    def adopt(self, array: np.ndarray) -> Buffer:
+        """A buffer over ``array``'s own memory when kernels can read it there (64-byte aligned, contiguous): the
+        weights file mapped copy-on-write, so weights are in memory once, not once mapped and once copied."""
+        a = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        if a.ctypes.data % ALIGN or not a.flags.writeable:
+            buf = self.alloc(a.size)
+            self.upload(buf, a)
+            return buf
+        v = Buffer.__new__(Buffer)
+        v.nbytes, v.array, v._tensors = int(a.size), a, {}
+        return v
+
     def view(self, buf: Buffer, offset: int, nbytes: int) -> Buffer:
         """Bytes [offset, offset + nbytes) of ``buf`` as a buffer of their own (a slice the memory plan aliased)."""
         v = Buffer.__new__(Buffer)
