@@ -94,10 +94,11 @@ def compile_graph_passes(
             peak = ctx.report["memory"]["peak_bytes"]
             tried.append(f"{_describe_choice(tile, offload)}: peak {fmt_bytes(peak)}")
             continue
-        ctx.report["memory"]["vae_tiling"] = mod.meta.get("vae_tiling") and {
+        ctx.report["memory"]["vae_tiling"] = (mod.meta.get("vae_tiling") or mod.meta.get("vae_encode_tiling")) and {
             "tile": tile,
             "overlap": options.vae_tile_overlap,
-            "functions": mod.meta["vae_tiling"],
+            "functions": mod.meta.get("vae_tiling") or {},
+            "encode_functions": mod.meta.get("vae_encode_tiling") or {},
         }
         if tried:
             ctx.report["memory"]["tried"] = tried

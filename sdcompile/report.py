@@ -114,8 +114,8 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     tiling = mem.get("vae_tiling")
     if tiling:
         lines.append(
-            f"          VAE decoded in tiles of {tiling['tile']} latent pixels (overlap {tiling['overlap']}) at "
-            + ", ".join(sorted(tiling.get("functions") or {}))
+            f"          VAE decoded and encoded in tiles of {tiling['tile']} latent pixels (overlap {tiling['overlap']}) "
+            "at " + ", ".join(sorted(set(tiling.get("functions") or {}) | set(tiling.get("encode_functions") or {})))
         )
     for t in mem.get("tried") or []:
         lines.append(f"          did not fit: {t}")

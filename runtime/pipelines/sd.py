@@ -58,8 +58,9 @@ class StableDiffusion:
 
     def _fn(self, kind: str, width: int, height: int) -> str:
         name = f"{kind}_{width}x{height}"
-        tiled = (self.pipe.get("vae_tiling") or {}).get("functions") or {}
-        if name not in self.model.functions and not (kind == "decode_latents" and f"{width}x{height}" in tiled):
+        tiling = self.pipe.get("vae_tiling") or {}
+        tiled = {"decode_latents": tiling.get("functions") or {}, "encode_image": tiling.get("encode_functions") or {}}
+        if name not in self.model.functions and f"{width}x{height}" not in tiled.get(kind, {}):
             have = ", ".join(f"{w}x{h}" for w, h in self.sizes()) or "none"
             raise RuntimeFailure(
                 f"{self.model.path} was compiled for image sizes {have}, not {width}x{height}; pick one of those with "
@@ -145,7 +146,14 @@ class StableDiffusion:
         """An image's latents as diffusers' img2img takes them: a sample of the encoder's distribution (noise from
         the pipeline's generator, drawn before the initial noise), times the scaling factor."""
         x = from_image(rgb, width, height)
-        mom = self.model.call(self._fn("encode_image", width, height), {"image": x})["moments"]
+        tiling = self.pipe.get("vae_tiling") or {}
+        fn = (tiling.get("encode_functions") or {}).get(f"{width}x{height}")
+        if fn is not None:
+            mom = encode_tiled(
+                lambda im: self.model.call(fn, {"image": im})["moments"], x, tiling["tile"], tiling["overlap"]
+            )
+        else:
+            mom = self.model.call(self._fn("encode_image", width, height), {"image": x})["moments"]
         c = mom.shape[1] // 2
         mean, logvar = mom[:, :c], np.clip(mom[:, c:], -30.0, 20.0)
         sample = mean + np.exp(0.5 * logvar) * standard_normal(rng, mean.shape)
@@ -260,4 +268,23 @@ def decode_tiled(
             m = wy[:, None] * wx[None, :]
             out[:, :, y * f : (y + tile) * f, x * f : (x + tile) * f] += part * m
             wsum[y * f : (y + tile) * f, x * f : (x + tile) * f] += m
+    return (out / wsum).astype(np.float32)
+
+
+def encode_tiled(encode: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+    """Encode an image [1, 3, H, W] in overlapping tiles of 8 * tile pixels and blend the tiles' moments (mean and
+    log-variance) linearly across the overlaps in latent space, as stable-diffusion.cpp's tiled encoder does.
+    Like the tiled decode, not identical to a whole encode: each tile normalises its own groups."""
+    _, _, H, W = image.shape
+    h, w = H // 8, W // 8
+    out = wsum = None
+    for y in _starts(h, tile, overlap):
+        for x in _starts(w, tile, overlap):
+            part = encode(np.ascontiguousarray(image[:, :, 8 * y : 8 * (y + tile), 8 * x : 8 * (x + tile)]))
+            if out is None:
+                out = np.zeros((1, part.shape[1], h, w), np.float64)
+                wsum = np.zeros((h, w), np.float64)
+            m = _ramp(tile, overlap, y > 0, y + tile < h)[:, None] * _ramp(tile, overlap, x > 0, x + tile < w)[None]
+            out[:, :, y : y + tile, x : x + tile] += part * m
+            wsum[y : y + tile, x : x + tile] += m
     return (out / wsum).astype(np.float32)

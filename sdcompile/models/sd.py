@@ -550,9 +550,18 @@ def lift(
                 lift_decoder(g, store, vcfg, H // 8, W // 8, used)
                 mod.functions[f"decode_latents_{tag}"] = g
         if vcfg is not None and "vae_encoder" in components:
-            g = Graph(meta={"family": "sd", "function": "encode_image", "size": [W, H]})
-            lift_encoder(g, store, vcfg, H, W, used)
-            mod.functions[f"encode_image_{tag}"] = g
+            if vae_tile is not None and max(H, W) // 8 > vae_tile:
+                # The encoder in tiles too: image tiles of 8 x vae_tile pixels, whose moments the pipeline blends.
+                name = f"encode_image_tile{vae_tile}"
+                if name not in mod.functions:
+                    g = Graph(meta={"family": "sd", "function": "encode_image", "size": [8 * vae_tile] * 2})
+                    lift_encoder(g, store, vcfg, 8 * vae_tile, 8 * vae_tile, used)
+                    mod.functions[name] = g
+                mod.meta.setdefault("vae_encode_tiling", {})[tag] = name
+            else:
+                g = Graph(meta={"family": "sd", "function": "encode_image", "size": [W, H]})
+                lift_encoder(g, store, vcfg, H, W, used)
+                mod.functions[f"encode_image_{tag}"] = g
     mod.meta["config"] = {
         "unet": ucfg.__dict__ if ucfg else None,
         "vae": vcfg.__dict__ if vcfg else None,
