@@ -92,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "function and compare it with diffusers on the artifact's own weights; record planned vs measured peak "
             "memory."
         ),
-        epilog="exit status: 0 when every run finished or was refused at compile time with a reason, 1 otherwise, "
-        "2 for bad arguments.",
+        epilog="exit status: 0 when every run finished, was refused at compile time with a reason or was stopped by "
+        "--call-timeout (status stopped); 1 when one failed; 2 for bad arguments.",
     )
     p.add_argument("--targets", default="cpu", help="comma-separated: cpu, vulkan, cuda (default: cpu)")
     p.add_argument("--types", default="f16,q8_0", help="comma-separated weight types (default: f16,q8_0)")
@@ -605,7 +605,7 @@ def run_one(args: argparse.Namespace, ckpt: Path, target: str, type_: str, size:
     run["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     row["run"] = run
     if run.get("error"):
-        row["status"] = "failed"
+        row["status"] = "stopped" if run.get("stopped") else "failed"
         row["error"] = f"run: {run['error']}"
         log(f"{label}: {row['error']}")
 
@@ -819,7 +819,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             )
     bad = [r for r in result["rows"] if r["error"]]
     if bad:
-        lines += ["", "Failures and refusals:", ""]
+        lines += ["", "Failures, refusals and stopped runs:", ""]
         lines += [f"- {r['target']} {r['type']} {r['size']}: {r['error']}" for r in bad]
     if result.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
@@ -830,8 +830,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(*args.child)
-    if args.from_json:  # measure nothing: render the markdown of a result file again
-        md = render_markdown(json.loads(args.from_json.read_text()))
+    if args.from_json:  # measure nothing: render the markdown of a result file again (adding any --note to it)
+        result = json.loads(args.from_json.read_text())
+        if args.note:
+            result["notes"] = [n for n in result.get("notes", []) if n not in args.note] + args.note
+            atomic_write_json(args.from_json, result)
+        md = render_markdown(result)
         atomic_write_text(args.md, md)
         sys.stdout.write(md)
         return EXIT_OK
