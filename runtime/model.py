@@ -251,7 +251,9 @@ class Model:
             if key not in self._views or self._views[key][0] is not buf:
                 n = int(np.prod(shape)) * np.dtype(param["dtype"]).itemsize
                 if ref["offset"] + n > buf.nbytes:
-                    raise RuntimeFailure(f"{self.path}: a view past its buffer's end; the manifest is damaged, recompile")
+                    raise RuntimeFailure(
+                        f"{self.path}: a view past its buffer's end; the manifest is damaged, recompile"
+                    )
                 self._views[key] = (buf, self.ex.view(buf, ref["offset"], n))
             buf = self._views[key][1]
         return (buf, shape, param["dtype"])

@@ -527,7 +527,9 @@ def _split_starts(a: Attrs) -> list[int]:
 def _split_shape(s: list[Shape], a: Attrs) -> list[Shape]:
     x = s[0]
     ax = a["axis"] % len(x)
-    _need(sum(a["sizes"]) == x[ax] and all(n > 0 for n in a["sizes"]), f"split sizes {a['sizes']} do not add to {x[ax]}")
+    _need(
+        sum(a["sizes"]) == x[ax] and all(n > 0 for n in a["sizes"]), f"split sizes {a['sizes']} do not add to {x[ax]}"
+    )
     return [(*x[:ax], n, *x[ax + 1 :]) for n in a["sizes"]]
 
 

@@ -44,7 +44,9 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     n2, c2 = te.reduce_axis((0, L), name="n2"), te.reduce_axis((0, cg), name="c2")
     pvar = te.compute(
         (B * G, ch),
-        lambda bg, k: te.sum((at(bg, k, n2, c2) - mean[bg] * inv) * (at(bg, k, n2, c2) - mean[bg] * inv), axis=[n2, c2]),
+        lambda bg, k: te.sum(
+            (at(bg, k, n2, c2) - mean[bg] * inv) * (at(bg, k, n2, c2) - mean[bg] * inv), axis=[n2, c2]
+        ),
         name="pvar",
     )
     k2 = te.reduce_axis((0, ch), name="k2")

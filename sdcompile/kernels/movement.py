@@ -33,6 +33,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         return [*xs, te.compute((outer, sum(widths)), safe, name="y")]
     if spec.op == "slices":  # slice (one part) and split (several): parts along the middle axis of [outer, full, inner]
         x = te.placeholder((a["outer"], a["full"], a["inner"]), "float32", name="x")
+
         def part(k: int, st: int, w: int) -> te.Tensor:  # TE takes no default arguments in a compute's lambda
             return te.compute((a["outer"], w, a["inner"]), lambda o, j, i: x[o, st + j, i], name=f"y{k}")
 
