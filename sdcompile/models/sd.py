@@ -239,31 +239,35 @@ def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig
     return UNetConfig(cin, cout, mc, ctx, head_dim, heads, family, pred, int(groups))
 
 
-def _kinds(store, prefix: str) -> dict[int, dict[int, str]]:
-    """{block index: {sub index: kind}} for input_blocks/output_blocks: resnet, transformer, down, up."""
-    out: dict[int, dict[int, str]] = {}
-    rx = re.compile(re.escape(prefix) + r"(\d+)\.(\d+)\.(.*)$")
+def _kind_of(rest: str) -> str | None:
+    """What a UNet sub-module is, from a tensor's name below it."""
+    if rest.startswith(("in_layers", "out_layers", "emb_layers", "skip_connection")):
+        return "resnet"
+    if rest.startswith(("proj_in", "transformer_blocks", "norm.", "proj_out")):
+        return "transformer"
+    if rest.startswith("op."):
+        return "down"
+    if rest.startswith("conv."):
+        return "up"
+    return "conv_in" if rest in ("weight", "bias") else None
+
+
+def _kinds(store, prefix: str, nested: bool = True) -> dict[int, dict[int, str]] | dict[int, str]:
+    """{block index: {sub index: kind}} for input_blocks/output_blocks (``nested``), or {index: kind} for the
+    middle block: resnet, transformer, down, up, conv_in."""
+    out: dict = {}
+    rx = re.compile(re.escape(prefix) + (r"(\d+)\.(\d+)\.(.*)$" if nested else r"(\d+)\.(.*)$"))
     for n in store.names():
         m = rx.match(n)
         if not m:
             continue
-        i, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
-        kind = (
-            "resnet"
-            if rest.startswith(("in_layers", "out_layers", "emb_layers", "skip_connection"))
-            else "transformer"
-            if rest.startswith(("proj_in", "transformer_blocks", "norm.", "proj_out"))
-            else "down"
-            if rest.startswith("op.")
-            else "up"
-            if rest.startswith("conv.")
-            else "conv_in"
-            if rest in ("weight", "bias")
-            else None
-        )
+        kind = _kind_of(m.group(m.lastindex))
         if kind is None:
             raise UnsupportedModelError(f"{store.path}: unrecognised UNet tensor {n}")
-        out.setdefault(i, {})[j] = kind
+        if nested:
+            out.setdefault(int(m.group(1)), {})[int(m.group(2))] = kind
+        else:
+            out[int(m.group(1))] = kind
     return out
 
 
@@ -310,7 +314,6 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
         hh = b.group_norm(x, p + "norm", TRANSFORMER_GN_EPS)
         hh = b.reshape(hh, (xb, xh * xw, ch))
         hh = b.linear(hh, p + "proj_in")
-        inner = g.values[hh].shape[-1]
         k = 0
         while b.has(f"{p}transformer_blocks.{k}.attn1.to_q.weight"):
             tb = f"{p}transformer_blocks.{k}."
@@ -324,7 +327,6 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
             k += 1
         if k == 0:
             raise UnsupportedModelError(f"{store.path}: spatial transformer {UNET}{p} has no transformer blocks")
-        del inner
         hh = b.linear(hh, p + "proj_out")
         hh = b.reshape(hh, (xb, xh, xw, ch))
         return b.add(hh, x)
@@ -354,17 +356,7 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
     for i in sorted(inputs):
         x = run_block(x, f"input_blocks.{i}.", inputs[i])
         skips.append(x)
-    mid = _kinds(store, UNET + "middle_block.") if False else None
-    del mid
-    mids: dict[int, str] = {}
-    for n in store.names():
-        m = re.match(re.escape(UNET) + r"middle_block\.(\d+)\.(.*)$", n)
-        if m:
-            mids[int(m.group(1))] = (
-                "transformer"
-                if m.group(2).startswith(("proj_in", "transformer_blocks", "norm.", "proj_out"))
-                else "resnet"
-            )
+    mids = _kinds(store, UNET + "middle_block.", nested=False)
     x = run_block(x, "middle_block.", mids)
     for i in sorted(outputs):
         if not skips:
