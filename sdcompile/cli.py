@@ -117,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="CUDA architectures, e.g. sm_75,sm_86,compute_90 (default sm_75..sm_90 + compute_90)",
     )
-    s.add_argument("--memory-budget", default=None, metavar="SIZE", help="e.g. 4GiB (default: the probed device)")
+    s.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help="e.g. 4GiB (2^32 bytes) or 4GB (4e9 bytes); default: the probed device",
+    )
     s.add_argument(
         "--batch", type=int, default=1, help="compiled batch size of a text encoder (larger batches run in chunks)"
     )

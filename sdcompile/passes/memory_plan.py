@@ -236,22 +236,26 @@ def _over_budget(values: list, peak: int, budget: int, weights: int, activations
 
 
 def parse_size(text: str) -> int:
-    """'512MiB', '4G', '1.5GB', '1000000' -> bytes (K/M/G mean powers of 1024, as device memory is quoted)."""
+    """'512MiB', '4GiB', '4G' (binary: powers of 1024, as device memory is quoted), '4GB', '1.5MB' (decimal: powers
+    of 1000, as the unit says), '1000000' (bytes) -> bytes."""
     from sdcompile.errors import OptionError
 
     s = text.strip().upper().replace(" ", "")
-    for suffix in ("IB", "B"):
-        if s.endswith(suffix) and len(s) > len(suffix) and s[-len(suffix) - 1] in "KMGT":
-            s = s[: -len(suffix)]
-            break
+    base = 1024
+    if s.endswith("IB") and len(s) > 2 and s[-3] in "KMGT":
+        s = s[:-2]
+    elif s.endswith("B") and len(s) > 1 and s[-2] in "KMGT":
+        s, base = s[:-1], 1000
+    elif s.endswith("B"):
+        s = s[:-1]
     mult = 1
     if s and s[-1] in "KMGT":
-        mult = 1024 ** ("KMGT".index(s[-1]) + 1)
+        mult = base ** ("KMGT".index(s[-1]) + 1)
         s = s[:-1]
     try:
         n = float(s) * mult
     except ValueError:
-        raise OptionError(f"memory size {text!r} is not a size like 512MiB, 4GiB or 1073741824") from None
+        raise OptionError(f"memory size {text!r} is not a size like 512MiB, 4GiB, 4GB or 1073741824") from None
     if n <= 0:
         raise OptionError(f"memory size {text!r} must be positive")
     return int(n)

@@ -76,6 +76,8 @@ def test_parse_size():
     assert parse_size("4G") == 4 << 30
     assert parse_size("1.5GiB") == int(1.5 * (1 << 30))
     assert parse_size("1000") == 1000
+    assert parse_size("4GB") == 4_000_000_000 and parse_size("4GiB") == 4 << 30  # each unit means what it says
+    assert parse_size("1.5MB") == 1_500_000 and parse_size("2kb") == 2000 and parse_size("64B") == 64
     for bad in ("lots", "-1G", "0"):
         with pytest.raises(OptionError):
             parse_size(bad)
