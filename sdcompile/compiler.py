@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,7 @@ def compile_model(
     dump_ir: Path | None = None,
 ) -> dict[str, Any]:
     path, out_dir = (Path(path) if path is not None else None), Path(out_dir)
+    check_output_dir(out_dir)
     if options.target not in ("cpu", "vulkan", "cuda"):
         raise OptionError(f"unknown target {options.target!r}; choose cpu, vulkan or cuda")
     if options.vae_tile_overlap is None:  # a quarter of the tile, as stable-diffusion.cpp's default tiling
@@ -236,6 +238,20 @@ def compile_model(
     finally:
         bar.close()
     return manifest
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an unusable -o before any work: an existing file, a folder that holds something other than an
+    artifact (which would be replaced), a parent folder that cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"-o {out}: a file of that name exists; choose a new directory name for the artifact")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise OptionError(f"-o {out}: the folder exists and is not an sdcompile artifact; choose another -o")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise OptionError(f"-o {out}: the folder {parent.name or parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OptionError(f"-o {out}: cannot write in {parent}; choose a writable location")
 
 
 def _source_hashes(path: Path | None, options: CompileOptions) -> dict[str, Any]:

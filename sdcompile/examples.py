@@ -85,8 +85,15 @@ def write_gguf(path: Path, state: dict[str, np.ndarray], dtype: str = "f32", met
             if dtype == "f16":
                 w.add_tensor(name, arr.astype(np.float16))
             else:
-                qt = getattr(gguf.GGMLQuantizationType, dtype.upper())
-                data = gguf.quants.quantize(arr, qt)
+                # sdcompile's quantizers: the gguf package has none for the k-quants and iq4 types
+                from sdcompile.quant.reference import quantize
+                from sdcompile.quant.types import get
+
+                if arr.shape[-1] % get(dtype).block_size:  # rows that do not fill the type's blocks stay f16,
+                    w.add_tensor(name, arr.astype(np.float16))  # as llama.cpp's quantizer falls back; inspect shows it
+                    continue
+                qt = gguf.GGMLQuantizationType(get(dtype).ggml_id)
+                data = quantize(arr, dtype).reshape(arr.shape[0], -1)
                 w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
         else:
             w.add_tensor(name, arr.astype(np.float32))

@@ -141,3 +141,31 @@ def test_argument_errors_are_one_line():
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("sdcompile: error: argument --target") and r.stderr.strip().count("\n") == 0
     assert "sdcompile compile --help" in r.stderr
+
+
+def test_output_problems_are_found_before_compiling(tiny_ldm_safetensors, tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    r = sdc("compile", str(tiny_ldm_safetensors), "-o", str(f))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "a file of that name exists" in r.stderr
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    r = sdc("compile", str(tiny_ldm_safetensors), "-o", str(busy))
+    assert r.returncode == 2 and "not an sdcompile artifact" in r.stderr and (busy / "notes.txt").exists()
+    r = sdc("compile", str(tiny_ldm_safetensors), "-o", str(tmp_path / "missing" / "art"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_example_gguf_in_every_type_sdcompile_quantizes(tmp_path):
+    """Every type sdcompile's own quantizers write (k-quants and iq4 included, which the gguf package cannot); rows
+    that do not fill a type's blocks stay f16, as llama.cpp's quantizer does."""
+    from sdcompile.formats import open_store
+    from sdcompile.quant.reference import QUANTIZABLE
+
+    for t in [t for t in QUANTIZABLE if t not in ("f32", "f16", "bf16")]:
+        out = tmp_path / f"clip_{t}.gguf"
+        r = sdc("example", "--model", "clip-tiny", "--format", "gguf", "--dtype", t, "-o", str(out))
+        assert r.returncode == 0, (t, r.stderr)
+        types = {i.dtype for i in open_store(out).infos()}
+        assert t in types and types <= {t, "f16", "f32"}, (t, types)
