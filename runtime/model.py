@@ -258,6 +258,11 @@ class Model:
             buf = self._views[key][1]
         return (buf, shape, param["dtype"])
 
+    def _check_names(self, fn: str, inputs: dict) -> None:
+        want = self.functions[fn]["inputs"]
+        if set(inputs) != set(want):
+            raise RuntimeFailure(f"{fn}: inputs {sorted(inputs)} do not match its signature {sorted(want)}")
+
     def _check_input(self, fn: str, name: str, arr) -> np.ndarray:
         spec = self.functions[fn]["inputs"][name]
         want = tuple(spec["shape"])
@@ -284,9 +289,7 @@ class Model:
         if fn not in self.functions:
             raise RuntimeFailure(f"{self.path} has no function {fn!r}; it holds {sorted(self.functions)}")
         f = self.functions[fn]
-        unknown, missing = set(inputs) - set(f["inputs"]), set(f["inputs"]) - set(inputs)
-        if unknown or missing:
-            raise RuntimeFailure(f"{fn}: inputs {sorted(inputs)} do not match its signature {sorted(f['inputs'])}")
+        self._check_names(fn, inputs)
         bound = {}
         for k, v in inputs.items():
             v = self._check_input(fn, k, v)
@@ -314,9 +317,7 @@ class Model:
         chunks (the last one padded, its extra rows dropped)."""
         fn = self._only()
         f = self.functions[fn]
-        unknown, missing = set(inputs) - set(f["inputs"]), set(f["inputs"]) - set(inputs)
-        if unknown or missing:
-            raise RuntimeFailure(f"inputs {sorted(inputs)} do not match the model's {sorted(f['inputs'])}")
+        self._check_names(fn, inputs)
         arrays = {}
         for k, v in inputs.items():
             a = np.asarray(v)

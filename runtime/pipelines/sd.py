@@ -245,46 +245,40 @@ def _ramp(n: int, ov: int, left: bool, right: bool) -> np.ndarray:
     return w
 
 
+def _blend_tiles(
+    fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tile: int, overlap: int, per: int
+) -> np.ndarray:
+    """Run ``fn`` on overlapping tiles laid on the latent grid — tile x tile latent pixels, ``per`` input pixels
+    each — and blend its outputs linearly across the overlaps (its output pixels per latent pixel: whatever ``fn``
+    returns per tile)."""
+    h, w = x.shape[2] // per, x.shape[3] // per
+    out = wsum = None
+    for y in _starts(h, tile, overlap):
+        for x0 in _starts(w, tile, overlap):
+            part = fn(np.ascontiguousarray(x[:, :, per * y : per * (y + tile), per * x0 : per * (x0 + tile)]))
+            f = part.shape[-1] // tile
+            if out is None:
+                out = np.zeros((1, part.shape[1], h * f, w * f), np.float64)
+                wsum = np.zeros((h * f, w * f), np.float64)
+            wy = _ramp(tile * f, overlap * f, y > 0, y + tile < h)
+            wx = _ramp(tile * f, overlap * f, x0 > 0, x0 + tile < w)
+            m = wy[:, None] * wx[None, :]
+            out[:, :, y * f : (y + tile) * f, x0 * f : (x0 + tile) * f] += part * m
+            wsum[y * f : (y + tile) * f, x0 * f : (x0 + tile) * f] += m
+    return (out / wsum).astype(np.float32)
+
+
 def decode_tiled(
     decode: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, tile: int, overlap: int
 ) -> np.ndarray:
     """Decode latents [1, C, h, w] in overlapping tiles of tile x tile latent pixels and blend them linearly across
     the overlaps (as stable-diffusion.cpp's and diffusers' tiled VAE decoders do). Not identical to a whole decode:
     each tile's group norms see only that tile, which the overlap and blending hide."""
-    _, _, h, w = latents.shape
-    f = None
-    out = wsum = None
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
-    for y in ys:
-        for x in xs:
-            part = decode(np.ascontiguousarray(latents[:, :, y : y + tile, x : x + tile]))
-            if out is None:
-                f = part.shape[-1] // tile
-                out = np.zeros((1, part.shape[1], h * f, w * f), np.float64)
-                wsum = np.zeros((h * f, w * f), np.float64)
-            ov = overlap * f
-            wy = _ramp(tile * f, ov, y > 0, y + tile < h)
-            wx = _ramp(tile * f, ov, x > 0, x + tile < w)
-            m = wy[:, None] * wx[None, :]
-            out[:, :, y * f : (y + tile) * f, x * f : (x + tile) * f] += part * m
-            wsum[y * f : (y + tile) * f, x * f : (x + tile) * f] += m
-    return (out / wsum).astype(np.float32)
+    return _blend_tiles(decode, latents, tile, overlap, 1)
 
 
 def encode_tiled(encode: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int, overlap: int) -> np.ndarray:
     """Encode an image [1, 3, H, W] in overlapping tiles of 8 * tile pixels and blend the tiles' moments (mean and
     log-variance) linearly across the overlaps in latent space, as stable-diffusion.cpp's tiled encoder does.
     Like the tiled decode, not identical to a whole encode: each tile normalises its own groups."""
-    _, _, H, W = image.shape
-    h, w = H // 8, W // 8
-    out = wsum = None
-    for y in _starts(h, tile, overlap):
-        for x in _starts(w, tile, overlap):
-            part = encode(np.ascontiguousarray(image[:, :, 8 * y : 8 * (y + tile), 8 * x : 8 * (x + tile)]))
-            if out is None:
-                out = np.zeros((1, part.shape[1], h, w), np.float64)
-                wsum = np.zeros((h, w), np.float64)
-            m = _ramp(tile, overlap, y > 0, y + tile < h)[:, None] * _ramp(tile, overlap, x > 0, x + tile < w)[None]
-            out[:, :, y : y + tile, x : x + tile] += part * m
-            wsum[y : y + tile, x : x + tile] += m
-    return (out / wsum).astype(np.float32)
+    return _blend_tiles(encode, image, tile, overlap, 8)

@@ -170,29 +170,38 @@ def _matmul_shape(s: list[Shape], a: Attrs) -> Shape:
     return (*x[:-1], w[0])
 
 
-def _linear_shape(s: list[Shape], a: Attrs) -> Shape:
-    out = _matmul_shape(s[:2], a)
-    rest = s[2:]
+def _epilogue_shape(rest: list[Shape], out: Shape, a: Attrs, op: str) -> None:
+    """The fused epilogue's inputs of a linear or conv2d: a bias [N] if ``bias``, then a residual of the output's
+    shape if ``residual``, and nothing more."""
     if a.get("bias"):
-        _need(rest and rest[0] == (out[-1],), f"bias {rest[:1]} does not match {out[-1]} outputs")
+        _need(rest and rest[0] == (out[-1],), f"{op} bias {rest[:1]} does not match {out[-1]} outputs")
         rest = rest[1:]
     if a.get("residual"):
-        _need(rest and rest[0] == out, f"residual {rest[:1]} does not match output {out}")
+        _need(rest and rest[0] == out, f"{op} residual {rest[:1]} does not match output {out}")
         rest = rest[1:]
-    _need(not rest, "linear has extra inputs")
+    _need(not rest, f"{op} has extra inputs")
     _need(a.get("act", "none") in ACTIVATIONS, f"unknown activation {a.get('act')}")
-    return out
 
 
-def _linear_ref(x, a):
-    y = x[0] @ x[1].T
-    rest = list(x[2:])
+def _epilogue_ref(y: np.ndarray, rest: list[np.ndarray], a: Attrs) -> np.ndarray:
+    """bias, activation, residual, in this order (the kernels' epilogue)."""
+    rest = list(rest)
     if a.get("bias"):
         y = y + rest.pop(0)
     y = ACTIVATIONS[a.get("act", "none")](y)
     if a.get("residual"):
         y = y + rest[-1]
     return y
+
+
+def _linear_shape(s: list[Shape], a: Attrs) -> Shape:
+    out = _matmul_shape(s[:2], a)
+    _epilogue_shape(s[2:], out, a, "linear")
+    return out
+
+
+def _linear_ref(x, a):
+    return _epilogue_ref(x[0] @ x[1].T, x[2:], a)
 
 
 register(OpDef("matmul", _matmul_shape, lambda x, a: x[0] @ x[1].T, weights=(1,)))
@@ -237,14 +246,7 @@ def _conv_shape(s: list[Shape], a: Attrs) -> Shape:
     ho, wo = conv_out_hw(x[1], x[2], a)
     _need(ho > 0 and wo > 0, f"conv2d output {ho}x{wo} is empty")
     out = (x[0], ho, wo, w[0])
-    rest = s[2:]
-    if a.get("bias"):
-        _need(rest and rest[0] == (w[0],), f"conv2d bias {rest[:1]} does not match {w[0]} outputs")
-        rest = rest[1:]
-    if a.get("residual"):
-        _need(rest and rest[0] == out, f"conv2d residual {rest[:1]} does not match {out}")
-        rest = rest[1:]
-    _need(not rest, "conv2d has extra inputs")
+    _epilogue_shape(s[2:], out, a, "conv2d")
     return out
 
 
@@ -262,13 +264,7 @@ def im2col_np(x: np.ndarray, a: Attrs) -> np.ndarray:
 
 
 def _conv_ref(x, a):
-    y = im2col_np(x[0], a) @ x[1].T
-    rest = list(x[2:])
-    if a.get("bias"):
-        y = y + rest.pop(0)
-    if a.get("residual"):
-        y = y + rest[-1]
-    return y
+    return _epilogue_ref(im2col_np(x[0], a) @ x[1].T, x[2:], a)
 
 
 def _conv_lower(s, t, out, a) -> dict:

@@ -132,9 +132,9 @@ def _linear_params(a: dict) -> list[ParamSpec]:
 
 def conv_geometry(a: dict) -> tuple[int, int, int, int]:
     """(Ho, Wo, M, K) of a conv2d spec's attributes."""
-    pt, pl, pb, pr = a["pads"]
-    ho = (a["H"] + pt + pb - a["kh"]) // a["stride"] + 1
-    wo = (a["W"] + pl + pr - a["kw"]) // a["stride"] + 1
+    from sdcompile.ir.ops import conv_out_hw  # the one output-size formula (the op registry's)
+
+    ho, wo = conv_out_hw(a["H"], a["W"], a)
     return ho, wo, a["B"] * ho * wo, a["kh"] * a["kw"] * a["C"]
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from sdcompile.errors import UnsupportedModelError
 from sdcompile.ir import Graph, Module, WeightData
 from sdcompile.ir.derived import Reshape, Tensor, conv_weight
+from sdcompile.ir.ops import conv_out_hw
 from sdcompile.models import clip_text
 
 UNET = "model.diffusion_model."
@@ -128,11 +129,10 @@ class _Builder:
         o, c, kh, kw = self.shape(sub + ".weight")
         pad = pads if pads is not None else (kh // 2, kw // 2, kh // 2, kw // 2)
         ins = [x, self.conv_w(sub + ".weight"), self.param(sub + ".bias")]
-        ho = (h + pad[0] + pad[2] - kh) // stride + 1
-        wo = (w + pad[1] + pad[3] - kw) // stride + 1
         if res is not None:
             ins.append(res)
         attrs = {"kh": kh, "kw": kw, "stride": stride, "pads": tuple(pad), "bias": True, "residual": res is not None}
+        ho, wo = conv_out_hw(h, w, attrs)
         return self.node("conv2d", ins, (b, ho, wo, o), **attrs)
 
     def linear(self, x: str, sub: str, bias: bool = True, act: str = "none", res: str | None = None) -> str:
