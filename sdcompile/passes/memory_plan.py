@@ -110,7 +110,9 @@ def plan(g: Graph) -> tuple[dict[str, dict], list[int]]:
             if s in free:
                 free.remove(s)
             storage[o] = {"slot": s}
-        for x in {root[v] for v in (*n.inputs, *n.outputs)}:
+        # In node order, not a set's: the order slots return to `free` decides later slot choices, and a set of
+        # strings iterates in an order that changes with Python's per-process string hash seed.
+        for x in dict.fromkeys(root[v] for v in (*n.inputs, *n.outputs)):
             st = storage.get(x)
             if st and "slot" in st and last_use.get(x, i) <= i and st["slot"] not in free:
                 free.append(st["slot"])
