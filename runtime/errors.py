@@ -19,6 +19,15 @@ class ArtifactError(RuntimeFailure):
     """The artifact is incomplete or inconsistent: a kernel file is missing, a kernel is not in the manifest."""
 
 
+class ManifestError(ArtifactError):
+    """The manifest was changed after compiling (its digest does not match), names a path outside the artifact, or
+    describes a plan that cannot run as written (a step on a missing kernel or slot, an output no step writes)."""
+
+
+class SignatureError(ArtifactError):
+    """Trusted keys were given and the artifact is unsigned, or its signature is by none of them."""
+
+
 class LaunchError(RuntimeFailure):
     """A kernel was called with arguments that do not match its parameters."""
 

@@ -1,13 +1,13 @@
 """Load an artifact and run its plan. Imports nothing from `sdcompile`: only numpy, gguf and the backend's library.
 
-Loading verifies every file's hash, probes the device and selects the build for it (refusing with a clear message
-when none fits), checks memory, uploads the weights (and the lookup tables some weight types decode through) once
-and allocates the planned buffer slots. `run` splits a batch larger than the compiled one into compiled-size chunks.
+Loading first checks the manifest (``runtime/manifest.py``: its digest, a signature where trusted keys are given,
+that every path stays inside the artifact, that the plan is consistent) and every file's hash; then it probes the
+device and selects the build for it (refusing with a clear message when none fits), checks memory, uploads the
+weights (and the lookup tables some weight types decode through) once and allocates the planned buffer slots. `run` splits a batch larger than the compiled one into compiled-size chunks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,16 +15,13 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import RuntimeFailure
+from runtime.manifest import verify_files, verify_manifest
 
-SUPPORTED_FORMAT_VERSIONS = (2,)
+__all__ = ["DeviceTensor", "Model", "load", "read_manifest", "verify_files"]
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+# 3: the manifest carries a digest of itself (and may carry a signature); a version-2 manifest has none, so it
+# cannot be checked for edits and is refused.
+SUPPORTED_FORMAT_VERSIONS = (3,)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -37,21 +34,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
         m = json.loads(mf.read_text())
     except (OSError, ValueError) as e:
         raise RuntimeFailure(f"{mf}: unreadable manifest ({e}); recompile the model") from None
+    if not isinstance(m, dict):
+        raise RuntimeFailure(f"{mf}: the manifest is not a JSON object; recompile the model")
     if m.get("format") != "sdcompile-artifact" or m.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
         raise RuntimeFailure(
             f"{mf}: artifact format {m.get('format')!r} version {m.get('format_version')!r} is not supported by this "
             f"runtime (supports {SUPPORTED_FORMAT_VERSIONS}); recompile with a matching sdcompile"
         )
     return m
-
-
-def verify_files(path: Path, manifest: dict[str, Any]) -> None:
-    for rel, rec in sorted(manifest.get("files", {}).items()):
-        p = Path(path) / rel
-        if not p.is_file():
-            raise RuntimeFailure(f"{path}: artifact file {rel} is missing; copy the whole artifact directory")
-        if p.stat().st_size != rec["bytes"] or _sha256(p) != rec["sha256"]:
-            raise RuntimeFailure(f"{p}: contents do not match the manifest's hash (damaged or modified); recompile")
 
 
 def _make_executor(path: Path, manifest: dict[str, Any], num_threads: int | None):
@@ -100,13 +90,24 @@ class Model:
 
     ``call(fn, inputs)`` runs one function; ``run(inputs)`` runs the only function (a text encoder's
     ``encode_text``), splitting a larger batch into compiled-size chunks.
+
+    ``trusted_keys`` (Ed25519 public key files in PEM, as `sdcompile keygen` writes them): refuse an artifact that
+    is not signed by one of them. ``verify=False`` skips the manifest's digest and the file hashes (for a manifest
+    edited by hand), never the path and plan checks; ``signer`` is the id of the trusted key that signed it.
     """
 
-    def __init__(self, path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        num_threads: int | None = None,
+        verify: bool = True,
+        trusted_keys: list | None = None,
+    ) -> None:
         self.path = Path(path)
         self.manifest = m = read_manifest(self.path)
-        if verify:
-            verify_files(self.path, m)
+        # Before anything the manifest names is opened: a kernel library is code that runs on load.
+        self.signer = verify_manifest(self.path, m, files=verify, trusted_keys=trusted_keys)
         self.functions: dict[str, dict] = m["functions"]
         self.ex = _make_executor(self.path, m, num_threads)
         self.device = self.ex.device_info()
@@ -198,8 +199,8 @@ class Model:
         self._loaded = comps
 
     def _load_luts(self) -> None:
-        """Upload each lookup table the plan uses once (i-quant codebooks; the manifest's ``luts`` record), and check
-        that every step's table exists with the size its kernel reads."""
+        """Upload each lookup table the plan uses once (i-quant codebooks; the manifest's ``luts`` record; that every
+        step's table exists with the size its kernel reads was checked with the plan)."""
         rec = self.manifest.get("luts") or {"tables": {}}
         self.luts = {}
         if rec["tables"]:
@@ -216,19 +217,6 @@ class Model:
                 buf = self.ex.alloc(words.nbytes)
                 self.ex.upload(buf, words)
                 self.luts[name] = (buf, n)
-        for step in (st for f in self.functions.values() for st in f["steps"]):
-            params = self.manifest["kernels"]["kernels"][step["kernel"]]["params"]
-            for ref, p in zip(step["args"], params):
-                if "lut" not in ref:
-                    continue
-                have = self.luts.get(ref["lut"])
-                if have is None or have[1] != int(p["words"]):
-                    raise RuntimeFailure(
-                        f"{self.path}: kernel {step['kernel']} reads lookup table {ref['lut']!r} "
-                        f"({p['words']} words) but the artifact "
-                        + ("does not hold it" if have is None else f"holds {have[1]} words")
-                        + "; recompile"
-                    )
 
     def _arg(self, fn: str, ref: dict, param: dict, bound: dict):
         """(buffer, shape, dtype) for one kernel argument, as the parameter's kind says the kernel reads it."""
@@ -350,5 +338,7 @@ def _nbytes(spec: dict) -> int:
     return max(4, int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize)
 
 
-def load(path: str | Path, *, num_threads: int | None = None, verify: bool = True) -> Model:
-    return Model(path, num_threads=num_threads, verify=verify)
+def load(
+    path: str | Path, *, num_threads: int | None = None, verify: bool = True, trusted_keys: list | None = None
+) -> Model:
+    return Model(path, num_threads=num_threads, verify=verify, trusted_keys=trusted_keys)

@@ -27,7 +27,7 @@ def cpu_artifact(tiny_ldm_safetensors, tmp_path_factory) -> Path:
 
 def test_manifest_contents(cpu_artifact):
     m = json.loads((cpu_artifact / "manifest.json").read_text())
-    assert m["target"] == "cpu" and m["format_version"] == 2
+    assert m["target"] == "cpu" and m["format_version"] == 3
     assert set(m["functions"]) == {"encode_text"}  # a text encoder is a module of one function
     assert m["source"]["family"] == "clip_text" and m["source"]["convention"] == "ldm"
     assert len(m["source"]["sha256"]) == 64
