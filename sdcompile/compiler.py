@@ -12,6 +12,8 @@ from sdcompile.codegen.artifact import (
     FORMAT_VERSION,
     LUTS_FILE,
     WEIGHTS_FILE,
+    load_signing_key,
+    recover_output,
     sha256_file,
     write_artifact,
     write_luts,
@@ -167,9 +169,13 @@ def compile_model(
     *,
     progress: bool = False,
     dump_ir: Path | None = None,
+    sign_key: str | Path | None = None,
 ) -> dict[str, Any]:
     path, out_dir = (Path(path) if path is not None else None), Path(out_dir)
+    # A compile killed between its renames left the old artifact beside -o: put it back before judging -o.
+    recover_output(out_dir.resolve())
     check_output_dir(out_dir)
+    key = load_signing_key(sign_key) if sign_key is not None else None
     if options.target not in ("cpu", "vulkan", "cuda"):
         raise OptionError(f"unknown target {options.target!r}; choose cpu, vulkan or cuda")
     if options.vae_tile_overlap is None:  # a quarter of the tile, as stable-diffusion.cpp's default tiling
@@ -233,7 +239,7 @@ def compile_model(
             _write_extras(tmp, manifest, mod)
             bar.step("weights")
 
-        write_artifact(out_dir, manifest, fill)
+        write_artifact(out_dir, manifest, fill, sign_key=key)
         bar.step("done")
     finally:
         bar.close()
