@@ -129,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dump-ir", type=Path, default=None, metavar="DIR", help="write the IR after each pass")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--sign-key",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="sign the artifact with this Ed25519 private key (PEM; `sdcompile keygen` makes one), so runtimes "
+        "given --trusted-key KEY.pub accept it",
+    )
 
     for cmd, what in (("txt2img", "make an image from a prompt"), ("img2img", "redraw an image guided by a prompt")):
         s = sub.add_parser(cmd, help=f"{what} with a compiled Stable Diffusion artifact", description=what.capitalize())
@@ -141,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", required=True, help="one per input")
     s.add_argument("--output", type=Path, required=True, metavar="OUT.npz", help="where to write the outputs")
+    _trusted_key_arg(s)
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
     s = sub.add_parser("bench", help="time one function of an artifact over repeated runs on random inputs")
@@ -159,6 +168,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--targets", default="cpu,vulkan,cuda", help="comma-separated backends (default: all three)")
     s.add_argument("--types", default=None, help="comma-separated weight types (default: every type)")
     s.add_argument("--json", action="store_true", help="machine-readable results")
+
+    s = sub.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing artifacts (compile --sign-key) and checking them (--trusted-key)",
+    )
+    s.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="KEY", help="private key file to write; KEY.pub too"
+    )
 
     s = sub.add_parser(
         "example",
@@ -207,8 +224,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _trusted_key_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="PUB",
+        help="run only an artifact signed by this Ed25519 public key (PEM, KEY.pub from `sdcompile keygen`); "
+        "repeat to trust several",
+    )
+
+
 def _generation_args(s: argparse.ArgumentParser, img2img: bool) -> None:
     s.add_argument("artifact", type=Path, help="artifact compiled from an SD checkpoint (`sdcompile compile`)")
+    _trusted_key_arg(s)
     if img2img:
         s.add_argument("-i", "--init-img", type=Path, required=True, help="the image to start from (PNG, PPM, PGM)")
         s.add_argument(
@@ -271,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": cmd_bench,
             "example": cmd_example,
             "kernels": cmd_kernels,
+            "keygen": cmd_keygen,
         }[args.cmd](args)
     except (SdcompileError, RuntimeFailure) as e:
         print(f"sdcompile: error: {e}", file=sys.stderr)
@@ -375,7 +406,12 @@ def cmd_compile(args) -> int:
 
         get(opts.type)
     manifest = compile_model(
-        args.file, args.output, opts, progress=not args.no_progress and sys.stderr.isatty(), dump_ir=args.dump_ir
+        args.file,
+        args.output,
+        opts,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        dump_ir=args.dump_ir,
+        sign_key=args.sign_key,
     )
     if args.json:
         keys = ("target", "source", "functions", "pipeline", "memory", "report", "files")
@@ -541,7 +577,7 @@ def cmd_generate(args) -> int:
     seed = secrets.randbelow(2**31) if args.seed == -1 else args.seed
 
     t0 = time.perf_counter()
-    model = runtime.load(args.artifact, num_threads=args.threads)
+    model = runtime.load(args.artifact, num_threads=args.threads, trusted_keys=args.trusted_key)
     sd = StableDiffusion(model)
     load_s = time.perf_counter() - t0
     bar = _StepBar(not args.no_progress, "img2img" if img2img else "txt2img")
@@ -651,7 +687,7 @@ def cmd_run(args) -> int:
     check_output_file(args.output, "--output", None)
     fn = pick_function(args.artifact, read_manifest(args.artifact)["functions"], args.function)
     inputs = dict(_load_npy(s) for s in args.input)
-    model = runtime.load(args.artifact, num_threads=args.threads)
+    model = runtime.load(args.artifact, num_threads=args.threads, trusted_keys=args.trusted_key)
     # a single-function artifact takes any batch (run in compiled-size chunks); otherwise the exact signature
     out = model.run(inputs) if len(model.functions) == 1 else model.call(fn, inputs)
     tmp = args.output.with_name(args.output.name + ".tmp.npz")
@@ -676,6 +712,15 @@ def cmd_bench(args) -> int:
     else:
         print(f"{res['artifact']} {res['function']} on {res['device']}: {res['repeat']} runs, batch {res['batch']}")
         print(f"  min {res['min_ms']:.2f} ms   median {res['median_ms']:.2f} ms   max {res['max_ms']:.2f} ms")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from sdcompile.codegen.artifact import generate_signing_key
+
+    priv, pub = generate_signing_key(args.output)
+    print(f"wrote {priv} (private: keep it secret; compile --sign-key {priv})")
+    print(f"wrote {pub} (public: give it to whoever runs the artifacts; --trusted-key {pub})")
     return 0
 
 
