@@ -17,7 +17,7 @@
 6. files: each listed file's size and SHA-256.
 
 Checks 3 to 5 do not lean on the digest: they hold for a manifest whose digest was recomputed after an edit, and they
-keep a malformed plan from reaching a kernel even when the caller skips the hashes (``files=False``).
+keep a malformed plan from reaching a kernel even when the caller skips the digest and hashes (``digest=False``).
 """
 
 from __future__ import annotations
@@ -561,15 +561,21 @@ def _sha256(path: Path) -> str:
 
 
 def verify_manifest(
-    root: str | Path, manifest: dict[str, Any], *, files: bool = True, trusted_keys: Iterable[Any] | None = None
+    root: str | Path,
+    manifest: dict[str, Any],
+    *,
+    digest: bool = True,
+    files: bool = True,
+    trusted_keys: Iterable[Any] | None = None,
 ) -> str | None:
     """Refuse an artifact whose manifest was altered, names files outside it or describes a plan that cannot run
-    (see the module's docstring). ``files=False`` skips the digest and the file hashes (a test or a debugging
-    session editing a manifest by hand), never the structure, paths and plan. With ``trusted_keys`` the manifest must
-    carry a valid signature by one of them, whatever ``files`` says. Returns the id of the key that signed it."""
+    (see the module's docstring). ``digest=False`` skips the digest (a test or a debugging session editing a
+    manifest by hand) and ``files=False`` the file hashes, never the structure, paths and plan. With
+    ``trusted_keys`` the manifest must carry a valid signature by one of them, whatever ``digest`` says. Returns the
+    id of the key that signed it."""
     root = Path(root)
     signer = None
-    if files or trusted_keys is not None:
+    if digest or trusted_keys is not None:
         check_digest(root, manifest)
     if trusted_keys is not None:
         signer = check_signature(root, manifest, load_trusted_keys(trusted_keys))

@@ -25,6 +25,14 @@ SUPPORTED_FORMAT_VERSIONS = (3,)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The artifact's manifest, checked (digest, paths, plan: ``verify_manifest`` without the file hashes), for
+    callers that look at it before loading the model."""
+    m = _parse_manifest(path)
+    verify_manifest(path, m, files=False)
+    return m
+
+
+def _parse_manifest(path: Path) -> dict[str, Any]:
     mf = Path(path) / "manifest.json"
     if not mf.is_file():
         raise RuntimeFailure(
@@ -105,9 +113,9 @@ class Model:
         trusted_keys: list | None = None,
     ) -> None:
         self.path = Path(path)
-        self.manifest = m = read_manifest(self.path)
+        self.manifest = m = _parse_manifest(self.path)
         # Before anything the manifest names is opened: a kernel library is code that runs on load.
-        self.signer = verify_manifest(self.path, m, files=verify, trusted_keys=trusted_keys)
+        self.signer = verify_manifest(self.path, m, digest=verify, files=verify, trusted_keys=trusted_keys)
         self.functions: dict[str, dict] = m["functions"]
         self.ex = _make_executor(self.path, m, num_threads)
         self.device = self.ex.device_info()
