@@ -50,6 +50,7 @@ from schedules.tir_build import (
     bcast,
     f16_to_f32,
     hsum,
+    load_f32,
     prim_func,
     reduce_tree,
     replace_body,
@@ -219,7 +220,7 @@ class _Gemm:
                         vstore(amx, 0, splat(0.0, "float32", 16), 16)
                         vstore(tot, 0, splat(0.0, "float32", 16), 16)
                         with T.serial(0, G // 16) as i:
-                            v = T.bind(x[m, T.Ramp(g * G + 16 * i, 1, 16)])
+                            v = T.bind(load_f32(x, [m, T.Ramp(g * G + 16 * i, 1, 16)], 16))
                             vstore(amx, 0, T.max(vload(amx, 0, 16), T.abs(v)), 16)
                             vstore(tot, 0, vload(tot, 0, 16) + v, 16)
                         amax = T.bind(reduce_tree(vload(amx, 0, 16), 16, T.max))
@@ -230,7 +231,7 @@ class _Gemm:
                         T.buffer_store(self.xs, dx, [at])
                         with T.serial(0, G // 32) as s:
                             k = g * G + 32 * s
-                            v = [x[m, T.Ramp(k + 16 * i, 1, 16)] for i in range(2)]
+                            v = [load_f32(x, [m, T.Ramp(k + 16 * i, 1, 16)], 16) for i in range(2)]
                             q = [T.bind(T.Cast("int32x16", T.nearbyint(vi * bcast(inv, 16)))) for vi in v]
                             # xq = 256 xh + xl: xh = floor((xq + 128) / 256) in [-127, 127], xl in [-128, 127]
                             hi = [T.bind((qi + splat(128, "int32", 16)) >> splat(8, "int32", 16)) for qi in q]

@@ -44,6 +44,7 @@ from schedules.tir_build import (
     f16_to_f32,
     hsum,
     imm,
+    load_f32,
     prim_func,
     reduce_tree,
     replace_body,
@@ -189,12 +190,12 @@ class _Gemv:
                     vstore(amx, 0, splat(0.0, "float32", 16), 16)
                     vstore(tot, 0, splat(0.0, "float32", 16), 16)
                     with T.serial(0, nvec) as i:
-                        v = T.bind(x[m, T.Ramp(gi * g + 16 * i, 1, 16)])
+                        v = T.bind(load_f32(x, [m, T.Ramp(gi * g + 16 * i, 1, 16)], 16))
                         vstore(amx, 0, T.max(vload(amx, 0, 16), T.abs(v)), 16)
                         vstore(tot, 0, vload(tot, 0, 16) + v, 16)
                     a, t = vload(amx, 0, 16), vload(tot, 0, 16)
                 else:
-                    v = [T.bind(x[m, T.Ramp(gi * g + 16 * i, 1, 16)]) for i in range(nvec)]
+                    v = [T.bind(load_f32(x, [m, T.Ramp(gi * g + 16 * i, 1, 16)], 16)) for i in range(nvec)]
                     a, t = T.max(T.abs(v[0]), T.abs(v[1])), v[0] + v[1]
                 amax = T.bind(reduce_tree(a, 16, T.max))
                 total = T.bind(hsum(t, 16))
@@ -233,7 +234,7 @@ class _Gemv:
         elements (byte parity p in a little-endian word) of two runs of 32 (q4_k) or of one run of 64 (q6_k)."""
         K, xn, x = self.K, self.xn, self.bufs["x"]
         with T.serial(0, 16) as i:
-            vstore(xn, 16 * i, T.Cast("int16x16", quant(x[m, T.Ramp(gi * 256 + 16 * i, 1, 16)])), 16)
+            vstore(xn, 16 * i, T.Cast("int16x16", quant(load_f32(x, [m, T.Ramp(gi * 256 + 16 * i, 1, 16)], 16))), 16)
         sub = 32 if self.wtype == "q4_k" else 16
         with T.serial(0, 256 // sub) as j:
             v = T.Cast(f"int32x{sub}", vload(xn, sub * j, sub))

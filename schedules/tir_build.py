@@ -9,6 +9,7 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from sdcompile.kernels.act import narrow, widen
 from sdcompile.kernels.linear import activation
 from sdcompile.kernels.spec import KernelSpec
 
@@ -67,14 +68,21 @@ def vconst(values, dtype: str):
     return shuffle(vecs, [distinct.index(v) * len(values) + i for i, v in enumerate(values)])
 
 
+def load_f32(buf, idx: list, lanes: int = 1):
+    """buf[idx] widened to f32 where the buffer holds 16-bit activations (``kernels/act.py``)."""
+    return widen(buf[tuple(idx)] if len(idx) > 1 else buf[idx[0]], lanes)
+
+
 def store_output(bufs: dict, act: str, m, n, v) -> None:
-    """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it)."""
+    """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it), rounded to
+    y's storage dtype."""
     if "bias" in bufs:
         v = v + bufs["bias"][n]
     v = activation(act, v)
     if "res" in bufs:
-        v = v + bufs["res"][m, n]
-    T.buffer_store(bufs["y"], v, [m, n])
+        v = v + load_f32(bufs["res"], [m, n])  # scalar: n is one column
+    y = bufs["y"]
+    T.buffer_store(y, narrow(v, "bfloat16" if y.dtype == "uint16" else str(y.dtype)), [m, n])
 
 
 def prim_func(spec: KernelSpec, params: list, emit) -> tirx.PrimFunc:

@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=["cpu", "vulkan", "cuda"], default="cpu", help="backend (default cpu)")
     s.add_argument("--type", help="storage type for quantizable weights (f32, f16, q8_0, q4_0, ...)")
     s.add_argument(
+        "--act-type",
+        choices=["f32", "f16", "bf16"],
+        default="f32",
+        help="storage of activations inside each function (math stays f32; inputs and outputs stay f32): "
+        "f16 or bf16 halve activation memory and traffic (Vulkan: f32, f16; default f32)",
+    )
+    s.add_argument(
         "--tensor-type-rules",
         default="",
         metavar="R",
@@ -384,6 +391,7 @@ def cmd_compile(args) -> int:
         memory_budget=parse_size(args.memory_budget) if args.memory_budget else None,
         cuda_archs=archs,
         batch=args.batch,
+        act_type=args.act_type,
         diffusion_model=args.diffusion_model,
         vae=args.vae,
         clip_l=args.clip_l,

@@ -134,6 +134,10 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
         fallbacks += [f for f in rep["legalize"]["fallbacks"] if f not in fallbacks]
         tiled += [f"{name}:{node}" for node in rep["legalize"].get("tiled_attention", [])]
         out["legalize"] = dict(rep["legalize"])
+        if "act_dtype" in rep:
+            a = out.setdefault("act_dtype", {"dtype": rep["act_dtype"]["dtype"], "values": 0, "kept_f32": 0})
+            a["values"] += rep["act_dtype"]["values"]
+            a["kept_f32"] += rep["act_dtype"]["kept_f32"]
     out["quantize"]["types"] = dict(sorted(out["quantize"]["types"].items()))
     if "legalize" in out:
         out["legalize"]["native"] = native
@@ -218,6 +222,7 @@ def compile_model(
                 "tensor_type_rules": [f"{r}={t}" for r, t in options.tensor_type_rules],
                 "fallback_policy": options.fallback_policy,
                 "batch": options.batch,
+                "act_type": options.act_type,
                 "memory_budget": options.memory_budget,
             },
             "functions": plans,
@@ -226,7 +231,7 @@ def compile_model(
                 "tensors": {n: {"dtype": t, "shape": list(s), "component": pool[n].component} for n, t, s in weights},
             },
             "memory": ctx.report["memory"],
-            "report": {k: ctx.report[k] for k in ("quantize", "fuse", "legalize")},
+            "report": {k: ctx.report[k] for k in ("quantize", "fuse", "legalize", "act_dtype") if k in ctx.report},
         }
 
         def fill(tmp: Path) -> None:

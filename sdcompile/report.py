@@ -86,6 +86,12 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
             f"          {len(leg['tiled_attention'])} attention nodes tiled (online softmax over key tiles: more keys "
             f"than one row of probabilities in workgroup memory holds), e.g. {leg['tiled_attention'][0]}"
         )
+    if r.get("act_dtype"):
+        a = r["act_dtype"]
+        lines.append(
+            f"activations {_SHORT_DTYPES.get(a['dtype'], a['dtype'])} storage for {a['values']} values, f32 math; "
+            f"{a['kept_f32']} kept f32 (function inputs and outputs, and views of them)"
+        )
     budget = mem.get("budget_bytes")
     lines.append(
         f"memory    peak {fmt_bytes(mem['peak_bytes'])} = weights {fmt_bytes(mem['weights_bytes'])} + activations "

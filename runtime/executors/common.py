@@ -8,6 +8,11 @@ import numpy as np
 
 from runtime.errors import ArtifactError, LaunchError
 
+try:  # registers "bfloat16" with numpy (activations stored in bf16); TVM depends on it, so it is there with TVM
+    import ml_dtypes  # noqa: F401
+except ImportError:  # pragma: no cover - a bf16 artifact then fails at np.dtype("bfloat16") with numpy's message
+    pass
+
 
 def kernel_table(kernels: dict) -> dict[str, dict]:
     """Accept the whole ``build_kernels`` result or its ``"kernels"`` mapping."""

@@ -70,7 +70,10 @@ class Buffer:
         key = (shape, dtype)
         t = self._tensors.get(key)
         if t is None:
-            t = self._tensors[key] = tvm.runtime.from_dlpack(self.view(shape, dtype))
+            # Kernels hold bf16 activations as their bits (uint16 buffers): TVM's own bf16 lowering is unreliable.
+            t = self._tensors[key] = tvm.runtime.from_dlpack(
+                self.view(shape, "uint16" if dtype == "bfloat16" else dtype)
+            )
         return t
 
 

@@ -20,6 +20,9 @@ class Backend:
     native: dict[str, frozenset[str]]  # op -> weight types with a native kernel
     why_not: dict[str, str]  # weight type (or "*") -> why there is no native kernel
     max_buffer_bytes: int | None = None  # the largest single buffer a kernel may bind (None: no limit)
+    # storage types of float activations whose kernel cases all passed (f32 always), and why the others failed
+    act_dtypes: tuple[str, ...] = ("float32",)
+    act_why_not: dict[str, str] | None = None
 
     def has_kernel(self, op: str, wtype: str | None = None) -> bool:
         if op not in self.ops:
@@ -41,4 +44,12 @@ def backend(name: str, table: Path = TABLE) -> Backend:
         raise OptionError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
     d = data[name]
     native = {op: frozenset(d[op]) for op in d["ops"] if op in d}
-    return Backend(name, frozenset(d["ops"]), native, dict(d.get("why_not", {})), d.get("max_buffer_bytes"))
+    return Backend(
+        name,
+        frozenset(d["ops"]),
+        native,
+        dict(d.get("why_not", {})),
+        d.get("max_buffer_bytes"),
+        tuple(d.get("act_dtypes", ["float32"])),
+        dict(d.get("act_why_not", {})),
+    )

@@ -30,7 +30,15 @@ def node_spec(g: Graph, n) -> ks.KernelSpec:
         raise ValueError(f"op {n.op} has no kernel")
     shapes = [g.values[i].shape for i in n.inputs]
     types = [g.values[i].dtype for i in n.inputs]
-    return ks.KernelSpec.make(d.kernel, **d.lower(shapes, types, g.values[n.outputs[0]].shape, n.attrs))
+    attrs = d.lower(shapes, types, g.values[n.outputs[0]].shape, n.attrs)
+    # Activations stored in 16 bits: the kernel takes each float activation in its value's dtype (the spec's
+    # ``dt`` codes, in parameter order). All-f32 kernels keep their names, so f32 artifacts are unchanged.
+    params = [p for p in ks.KernelSpec.make(d.kernel, **attrs).params if p.kind != "lut"]
+    dtypes = [g.values[v].dtype for v in n.inputs + n.outputs]
+    dt = "".join(ks.ACT_CODES[v] for p, v in zip(params, dtypes) if p.kind == "act" and p.dtype == "float32")
+    if dt.strip("f"):
+        attrs["dt"] = dt
+    return ks.KernelSpec.make(d.kernel, **attrs)
 
 
 def _signature(g: Graph, names: list[str]) -> dict[str, dict]:

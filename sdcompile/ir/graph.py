@@ -13,7 +13,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-ACT_DTYPES = ("float32", "float16", "int32", "int64")
+ACT_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64")
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int64": 4}  # bytes per element of each
 
 
 @dataclass

@@ -6,6 +6,7 @@ Each op's numpy reference lives in the op registry (``sdcompile/ir/ops.py``).
 
 from __future__ import annotations
 
+import ml_dtypes  # noqa: F401  (numpy learns "bfloat16")
 import numpy as np
 
 from sdcompile.ir.graph import Graph
@@ -24,5 +25,7 @@ def run(g: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         d = get(n.op)
         out = d.reference([env[i] for i in n.inputs], n.attrs)
         for name, value in zip(n.outputs, out if d.multi else [out]):
-            env[name] = value
+            dtype = g.values[name].dtype
+            # A value stored in 16 bits holds what that type can: round as the kernels round when they store.
+            env[name] = value.astype(dtype).astype(np.float64) if dtype in ("float16", "bfloat16") else value
     return {o: env[o] for o in g.outputs}

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from sdcompile.ir.graph import ITEMSIZE
+
 Shape = tuple[int, ...]
 Attrs = dict[str, Any]
 
@@ -623,7 +625,6 @@ register(
 # --- views ------------------------------------------------------------------------------------------------------------
 
 VIEW_ALIGN = 256  # bytes: GPU storage-buffer bindings start at multiples of this (WebGPU's minimum alignment)
-_ITEM = {"float32": 4, "float16": 2, "int32": 4, "int64": 4}
 
 
 def node_view(g, n) -> list[int] | None:
@@ -635,7 +636,7 @@ def node_view(g, n) -> list[int] | None:
     offs = d.view([g.values[i].shape for i in n.inputs], n.attrs)
     if offs is None:
         return None
-    item = _ITEM[g.values[n.inputs[0]].dtype]
+    item = ITEMSIZE[g.values[n.inputs[0]].dtype]
     out = [o * item for o in offs]
     return out if all(o % VIEW_ALIGN == 0 for o in out) else None
 

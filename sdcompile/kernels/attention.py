@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from sdcompile.kernels.act import reads, stored
 from sdcompile.kernels.dequant import f32
 from sdcompile.kernels.spec import KernelSpec
 
@@ -27,9 +28,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     causal = bool(spec.attr("causal"))
     scale = f32(float(Dh) ** -0.5)
     shape = (B * S, H * Dh)
-    q = te.placeholder(shape, "float32", name="q")
-    k = te.placeholder((B * T, H * Dh), "float32", name="k")
-    v = te.placeholder((B * T, H * Dh), "float32", name="v")
+    (qt, kt, vt), (q, k, v) = reads(spec, "q", "k", "v")
 
     d = te.reduce_axis((0, Dh), name="d")
     score = te.compute(
@@ -52,5 +51,5 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     oacc = te.compute(
         shape, lambda r, c: te.sum(prob[r // S, c // Dh, r % S, j3] * v[(r // S) * T + j3, c], axis=j3), name="oacc"
     )
-    o = te.compute(shape, lambda r, c: oacc[r, c] / rsum[r // S, c // Dh, r % S], name="o")
-    return [q, k, v, o]
+    o = te.compute(shape, stored(spec, "o", lambda r, c: oacc[r, c] / rsum[r // S, c // Dh, r % S]), name="o")
+    return [qt, kt, vt, o]

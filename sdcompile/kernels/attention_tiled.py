@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from sdcompile.kernels.act import reads, stored
 from sdcompile.kernels.attention import LOWEST
 from sdcompile.kernels.dequant import f32
 from sdcompile.kernels.spec import KernelSpec
@@ -62,9 +63,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     TK, NT = key_tiles(spec)
     scale = f32(float(Dh) ** -0.5)
     shape = (B * S, H * Dh)
-    q = te.placeholder(shape, "float32", name="q")
-    k = te.placeholder((B * T, H * Dh), "float32", name="k")
-    v = te.placeholder((B * T, H * Dh), "float32", name="v")
+    (qt, kt, vt), (q, k, v) = reads(spec, "q", "k", "v")
 
     def key(b, j):  # row of key j (clamped: the last tile's padding reads key T-1 and is masked)
         return b * T + (te.min(j, T - 1) if NT * TK > T else j)
@@ -108,6 +107,8 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         name="run",
     )
     o = te.compute(
-        shape, lambda r, c: run_acc[r // S, c // Dh, r % S, c % Dh] / run_l[r // S, c // Dh, r % S, c % Dh], name="o"
+        shape,
+        stored(spec, "o", lambda r, c: run_acc[r // S, c // Dh, r % S, c % Dh] / run_l[r // S, c // Dh, r % S, c % Dh]),
+        name="o",
     )
-    return [q, k, v, o]
+    return [qt, kt, vt, o]

@@ -13,7 +13,6 @@ types per weight op, and the ops (`"ops"`) per backend; a table claiming a kerne
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -42,6 +41,10 @@ OPS = tuple(WEIGHT_CHECKS)
 # Kernel ops with no weight in a storage type: checked once per backend, by the cases in op_cases.CASES.
 WEIGHTLESS = tuple(op for op in S.KERNELS if op not in WEIGHT_CHECKS)
 OPS_KEY = "ops"  # results[target][OPS_KEY] = {op: {case: {"status", "detail"}}}; every other key is a weight type
+# results[target][ACT_KEY] = {dtype: {case: {"status", "detail"}}}: the 16-bit activation storage types, checked with
+# op_cases' F16_CASES / BF16_CASES when all weightless ops are; the table lists a dtype where all its cases passed.
+ACT_KEY = "act_dtypes"
+ACT_CASES = {"float16": op_cases.F16_CASES, "bfloat16": op_cases.BF16_CASES}
 # K = 512 holds two 256-value super-blocks per row; N and the vocabulary are small, so a check costs little. M=1
 # takes the CPU GEMV path (integer dot products), M=16 the GEMM path: the tile unit (schedules/cpu_amx.py) for
 # q4_0/q8_0/q4_k/q6_k on CPUs with AMX, else the tiled GEMM that decodes to f32.
@@ -157,12 +160,13 @@ def _run_all(executor, spec: S.KernelSpec, inputs: list[np.ndarray]) -> list[np.
         args.append((buf, a.shape, str(a.dtype)))
     outs = [p for p in spec.params if p.is_output]
     for out in outs:
-        obuf = executor.alloc(math.prod(out.shape) * 4)
-        executor.upload(obuf, np.full(out.shape, np.nan, np.float32))  # an element the kernel skips shows up
-        args.append((obuf, out.shape, "float32"))
+        nan = np.full(out.shape, np.nan, np.float32).astype(out.dtype)  # an element the kernel skips shows up
+        obuf = executor.alloc(max(nan.nbytes, 4))
+        executor.upload(obuf, nan)
+        args.append((obuf, out.shape, out.dtype))
     executor.launch(spec.name, args)
     executor.synchronize()
-    return [executor.download(a[0], p.shape, "float32") for a, p in zip(args[len(inputs) :], outs)]
+    return [executor.download(a[0], p.shape, p.dtype).astype(np.float32) for a, p in zip(args[len(inputs) :], outs)]
 
 
 def _verdict(got: np.ndarray, ref: np.ndarray, tol: np.ndarray, bound: str = "the f32 bound") -> tuple[str, str]:
@@ -176,14 +180,28 @@ def _verdict(got: np.ndarray, ref: np.ndarray, tol: np.ndarray, bound: str = "th
 
 def _run_case(executor, c: op_cases.Case) -> tuple[str, str]:
     """Run one weightless case against the op registry's float64 reference (``op_cases.tolerance``)."""
+    from sdcompile.quant.reference import dequantize, quantize
+
     spec = c.spec()
-    xs = c.inputs()
+    # The executors take each argument in its parameter's shape (attention's [B*S, H*Dh], not the node's [B, S, W])
+    # and storage dtype (a weight: its storage type's words); the reference sees the same (rounded) values.
+    inputs, xs = [], []
+    for x, p, s in zip(c.inputs(), spec.params, c.shapes):
+        if p.kind == "raw":
+            raw = quantize(x, p.dtype)
+            inputs.append(_words(raw))
+            xs.append(dequantize(raw, p.dtype, x.shape).astype(np.float32))
+        else:
+            inputs.append(x.reshape(p.shape).astype(p.dtype))
+            xs.append(inputs[-1].astype(np.float32).reshape(s))
     wants = op_cases.reference_list(c, xs)
-    # The executors take each argument in its parameter's shape (attention's [B*S, H*Dh], not the node's [B, S, W]).
-    inputs = [x.reshape(p.shape).astype(p.dtype) for x, p in zip(xs, spec.params)]
+    outs = [p for p in spec.params if p.is_output]
     got = np.concatenate([g.reshape(-1) for g in _run_all(executor, spec, inputs)])
     want = np.concatenate([w.reshape(-1) for w in wants])
-    return _verdict(got, want, np.full(want.shape, op_cases.tolerance(want)), "the case's tolerance")
+    tol = np.concatenate(
+        [np.broadcast_to(op_cases.tolerance(w, p.dtype), w.shape).reshape(-1) for w, p in zip(wants, outs)]
+    )
+    return _verdict(got, want, tol, "the case's tolerance")
 
 
 def _executor(target: str, out: Path, result: dict):
@@ -232,6 +250,7 @@ def check_target(
     from sdcompile.kernels import supported_types
 
     say = progress or (lambda _m: None)
+    full_ops = ops is None
     ops = list(WEIGHTLESS) if ops is None else list(ops)
     unknown = [op for op in ops if op not in WEIGHTLESS]
     if unknown:
@@ -249,6 +268,9 @@ def check_target(
     for op, cs in cases.items():
         if cs:
             groups[f"{OPS_KEY}:{op}"] = [c.spec() for c in cs]
+    act_cases = ACT_CASES if full_ops else {}  # the storage types span every op: checked with all of them only
+    for dt, cs in act_cases.items():
+        groups[f"{ACT_KEY}:{dt}"] = [c.spec() for c in cs]
     if target == "vulkan":
         from runtime.executors.vulkan import find_adapter
 
@@ -297,6 +319,15 @@ def check_target(
                     c.spec().name: outcome(built, lambda c=c, d=d, built=built: _run_case(executor(d, built), c))
                     for c in cs
                 }
+            results[ACT_KEY] = {}
+            for dt, cs in act_cases.items():
+                d, built = built_groups[f"{ACT_KEY}:{dt}"]
+                if run_here and not isinstance(built, Exception):
+                    say(f"{target} {dt} activations: run")
+                results[ACT_KEY][dt] = {
+                    c.spec().name: outcome(built, lambda c=c, d=d, built=built: _run_case(executor(d, built), c))
+                    for c in cs
+                }
     return results
 
 
@@ -326,7 +357,7 @@ def _build_groups(target: str, groups: dict[str, list[S.KernelSpec]], tmp: Path,
 
 def type_results(per_target: dict[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
     """The per-weight-type part of one backend's results."""
-    return {t: r for t, r in per_target.items() if t != OPS_KEY}
+    return {t: r for t, r in per_target.items() if t not in (OPS_KEY, ACT_KEY)}
 
 
 def op_state(cases: dict[str, dict[str, str]]) -> tuple[str, str]:
@@ -339,6 +370,16 @@ def op_state(cases: dict[str, dict[str, str]]) -> tuple[str, str]:
         return statuses[0], "; ".join(f"{name}: {r['status']} ({r['detail']})" for name, r in bad.items())
     statuses = {r["status"] for r in cases.values()}
     return ("validated" if "validated" in statuses else "compiled"), f"{len(cases)} case{'s' if len(cases) > 1 else ''}"
+
+
+def _brief(cases: dict[str, dict[str, str]]) -> str:
+    """One line on failing cases: how many, and the first one's status and the first line of its detail."""
+    bad = [(n, r) for n, r in cases.items() if r["status"] not in PASS]
+    if not bad:
+        return op_state(cases)[1]
+    name, r = bad[0]
+    detail = (r["detail"].strip().splitlines() or [""])[0][:160]
+    return f"{len(bad)} of {len(cases)} cases failed, e.g. {name}: {r['status']} ({detail})"
 
 
 def table_from(results: dict[str, dict], base: dict[str, Any]) -> dict[str, Any]:
@@ -358,6 +399,11 @@ def table_from(results: dict[str, dict], base: dict[str, Any]) -> dict[str, Any]
                     why[t] = "; ".join(failing)
             entry["why_not"] = why or {"*": "no kernel for this type on this backend yet"}
             entry["checked"] = {t: {k: v["status"] for k, v in r.items()} for t, r in sorted(per_type.items())}
+        if ACT_KEY in res:  # f32 always; a 16-bit storage type where every case of it passed
+            entry[ACT_KEY] = ["float32"] + [dt for dt, cs in res[ACT_KEY].items() if op_state(cs)[0] in PASS]
+            entry["act_why_not"] = {dt: _brief(cs) for dt, cs in res[ACT_KEY].items() if op_state(cs)[0] not in PASS}
+            if not entry["act_why_not"]:
+                entry.pop("act_why_not")
         checked_ops = res.get(OPS_KEY, {})
         claimed = set(entry.get("ops", []))
         ops = {op for op in OPS if entry.get(op)}  # a weight op is there when some type has its kernel
@@ -402,6 +448,10 @@ def claims_without_kernel(table: dict[str, Any], results: dict[str, dict]) -> li
                     wrong.append(
                         f"{target} {op} {t}: " + "; ".join(f"{k} {r[k]['status']} ({r[k]['detail']})" for k in bad)
                     )
+        for dt in claims.get(ACT_KEY, []):
+            cs = res.get(ACT_KEY, {}).get(dt)
+            if cs is not None and op_state(cs)[0] not in PASS:
+                wrong.append(f"{target} {dt} activations: {op_state(cs)[1]}")
         checked_ops = res.get(OPS_KEY, {})
         for op in claims.get("ops", []):
             if op in checked_ops:
@@ -461,4 +511,13 @@ def render(results: dict[str, dict]) -> str:
             status, detail = op_state(cases)
             cells.append(f"{MARK[status]}, {detail}" if status in PASS else f"{status}: {detail}")
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    if any(ACT_KEY in results[tg] for tg in targets):
+        lines += ["", "| activations | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+        for dt in ACT_CASES:
+            cells = []
+            for tg in targets:
+                cs = results[tg].get(ACT_KEY, {}).get(dt)
+                status, detail = op_state(cs) if cs is not None else ("—", "")
+                cells.append("—" if cs is None else f"{MARK[status]}, {detail}" if status in PASS else status)
+            lines.append(f"| {dt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

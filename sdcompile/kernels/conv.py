@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from sdcompile.kernels.act import f32_reads, placeholder
 from sdcompile.kernels.linear import matmul
 from sdcompile.kernels.spec import KernelSpec, conv_geometry
 
@@ -21,7 +22,8 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     _kh, kw, s = int(a["kh"]), int(a["kw"]), int(a["stride"])
     pt, pl = int(a["pads"][0]), int(a["pads"][1])
     ho, wo, M, K = conv_geometry(a)
-    x = te.placeholder((B, H, W, C), "float32", name="x")
+    x_in = placeholder(spec, "x")
+    x = f32_reads(x_in)
 
     def patch(m, k):
         b, p = m // (ho * wo), m % (ho * wo)
@@ -34,4 +36,4 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         return tirx.Select(inside, x[b, cy, cx, k % C], tirx.const(0.0, "float32"))
 
     xcol = te.compute((M, K), patch, name="xcol")
-    return matmul(spec, M, N, K, x, xcol)
+    return matmul(spec, M, N, K, x_in, xcol)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from sdcompile.kernels.act import stored
 from sdcompile.kernels.dequant import decode, lut_inputs
 from sdcompile.kernels.spec import KernelSpec
 
@@ -22,5 +23,5 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         row = tirx.max(tirx.min(ids[m], V - 1), 0)
         return decode(wtype, tok, row, d, D, luts) + pos[m % S, d]
 
-    y = te.compute((M, D), body, name="y")
+    y = te.compute((M, D), stored(spec, "y", body), name="y")
     return [ids, tok, pos, *luts, y]

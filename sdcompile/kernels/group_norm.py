@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tvm import te
 
+from sdcompile.kernels.act import reads, stored
 from sdcompile.kernels.dequant import f32
 from sdcompile.kernels.linear import activation
 from sdcompile.kernels.spec import KernelSpec
@@ -29,7 +30,7 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     cg = C // G
     ch = chunks(N)
     L = N // ch
-    x = te.placeholder((B, N, C), "float32", name="x")
+    (xt,), (x,) = reads(spec, "x")
     gamma = te.placeholder((C,), "float32", name="gamma")
     beta = te.placeholder((C,), "float32", name="beta")
     inv = f32(1.0 / (N * cg))
@@ -57,5 +58,5 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         v = (x(b, n, c) - mean(bg) * inv) * (1.0 / te.sqrt(var(bg) * inv + f32(eps))) * gamma(c) + beta(c)
         return activation(str(spec.attr("act", "none")), v)
 
-    y = te.compute((B, N, C), body, name="y")
-    return [x, gamma, beta, y]
+    y = te.compute((B, N, C), stored(spec, "y", body), name="y")
+    return [xt, gamma, beta, y]

@@ -15,6 +15,7 @@ import math
 
 from tvm import te, tirx
 
+from sdcompile.kernels.act import f32_reads, placeholder, stored
 from sdcompile.kernels.dequant import decode_staged, f32, let, lut_inputs
 from sdcompile.kernels.spec import KernelSpec
 
@@ -51,13 +52,13 @@ def activation(name: str, v: tirx.Expr) -> tirx.Expr:
 
 def compute(spec: KernelSpec) -> list[te.Tensor]:
     M, N, K = (int(spec.attr(k)) for k in "MNK")
-    x = te.placeholder((M, K), "float32", name="x")
-    return matmul(spec, M, N, K, x, x)
+    x = placeholder(spec, "x")
+    return matmul(spec, M, N, K, x, f32_reads(x))
 
 
 def matmul(spec: KernelSpec, M: int, N: int, K: int, x_in: te.Tensor, x: te.Tensor) -> list[te.Tensor]:
-    """The fused dequantize-matmul-epilogue over ``x`` [M, K]: the input placeholder itself (linear) or a stage
-    computed from ``x_in`` (conv2d's patches, which its schedules inline into the matmul)."""
+    """The fused dequantize-matmul-epilogue over ``x`` [M, K] (read as f32): the input placeholder itself (linear)
+    or a stage computed from ``x_in`` (conv2d's patches, which its schedules inline into the matmul)."""
     wtype = str(spec.attr("wtype"))
     ps = {p.name: p for p in spec.params}
     w = te.placeholder((ps["w"].words(),), "uint32", name="w")
@@ -72,8 +73,9 @@ def matmul(spec: KernelSpec, M: int, N: int, K: int, x_in: te.Tensor, x: te.Tens
         bias = te.placeholder((N,), "float32", name="bias")
         args.append(bias)
     if spec.attr("residual"):
-        res = te.placeholder((M, N), "float32", name="res")
-        args.append(res)
+        res_in = placeholder(spec, "res")
+        args.append(res_in)
+        res = f32_reads(res_in)
     act = str(spec.attr("act", "none"))
 
     def epilogue(m, n):
@@ -85,5 +87,5 @@ def matmul(spec: KernelSpec, M: int, N: int, K: int, x_in: te.Tensor, x: te.Tens
             v = v + res[m, n]
         return v
 
-    y = te.compute((M, N), epilogue, name="y")
+    y = te.compute((M, N), stored(spec, "y", epilogue), name="y")
     return args + luts + [y]

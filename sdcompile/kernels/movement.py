@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from sdcompile.kernels.act import reads, stored
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -13,13 +14,16 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     a = dict(spec.attrs)
     if spec.op == "transpose":
         shape, perm = tuple(a["shape"]), tuple(a["perm"])
-        x = te.placeholder(shape, "float32", name="x")
+        (xt,), (x,) = reads(spec, "x")
         out = tuple(shape[p] for p in perm)
         inv = [perm.index(d) for d in range(len(perm))]
-        return [x, te.compute(out, lambda *i: x[tuple(i[inv[d]] for d in range(len(perm)))], name="y")]
+        return [
+            xt,
+            te.compute(out, stored(spec, "y", lambda *i: x[tuple(i[inv[d]] for d in range(len(perm)))]), name="y"),
+        ]
     if spec.op == "concat":
         outer, widths = a["outer"], tuple(a["widths"])
-        xs = [te.placeholder((outer, w), "float32", name=f"x{i}") for i, w in enumerate(widths)]
+        xts, xs = reads(spec, *(f"x{i}" for i in range(len(widths))))
 
         # Select evaluates both sides' addresses: clamp the later inputs' columns at 0 so none reads before its start.
         def safe(o, c):
@@ -30,16 +34,21 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
                 v = tirx.Select(c < start + widths[i], xs[i][o, tirx.min(tirx.max(c - start, 0), widths[i] - 1)], v)
             return v
 
-        return [*xs, te.compute((outer, sum(widths)), safe, name="y")]
+        return [*xts, te.compute((outer, sum(widths)), stored(spec, "y", safe), name="y")]
     if spec.op == "slices":  # slice (one part) and split (several): parts along the middle axis of [outer, full, inner]
-        x = te.placeholder((a["outer"], a["full"], a["inner"]), "float32", name="x")
+        (xt,), (x,) = reads(spec, "x")
 
         def part(k: int, st: int, w: int) -> te.Tensor:  # TE takes no default arguments in a compute's lambda
-            return te.compute((a["outer"], w, a["inner"]), lambda o, j, i: x[o, st + j, i], name=f"y{k}")
+            return te.compute(
+                (a["outer"], w, a["inner"]), stored(spec, f"y{k}", lambda o, j, i: x[o, st + j, i]), name=f"y{k}"
+            )
 
-        return [x, *(part(k, st, w) for k, (st, w) in enumerate(zip(a["starts"], a["widths"])))]
+        return [xt, *(part(k, st, w) for k, (st, w) in enumerate(zip(a["starts"], a["widths"])))]
     if spec.op == "upsample_nearest":
         B, H, W, C, f = (a[k] for k in ("B", "H", "W", "C", "f"))
-        x = te.placeholder((B, H, W, C), "float32", name="x")
-        return [x, te.compute((B, H * f, W * f, C), lambda b, i, j, c: x[b, i // f, j // f, c], name="y")]
+        (xt,), (x,) = reads(spec, "x")
+        return [
+            xt,
+            te.compute((B, H * f, W * f, C), stored(spec, "y", lambda b, i, j, c: x[b, i // f, j // f, c]), name="y"),
+        ]
     raise ValueError(spec.op)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tvm import te
 
+from sdcompile.kernels.act import reads, stored
 from sdcompile.kernels.dequant import f32
 from sdcompile.kernels.spec import KernelSpec
 
@@ -12,7 +13,7 @@ from sdcompile.kernels.spec import KernelSpec
 def compute(spec: KernelSpec) -> list[te.Tensor]:
     M, D = int(spec.attr("M")), int(spec.attr("D"))
     eps = float(spec.attr("eps"))
-    x = te.placeholder((M, D), "float32", name="x")
+    (xt,), (x,) = reads(spec, "x")
     gamma = te.placeholder((D,), "float32", name="gamma")
     beta = te.placeholder((D,), "float32", name="beta")
     inv_d = f32(1.0 / D)
@@ -26,7 +27,11 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     # 1/sqrt instead of rsqrt keeps to functions every target lowers the same way.
     y = te.compute(
         (M, D),
-        lambda m, d: (x[m, d] - mean[m] * inv_d) * (1.0 / te.sqrt(var[m] * inv_d + f32(eps))) * gamma[d] + beta[d],
+        stored(
+            spec,
+            "y",
+            lambda m, d: (x[m, d] - mean[m] * inv_d) * (1.0 / te.sqrt(var[m] * inv_d + f32(eps))) * gamma[d] + beta[d],
+        ),
         name="y",
     )
-    return [x, gamma, beta, y]
+    return [xt, gamma, beta, y]

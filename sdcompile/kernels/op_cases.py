@@ -21,9 +21,14 @@ from sdcompile.kernels.spec import KernelSpec
 TOL = 2e-4
 
 
-def tolerance(want: np.ndarray) -> float:
-    """Absolute error bound for a case's output ``want`` (the float64 reference)."""
-    return TOL * max(1.0, float(np.abs(want).max()))
+# Half an ulp of the 16-bit activation types, relative: the one rounding a kernel adds when it stores its output
+# in them (inputs are rounded before the reference sees them, and everything in between is f32).
+HALF_ULP = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def tolerance(want: np.ndarray, dtype: str = "float32") -> np.ndarray | float:
+    """Absolute error bound for a case's output ``want`` (the float64 reference) stored as ``dtype``."""
+    return TOL * max(1.0, float(np.abs(want).max())) + HALF_ULP[dtype] * np.abs(want)
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,14 @@ class Case:
     shapes: tuple[tuple[int, ...], ...]
     attrs: dict = field(default_factory=dict)
     weights: dict[int, str] = field(default_factory=dict)  # input index -> storage type of a weight input
+    dt: str | None = None  # storage of the float activations (``spec.py``'s codes); None: all f32
 
     def spec(self) -> KernelSpec:
         d = get(self.op)
         types = [self.weights.get(i, "f32") for i in range(len(self.shapes))]
         out = d.shape(list(self.shapes), self.attrs)  # (a list of shapes for a split; lowerings read the inputs)
-        return KernelSpec.make(d.kernel, **d.lower(list(self.shapes), types, out, self.attrs))
+        extra = {"dt": self.dt} if self.dt else {}
+        return KernelSpec.make(d.kernel, **d.lower(list(self.shapes), types, out, self.attrs), **extra)
 
     def inputs(self, seed: int = 0) -> list[np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -97,6 +104,31 @@ CASES = [
     Case("split", ((3, 5, 7),), {"axis": 0, "sizes": (1, 2)}),
     Case("upsample_nearest", ((2, 4, 4, 32),), {"factor": 2}),
     Case("timestep_embedding", ((2,),), {"dim": 320, "flip": True, "shift": 0.0}),
+]
+# Activations stored in f16 (and bf16 where a backend has it): each kernel family once, mixed storage where a
+# function's f32 input or output meets f16 values inside it (conv_in, the last conv).
+F16_CASES = [
+    Case("conv2d", ((2, 8, 8, 32), (64, 288), (64,), (2, 8, 8, 64)), CONV3 | {"residual": True}, {1: "f16"}, "hhh"),
+    Case("conv2d", ((2, 5, 7, 4), (32, 36), (32,)), CONV3, {1: "f32"}, "fh"),
+    Case("conv2d", ((1, 8, 8, 32), (32, 288), (32,)), CONV3, {1: "q8_0"}, "hf"),
+    Case("group_norm", ((2, 64, 64), (64,), (64,)), {"groups": 32, "eps": 1e-5, "act": "silu"}, dt="hh"),
+    Case("layer_norm", ((2, 77, 64), (64,), (64,)), {"eps": 1e-5}, dt="hh"),
+    Case("attention", ((2, 64, 64), (2, 77, 64), (2, 77, 64)), {"heads": 8}, dt="hhhh"),
+    Case("attention", ((1, 77, 64), (1, 77, 64), (1, 77, 64)), {"heads": 2, "causal": True}, dt="hhhh"),
+    Case("silu", ((3, 100),), dt="hh"),
+    Case("add", ((2, 4, 4, 64), (2, 1, 1, 64)), dt="hfh"),
+    Case("geglu", ((2, 16, 128),), dt="hh"),
+    Case("transpose", ((2, 4, 8, 6),), {"perm": (0, 2, 3, 1)}, dt="hh"),
+    Case("concat", ((2, 4, 4, 32), (2, 4, 4, 64)), {"axis": -1}, dt="hhh"),
+    Case("split", ((2, 16, 96),), {"axis": -1, "sizes": (32, 64)}, dt="hhh"),
+    Case("upsample_nearest", ((2, 4, 4, 32),), {"factor": 2}, dt="hh"),
+    Case("timestep_embedding", ((2,),), {"dim": 320, "flip": True, "shift": 0.0}, dt="fh"),
+]
+BF16_CASES = [
+    Case("conv2d", ((2, 8, 8, 32), (64, 288), (64,), (2, 8, 8, 64)), CONV3 | {"residual": True}, {1: "f16"}, "bbb"),
+    Case("group_norm", ((2, 64, 64), (64,), (64,)), {"groups": 32, "eps": 1e-5, "act": "silu"}, dt="bb"),
+    Case("attention", ((2, 64, 64), (2, 77, 64), (2, 77, 64)), {"heads": 8}, dt="bbbb"),
+    Case("concat", ((2, 4, 4, 32), (2, 4, 4, 64)), {"axis": -1}, dt="bhb"),
 ]
 
 

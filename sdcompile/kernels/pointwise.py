@@ -10,6 +10,7 @@ import math
 
 from tvm import te, tirx
 
+from sdcompile.kernels.act import reads, stored
 from sdcompile.kernels.dequant import f32
 from sdcompile.kernels.linear import activation
 from sdcompile.kernels.spec import KernelSpec
@@ -28,31 +29,30 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
     a = dict(spec.attrs)
     op = spec.op
     if op in ("unary", "affine"):
-        x = te.placeholder((a["n"],), "float32", name="x")
+        (xt,), (x,) = reads(spec, "x")
         if op == "unary":
-            y = te.compute((a["n"],), lambda i: activation(a["fn"], x(i)), name="y")
+            y = te.compute((a["n"],), stored(spec, "y", lambda i: activation(a["fn"], x(i))), name="y")
         else:
-            y = te.compute((a["n"],), lambda i: x[i] * f32(a["scale"]) + f32(a["shift"]), name="y")
-        return [x, y]
+            y = te.compute((a["n"],), stored(spec, "y", lambda i: x[i] * f32(a["scale"]) + f32(a["shift"])), name="y")
+        return [xt, y]
     if op in ("add", "mul"):
         shape, yshape = tuple(a["shape"]), tuple(a["yshape"])
-        x = te.placeholder(shape, "float32", name="x")
-        y = te.placeholder(yshape, "float32", name="y")
+        (xt, yt), (x, y) = reads(spec, "x", "y")
 
         def body(*i):
             j = [0 if d == 1 else ii for ii, d in zip(i, yshape)]
             return x[i] + y[tuple(j)] if op == "add" else x[i] * y[tuple(j)]
 
-        return [x, y, te.compute(shape, body, name="z")]
+        return [xt, yt, te.compute(shape, stored(spec, "z", body), name="z")]
     if op == "geglu":
         M, F = a["M"], a["F"]
-        x = te.placeholder((M, 2 * F), "float32", name="x")
-        y = te.compute((M, F), lambda m, f: x[m, f] * activation("gelu", x(m, F + f)), name="y")
-        return [x, y]
+        (xt,), (x,) = reads(spec, "x")
+        y = te.compute((M, F), stored(spec, "y", lambda m, f: x[m, f] * activation("gelu", x(m, F + f))), name="y")
+        return [xt, y]
     if op == "timestep_embedding":
         B, dim = a["B"], a["dim"]
         half = dim // 2
-        t = te.placeholder((B,), "float32", name="t")
+        (tt,), (t,) = reads(spec, "t")
         k = f32(-math.log(a["max_period"]) / (half - a["shift"]))
 
         def emb(b, j):
@@ -61,5 +61,5 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
             first, second = (te.cos(arg), te.sin(arg)) if a["flip"] else (te.sin(arg), te.cos(arg))
             return tirx.Select(j < half, first, second)
 
-        return [t, te.compute((B, dim), emb, name="y")]
+        return [tt, te.compute((B, dim), stored(spec, "y", emb), name="y")]
     raise ValueError(op)

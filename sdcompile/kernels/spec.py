@@ -3,7 +3,9 @@
 A kernel is fixed-shape: every dimension is known at compile time (the runtime splits a larger batch into
 compiled-size chunks). Parameters come in call order, outputs last. Four parameter kinds exist:
 
-- ``act``: an f32 activation buffer (row-major, the given shape) — or int32 for token ids;
+- ``act``: an activation buffer (row-major, the given shape): f32 unless the spec's ``dt`` attribute stores it in
+  f16 or bf16 (one code per float activation parameter, in order: ``f`` f32, ``h`` f16, ``b`` bf16) — or int32
+  for token ids. Kernels load 16-bit activations into f32, compute in f32 and round once when they store;
 - ``f32``: a small f32 weight (bias, norm scale, position table) stored as f32 in the artifact;
 - ``raw``: a weight kept in its storage type (f32, f16, bf16 or a ggml quant type) and passed as the tensor's raw
   GGUF bytes viewed as little-endian ``uint32`` words (zero-padded to a multiple of 4 bytes). Kernels decode the
@@ -32,9 +34,13 @@ family (``schedules/`` has a rule per family and target; pointwise ops share the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ACTIVATIONS = ("none", "gelu", "quick_gelu", "silu")
+# Storage types of float activations and their one-letter codes in a spec's ``dt`` attribute (codes keep kernel
+# names C identifiers). Computation is f32 whatever the storage.
+ACT_CODES = {"float32": "f", "float16": "h", "bfloat16": "b"}
+CODE_DTYPES = {c: d for d, c in ACT_CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,26 @@ class KernelSpec:
 
     @property
     def params(self) -> list[ParamSpec]:
-        return KERNELS[self.op].params(dict(self.attrs))
+        attrs = dict(self.attrs)
+        ps = KERNELS[self.op].params(attrs)
+        dt = attrs.get("dt")
+        return ps if dt is None else with_act_dtypes(ps, str(dt))
+
+    def param(self, name: str) -> ParamSpec:
+        return next(p for p in self.params if p.name == name)
+
+
+def float_acts(ps: list[ParamSpec]) -> list[ParamSpec]:
+    """The float activation parameters, the ones a ``dt`` code applies to."""
+    return [p for p in ps if p.kind == "act" and p.dtype == "float32"]
+
+
+def with_act_dtypes(ps: list[ParamSpec], dt: str) -> list[ParamSpec]:
+    """``ps`` with its float activations stored as ``dt`` says (one code each, in order)."""
+    if len(dt) != len(float_acts(ps)) or any(c not in CODE_DTYPES for c in dt):
+        raise ValueError(f"dt={dt!r} does not fit {len(float_acts(ps))} float activation parameters")
+    codes = iter(dt)
+    return [replace(p, dtype=CODE_DTYPES[next(codes)]) if p.kind == "act" and p.dtype == "float32" else p for p in ps]
 
 
 def _act(name: str, shape: tuple[int, ...], out: bool = False, dtype: str = "float32") -> ParamSpec:

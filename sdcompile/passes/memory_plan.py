@@ -13,11 +13,11 @@ from __future__ import annotations
 from sdcompile.backends import backend
 from sdcompile.errors import MemoryBudgetError
 from sdcompile.ir import Graph
+from sdcompile.ir.graph import ITEMSIZE
 from sdcompile.ir.ops import node_view
 from sdcompile.passes.context import PassContext
 from sdcompile.quant.types import QUANT_TYPES
 
-_ITEMSIZE = {"float32": 4, "float16": 2, "int32": 4, "int64": 4}  # int64 ids are narrowed to int32 by the runtime
 ALIGN = 256  # slot sizes are rounded so every buffer offset suits GPU storage-buffer alignment
 
 
@@ -31,7 +31,7 @@ def weight_bytes(dtype: str, shape: tuple[int, ...]) -> int:
 
 def value_bytes(g: Graph, name: str) -> int:
     v = g.values[name]
-    n = _ITEMSIZE[v.dtype]
+    n = 4 if v.dtype == "int64" else ITEMSIZE[v.dtype]  # int64 ids are narrowed to int32 by the runtime
     for d in v.shape:
         n *= d
     return n

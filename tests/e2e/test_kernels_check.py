@@ -178,3 +178,22 @@ def test_cli_json(tmp_path):
     out = json.loads(r.stdout)
     assert out["results"]["cpu"]["q8_0"]["gemv"]["status"] == "validated"
     assert out["table_claims_failing"] == []
+
+
+def test_activation_storage_types_come_from_their_cases():
+    """The table lists a 16-bit activation type for a backend only where every one of its cases passed, says why
+    not otherwise, and flags a committed claim the check contradicts."""
+    ok = {"status": "validated", "detail": ""}
+    bad = {"status": "failed", "detail": "launch failed: GPUValidationError\nmore"}
+    res = {"vulkan": {check.ACT_KEY: {"float16": {"a": ok, "b": ok}, "bfloat16": {"a": bad, "b": ok}}}}
+    base = json.loads(TABLE.read_text())
+    table = check.table_from(res, base)["vulkan"]
+    assert table["act_dtypes"] == ["float32", "float16"]
+    assert table["act_why_not"]["bfloat16"] == "1 of 2 cases failed, e.g. a: failed (launch failed: GPUValidationError)"
+    claimed = {"vulkan": dict(base["vulkan"], act_dtypes=["float32", "float16", "bfloat16"])}
+    assert check.claims_without_kernel(claimed, res) == [
+        f"vulkan bfloat16 activations: {check.op_state(res['vulkan'][check.ACT_KEY]['bfloat16'])[1]}"
+    ]
+    # the committed table agrees with what the cases of each backend can do here
+    assert "bfloat16" not in base["vulkan"]["act_dtypes"] and "float16" in base["vulkan"]["act_dtypes"]
+    assert {"float16", "bfloat16"} <= set(base["cpu"]["act_dtypes"])

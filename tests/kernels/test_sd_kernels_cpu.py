@@ -8,15 +8,21 @@ import pytest
 
 from sdcompile.kernels.spec import KernelSpec
 from tests.kernels.fixtures import built_fixture, executor_fixture
-from tests.kernels.sd_cases import CASES, case_ids, check, check_view
+from tests.kernels.sd_cases import BF16_CASES, CASES, F16_CASES, case_ids, check, check_view
 
 VIEW_SPEC = KernelSpec.make("unary", n=64, fn="silu")
-built = built_fixture("cpu", lambda: [c.spec() for c in CASES] + [VIEW_SPEC], "sd_cpu")
+built = built_fixture("cpu", lambda: [c.spec() for c in CASES + F16_CASES + BF16_CASES] + [VIEW_SPEC], "sd_cpu")
 ex = executor_fixture("cpu")
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_ids())
 def test_case(ex, case):
+    check(ex, case)
+
+
+# Activations stored in 16 bits: loads widened to f32, one rounding at the store (``kernels/act.py``).
+@pytest.mark.parametrize("case", F16_CASES + BF16_CASES, ids=case_ids(F16_CASES + BF16_CASES))
+def test_case_16bit_activations(ex, case):
     check(ex, case)
 
 
