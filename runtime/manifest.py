@@ -206,7 +206,7 @@ class _Checker:
         return [self.integer(d, f"{where}[{i}]", lo) for i, d in enumerate(self.seq(x, where))]
 
     def dtype(self, x: Any, where: str) -> str:
-        if x not in ITEMSIZE:
+        if not isinstance(x, str) or x not in ITEMSIZE:
             self.fail(f"{where} is {x!r}, not one of {', '.join(ITEMSIZE)}")
         return x
 
@@ -287,8 +287,12 @@ class _Checker:
                     self.fail(f"{pw} is_output is {p.get('is_output')!r}, not true or false")
                 if p["kind"] in ("raw", "lut"):
                     self.integer(p.get("words"), f"{pw} words")
-                elif p["kind"] == "act" or p["is_output"]:
+                else:
                     self.dtype(p["dtype"], f"{pw} dtype")
+                # what the executors hand these kinds: small weights as float32, tables as uint32 words
+                fixed = {"f32": "float32", "lut": "uint32"}.get(p["kind"])
+                if fixed is not None and p["dtype"] != fixed:
+                    self.fail(f"{pw} of kind {p['kind']!r} has dtype {p['dtype']!r}, not {fixed}")
             if len(set(names)) != len(names):
                 self.fail(f"{where} has two parameters of one name")
             launch = self.seq(info.get("launch"), f"{where} launch", nonempty=True)
@@ -357,7 +361,7 @@ class _Checker:
             functions = self.obj(self.m.get("functions"), "functions")
             for key in ("functions", "encode_functions"):
                 for size, fn in self.obj(tiling.get(key) or {}, f"pipeline.vae_tiling.{key}").items():
-                    if fn not in functions:
+                    if not isinstance(fn, str) or fn not in functions:
                         self.fail(f"pipeline.vae_tiling.{key}[{size!r}] names {fn!r}, which is not a function")
 
     def signature(self, fn: str, f: dict) -> None:
@@ -415,6 +419,22 @@ class _Checker:
         kernels = m["kernels"]["kernels"]
         tensors = m["weights"]["tensors"]
         tables = (m.get("luts") or {}).get("tables") or {}
+        # The runtime allocates the slots (shared by the functions, each as large as its largest use) and every
+        # function's input and output buffers; the memory plan's peak includes them all, and the peak is what is
+        # checked against the device's memory, so buffers past it are refused here rather than allocated.
+        slots: list[int] = []
+        for f in m["functions"].values():
+            for i, n in enumerate(f["slots"]):
+                if i == len(slots):
+                    slots.append(0)
+                slots[i] = max(slots[i], n)
+        buffers = sum(slots) + sum(
+            _nbytes(v) for f in m["functions"].values() for v in (*f["inputs"].values(), *f["outputs"].values())
+        )
+        if buffers > m["memory"]["peak_bytes"]:
+            self.fail(
+                f"its buffers take {buffers} bytes, more than the {m['memory']['peak_bytes']} bytes of its memory peak"
+            )
         for fn, f in m["functions"].items():
             sizes = {("input", k): _nbytes(v) for k, v in f["inputs"].items()}
             sizes.update({("output", k): _nbytes(v) for k, v in f["outputs"].items()})
