@@ -27,8 +27,6 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         raise ValueError(f"no {kind} schedule for op {spec.op!r} (family {spec.family!r})") from None
     if kind == "gpu" and spec.op == "attention" and not spec.attr("tiled") and 1 in (spec.attr("S"), spec.attr("T")):
         rule = injective.gpu_fallback  # one query or one key (a UNet's 1x1 level): loops of extent 1 everywhere
-    if spec.op == "conv2d" and kind == "cpu":  # implicit GEMM: the patches become the matmul's input expression
-        sch.compute_inline(sch.get_sblock("xcol"))
     if kind == "cpu":
         info = cpu_info or CpuInfo()
         if cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX

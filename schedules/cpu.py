@@ -116,7 +116,10 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     wdq, mm, y = (sch.get_sblock(n) for n in ("wdq", "mm", "y"))
     mr, nv = register_tile(M, N, cpu)
     nb = nv * cpu.lanes if N % cpu.lanes == 0 else _divisor(N, 64)  # output columns per task
-    kb = _divisor(K, 256, 32)  # K per decoded tile: kb x nb f32 stays in L2
+    conv = spec.op == "conv2d"
+    # K per decoded tile: kb x nb f32 stays in L2. A conv's tile stays inside one kernel tap (kb divides C), so the
+    # patch panel below copies whole runs of channels.
+    kb = _divisor(int(spec.attr("C")), 256, 16) if conv else _divisor(K, 256, 32)
     m, n, k = sch.get_loops(mm)
     n0, n1 = sch.split(n, [None, nb])
     k0, k1 = sch.split(k, [None, kb])
@@ -132,6 +135,10 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     sch.parallel(sch.fuse(n0, mB))
     n0 = sch.get_loops(mm)[0]
     sch.compute_at(wdq, k0)
+    if conv:  # the patches of this row block and K tile, gathered once into a panel the micro-kernel streams
+        xcol = sch.get_sblock("xcol")
+        sch.compute_at(xcol, k0)
+        sch.vectorize(sch.get_loops(xcol)[-1])
     for name in scale_stages(str(spec.attr("wtype"))):  # the tile's block scales, decoded once per block
         sch.compute_at(sch.get_sblock(name), k0)
     # Decode with k outer, n inner: stores into the [k][n] tile are contiguous, and the tile's rows of W are read
