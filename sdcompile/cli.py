@@ -167,6 +167,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
     s.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument(
+        "--profile",
+        action="store_true",
+        help="time every kernel launch on its own (--repeat runs, median) and print the time, GFLOP/s and GB/s per "
+        "op and for the slowest kernels",
+    )
+    s.add_argument("--top", type=int, default=12, metavar="N", help="with --profile: kernels listed (default 12)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("kernels", help="build and validate every (type, backend) kernel; write the capability table")
@@ -712,6 +719,8 @@ def cmd_bench(args) -> int:
 
     if args.repeat < 1 or args.warmup < 0:
         raise OptionError(f"--repeat must be at least 1 and --warmup at least 0 (got {args.repeat}, {args.warmup})")
+    if args.profile:
+        return _bench_profile(args)
     res = bench_artifact(
         args.artifact, repeat=args.repeat, warmup=args.warmup, threads=args.threads, function=args.function
     )
@@ -720,6 +729,37 @@ def cmd_bench(args) -> int:
     else:
         print(f"{res['artifact']} {res['function']} on {res['device']}: {res['repeat']} runs, batch {res['batch']}")
         print(f"  min {res['min_ms']:.2f} ms   median {res['median_ms']:.2f} ms   max {res['max_ms']:.2f} ms")
+    return 0
+
+
+def _bench_profile(args) -> int:
+    import runtime
+    from runtime.model import read_manifest
+    from runtime.profile import profile
+    from sdcompile.report import pick_function, random_inputs
+
+    fn = pick_function(args.artifact, read_manifest(args.artifact)["functions"], args.function)
+    model = runtime.load(args.artifact, num_threads=args.threads)
+    res = profile(model, fn, random_inputs(model.functions[fn]), repeat=args.repeat, warmup=min(args.warmup, 1))
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+
+    def row(r: dict, name: str) -> str:
+        g = f"{r['gflops']:.0f}" if r["gflops"] else "-"
+        share = 100 * r["seconds"] / res["total_s"] if res["total_s"] else 0
+        return f"{name:<48} {r['calls']:>5} {r['seconds'] * 1e3:>10.1f} {share:>5.1f}% {g:>8} {r['gbytes_per_s']:>7.1f}"
+
+    print(f"{args.artifact} {fn}: kernels timed one by one, median of {args.repeat} runs")
+    head = f"{'':<48} {'calls':>5} {'ms':>10} {'share':>6} {'GFLOP/s':>8} {'GB/s':>7}"
+    print(head.replace(" " * 48, f"{'op':<48}", 1))
+    for r in res["by_op"]:
+        print(row(r, r["op"]))
+    print(f"{'total':<48} {sum(r['calls'] for r in res['by_op']):>5} {res['total_s'] * 1e3:>10.1f}")
+    print()
+    print(head.replace(" " * 48, f"{'slowest kernels':<48}", 1))
+    for r in res["kernels"][: args.top]:
+        print(row(r, r["kernel"][:48]))
     return 0
 
 
