@@ -77,6 +77,43 @@ def prod(shape: tuple[int, ...] | list[int]) -> int:
     return n
 
 
+# numpy 1.x holds at most 32 dimensions (2.x: 64); no weight has more than a handful.
+MAX_NDIM = 32
+# numpy refuses an array whose size in bytes, counting a zero dimension as 1, does not fit a signed 64-bit integer.
+MAX_ARRAY_BYTES = 2**63 - 1
+
+
+def check_shape(path: Path | str, what: str, shape: tuple[int, ...] | list[int], itemsize: int, hint: str) -> int:
+    """Raise a FormatError unless numpy can hold an array of `shape`; return its element count.
+
+    A byte-count check alone lets a zero-element tensor through whatever its other dimensions say ([0, 10^30] needs
+    0 bytes), and numpy's reshape then fails with its own error; this bounds every dimension before anything is
+    allocated or reshaped."""
+    if len(shape) > MAX_NDIM:
+        raise fail(path, f"{what} has {len(shape)} dimensions (at most {MAX_NDIM} are supported)", hint)
+    span = itemsize
+    for d in shape:
+        if d < 0:
+            raise fail(path, f"{what} has a negative dimension in {brief(shape)}", hint)
+        span *= max(int(d), 1)
+        if span > MAX_ARRAY_BYTES:
+            raise fail(
+                path,
+                f"{what} has shape {brief(shape)}, larger than any array can be (dimensions multiply past 2^63 bytes)",
+                hint,
+            )
+    return prod(shape)
+
+
+def brief(x: int | tuple[int, ...] | list[int]) -> str:
+    """An int or a shape for a message. str() of an int of thousands of digits raises (Python's conversion limit), and
+    a corrupt header can hold one: such a number is shown by its size."""
+    if isinstance(x, int):
+        return str(x) if x.bit_length() <= 128 else f"<{x.bit_length()}-bit int>"
+    text = "[" + ", ".join(brief(int(d)) for d in x) + "]"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """bf16 bit patterns (uint16) to float32: bf16 is the upper half of an f32."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

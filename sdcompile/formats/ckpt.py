@@ -16,8 +16,12 @@ that are materialized from the memory map on `raw()`/`array()`.
 from __future__ import annotations
 
 import _compat_pickle
+import bz2
 import collections
+import io
+import lzma
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -28,13 +32,24 @@ from typing import Any
 import numpy as np
 
 from sdcompile.errors import FormatError, UnsafePickleError
-from sdcompile.formats._common import PLAIN_DTYPES, check_file, fail, map_file, prod, to_array
+from sdcompile.formats._common import PLAIN_DTYPES, brief, check_file, check_shape, fail, map_file, prod, to_array
 from sdcompile.formats.base import TensorInfo, TensorStore
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 MAX_PICKLE = 1 << 30  # a data.pkl this big (uncompressed) is not a checkpoint we can hold; refuse before inflating
 MAX_NESTING = 64  # state dicts nest a few levels; names of deeper ones would cost O(depth^2) memory
+# Compression methods a zip member may use (the ones Python's zipfile reads too); anything else in a checkpoint is
+# damage, since torch.save stores members uncompressed.
+ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "LZMA",
+}
+# An LZMA member names its dictionary size, and the decoder allocates it before reading a byte: 64 MiB is xz's and
+# 7-Zip's largest preset; more is a corrupt header asking for gigabytes.
+MAX_LZMA_DICT = 1 << 26
 STATE_DICT_KEYS = ("state_dict", "model", "module", "model_state_dict")
 
 _HINT = "the checkpoint is corrupt or truncated; re-download it, or re-save it with torch.save"
@@ -340,6 +355,50 @@ def _nonneg(x: Any, what: str) -> int:
     return x
 
 
+class _MapReader:
+    """pickletools reads from the memory map through this: read(n) returns what the file has (an open file's read(n)
+    allocates n bytes first, and n is whatever a corrupt header says) and readline() looks a bounded way ahead."""
+
+    MAX_LINE = 1 << 20  # text opcodes (GLOBAL, INT) hold short lines
+
+    def __init__(self, mm: np.ndarray, pos: int) -> None:
+        self.mm, self.pos = mm, pos
+
+    def read(self, n: int) -> bytes:
+        b = bytes(self.mm[self.pos : self.pos + max(n, 0)])
+        self.pos += len(b)
+        return b
+
+    def readline(self) -> bytes:
+        window = self.mm[self.pos : self.pos + self.MAX_LINE]
+        hits = np.flatnonzero(window == ord("\n"))
+        return self.read(int(hits[0]) + 1 if hits.size else len(window))
+
+    def tell(self) -> int:
+        return self.pos
+
+
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _scan_pickle(f: Any) -> int:
+    """Walk one pickle's opcodes from `f` without building anything and return where it ends.
+
+    CPython's unpickler allocates what a counted opcode (BINBYTES8, BINUNICODE, BYTEARRAY8...) claims before reading
+    it, and grows its memo to twice the index a PUT names, so a few edited bytes make it allocate gigabytes.
+    pickletools reads each counted argument with read(n), which returns only what exists, and fails when a count runs
+    past the end; memo indices are bounded here by the number of opcodes (a pickler numbers them in order)."""
+    n_ops = 0
+    try:
+        for op, arg, _pos in pickletools.genops(f):
+            n_ops += 1
+            if op.name in _MEMO_PUTS and isinstance(arg, int) and arg > n_ops:
+                raise FormatError(f"the pickle stores memo entry {arg} after only {n_ops} opcodes")
+    except (ValueError, EOFError, struct.error, OverflowError) as e:
+        raise FormatError(f"has a corrupt pickle ({str(e)[:200]})") from None
+    return f.tell()
+
+
 class CkptStore(TensorStore):
     format = "ckpt"
 
@@ -366,8 +425,8 @@ class CkptStore(TensorStore):
             if str(e).startswith(str(p)):
                 raise
             raise type(e)(f"{p}: {e}; {_HINT}") from None
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as e:
-            raise fail(p, f"is a damaged zip archive ({str(e)[:200]})", _HINT) from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, zlib.error, lzma.LZMAError) as e:
+            raise fail(p, f"is a damaged zip archive ({type(e).__name__}: {str(e)[:200]})", _HINT) from None
         except OSError as e:
             raise fail(p, f"cannot be read ({e})", "check the file and its permissions") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
@@ -395,22 +454,20 @@ class CkptStore(TensorStore):
                     "load it with torch.jit.load and save its state_dict() with torch.save or safetensors",
                 )
             if prefix + "byteorder" in names:
-                order = zf.read(prefix + "byteorder")[:16].strip()
+                order = self._read_member(zf.getinfo(prefix + "byteorder"), 64)[:16].strip()
                 if order not in (b"little", b"big"):
                     raise fail(p, f"has an unknown byteorder record {order!r}", _HINT)
                 self._big_endian = order == b"big"
-            info = zf.getinfo(pkl)
-            if info.file_size > MAX_PICKLE:
-                raise fail(p, f"has a data.pkl of {info.file_size} bytes (limit {MAX_PICKLE})", _HINT)
+            data = self._read_member(zf.getinfo(pkl), MAX_PICKLE)
+            end = _scan_pickle(io.BytesIO(data))
+            top = RestrictedUnpickler(io.BytesIO(data[:end]), p, self._persistent_zip).load()
+            del data
             members = {n[len(prefix) + 5 :]: zf.getinfo(n) for n in names if n.startswith(prefix + "data/")}
-            with zf.open(pkl) as f:
-                top = RestrictedUnpickler(f, p, self._persistent_zip).load()
             for key in self._storages:
                 zi = members.get(key)
                 if zi is None:
                     raise fail(p, f"has no data for storage {key!r} ({prefix}data/{key} is missing)", _HINT)
-                if zi.flag_bits & 0x1:
-                    raise fail(p, f"member {zi.filename} is encrypted", "re-save the checkpoint with torch.save")
+                self._check_member(zi)
                 if zi.compress_type == zipfile.ZIP_STORED:
                     self._data[key] = (self._member_offset(zi), zi.file_size)
                 else:
@@ -420,14 +477,86 @@ class CkptStore(TensorStore):
         return top
 
     def _member_offset(self, zi: zipfile.ZipInfo) -> int:
+        """Where a member's (compressed) bytes start in the file, checked to lie inside it."""
         h = zi.header_offset
-        if h + 30 > self._size or bytes(self._mm[h : h + 4]) != b"PK\x03\x04":
+        if h < 0 or h + 30 > self._size or bytes(self._mm[h : h + 4]) != b"PK\x03\x04":
             raise fail(self.path, f"zip member {zi.filename} has a broken local header", _HINT)
         n, m = struct.unpack_from("<HH", self._mm, h + 26)
         off = h + 30 + n + m
-        if off + zi.file_size > self._size:
+        if off + zi.compress_size > self._size:
             raise fail(self.path, f"zip member {zi.filename} extends past the end of the file (truncated)", _HINT)
         return off
+
+    def _check_member(self, zi: zipfile.ZipInfo) -> int:
+        """Refuse a member whose header the reader cannot follow before anything reads it; return where its
+        (compressed) bytes start."""
+        p = self.path
+        if zi.flag_bits & 0x1:
+            raise fail(p, f"zip member {zi.filename} is encrypted", "re-save the checkpoint with torch.save")
+        if zi.compress_type not in ZIP_METHODS:
+            raise fail(
+                p,
+                f"zip member {zi.filename} says it is compressed with method {zi.compress_type}, which is not one of "
+                f"{', '.join(f'{k} ({v})' for k, v in ZIP_METHODS.items())}: the archive is damaged",
+                _HINT,
+            )
+        off = self._member_offset(zi)
+        if zi.compress_type == zipfile.ZIP_STORED and zi.compress_size != zi.file_size:
+            raise fail(
+                p,
+                f"zip member {zi.filename} is stored uncompressed but its sizes disagree "
+                f"({zi.compress_size} != {zi.file_size})",
+                _HINT,
+            )
+        return off
+
+    def _read_member(self, zi: zipfile.ZipInfo, limit: int) -> bytes:
+        """A whole member, inflated here rather than by zipfile: zipfile's bzip2 and LZMA readers inflate a read's
+        worth of input without an output bound, and an edited header turns into zlib.error, LZMAError, OSError or
+        struct.error from deep inside it. Output is capped at the member's declared size, and its CRC checked."""
+        p = self.path
+        off = self._check_member(zi)
+        size = zi.file_size
+        if size > limit:
+            raise fail(p, f"zip member {zi.filename} claims {size} bytes (limit {limit})", _HINT)
+        comp = bytes(self._mm[off : off + zi.compress_size])
+        method = ZIP_METHODS[zi.compress_type]
+        try:
+            if zi.compress_type == zipfile.ZIP_STORED:
+                data = comp
+            elif zi.compress_type == zipfile.ZIP_DEFLATED:
+                data = zlib.decompressobj(-15).decompress(comp, size + 1)
+            elif zi.compress_type == zipfile.ZIP_BZIP2:
+                data = bz2.BZ2Decompressor().decompress(comp, size + 1)
+            else:
+                data = self._lzma_decompressor(zi, comp).decompress(comp[9:], size + 1)
+        except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError) as e:
+            raise fail(
+                p, f"zip member {zi.filename} cannot be inflated ({method}: {type(e).__name__}: {str(e)[:200]})", _HINT
+            ) from None
+        if len(data) != size:
+            got = "past the" if len(data) > size else f"to {len(data)} bytes, not the"
+            raise fail(p, f"zip member {zi.filename} inflates ({method}) {got} {size} bytes its header says", _HINT)
+        if zlib.crc32(data) != zi.CRC:
+            raise fail(p, f"zip member {zi.filename} fails its CRC check", _HINT)
+        return data
+
+    def _lzma_decompressor(self, zi: zipfile.ZipInfo, comp: bytes) -> lzma.LZMADecompressor:
+        # zip's LZMA header: version (2 bytes), properties size (2, always 5), then the LZMA1 properties: one byte of
+        # lc/lp/pb and the dictionary size, which the decoder allocates up front.
+        if len(comp) < 9:
+            raise fail(self.path, f"zip member {zi.filename} is too short for an LZMA header", _HINT)
+        psize, props, dict_size = struct.unpack_from("<H", comp, 2)[0], comp[4], struct.unpack_from("<I", comp, 5)[0]
+        if psize != 5 or props >= 9 * 5 * 5 or dict_size > MAX_LZMA_DICT:
+            raise fail(
+                self.path,
+                f"zip member {zi.filename} has a damaged LZMA header (properties size {psize}, byte {props}, "
+                f"dictionary {dict_size} bytes; at most {MAX_LZMA_DICT})",
+                _HINT,
+            )
+        lc, lp, pb = props % 9, props // 9 % 5, props // 45
+        flt = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
+        return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[flt])
 
     def _persistent_zip(self, pid: Any) -> _StorageRef:
         if not isinstance(pid, tuple) or len(pid) < 5 or _key(pid[0]) != "storage":
@@ -445,45 +574,49 @@ class CkptStore(TensorStore):
 
     def _load_legacy(self) -> Any:
         p = self.path
-        with open(p, "rb") as f:
+        pos = 0
 
-            def load(pload=None):
-                return RestrictedUnpickler(f, p, pload).load()
+        def load(pload=None):
+            # each pickle is scanned before it is unpickled, from its own bytes only (see _scan_pickle)
+            nonlocal pos
+            end = _scan_pickle(_MapReader(self._mm, pos))
+            obj = RestrictedUnpickler(io.BytesIO(bytes(self._mm[pos:end])), p, pload).load()
+            pos = end
+            return obj
 
-            magic = load()
-            if magic != LEGACY_MAGIC:
+        magic = load()
+        if magic != LEGACY_MAGIC:
+            raise fail(
+                p,
+                "is a pickle but not a PyTorch checkpoint (no torch magic number)",
+                "sdcompile reads torch.save files, not arbitrary pickles",
+            )
+        proto = load()
+        if proto != LEGACY_PROTOCOL:
+            raise fail(p, f"has unsupported legacy checkpoint protocol {proto!r} (expected {LEGACY_PROTOCOL})")
+        sys_info = load()
+        if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+            self._big_endian = True
+        top = load(self._persistent_legacy)
+        keys = load()
+        if not isinstance(keys, list):
+            raise FormatError(f"the storage key list is a {type(keys).__name__}")
+        for k in keys:
+            key = _key(k)
+            ref = self._storages.get(key)
+            isz = ref.itemsize if ref else 1
+            if pos + 8 > self._size:
+                raise fail(p, f"is truncated: storage {key!r} is missing", _HINT)
+            (n,) = struct.unpack_from("<q" if not self._big_endian else ">q", self._mm, pos)
+            if n < 0 or pos + 8 + n * isz > self._size:
                 raise fail(
                     p,
-                    "is a pickle but not a PyTorch checkpoint (no torch magic number)",
-                    "sdcompile reads torch.save files, not arbitrary pickles",
+                    f"is truncated: storage {key!r} claims {n} elements of {isz} bytes at offset {pos + 8} "
+                    f"but the file has {self._size} bytes",
+                    _HINT,
                 )
-            proto = load()
-            if proto != LEGACY_PROTOCOL:
-                raise fail(p, f"has unsupported legacy checkpoint protocol {proto!r} (expected {LEGACY_PROTOCOL})")
-            sys_info = load()
-            if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
-                self._big_endian = True
-            top = load(self._persistent_legacy)
-            keys = load()
-            if not isinstance(keys, list):
-                raise FormatError(f"the storage key list is a {type(keys).__name__}")
-            pos = f.tell()
-            for k in keys:
-                key = _key(k)
-                ref = self._storages.get(key)
-                isz = ref.itemsize if ref else 1
-                if pos + 8 > self._size:
-                    raise fail(p, f"is truncated: storage {key!r} is missing", _HINT)
-                (n,) = struct.unpack_from("<q" if not self._big_endian else ">q", self._mm, pos)
-                if n < 0 or pos + 8 + n * isz > self._size:
-                    raise fail(
-                        p,
-                        f"is truncated: storage {key!r} claims {n} elements of {isz} bytes at offset {pos + 8} "
-                        f"but the file has {self._size} bytes",
-                        _HINT,
-                    )
-                self._data[key] = (pos + 8, n * isz)
-                pos += 8 + n * isz
+            self._data[key] = (pos + 8, n * isz)
+            pos += 8 + n * isz
         return top
 
     def _persistent_legacy(self, pid: Any) -> _StorageRef:
@@ -539,16 +672,26 @@ class CkptStore(TensorStore):
                 "convert it to float32/float16/bfloat16 before saving",
             )
         isz = PLAIN_DTYPES[t.dtype].itemsize
+        n = check_shape(p, f"tensor {name!r}", t.shape, isz, _HINT)
         avail = self._storage_nbytes(t.storage, name)
-        n = prod(t.shape)
         if n:
             last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride))
             if (last + 1) * isz > avail:
                 raise fail(
                     p,
-                    f"tensor {name!r} (shape {list(t.shape)}, stride {list(t.stride)}, offset {t.offset}) reaches "
-                    f"byte {(last + 1) * isz} of its storage, which has {avail} bytes",
+                    f"tensor {name!r} (shape {brief(t.shape)}, stride {brief(t.stride)}, offset {brief(t.offset)}) "
+                    f"reaches byte {brief((last + 1) * isz)} of its storage, which has {avail} bytes",
                     _HINT,
+                )
+            # Strides that repeat elements (a stride of 0, as expand() makes) let a small storage describe any number
+            # of elements, all of which raw() materializes. torch.save keeps such views as they are, so they are
+            # read, but never into more bytes than the whole file holds: more is a header asking for memory.
+            if n > avail // isz and n * isz > self._size:
+                raise fail(
+                    p,
+                    f"tensor {name!r} (shape {brief(t.shape)}, stride {brief(t.stride)}) repeats the {avail // isz} "
+                    f"elements of its storage into {n} ({n * isz} bytes, more than the whole {self._size}-byte file)",
+                    "the file is corrupt, or holds an expanded view; save the tensor with .contiguous() instead",
                 )
         return TensorInfo(name, t.shape, t.dtype, n * isz)
 
@@ -582,13 +725,7 @@ class CkptStore(TensorStore):
         else:
             if not loc:
                 zi = self._compressed[root_key]
-                try:
-                    with zipfile.ZipFile(self.path) as zf:
-                        loc = self._data[root_key] = zf.read(zi)
-                except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError, zlib.error) as e:
-                    raise fail(self.path, f"zip member {zi.filename} cannot be inflated ({e})", _HINT) from None
-                if len(loc) != zi.file_size:
-                    raise fail(self.path, f"zip member {zi.filename} inflates to the wrong size", _HINT)
+                loc = self._data[root_key] = self._read_member(zi, zi.file_size)
             buf = np.frombuffer(loc, dtype=np.uint8)
         if ref.view:
             off = ref.view[1]
@@ -616,9 +753,9 @@ class CkptStore(TensorStore):
             out = buf[t.offset * isz : (t.offset + n) * isz]
         else:
             elems = buf[: len(buf) // isz * isz].view(st)
-            view = np.lib.stride_tricks.as_strided(
-                elems[t.offset :], shape=t.shape, strides=tuple(s * isz for s in t.stride), writeable=False
-            )
+            # the stride of a dimension of size 1 is never followed, and may be any number: use 0
+            strides = tuple(s * isz if d > 1 else 0 for d, s in zip(t.shape, t.stride))
+            view = np.lib.stride_tricks.as_strided(elems[t.offset :], shape=t.shape, strides=strides, writeable=False)
             out = np.ascontiguousarray(view).view(np.uint8).reshape(-1)
         if self._big_endian and isz > 1:
             out = out.view(st.newbyteorder(">")).astype(st).view(np.uint8)

@@ -8,12 +8,14 @@ bytes live in memory a single time. `model` keeps the ModelProto (initializer da
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sdcompile.formats._common import PLAIN_DTYPES, check_file, fail, map_file, prod, to_array
+from sdcompile.errors import UnsupportedModelError
+from sdcompile.formats._common import PLAIN_DTYPES, check_file, check_shape, fail, map_file, to_array
 from sdcompile.formats.base import TensorInfo, TensorStore
 
 # TensorProto.DataType -> our dtype
@@ -44,6 +46,15 @@ _TYPED_FIELD = {
 }  # every other supported dtype is in int32_data (f16/bf16/fp8 as bit patterns)
 
 _HINT = "the file is not a valid ONNX model (corrupt or truncated); re-export it"
+
+# torch.onnx.export's TorchScript exporter (its default before torch 2.9, dynamo=False since) renames a weight it
+# transposed or folded into a constant after the node that uses it: a Linear's weight becomes "onnx::MatMul_295".
+EXPORTER_PREFIX = "onnx::"
+
+
+def _text(s: str | bytes) -> str:
+    # protobuf hands a string field that is not UTF-8 back as bytes; descriptive fields are kept, made readable
+    return s if isinstance(s, str) else bytes(s).decode("utf-8", "replace")
 
 
 class OnnxStore(TensorStore):
@@ -80,19 +91,20 @@ class OnnxStore(TensorStore):
         for t in g.initializer:
             self._add(t)
         init_names = set(self._infos)
+        self.exporter_names = [n for n in self._infos if n.startswith(EXPORTER_PREFIX)]
         opsets = {imp.domain or "ai.onnx": int(imp.version) for imp in model.opset_import}
         self.metadata = {
             "ir_version": int(model.ir_version),
             "opset": opsets.get("ai.onnx", 0),
-            "opset_imports": opsets,
-            "producer_name": model.producer_name,
-            "producer_version": model.producer_version,
-            "domain": model.domain,
+            "opset_imports": {_text(k): v for k, v in opsets.items()},
+            "producer_name": _text(model.producer_name),
+            "producer_version": _text(model.producer_version),
+            "domain": _text(model.domain),
             "model_version": int(model.model_version),
-            "graph_name": g.name,
-            "inputs": [i.name for i in g.input if i.name not in init_names],
-            "outputs": [o.name for o in g.output],
-            "metadata_props": {m.key: m.value for m in model.metadata_props},
+            "graph_name": _text(g.name),
+            "inputs": [_text(i.name) for i in g.input if i.name not in init_names],
+            "outputs": [_text(o.name) for o in g.output],
+            "metadata_props": {_text(m.key): _text(m.value) for m in model.metadata_props},
         }
         self.model = model
 
@@ -103,6 +115,8 @@ class OnnxStore(TensorStore):
         name = t.name
         if not name:
             raise fail(p, "has an initializer without a name", _HINT)
+        if not isinstance(name, str):
+            raise fail(p, f"has an initializer whose name is not UTF-8 ({bytes(name)[:60]!r})", _HINT)
         if name in self._infos:
             raise fail(p, f"has two initializers named {name!r}", _HINT)
         dtype = ONNX_DTYPES.get(t.data_type)
@@ -117,12 +131,11 @@ class OnnxStore(TensorStore):
                 "convert it to a float or integer type before exporting",
             )
         shape = tuple(int(d) for d in t.dims)
-        if any(d < 0 for d in shape):
-            raise fail(p, f"initializer {name!r} has a negative dimension in {list(shape)}", _HINT)
         if t.HasField("segment"):
             raise fail(p, f"initializer {name!r} is a segment of a larger tensor, which is not supported", _HINT)
         isz = PLAIN_DTYPES[dtype].itemsize
-        nbytes = prod(shape) * isz
+        numel = check_shape(p, f"initializer {name!r}", shape, isz, _HINT)
+        nbytes = numel * isz
         if t.data_location == onnx.TensorProto.EXTERNAL:
             self._data[name] = self._external(t, nbytes)
         elif t.raw_data:
@@ -138,11 +151,10 @@ class OnnxStore(TensorStore):
         else:
             field = _TYPED_FIELD.get(dtype, "int32_data")
             vals = getattr(t, field)
-            if len(vals) != prod(shape):
+            if len(vals) != numel:
                 raise fail(
                     p,
-                    f"initializer {name!r} ({dtype} {list(shape)}) needs {prod(shape)} values but {field} has "
-                    f"{len(vals)}",
+                    f"initializer {name!r} ({dtype} {list(shape)}) needs {numel} values but {field} has {len(vals)}",
                     _HINT,
                 )
             st = PLAIN_DTYPES[dtype]
@@ -160,45 +172,78 @@ class OnnxStore(TensorStore):
         kv = {e.key: e.value for e in t.external_data}
         loc = kv.get("location", "")
         hint = "keep external data files next to the model, referenced by a relative path inside its directory"
+        where = f"initializer {t.name!r}"
         if not loc:
-            raise fail(p, f"initializer {t.name!r} has external data without a location", hint)
+            raise fail(p, f"{where} has external data without a location", hint)
+        # protobuf hands a string field that is not UTF-8 back as bytes
+        if not isinstance(loc, str):
+            raise fail(p, f"{where} has an external data location that is not UTF-8 ({bytes(loc)[:60]!r})", hint)
+        if "\0" in loc:
+            raise fail(p, f"{where} has an external data location with a NUL byte ({loc[:60]!r})", hint)
         rel = Path(loc)
         if rel.is_absolute() or rel.drive or "\\" in loc:
-            raise fail(p, f"initializer {t.name!r} refers to external data by absolute path {loc!r}; refused", hint)
-        target = (self._dir / rel).resolve()
-        if not target.is_relative_to(self._dir):
-            raise fail(
-                p,
-                f"initializer {t.name!r} refers to external data {loc!r} outside the model's directory; refused",
-                hint,
-            )
+            raise fail(p, f"{where} refers to external data by absolute path {loc[:200]!r}; refused", hint)
         try:
             off = int(kv.get("offset", "0"))
             length = int(kv["length"]) if "length" in kv else nbytes
         except ValueError:
-            raise fail(p, f"initializer {t.name!r} has a non-integer external data offset or length", _HINT) from None
+            raise fail(p, f"{where} has a non-integer external data offset or length", _HINT) from None
         if off < 0 or length != nbytes:
             raise fail(
-                p,
-                f"initializer {t.name!r} needs {nbytes} bytes but its external data says offset {off}, length {length}",
-                _HINT,
+                p, f"{where} needs {nbytes} bytes but its external data says offset {off}, length {length}", _HINT
             )
-        if not target.is_file():
-            raise fail(p, f"initializer {t.name!r}: external data file {loc!r} is missing", hint)
-        size = target.stat().st_size
+        try:
+            target = (self._dir / rel).resolve()
+            if not target.is_relative_to(self._dir):
+                raise fail(
+                    p, f"{where} refers to external data {loc[:200]!r} outside the model's directory; refused", hint
+                )
+            if not target.exists():
+                raise fail(p, f"{where}: external data file {loc[:200]!r} is missing", hint)
+            if not target.is_file():
+                raise fail(p, f"{where}: external data {loc[:200]!r} is not a regular file", hint)
+            size = target.stat().st_size
+        except RuntimeError:  # Python < 3.13 reports a symlink loop met by resolve() this way
+            raise fail(p, f"{where}: external data location {loc[:200]!r} is a symlink loop", hint) from None
+        except OSError as e:
+            problem = {
+                errno.ELOOP: "is a symlink loop",
+                errno.ENAMETOOLONG: "is a name too long for the file system",
+                errno.ENOTDIR: "goes through something that is not a directory",
+            }.get(e.errno or 0, f"cannot be read ({e.strerror or e})")
+            raise fail(p, f"{where}: external data location {loc[:200]!r} {problem}", hint) from None
         if off + length > size:
             raise fail(
                 p,
-                f"initializer {t.name!r} reads bytes {off}..{off + length} of external data {loc!r}, "
+                f"{where} reads bytes {off}..{off + length} of external data {loc[:200]!r}, "
                 f"which has only {size} bytes (truncated?)",
                 "re-export the model with its external data",
             )
         return (target, off, length)
 
+    def _renamed(self, name: str) -> UnsupportedModelError:
+        """Why a weight a lifter asks for is absent when the exporter renamed weights: weights are found by name
+        until ONNX graphs are imported through their graph, and a renamed one can only be found through it."""
+        some = ", ".join(self.exporter_names[:3]) + (", ..." if len(self.exporter_names) > 3 else "")
+        return UnsupportedModelError(
+            f"{self.path}: has no weight named {name!r}: torch.onnx.export renamed {len(self.exporter_names)} of its "
+            f"{len(self._infos)} weights after the nodes that use them ({some}), and sdcompile finds ONNX weights by "
+            "name (it does not import ONNX graphs yet); export the weights instead "
+            "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and compile that file, or "
+            "re-export with torch.onnx.export(..., do_constant_folding=False), which keeps the parameters' names"
+        )
+
+    def info(self, name: str) -> TensorInfo:
+        if name not in self._infos and self.exporter_names:
+            raise self._renamed(name)
+        return super().info(name)
+
     def _get(self, name: str) -> tuple[TensorInfo, Any]:
         try:
             return self._infos[name], self._data[name]
         except KeyError:
+            if self.exporter_names:
+                raise self._renamed(name) from None
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
     def raw(self, name: str) -> np.ndarray:

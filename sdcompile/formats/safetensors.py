@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sdcompile.formats._common import PLAIN_DTYPES, check_file, fail, map_file, prod, to_array
+from sdcompile.formats._common import PLAIN_DTYPES, check_file, check_shape, fail, map_file, to_array
 from sdcompile.formats.base import TensorInfo, TensorStore
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -120,7 +120,8 @@ class SafetensorsStore(TensorStore):
                 "re-download or re-export it",
             )
         ours = DTYPES[dt]
-        want = prod(shape) * PLAIN_DTYPES[ours].itemsize
+        isz = PLAIN_DTYPES[ours].itemsize
+        want = check_shape(p, f"tensor {name!r} ({dt})", shape, isz, _HINT) * isz
         if e - b != want:
             raise fail(
                 p,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import collections
 import pickle
+import struct
 import sys
 import types
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +254,94 @@ def test_self_referencing_dict(tmp_path):
     d["me"] = d
     path = zip_ckpt(tmp_path / "loop.ckpt", craft_pickle(d), {"0": np.ones(2, np.float32).tobytes()})
     assert open_store(path).names() == ["w"]
+
+
+# --- bounds (issue 9) ---------------------------------------------------------------------------------------------
+
+
+def test_expanded_view_within_the_file_size_is_read(tmp_path):
+    # stride 0 is legitimate (torch.save keeps expand() views); it is bounded, not refused
+    s = FakeStorage("0", 4)
+    path = zip_ckpt(tmp_path / "e.ckpt", craft_pickle({"w": FakeTensor(s, 0, (3, 4), (0, 1))}), {"0": _f32(4)})
+    st = open_store(path)
+    np.testing.assert_array_equal(st.array("w"), np.tile(np.arange(4, dtype=np.float32), (3, 1)))
+
+
+def test_expanded_view_larger_than_the_file_is_refused_before_allocating(tmp_path):
+    s = FakeStorage("0", 4)
+    pkl = craft_pickle({"w": FakeTensor(s, 0, (2**20, 4), (0, 1))})  # 16 MiB from a file of a few hundred bytes
+    path = zip_ckpt(tmp_path / "big.ckpt", pkl, {"0": _f32(4)})
+    with pytest.raises(FormatError, match=r"big\.ckpt: tensor 'w' .*repeats the 4 elements .* into 4194304"):
+        open_store(path)
+
+
+def test_size_one_dimension_with_any_stride(tmp_path):
+    # the stride of a size-1 dimension is never followed; 2^70 used to overflow numpy's as_strided
+    s = FakeStorage("0", 4)
+    path = zip_ckpt(
+        tmp_path / "s.ckpt", craft_pickle({"w": FakeTensor(s, 0, (1, 2, 2), (2**70, 1, 2))}), {"0": _f32(4)}
+    )
+    np.testing.assert_array_equal(open_store(path).array("w"), np.array([[[0, 2], [1, 3]]], np.float32))
+
+
+def _f32(n: int) -> bytes:
+    return np.arange(n, dtype="<f4").tobytes()
+
+
+def _rezip(src: Path, dst: Path, methods: dict[str, int]) -> Path:
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for zi in a.infolist():
+            method = next((m for k, m in methods.items() if zi.filename.endswith(k)), zipfile.ZIP_STORED)
+            b.writestr(zipfile.ZipInfo(zi.filename), a.read(zi), compress_type=method)
+    return dst
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_compressed_members_every_method(tmp_path, method):
+    src = _save({"w": torch.arange(300.0).reshape(3, 100)}, tmp_path / "orig.ckpt", "zip")
+    path = _rezip(src, tmp_path / "c.ckpt", {"data.pkl": method, "data/0": method, "byteorder": method})
+    st = open_store(path)
+    np.testing.assert_array_equal(st.array("w"), np.arange(300.0, dtype=np.float32).reshape(3, 100))
+
+
+def _patch_member(path: Path, member: str, fmt: str, at_central: int, value: int) -> None:
+    from tests.fuzz.mutate import zip_records
+
+    b = bytearray(path.read_bytes())
+    for r in zip_records(bytes(b))[0]:
+        if r.name.endswith(member.encode()):
+            struct.pack_into(fmt, b, r.central + at_central, value)
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize(
+    "method,problem",
+    [
+        (zipfile.ZIP_DEFLATED, r"cannot be inflated \(deflate: error"),  # was zlib.error from raw()
+        (zipfile.ZIP_LZMA, r"has a damaged LZMA header"),  # was lzma.LZMAError from raw()
+        (zipfile.ZIP_BZIP2, r"cannot be inflated \(bzip2: OSError"),
+    ],
+)
+def test_storage_whose_compression_method_was_edited(tmp_path, method, problem):
+    path = _save({"w": torch.arange(64.0)}, tmp_path / "m.ckpt", "zip")
+    _patch_member(path, "data/0", "<H", 10, method)  # central directory only: zipfile reads the method from there
+    st = open_store(path)  # storages are inflated on first use
+    with pytest.raises(FormatError, match=r"m\.ckpt: zip member .*data/0 " + problem):
+        st.array("w")
+
+
+def test_compressed_member_larger_than_declared(tmp_path):
+    # a member that inflates past its declared size is refused once it passes it, not inflated to its end
+    src = _save({"w": torch.zeros(4096)}, tmp_path / "orig.ckpt", "zip")
+    path = _rezip(src, tmp_path / "z.ckpt", {"data.pkl": zipfile.ZIP_DEFLATED})
+    _patch_member(path, "data.pkl", "<I", 24, 16)  # uncompressed size: 16 bytes
+    with pytest.raises(FormatError, match=r"z\.ckpt: zip member .*data\.pkl inflates \(deflate\) past the 16 bytes"):
+        open_store(path)
+
+
+def test_compressed_member_crc_is_checked(tmp_path):
+    src = _save({"w": torch.arange(64.0)}, tmp_path / "orig.ckpt", "zip")
+    path = _rezip(src, tmp_path / "crc.ckpt", {"data/0": zipfile.ZIP_DEFLATED})
+    _patch_member(path, "data/0", "<I", 16, 0x12345678)
+    with pytest.raises(FormatError, match=r"crc\.ckpt: zip member .*data/0 fails its CRC check"):
+        open_store(path).array("w")

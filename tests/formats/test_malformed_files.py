@@ -92,11 +92,15 @@ case("st_begin_after_end", "begin > end")(st_file(one(offs=(8, 0)), bytes(8)))
 case("st_negative_offset", "begin > end or negative")(st_file(one(offs=(-8, 0)), bytes(8)))
 case("st_wrong_byte_length", "needs 12 bytes")(st_file(one(shape=(3,), offs=(0, 8)), bytes(8)))
 case("st_negative_dim", "invalid shape")(st_file(one(shape=(-1, 2)), bytes(8)))
-case("st_dims_2^40", "needs")(st_file(one(shape=(2**40, 2**40)), bytes(8)))
+case("st_dims_2^40", "larger than any array")(st_file(one(shape=(2**40, 2**40)), bytes(8)))
 case("st_shape_not_list", "invalid shape")(st_file({"a": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}))
 case("st_offsets_not_pair", "invalid data_offsets")(st_file({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}))
 case("st_entry_not_object", "not a JSON object")(st_file({"a": 5}))
 case("st_metadata_not_object", "__metadata__")(st_file({"__metadata__": [1]}))
+# a zero-element tensor passes a bytes == prod(shape) check whatever its other dimensions say (issue 9)
+case("st_zero_by_1e30", "larger than any array")(st_file(one(shape=(0, 10**30), offs=(0, 0))))
+case("st_zero_by_2^63", "larger than any array")(st_file(one(shape=(0, 2**63 - 1), offs=(0, 0))))
+case("st_70_dims", "70 dimensions")(st_file(one(shape=(1,) * 70, offs=(0, 4)), bytes(4)))
 case("st_overlap", "overlap")(
     st_file({**one(), "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12))
 )
@@ -194,7 +198,7 @@ def _crafted(obj, storages=None, legacy=False):
 _S = FakeStorage("0", 4)
 case("ckpt_stride_out_of_bounds", "reaches byte")(_crafted({"w": FakeTensor(_S, 0, (4, 4), (4, 1))}))
 case("ckpt_offset_2^40", "reaches byte")(_crafted({"w": FakeTensor(_S, 2**40, (1,), (1,))}))
-case("ckpt_dims_2^40", "reaches byte")(_crafted({"w": FakeTensor(_S, 0, (2**40, 2**40), (2**40, 1))}))
+case("ckpt_dims_2^40", "larger than any array")(_crafted({"w": FakeTensor(_S, 0, (2**40, 2**40), (2**40, 1))}))
 case("ckpt_negative_size", "negative")(_crafted({"w": FakeTensor(_S, 0, (-1,), (1,))}))
 case("ckpt_size_not_ints", "not a tuple of ints")(_crafted({"w": FakeTensor(_S, 0, ("a",), (1,))}))
 case("ckpt_size_stride_mismatch", "different length")(_crafted({"w": FakeTensor(_S, 0, (2, 2), (1,))}))
@@ -218,6 +222,24 @@ case("ckpt_legacy_huge_numel_in_tail", "truncated")(
         "bad.ckpt",
     )
 )
+# issue 9: a stride of 0 let a 2 KB file declare 2^33 elements, which raw() then materialized (32 GiB)
+case("ckpt_stride0_2^33", "repeats the 4 elements of its storage into 8589934592")(
+    _crafted({"w": FakeTensor(_S, 0, (2**33,), (0,))})
+)
+case("ckpt_stride0_rows", "repeats")(_crafted({"w": FakeTensor(_S, 0, (2**31, 4), (0, 1))}))
+case("ckpt_legacy_stride0", "repeats")(_crafted({"w": FakeTensor(_S, 0, (2**33,), (0,))}, legacy=True))
+case("ckpt_zero_by_1e30", "larger than any array")(_crafted({"w": FakeTensor(_S, 0, (0, 10**30), (1, 1))}))
+case("ckpt_70_dims", "70 dimensions")(_crafted({"w": FakeTensor(_S, 0, (1,) * 70, (1,) * 70)}))
+# pickles whose counts made CPython's unpickler allocate what they claim before reading it
+case("ckpt_pickle_binbytes8_2^40", "expected 1099511627776 bytes")(
+    lambda tmp: zip_ckpt(tmp / "bad.ckpt", b"\x80\x04\x8e" + u64(2**40) + b"abc.", {})
+)
+case("ckpt_pickle_memo_2^32", "memo entry 4294967280")(
+    lambda tmp: zip_ckpt(tmp / "bad.ckpt", b"\x80\x02}r\xf0\xff\xff\xff.", {})
+)
+case("ckpt_legacy_pickle_binunicode_2^31", "expected 2147483647 bytes")(
+    lambda tmp: write(tmp, b"\x80\x02X\xff\xff\xff\x7f" + _legacy_valid(tmp)[2:], "bad.ckpt")
+)
 case("ckpt_not_a_dict", "holds a list")(_crafted([1, 2, 3]))
 case("ckpt_no_tensors", "no tensors")(_crafted({"epoch": 1}))
 case("ckpt_garbage_pickle", "corrupt pickle")(lambda tmp: zip_ckpt(tmp / "bad.ckpt", b"\x80\x02garbage!", {}))
@@ -231,6 +253,30 @@ case("ckpt_deeply_nested_dicts", "nested more than 64")(
         tmp / "bad.ckpt", b"\x80\x02" + b"}X\x01\x00\x00\x00a" * 200_000 + b"}" + b"s" * 200_000 + b".", {}
     )
 )
+
+
+def _zip_method(member: str, method: int):
+    """The valid zip checkpoint with one member's compression method edited in both of its headers (issue 9)."""
+
+    def build(tmp):
+        from tests.fuzz.mutate import zip_records
+
+        b = bytearray(_zip_valid(tmp))
+        for r in zip_records(bytes(b))[0]:
+            if r.name.endswith(member.encode()):
+                struct.pack_into("<H", b, r.central + 10, method)
+                struct.pack_into("<H", b, r.local + 8, method)
+        return write(tmp, bytes(b), "bad.ckpt")
+
+    return build
+
+
+case("ckpt_pickle_method_deflate", "data.pkl cannot be inflated .deflate")(_zip_method("data.pkl", 8))
+case("ckpt_pickle_method_lzma", "data.pkl has a damaged LZMA header")(_zip_method("data.pkl", 14))
+case("ckpt_pickle_method_bzip2", "data.pkl cannot be inflated .bzip2")(_zip_method("data.pkl", 12))
+case("ckpt_pickle_method_99", "compressed with method 99")(_zip_method("data.pkl", 99))
+case("ckpt_storage_method_99", "compressed with method 99")(_zip_method("data/0", 99))
+case("ckpt_byteorder_method_lzma", "byteorder is too short for an LZMA header")(_zip_method("byteorder", 14))
 
 
 @case("ckpt_torchscript", "TorchScript")

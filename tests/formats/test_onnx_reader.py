@@ -181,3 +181,132 @@ def test_unsupported_dtype_named(tmp_path):
     onnx.save(_model([t]), str(path))
     with pytest.raises(FormatError, match=r"'s' has ONNX data type STRING"):
         open_store(path)
+
+
+# --- issue 9: external data locations that broke path handling, shapes numpy cannot hold, exporter names ----------
+
+
+def _with_bytes(path, placeholder: str, raw: bytes) -> None:
+    """Swap a string in a saved model for bytes of the same length (the protobuf API takes only valid UTF-8)."""
+    data = path.read_bytes()
+    assert len(placeholder) == len(raw) and data.count(placeholder.encode()) == 1
+    path.write_bytes(data.replace(placeholder.encode(), raw))
+
+
+@pytest.mark.parametrize(
+    "location,problem",
+    [
+        ("w.bin\x00.txt", "with a NUL byte"),  # was ValueError: embedded null byte
+        ("a" * 300, "is a name too long for the file system"),  # was OSError ENAMETOOLONG
+        ("ab/" * 1500 + "w", "is a name too long for the file system"),
+        ("loop", "is a symlink loop"),  # was RuntimeError from pathlib
+        ("loop_a/w.bin", "is a symlink loop"),
+        ("sub", "is not a regular file"),
+        ("w.bin/x", "goes through something that is not a directory|is missing"),
+    ],
+)
+def test_external_location_problems(tmp_path, location, problem):
+    path = _external_model(tmp_path, location, bytes(16))
+    d = path.parent
+    (d / "loop").symlink_to("loop")
+    (d / "loop_a").symlink_to("loop_b")
+    (d / "loop_b").symlink_to("loop_a")
+    (d / "sub").mkdir()
+    with pytest.raises(FormatError, match=problem) as ei:
+        open_store(path)
+    assert str(ei.value).startswith(str(path) + ": ")
+
+
+def test_external_location_not_utf8(tmp_path):
+    path = _external_model(tmp_path, "PLACEHOLDER", bytes(16))
+    _with_bytes(path, "PLACEHOLDER", b"\xffweights.b\xfe")  # the protobuf library hands it back as bytes
+    with pytest.raises(FormatError, match=r"m\.onnx: initializer 'w' has an external data location that is not UTF-8"):
+        open_store(path)
+
+
+def test_initializer_name_not_utf8(tmp_path):
+    t = numpy_helper.from_array(np.ones(3, np.float32), "NAME_HERE")
+    path = tmp_path / "n.onnx"
+    onnx.save(_model([t]), str(path))
+    data = path.read_bytes().replace(b"NAME_HERE", b"\xffNAME_HER")  # in the initializer and the Add node's input
+    path.write_bytes(data)
+    with pytest.raises(FormatError, match=r"n\.onnx: has an initializer whose name is not UTF-8"):
+        open_store(path)
+
+
+@pytest.mark.parametrize("dims,problem", [([0, 2**63 - 1], "larger than any array"), ([1] * 69 + [0], "70 dimensions")])
+def test_shapes_numpy_cannot_hold(tmp_path, dims, problem):
+    # a zero-element initializer with a huge dimension needs no data, and numpy's reshape failed on it
+    path = tmp_path / "z.onnx"
+    onnx.save(_model([helper.make_tensor("w", TensorProto.FLOAT, dims, [])]), str(path))
+    with pytest.raises(FormatError, match=rf"z\.onnx: initializer 'w' .*{problem}"):
+        open_store(path)
+
+
+def _exported_names_model(tmp_path):
+    """Initializers named as torch.onnx.export names them with its default options: a Linear's weight, transposed
+    and folded into a constant, is renamed after the MatMul that uses it."""
+    inits = [
+        numpy_helper.from_array(np.zeros((10, 8), np.float32), "embeddings.token_embedding.weight"),
+        numpy_helper.from_array(np.zeros((4, 8), np.float32), "embeddings.position_embedding.weight"),
+        numpy_helper.from_array(np.zeros(16, np.float32), "encoder.layers.0.mlp.fc1.bias"),
+        numpy_helper.from_array(np.zeros((8, 16), np.float32), "onnx::MatMul_10"),
+    ]
+    path = tmp_path / "exported.onnx"
+    onnx.save(_model(inits), str(path))
+    return path
+
+
+def test_exporter_renamed_weights_are_a_clear_error(tmp_path):
+    from sdcompile.errors import UnsupportedModelError
+
+    st = open_store(_exported_names_model(tmp_path))
+    assert st.exporter_names == ["onnx::MatMul_10"]
+    assert "encoder.layers.0.mlp.fc1.weight" not in st  # membership asks, it does not fail
+    assert st.info("encoder.layers.0.mlp.fc1.bias").shape == (16,)
+    for read in (st.info, st.raw, st.array):
+        with pytest.raises(UnsupportedModelError) as ei:
+            read("encoder.layers.0.mlp.fc1.weight")
+        msg = str(ei.value)
+        assert msg.startswith(f"{st.path}: has no weight named 'encoder.layers.0.mlp.fc1.weight'")
+        assert "torch.onnx.export renamed 1 of its 4 weights" in msg and "onnx::MatMul_10" in msg
+        assert "safetensors.torch.save_file" in msg and "do_constant_folding=False" in msg
+
+
+def test_unknown_name_without_exporter_names_stays_a_key_error(tmp_path, rng):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model([t for t, _, _ in _inits(rng).values()]), str(path))
+    with pytest.raises(KeyError):
+        open_store(path).info("nope")
+
+
+def test_torch_export_with_default_names_fails_compile_in_one_line(tmp_path, capsys):
+    """The issue's case end to end: torch.onnx.export (TorchScript exporter) of a model whose names look like a CLIP
+    text encoder, then `sdcompile compile`: one error line naming the file and what to do, not a KeyError traceback."""
+    torch = pytest.importorskip("torch")
+    from sdcompile.cli import main
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embeddings = torch.nn.Module()
+            self.embeddings.token_embedding = torch.nn.Embedding(10, 8)
+            self.embeddings.position_embedding = torch.nn.Embedding(4, 8)
+            layer = torch.nn.Module()
+            layer.mlp = torch.nn.Module()
+            layer.mlp.fc1 = torch.nn.Linear(8, 16)
+            self.encoder = torch.nn.Module()
+            self.encoder.layers = torch.nn.ModuleList([layer])
+
+        def forward(self, ids):
+            h = self.embeddings.token_embedding(ids) + self.embeddings.position_embedding.weight
+            return self.encoder.layers[0].mlp.fc1(h)
+
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(Tiny().eval(), (torch.zeros(1, 4, dtype=torch.long),), str(path), dynamo=False)
+    names = [t.name for t in onnx.load(str(path)).graph.initializer]
+    assert any(n.startswith("onnx::MatMul_") for n in names), names  # the exporter's renaming, as the issue met it
+    rc = main(["compile", str(path), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"sdcompile: error: {path}: has no weight named 'encoder.layers.0.mlp.fc1.weight'"), err
