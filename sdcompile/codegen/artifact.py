@@ -275,14 +275,20 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _lock(path: Path, wait: bool):
-    """Hold an exclusive flock on directory ``path`` (released by the system when this process dies)."""
+    """Hold an exclusive flock on directory ``path`` (released by the system when this process dies); None where the
+    system or file system has no locks (leftovers are then told apart by age)."""
     try:
         import fcntl
-    except ImportError:  # no flock here: leftovers are told apart by age instead
+    except ImportError:
         return None
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        return None
     except BaseException:
         os.close(fd)
         raise
@@ -292,22 +298,26 @@ def _lock(path: Path, wait: bool):
 def _claim(path: Path):
     """The lock of a leftover directory whose owner is gone (a handle to release with `_unlock`, or True where there
     are no locks and it is old enough); None while its owner may be alive."""
-    try:
-        import fcntl
-    except ImportError:
+
+    def old_enough():
         try:
             return True if time.time() - path.stat().st_mtime > STALE_AFTER_S else None
         except OSError:
             return None
+
+    try:
+        import fcntl
+    except ImportError:
+        return old_enough()
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # gone already: another compile tidied it
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         os.close(fd)
-        return None
+        return None if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else old_enough()
     return fd
 
 
