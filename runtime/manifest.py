@@ -18,6 +18,9 @@
 
 Checks 3 to 5 do not lean on the digest: they hold for a manifest whose digest was recomputed after an edit, and they
 keep a malformed plan from reaching a kernel even when the caller skips the digest and hashes (``digest=False``).
+What they cannot see: whether a kernel's parameter record matches its compiled binary (on the CPU, TVM's argument
+check stops a mismatch at the call), or which of two kernels with identical parameters a step should run. Only the
+digest and a signature vouch for those.
 """
 
 from __future__ import annotations
