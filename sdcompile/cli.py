@@ -1,4 +1,4 @@
-"""The `sdcompile` command: inspect, compile, txt2img, img2img, run, bench, kernels, example.
+"""The `sdcompile` command: inspect, compile, txt2img, img2img, run, bench, kernels, keygen, example.
 
 The image commands follow stable-diffusion.cpp's command line (-p, -n, --steps, --cfg-scale, --sampling-method,
 --scheduler, --seed, -W, -H, -o, -i, --strength), with the compile step split off: `compile` makes an artifact once,
