@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import ArtifactError
+from runtime.errors import ArtifactError, LaunchError
 from runtime.executors.common import check_args, kernel_table, lookup
 
 ALIGN = 64  # TVM kernels assume 64-byte aligned tensors (and vector loads are happier)
@@ -94,7 +94,7 @@ class Executor:
                 path = self.artifact_dir / rel
                 if not path.is_file():
                     raise ArtifactError(f"kernel library {path} is missing; rebuild the artifact for the cpu target")
-                modules[rel] = self._tvm.runtime.load_module(str(path))
+                modules[rel] = self._tvm.runtime.load_module(str(_private_copy(path)))
             try:
                 self._funcs[name] = modules[rel].get_function(entry["entry"])
             except AttributeError:
@@ -149,10 +149,40 @@ class Executor:
     def launch(self, kernel_name: str, args: list[tuple[Buffer, tuple[int, ...], str]]) -> None:
         info = lookup(self.kernels, kernel_name)
         layouts = check_args(kernel_name, info, args)
-        self._funcs[kernel_name](*(buf.tensor(self._tvm, *lay) for (buf, _, _), lay in zip(args, layouts)))
+        try:
+            self._funcs[kernel_name](*(buf.tensor(self._tvm, *lay) for (buf, _, _), lay in zip(args, layouts)))
+        except (ValueError, TypeError) as e:  # TVM's own argument checks: the manifest's record and the code disagree
+            raise LaunchError(
+                f"kernel {kernel_name} refused its arguments ({str(e).splitlines()[0][:200]}): the manifest does not "
+                "match the compiled kernels; recompile the artifact"
+            ) from None
 
     def synchronize(self) -> None:
         """CPU kernels run synchronously inside ``launch``."""
+
+
+def _private_copy(path: Path) -> Path:
+    """The kernel library under a name of its own content. The system loader hands back an already loaded library
+    for a path it has seen, so an artifact recompiled in place and loaded again in the same process would run the
+    old kernels; a file named for the content's hash is a new path whenever the content is new."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = Path(tempfile.gettempdir()) / f"sdcompile-kernels-{uid}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = folder.stat()
+    if st.st_uid != uid or st.st_mode & 0o077:  # someone else's folder, or one others may write: not ours to trust
+        folder = Path(tempfile.mkdtemp(prefix="sdcompile-kernels-"))
+    target = folder / f"{digest}{path.suffix}"
+    if not target.is_file() or hashlib.sha256(target.read_bytes()).hexdigest()[:32] != digest:
+        tmp = folder / f".{digest}.{os.getpid()}.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)  # atomic: a concurrent loader sees the whole library or none
+    return target
 
 
 def _cpu_model() -> str | None:
