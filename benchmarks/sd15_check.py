@@ -96,7 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--call-timeout (status stopped); 1 when one failed; 2 for bad arguments.",
     )
     p.add_argument("--targets", default="cpu", help="comma-separated: cpu, vulkan, cuda (default: cpu)")
-    p.add_argument("--types", default="f16,q8_0", help="comma-separated weight types (default: f16,q8_0)")
+    p.add_argument(
+        "--types",
+        default="f16,q8_0",
+        help="comma-separated weight types, each optionally with an activation storage type after a colon "
+        "(f16:f16 = f16 weights, activations stored in f16; default: f16,q8_0)",
+    )
     p.add_argument("--sizes", default="512x512", help="comma-separated WxH image sizes (default: 512x512)")
     p.add_argument("--steps", type=int, default=0, help="also run a txt2img of N euler steps (default 0: skip)")
     p.add_argument(
@@ -224,7 +229,9 @@ def child_compile(spec: dict[str, Any]) -> dict[str, Any]:
     w, h = spec["size"]
     out = Path(spec["artifact"])
     shutil.rmtree(out, ignore_errors=True)
-    opts = CompileOptions(target=spec["target"], type=spec["type"], sizes=[(w, h)])
+    # "f16:f16": f16 weights with activations stored in f16 (--act-type); a plain type keeps f32 activations
+    wtype, _, act = spec["type"].partition(":")
+    opts = CompileOptions(target=spec["target"], type=wtype, sizes=[(w, h)], act_type=act or "f32")
     t0 = time.perf_counter()
     try:
         m = compile_model(Path(spec["checkpoint"]), out, opts)
@@ -547,7 +554,7 @@ def run_one(args: argparse.Namespace, ckpt: Path, target: str, type_: str, size:
         "status": "ok",
         "error": None,
     }
-    tag = f"{args.model}-{target}-{type_}-{w}x{h}"
+    tag = f"{args.model}-{target}-{type_.replace(':', '-act')}-{w}x{h}"
     art = args.workdir / "artifacts" / tag
     record = art.parent / f"{art.name}.compile.json"
 
@@ -610,7 +617,7 @@ def run_one(args: argparse.Namespace, ckpt: Path, target: str, type_: str, size:
         log(f"{label}: {row['error']}")
 
     # reference: cached per weights (the same weight type gives the same stored weights on every target)
-    key = f"{type_}-{comp['weights_sha256'][:16]}-inputs{INPUTS_VERSION}"
+    key = f"{type_.partition(':')[0]}-{comp['weights_sha256'][:16]}-inputs{INPUTS_VERSION}"
     refdir = args.workdir / "reference" / key
     have = [fn for fn in FUNCTIONS if (outs / out_name(fn, w, h)).is_file()]
     missing = [fn for fn in have if not (refdir / out_name(fn, w, h)).is_file()]
