@@ -5,13 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdcompile.formats import open_store
-from sdcompile.models import component_of, detect_family
+from sdcompile.errors import UnsupportedModelError
+from sdcompile.models import component_of, detect_family, identify
 from sdcompile.passes.memory_plan import fmt_bytes
 
 
 def inspect_file(path: Path) -> dict[str, Any]:
-    store = open_store(path)
+    """What a weight file (or a diffusers / transformers model folder) holds. ``tensor_list`` pairs each tensor's
+    name in the file with its canonical name, the one ``--tensor-type-rules`` match, or the reason it is ignored."""
+    from sdcompile.models.inputs import open_model
+    from sdcompile.passes.context import CompileOptions
+
+    opts = CompileOptions()
+    # open_model as compile opens it: a config.json beside the weights states what their shapes cannot
+    store, configs = open_model(path, opts)
     comps: dict[str, dict[str, Any]] = {}
     for t in store.infos():
         c = comps.setdefault(component_of(t.name), {"tensors": 0, "bytes": 0, "types": {}})
@@ -31,37 +38,48 @@ def inspect_file(path: Path) -> dict[str, Any]:
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes} for t in store.infos()
         ],
     }
-    if family is not None:
-        from sdcompile.models import lift_module
-        from sdcompile.passes import fuse, memory_plan, quantize
-        from sdcompile.passes.context import CompileOptions, PassContext
+    if family is None:
+        info["identified"] = identify.describe(store)
+        return info
+    from sdcompile.models import lift_module
+    from sdcompile.passes import fuse, memory_plan, quantize
+    from sdcompile.passes.context import PassContext
 
-        opts = CompileOptions()
-        mod = lift_module(store, opts)
-        cfg = mod.meta.get("config", {})
-        info["model"] = cfg
-        info["assumptions"] = mod.meta.get("assumptions", [])
-        info["ignored"] = mod.meta.get("ignored", {})
-        info["functions"] = {
-            name: {
-                "inputs": {i: list(g.values[i].shape) for i in g.inputs},
-                "outputs": {o: list(g.values[o].shape) for o in g.outputs},
-            }
-            for name, g in mod.functions.items()
+    try:
+        mod = lift_module(store, opts, configs)
+    except UnsupportedModelError as e:  # inspect still shows the file; compile would refuse it with this message
+        info["refused"] = str(e)
+        return info
+    canonical: dict[str, str] = {}
+    for v in mod.weights().values():
+        canonical.setdefault(v.data.key, v.name)
+    ignored = mod.meta.get("ignored", {})
+    for t in info["tensor_list"]:
+        t["canonical"] = canonical.get(t["name"])
+        if t["name"] in ignored:
+            t["ignored"] = ignored[t["name"]]
+    cfg = mod.meta.get("config", {})
+    info["model"] = cfg
+    info["assumptions"] = mod.meta.get("assumptions", [])
+    info["ignored"] = mod.meta.get("ignored", {})
+    info["functions"] = {
+        name: {
+            "inputs": {i: list(g.values[i].shape) for i in g.inputs},
+            "outputs": {o: list(g.values[o].shape) for o in g.outputs},
         }
-        ctx = PassContext(opts)
-        for name, g in mod.functions.items():
-            for p in (quantize.run, fuse.run, memory_plan.run):  # as compiled, minus target-specific legalization
-                g = p(g, ctx)
-            mod.functions[name] = g
-        memory_plan.check_module(mod.functions, ctx)
-        info["memory_estimate"] = {
-            k: ctx.report["memory"][k] for k in ("weights_bytes", "activation_bytes", "peak_bytes")
-        }
-        info["memory_estimate"]["note"] = (
-            f"{'SD at ' + ', '.join(f'{w}x{h}' for w, h in opts.sizes) + ', guidance batch 2' if family == 'sd' else 'batch 1'}"
-            ", weights as stored (norms and biases as f32)"
-        )
+        for name, g in mod.functions.items()
+    }
+    ctx = PassContext(opts)
+    for name, g in mod.functions.items():
+        for p in (quantize.run, fuse.run, memory_plan.run):  # as compiled, minus target-specific legalization
+            g = p(g, ctx)
+        mod.functions[name] = g
+    memory_plan.check_module(mod.functions, ctx)
+    info["memory_estimate"] = {k: ctx.report["memory"][k] for k in ("weights_bytes", "activation_bytes", "peak_bytes")}
+    info["memory_estimate"]["note"] = (
+        f"{'SD at ' + ', '.join(f'{w}x{h}' for w, h in opts.sizes) + ', guidance batch 2' if family == 'sd' else 'batch 1'}"
+        ", weights as stored (norms and biases as f32)"
+    )
     return info
 
 
@@ -77,7 +95,7 @@ def render_inspect(info: dict[str, Any], tensors: bool = False) -> str:
     lines = [
         f"file      {info['file']}",
         f"format    {info['format']}",
-        f"model     {info['family'] or 'not recognised'}",
+        f"model     {info['family'] or _unrecognised(info)}",
         f"tensors   {info['tensors']} ({fmt_bytes(info['bytes'])})",
     ]
     if "model" in info and info["family"] == "clip_text":
@@ -104,6 +122,8 @@ def render_inspect(info: dict[str, Any], tensors: bool = False) -> str:
             ins = ", ".join(f"{k}{v}" for k, v in sig["inputs"].items())
             outs = ", ".join(f"{k}{v}" for k, v in sig["outputs"].items())
             lines.append(f"function  {fn}({ins}) -> {outs}")
+    if info.get("refused"):
+        lines.append(f"refused   {info['refused']}")
     for a in info.get("assumptions", []):
         lines.append(f"assumed   {a}")
     if info.get("ignored"):
@@ -126,6 +146,16 @@ def render_inspect(info: dict[str, Any], tensors: bool = False) -> str:
         )
     if tensors:
         lines.append("")
+        # the canonical name is what --tensor-type-rules match, whatever the file calls the tensor
+        lines.append(f"  {'tensor (name in the file)':<70} {'type':<7} {'shape':<16} {'size':>10}  canonical name")
         for t in info["tensor_list"]:
-            lines.append(f"  {t['name']:<70} {t['dtype']:<7} {str(t['shape']):<16} {fmt_bytes(t['bytes'])}")
+            canon = t.get("canonical") or (f"(ignored: {t['ignored']})" if t.get("ignored") else "-")
+            lines.append(
+                f"  {t['name']:<70} {t['dtype']:<7} {str(t['shape']):<16} {fmt_bytes(t['bytes']):>10}  {canon}"
+            )
     return "\n".join(lines)
+
+
+def _unrecognised(info: dict[str, Any]) -> str:
+    what = info.get("identified")
+    return f"not one sdcompile compiles: {what}" if what else "not recognised"

@@ -44,12 +44,24 @@ def lift_module(store, options, configs: dict | None = None, vae_tile: int | Non
     """The module a store holds: an SD pipeline's functions, or a text encoder's ``encode_text``."""
     if options.batch < 1:
         raise UnsupportedModelError(f"batch must be >= 1, got {options.batch}")
+    configs = configs or {}
     if sd.detect(store):
         return sd.lift(store, options.sizes, configs=configs, components=options.components, vae_tile=vae_tile)
-    g = clip_text.lift(store, batch=options.batch)
+    if clip_text.find_prefix(set(store.names())) is None:
+        raise UnsupportedModelError(clip_text.not_a_model_message(store))
+    g = clip_text.lift(store, batch=options.batch, config=configs.get("text_encoder"))
     used = {v.data.key for v in g.weights()}
-    ignored = {n: "not part of the CLIP text encoder" for n in store.names() if n not in used}
-    return Module({"encode_text": g}, meta={"family": "clip_text", "config": g.meta["config"], "ignored": ignored})
+    ignored = {n: _not_text_encoder(n) for n in store.names() if n not in used}
+    meta = {"family": "clip_text", "config": g.meta["config"], "assumptions": g.meta["assumptions"]}
+    return Module({"encode_text": g}, meta=meta | {"ignored": ignored})
+
+
+def _not_text_encoder(name: str) -> str:
+    if name.endswith("position_ids"):
+        return "position ids buffer (positions are 0..N-1)"
+    if name.startswith(("vision_model.", "visual_projection.", "text_projection.", "logit_scale")):
+        return "CLIP's image tower or projections: not part of the text encoder's last_hidden_state"
+    return "not part of the CLIP text encoder"
 
 
 def lift(store, batch: int = 1) -> Graph:

@@ -11,7 +11,11 @@ from typing import Any
 from sdcompile.errors import FormatError, UnsupportedModelError
 from sdcompile.formats import open_store
 from sdcompile.formats.merged import MergedStore
+from sdcompile.models import identify
 from sdcompile.models.sd import TEXT, UNET, VAE
+
+# Weight files of a transformers model folder (save_pretrained), safetensors first as transformers loads them
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def _read_json(path: Path) -> dict:
@@ -64,15 +68,49 @@ def _text_names(store) -> dict[str, str]:
     raise UnsupportedModelError(f"{store.path}: not a CLIP text encoder (no embeddings.token_embedding.weight)")
 
 
+def text_config_beside(weights: Path) -> dict | None:
+    """The transformers CLIP text config.json next to a weights file (save_pretrained writes them side by side; a
+    diffusers pipeline's text_encoder/ holds the same pair). It states the head count and activation, which the
+    weights cannot; a config.json of anything else is not the text encoder's and is left alone."""
+    cfg = identify.read_json(Path(weights).parent / "config.json")
+    return cfg if identify.is_clip_text_config(cfg) else None
+
+
+def _transformers_folder(root: Path) -> tuple[Any, dict[str, dict]] | None:
+    """A transformers CLIPTextModel folder (config.json + model.safetensors), opened as its weights and config."""
+    cfg = identify.read_json(root / "config.json")
+    if not identify.is_clip_text_config(cfg):
+        return None
+    for name in TRANSFORMERS_WEIGHTS:
+        if (root / name).is_file():
+            return open_store(root / name), {"text_encoder": cfg}
+    if any(root.glob("model-*-of-*.safetensors")):
+        raise UnsupportedModelError(f"{root}: sharded weights are not supported yet")
+    raise FormatError(
+        f"{root}: a CLIP text encoder's config.json without its weights ({' or '.join(TRANSFORMERS_WEIGHTS)})"
+    )
+
+
 def open_model(path: Path | None, options: Any) -> tuple[Any, dict[str, dict]]:
-    """(store, {component: config dict}) for a checkpoint, a diffusers directory, and/or separate files."""
+    """(store, {component: config dict}) for a checkpoint, a diffusers directory, a transformers text encoder folder,
+    and/or separate files."""
     configs: dict[str, dict] = {}
     parts: list[tuple[Any, dict[str, str]]] = []
+    extra = [options.diffusion_model, options.vae, options.clip_l]
     if path is not None and Path(path).is_dir():
-        parts, configs = _diffusers_parts(Path(path))
+        folder = _transformers_folder(Path(path))
+        if folder is not None and not any(extra):
+            return folder
+        if folder is not None:
+            parts.append((folder[0], {n: n for n in folder[0].names()}))
+            configs.update(folder[1])
+        else:
+            parts, configs = _diffusers_parts(Path(path), options)
     elif path is not None:
         base = open_store(path)
-        extra = [options.diffusion_model, options.vae, options.clip_l]
+        cfg = text_config_beside(Path(path))
+        if cfg is not None:
+            configs["text_encoder"] = cfg
         if not any(extra):
             return base, configs
         parts.append((base, {n: n for n in base.names()}))
@@ -82,6 +120,9 @@ def open_model(path: Path | None, options: Any) -> tuple[Any, dict[str, dict]]:
     if options.clip_l:
         s = open_store(options.clip_l)
         parts.append((s, _text_names(s)))
+        cfg = text_config_beside(Path(options.clip_l))
+        if cfg is not None:
+            configs["text_encoder"] = cfg
     if options.vae:  # last: a separate VAE overrides the checkpoint's
         s = open_store(options.vae)
         names = _vae_names(s)
@@ -93,23 +134,55 @@ def open_model(path: Path | None, options: Any) -> tuple[Any, dict[str, dict]]:
     return MergedStore(where, parts), configs
 
 
-def _diffusers_parts(root: Path) -> tuple[list, dict[str, dict]]:
+# A diffusers pipeline's component folders that SDXL adds or changes: kept under their folder's name (unmapped), so
+# a VAE-only compile lists every one of their tensors as ignored, with the reason, instead of never opening them.
+SDXL_FOLDERS = ("unet", "text_encoder", "text_encoder_2")
+SDXL_MESSAGE = (
+    "its UNet and its second text encoder (OpenCLIP ViT-bigG) cannot be compiled yet (SDXL support is a later issue); "
+    "its VAE alone can be compiled with --components vae_decoder,vae_encoder"
+)
+
+
+def _weights_of(d: Path, stem: str) -> Path:
+    files = sorted(d.glob(f"{stem}*.safetensors")) or sorted(d.glob(f"{stem}*.bin"))
+    if not files:
+        raise FormatError(f"{d}: no {stem}.safetensors (or .bin) weights")
+    if len(files) > 1:
+        raise UnsupportedModelError(f"{d}: sharded weights ({len(files)} files) are not supported yet")
+    return files[0]
+
+
+def _diffusers_parts(root: Path, options: Any = None) -> tuple[list, dict[str, dict]]:
     from sdcompile.models.sd_names import unet_diffusers_to_ldm, vae_diffusers_to_ldm
 
     parts, configs = [], {}
+    index = identify.read_json(root / "model_index.json") or {}
+    cls = index.get("_class_name")
+    sdxl = (root / "text_encoder_2").is_dir() or (isinstance(cls, str) and cls.startswith("StableDiffusionXL"))
+    if not sdxl and cls in identify.PIPELINES:
+        raise UnsupportedModelError(
+            identify.Found(
+                f"{identify.PIPELINES[cls]} (model_index.json: {cls})", "not supported yet. " + identify.SUPPORTED
+            ).message(root)
+        )
+    components = set(getattr(options, "components", None) or ("text_encoder", "unet", "vae_decoder"))
+    if sdxl and {"unet", "text_encoder"} & components:
+        what = f"model_index.json: {cls}" if isinstance(cls, str) else "a text_encoder_2/ folder"
+        raise UnsupportedModelError(f"{root}: an SDXL pipeline ({what}): {SDXL_MESSAGE}")
     comps = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+    if sdxl:
+        comps["text_encoder_2"] = "model"
     for comp, stem in comps.items():
         d = root / comp
         if not d.is_dir():
             continue
-        files = sorted(d.glob(f"{stem}*.safetensors")) or sorted(d.glob(f"{stem}*.bin"))
-        if not files:
-            raise FormatError(f"{d}: no {stem}.safetensors (or .bin) weights")
-        if len(files) > 1:
-            raise UnsupportedModelError(f"{d}: sharded weights ({len(files)} files) are not supported yet")
+        s = open_store(_weights_of(d, stem))
+        if sdxl and comp in SDXL_FOLDERS:
+            parts.append((s, {f"{comp}/{n}": n for n in s.names()}))
+            continue
         cfg = _read_json(d / "config.json") if (d / "config.json").is_file() else {}
         configs[comp] = cfg
-        s = open_store(files[0])
+        _check_design(s, comp, cfg)
         if comp == "unet":
             m = unet_diffusers_to_ldm(cfg)
             parts.append((s, {UNET + m[n]: n for n in s.names() if n in m}))
@@ -120,17 +193,28 @@ def _diffusers_parts(root: Path) -> tuple[list, dict[str, dict]]:
             _unmapped(s, m, comp)
         else:
             parts.append((s, _text_names(s)))
-            for k in ("num_attention_heads", "hidden_act", "layer_norm_eps"):
-                if k in cfg:
-                    s.metadata[k] = cfg[k]
     sched = root / "scheduler" / "scheduler_config.json"
     if sched.is_file():
         configs["scheduler"] = _read_json(sched)
         # diffusers' schedulers predict epsilon unless their config says otherwise
         configs.setdefault("unet", {})["prediction_type"] = configs["scheduler"].get("prediction_type", "epsilon")
     if not parts:
+        found = identify.directory_found(root)
+        if found is not None:
+            raise UnsupportedModelError(found.message(root))
         raise UnsupportedModelError(f"{root}: a directory without unet/, vae/ or text_encoder/: not a diffusers model")
     return parts, configs
+
+
+def _check_design(store, comp: str, cfg: dict) -> None:
+    """Refuse a design variant by its config key before the name converter, which would only see tensors it cannot
+    name; unread keys are reported later, by the lifter."""
+    from sdcompile.models import sd
+
+    if comp == "unet":
+        sd.check_config_keys(store, sd.Assumptions(), cfg, "UNet", sd.UNET_READ, sd.UNET_SHAPES, sd.UNET_DEFAULT_ONLY)
+    elif comp == "vae":
+        sd.check_config_keys(store, sd.Assumptions(), cfg, "VAE", sd.VAE_READ, sd.VAE_SHAPES, sd.VAE_DEFAULT_ONLY)
 
 
 def _unmapped(store, mapping: dict[str, str], comp: str) -> None:

@@ -43,6 +43,65 @@ TRANSFORMER_GN_EPS = 1e-6
 VAE_EPS = 1e-6
 LN_EPS = 1e-5
 
+# diffusers config.json keys, by how the lifter treats them (a key of none of these groups is reported as not read).
+# READ: the lifter reads them (heads, groups, eps, the timestep embedding's layout, the prediction type).
+# SHAPES: stated by the weights too (names and shapes decide the structure; the diffusers converter reads the block
+# layout keys); SHAPE_CHECKS compares the ones that name one number with what the weights say.
+# DEFAULT_ONLY: a design the lifter implements in one variant only: another value is refused by name, not ignored.
+# NO_EFFECT: bookkeeping, training settings and precision hints (math is f32 throughout).
+UNET_READ = frozenset(
+    "attention_head_dim num_attention_heads norm_num_groups norm_eps flip_sin_to_cos freq_shift prediction_type".split()
+)
+UNET_SHAPES = frozenset(
+    """in_channels out_channels cross_attention_dim block_out_channels layers_per_block down_block_types
+    up_block_types transformer_layers_per_block mid_block_type use_linear_projection conv_in_kernel conv_out_kernel
+    time_embedding_dim""".split()
+)
+UNET_DEFAULT_ONLY: dict[str, Any] = {
+    "act_fn": "silu",
+    "center_input_sample": False,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "resnet_time_scale_shift": "default",
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "projection_class_embeddings_input_dim": None,
+    "class_embeddings_concat": False,
+    "time_embedding_type": "positional",
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "only_cross_attention": False,
+    "mid_block_only_cross_attention": None,
+    "dual_cross_attention": False,
+    "cross_attention_norm": None,
+    "attention_type": "default",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "reverse_transformer_layers_per_block": None,
+}
+VAE_READ = frozenset("scaling_factor norm_num_groups".split())
+VAE_SHAPES = frozenset(
+    "in_channels out_channels latent_channels block_out_channels layers_per_block down_block_types up_block_types".split()
+)
+VAE_DEFAULT_ONLY: dict[str, Any] = {
+    "act_fn": "silu",
+    "shift_factor": None,
+    "latents_mean": None,
+    "latents_std": None,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+    "mid_block_add_attention": True,
+}
+NO_EFFECT = frozenset(
+    "_class_name _diffusers_version _name_or_path _use_default_values sample_size dropout upcast_attention "
+    "force_upcast".split()
+)
+
 
 @dataclass
 class Assumptions:
@@ -180,6 +239,47 @@ class UNetConfig:
     family: str  # "sd1" | "sd2"
     prediction: str  # "epsilon" | "v_prediction"
     groups: int = GROUPS
+    eps: float = UNET_EPS  # the resnets' and the output's GroupNorm
+    flip_sin_to_cos: bool = True  # timestep embedding [cos, sin] (else [sin, cos])
+    freq_shift: float = 0.0
+
+
+def _same(value: Any, default: Any) -> bool:
+    """A config value that means the default: itself, or a per-block list of it."""
+    if isinstance(value, list):
+        return all(_same(v, default) for v in value)
+    return value == default or (default is None and value in (None, "", [], {}))
+
+
+def check_config_keys(
+    store,
+    a: Assumptions,
+    config: dict,
+    what: str,
+    read: frozenset[str],
+    shapes: frozenset[str],
+    default_only: dict[str, Any],
+) -> None:
+    """Every key of a component's config.json is read, stated by the weights too, without effect on inference, or
+    a design variant the lifter does not implement (refused by name); any other is reported as not read."""
+    for key in sorted(config):
+        v = config[key]
+        if key in default_only:
+            if not _same(v, default_only[key]):
+                raise UnsupportedModelError(
+                    f"{store.path}: the {what}'s config.json says {key} = {v!r}; sdcompile's SD 1.x/2.x lifter "
+                    f"implements only {default_only[key]!r}: a {what} of another design, which it cannot compile"
+                )
+        elif key not in read and key not in shapes and key not in NO_EFFECT and v not in (None, {}, []):
+            a.add(f"{what}: config.json states {key} = {v!r}, which sdcompile does not read")
+
+
+def _check_number(store, config: dict, key: str, from_weights: int, what: str) -> None:
+    if config.get(key) is not None and config[key] != from_weights:
+        raise UnsupportedModelError(
+            f"{store.path}: the {what}'s config.json says {key} = {config[key]}, its weights say {from_weights}: "
+            "the config belongs to another model"
+        )
 
 
 def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig:
@@ -200,6 +300,13 @@ def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig
             "which sdcompile cannot compile yet"
         )
     config = config or {}
+    check_config_keys(store, a, config, "UNet", UNET_READ, UNET_SHAPES, UNET_DEFAULT_ONLY)
+    for key, n in (("in_channels", cin), ("out_channels", cout), ("cross_attention_dim", ctx)):
+        _check_number(store, config, key, n, "UNet")
+    if isinstance(config.get("block_out_channels"), list) and config["block_out_channels"]:
+        _check_number(
+            store, {"block_out_channels[0]": config["block_out_channels"][0]}, "block_out_channels[0]", mc, "UNet"
+        )
     heads = head_dim = None
     hd = config.get("attention_head_dim")
     if isinstance(hd, list):
@@ -236,7 +343,11 @@ def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig
     if groups is None:
         groups = GROUPS
         a.add(f"UNet: GroupNorm with {GROUPS} groups (LDM's; no file states it)")
-    return UNetConfig(cin, cout, mc, ctx, head_dim, heads, family, pred, int(groups))
+    # LDM's UNet fixes these (GroupNorm32's eps, a [cos, sin] embedding without shift); diffusers' config may differ
+    eps = float(config["norm_eps"]) if config.get("norm_eps") is not None else UNET_EPS
+    flip = bool(config["flip_sin_to_cos"]) if config.get("flip_sin_to_cos") is not None else True
+    shift = float(config["freq_shift"]) if config.get("freq_shift") is not None else 0.0
+    return UNetConfig(cin, cout, mc, ctx, head_dim, heads, family, pred, int(groups), eps, flip, shift)
 
 
 def _kind_of(rest: str) -> str | None:
@@ -279,19 +390,26 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
     ctx = g.add_input("context", (B, 77, cfg.context_dim), "float32", c)
     x = b.node("transpose", [x_in], (B, h, w, cfg.in_channels), perm=(0, 2, 3, 1))
 
-    temb = b.node("timestep_embedding", [t_in], (B, cfg.model_channels), dim=cfg.model_channels, flip=True, shift=0.0)
+    temb = b.node(
+        "timestep_embedding",
+        [t_in],
+        (B, cfg.model_channels),
+        dim=cfg.model_channels,
+        flip=cfg.flip_sin_to_cos,
+        shift=cfg.freq_shift,
+    )
     temb = b.linear(temb, "time_embed.0", act="silu")
     temb = b.linear(temb, "time_embed.2")
     temb_act = b.node("silu", [temb], g.values[temb].shape)
 
     def resnet(x: str, p: str) -> str:
         xb, xh, xw, _ = g.values[x].shape
-        hh = b.group_norm(x, p + "in_layers.0", UNET_EPS, "silu")
+        hh = b.group_norm(x, p + "in_layers.0", cfg.eps, "silu")
         hh = b.conv(hh, p + "in_layers.2")
         cout = g.values[hh].shape[-1]
         e = b.linear(temb_act, p + "emb_layers.1")
         hh = b.add(hh, b.reshape(e, (xb, 1, 1, cout)))
-        hh = b.group_norm(hh, p + "out_layers.0", UNET_EPS, "silu")
+        hh = b.group_norm(hh, p + "out_layers.0", cfg.eps, "silu")
         skip = b.conv(x, p + "skip_connection") if b.has(p + "skip_connection.weight") else x
         return b.conv(hh, p + "out_layers.3", res=skip)
 
@@ -367,7 +485,7 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
         x = run_block(x, f"output_blocks.{i}.", outputs[i])
     if skips:
         raise UnsupportedModelError(f"{store.path}: UNet leaves {len(skips)} skip connections unused")
-    x = b.group_norm(x, "out.0", UNET_EPS, "silu")
+    x = b.group_norm(x, "out.0", cfg.eps, "silu")
     x = b.conv(x, "out.2")
     out = g.add_node("transpose", [x], "eps", (B, cfg.out_channels, h, w), c, perm=(0, 3, 1, 2))
     g.outputs.append(out)
@@ -388,6 +506,8 @@ def vae_config(store, a: Assumptions, config: dict | None = None) -> VaeConfig:
     if key not in store:
         raise UnsupportedModelError(f"{store.path}: no SD VAE decoder ({key})")
     zc = tuple(store.info(key).shape)[1]
+    check_config_keys(store, a, config or {}, "VAE", VAE_READ, VAE_SHAPES, VAE_DEFAULT_ONLY)
+    _check_number(store, config or {}, "latent_channels", zc, "VAE")
     sf = (config or {}).get("scaling_factor") or _meta(store, "vae.scaling_factor", "scaling_factor")
     if sf is None:
         sf = 0.18215
@@ -482,6 +602,28 @@ def detect(store) -> bool:
     return UNET + "input_blocks.0.0.weight" in store or VAE + "decoder.conv_in.weight" in store
 
 
+# What marks an SDXL checkpoint: its second text encoder (single file, or a diffusers text_encoder_2/ folder kept
+# under its folder's name) or the UNet's label embedding of size and crop conditioning.
+SDXL_MARKS = ("conditioner.embedders.1.", UNET + "label_emb.", "text_encoder_2/")
+
+
+def is_sdxl(store) -> bool:
+    return any(n.startswith(SDXL_MARKS) for n in store.names())
+
+
+def _no_text_encoder(store) -> str:
+    """An SD checkpoint without a text encoder sdcompile reads: what is there instead, and the two ways on."""
+    from sdcompile.models import identify
+
+    te = [n for n in store.names() if n.startswith(("cond_stage_model.", "conditioner."))]
+    found = identify.identify(store) if te else None
+    there = f"it holds {found.what}" if found else f"{len(te)} cond_stage_model.* tensors" if te else "none at all"
+    return (
+        f"{store.path}: an SD checkpoint with no CLIP text encoder sdcompile reads ({there}); pass one with "
+        "--clip-l FILE, or compile the rest without it: --components unet,vae_decoder,vae_encoder"
+    )
+
+
 def lift(
     store,
     sizes: list[tuple[int, int]],
@@ -495,14 +637,11 @@ def lift(
     dicts by component where the model came as a directory. Every tensor of the store not read by a lifted
     component is listed in ``module.meta["ignored"]`` with the reason."""
     configs = configs or {}
-    names = store.names()
-    if any(n.startswith(("conditioner.embedders.1.", "model.diffusion_model.label_emb.")) for n in names) and (
-        {"unet", "text_encoder"} & set(components)
-    ):
+    if is_sdxl(store) and ({"unet", "text_encoder"} & set(components)):
         raise UnsupportedModelError(
-            f"{store.path}: an SDXL checkpoint (a second text encoder under conditioner.embedders.1 and a UNet with "
-            "label_emb): its UNet and OpenCLIP-bigG text encoder cannot be compiled yet (SDXL support is a later "
-            "issue); its VAE alone can be compiled with --components vae_decoder,vae_encoder"
+            f"{store.path}: an SDXL checkpoint (a second text encoder under conditioner.embedders.1 or "
+            "text_encoder_2/, a UNet with label_emb): its UNet and OpenCLIP-bigG text encoder cannot be compiled yet "
+            "(SDXL support is a later issue); its VAE alone can be compiled with --components vae_decoder,vae_encoder"
         )
     a = Assumptions()
     used: set[str] = set()
@@ -510,7 +649,11 @@ def lift(
     ucfg = unet_config(store, a, configs.get("unet")) if "unet" in components else None
     vcfg = vae_config(store, a, configs.get("vae")) if {"vae_decoder", "vae_encoder"} & set(components) else None
     if "text_encoder" in components:
-        te = clip_text.lift(store, batch=batch)
+        if clip_text.find_prefix(set(store.names())) is None:
+            raise UnsupportedModelError(_no_text_encoder(store))
+        te = clip_text.lift(store, batch=batch, config=configs.get("text_encoder"))
+        for note in te.meta.pop("assumptions", []):
+            a.add(note)
         te.meta["function"] = "encode_text"
         for v in te.weights():
             used.add(v.data.key)
@@ -567,10 +710,19 @@ def lift(
 def ignored(store, used: set[str]) -> dict[str, str]:
     """Every tensor not used, with the reason: what users should know was left out."""
     out = {}
+    xl = is_sdxl(store)
     for n in store.names():
         if n in used:
             continue
-        if n.startswith("model_ema."):
+        if xl and n.startswith(("conditioner.embedders.1.", "text_encoder_2/")):
+            why = "SDXL's second text encoder (OpenCLIP ViT-bigG): sdcompile cannot compile it yet"
+        elif xl and n.startswith((UNET, "unet/")):
+            why = "SDXL UNet: sdcompile cannot compile it yet"
+        elif xl and n.startswith(("conditioner.embedders.", "text_encoder/")):
+            why = "SDXL's first text encoder (CLIP ViT-L): not compiled without the SDXL UNet it conditions"
+        elif xl and n.startswith("conditioner."):
+            why = "SDXL conditioning (size and crop embedders): part of the SDXL UNet's input, not compiled"
+        elif n.startswith("model_ema."):
             why = "EMA copy of the UNet (the checkpoint's model.diffusion_model.* weights are used)"
         elif n.startswith(("optimizer", "optimizer_states")):
             why = "optimizer state"
