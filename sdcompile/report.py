@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +40,79 @@ def _ignored_lines(ignored: dict[str, str]) -> list[str]:
     return lines
 
 
+def _names(ds: list[dict[str, Any]]) -> str:
+    shown = ", ".join(d["tensor"] for d in ds[:2])
+    return f"({shown}{', ...' if len(ds) > 2 else ''})"
+
+
+def _count(n: int) -> str:
+    return f"{n} tensor{'s' if n != 1 else ''}"
+
+
+_F32_ALWAYS = ("skip list", "read as f32")
+_BLOCK = re.compile(r"; row of (\d+) not a multiple of (\w+)'s block (\d+), kept (\w+)")
+
+
+def _block_reason(d: dict[str, Any]) -> str:
+    m = _BLOCK.search(d["why"])
+    return f"row of {m[1]} not a multiple of {m[2]}'s block {m[3]}, kept {m[4]}" if m else d["why"]
+
+
+def _quantize_lines(m: dict[str, Any]) -> list[str]:
+    """What each --tensor-type-rules entry and --type did, wherever it did less than asked: a rule that matched no
+    tensor (a typo, or a file's name instead of the canonical one), tensors a rule or --type could not take (rows
+    short of a block, norms and biases kept f32, weights already quantized). The per-tensor list is in --json; these
+    are the lines a user must see without asking for it."""
+    opts = m.get("options") or {}
+    decisions = m["report"]["quantize"]["tensors"]
+    lines: list[str] = []
+    for rule in opts.get("tensor_type_rules") or []:
+        pattern, qtype = rule.rsplit("=", 1)
+        matching = [d for d in decisions if re.search(pattern, d["tensor"])]
+        mine = [d for d in matching if d["why"].startswith(f"rule {rule}")]
+        applied = [d for d in mine if "; row of" not in d["why"]]
+        short = [d for d in mine if "; row of" in d["why"]]
+        kept = [d for d in matching if d["why"].startswith(_F32_ALWAYS)]
+        taken = [d for d in matching if d["why"].startswith("rule ") and d not in mine]
+        if not matching:
+            parts = [
+                "matched no tensor: rules match canonical names, which `sdcompile inspect --tensors MODEL` lists "
+                f"beside the file's names (e.g. {decisions[0]['tensor'] if decisions else '-'})"
+            ]
+        else:
+            # A rule that took some tensors also matches their biases, kept f32 as always: only say why a rule
+            # took nothing, or which of its weights could not take its type.
+            parts = [f"{qtype} for {_count(len(applied))}"] if applied else ["applied to no tensor"]
+            if short:
+                parts.append(f"{_count(len(short))} not: {_block_reason(short[0])} {_names(short)}")
+            if kept and not mine:
+                parts.append(
+                    f"{_count(len(kept))} kept f32 (norms, biases and position tables stay f32: the skip list, or "
+                    f"their op reads f32) {_names(kept)}"
+                )
+            if taken and not mine:
+                parts.append(f"{_count(len(taken))} taken by an earlier rule (first match wins) {_names(taken)}")
+        lines.append(f"{'rules' if not lines else '':<10}'{rule}': " + "; ".join(parts))
+    t = opts.get("type")
+    if t:
+        t = t.lower()
+        by_type = [d for d in decisions if d["why"].startswith(f"default --type {t}")]
+        short = [d for d in by_type if "; row of" in d["why"]]
+        quantized = [d for d in decisions if d["why"].startswith("kept: already")]
+        parts = []
+        if short:
+            parts.append(f"not applied to {_count(len(short))}: {_block_reason(short[0])} {_names(short)}")
+        if quantized:
+            stored = ", ".join(sorted({d["from"] for d in quantized}))
+            parts.append(
+                f"not applied to {_count(len(quantized))} already {stored} (requantizing compounds the error; a "
+                f"--tensor-type-rules rule naming them does it) {_names(quantized)}"
+            )
+        if parts:
+            lines.append(f"{'' if lines else 'type':<10}--type {t} " + "; ".join(parts))
+    return lines
+
+
 # SD functions in the order a pipeline calls them (a manifest read back from disk has its keys sorted)
 _CALL_ORDER = ("encode_text", "encode_image_", "denoise_", "decode_latents_")
 
@@ -71,6 +145,7 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
         "weights   "
         + ", ".join(f"{t}×{n}" for t, n in q.items())
         + (f" ({', '.join(f'{c} {fmt_bytes(b)}' for c, b in by_comp.items())})" if len(by_comp) > 1 else ""),
+        *_quantize_lines(m),
         f"fusion    {r['fuse']['nodes']} kernels launched; "
         + ", ".join(f"{k} ×{v}" for k, v in sorted(r["fuse"]["fired"].items())),
     ]
