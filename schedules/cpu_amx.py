@@ -62,7 +62,7 @@ from schedules.tir_build import (
     vstore,
 )
 from sdcompile.kernels import linear_amx as A
-from sdcompile.kernels.spec import KernelSpec
+from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
 from sdcompile.quant.grids import KVALUES_IQ4NL
 from sdcompile.quant.types import get as get_type
 
@@ -91,15 +91,13 @@ def target_has_amx() -> bool:
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
-    """Whether ``linear`` ``spec`` runs on the tile unit: enough rows (``linear_amx.FROM_ROWS``), N in whole tiles."""
-    return (
-        spec.op == "linear"
-        and str(spec.attr("wtype")) in A.TYPES
-        and int(spec.attr("M")) >= A.FROM_ROWS[str(spec.attr("wtype"))]
-        and int(spec.attr("N")) % A.TILE == 0
-        and lanes == 16
-        and target_has_amx()
-    )
+    """Whether ``linear`` or ``conv2d`` ``spec`` runs on the tile unit: enough rows (``linear_amx.FROM_ROWS``), N in
+    whole tiles; a conv's channels in whole vectors, so each 16 patch values lie in one tap (one pixel's channels)."""
+    if spec.op not in ("linear", "conv2d") or (spec.op == "conv2d" and int(spec.attr("C")) % 16):
+        return False
+    M, N, _ = gemm_mnk(spec)
+    wtype = str(spec.attr("wtype"))
+    return wtype in A.TYPES and M >= A.FROM_ROWS[wtype] and N % A.TILE == 0 and lanes == 16 and target_has_amx()
 
 
 def _i8(v: int) -> tirx.IntImm:
@@ -132,7 +130,10 @@ def _pipeline(n: int, issue, finish) -> None:
 class _Gemm:
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.spec = spec
-        self.M, self.N, self.K = (int(spec.attr(k)) for k in "MNK")
+        self.M, self.N, self.K = gemm_mnk(spec)
+        # conv2d: row m of the implicit GEMM is output pixel (b, oy, ox), k = (tap, channel); the patches are read
+        # from x [B, H, W, C] where prep quantizes them (zeros outside the image), never materialised whole.
+        self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
         self.wtype = str(spec.attr("wtype"))
         self.qt = get_type(self.wtype)
         self.RB = self.qt.row_bytes(self.K)
@@ -200,6 +201,24 @@ class _Gemm:
 
     # -- activations --
 
+    def _xvec(self, x, m, k):
+        """x[m, k:k+16] as f32: a row of a linear's input, or 16 channels of conv patch m at position k."""
+        if self.conv is None:
+            return load_f32(x, [m, T.Ramp(k, 1, 16)], 16)
+        a = self.conv
+        H, W, C, kw, s = (int(a[n]) for n in ("H", "W", "C", "kw", "stride"))
+        pt, pl = int(a["pads"][0]), int(a["pads"][1])
+        ho, wo, _, _ = conv_geometry(a)
+        p = m % (ho * wo)
+        tap = k // C
+        iy = (p // wo) * s + tap // kw - pt
+        ix = (p % wo) * s + tap % kw - pl
+        inside = tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)
+        # the address is clamped too: the select keeps the value, but the load is issued either way
+        cy, cx = T.max(T.min(iy, H - 1), 0), T.max(T.min(ix, W - 1), 0)
+        v = load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16)
+        return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
+
     def _xrow(self, mt, part, k):
         """Word index of B row k / 4 of x's row tile mt, part 0 (xh) or 1 (xl)."""
         return ((mt * 2 + part) * (self.K // 4) + k // 4) * 16
@@ -220,7 +239,7 @@ class _Gemm:
                         vstore(amx, 0, splat(0.0, "float32", 16), 16)
                         vstore(tot, 0, splat(0.0, "float32", 16), 16)
                         with T.serial(0, G // 16) as i:
-                            v = T.bind(load_f32(x, [m, T.Ramp(g * G + 16 * i, 1, 16)], 16))
+                            v = T.bind(self._xvec(x, m, g * G + 16 * i))
                             vstore(amx, 0, T.max(vload(amx, 0, 16), T.abs(v)), 16)
                             vstore(tot, 0, vload(tot, 0, 16) + v, 16)
                         amax = T.bind(reduce_tree(vload(amx, 0, 16), 16, T.max))
@@ -231,7 +250,7 @@ class _Gemm:
                         T.buffer_store(self.xs, dx, [at])
                         with T.serial(0, G // 32) as s:
                             k = g * G + 32 * s
-                            v = [load_f32(x, [m, T.Ramp(k + 16 * i, 1, 16)], 16) for i in range(2)]
+                            v = [T.bind(self._xvec(x, m, k + 16 * i)) for i in range(2)]
                             q = [T.bind(T.Cast("int32x16", T.nearbyint(vi * bcast(inv, 16)))) for vi in v]
                             # xq = 256 xh + xl: xh = floor((xq + 128) / 256) in [-127, 127], xl in [-128, 127]
                             hi = [T.bind((qi + splat(128, "int32", 16)) >> splat(8, "int32", 16)) for qi in q]

@@ -110,3 +110,67 @@ def test_amx_model_is_tighter_than_ggml_activations():
     err8 = np.abs(x8 @ w.T - exact).max()
     assert err16 * 50 < err8
     assert np.all(np.abs(A.reference(x, w, "q4_0") - exact) <= A.error_bound(x, w, "q4_0"))
+
+
+# conv2d on the tile unit: the patches are gathered where prep quantizes them; the result must be exactly the
+# AMX linear's on the explicit patch matrix (same rows, same 16-bit split, same sums): 3x3, stride 2 with the VAE's
+# bottom/right padding, 1x1 with a residual, and a partial last tile of rows (M = 2 * 5 * 5 = 50).
+CONV_CASES = [
+    ((2, 8, 8, 32), 48, {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}, "q8_0"),
+    ((1, 9, 9, 64), 32, {"kh": 3, "kw": 3, "stride": 2, "pads": (0, 0, 1, 1)}, "q8_0"),
+    ((2, 5, 5, 32), 16, {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}, "q4_0"),
+    ((2, 4, 4, 256), 32, {"kh": 1, "kw": 1, "stride": 1, "pads": (0, 0, 0, 0)}, "q4_k"),
+]
+
+
+def _conv_specs(shape, n, geo, wtype):
+    from sdcompile.ir.ops import conv_out_hw
+
+    B, H, W, C = shape
+    conv = S.KernelSpec.make(
+        "conv2d", B=B, H=H, W=W, C=C, N=n, wtype=wtype, bias=True, residual=False, act="none", **geo
+    )
+    ho, wo = conv_out_hw(H, W, geo)
+    return conv, S.linear(B * ho * wo, n, geo["kh"] * geo["kw"] * C, wtype, bias=True)
+
+
+conv_built = fx.built_fixture("cpu", lambda: [s for c in CONV_CASES for s in _conv_specs(*c)], "amx_conv_cpu")
+
+
+@pytest.mark.parametrize(
+    "case", CONV_CASES, ids=[f"{c[3]}-{c[2]['kh']}x{c[2]['kw']}s{c[2]['stride']}" for c in CONV_CASES]
+)
+def test_amx_conv_equals_amx_linear_on_patches(conv_built, case):
+    from runtime.executors.cpu import Executor
+    from sdcompile.ir.ops import im2col_np
+    from sdcompile.quant.reference import quantize
+
+    conv, lin = _conv_specs(*case)
+    from schedules import cpu_amx
+
+    assert cpu_amx.applicable(conv, 16) and cpu_amx.applicable(lin, 16)
+    out, built = conv_built
+    ex = Executor(out, built, num_threads=2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(case[0]).astype(np.float32)
+    M, N, K = S.gemm_mnk(conv)
+    raw = quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.1, case[3])
+    words = np.zeros(conv.param("w").words() * 4, np.uint8)
+    words[: raw.size] = raw
+    bias = rng.standard_normal(N).astype(np.float32)
+
+    def run(spec, xin):
+        args = []
+        for a in (xin, words.view(np.uint32), bias):
+            buf = ex.alloc(a.nbytes)
+            ex.upload(buf, a)
+            args.append((buf, a.shape, str(a.dtype)))
+        y = ex.alloc(M * N * 4)
+        args.append((y, (M, N), "float32"))
+        ex.launch(spec.name, args)
+        return ex.download(y, (M, N), "float32")
+
+    patches = im2col_np(x.astype(np.float64), dict(conv.attrs)).reshape(M, K).astype(np.float32)
+    got, want = run(conv, x), run(lin, patches)
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got).max() > 0
