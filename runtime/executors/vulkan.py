@@ -10,6 +10,7 @@ Dispatches are recorded into one command encoder and submitted at ``synchronize`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,30 @@ def _round4(n: int) -> int:
     return (n + 3) & ~3
 
 
+def _private_runtime_dir() -> None:
+    """Give the process a valid XDG_RUNTIME_DIR where it has none.
+
+    Creating a Vulkan instance loads the driver's window-system code (Wayland's client library, through wgpu), which
+    prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." several times when the variable is
+    unset, empty or not an absolute path: noise on every run in a container, over SSH or under a service, where
+    compute needs no display at all. A private folder (mode 0700, as the XDG spec asks, removed at exit) silences
+    it; a user's own value that names an existing folder is kept.
+    """
+    value = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(value) and os.path.isdir(value):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="sdcompile-xdg-")  # created 0700
+    atexit.register(shutil.rmtree, d, True)
+    os.environ["XDG_RUNTIME_DIR"] = d
+
+
 def vulkan_adapters() -> list:
     """Vulkan adapters wgpu can see, best first; empty if wgpu or a Vulkan driver is missing."""
+    _private_runtime_dir()  # before wgpu creates its instance, which reads the variable
     try:
         import wgpu
     except ImportError:
