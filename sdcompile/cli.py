@@ -39,8 +39,29 @@ WEBUI_SCHEDULES = {
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one `sdcompile: error:` line like every other user error (exit code 2)."""
 
+    commands: argparse._SubParsersAction | None = None
+
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"sdcompile: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            # argparse hands a sub-command's unknown flags up to the top-level parser, whose usage lists only the
+            # commands; the user needs the usage of the command they typed
+            cmd = self.commands.choices.get(getattr(ns, "cmd", None)) if self.commands else None
+            (cmd or self).unrecognized(extra)
+        return ns
+
+    def unrecognized(self, extra: list[str]) -> None:
+        import difflib
+
+        flags = [o for a in self._actions for o in a.option_strings]
+        hints = [m for x in extra if x.startswith("-") for m in difflib.get_close_matches(x.split("=")[0], flags, n=1)]
+        self.print_usage(sys.stderr)
+        self.error(
+            f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {', '.join(hints)}?" if hints else "")
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,11 +71,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p.commands = sub
 
     s = sub.add_parser("inspect", help="show a weight file's format, model, tensors by component and memory")
-    s.add_argument("file", type=Path, help="weight file (.safetensors, .gguf, .ckpt/.pt, .onnx)")
+    s.add_argument(
+        "file",
+        type=Path,
+        help="weight file (.safetensors, .gguf, .ckpt/.pt, .onnx), or a diffusers or transformers model folder",
+    )
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--tensors", action="store_true", help="list every tensor")
+    s.add_argument(
+        "--tensors",
+        action="store_true",
+        help="list every tensor with its canonical name, the name --tensor-type-rules match",
+    )
 
     s = sub.add_parser(
         "compile",
@@ -235,6 +265,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="SD: no metadata in the file, like the released SD 1.5 files (hyperparameters then come from shapes)",
     )
+    # a sub-command's --help opens with what the command does: the summary the top-level help lists for it
+    for summary in sub._choices_actions:
+        cmd = sub.choices[summary.dest]
+        if not cmd.description and summary.help:
+            cmd.description = summary.help[0].upper() + summary.help[1:] + "."
     return p
 
 
