@@ -64,7 +64,7 @@ def _quantize_lines(m: dict[str, Any]) -> list[str]:
     short of a block, norms and biases kept f32, weights already quantized). The per-tensor list is in --json; these
     are the lines a user must see without asking for it."""
     opts = m.get("options") or {}
-    decisions = m["report"]["quantize"]["tensors"]
+    decisions = m["report"]["quantize"].get("tensors") or []
     lines: list[str] = []
     for rule in opts.get("tensor_type_rules") or []:
         pattern, qtype = rule.rsplit("=", 1)
