@@ -54,7 +54,10 @@ def inspect_file(path: Path) -> dict[str, Any]:
     for v in mod.weights().values():
         canonical.setdefault(v.data.key, v.name)
     ignored = mod.meta.get("ignored", {})
+    origin = getattr(store, "origin", None)  # a folder's parts are renamed on opening: show each file's own name
     for t in info["tensor_list"]:
+        if origin is not None and origin(t["name"])[1] != t["name"]:
+            t["file_name"] = origin(t["name"])[1]
         t["canonical"] = canonical.get(t["name"])
         if t["name"] in ignored:
             t["ignored"] = ignored[t["name"]]
@@ -150,9 +153,8 @@ def render_inspect(info: dict[str, Any], tensors: bool = False) -> str:
         lines.append(f"  {'tensor (name in the file)':<70} {'type':<7} {'shape':<16} {'size':>10}  canonical name")
         for t in info["tensor_list"]:
             canon = t.get("canonical") or (f"(ignored: {t['ignored']})" if t.get("ignored") else "-")
-            lines.append(
-                f"  {t['name']:<70} {t['dtype']:<7} {str(t['shape']):<16} {fmt_bytes(t['bytes']):>10}  {canon}"
-            )
+            name = t.get("file_name") or t["name"]
+            lines.append(f"  {name:<70} {t['dtype']:<7} {str(t['shape']):<16} {fmt_bytes(t['bytes']):>10}  {canon}")
     return "\n".join(lines)
 
 

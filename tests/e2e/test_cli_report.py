@@ -85,3 +85,12 @@ def test_inspect_names_what_it_cannot_compile(tmp_path, arch):
     assert r.returncode == 0 and "LLaMA-family decoder LLM" in r.stdout, r.stdout + r.stderr
     r = sdc("compile", tmp_path / "m.gguf", "-o", tmp_path / "out")
     assert r.returncode == 2 and "LLaMA-family decoder LLM" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_inspect_tensors_of_a_diffusers_folder_shows_each_files_names(tmp_path):
+    from sdcompile.inspect import inspect_file, render_inspect
+
+    root = E.write_sd(tmp_path / "pipe", E.TINY_SD, 0, "diffusers")
+    text = render_inspect(inspect_file(root), tensors=True)
+    row = next(ln for ln in text.splitlines() if ln.split()[:1] == ["conv_in.weight"])
+    assert row.split()[-1] == "unet.input_blocks.0.0.weight", row
