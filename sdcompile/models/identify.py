@@ -66,7 +66,7 @@ LLM_ARCHS = {
     "smollm3": "SmolLM3",
 }
 # transformers' model_type of the same families (a config.json beside safetensors weights)
-HF_LLM_TYPES = {k: v for k, v in LLM_ARCHS.items()} | {"gemma3_text": "Gemma 3", "phi": "Phi", "gpt_neox": "GPT-NeoX"}
+HF_LLM_TYPES = LLM_ARCHS | {"gemma3_text": "Gemma 3", "phi": "Phi", "gpt_neox": "GPT-NeoX"}
 
 _LLM_NOT_YET = "decoder LLMs are not supported yet; " + SUPPORTED
 _LORA_ADVICE = (

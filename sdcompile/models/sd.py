@@ -48,7 +48,8 @@ LN_EPS = 1e-5
 # SHAPES: stated by the weights too (names and shapes decide the structure; the diffusers converter reads the block
 # layout keys); SHAPE_CHECKS compares the ones that name one number with what the weights say.
 # DEFAULT_ONLY: a design the lifter implements in one variant only: another value is refused by name, not ignored.
-# NO_EFFECT: bookkeeping, training settings and precision hints (math is f32 throughout).
+# NO_EFFECT: bookkeeping, training settings and precision hints (math is f32 throughout), and settings of a part
+# refused above (addition_embed_type_num_heads: only with an addition_embed_type).
 UNET_READ = frozenset(
     "attention_head_dim num_attention_heads norm_num_groups norm_eps flip_sin_to_cos freq_shift prediction_type".split()
 )
@@ -99,6 +100,7 @@ VAE_DEFAULT_ONLY: dict[str, Any] = {
 }
 NO_EFFECT = frozenset(
     "_class_name _diffusers_version _name_or_path _use_default_values sample_size dropout upcast_attention "
+    "addition_embed_type_num_heads "
     "force_upcast".split()
 )
 
