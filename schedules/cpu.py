@@ -226,6 +226,17 @@ def layer_norm(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     sch.vectorize(d1)
 
 
+def _attention_tile(S: int, nvec: int, cpu: CpuInfo) -> tuple[int, int]:
+    """(rows, channel vectors) of the p @ v register tile, which also sets the rows of the q k^T tile. At most 4 rows:
+    each row costs a broadcast load per key (q.k) or per channel vector (p.v), so tall tiles starve the FMA units
+    on loads (16 rows x 1 vector of 8 channels made p @ v one load per multiply-add at SD's 40-channel heads); the
+    channel vectors fill the remaining registers (4 rows x 5 vectors). Measured at B2 H8 S1024 Dh40, one thread:
+    31 -> 28 ms; softmax's exp and reductions cost about as much as the two products at 40 channels."""
+    rows = max(r for r in range(1, min(S, 4) + 1) if S % r == 0)
+    ev = max(v for v in range(1, nvec + 1) if nvec % v == 0 and rows * v + v + 1 <= cpu.registers)
+    return rows, ev
+
+
 def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     """Per head, a block of query rows at a time, every step on vectors:
 
@@ -276,7 +287,7 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
         sch.parallel(sch.get_loops(o)[0])
         return
     kl, el = _lanes_for(T, cpu), _lanes_for(Dh, cpu)  # lanes over keys, over head channels
-    rows, ev = register_tile(S, Dh, CpuInfo(lanes=el, registers=cpu.registers))
+    rows, ev = _attention_tile(S, Dh // el, cpu)
     # Parallel tasks: heads, and for fewer than 8 heads (a VAE's single-head attention) row groups as well; each
     # task stages its head's keys once, so more groups would repeat that transpose.
     # Row groups only for one image: with B > 1 the fused (b, h, group) task loop makes TVM's region analysis see
