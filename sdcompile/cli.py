@@ -41,6 +41,12 @@ class _Parser(argparse.ArgumentParser):
 
     commands: argparse._SubParsersAction | None = None
 
+    def __init__(self, *args, **kwargs):
+        # No prefixes of long flags: `--tensor-type-rule` silently meant `--tensor-type-rules`, and a flag added later
+        # could change what an abbreviation in someone's script means.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"sdcompile: error: {message} (see `{self.prog} --help`)\n")
 

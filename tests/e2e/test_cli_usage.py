@@ -77,3 +77,10 @@ def test_a_valid_xdg_runtime_dir_is_kept(tmp_path):
     r = _xdg_probe(str(d))
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == str(d)
     assert stat.S_IMODE(d.stat().st_mode) == 0o700 and d.is_dir()
+
+
+def test_no_flag_abbreviations():
+    """A prefix of a flag is not that flag: `--tensor-type-rule` is refused with the real name suggested."""
+    r = sdc("compile", "model.safetensors", "--tensor-type-rule", "x=q8_0", "-o", "out")
+    assert r.returncode == 2
+    assert "unrecognized arguments: --tensor-type-rule" in r.stderr and "--tensor-type-rules" in r.stderr
