@@ -50,17 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--replay", action="store_true", help="replay the corpus instead of mutating")
     ap.add_argument("--write-crafted", action="store_true",
                     help="write the hand-made regression cases (tests/fuzz/crafted.py) into the corpus and stop")  # fmt: skip
+    ap.add_argument("--label", default="this checkout", help="what was fuzzed, for the JSON report")
     ap.add_argument("--sdcompile-from", type=Path, metavar="DIR",
                     help="import sdcompile from DIR (a folder holding an sdcompile/ package), e.g. an unfixed copy")  # fmt: skip
     return ap
 
 
 def signature(detail: str) -> str:
-    """What kind of escape: the exception type and where it came from, without the numbers that vary."""
-    m = re.match(r"([\w ]+?)(:|\s)", detail)
-    head = m.group(1) if m else detail[:30]
-    where = re.search(r"\(([\w.]+:\d+)\)$", detail)
-    return f"{head} at {where.group(1)}" if where else re.sub(r"\d+", "N", detail)[:80]
+    """What kind of escape: the exception type and where it came from, without the names and numbers that vary."""
+    for fixed in (
+        "inconsistent: a tensor name",
+        "inconsistent",
+        r"MemoryError behind \w+",
+        r"\w+ without the file name",
+    ):
+        m = re.match(fixed, detail)
+        if m:
+            return m.group(0)
+    head = re.match(r"(\w+)", detail)
+    where = re.search(r"\(([\w.<> ]+:\d+)\)$", detail)
+    return f"{head.group(1) if head else detail[:30]} at {where.group(1) if where else '?'}"
 
 
 def _save(corpus: Path, fmt: str, data: bytes, meta: dict) -> Path:
@@ -141,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             if r.outcome in ("loaded", "clean"):
                 continue
             sig = f"{r.fmt}: {r.outcome}: {signature(r.detail)}"
-            entry = {"format": r.fmt, "outcome": r.outcome, "detail": r.detail, "signature": sig}
+            detail = r.detail.replace(str(work), "<work>")  # the temporary folder means nothing elsewhere
+            entry = {"format": r.fmt, "outcome": r.outcome, "detail": detail, "signature": sig}
             if r.task[0] == "mutant":
                 m = mutant(r.fmt, seeds[r.fmt], r.task[2], r.task[3])
                 entry.update(seed=r.task[2], index=r.task[3], how=m.how)
@@ -154,20 +164,25 @@ def main(argv: list[str] | None = None) -> int:
             escapes.append(entry)
 
     by_signature = Counter(e["signature"] for e in escapes)
+    examples: dict[str, list] = {}
+    for e in escapes:
+        ex = examples.setdefault(e["signature"], [])
+        if len(ex) < 3:
+            ex.append({k: v for k, v in e.items() if k != "signature"})
     report = {
         "mode": "replay" if args.replay else "mutate",
         "seed": None if args.replay else args.seed,
         "count_per_format": None if args.replay else args.count,
         "jobs": args.jobs,
         "seconds": round(seconds, 1),
-        "sdcompile": str(Path(sdcompile.__file__).parent),
+        "label": args.label,
         "python": platform.python_version(),
         # the files mutated, so two campaigns (before and after a fix) can be shown to start from the same bytes
         "seed_files_sha256": {f: [hashlib.sha256(b).hexdigest()[:16] for b in seeds[f]] for f in formats},
         "per_format": per_format,
         "escapes": len(escapes),
         "escape_kinds": dict(by_signature.most_common()),
-        "escape_list": escapes,
+        "escape_examples": examples,
     }
     for f, c in per_format.items():
         print(f"{f:12s} " + "  ".join(f"{k} {v}" for k, v in c.items()), file=sys.stderr)

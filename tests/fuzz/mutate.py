@@ -669,6 +669,7 @@ def legacy_storage_count(d: bytes, rng: random.Random, _s: list[bytes]) -> tuple
         return None
     old = struct.unpack_from("<q", d, pos)[0]
     v = rng.choice([0, 1, old - 1, old + 1, 2**33, 2**60, 2**63 - 1, -1, -(2**63)])
+    v = min(max(v, -(2**63)), 2**63 - 1)  # old may already be an extreme from an earlier edit
     return d[:pos] + struct.pack("<q", v) + d[pos + 8 :], f"legacy storage count {old} -> {v}"
 
 
@@ -756,7 +757,8 @@ def onnx_tensor(d: bytes, rng: random.Random, _s: list[bytes]) -> tuple[bytes, s
             t.int64_data.append(2**62)
         how = f"onnx {t.name!r} data length changed"
     elif kind == 4:
-        t.name = rng.choice(["", inits[0].name, "onnx::MatMul_7", "\x00", "a" * 1000])
+        first = inits[0].name if isinstance(inits[0].name, str) else "w"  # bytes when an edit broke its UTF-8
+        t.name = rng.choice(["", first, "onnx::MatMul_7", "\x00", "a" * 1000])
         how = f"onnx initializer renamed {t.name[:20]!r}"
     elif kind == 5:
         t.data_location = rng.choice([0, 1])
@@ -912,7 +914,11 @@ def mutant(fmt: str, seeds: list[bytes], seed: int, index: int) -> Mutant:
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         r = None
         if rng.random() < 0.7:
-            r = rng.choice(STRUCTURED[fmt])(d, rng, seeds)
+            op = rng.choice(STRUCTURED[fmt])
+            try:
+                r = op(d, rng, seeds)
+            except Exception as e:  # noqa: BLE001 - a library refusing an edit of an already-mutated file
+                hows.append(f"({op.__name__} not applicable: {type(e).__name__})")
         if r is None:
             r = rng.choice(GENERIC)(d, rng, seeds)
         d, how = r
