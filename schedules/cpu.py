@@ -344,21 +344,27 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
 
 
 def group_norm(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
-    """One parallel task per (image, group): its chunked statistics, then its outputs, while the group is in cache.
-    Output loops (b, n, c) become (b, g, n, c') with c = g * C/G + c'."""
-    C, G = int(spec.attr("C")), int(spec.attr("G"))
-    blocks = [sch.get_sblock(n) for n in ("psum", "mean", "pvar", "var")]
+    """Three parallel passes, each reading the activation front to back: the chunk sums (``psum``), then the centred
+    sums of squares (``pvar``), each a task per chunk of pixels that walks its pixels and, per pixel, every group's
+    channels in memory order; then the output, a task per row of pixels with channel vectors. A task per (image,
+    group) read each pixel's few channels of one group at a time: with 4 channels per group (the VAE's 128-channel
+    levels) four tasks shared every cache line, and loops of 4 channels stayed scalar (measured, one thread,
+    B1 N65536 C128 with SiLU: 77 ms)."""
+    B, N, C, G = (int(spec.attr(k)) for k in ("B", "N", "C", "G"))
+    for name in ("psum", "pvar"):
+        part = sch.get_sblock(name)
+        bg, k, n1, c1 = sch.get_loops(part)
+        b, g = sch.split(bg, [B, G])
+        sch.reorder(k, b, n1, g, c1)
+        sch.parallel(k)
+        if C // G <= 16:
+            sch.unroll(c1)
+        sch.decompose_reduction(part, n1)
     y = sch.get_sblock("y")
     b, n, c = sch.get_loops(y)
-    g, c1 = sch.split(c, [G, C // G])
-    sch.reorder(b, g, n, c1)
-    task = sch.fuse(b, g)
-    sch.parallel(task)
-    for blk in reversed(blocks):  # consumers first: each lands before its users in the task
-        sch.compute_at(blk, task)
-    if (C // G) % cpu.lanes == 0:
-        _, v = sch.split(c1, [None, cpu.lanes])
-        sch.vectorize(v)
+    sch.parallel(sch.fuse(b, n))
+    lanes = _lanes_for(C, cpu)
+    sch.vectorize(sch.split(c, [None, lanes])[1])
 
 
 RULES = {
