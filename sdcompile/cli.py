@@ -220,6 +220,54 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable results")
 
     s = sub.add_parser(
+        "tune",
+        help="tune a model's hot kernels with TVM MetaSchedule; write records that compile applies where faster",
+        description="Lift and plan MODEL as `compile` would, run MetaSchedule on its hottest kernels (FLOPs x "
+        "launches: linear, conv2d and attention first), measure each tuned kernel against the built-in schedule "
+        "rule on the same inputs and write a tuning record (schedules/records/<target>/<machine>/) only where it "
+        "is faster and numerically equal. `compile` applies the records for its target and machine; kernels "
+        "without one keep the built-in rules. A second run reuses the records instead of tuning again.",
+    )
+    s.add_argument("file", type=Path, nargs="?", metavar="MODEL", help="checkpoint file or diffusers directory")
+    s.add_argument("--target", choices=["cpu", "vulkan", "cuda"], default="cpu", help="backend (default cpu)")
+    s.add_argument("--type", help="storage type for quantizable weights, as compile takes it")
+    s.add_argument("--act-type", choices=["f32", "f16", "bf16"], default="f32", help="as compile takes it")
+    s.add_argument("--size", action="append", default=[], metavar="WxH", help="image size(s), as compile takes them")
+    s.add_argument("--components", default=None, metavar="LIST", help="SD components, as compile takes them")
+    s.add_argument("--diffusion-model", default=None, metavar="FILE", help="the UNet as a separate file")
+    s.add_argument("--vae", default=None, metavar="FILE", help="a separate VAE")
+    s.add_argument("--clip-l", default=None, metavar="FILE", help="the CLIP-L text encoder as a separate file")
+    s.add_argument("--batch", type=int, default=1, help="compiled batch size of a text encoder, as compile takes it")
+    s.add_argument(
+        "--trials", type=int, default=32, metavar="N", help="MetaSchedule trials (measured candidates) per kernel"
+    )
+    s.add_argument(
+        "--kernels", default=None, metavar="PATTERN", help="tune only kernels whose name matches this regex, or an op"
+    )
+    s.add_argument("--top", type=int, default=4, metavar="K", help="tune the K hottest (matching) kernels (default 4)")
+    s.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.02,
+        metavar="X",
+        help="write a record only where the tuned kernel is at least X times as fast as the built-in rule "
+        "(default 1.02)",
+    )
+    s.add_argument("--retune", action="store_true", help="tune kernels that already have a record or lost before")
+    s.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="records folder (default: schedules/records, or $SDCOMPILE_RECORDS; compile reads the same)",
+    )
+    s.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on RPC servers of this tracker")
+    s.add_argument("--rpc-key", default=None, metavar="KEY", help="the tracker key of the device to tune for")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for local measurements (default: all)")
+    s.add_argument("--seed", type=int, default=1, help="MetaSchedule's random seed (default 1)")
+    s.add_argument("--json", action="store_true", help="machine-readable summary")
+
+    s = sub.add_parser(
         "keygen",
         help="make an Ed25519 key pair for signing artifacts (compile --sign-key) and checking them (--trusted-key)",
     )
@@ -357,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "example": cmd_example,
             "kernels": cmd_kernels,
             "keygen": cmd_keygen,
+            "tune": cmd_tune,
         }[args.cmd](args)
     except (SdcompileError, RuntimeFailure) as e:
         print(f"sdcompile: error: {e}", file=sys.stderr)
@@ -810,6 +859,55 @@ def cmd_keygen(args) -> int:
     priv, pub = generate_signing_key(args.output)
     print(f"wrote {priv} (private: keep it secret; compile --sign-key {priv})")
     print(f"wrote {pub} (public: give it to whoever runs the artifacts; --trusted-key {pub})")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from sdcompile.passes.context import CompileOptions
+    from sdcompile.tuning import render, tune_model
+
+    if args.file is None and not args.diffusion_model:
+        raise OptionError("no model given: pass MODEL (a checkpoint or diffusers directory) or --diffusion-model FILE")
+    for opt, f in (("MODEL", args.file), ("--diffusion-model", args.diffusion_model), ("--vae", args.vae)):
+        if f is not None and not Path(f).exists():
+            raise OptionError(f"{opt} {f}: no such file or directory")
+    rpc = None
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise OptionError("--rpc-tracker and --rpc-key go together: the tracker's HOST:PORT and the device's key")
+    if args.rpc_tracker is not None:
+        host, _, port = args.rpc_tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise OptionError(f"--rpc-tracker {args.rpc_tracker!r} is not HOST:PORT")
+        rpc = (host, int(port), args.rpc_key)
+    opts = CompileOptions(
+        target=args.target,
+        type=args.type,
+        batch=args.batch,
+        act_type=args.act_type,
+        diffusion_model=args.diffusion_model,
+        vae=args.vae,
+        clip_l=args.clip_l,
+    )
+    sizes = parse_sizes(args.size)
+    if sizes:
+        opts.sizes = sizes
+    if args.components is not None:
+        opts.components = parse_components(args.components)
+    summary = tune_model(
+        args.file,
+        opts,
+        trials=args.trials,
+        pattern=args.kernels,
+        top=args.top,
+        rpc=rpc,
+        root=args.records,
+        min_speedup=args.min_speedup,
+        retune=args.retune,
+        threads=args.threads,
+        seed=args.seed,
+        say=None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True)),
+    )
+    print(json.dumps(summary, indent=1) if args.json else render(summary))
     return 0
 
 

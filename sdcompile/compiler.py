@@ -235,7 +235,7 @@ def compile_model(
         }
 
         def fill(tmp: Path) -> None:
-            manifest["kernels"] = _build_kernels(specs, options, tmp, bar)
+            manifest["kernels"] = _build_kernels(specs, options, tmp, bar, manifest["report"])
             values = pool
             write_weights_gguf(tmp / WEIGHTS_FILE, [(n, t, s, raw_bytes(values[n])) for n, t, s in weights])
             luts = plan_luts(specs)
@@ -320,15 +320,25 @@ def _write_extras(tmp: Path, manifest: dict[str, Any], mod: Module) -> None:
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
-def _build_kernels(specs, options: CompileOptions, out: Path, bar: _Progress) -> dict[str, Any]:
-    if options.target == "cuda":
-        from sdcompile.codegen.cuda_build import DEFAULT_ARCHS, build_cuda
+def _build_kernels(specs, options: CompileOptions, out: Path, bar: _Progress, report: dict) -> dict[str, Any]:
+    from sdcompile.codegen import tvm_layer
+    from sdcompile.tuning import records
 
-        res = build_cuda(specs, options.cuda_archs or DEFAULT_ARCHS, out)
-    else:
-        from sdcompile.codegen.build import build_kernels
+    # Tuning records (`sdcompile tune`) for this target and machine replace the built-in schedule of their kernels;
+    # the report lists exactly the records the build replays.
+    machine, found, stale = records.applicable(specs, options.target)
+    tuning = records.report(options.target, machine, found, stale)
+    if tuning is not None:
+        report["tuning"] = tuning
+    with tvm_layer.tuning_records(found):
+        if options.target == "cuda":
+            from sdcompile.codegen.cuda_build import DEFAULT_ARCHS, build_cuda
 
-        res = build_kernels(specs, options.target, out)
+            res = build_cuda(specs, options.cuda_archs or DEFAULT_ARCHS, out)
+        else:
+            from sdcompile.codegen.build import build_kernels
+
+            res = build_kernels(specs, options.target, out)
     bar.step("kernels")
     res.setdefault("host", {"machine": platform.machine()})
     return res

@@ -208,6 +208,20 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     build = k.get("build") or {}
     extra = f", archs {', '.join(build.get('archs', []) + build.get('ptx', []))}" if build else ""
     lines.append(f"kernels   {len(k['kernels'])} distinct for {k['target']}{extra}")
+    tuning = r.get("tuning")
+    if tuning:  # `sdcompile tune` records this build replayed instead of the built-in schedule rules
+        used = tuning["kernels"]
+        lines.append(
+            f"          {len(used)} with tuning records ({tuning['target']}/{tuning['machine']}), the rest built-in rules"
+        )
+        for name, t in used.items():
+            speed = f": {t['speedup']:.2f}x the built-in rule when tuned" if t.get("speedup") else ""
+            lines.append(f"            {name}{speed}")
+        if tuning.get("stale"):
+            lines.append(
+                f"          {len(tuning['stale'])} stale records ignored (kernel changed since tuned; run "
+                f"`sdcompile tune` again): {', '.join(tuning['stale'][:3])}{', ...' if len(tuning['stale']) > 3 else ''}"
+            )
     lines.append(
         f"artifact  {out} ({len(m['files'])} files, {fmt_bytes(sum(f['bytes'] for f in m['files'].values()))})"
     )

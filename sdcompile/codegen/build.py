@@ -82,6 +82,7 @@ def build_kernels(specs: list[KernelSpec], target: str, out_dir: Path, *, progre
         target,
         repr(sorted(tvm_layer.cpu_target().items())) if target == "cpu" else "",
         tuple(s.name for s in specs),
+        tvm_layer.records_key(),  # tuning records change the code (compile applies them; see tvm_layer)
     )
     if key in _BUILT:
         files, result = _BUILT[key]

@@ -7,9 +7,13 @@ geometry out of the lowered host code, compiling and exporting — goes through 
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
+import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import tvm
@@ -136,15 +140,82 @@ def scheduled_module(
     from schedules import apply
 
     info = cpu_info(target or cpu_target()) if kind == "cpu" else None
+    records = _RECORDS.get() or {}
     funcs = {}
     for i, spec in enumerate(sorted(set(specs), key=lambda s: s.name)):
         if progress:
             progress(i, f"scheduling {spec.name}")
+        rec = records.get(spec.name)
+        if rec is not None and rec.get("kind") == kind:
+            funcs[spec.name] = replay_trace(spec, rec["trace"])
+            continue
         sch = tvm.s_tir.Schedule(tvm.IRModule({spec.name: prim_func(spec)}))
         sch.work_on(spec.name)
         apply(sch, spec, kind, info)
         funcs[spec.name] = sch.mod[spec.name]
     return tvm.IRModule(funcs)
+
+
+# --- tuning records (``sdcompile tune``; ``sdcompile.tuning.records``) ---------------------------------------------
+
+# The records a build applies: set by ``compile`` around its kernel build, empty elsewhere, so kernel checks and
+# tests of the built-in rules never depend on what a tuning run left on disk.
+_RECORDS: contextvars.ContextVar[Mapping[str, dict] | None] = contextvars.ContextVar("tuning_records", default=None)
+
+
+@contextmanager
+def tuning_records(records: Mapping[str, dict]) -> Iterator[None]:
+    """Inside this block ``scheduled_module`` schedules each kernel named in ``records`` ({spec name: record}) by the
+    record's MetaSchedule trace instead of its built-in rule."""
+    token = _RECORDS.set(dict(records))
+    try:
+        yield
+    finally:
+        _RECORDS.reset(token)
+
+
+def records_key() -> str:
+    """What the active records change in a build, for build caches: the traces by kernel name."""
+    records = _RECORDS.get() or {}
+    if not records:
+        return ""
+    text = json.dumps({n: [r.get("kind"), r.get("trace")] for n, r in records.items()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tuning_workload(spec: KernelSpec) -> tvm.IRModule:
+    """The module MetaSchedule tunes for a spec: its unscheduled PrimFunc as ``main`` (traces name the function)."""
+    return tvm.IRModule({"main": prim_func(spec).with_attr("global_symbol", "main")})
+
+
+def workload_digest(spec: KernelSpec) -> str:
+    """SHA-256 of the spec's unscheduled PrimFunc as TVMScript: a record tuned on another compute does not apply."""
+    return hashlib.sha256(tuning_workload(spec).script().encode()).hexdigest()
+
+
+def trace_to_json(trace) -> list:
+    """A MetaSchedule trace as plain JSON (TVM's form holds IntImm/FloatImm objects where decisions are numbers)."""
+
+    def plain(o):
+        if isinstance(o, list | tuple):
+            return [plain(i) for i in o]
+        if isinstance(o, dict):
+            return {str(k): plain(v) for k, v in o.items()}
+        if isinstance(o, tirx.IntImm):
+            return int(o.value)
+        if isinstance(o, tirx.FloatImm):
+            return float(o.value)
+        return o
+
+    return plain(trace.as_json())
+
+
+def replay_trace(spec: KernelSpec, trace: list) -> tirx.PrimFunc:
+    """The spec's PrimFunc scheduled by a recorded trace (every sampling decision is in the trace, so the result is
+    the same each time), with ``spec.name`` as its symbol."""
+    sch = tvm.s_tir.Schedule(tuning_workload(spec), seed=1)
+    tvm.s_tir.schedule.Trace.apply_json_to_schedule(trace, sch)
+    return sch.mod["main"].with_attr("global_symbol", spec.name)
 
 
 def compile_cpu(mod: tvm.IRModule, target: dict):
