@@ -131,16 +131,26 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     m0, m1 = sch.split(m, [None, mr])
     # n0 outermost and parallel; each decoded tile (k0) serves every row block m0 before the next is decoded.
     n1o, n1i = sch.split(n1, [None, cpu.lanes]) if nb % cpu.lanes == 0 else (None, n1)
-    sch.reorder(n0, mB, k0, m0, k1, m1, *([n1o] if n1o else []), n1i)
-    sch.parallel(sch.fuse(n0, mB))
-    n0 = sch.get_loops(mm)[0]
-    sch.compute_at(wdq, k0)
+    # A conv over many row blocks (a VAE level: 65,536 pixels) runs a task per row block, with the column tiles
+    # inside the K tile: each patch panel is gathered once for all N columns instead of once per column tile (eight
+    # times at 512 channels), and the weight tile it meets is decoded per row block (1/512 of the multiply-adds).
+    rows_outer = conv and M // mb >= 4 and N > nb
+    if rows_outer:
+        sch.reorder(mB, k0, n0, m0, k1, m1, *([n1o] if n1o else []), n1i)
+        sch.parallel(mB)
+        task, tile = mB, n0
+    else:
+        sch.reorder(n0, mB, k0, m0, k1, m1, *([n1o] if n1o else []), n1i)
+        task = tile = sch.fuse(n0, mB)
+        sch.parallel(task)
+    sch.compute_at(wdq, k0 if not rows_outer else tile)
     if conv:  # the patches of this row block and K tile, gathered once into a panel the micro-kernel streams
         xcol = sch.get_sblock("xcol")
         sch.compute_at(xcol, k0)
         sch.vectorize(sch.get_loops(xcol)[-1])
     for name in scale_stages(str(spec.attr("wtype"))):  # the tile's block scales, decoded once per block
-        sch.compute_at(sch.get_sblock(name), k0)
+        sch.compute_at(sch.get_sblock(name), k0 if not rows_outer else tile)
+    n0 = task
     # Decode with k outer, n inner: stores into the [k][n] tile are contiguous, and the tile's rows of W are read
     # in step. Measured per weight, one thread, M = 1 (decode-bound): 0.5 ns for q4_0/q8_0 against 2 ns for the
     # row-wise order, whose transposed stores become scatters into a few cache sets. Plain floats read 16 rows at

@@ -74,6 +74,8 @@ CASES = [
     Case("conv2d", ((2, 8, 8, 32), (32, 288), (32,)), CONV3 | {"stride": 2}, {1: "f32"}),  # UNet downsampling
     Case("conv2d", ((1, 9, 9, 32), (32, 288), (32,)), CONV3 | {"stride": 2, "pads": (0, 0, 1, 1)}, {1: "f32"}),  # VAE
     Case("conv2d", ((2, 5, 7, 4), (32, 36), (32,)), CONV3, {1: "f32"}),  # conv_in: 4 channels, odd sizes
+    # a VAE-like level: 4,096 pixels in several row blocks, more channels than one column tile (CPU: rows outer)
+    Case("conv2d", ((1, 64, 64, 16), (128, 144), (128,)), CONV3, {1: "f16"}),
     Case(
         "conv2d",
         ((2, 4, 4, 64), (32, 64), (32,)),
