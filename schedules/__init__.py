@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, cpu_amx, cpu_gemv, gpu, injective
+from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_gemv, gpu, injective
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
@@ -29,13 +29,21 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         rule = injective.gpu_fallback  # one query or one key (a UNet's 1x1 level): loops of extent 1 everywhere
     if kind == "cpu":
         info = cpu_info or CpuInfo()
-        if cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX
+        if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
+            rule = cpu_amx_bf16.linear
+        elif cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX
             rule = cpu_amx.linear
         elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
             rule = cpu_gemv.linear
         rule(sch, spec, info)
     else:
         rule(sch, spec)
+
+
+def _host_bf16() -> bool:
+    from sdcompile.codegen.tvm_layer import host_amx_bf16
+
+    return host_amx_bf16()
 
 
 __all__ = ["CpuInfo", "apply"]

@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=["cpu", "vulkan", "cuda"], default="cpu", help="backend (default cpu)")
     s.add_argument("--type", help="storage type for quantizable weights (f32, f16, q8_0, q4_0, ...)")
     s.add_argument(
+        "--compute",
+        choices=["f32", "bf16"],
+        default="f32",
+        help="precision of matrix products for float weights: bf16 rounds both operands to bf16 and sums in f32 on "
+        "the CPU's AMX tile unit (as PyTorch's bf16 autocast; ~2e-3 relative error); without AMX-BF16 products "
+        "stay f32 and the report says so (default f32)",
+    )
+    s.add_argument(
         "--act-type",
         choices=["f32", "f16", "bf16"],
         default="f32",
@@ -489,6 +497,7 @@ def cmd_compile(args) -> int:
         cuda_archs=archs,
         batch=args.batch,
         act_type=args.act_type,
+        compute=args.compute,
         diffusion_model=args.diffusion_model,
         vae=args.vae,
         clip_l=args.clip_l,

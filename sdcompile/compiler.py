@@ -134,6 +134,10 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
         fallbacks += [f for f in rep["legalize"]["fallbacks"] if f not in fallbacks]
         tiled += [f"{name}:{node}" for node in rep["legalize"].get("tiled_attention", [])]
         out["legalize"] = dict(rep["legalize"])
+        if "mma" in rep:
+            a = out.setdefault("mma", dict(rep["mma"], nodes=0, kept_f32=0))
+            a["nodes"] += rep["mma"]["nodes"]
+            a["kept_f32"] += rep["mma"]["kept_f32"]
         if "act_dtype" in rep:
             a = out.setdefault("act_dtype", {"dtype": rep["act_dtype"]["dtype"], "values": 0, "kept_f32": 0})
             a["values"] += rep["act_dtype"]["values"]
@@ -223,6 +227,7 @@ def compile_model(
                 "fallback_policy": options.fallback_policy,
                 "batch": options.batch,
                 "act_type": options.act_type,
+                "compute": options.compute,
                 "memory_budget": options.memory_budget,
             },
             "functions": plans,
@@ -231,7 +236,9 @@ def compile_model(
                 "tensors": {n: {"dtype": t, "shape": list(s), "component": pool[n].component} for n, t, s in weights},
             },
             "memory": ctx.report["memory"],
-            "report": {k: ctx.report[k] for k in ("quantize", "fuse", "legalize", "act_dtype") if k in ctx.report},
+            "report": {
+                k: ctx.report[k] for k in ("quantize", "fuse", "legalize", "mma", "act_dtype") if k in ctx.report
+            },
         }
 
         def fill(tmp: Path) -> None:

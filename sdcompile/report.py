@@ -161,6 +161,13 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
             f"          {len(leg['tiled_attention'])} attention nodes tiled (online softmax over key tiles: more keys "
             f"than one row of probabilities in workgroup memory holds), e.g. {leg['tiled_attention'][0]}"
         )
+    if r.get("mma"):
+        a = r["mma"]
+        lines.append(
+            f"products  {a['compute']} for {a['nodes']} linear/conv2d nodes"
+            + (f", {a['kept_f32']} kept ({a['why']})" if a["kept_f32"] else "")
+            + (f"; {a['why']}" if not a["kept_f32"] and a["why"] else "")
+        )
     if r.get("act_dtype"):
         a = r["act_dtype"]
         lines.append(

@@ -75,6 +75,19 @@ def host_amx() -> bool:
 _HOST_AMX: bool | None = None
 
 
+def host_amx_bf16() -> bool:
+    """Whether this host's tile unit also multiplies bf16 (AMX-BF16: ``TDPBF16PS``), for ``--compute bf16``."""
+    return host_amx() and "amx_bf16" in _cpu_flags()
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
 def _probe_amx() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
@@ -94,7 +107,7 @@ def _probe_amx() -> bool:
 def cpu_target(mcpu: str | None = None, num_cores: int | None = None) -> dict:
     t: dict = {"kind": "llvm", "mcpu": mcpu or system_cpu()}
     if mcpu is None and host_amx():
-        t["mattr"] = ["+amx-tile", "+amx-int8"]
+        t["mattr"] = ["+amx-tile", "+amx-int8"] + (["+amx-bf16"] if host_amx_bf16() else [])
     if num_cores:
         t["num-cores"] = int(num_cores)
     return t

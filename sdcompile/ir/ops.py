@@ -196,6 +196,12 @@ def _epilogue_ref(y: np.ndarray, rest: list[np.ndarray], a: Attrs) -> np.ndarray
     return y
 
 
+def _mma(a: Attrs) -> dict:
+    """The products' precision where a pass asked for one other than f32 (``passes/mma.py``): a kernel attribute
+    only then, so f32 kernels keep their names."""
+    return {"mma": a["mma"]} if a.get("mma") else {}
+
+
 def _linear_shape(s: list[Shape], a: Attrs) -> Shape:
     out = _matmul_shape(s[:2], a)
     _epilogue_shape(s[2:], out, a, "linear")
@@ -223,6 +229,7 @@ register(
             "bias": bool(a.get("bias")),
             "residual": bool(a.get("residual")),
             "act": a.get("act", "none"),
+            **_mma(a),
         },
     )
 )
@@ -284,6 +291,7 @@ def _conv_lower(s, t, out, a) -> dict:
         "wtype": t[1],
         "bias": bool(a.get("bias")),
         "residual": bool(a.get("residual")),
+        **_mma(a),
     }
 
 

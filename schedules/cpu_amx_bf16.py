@@ -1,0 +1,220 @@
+"""CPU GEMM on the AMX tile unit in bf16 (``TDPBF16PS``): ``linear`` and ``conv2d`` with float weights (f32, f16,
+bf16) whose spec asks for bf16 products (``mma="bf16"``, set by ``compile --compute bf16``).
+
+Both operands are rounded to bf16 (8 significant bits, to nearest even) and every product is summed in f32 inside
+the unit, so the result carries the error of bf16 operands — as PyTorch's bf16 autocast does — and nothing else:
+about 2^-9 of each product, averaging out over K. Unlike the int8 path (``cpu_amx.py``) there are no block scales,
+so the f32 sums stay in the tile registers for the whole of K and leave the unit once per 16 x 16 outputs.
+
+Per call:
+
+- **prep** (parallel over rows of x): x rounded to bf16, stored as the unit's B operands: for each 16 rows of x, K/2
+  rows of 16 pairs (row p holds values 2p, 2p + 1 of each of the 16 rows). A conv gathers its patches here, 16
+  channels at a time (zeros outside the image), as the int8 path does. Rows past M, up to an even number of tiles,
+  are zeros.
+- **tiles** (parallel over ranges of 16 weight rows): a task decodes its 16 rows of W into a panel of A operands
+  (K/32 steps of 16 rows x 32 bf16), then for each two tiles of x rows runs K/32 steps of one A and two B tile loads
+  and two products into two f32 accumulator tiles, stores them and applies the epilogue (bias, activation,
+  residual) per output.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.cpu_amx import ARCH_REQ_XCOMP_PERM, MAX_CHUNKS, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA, _amx, _i8
+from schedules.tir_build import (
+    f16_to_f32,
+    load_f32,
+    prim_func,
+    replace_body,
+    shuffle,
+    splat,
+    store_output,
+    vload,
+    vstore,
+)
+from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
+
+TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
+A_T, B0, B1, C0, C1 = range(5)  # tile registers
+
+
+def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
+    """``linear`` or ``conv2d`` asking for bf16 products, with float weights, K in whole 32-value steps, N in whole
+    tiles (a conv: channels in whole vectors) and a CPU with AMX-BF16."""
+    if spec.attr("mma") != "bf16" or spec.op not in ("linear", "conv2d"):
+        return False
+    if spec.op == "conv2d" and int(spec.attr("C")) % 16:
+        return False
+    _, N, K = gemm_mnk(spec)
+    return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 32 == 0 and lanes == 16 and host_bf16
+
+
+def _bf16_pairs(v0, v1):
+    """Two f32x16 vectors rounded to bf16 (nearest even; NaN stays NaN, overflow goes to infinity) and packed as 16
+    u32 words, word j holding values 2j (low half) and 2j + 1 (high half) of the 32."""
+    words = []
+    for v in (v0, v1):
+        bits = T.bind(T.reinterpret("uint32x16", v))
+        words.append(
+            T.bind(
+                (bits + splat(0x7FFF, "uint32", 16) + ((bits >> splat(16, "uint32", 16)) & splat(1, "uint32", 16)))
+                >> splat(16, "uint32", 16)
+            )
+        )
+    even = shuffle(words, range(0, 32, 2))
+    odd = shuffle(words, range(1, 32, 2))
+    return even | (odd << splat(16, "uint32", 16))
+
+
+class _Bf16Gemm:
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        self.spec, self.bufs = spec, bufs
+        self.M, self.N, self.K = gemm_mnk(spec)
+        self.wtype = str(spec.attr("wtype"))
+        self.act = str(spec.attr("act", "none"))
+        self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
+        self.MT = -(-self.M // 16)
+        self.MT2 = self.MT + self.MT % 2  # x tiles go two at a time; the odd one out pairs with a zero tile
+        self.NT = self.N // 16
+        self.KS = self.K // 32
+        self.TPC = -(-self.NT // min(self.NT, MAX_CHUNKS))
+        self.CH = -(-self.NT // self.TPC)
+
+    def build(self) -> None:
+        w = self.bufs["w"]
+        words = w.shape[0]
+        self.wf = T.decl_buffer((words,), "float32", data=w.data)
+        self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
+        self.xb = T.alloc_buffer((self.MT2 * (self.K // 2) * 16,), "uint32")
+        self.panel = T.alloc_buffer((self.CH * self.KS * 256,), "uint32")
+        self.ybuf = T.alloc_buffer((self.CH * 512,), "float32")
+        self.cfg = T.alloc_buffer((64,), "uint8")
+        rc = T.call_extern(
+            "int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM), T.int64(XFEATURE_XTILEDATA)
+        )
+        with T.Assert(
+            rc == T.int64(0),
+            "sdcompile: Linux refused this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM); recompile "
+            "with SDCOMPILE_NO_AMX=1",
+        ):
+            self.config()
+            self.prep()
+            self.tiles()
+
+    def config(self) -> None:
+        cfg = self.cfg
+        with T.serial(0, 64) as i:
+            T.buffer_store(cfg, T.uint8(0), [i])
+        T.buffer_store(cfg, T.uint8(1), [0])
+        for t in (A_T, B0, B1, C0, C1):  # every tile 16 rows of 64 bytes
+            T.buffer_store(cfg, T.uint8(64), [16 + 2 * t])
+            T.buffer_store(cfg, T.uint8(16), [48 + t])
+
+    # -- activations --
+
+    def _xvec(self, x, m, k):
+        """x[m, k:k+16] as f32: a row of a linear's input, or 16 channels of conv patch m at position k."""
+        if self.conv is None:
+            return load_f32(x, [m, T.Ramp(k, 1, 16)], 16)
+        a = self.conv
+        H, W, C, kw, s = (int(a[n]) for n in ("H", "W", "C", "kw", "stride"))
+        pt, pl = int(a["pads"][0]), int(a["pads"][1])
+        ho, wo, _, _ = conv_geometry(a)
+        p = m % (ho * wo)
+        tap = k // C
+        iy = (p // wo) * s + tap // kw - pt
+        ix = (p % wo) * s + tap % kw - pl
+        inside = tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)
+        cy, cx = T.max(T.min(iy, H - 1), 0), T.max(T.min(ix, W - 1), 0)  # the load is issued either way
+        v = load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16)
+        return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
+
+    def prep(self) -> None:
+        x = self.bufs["x"]
+        half = self.K // 2
+        with T.parallel(0, self.MT2 * 16) as m:
+            mt = T.bind(m // 16)
+            mi = T.bind(m % 16)
+            with T.serial(0, self.KS) as s:
+                # words (pairs) 16 s .. 16 s + 15 of row m: B rows mt * K/2 + 16 s + j, column mi
+                at = (mt * half + 16 * s) * 16 + mi
+                with T.If(m < self.M):
+                    with T.Then():
+                        k = 32 * s
+                        pairs = _bf16_pairs(self._xvec(x, m, k), self._xvec(x, m, k + 16))
+                        T.buffer_store(self.xb, pairs, [T.Ramp(at, 16, 16)])
+                    with T.Else():
+                        T.buffer_store(self.xb, splat(0, "uint32", 16), [T.Ramp(at, 16, 16)])
+
+    # -- weights and the tile unit --
+
+    def _wvec(self, row, k):
+        """W[row, k:k+16] as f32 from the weight's storage words."""
+        at = row * self.K + k
+        if self.wtype == "f32":
+            return vload(self.wf, at, 16)
+        bits = vload(self.w16, at, 16)
+        if self.wtype == "f16":
+            return f16_to_f32(bits, 16)
+        return T.reinterpret(
+            "float32x16", T.Cast("uint32x16", T.reinterpret("uint16x16", bits)) << splat(16, "uint32", 16)
+        )
+
+    def tiles(self) -> None:
+        with T.parallel(0, self.CH) as c:
+            _amx("ldtilecfg", T.address_of(self.cfg[0]))
+            with T.serial(0, self.TPC) as t:
+                nt = c * self.TPC + t
+                if self.CH * self.TPC > self.NT:
+                    with T.If(nt < self.NT):
+                        with T.Then():
+                            self.tile(c, nt)
+                else:
+                    self.tile(c, nt)
+            _amx("tilerelease")
+
+    def tile(self, c, nt) -> None:
+        pbase = c * self.KS * 256
+        with T.serial(0, self.KS) as s:  # the panel: step s, row r holds W[16 nt + r, 32 s : 32 s + 32] as 16 pairs
+            with T.serial(0, 16) as r:
+                row = nt * 16 + r
+                pairs = _bf16_pairs(self._wvec(row, 32 * s), self._wvec(row, 32 * s + 16))
+                vstore(self.panel, pbase + (s * 16 + r) * 16, pairs, 16)
+        half = self.K // 2
+        yb = c * 512
+        with T.serial(0, self.MT2 // 2) as mp:
+            _amx("tilezero", _i8(C0))
+            _amx("tilezero", _i8(C1))
+            with T.serial(0, self.KS) as s:
+                _amx("tileloadd64", _i8(A_T), T.address_of(self.panel[pbase + s * 256]), T.int64(64))
+                for b, mt in ((B0, 2 * mp), (B1, 2 * mp + 1)):
+                    _amx("tileloadd64", _i8(b), T.address_of(self.xb[(mt * half + 16 * s) * 16]), T.int64(64))
+                _amx("tdpbf16ps", _i8(C0), _i8(A_T), _i8(B0))
+                _amx("tdpbf16ps", _i8(C1), _i8(A_T), _i8(B1))
+            _amx("tilestored64", _i8(C0), T.address_of(self.ybuf[yb]), T.int64(64))
+            _amx("tilestored64", _i8(C1), T.address_of(self.ybuf[yb + 256]), T.int64(64))
+            with T.serial(0, 2) as which:
+                with T.serial(0, 16) as r:
+                    with T.serial(0, 16) as lane:
+                        m = (2 * mp + which) * 16 + lane
+                        with T.If(m < self.M):
+                            with T.Then():
+                                store_output(
+                                    self.bufs, self.act, m, nt * 16 + r, self.ybuf[yb + which * 256 + r * 16 + lane]
+                                )
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The AMX-BF16 GEMM PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _Bf16Gemm(spec, bufs).build())
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the AMX-BF16 loop nest."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["TYPES", "applicable", "build", "linear"]

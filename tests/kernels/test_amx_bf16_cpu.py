@@ -1,0 +1,111 @@
+"""bf16 products on the AMX tile unit (``schedules/cpu_amx_bf16.py``, ``compile --compute bf16``): linear and conv2d
+with f32, f16 and bf16 weights against float64 numpy on the same weights.
+
+Bound: both operands are rounded to bf16 (relative error <= 2^-9 each), products are exact in f32 and summed in
+f32, so |y - y_exact| <= sum_k |x_k w_k| (2 * 2^-9 + 2^-18) + (K + 4) u32 sum_k |x_k w_k|, plus the epilogue's
+rounding. A kernel that ignored the request (f32 products) would be far inside the bound, so the test also checks
+that its error is well above the f32 kernel's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdcompile.codegen import tvm_layer
+from sdcompile.ir.ops import im2col_np
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
+from sdcompile.quant.reference import dequantize, quantize
+from tests.kernels import fixtures as fx
+
+pytestmark = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16 (and Linux)")
+
+U32, UB = 2.0**-24, 2.0**-9
+CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}
+CASES = [
+    ("linear", {"M": 77, "N": 48, "K": 64, "wtype": "f32", "bias": True, "residual": True, "act": "gelu"}),
+    ("linear", {"M": 50, "N": 320, "K": 2880, "wtype": "f16", "bias": True, "residual": False, "act": "none"}),
+    ("linear", {"M": 33, "N": 16, "K": 96, "wtype": "bf16", "bias": False, "residual": False, "act": "silu"}),
+    ("conv2d", {"B": 2, "H": 8, "W": 8, "C": 32, "N": 48, "wtype": "f16", "bias": True, "residual": False, **CONV3}),
+    (
+        "conv2d",
+        {
+            "B": 1,
+            "H": 9,
+            "W": 9,
+            "C": 64,
+            "N": 32,
+            "wtype": "f32",
+            "bias": True,
+            "residual": True,
+            "kh": 3,
+            "kw": 3,
+            "stride": 2,
+            "pads": (0, 0, 1, 1),
+        },
+    ),
+]
+PAIRS = [(KernelSpec.make(op, **a, mma="bf16"), KernelSpec.make(op, **a)) for op, a in CASES]
+
+built = fx.built_fixture("cpu", lambda: [s for p in PAIRS for s in p], "amx_bf16_cpu")
+ex = fx.executor_fixture("cpu")
+
+
+def test_dispatch():
+    from schedules import cpu_amx_bf16
+
+    for bf, f32 in PAIRS:
+        assert cpu_amx_bf16.applicable(bf, 16, True) and not cpu_amx_bf16.applicable(f32, 16, True)
+    odd = KernelSpec.make("linear", M=8, N=16, K=48, wtype="f16", bias=False, residual=False, act="none", mma="bf16")
+    assert not cpu_amx_bf16.applicable(odd, 16, True)  # K not in whole 32-value steps: f32 products
+    q = KernelSpec.make("linear", M=8, N=16, K=64, wtype="q8_0", bias=False, residual=False, act="none", mma="bf16")
+    assert not cpu_amx_bf16.applicable(q, 16, True)
+
+
+def _run(ex, spec, arrays):
+    args = []
+    for p in spec.params:
+        a = np.zeros(p.shape, np.float32) if p.is_output else arrays[p.name]
+        buf = ex.alloc(max(a.nbytes, 4))
+        ex.upload(buf, a)
+        args.append((buf, (p.words(),) if p.kind == "raw" else p.shape, "uint32" if p.kind == "raw" else p.dtype))
+    ex.launch(spec.name, args)
+    out = spec.params[-1]
+    return ex.download(args[-1][0], out.shape, "float32").astype(np.float64)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p[0].name for p in PAIRS])
+def test_bf16_products_within_their_bound(ex, pair):
+    spec, f32_spec = pair
+    M, N, K = gemm_mnk(spec)
+    rng = np.random.default_rng(5)
+    wtype = str(spec.attr("wtype"))
+    raw = quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.1, wtype)
+    words = np.zeros(spec.param("w").words() * 4, np.uint8)
+    words[: raw.size] = raw
+    w = dequantize(raw, wtype, (N, K)).astype(np.float64)
+    x = rng.standard_normal(spec.param("x").shape).astype(np.float32)
+    arrays = {"x": x, "w": words.view(np.uint32)}
+    xm = x.astype(np.float64) if spec.op == "linear" else im2col_np(x.astype(np.float64), dict(spec.attrs))
+    xm = xm.reshape(M, K)
+    pre = xm @ w.T
+    mag = np.abs(xm) @ np.abs(w).T
+    if spec.attr("bias"):
+        arrays["bias"] = rng.standard_normal(N).astype(np.float32)
+        pre = pre + arrays["bias"]
+    act = str(spec.attr("act", "none"))
+    if act == "gelu":
+        from sdcompile.ir.ops import gelu_np
+
+        y = gelu_np(pre)
+    elif act == "silu":
+        y = pre / (1 + np.exp(-pre))
+    else:
+        y = pre
+    if spec.attr("residual"):
+        arrays["res"] = rng.standard_normal((M, N)).astype(np.float32)
+        y = y + arrays["res"]
+    got, f32 = _run(ex, spec, arrays), _run(ex, f32_spec, arrays)
+    tol = mag * (2 * UB + UB * UB + (K + 4) * U32) * 1.2 + 8 * U32 * (1 + np.abs(y))
+    assert np.all(np.abs(got - y) <= tol), float(np.max(np.abs(got - y) / tol))
+    # the products really were bf16: the f32 kernel's own error is far smaller than this one's
+    assert np.abs(got - y).max() > 10 * np.abs(f32 - y).max()

@@ -1,0 +1,51 @@
+"""mma: --compute bf16 marks the linear and conv2d nodes with float weights for bf16 products (CPU, AMX-BF16 host),
+keeps quantized ones, and says where it has no effect; the kernels the marks lead to compute in bf16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdcompile.codegen import tvm_layer
+from sdcompile.codegen.plan import node_spec
+from sdcompile.errors import OptionError
+from sdcompile.ir import interpret, verify
+from sdcompile.passes import fuse, legalize, mma, quantize
+from sdcompile.passes.context import CompileOptions, PassContext
+
+
+def _run(g, **opts):
+    ctx = PassContext(CompileOptions(**opts))
+    for p in (quantize.run, fuse.run, legalize.run):
+        g = p(g, ctx)
+    out = mma.run(g, ctx)
+    verify(out, "mma")
+    return g, out, ctx
+
+
+@pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16")
+def test_float_weights_get_bf16_products(tiny_graph):
+    before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc1", "q8_0")])
+    marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16"]
+    kept = [n for n in g.nodes if n.op == "linear" and "mma" not in n.attrs]
+    assert marked and kept  # the fc1 layers are q8_0: their integer kernels stay
+    assert all(g.values[n.inputs[1]].dtype == "q8_0" for n in kept)
+    assert ctx.report["mma"]["nodes"] == len(marked) and ctx.report["mma"]["kept_f32"] == len(kept)
+    assert all(node_spec(g, n).attr("mma") == "bf16" for n in marked)
+    assert not any("mma" in n.attrs for n in before.nodes)  # the pass copies
+    # the interpreter's reference is unchanged (the mark is about the kernel's arithmetic, not the op)
+    ids = np.arange(2 * 77).reshape(2, 77).astype(np.int32) % 1000
+    a, b = interpret.run(before, {"input_ids": ids}), interpret.run(g, {"input_ids": ids})
+    np.testing.assert_array_equal(a["last_hidden_state"], b["last_hidden_state"])
+
+
+def test_no_effect_is_said(tiny_graph, monkeypatch):
+    _, g, ctx = _run(tiny_graph, compute="bf16", target="vulkan")
+    assert not any("mma" in n.attrs for n in g.nodes) and "no effect on vulkan" in ctx.report["mma"]["why"]
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    _, g, ctx = _run(tiny_graph, compute="bf16")
+    assert not any("mma" in n.attrs for n in g.nodes) and "no AMX-BF16" in ctx.report["mma"]["why"]
+    _, g, ctx = _run(tiny_graph)
+    assert "mma" not in ctx.report
+    with pytest.raises(OptionError, match="unknown --compute"):
+        _run(tiny_graph, compute="fp8")
