@@ -8,14 +8,15 @@ so the f32 sums stay in the tile registers for the whole of K and leave the unit
 
 Per call:
 
-- **prep** (parallel over rows of x): x rounded to bf16, stored as the unit's B operands: for each 16 rows of x, K/2
-  rows of 16 pairs (row p holds values 2p, 2p + 1 of each of the 16 rows). A conv gathers its patches here, 16
-  channels at a time (zeros outside the image), as the int8 path does. Rows past M, up to an even number of tiles,
-  are zeros.
-- **tiles** (parallel over ranges of 16 weight rows): a task decodes its 16 rows of W into a panel of A operands
-  (K/32 steps of 16 rows x 32 bf16), then for each two tiles of x rows runs K/32 steps of one A and two B tile loads
-  and two products into two f32 accumulator tiles, stores them and applies the epilogue (bias, activation,
-  residual) per output.
+- **prep** (parallel over rows of x): x rounded to bf16, stored as the unit's A operands: for each 16 rows of x and
+  each 32 values of K, a tile of 16 rows of 64 bytes, so each row of x is written in whole 64-byte runs. A conv
+  gathers its patches here, 16 channels at a time (zeros outside the image), as the int8 path does. Rows past M,
+  up to an even number of tiles, are zeros.
+- **tiles** (parallel over ranges of 16 weight rows): a task decodes its 16 rows of W into a panel of B operands
+  (K/32 steps of 16 rows of pairs: row p holds values 2p, 2p + 1 of each of the 16 weight rows), then for each two
+  tiles of x rows runs K/32 steps of one B and two A tile loads and two products into two f32 accumulator tiles.
+  The accumulators come out as [16 rows of x][16 outputs], so the epilogue (bias, activation, residual, the
+  output's storage type) runs on whole vectors of 16 consecutive outputs.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from schedules.tir_build import (
     replace_body,
     shuffle,
     splat,
-    store_output,
+    store_output_vec,
     vload,
     vstore,
 )
 from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
 
 TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
-A_T, B0, B1, C0, C1 = range(5)  # tile registers
+A0, A1, B_T, C0, C1 = range(5)  # tile registers
 
 
 def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
@@ -88,7 +89,7 @@ class _Bf16Gemm:
         words = w.shape[0]
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
-        self.xb = T.alloc_buffer((self.MT2 * (self.K // 2) * 16,), "uint32")
+        self.xb = T.alloc_buffer((self.MT2 * self.KS * 256,), "uint32")
         self.panel = T.alloc_buffer((self.CH * self.KS * 256,), "uint32")
         self.ybuf = T.alloc_buffer((self.CH * 512,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
@@ -109,7 +110,7 @@ class _Bf16Gemm:
         with T.serial(0, 64) as i:
             T.buffer_store(cfg, T.uint8(0), [i])
         T.buffer_store(cfg, T.uint8(1), [0])
-        for t in (A_T, B0, B1, C0, C1):  # every tile 16 rows of 64 bytes
+        for t in (A0, A1, B_T, C0, C1):  # every tile 16 rows of 64 bytes
             T.buffer_store(cfg, T.uint8(64), [16 + 2 * t])
             T.buffer_store(cfg, T.uint8(16), [48 + t])
 
@@ -134,20 +135,17 @@ class _Bf16Gemm:
 
     def prep(self) -> None:
         x = self.bufs["x"]
-        half = self.K // 2
         with T.parallel(0, self.MT2 * 16) as m:
             mt = T.bind(m // 16)
             mi = T.bind(m % 16)
             with T.serial(0, self.KS) as s:
-                # words (pairs) 16 s .. 16 s + 15 of row m: B rows mt * K/2 + 16 s + j, column mi
-                at = (mt * half + 16 * s) * 16 + mi
+                at = ((mt * self.KS + s) * 16 + mi) * 16  # A tile (mt, s), row mi: values 32 s .. 32 s + 31
                 with T.If(m < self.M):
                     with T.Then():
                         k = 32 * s
-                        pairs = _bf16_pairs(self._xvec(x, m, k), self._xvec(x, m, k + 16))
-                        T.buffer_store(self.xb, pairs, [T.Ramp(at, 16, 16)])
+                        vstore(self.xb, at, _bf16_pairs(self._xvec(x, m, k), self._xvec(x, m, k + 16)), 16)
                     with T.Else():
-                        T.buffer_store(self.xb, splat(0, "uint32", 16), [T.Ramp(at, 16, 16)])
+                        vstore(self.xb, at, splat(0, "uint32", 16), 16)
 
     # -- weights and the tile unit --
 
@@ -178,33 +176,28 @@ class _Bf16Gemm:
 
     def tile(self, c, nt) -> None:
         pbase = c * self.KS * 256
-        with T.serial(0, self.KS) as s:  # the panel: step s, row r holds W[16 nt + r, 32 s : 32 s + 32] as 16 pairs
+        with T.serial(0, self.KS) as s:  # the panel: step s, row p, column r holds W[16 nt + r, 32 s + 2p (+1)]
             with T.serial(0, 16) as r:
                 row = nt * 16 + r
                 pairs = _bf16_pairs(self._wvec(row, 32 * s), self._wvec(row, 32 * s + 16))
-                vstore(self.panel, pbase + (s * 16 + r) * 16, pairs, 16)
-        half = self.K // 2
+                T.buffer_store(self.panel, pairs, [T.Ramp(pbase + s * 256 + r, 16, 16)])
         yb = c * 512
         with T.serial(0, self.MT2 // 2) as mp:
             _amx("tilezero", _i8(C0))
             _amx("tilezero", _i8(C1))
             with T.serial(0, self.KS) as s:
-                _amx("tileloadd64", _i8(A_T), T.address_of(self.panel[pbase + s * 256]), T.int64(64))
-                for b, mt in ((B0, 2 * mp), (B1, 2 * mp + 1)):
-                    _amx("tileloadd64", _i8(b), T.address_of(self.xb[(mt * half + 16 * s) * 16]), T.int64(64))
-                _amx("tdpbf16ps", _i8(C0), _i8(A_T), _i8(B0))
-                _amx("tdpbf16ps", _i8(C1), _i8(A_T), _i8(B1))
+                _amx("tileloadd64", _i8(B_T), T.address_of(self.panel[pbase + s * 256]), T.int64(64))
+                for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
+                    _amx("tileloadd64", _i8(a), T.address_of(self.xb[(mt * self.KS + s) * 256]), T.int64(64))
+                _amx("tdpbf16ps", _i8(C0), _i8(A0), _i8(B_T))
+                _amx("tdpbf16ps", _i8(C1), _i8(A1), _i8(B_T))
             _amx("tilestored64", _i8(C0), T.address_of(self.ybuf[yb]), T.int64(64))
             _amx("tilestored64", _i8(C1), T.address_of(self.ybuf[yb + 256]), T.int64(64))
-            with T.serial(0, 2) as which:
-                with T.serial(0, 16) as r:
-                    with T.serial(0, 16) as lane:
-                        m = (2 * mp + which) * 16 + lane
-                        with T.If(m < self.M):
-                            with T.Then():
-                                store_output(
-                                    self.bufs, self.act, m, nt * 16 + r, self.ybuf[yb + which * 256 + r * 16 + lane]
-                                )
+            with T.serial(0, 32) as i:  # row i of the two tiles: output row m, columns 16 nt .. 16 nt + 15
+                m = mp * 32 + i
+                with T.If(m < self.M):
+                    with T.Then():
+                        store_output_vec(self.bufs, self.act, m, nt * 16, vload(self.ybuf, yb + i * 16, 16))
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

@@ -17,8 +17,12 @@ CODE = {"float16": "h", "bfloat16": "b"}
 # (M, N, K, weight type): GEMV rows, AMX rows, and a type no integer path takes (the TE schedule)
 SHAPES = [(2, 64, 256, "q8_0"), (2, 64, 512, "q4_k"), (40, 64, 256, "q8_0"), (40, 64, 512, "q4_k"), (40, 48, 96, "f16")]
 PAIRS = []
-for m, n, k, t in SHAPES:
+# ... and the AMX-BF16 products (--compute bf16), whose vector epilogue rounds to the storage type itself
+MMA = [(40, 48, 96, "f16", "bf16"), (33, 32, 64, "f32", "bf16")]
+for m, n, k, t, *mma in [(*s, None) for s in SHAPES] + MMA:
     base = {"M": m, "N": n, "K": k, "wtype": t, "bias": True, "residual": True, "act": "silu"}
+    if mma[0]:
+        base["mma"] = mma[0]
     for dtype in ("float16", "bfloat16"):
         PAIRS.append((KernelSpec.make("linear", **base), KernelSpec.make("linear", **base, dt=CODE[dtype] * 3), dtype))
 
