@@ -98,6 +98,7 @@ def tune_model(
     retune: bool = False,
     threads: int | None = None,
     seed: int = 1,
+    candidates: int = 3,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Tune the hot kernels of a model for ``options.target``; returns the summary `sdcompile tune` prints."""
@@ -122,7 +123,7 @@ def tune_model(
     )
     results = []
     for row in chosen:
-        results.append(_tune_one(row, device, root, trials, min_speedup, retune, seed, rpc, say))
+        results.append(_tune_one(row, device, root, trials, min_speedup, retune, seed, candidates, rpc, say))
     return {
         "target": device.target,
         "machine": device.machine,
@@ -133,7 +134,7 @@ def tune_model(
     }
 
 
-def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, rpc, say) -> dict[str, Any]:
+def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, rpc, say) -> dict[str, Any]:
     from sdcompile.codegen import tvm_layer
     from sdcompile.tuning import tuner
 
@@ -155,7 +156,7 @@ def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, rpc, s
     say(f"  {spec.name}: MetaSchedule, {trials} trials ...")
     with tempfile.TemporaryDirectory(prefix="sdcompile-tune-") as tmp:
         try:
-            candidates = tuner.search(spec, device, trials, Path(tmp) / "ms", seed=seed)
+            candidates = tuner.search(spec, device, trials, Path(tmp) / "ms", seed=seed, keep=keep)
         except Exception as e:  # MetaSchedule's own failures (no valid candidate, a rule it cannot apply)
             say(f"  {spec.name}: MetaSchedule failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             return out | {"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]}

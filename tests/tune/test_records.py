@@ -1,0 +1,130 @@
+"""The parts of tuning that need no tuning run: which kernels are hot, the numerical check that guards every record,
+and which records a compile picks up."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sdcompile.kernels import spec as S
+from sdcompile.passes.context import CompileOptions
+
+
+@pytest.fixture(scope="module")
+def clip_kernels(tiny_ldm_safetensors):
+    from sdcompile.tuning import model_kernels
+
+    return model_kernels(tiny_ldm_safetensors, CompileOptions(target="cpu"))
+
+
+def test_hot_kernels_first(clip_kernels):
+    from sdcompile.tuning import rank_kernels, select
+
+    specs, plans = clip_kernels
+    rows = rank_kernels(specs, plans)
+    ops = [r["op"] for r in rows]
+    # FLOP-counted kernels (linear, attention) before the memory-bound ones, each group by its work per run
+    counted = [r for r in rows if r["flops"] is not None]
+    assert {r["op"] for r in counted} == {"linear", "attention"} and ops[: len(counted)] == [r["op"] for r in counted]
+    assert [r["flops"] for r in counted] == sorted((r["flops"] for r in counted), reverse=True)
+    steps = sum(len(p["steps"]) for p in plans.values())
+    assert sum(r["launches"] for r in rows) == steps
+    assert [r["op"] for r in select(rows, "attention", 5)] == ["attention"]
+    assert len(select(rows, None, 2)) == 2
+    assert all(r["op"] == "layer_norm" for r in select(rows, "layer_norm", 9))
+    from sdcompile.errors import OptionError
+
+    with pytest.raises(OptionError, match="matches no kernel"):
+        select(rows, "conv2d", 3)
+
+
+def test_compare_catches_a_wrong_output():
+    from sdcompile.tuning.tuner import compare
+
+    spec = S.linear(4, 8, 16, "f32", bias=True)
+    rng = np.random.default_rng(0)
+    built = [rng.standard_normal((4, 8)).astype(np.float32)]
+    ok, ratio = compare(spec, [built[0].copy()], built, None, None)
+    assert ok and ratio == 0.0
+    # one f32 rounding apart: equal (a different summation order)
+    near = [np.nextafter(built[0], np.float32(np.inf))]
+    assert compare(spec, near, built, None, None)[0]
+    wrong = built[0].copy()
+    wrong[2, 3] += 0.01
+    ok, ratio = compare(spec, [wrong], built, None, None)
+    assert not ok and ratio > 1
+    missing = built[0].copy()
+    missing[0, 0] = np.nan  # an element the tuned kernel never wrote
+    assert compare(spec, [missing], built, None, None) == (False, float("inf"))
+
+
+def test_compare_against_reference():
+    from sdcompile.kernels import check
+    from sdcompile.tuning.tuner import compare
+
+    spec = S.linear(4, 8, 32, "q8_0")
+    xs, ref, tol = check.case(spec)
+    good = [ref.astype(np.float32)]
+    assert compare(spec, good, good, ref, tol)[0]
+    bad = [(ref + 3 * tol).astype(np.float32)]
+    assert not compare(spec, bad, good, ref, tol)[0]
+
+
+def _write(root, target, machine, spec, **extra):
+    from sdcompile.codegen import tvm_layer
+    from sdcompile.tuning import records
+
+    rec = {
+        "format": records.FORMAT,
+        "version": records.VERSION,
+        "spec": spec.name,
+        "kind": records.schedule_kind(target),
+        "workload": tvm_layer.workload_digest(spec),
+        "trace": [[], []],
+        "measured": {"builtin_s": 2e-5, "tuned_s": 1e-5, "speedup": 2.0},
+    } | extra
+    records.write(records.record_path(root, target, machine, spec.name), rec)
+
+
+def test_applicable_records(tmp_path):
+    from sdcompile.codegen import tvm_layer
+    from sdcompile.tuning import records
+
+    a, b, c = S.linear(4, 8, 16, "f32"), S.linear(4, 8, 32, "f32"), S.linear(4, 16, 16, "f32")
+    assert records.applicable([a, b], "cpu", tmp_path) == (None, {}, [])  # no records: nothing probed
+    here = records.cpu_machine(tvm_layer.cpu_target())
+    _write(tmp_path, "cpu", here, a)
+    _write(tmp_path, "cpu", here, b, workload="0" * 64)  # tuned on another compute of the kernel
+    _write(tmp_path, "cpu", "another-cpu", c)  # tuned for another machine
+    _write(tmp_path, "vulkan", here, c)  # another target
+    (records.record_path(tmp_path, "cpu", here, c.name, declined=True)).write_text(json.dumps({"format": "x"}))
+    machine, found, stale = records.applicable([a, b, c], "cpu", tmp_path)
+    assert machine == here and list(found) == [a.name] and stale == [b.name]
+    rep = records.report("cpu", machine, found, stale)
+    assert rep["kernels"][a.name] == {
+        "record": f"cpu/{here}/{a.name}.json",
+        "builtin_s": 2e-5,
+        "tuned_s": 1e-5,
+        "speedup": 2.0,
+    }
+    assert records.report("cpu", machine, {}, []) is None
+
+
+def test_records_apply_only_inside_their_scope(tmp_path):
+    """Kernel checks and tests of the built-in rules build outside `tuning_records`: a record never reaches them."""
+    from sdcompile.codegen import tvm_layer
+
+    spec = S.linear(4, 16, 16, "f32")
+    builtin = tvm_layer.scheduled_module([spec], "cpu")[spec.name].script()
+    bogus = {spec.name: {"kind": "cpu", "trace": [[["GetSBlock", [], ["nothing", "main"], ["b0"]]], []]}}
+    assert tvm_layer.records_key() == ""
+    with tvm_layer.tuning_records(bogus):
+        assert tvm_layer.records_key() != ""
+        with pytest.raises(Exception, match="nothing"):  # the trace is replayed, and names a block that is not there
+            tvm_layer.scheduled_module([spec], "cpu")
+        # a CPU record is not a GPU schedule
+        assert "threadIdx" in tvm_layer.scheduled_module([spec], "gpu")[spec.name].script()
+    assert tvm_layer.records_key() == ""
+    assert tvm_layer.scheduled_module([spec], "cpu")[spec.name].script() == builtin
