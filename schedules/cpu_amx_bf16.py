@@ -39,7 +39,7 @@ from schedules.tir_build import (
 from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
 
 TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
-A0, A1, B_T, C0, C1 = range(5)  # tile registers
+A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
 
 
 def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
@@ -81,8 +81,12 @@ class _Bf16Gemm:
         self.MT2 = self.MT + self.MT % 2  # x tiles go two at a time; the odd one out pairs with a zero tile
         self.NT = self.N // 16
         self.KS = self.K // 32
-        self.TPC = -(-self.NT // min(self.NT, MAX_CHUNKS))
-        self.CH = -(-self.NT // self.TPC)
+        # units of NB weight tiles: two where the count is even, so each step's four products share two A and two B
+        # loads (2 x 2 blocking); the units go to MAX_CHUNKS parallel chunks
+        self.NB = 2 if self.NT % 2 == 0 else 1
+        self.NU = self.NT // self.NB
+        self.TPC = -(-self.NU // min(self.NU, MAX_CHUNKS))
+        self.CH = -(-self.NU // self.TPC)
 
     def build(self) -> None:
         w = self.bufs["w"]
@@ -90,8 +94,8 @@ class _Bf16Gemm:
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
         self.xb = T.alloc_buffer((self.MT2 * self.KS * 256,), "uint32")
-        self.panel = T.alloc_buffer((self.CH * self.KS * 256,), "uint32")
-        self.ybuf = T.alloc_buffer((self.CH * 512,), "float32")
+        self.panel = T.alloc_buffer((self.CH * self.NB * self.KS * 256,), "uint32")
+        self.ybuf = T.alloc_buffer((self.CH * self.NB * 512,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
         rc = T.call_extern(
             "int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM), T.int64(XFEATURE_XTILEDATA)
@@ -110,7 +114,7 @@ class _Bf16Gemm:
         with T.serial(0, 64) as i:
             T.buffer_store(cfg, T.uint8(0), [i])
         T.buffer_store(cfg, T.uint8(1), [0])
-        for t in (A0, A1, B_T, C0, C1):  # every tile 16 rows of 64 bytes
+        for t in range(8):  # every tile 16 rows of 64 bytes
             T.buffer_store(cfg, T.uint8(64), [16 + 2 * t])
             T.buffer_store(cfg, T.uint8(16), [48 + t])
 
@@ -165,39 +169,47 @@ class _Bf16Gemm:
         with T.parallel(0, self.CH) as c:
             _amx("ldtilecfg", T.address_of(self.cfg[0]))
             with T.serial(0, self.TPC) as t:
-                nt = c * self.TPC + t
-                if self.CH * self.TPC > self.NT:
-                    with T.If(nt < self.NT):
+                u = c * self.TPC + t
+                if self.CH * self.TPC > self.NU:
+                    with T.If(u < self.NU):
                         with T.Then():
-                            self.tile(c, nt)
+                            self.unit(c, u)
                 else:
-                    self.tile(c, nt)
+                    self.unit(c, u)
             _amx("tilerelease")
 
-    def tile(self, c, nt) -> None:
-        pbase = c * self.KS * 256
-        with T.serial(0, self.KS) as s:  # the panel: step s, row p, column r holds W[16 nt + r, 32 s + 2p (+1)]
-            with T.serial(0, 16) as r:
-                row = nt * 16 + r
-                pairs = _bf16_pairs(self._wvec(row, 32 * s), self._wvec(row, 32 * s + 16))
-                T.buffer_store(self.panel, pairs, [T.Ramp(pbase + s * 256 + r, 16, 16)])
-        yb = c * 512
-        with T.serial(0, self.MT2 // 2) as mp:
-            _amx("tilezero", _i8(C0))
-            _amx("tilezero", _i8(C1))
+    def unit(self, c, u) -> None:
+        nb = self.NB
+        pbase = c * nb * self.KS * 256
+        # the panel: weight tile j of the unit, step s, row p, column r holds W[16 (nb u + j) + r, 32 s + 2p (+1)]
+        with T.serial(0, nb * 16) as jr:
+            row = u * nb * 16 + jr
             with T.serial(0, self.KS) as s:
-                _amx("tileloadd64", _i8(B_T), T.address_of(self.panel[pbase + s * 256]), T.int64(64))
+                pairs = _bf16_pairs(self._wvec(row, 32 * s), self._wvec(row, 32 * s + 16))
+                at = pbase + ((jr // 16) * self.KS + s) * 256 + jr % 16
+                T.buffer_store(self.panel, pairs, [T.Ramp(at, 16, 16)])
+        yb = c * nb * 512
+        accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
+        with T.serial(0, self.MT2 // 2) as mp:
+            for acc, _, _ in accs:
+                _amx("tilezero", _i8(acc))
+            with T.serial(0, self.KS) as s:
+                for j, b in enumerate((B0, B1)[:nb]):
+                    at = pbase + (j * self.KS + s) * 256
+                    _amx("tileloadd64", _i8(b), T.address_of(self.panel[at]), T.int64(64))
                 for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
                     _amx("tileloadd64", _i8(a), T.address_of(self.xb[(mt * self.KS + s) * 256]), T.int64(64))
-                _amx("tdpbf16ps", _i8(C0), _i8(A0), _i8(B_T))
-                _amx("tdpbf16ps", _i8(C1), _i8(A1), _i8(B_T))
-            _amx("tilestored64", _i8(C0), T.address_of(self.ybuf[yb]), T.int64(64))
-            _amx("tilestored64", _i8(C1), T.address_of(self.ybuf[yb + 256]), T.int64(64))
-            with T.serial(0, 32) as i:  # row i of the two tiles: output row m, columns 16 nt .. 16 nt + 15
-                m = mp * 32 + i
-                with T.If(m < self.M):
-                    with T.Then():
-                        store_output_vec(self.bufs, self.act, m, nt * 16, vload(self.ybuf, yb + i * 16, 16))
+                for acc, a, b in accs:
+                    _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+            for i, (acc, _, _) in enumerate(accs):  # [weight tile j][x tile]: C0, C1 then C2, C3
+                _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[yb + i * 256]), T.int64(64))
+            with T.serial(0, nb) as j:
+                with T.serial(0, 32) as i:  # row i of the two x tiles: output row m, columns of weight tile j
+                    m = mp * 32 + i
+                    with T.If(m < self.M):
+                        with T.Then():
+                            v = vload(self.ybuf, yb + j * 512 + i * 16, 16)
+                            store_output_vec(self.bufs, self.act, m, (u * nb + j) * 16, v)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
