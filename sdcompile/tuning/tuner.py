@@ -123,7 +123,8 @@ def open_device(target: str, rpc: Rpc | None, threads: int | None) -> Device:
             )
         major, minor = str(dev.compute_version).split(".")[:2]
         name = str(dev.device_name)
-        return Device("cuda", tvm_layer.gpu_target("cuda", f"sm_{major}{minor}"), records.slug(name), name, rpc)
+        t = tvm_layer.gpu_target("cuda", f"sm_{major}{minor}") | {"max_threads_per_block": tvm_layer.GPU_MAX_THREADS}
+        return Device("cuda", t, records.slug(name), name, rpc)
     if target == "vulkan":
         if rpc is not None:
             raise OptionError("--rpc-tracker: Vulkan kernels run through wgpu, not TVM's runtime; tune on the device")
@@ -133,7 +134,17 @@ def open_device(target: str, rpc: Rpc | None, threads: int | None) -> Device:
         if adapter is None:
             raise ToolchainError("no Vulkan adapter here (install a Vulkan driver, e.g. mesa-vulkan-drivers, and wgpu)")
         name = str(adapter.info.get("device", ""))
-        return Device("vulkan", tvm_layer.gpu_target("webgpu"), records.slug(name), name)
+        # MetaSchedule's GPU rules read limits a WebGPU target cannot state (max_threads_per_block); they search
+        # against TVM's Vulkan target kind with WebGPU's limits, and candidates are lowered to WGSL (_build_wgsl).
+        t = {
+            "kind": "vulkan",
+            "max_threads_per_block": tvm_layer.GPU_MAX_THREADS,
+            "max_num_threads": tvm_layer.GPU_MAX_THREADS,
+            "max_shared_memory_per_block": tvm_layer.GPU_MAX_SHARED_BYTES,
+            "thread_warp_size": 1,
+            "host": {"kind": "llvm"},
+        }
+        return Device("vulkan", t, records.slug(name), name)
     raise OptionError(f"unknown target {target!r}; choose cpu, vulkan or cuda")
 
 

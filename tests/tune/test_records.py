@@ -128,3 +128,25 @@ def test_records_apply_only_inside_their_scope(tmp_path):
         assert "threadIdx" in tvm_layer.scheduled_module([spec], "gpu")[spec.name].script()
     assert tvm_layer.records_key() == ""
     assert tvm_layer.scheduled_module([spec], "cpu")[spec.name].script() == builtin
+
+
+def test_gpu_rules_make_launchable_cuda_kernels():
+    """The GPU side without a GPU: MetaSchedule's CUDA rule set (with the WebGPU-sized limits the GPU schedules
+    keep) generates schedules whose traces replay on the kernel and lower to CUDA C with constant launch geometry,
+    as a CUDA compile would replay a record."""
+    from sdcompile.codegen import tvm_layer
+    from sdcompile.tuning import tuner
+
+    spec = S.linear(77, 128, 128, "f32", bias=True, act="gelu")
+    target = tvm_layer.gpu_target("cuda", "sm_80") | {"max_threads_per_block": tvm_layer.GPU_MAX_THREADS}
+    device = tuner.Device("cuda", target, "test-gpu", "test GPU")
+    ctx = tuner._tune_context(tuner._without_lets(tvm_layer.tuning_workload(spec)), device, 1, spec.name)
+    spaces = ctx.generate_design_space()
+    assert spaces
+    params = {spec.name: [p.name for p in spec.params]}
+    for sch in spaces:
+        func = tvm_layer.replay_trace(spec, tvm_layer.trace_to_json(sch.trace))
+        source, launch = tvm_layer.lower_gpu_module(tvm_layer.tvm.IRModule({spec.name: func}), "cuda", params)
+        (entry,) = launch[spec.name]
+        assert sorted(entry["buffers"]) == ["bias", "w", "x", "y"] and "__global__" in source
+        assert entry["block"][0] * entry["block"][1] <= tvm_layer.GPU_MAX_THREADS
