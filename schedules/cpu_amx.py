@@ -216,7 +216,8 @@ class _Gemm:
         inside = tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)
         # the address is clamped too: the select keeps the value, but the load is issued either way
         cy, cx = T.max(T.min(iy, H - 1), 0), T.max(T.min(ix, W - 1), 0)
-        v = load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16)
+        # bound before the select: simplifying under the select's condition would drop the clamps of the address
+        v = T.bind(load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16))
         return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
 
     def _xrow(self, mt, part, k):

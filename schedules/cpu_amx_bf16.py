@@ -134,7 +134,8 @@ class _Bf16Gemm:
         ix = (p % wo) * s + tap % kw - pl
         inside = tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)
         cy, cx = T.max(T.min(iy, H - 1), 0), T.max(T.min(ix, W - 1), 0)  # the load is issued either way
-        v = load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16)
+        # bound before the select: simplifying under the select's condition would drop the clamps of the address
+        v = T.bind(load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16))
         return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
 
     def prep(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from sdcompile.kernels.act import f32_reads, placeholder
+from sdcompile.kernels.dequant import let
 from sdcompile.kernels.linear import matmul
 from sdcompile.kernels.spec import KernelSpec, conv_geometry
 
@@ -33,7 +34,9 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         # Clamp the address too: the select keeps the value, but every target still issues the load.
         cy = tirx.max(tirx.min(iy, H - 1), 0)
         cx = tirx.max(tirx.min(ix, W - 1), 0)
-        return tirx.Select(inside, x[b, cy, cx, k % C], tirx.const(0.0, "float32"))
+        # The load is bound outside the select: TVM simplifies a select's branch under its condition, which would
+        # drop the clamps and read a row before the image (or past it) for the padding.
+        return let(x(b, cy, cx, k % C), lambda v: tirx.Select(inside, v, tirx.const(0.0, "float32")), "xv")
 
     xcol = te.compute((M, K), patch, name="xcol")
     return matmul(spec, M, N, K, x_in, xcol)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from sdcompile.kernels.act import reads, stored
+from sdcompile.kernels.dequant import let
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -25,14 +26,25 @@ def compute(spec: KernelSpec) -> list[te.Tensor]:
         outer, widths = a["outer"], tuple(a["widths"])
         xts, xs = reads(spec, *(f"x{i}" for i in range(len(widths))))
 
-        # Select evaluates both sides' addresses: clamp the later inputs' columns at 0 so none reads before its start.
+        # Select evaluates both sides, loads included: every input's column is clamped into its row. The loads are
+        # bound before the selects, as TVM simplifies a select's branch under its condition and would drop the clamp
+        # (x1[o, c - 1280] then read 5 KB before x1's start for c = 0, and faulted when that was unmapped).
         def safe(o, c):
-            v = xs[-1][o, tirx.max(c - sum(widths[:-1]), 0)]
-            start = sum(widths[:-1])
-            for i in range(len(widths) - 2, -1, -1):
-                start -= widths[i]
-                v = tirx.Select(c < start + widths[i], xs[i][o, tirx.min(tirx.max(c - start, 0), widths[i] - 1)], v)
-            return v
+            starts = [sum(widths[:i]) for i in range(len(widths))]
+
+            def pick(vals):
+                v = vals[-1]
+                for i in range(len(widths) - 2, -1, -1):
+                    v = tirx.Select(c < starts[i] + widths[i], vals[i], v)
+                return v
+
+            def load(i, vals):
+                if i == len(widths):
+                    return pick(vals)
+                col = tirx.min(tirx.max(c - starts[i], 0), widths[i] - 1)
+                return let(xs[i](o, col), lambda v: load(i + 1, [*vals, v]), f"x{i}v")
+
+            return load(0, [])
 
         return [*xts, te.compute((outer, sum(widths)), stored(spec, "y", safe), name="y")]
     if spec.op == "slices":  # slice (one part) and split (several): parts along the middle axis of [outer, full, inner]
