@@ -1,0 +1,56 @@
+"""CPU kernels read nothing outside their buffers: each runs with every buffer placed against an inaccessible page,
+on either side (``tests/kernels/guarded.py``, in a child process, since a stray read is a fault). Padding and
+concatenation evaluate loads they then discard; their addresses must still be inside (a concat once read 5 KB
+before its second input, a conv's padding a row before the image)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdcompile.codegen import tvm_layer
+
+ROOT = Path(__file__).resolve().parents[2]
+CONV = {"kh": 3, "kw": 3, "stride": 1, "pads": [1, 1, 1, 1], "bias": True, "residual": False, "act": "none"}
+VAE_DOWN = dict(CONV, stride=2, pads=[0, 0, 1, 1])
+SPECS = [
+    ("concat", {"outer": 32, "widths": [1280, 1280]}),
+    ("concat", {"outer": 8, "widths": [64, 32, 16]}),
+    ("conv2d", dict(CONV, B=2, H=8, W=8, C=32, N=32, wtype="f16")),
+    ("conv2d", dict(VAE_DOWN, B=1, H=9, W=9, C=32, N=32, wtype="f32")),
+    ("conv2d", dict(CONV, B=1, H=64, W=64, C=16, N=128, wtype="f16")),  # rows outer
+    ("upsample_nearest", {"B": 1, "H": 4, "W": 4, "C": 32, "f": 2}),
+    ("slices", {"outer": 2, "full": 16, "inner": 96, "starts": [0, 5], "widths": [5, 11]}),
+]
+AMX = [
+    ("conv2d", dict(CONV, B=2, H=8, W=8, C=32, N=32, wtype="q8_0")),
+    ("conv2d", dict(VAE_DOWN, B=1, H=9, W=9, C=32, N=32, wtype="q8_0")),
+]
+AMX_BF16 = [
+    ("conv2d", dict(CONV, B=2, H=8, W=8, C=32, N=32, wtype="f16", mma="bf16")),
+    ("conv2d", dict(VAE_DOWN, B=1, H=9, W=9, C=32, N=32, wtype="f32", mma="bf16")),
+]
+
+
+def _run(specs):
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.guarded", json.dumps(specs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+
+
+def test_kernels_stay_inside_their_buffers():
+    _run(SPECS)
+
+
+@pytest.mark.skipif(not tvm_layer.host_amx(), reason="needs AMX")
+def test_amx_kernels_stay_inside_their_buffers():
+    _run(AMX + (AMX_BF16 if tvm_layer.host_amx_bf16() else []))
