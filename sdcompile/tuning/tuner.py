@@ -18,7 +18,6 @@ import os
 import shutil
 import statistics
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,6 @@ import numpy as np
 
 from sdcompile.errors import OptionError, ToolchainError
 from sdcompile.kernels.spec import KernelSpec
-
-Say = Callable[[str], None]
 
 
 def check_toolchain() -> None:

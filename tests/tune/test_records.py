@@ -150,3 +150,17 @@ def test_gpu_rules_make_launchable_cuda_kernels():
         (entry,) = launch[spec.name]
         assert sorted(entry["buffers"]) == ["bias", "w", "x", "y"] and "__global__" in source
         assert entry["block"][0] * entry["block"][1] <= tvm_layer.GPU_MAX_THREADS
+
+
+def test_cli_refusals(tiny_ldm_safetensors, capsys):
+    from sdcompile.cli import main
+
+    model = str(tiny_ldm_safetensors)
+    assert main(["tune", model, "--rpc-tracker", "127.0.0.1:9190"]) == 2
+    assert "--rpc-tracker and --rpc-key go together" in capsys.readouterr().err
+    assert main(["tune", model, "--rpc-tracker", "nohost", "--rpc-key", "k"]) == 2
+    assert "is not HOST:PORT" in capsys.readouterr().err
+    assert main(["tune", model, "--kernels", "conv2d"]) == 2
+    assert "matches no kernel of this model" in capsys.readouterr().err
+    assert main(["tune", model, "--trials", "0"]) == 2
+    assert "--trials must be at least 1" in capsys.readouterr().err
