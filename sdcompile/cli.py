@@ -240,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=["cpu", "vulkan", "cuda"], default="cpu", help="backend (default cpu)")
     s.add_argument("--type", help="storage type for quantizable weights, as compile takes it")
     s.add_argument("--act-type", choices=["f32", "f16", "bf16"], default="f32", help="as compile takes it")
+    s.add_argument("--compute", choices=["f32", "bf16"], default="f32", help="as compile takes it")
     s.add_argument("--size", action="append", default=[], metavar="WxH", help="image size(s), as compile takes them")
     s.add_argument("--components", default=None, metavar="LIST", help="SD components, as compile takes them")
     s.add_argument("--diffusion-model", default=None, metavar="FILE", help="the UNet as a separate file")
@@ -893,6 +894,7 @@ def cmd_tune(args) -> int:
         type=args.type,
         batch=args.batch,
         act_type=args.act_type,
+        compute=args.compute,
         diffusion_model=args.diffusion_model,
         vae=args.vae,
         clip_l=args.clip_l,

@@ -153,6 +153,11 @@ def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, 
         m = old.get("measured") or {}
         say(f"  {spec.name}: built-in rule won when last tuned ({_times(m)}); skipped (--retune tunes it again)")
         return out | {"status": "skipped", "record": None, **_pick(m)}
+    if device.target == "cpu" and spec.attr("mma"):
+        # --compute bf16: the built-in rule multiplies on the AMX tile unit, which MetaSchedule's rules never emit;
+        # its f32 candidates would be compared with bf16 products they cannot equal
+        say(f"  {spec.name}: bf16 products on the tile unit (--compute bf16); not tuned")
+        return out | {"status": "skipped", "record": None, "builtin_s": None, "tuned_s": None, "speedup": None}
     say(f"  {spec.name}: MetaSchedule, {trials} trials ...")
     with tempfile.TemporaryDirectory(prefix="sdcompile-tune-") as tmp:
         try:
