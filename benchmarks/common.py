@@ -382,3 +382,46 @@ def cpu_stall_us() -> int | None:
                 if key == "total":
                     return int(val)
     return None
+
+
+class StallMeter:
+    """``with StallMeter() as m: ...; m.pct``: % of the block's wall time some task on the machine waited for a CPU
+    (Linux PSI); None where the kernel does not report it."""
+
+    def __enter__(self) -> StallMeter:
+        self.pct: float | None = None
+        self._s0, self._t0 = cpu_stall_us(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        s1, t1 = cpu_stall_us(), time.monotonic()
+        if self._s0 is not None and s1 is not None and t1 > self._t0:
+            self.pct = round(100 * (s1 - self._s0) / 1e6 / (t1 - self._t0), 2)
+
+
+def wait_quiet(
+    seconds: float, *, stall_pct: float = 5.0, use_load: bool = True, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Wait until the machine looks idle or ``seconds`` pass; say how it went.
+
+    Idle: less than ``stall_pct`` % CPU stall over the last second (PSI) and, with ``use_load``, no contention by
+    the 10-second pressure and the load average (which also counts this process's recent threads).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    t0 = time.monotonic()
+    last_log = -1e9
+    while True:
+        with StallMeter() as now:
+            time.sleep(1.0)
+        why = contention(pressure(), load_average(), cores) if use_load else []
+        if now.pct is not None and now.pct >= stall_pct:
+            why.append(f"CPU stall {now.pct}% over the last second")
+        waited = time.monotonic() - t0
+        if not why or waited >= seconds:
+            return {"waited_s": round(waited, 1), "quiet": not why, "why_not": why}
+        if log is not None and waited - last_log >= 15:
+            log(f"waiting for a quiet machine ({'; '.join(why)}; {waited:.0f}/{seconds:.0f} s)")
+            last_log = waited
