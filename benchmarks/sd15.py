@@ -12,9 +12,9 @@ thread count (default 2):
 - ``txt2img``: a whole 20-step euler txt2img at 512², cfg 7 (text encoder, 20 guided UNet steps, VAE decode).
 
 Implementations (``--impls``; a family name selects its default variants, or name one, e.g. ``sdcompile-q8_0``,
-``sdcompile-f16-actbf16``, ``sdcpp-q8_0-fa``):
+``sdcompile-f16-actbf16``, ``sdcompile-f16-bf16mm``, ``sdcpp-q8_0-fa``):
 
-- ``sdcompile-<type>[-act<type>]``: ``runtime.load(artifact, num_threads=T)`` then ``model.call``; the artifact is
+- ``sdcompile-<type>[-act<type>][-bf16mm]``: ``runtime.load(artifact, num_threads=T)`` then ``model.call``; the artifact is
   compiled per (variant, components, size) in a child and kept for the next run with ``--keep-artifacts``;
 - ``pytorch-f32`` / ``pytorch-bf16``: diffusers' UNet2DConditionModel / AutoencoderKL and transformers'
   CLIPTextModel holding the checkpoint's weights, ``torch.set_num_threads(T)``, inference mode;
@@ -137,6 +137,7 @@ class Variant:
     wtype: str  # weight storage (pytorch/onnxruntime: also the compute type)
     act_type: str | None = None  # sdcompile --act-type
     flash_attn: bool | None = None  # sd.cpp
+    compute: str | None = None  # sdcompile --compute (products in bf16 on the AMX tile unit)
 
 
 DEFAULT_VARIANTS = (
@@ -147,6 +148,8 @@ DEFAULT_VARIANTS = (
     "sdcompile-q4_k",
     "sdcompile-f16-actf16",
     "sdcompile-f16-actbf16",
+    "sdcompile-f16-bf16mm",
+    "sdcompile-f16-actbf16-bf16mm",
     "pytorch-f32",
     "pytorch-bf16",
     "onnxruntime-f32",
@@ -158,9 +161,9 @@ FAMILIES = {"sdcompile": "sdcompile", "pytorch": "pytorch", "onnxruntime": "onnx
 
 def parse_variant(name: str) -> Variant:
     """`sdcompile-q8_0-actbf16`, `pytorch-bf16`, `onnxruntime-f32`, `sdcpp-f16-fa` -> a Variant (ValueError if not)."""
-    m = re.fullmatch(r"sdcompile-([a-z0-9_]+?)(?:-act(f32|f16|bf16))?", name)
+    m = re.fullmatch(r"sdcompile-([a-z0-9_]+?)(?:-act(f32|f16|bf16))?(-bf16mm)?", name)
     if m:
-        return Variant(name, "sdcompile", m.group(1), m.group(2) or "f32")
+        return Variant(name, "sdcompile", m.group(1), m.group(2) or "f32", compute="bf16" if m.group(3) else "f32")
     m = re.fullmatch(r"pytorch-(f32|bf16)", name)
     if m:
         return Variant(name, "pytorch", m.group(1))
@@ -210,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--impls",
         default="sdcompile,pytorch,onnxruntime,sdcpp",
         help="comma-separated families (sdcompile, pytorch, onnxruntime, sdcpp: their default variants), globs over "
-        f"the defaults, or variant names (sdcompile-<type>[-act<f16|bf16>], pytorch-f32|bf16, onnxruntime-f32, "
+        f"the defaults, or variant names (sdcompile-<type>[-act<f16|bf16>][-bf16mm], pytorch-f32|bf16, onnxruntime-f32, "
         f"sdcpp-<type>[-fa]). Defaults: {', '.join(DEFAULT_VARIANTS)}",
     )
     p.add_argument("--works", default=",".join(WORKS), help=f"comma-separated subset of {', '.join(WORKS)}")
@@ -648,6 +651,7 @@ def child_compile(spec: dict[str, Any]) -> dict[str, Any]:
         target="cpu",
         type=spec["wtype"],
         act_type=spec["act_type"],
+        compute=spec.get("compute") or "f32",
         sizes=[(size, size)],
         components=tuple(spec["components"]),
     )
@@ -1107,6 +1111,7 @@ def new_record(v: Variant, work: str, size: int | None, args: argparse.Namespace
         "batch": BATCH[work],
         "wtype": v.wtype,
         "act_type": v.act_type,
+        "compute": v.compute,
         "flash_attn": v.flash_attn,
         "threads": args.threads,
         "steps": args.steps if work == "txt2img" else None,
@@ -1226,6 +1231,7 @@ def artifact_for(
         "artifact": str(art),
         "wtype": v.wtype,
         "act_type": v.act_type,
+        "compute": v.compute,
         "size": size,
         "components": comps,
         "threads": args.threads,
@@ -1461,7 +1467,8 @@ NOTES = [
     "`% f32 peak` divides by the f32 FMA peak for every row: rows computing in bf16 (PyTorch bf16, on AMX tiles "
     "where the CPU has them) can pass 100%; their own ceiling is the bf16 peaks above.",
     "sdcompile `q4_0`/`q4_k`: `--type` applies to every quantizable weight (linears and convolutions); rows that "
-    "are not a multiple of the block stay f16. `act…`: --act-type (activation storage; math stays f32).",
+    "are not a multiple of the block stay f16. `act…`: --act-type (activation storage; math stays f32). `bf16mm`: "
+    "--compute bf16 (products of bf16 operands summed in f32 on the AMX tile unit, as PyTorch's bf16).",
     "PyTorch and ONNX Runtime txt2img: the components in diffusers' EulerDiscreteScheduler loop with guidance, as "
     "StableDiffusionPipeline runs them (token ids given); sdcompile: its runtime's pipeline; stable-diffusion.cpp: "
     "generate_image (euler). All: cfg 7, seed 42.",
