@@ -952,8 +952,13 @@ def child_sdcpp(spec: dict[str, Any]) -> dict[str, Any]:
     from the library's own "... completed, taking X s" log lines. `txt2img` times whole generate_image calls."""
     import ctypes
 
-    import stable_diffusion_cpp as sdc
-    from stable_diffusion_cpp import StableDiffusion
+    try:
+        import stable_diffusion_cpp as sdc
+        from stable_diffusion_cpp import StableDiffusion
+    except ImportError as e:
+        raise RuntimeError(
+            f"stable-diffusion-cpp-python is not installed ({e}): pip install -e '.[peers]' (compiles ~8 minutes)"
+        ) from None
 
     lines: list[str] = []
 
