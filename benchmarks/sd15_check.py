@@ -229,6 +229,7 @@ def child_compile(spec: dict[str, Any]) -> dict[str, Any]:
     w, h = spec["size"]
     out = Path(spec["artifact"])
     shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # compile wants -o's parent to exist
     # "f16:f16": f16 weights with activations stored in f16 (--act-type); a plain type keeps f32 activations
     wtype, _, act = spec["type"].partition(":")
     opts = CompileOptions(target=spec["target"], type=wtype, sizes=[(w, h)], act_type=act or "f32")
