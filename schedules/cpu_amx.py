@@ -127,6 +127,41 @@ def _pipeline(n: int, issue, finish) -> None:
         finish(n - 1, 0)
 
 
+def with_tile_state(body) -> None:
+    """Run ``body()`` (the kernel's loop nest) once Linux has granted this process the tile state, or stop with a
+    message: Linux keeps the 8 KiB of tile state out of processes that did not ask."""
+    rc = T.call_extern(
+        "int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM), T.int64(XFEATURE_XTILEDATA)
+    )
+    with T.Assert(
+        rc == T.int64(0),
+        "sdcompile: Linux refused this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM); recompile "
+        "with SDCOMPILE_NO_AMX=1",
+    ):
+        body()
+
+
+def x_vector(conv: dict | None, x, m, k):
+    """x[m, k:k+16] as f32: a row of a linear's input, or (``conv``: the conv2d spec's attributes) 16 channels of
+    patch m at position k of the implicit GEMM, zeros outside the image. The channels must come in whole vectors
+    (C % 16 == 0), so the 16 values lie in one tap."""
+    if conv is None:
+        return load_f32(x, [m, T.Ramp(k, 1, 16)], 16)
+    H, W, C, kw, s = (int(conv[n]) for n in ("H", "W", "C", "kw", "stride"))
+    pt, pl = int(conv["pads"][0]), int(conv["pads"][1])
+    ho, wo, _, _ = conv_geometry(conv)
+    p = m % (ho * wo)
+    tap = k // C
+    iy = (p // wo) * s + tap // kw - pt
+    ix = (p % wo) * s + tap % kw - pl
+    inside = tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)
+    # the address is clamped too: the select keeps the value, but the load is issued either way; and it is bound
+    # before the select, as simplifying under the select's condition would drop the clamps
+    cy, cx = T.max(T.min(iy, H - 1), 0), T.max(T.min(ix, W - 1), 0)
+    v = T.bind(load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16))
+    return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
+
+
 class _Gemm:
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.spec = spec
@@ -172,17 +207,7 @@ class _Gemm:
         self.cbuf = T.alloc_buffer((CH * 2 * 4 * 256,), "int32")
         self.ybuf = T.alloc_buffer((CH * 256,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
-        rc = T.call_extern(
-            "int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM), T.int64(XFEATURE_XTILEDATA)
-        )
-        with T.Assert(
-            rc == T.int64(0),
-            "sdcompile: Linux refused this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM); recompile "
-            "with SDCOMPILE_NO_AMX=1",
-        ):
-            self.config()
-            self.prep()
-            self.tiles()
+        with_tile_state(lambda: (self.config(), self.prep(), self.tiles()))
 
     def config(self) -> None:
         """The tile configuration (palette 1): rows and bytes per row of each tile register."""
@@ -200,25 +225,6 @@ class _Gemm:
             T.buffer_store(cfg, T.uint8(rows), [48 + t])
 
     # -- activations --
-
-    def _xvec(self, x, m, k):
-        """x[m, k:k+16] as f32: a row of a linear's input, or 16 channels of conv patch m at position k."""
-        if self.conv is None:
-            return load_f32(x, [m, T.Ramp(k, 1, 16)], 16)
-        a = self.conv
-        H, W, C, kw, s = (int(a[n]) for n in ("H", "W", "C", "kw", "stride"))
-        pt, pl = int(a["pads"][0]), int(a["pads"][1])
-        ho, wo, _, _ = conv_geometry(a)
-        p = m % (ho * wo)
-        tap = k // C
-        iy = (p // wo) * s + tap // kw - pt
-        ix = (p % wo) * s + tap % kw - pl
-        inside = tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)
-        # the address is clamped too: the select keeps the value, but the load is issued either way
-        cy, cx = T.max(T.min(iy, H - 1), 0), T.max(T.min(ix, W - 1), 0)
-        # bound before the select: simplifying under the select's condition would drop the clamps of the address
-        v = T.bind(load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16))
-        return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
 
     def _xrow(self, mt, part, k):
         """Word index of B row k / 4 of x's row tile mt, part 0 (xh) or 1 (xl)."""
@@ -240,7 +246,7 @@ class _Gemm:
                         vstore(amx, 0, splat(0.0, "float32", 16), 16)
                         vstore(tot, 0, splat(0.0, "float32", 16), 16)
                         with T.serial(0, G // 16) as i:
-                            v = T.bind(self._xvec(x, m, g * G + 16 * i))
+                            v = T.bind(x_vector(self.conv, x, m, g * G + 16 * i))
                             vstore(amx, 0, T.max(vload(amx, 0, 16), T.abs(v)), 16)
                             vstore(tot, 0, vload(tot, 0, 16) + v, 16)
                         amax = T.bind(reduce_tree(vload(amx, 0, 16), 16, T.max))
@@ -251,7 +257,7 @@ class _Gemm:
                         T.buffer_store(self.xs, dx, [at])
                         with T.serial(0, G // 32) as s:
                             k = g * G + 32 * s
-                            v = [T.bind(self._xvec(x, m, k + 16 * i)) for i in range(2)]
+                            v = [T.bind(x_vector(self.conv, x, m, k + 16 * i)) for i in range(2)]
                             q = [T.bind(T.Cast("int32x16", T.nearbyint(vi * bcast(inv, 16)))) for vi in v]
                             # xq = 256 xh + xl: xh = floor((xq + 128) / 256) in [-127, 127], xl in [-128, 127]
                             hi = [T.bind((qi + splat(128, "int32", 16)) >> splat(8, "int32", 16)) for qi in q]

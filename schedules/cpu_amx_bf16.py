@@ -24,10 +24,9 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import ARCH_REQ_XCOMP_PERM, MAX_CHUNKS, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA, _amx, _i8
+from schedules.cpu_amx import MAX_CHUNKS, _amx, _i8, with_tile_state, x_vector
 from schedules.tir_build import (
     f16_to_f32,
-    load_f32,
     prim_func,
     replace_body,
     shuffle,
@@ -36,7 +35,7 @@ from schedules.tir_build import (
     vload,
     vstore,
 )
-from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
 TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
@@ -97,17 +96,7 @@ class _Bf16Gemm:
         self.panel = T.alloc_buffer((self.CH * self.NB * self.KS * 256,), "uint32")
         self.ybuf = T.alloc_buffer((self.CH * self.NB * 512,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
-        rc = T.call_extern(
-            "int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM), T.int64(XFEATURE_XTILEDATA)
-        )
-        with T.Assert(
-            rc == T.int64(0),
-            "sdcompile: Linux refused this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM); recompile "
-            "with SDCOMPILE_NO_AMX=1",
-        ):
-            self.config()
-            self.prep()
-            self.tiles()
+        with_tile_state(lambda: (self.config(), self.prep(), self.tiles()))
 
     def config(self) -> None:
         cfg = self.cfg
@@ -120,24 +109,6 @@ class _Bf16Gemm:
 
     # -- activations --
 
-    def _xvec(self, x, m, k):
-        """x[m, k:k+16] as f32: a row of a linear's input, or 16 channels of conv patch m at position k."""
-        if self.conv is None:
-            return load_f32(x, [m, T.Ramp(k, 1, 16)], 16)
-        a = self.conv
-        H, W, C, kw, s = (int(a[n]) for n in ("H", "W", "C", "kw", "stride"))
-        pt, pl = int(a["pads"][0]), int(a["pads"][1])
-        ho, wo, _, _ = conv_geometry(a)
-        p = m % (ho * wo)
-        tap = k // C
-        iy = (p // wo) * s + tap // kw - pt
-        ix = (p % wo) * s + tap % kw - pl
-        inside = tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)
-        cy, cx = T.max(T.min(iy, H - 1), 0), T.max(T.min(ix, W - 1), 0)  # the load is issued either way
-        # bound before the select: simplifying under the select's condition would drop the clamps of the address
-        v = T.bind(load_f32(x, [m // (ho * wo), cy, cx, T.Ramp(k % C, 1, 16)], 16))
-        return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
-
     def prep(self) -> None:
         x = self.bufs["x"]
         with T.parallel(0, self.MT2 * 16) as m:
@@ -148,7 +119,12 @@ class _Bf16Gemm:
                 with T.If(m < self.M):
                     with T.Then():
                         k = 32 * s
-                        vstore(self.xb, at, _bf16_pairs(self._xvec(x, m, k), self._xvec(x, m, k + 16)), 16)
+                        vstore(
+                            self.xb,
+                            at,
+                            _bf16_pairs(x_vector(self.conv, x, m, k), x_vector(self.conv, x, m, k + 16)),
+                            16,
+                        )
                     with T.Else():
                         vstore(self.xb, at, splat(0, "uint32", 16), 16)
 
