@@ -38,13 +38,13 @@ import numpy as np
 
 try:  # `python -m benchmarks.gemv` from the repository root
     from benchmarks.common import (
+        StallMeter,
         Stopwatch,
         atomic_path,
         atomic_write_json,
         atomic_write_text,
         cache_sizes,
         contention,
-        cpu_stall_us,
         fmt,
         last_level_cache_bytes,
         load_average,
@@ -54,16 +54,17 @@ try:  # `python -m benchmarks.gemv` from the repository root
         time_fn,
         utc_now,
     )
+    from benchmarks.common import wait_quiet as _wait_quiet
     from benchmarks.ggml_peer import Ggml, GgmlError, buft_impl_name, probe
 except ImportError:  # `python benchmarks/gemv.py`: the script's own directory is on sys.path
     from common import (  # type: ignore[no-redef]
+        StallMeter,
         Stopwatch,
         atomic_path,
         atomic_write_json,
         atomic_write_text,
         cache_sizes,
         contention,
-        cpu_stall_us,
         fmt,
         last_level_cache_bytes,
         load_average,
@@ -73,6 +74,7 @@ except ImportError:  # `python benchmarks/gemv.py`: the script's own directory i
         time_fn,
         utc_now,
     )
+    from common import wait_quiet as _wait_quiet  # type: ignore[no-redef]
     from ggml_peer import Ggml, GgmlError, buft_impl_name, probe  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
@@ -468,24 +470,6 @@ def timed(
         pressure_before=before,
         pressure_after=after,
     )
-
-
-class StallMeter:
-    """``with StallMeter() as m: ...; m.pct``: % of the block's wall time some task on the machine waited for a CPU."""
-
-    def __enter__(self) -> StallMeter:
-        import time
-
-        self.pct = None
-        self._s0, self._t0 = cpu_stall_us(), time.monotonic()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import time
-
-        s1, t1 = cpu_stall_us(), time.monotonic()
-        if self._s0 is not None and s1 is not None and t1 > self._t0:
-            self.pct = round(100 * (s1 - self._s0) / 1e6 / (t1 - self._t0), 2)
 
 
 def act_bytes_of(batch: int, n: int, k: int) -> int:
@@ -1225,29 +1209,9 @@ def gguf_rows(t: str, w_float: np.ndarray, xs, sd, g, args, repacked: dict[str, 
 
 
 def wait_quiet(seconds: float, use_load: bool = True) -> dict[str, Any]:
-    """Wait until the machine looks idle or ``seconds`` pass; say how it went.
-
-    Idle: less than 5% CPU stall over the last second (PSI), and, with ``use_load``, no contention by the 10-second
-    pressure and the load average (the load average counts this process's own recent threads, so the wait before
-    each measurement leaves it out).
-    """
-    import time
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    t0 = time.monotonic()
-    last_log = -1e9
-    while True:
-        with StallMeter() as now:
-            time.sleep(1.0)
-        why = contention(pressure(), load_average(), cores) if use_load else []
-        if now.pct is not None and now.pct >= QUIET_CPU_PRESSURE:
-            why.append(f"CPU stall {now.pct}% over the last second")
-        waited = time.monotonic() - t0
-        if not why or waited >= seconds:
-            return {"waited_s": round(waited, 1), "quiet": not why, "why_not": why}
-        if waited - last_log >= 15:
-            log(f"waiting for a quiet machine ({'; '.join(why)}; {waited:.0f}/{seconds:.0f} s)")
-            last_log = waited
+    """``common.wait_quiet`` with this benchmark's threshold and log (the load average counts this process's own
+    recent threads, so the wait before each measurement leaves it out)."""
+    return _wait_quiet(seconds, stall_pct=QUIET_CPU_PRESSURE, use_load=use_load, log=log)
 
 
 def render_only(args) -> int:
