@@ -50,7 +50,7 @@ crafted("seventy_dims.safetensors", "safetensors")(lambda: _st([1] * 70, data=by
 def _zip_tensor(shape, stride, numel: int = 4, offset: int = 0) -> bytes:
     ops = _Ops(legacy=False)
     ops.b += b"}("
-    ops.str_("w")
+    ops.put_str("w")
     ops.tensor("0", "FloatStorage", numel, offset, shape, stride)
     ops.b += b"u."
     return zip_ckpt_bytes(bytes(ops.b), {"0": np.arange(numel, dtype="<f4").tobytes()})

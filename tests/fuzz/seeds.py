@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdcompile.examples_sd import _Pickle
+
 FORMATS = ("safetensors", "gguf", "ckpt", "onnx")
 EXT = {"safetensors": ".safetensors", "gguf": ".gguf", "ckpt": ".ckpt", "onnx": ".onnx"}
 
@@ -106,59 +108,36 @@ def gguf_seeds(folder: Path) -> list[Path]:
 # --- PyTorch checkpoints -----------------------------------------------------------------------------------------
 
 
-class _Ops:
-    """Protocol-2 opcodes as torch.save's legacy writer emits them, naming torch's functions by GLOBAL (no torch)."""
+class _Ops(_Pickle):
+    """Protocol-2 opcodes as torch.save's legacy writer emits them: the example writer's opcodes (``_Pickle``), with
+    tensors at any offset and stride and, in legacy files, a view in the persistent id."""
 
     def __init__(self, legacy: bool = True) -> None:
-        self.b = bytearray(b"\x80\x02")
+        super().__init__()
         self.legacy = legacy  # legacy persistent ids have a sixth entry, the view
 
-    def glob(self, module: str, name: str) -> None:
-        self.b += b"c" + f"{module}\n{name}\n".encode()
-
-    def str_(self, s: str) -> None:
-        e = s.encode()
-        self.b += b"X" + struct.pack("<I", len(e)) + e
-
-    def int_(self, v: int) -> None:
-        if 0 <= v < 256:
-            self.b += b"K" + bytes([v])
-        elif 0 <= v < 65536:
-            self.b += b"M" + struct.pack("<H", v)
-        elif -(2**31) <= v < 2**31:
-            self.b += b"J" + struct.pack("<i", v)
-        else:
-            raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
-            self.b += b"\x8a" + bytes([len(raw)]) + raw
-
-    def ints(self, vals: tuple[int, ...]) -> None:
-        self.b += b"("
-        for v in vals:
-            self.int_(v)
-        self.b += b"t"
-
     def tensor(self, key: str, storage: str, numel: int, offset: int, shape, stride, view=None) -> None:
-        self.glob("torch._utils", "_rebuild_tensor_v2")
+        self.put_global("torch._utils", "_rebuild_tensor_v2")
         self.b += b"(("  # args, then the persistent id ('storage', type, key, location, numel, view)
-        self.str_("storage")
-        self.glob("torch", storage)
-        self.str_(key)
-        self.str_("cpu")
-        self.int_(numel)
+        self.put_str("storage")
+        self.put_global("torch", storage)
+        self.put_str(key)
+        self.put_str("cpu")
+        self.put_int(numel)
         if self.legacy and view is None:
             self.b += b"N"
         elif self.legacy:
             self.b += b"("
-            self.str_(view[0])
-            self.int_(view[1])
-            self.int_(view[2])
+            self.put_str(view[0])
+            self.put_int(view[1])
+            self.put_int(view[2])
             self.b += b"t"
         self.b += b"tQ"
-        self.int_(offset)
-        self.ints(shape)
-        self.ints(stride)
+        self.put_int(offset)
+        self.put_ints(shape)
+        self.put_ints(stride)
         self.b += b"\x89"
-        self.glob("collections", "OrderedDict")
+        self.put_global("collections", "OrderedDict")
         self.b += b")RtR"
 
 
@@ -170,14 +149,14 @@ def legacy_ckpt_bytes() -> bytes:
     h = np.arange(4, dtype="<f2")
     ops = _Ops()
     ops.b += b"}("
-    ops.str_("w")
+    ops.put_str("w")
     ops.tensor("0", "FloatStorage", 12, 0, (3, 4), (1, 3))
-    ops.str_("v")
+    ops.put_str("v")
     ops.tensor("0", "FloatStorage", 12, 0, (4,), (1,), view=("0v", 2, 6))
-    ops.str_("h")
+    ops.put_str("h")
     ops.tensor("1", "HalfStorage", 4, 1, (3,), (1,))
-    ops.str_("epoch")
-    ops.int_(5)
+    ops.put_str("epoch")
+    ops.put_int(5)
     ops.b += b"u."
     out = bytearray()
     out += pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
