@@ -141,6 +141,33 @@ def with_tile_state(body) -> None:
         body()
 
 
+def tile_config(cfg, shapes: dict[int, tuple[int, int]]) -> None:
+    """Fill the 64-byte tile configuration ``cfg`` (palette 1): (rows, bytes per row) of each tile register used."""
+    with T.serial(0, 64) as i:
+        T.buffer_store(cfg, T.uint8(0), [i])
+    T.buffer_store(cfg, T.uint8(1), [0])
+    for t, (rows, colsb) in shapes.items():
+        T.buffer_store(cfg, T.uint8(colsb), [16 + 2 * t])
+        T.buffer_store(cfg, T.uint8(rows), [48 + t])
+
+
+def over_chunks(chunks: int, per_chunk: int, count: int, cfg, body) -> None:
+    """``body(c, i)`` for i < ``count`` units in ``chunks`` parallel tasks of ``per_chunk`` consecutive units (the last
+    one may be short), each task loading the tile configuration first (it is per thread) and releasing the tiles
+    when done."""
+    with T.parallel(0, chunks) as c:
+        _amx("ldtilecfg", T.address_of(cfg[0]))
+        with T.serial(0, per_chunk) as t:
+            i = c * per_chunk + t
+            if chunks * per_chunk > count:  # the last chunk is short
+                with T.If(i < count):
+                    with T.Then():
+                        body(c, i)
+            else:
+                body(c, i)
+        _amx("tilerelease")
+
+
 def x_vector(conv: dict | None, x, m, k):
     """x[m, k:k+16] as f32: a row of a linear's input, or (``conv``: the conv2d spec's attributes) 16 channels of
     patch m at position k of the implicit GEMM, zeros outside the image. The channels must come in whole vectors
@@ -210,19 +237,13 @@ class _Gemm:
         with_tile_state(lambda: (self.config(), self.prep(), self.tiles()))
 
     def config(self) -> None:
-        """The tile configuration (palette 1): rows and bytes per row of each tile register."""
-        cfg = self.cfg
-        with T.serial(0, 64) as i:
-            T.buffer_store(cfg, T.uint8(0), [i])
-        T.buffer_store(cfg, T.uint8(1), [0])
+        """The tile configuration: rows and bytes per row of each tile register."""
         if self.super:
             shapes = {t: (16, 64) for t in (AH, AL, BH, BL, HH, MID, LL)}
         else:
             shapes = {A0: (16, 32), A1: (16, 32), B0: (8, 64), B1: (8, 64)}
             shapes.update({t: (16, 64) for t in (C0, C1, C2, C3)})
-        for t, (rows, colsb) in shapes.items():
-            T.buffer_store(cfg, T.uint8(colsb), [16 + 2 * t])
-            T.buffer_store(cfg, T.uint8(rows), [48 + t])
+        tile_config(self.cfg, shapes)
 
     # -- activations --
 
@@ -287,17 +308,7 @@ class _Gemm:
     # -- weights --
 
     def tiles(self) -> None:
-        with T.parallel(0, self.CH) as c:
-            _amx("ldtilecfg", T.address_of(self.cfg[0]))
-            with T.serial(0, self.TPC) as t:
-                nt = c * self.TPC + t
-                if self.CH * self.TPC > self.NT:  # the last chunk is short
-                    with T.If(nt < self.NT):
-                        with T.Then():
-                            self.tile(c, nt)
-                else:
-                    self.tile(c, nt)
-            _amx("tilerelease")
+        over_chunks(self.CH, self.TPC, self.NT, self.cfg, self.tile)
 
     def tile(self, c, nt) -> None:
         self.pbase = c * self.psize

@@ -24,7 +24,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import MAX_CHUNKS, _amx, _i8, with_tile_state, x_vector
+from schedules.cpu_amx import MAX_CHUNKS, _amx, _i8, over_chunks, tile_config, with_tile_state, x_vector
 from schedules.tir_build import (
     f16_to_f32,
     prim_func,
@@ -99,13 +99,7 @@ class _Bf16Gemm:
         with_tile_state(lambda: (self.config(), self.prep(), self.tiles()))
 
     def config(self) -> None:
-        cfg = self.cfg
-        with T.serial(0, 64) as i:
-            T.buffer_store(cfg, T.uint8(0), [i])
-        T.buffer_store(cfg, T.uint8(1), [0])
-        for t in range(8):  # every tile 16 rows of 64 bytes
-            T.buffer_store(cfg, T.uint8(64), [16 + 2 * t])
-            T.buffer_store(cfg, T.uint8(16), [48 + t])
+        tile_config(self.cfg, {t: (16, 64) for t in range(8)})  # every tile 16 rows of 64 bytes
 
     # -- activations --
 
@@ -143,17 +137,7 @@ class _Bf16Gemm:
         )
 
     def tiles(self) -> None:
-        with T.parallel(0, self.CH) as c:
-            _amx("ldtilecfg", T.address_of(self.cfg[0]))
-            with T.serial(0, self.TPC) as t:
-                u = c * self.TPC + t
-                if self.CH * self.TPC > self.NU:
-                    with T.If(u < self.NU):
-                        with T.Then():
-                            self.unit(c, u)
-                else:
-                    self.unit(c, u)
-            _amx("tilerelease")
+        over_chunks(self.CH, self.TPC, self.NU, self.cfg, self.unit)
 
     def unit(self, c, u) -> None:
         nb = self.NB
