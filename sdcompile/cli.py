@@ -17,8 +17,12 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdcompile.errors import OptionError, SdcompileError
+
+if TYPE_CHECKING:
+    from sdcompile.passes.context import CompileOptions
 
 SD_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 EXAMPLE_MODELS = ("sd-tiny", "sd15", "clip-tiny", "clip-sd15")
@@ -468,12 +472,10 @@ def parse_components(value: str) -> tuple[str, ...]:
     return comps
 
 
-def cmd_compile(args) -> int:
-    from sdcompile.compiler import compile_model
+def _model_options(args, **extra) -> CompileOptions:
+    """The compile options that pick and shape the model, shared by compile and tune (so that tune plans exactly the
+    kernels compile builds): the model's files, target, types, sizes, components, batch; ``extra`` adds the rest."""
     from sdcompile.passes.context import CompileOptions
-    from sdcompile.passes.memory_plan import parse_size
-    from sdcompile.passes.quantize import parse_rules
-    from sdcompile.report import render_compile_report
 
     if args.batch < 1:
         raise OptionError(f"--batch must be at least 1, got {args.batch}")
@@ -484,33 +486,17 @@ def cmd_compile(args) -> int:
             raise OptionError(f"{opt} {f}: no such file or directory")
     if args.clip_l is not None and not Path(args.clip_l).exists():
         raise OptionError(f"--clip-l {args.clip_l}: no such file or directory")
-    archs = None
-    if args.cuda_arch is not None:
-        from sdcompile.codegen.cuda_build import parse_arch_list
-
-        archs = parse_arch_list(args.cuda_arch)
     opts = CompileOptions(
         target=args.target,
         type=args.type,
-        tensor_type_rules=parse_rules(args.tensor_type_rules),
-        fallback_policy=args.fallback_policy,
-        memory_budget=parse_size(args.memory_budget) if args.memory_budget else None,
-        cuda_archs=archs,
         batch=args.batch,
         act_type=args.act_type,
         compute=args.compute,
         diffusion_model=args.diffusion_model,
         vae=args.vae,
         clip_l=args.clip_l,
+        **extra,
     )
-    if args.vae_tiling is not None:
-        opts.vae_tiling = args.vae_tiling
-    if args.vae_tile is not None:
-        if args.vae_tile < 1:
-            raise OptionError(f"--vae-tile must be at least 1 latent pixel, got {args.vae_tile}")
-        opts.vae_tile = args.vae_tile
-    if args.offload is not None:
-        opts.offload = args.offload
     sizes = parse_sizes(args.size)
     if sizes:
         opts.sizes = sizes
@@ -520,6 +506,35 @@ def cmd_compile(args) -> int:
         from sdcompile.quant.types import get
 
         get(opts.type)
+    return opts
+
+
+def cmd_compile(args) -> int:
+    from sdcompile.compiler import compile_model
+    from sdcompile.passes.memory_plan import parse_size
+    from sdcompile.passes.quantize import parse_rules
+    from sdcompile.report import render_compile_report
+
+    archs = None
+    if args.cuda_arch is not None:
+        from sdcompile.codegen.cuda_build import parse_arch_list
+
+        archs = parse_arch_list(args.cuda_arch)
+    opts = _model_options(
+        args,
+        tensor_type_rules=parse_rules(args.tensor_type_rules),
+        fallback_policy=args.fallback_policy,
+        memory_budget=parse_size(args.memory_budget) if args.memory_budget else None,
+        cuda_archs=archs,
+    )
+    if args.vae_tiling is not None:
+        opts.vae_tiling = args.vae_tiling
+    if args.vae_tile is not None:
+        if args.vae_tile < 1:
+            raise OptionError(f"--vae-tile must be at least 1 latent pixel, got {args.vae_tile}")
+        opts.vae_tile = args.vae_tile
+    if args.offload is not None:
+        opts.offload = args.offload
     manifest = compile_model(
         args.file,
         args.output,
@@ -873,14 +888,9 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from sdcompile.passes.context import CompileOptions
     from sdcompile.tuning import render, tune_model
 
-    if args.file is None and not args.diffusion_model:
-        raise OptionError("no model given: pass MODEL (a checkpoint or diffusers directory) or --diffusion-model FILE")
-    for opt, f in (("MODEL", args.file), ("--diffusion-model", args.diffusion_model), ("--vae", args.vae)):
-        if f is not None and not Path(f).exists():
-            raise OptionError(f"{opt} {f}: no such file or directory")
+    opts = _model_options(args)
     rpc = None
     if (args.rpc_tracker is None) != (args.rpc_key is None):
         raise OptionError("--rpc-tracker and --rpc-key go together: the tracker's HOST:PORT and the device's key")
@@ -889,21 +899,6 @@ def cmd_tune(args) -> int:
         if not host or not port.isdigit():
             raise OptionError(f"--rpc-tracker {args.rpc_tracker!r} is not HOST:PORT")
         rpc = (host, int(port), args.rpc_key)
-    opts = CompileOptions(
-        target=args.target,
-        type=args.type,
-        batch=args.batch,
-        act_type=args.act_type,
-        compute=args.compute,
-        diffusion_model=args.diffusion_model,
-        vae=args.vae,
-        clip_l=args.clip_l,
-    )
-    sizes = parse_sizes(args.size)
-    if sizes:
-        opts.sizes = sizes
-    if args.components is not None:
-        opts.components = parse_components(args.components)
     summary = tune_model(
         args.file,
         opts,
