@@ -35,6 +35,7 @@ from schedules.tir_build import (
     vload,
     vstore,
 )
+from sdcompile.kernels.act import bf16_bits
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
 TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
@@ -55,15 +56,7 @@ def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
 def _bf16_pairs(v0, v1):
     """Two f32x16 vectors rounded to bf16 (nearest even; NaN stays NaN, overflow goes to infinity) and packed as 16
     u32 words, word j holding values 2j (low half) and 2j + 1 (high half) of the 32."""
-    words = []
-    for v in (v0, v1):
-        bits = T.bind(T.reinterpret("uint32x16", v))
-        words.append(
-            T.bind(
-                (bits + splat(0x7FFF, "uint32", 16) + ((bits >> splat(16, "uint32", 16)) & splat(1, "uint32", 16)))
-                >> splat(16, "uint32", 16)
-            )
-        )
+    words = [T.bind(bf16_bits(v, 16)) for v in (v0, v1)]
     even = shuffle(words, range(0, 32, 2))
     odd = shuffle(words, range(1, 32, 2))
     return even | (odd << splat(16, "uint32", 16))

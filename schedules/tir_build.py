@@ -94,19 +94,7 @@ def store_output_vec(bufs: dict, act: str, m, n, v, lanes: int = 16) -> None:
     if "res" in bufs:
         v = v + load_f32(bufs["res"], [m, T.Ramp(n, 1, lanes)], lanes)
     y = bufs["y"]
-    if y.dtype == "float16":
-        v = T.Cast(f"float16x{lanes}", v)
-    elif y.dtype == "uint16":  # bf16 bits
-        bits = T.bind(T.reinterpret(f"uint32x{lanes}", v))
-        one = T.Broadcast(tirx.const(1, "uint32"), lanes)
-        sixteen = T.Broadcast(tirx.const(16, "uint32"), lanes)
-        rounded = (bits + T.Broadcast(tirx.const(0x7FFF, "uint32"), lanes) + ((bits >> sixteen) & one)) >> sixteen
-        # a NaN stays a quiet NaN (rounding its payload could carry into the sign or make it infinite)
-        nan = (bits & T.Broadcast(tirx.const(0x7FFFFFFF, "uint32"), lanes)) > T.Broadcast(
-            tirx.const(0x7F800000, "uint32"), lanes
-        )
-        quiet = (bits >> sixteen) | T.Broadcast(tirx.const(0x40, "uint32"), lanes)
-        v = T.Cast(f"uint16x{lanes}", T.Select(nan, quiet, rounded))
+    v = narrow(v, "bfloat16" if y.dtype == "uint16" else str(y.dtype), lanes)  # bf16 travels as its bits
     T.buffer_store(y, v, [m, T.Ramp(n, 1, lanes)])
 
 

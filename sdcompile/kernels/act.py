@@ -44,23 +44,30 @@ def widen(v: tirx.PrimExpr, lanes: int = 1) -> tirx.PrimExpr:
     return tirx.Cast(_vec("float32", lanes), v)
 
 
-def narrow(v: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
-    """``v`` (scalar f32) rounded to the storage of ``dtype`` (f16, bf16 bits, or f32 itself)."""
+def bf16_bits(v: tirx.PrimExpr, lanes: int = 1) -> tirx.PrimExpr:
+    """f32 ``v`` (scalar or ``lanes`` wide) rounded to bf16, as its 16 bits in the low half of uint32 lanes: nearest
+    even; a NaN stays a (quiet) NaN instead of rounding into infinity or, negative, carrying into the sign."""
+
+    def u32(c: int) -> tirx.PrimExpr:
+        k = tirx.const(c, "uint32")
+        return k if lanes == 1 else tirx.Broadcast(k, lanes)
+
+    def rounded(bits: tirx.PrimExpr) -> tirx.PrimExpr:
+        up = (bits + u32(0x7FFF) + ((bits >> u32(16)) & u32(1))) >> u32(16)
+        nan = (bits & u32(0x7FFFFFFF)) > u32(0x7F800000)
+        return tirx.Select(nan, (bits >> u32(16)) | u32(0x40), up)
+
+    # v bound once: it may hold Let bindings of its own
+    return let(tirx.reinterpret(_vec("uint32", lanes), v), rounded, "bits")
+
+
+def narrow(v: tirx.PrimExpr, dtype: str, lanes: int = 1) -> tirx.PrimExpr:
+    """``v`` (f32, scalar or ``lanes`` wide) rounded to the storage of ``dtype`` (f16, bf16 bits, or f32 itself)."""
     if dtype == "float32":
         return v
     if dtype != "bfloat16":
-        return tirx.Cast(dtype, v)
-
-    def u32(c: int) -> tirx.PrimExpr:
-        return tirx.const(c, "uint32")
-
-    def rounded(bits: tirx.PrimExpr) -> tirx.PrimExpr:
-        # Round to nearest even on the upper half; a NaN stays a (quiet) NaN instead of rounding into infinity.
-        up = (bits + u32(0x7FFF) + ((bits >> u32(16)) & u32(1))) >> u32(16)
-        nan = (bits & u32(0x7FFFFFFF)) > u32(0x7F800000)
-        return tirx.Cast("uint16", tirx.Select(nan, (bits >> u32(16)) | u32(0x40), up))
-
-    return let(tirx.reinterpret("uint32", v), rounded, "bits")  # v once: it may hold Let bindings of its own
+        return tirx.Cast(_vec(dtype, lanes), v)
+    return tirx.Cast(_vec("uint16", lanes), bf16_bits(v, lanes))
 
 
 def placeholder(spec: KernelSpec, name: str, shape: tuple[int, ...] | None = None) -> te.Tensor:
