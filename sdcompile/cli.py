@@ -129,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
         "f16 or bf16 halve activation memory and traffic (Vulkan: f32, f16; default f32)",
     )
     s.add_argument(
+        "--prediction",
+        choices=["eps", "v"],
+        default=None,
+        help="what the UNet predicts: eps (noise; SD 1.x, SD 2.x 512-base, SDXL) or v (SD 2.x 768-v). Read from "
+        "the model's scheduler config or metadata where it says; this flag is for checkpoints that do not (an SD "
+        "2.x single file), and overrides what they say",
+    )
+    s.add_argument(
         "--tensor-type-rules",
         default="",
         metavar="R",
@@ -492,6 +500,7 @@ def _model_options(args, **extra) -> CompileOptions:
         batch=args.batch,
         act_type=args.act_type,
         compute=args.compute,
+        prediction=getattr(args, "prediction", None),
         diffusion_model=args.diffusion_model,
         vae=args.vae,
         clip_l=args.clip_l,

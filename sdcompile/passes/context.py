@@ -18,6 +18,7 @@ class CompileOptions:
     weights_format: str = "gguf"  # "gguf" | "safetensors"
     compute: str = "f32"  # precision of matrix products: "f32" | "bf16" (CPU: AMX-BF16 tiles where the host has them)
     act_type: str = "f32"  # storage of float activations inside functions: "f32" | "f16" | "bf16" (math stays f32)
+    prediction: str | None = None  # "eps" | "v": what the UNet predicts, where the checkpoint does not say (SD 2.x)
     # Diffusion models: image sizes (width, height) compiled, the components compiled, separate component files
     # (as stable-diffusion.cpp's --diffusion-model, --vae, --clip-l take them; a separate VAE overrides the
     # checkpoint's).
