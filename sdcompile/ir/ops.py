@@ -405,6 +405,7 @@ register(
             "Dh": s[0][2] // a["heads"],
             "causal": bool(a.get("causal")),
             **({"tiled": True} if a.get("tiled") else {}),  # set by legalize: keys past the untiled GPU kernel
+            **_mma(a),
         },
     )
 )

@@ -1,0 +1,309 @@
+"""CPU attention on the AMX tile unit in bf16 (``TDPBF16PS``): flash attention for ``attention`` specs that ask for
+bf16 products (``mma="bf16"``, set by ``compile --compute bf16``, ``passes/mma.py``).
+
+Numerics, as PyTorch's bf16 flash attention on the CPU: q, k and v are rounded to bf16 (nearest even), q.k sums in
+f32 inside the unit, the scores are scaled by Dh^-0.5 in f32, the softmax runs in f32 with a running max and sum
+(the online softmax of ``kernels/attention_tiled.py``), its probabilities (unnormalised, each <= 1) are rounded to
+bf16 for p.v, which sums in f32 again; the output is divided by the running sum in f32 and stored in o's dtype.
+
+The work is laid out transposed, so that every softmax step is a plain vector operation over 16 queries, with no
+horizontal reductions or broadcasts: per block of 32 queries (two tiles of 16) and block of keys,
+
+- **scores^T = K q^T**: A operands are 16 keys x 32 channels of k (bf16 rows, packed once per call in the prep),
+  B operands 16 channel pairs x 16 queries of q (packed per query block); a 16 x 16 f32 tile holds 16 keys (rows)
+  by 16 queries (lanes) and leaves the unit into a [keys][32 queries] buffer;
+- **softmax**: each row of that buffer is a vector of 16 queries: the block's max is a vertical max over its
+  keys, the running max, sum and rescale factor are 16-lane vectors; probabilities of two consecutive keys are
+  rounded to bf16 and interleaved into one row of 16 words, which is exactly a row of the B operand of
+- **o^T += V^T p^T**: A operands are 16 channels x 32 keys of v^T (packed once per call, transposed), the f32 sums
+  16 channels x 16 queries, kept in a per-task buffer, rescaled by the softmax's factor before each block's
+  products are added on the unit (loaded into the accumulator tiles, stored back after).
+
+Padding: channels to 32 (q.k's K dimension: 40 -> 64, 80 -> 96) and to 16 (v^T's rows) with zeros; keys to 32 (a
+step of p.v) with zero rows of k and v, masked to probability 0 (the lowest finite f32 as their score, as the f32
+kernels do); queries to 32 with zero rows whose outputs are not stored. Every load of q, k and v is of the real
+values only (partial vectors at a head's end), so nothing outside the buffers is read. With ``causal``, keys after
+the query are masked as well (every query keeps key 0, so the running max is finite from the first block on).
+
+Parallel tasks are (image, head, block of 32 queries), in ``MAX_CHUNKS`` chunks of consecutive tasks, each with its
+own buffers (``cpu_amx.over_chunks``); a chunk walks one head's queries, so that head's packed k and v stay in L2.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.cpu_amx import MAX_CHUNKS, _amx, _i8, over_chunks, tile_config, with_tile_state
+from schedules.cpu_amx_bf16 import _bf16_pairs
+from schedules.tir_build import load_f32, prim_func, replace_body, shuffle, splat, vload, vstore
+from sdcompile.kernels.act import bf16_bits, narrow
+from sdcompile.kernels.attention import LOWEST
+from sdcompile.kernels.spec import KernelSpec
+
+NQ = 2  # query tiles of 16 per task
+QB = 16 * NQ
+KEY_BLOCK = 128  # keys per softmax block (a multiple of 32): more keys per block amortise the o^T tile traffic
+MAX_DH = 512  # channels per head held in a task's o^T buffer (a VAE's single head of 512)
+A0, A1, B0, B1, C0, C1, C2, C3 = range(8)
+
+
+def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
+    """``attention`` asking for bf16 products with heads of at most ``MAX_DH`` channels, on a CPU with AMX-BF16."""
+    return (
+        spec.op == "attention"
+        and spec.attr("mma") == "bf16"
+        and not spec.attr("tiled")
+        and int(spec.attr("Dh")) <= MAX_DH
+        and lanes == 16
+        and host_bf16
+    )
+
+
+def _row16(buf, row, col, n: int):
+    """f32x16 of buf[row, col:col + n] (n <= 16 real values, zeros after them); nothing past them is read."""
+    zero = splat(0.0, "float32", 16)
+    if n <= 0:
+        return zero
+    if n == 16:
+        return load_f32(buf, [row, T.Ramp(col, 1, 16)], 16)
+    if n == 1:
+        v = T.Broadcast(load_f32(buf, [row, col]), 16)
+        return T.Select(T.Ramp(0, 1, 16) < T.Broadcast(T.int32(1), 16), v, zero)
+    v = load_f32(buf, [row, T.Ramp(col, 1, n)], n)
+    return shuffle([v, zero], list(range(n)) + [n] * (16 - n))
+
+
+class _Attention:
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        self.spec, self.bufs = spec, bufs
+        self.B, self.S, self.H, self.Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+        self.T = int(spec.attr("T", self.S))
+        self.causal = bool(spec.attr("causal"))
+        self.scale = float(self.Dh) ** -0.5
+        self.DS = -(-self.Dh // 32)  # steps of 32 channels (q.k)
+        self.DC = -(-self.Dh // 16)  # tiles of 16 channels (rows of o^T)
+        TP = -(-self.T // 32) * 32  # keys padded to whole steps of p.v
+        self.KB = min(KEY_BLOCK, TP)
+        self.NBF = self.T // self.KB  # full key blocks
+        rem = self.T - self.NBF * self.KB
+        self.KBT = -(-rem // 32) * 32  # the tail block's keys (0: none)
+        self.TP = self.NBF * self.KB + self.KBT
+        self.NKT, self.NKS = self.TP // 16, self.TP // 32  # key tiles (scores) and key steps (p.v)
+        self.NQB = -(-self.S // QB)
+        self.tasks = self.B * self.H * self.NQB
+        self.TPC = -(-self.tasks // min(self.tasks, MAX_CHUNKS))
+        self.CH = -(-self.tasks // self.TPC)
+
+    def build(self) -> None:
+        BH = self.B * self.H
+        self.kb = T.alloc_buffer((BH * self.NKT * self.DS * 256,), "uint32")  # k: A tiles [bh][key tile][step]
+        self.vb = T.alloc_buffer((BH * self.NKS * self.DC * 256,), "uint32")  # v^T: A tiles [bh][key step][ch tile]
+        self.qb = T.alloc_buffer((self.CH * NQ * self.DS * 256,), "uint32")  # q: B tiles [query tile][step]
+        self.sb = T.alloc_buffer((self.CH * self.KB * QB,), "float32")  # scores [key][query]
+        self.pb = T.alloc_buffer((self.CH * (self.KB // 32) * NQ * 256,), "uint32")  # p^T: B tiles [step][q tile]
+        self.ob = T.alloc_buffer((self.CH * self.DC * NQ * 256,), "float32")  # o^T sums: [ch tile][q tile][16][16]
+        self.ml = T.alloc_buffer((self.CH * 2 * NQ * 16,), "float32")  # running max, then sum, per query tile
+        self.cfg = T.alloc_buffer((64,), "uint8")
+        with_tile_state(lambda: (tile_config(self.cfg, {t: (16, 64) for t in range(8)}), self.prep(), self.tiles()))
+
+    # -- k and v, once per call --
+
+    def prep(self) -> None:
+        Dh, T_, H = self.Dh, self.T, self.H
+        k, v = self.bufs["k"], self.bufs["v"]
+        with T.parallel(0, self.B * H * self.NKT * 16) as g:  # a key row: its channels as A rows of q.k
+            bh = T.bind(g // self.TP)
+            j = T.bind(g % self.TP)
+            row = (bh // H) * T_ + j
+            col = (bh % H) * Dh
+            with T.If(j < T_):
+                with T.Then():
+                    for s in range(self.DS):
+                        at = ((bh * self.NKT + j // 16) * self.DS + s) * 256 + (j % 16) * 16
+                        vstore(self.kb, at, self._pairs(k, row, col, s), 16)
+                with T.Else():
+                    for s in range(self.DS):
+                        at = ((bh * self.NKT + j // 16) * self.DS + s) * 256 + (j % 16) * 16
+                        vstore(self.kb, at, splat(0, "uint32", 16), 16)
+        with T.parallel(0, self.B * H * self.NKS * 16) as g:  # two keys: a word of each channel's A row of p.v
+            bh = T.bind(g // (self.TP // 2))
+            p = T.bind(g % (self.TP // 2))
+            col = (bh % H) * Dh
+            for ct in range(self.DC):
+                n = min(16, Dh - 16 * ct)
+                halves = []
+                for i in range(2):
+                    j = 2 * p + i
+                    # the load is bound before the select, with its row clamped: a select evaluates both sides
+                    ld = T.bind(_row16(v, (bh // H) * T_ + T.min(j, T_ - 1), col + 16 * ct, n))
+                    val = T.Select(T.Broadcast(j < T_, 16), ld, splat(0.0, "float32", 16))
+                    halves.append(T.bind(bf16_bits(val, 16)))
+                word = halves[0] | (halves[1] << splat(16, "uint32", 16))
+                at = ((bh * self.NKS + p // 16) * self.DC + ct) * 256 + p % 16
+                T.buffer_store(self.vb, word, [T.Ramp(at, 16, 16)])
+
+    def _pairs(self, buf, row, col, s: int):
+        """Channels 32 s .. 32 s + 31 of buf[row, col:col + Dh] as 16 words of bf16 pairs (zeros past Dh)."""
+        lo, hi = (max(0, min(16, self.Dh - 32 * s - h)) for h in (0, 16))
+        return _bf16_pairs(_row16(buf, row, col + 32 * s, lo), _row16(buf, row, col + 32 * s + 16, hi))
+
+    # -- per task --
+
+    def tiles(self) -> None:
+        over_chunks(self.CH, self.TPC, self.tasks, self.cfg, self.task)
+
+    def task(self, c, t) -> None:
+        bh = T.bind(t // self.NQB)
+        q0 = T.bind((t % self.NQB) * QB)
+        self.c, self.bh = c, bh
+        self.pack_q(c, bh, q0)
+        ob, ml = c * self.DC * NQ * 256, c * 2 * NQ * 16
+        with T.serial(0, self.DC * NQ * 16) as r:
+            vstore(self.ob, ob + 16 * r, splat(0.0, "float32", 16), 16)
+        for qt in range(NQ):
+            vstore(self.ml, ml + 16 * qt, splat(LOWEST, "float32", 16), 16)
+            vstore(self.ml, ml + 16 * (NQ + qt), splat(0.0, "float32", 16), 16)
+        if self.NBF:
+            with T.serial(0, self.NBF) as blk:
+                self.block(blk * self.KB, self.KB, self.causal, q0)
+        if self.KBT:
+            self.block(self.NBF * self.KB, self.KBT, True, q0)
+        self.finish(q0)
+
+    def pack_q(self, c, bh, q0) -> None:
+        q = self.bufs["q"]
+        base = c * NQ * self.DS * 256
+        with T.serial(0, QB) as n:
+            i = q0 + n
+            row = (bh // self.H) * self.S + T.min(i, self.S - 1)
+            for s in range(self.DS):
+                at = base + ((n // 16) * self.DS + s) * 256 + n % 16
+                ld = T.bind(self._pairs(q, row, (bh % self.H) * self.Dh, s))  # bound: see prep
+                words = T.Select(T.Broadcast(i < self.S, 16), ld, splat(0, "uint32", 16))
+                T.buffer_store(self.qb, words, [T.Ramp(at, 16, 16)])
+
+    def block(self, key0, nkeys: int, masked: bool, q0) -> None:
+        """Keys key0 .. key0 + nkeys - 1 (nkeys a multiple of 32) against the task's 32 queries."""
+        c, bh = self.c, self.bh
+        qbase, sbase = c * NQ * self.DS * 256, c * self.KB * QB
+        pbase, obase, mlb = c * (self.KB // 32) * NQ * 256, c * self.DC * NQ * 256, c * 2 * NQ * 16
+        # scores^T: two key tiles x two query tiles at a time
+        with T.serial(0, nkeys // 32) as kp:
+            for acc in (C0, C1, C2, C3):
+                _amx("tilezero", _i8(acc))
+            kt = key0 // 16 + 2 * kp
+            with T.serial(0, self.DS) as s:
+                for a, i in ((A0, 0), (A1, 1)):
+                    at = ((bh * self.NKT + kt + i) * self.DS + s) * 256
+                    _amx("tileloadd64", _i8(a), T.address_of(self.kb[at]), T.int64(64))
+                for b, qt in ((B0, 0), (B1, 1)):
+                    _amx("tileloadd64", _i8(b), T.address_of(self.qb[qbase + (qt * self.DS + s) * 256]), T.int64(64))
+                for acc, a, b in ((C0, A0, B0), (C1, A0, B1), (C2, A1, B0), (C3, A1, B1)):
+                    _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+            for acc, i, qt in ((C0, 0, 0), (C1, 0, 1), (C2, 1, 0), (C3, 1, 1)):
+                at = sbase + (32 * kp + 16 * i) * QB + 16 * qt
+                _amx("tilestored64", _i8(acc), T.address_of(self.sb[at]), T.int64(4 * QB))
+        # softmax, per query tile: 16 queries in the lanes
+        for qt in range(NQ):
+            qv = T.Ramp(q0 + 16 * qt, 1, 16)
+
+            def x(j, qt=qt, qv=qv):  # scaled score of key j (of the block) for the 16 queries, masked
+                s = vload(self.sb, sbase + j * QB + 16 * qt, 16) * splat(self.scale, "float32", 16)
+                if not masked:
+                    return s
+                key = key0 + j
+                cond = T.Broadcast(key >= self.T, 16)
+                if self.causal:
+                    cond = T.Or(cond, T.Broadcast(key, 16) > qv)
+                return T.Select(cond, splat(LOWEST, "float32", 16), s)
+
+            mem = T.bind(T.tvm_stack_alloca("shape", 16))  # running block max, then block sum: 2 x 16 f32
+            run = T.decl_buffer((16,), "float32", data=mem)
+            tot = T.decl_buffer((16,), "float32", data=mem, elem_offset=16)
+            m_old = T.bind(vload(self.ml, mlb + 16 * qt, 16))
+            vstore(run, 0, m_old, 16)
+            with T.serial(0, nkeys // 16) as kt:
+                xs = [T.bind(x(16 * kt + r)) for r in range(16)]
+                while len(xs) > 1:
+                    xs = [T.max(xs[i], xs[i + 1]) for i in range(0, len(xs), 2)]
+                vstore(run, 0, T.max(vload(run, 0, 16), xs[0]), 16)
+            m_new = T.bind(vload(run, 0, 16))
+            vstore(tot, 0, splat(0.0, "float32", 16), 16)
+            with T.serial(0, nkeys // 16) as kt:
+                ps = [T.bind(T.exp(x(16 * kt + r) - m_new)) for r in range(16)]
+                for r2 in range(8):  # keys 2 r2, 2 r2 + 1 of the tile: one row of p^T's B operand
+                    word = T.bind(bf16_bits(ps[2 * r2], 16)) | (
+                        T.bind(bf16_bits(ps[2 * r2 + 1], 16)) << splat(16, "uint32", 16)
+                    )
+                    at = pbase + (((kt // 2) * NQ + qt) * 16 + (kt % 2) * 8 + r2) * 16
+                    vstore(self.pb, at, word, 16)
+                while len(ps) > 1:
+                    ps = [ps[i] + ps[i + 1] for i in range(0, len(ps), 2)]
+                vstore(tot, 0, vload(tot, 0, 16) + ps[0], 16)
+            corr = T.bind(T.exp(m_old - m_new))
+            vstore(self.ml, mlb + 16 * qt, m_new, 16)
+            at_l = mlb + 16 * (NQ + qt)
+            vstore(self.ml, at_l, vload(self.ml, at_l, 16) * corr + vload(tot, 0, 16), 16)
+            with T.serial(0, self.DC * 16) as r:  # the o^T sums of these queries, to the new max
+                at = obase + ((r // 16) * NQ + qt) * 256 + (r % 16) * 16
+                vstore(self.ob, at, vload(self.ob, at, 16) * corr, 16)
+        # o^T += v^T p^T: two channel tiles x two query tiles at a time (the odd channel tile alone)
+        ks0 = key0 // 32
+
+        def products(ct, pair: bool) -> None:
+            accs = [(C0, A0, B0, ct, 0), (C1, A0, B1, ct, 1)]
+            if pair:
+                accs += [(C2, A1, B0, ct + 1, 0), (C3, A1, B1, ct + 1, 1)]
+            for acc, _, _, cti, qt in accs:
+                _amx("tileloadd64", _i8(acc), T.address_of(self.ob[obase + (cti * NQ + qt) * 256]), T.int64(64))
+            with T.serial(0, nkeys // 32) as ks:
+                for a, i in ((A0, 0), (A1, 1))[: 2 if pair else 1]:
+                    at = ((bh * self.NKS + ks0 + ks) * self.DC + ct + i) * 256
+                    _amx("tileloadd64", _i8(a), T.address_of(self.vb[at]), T.int64(64))
+                for b, qt in ((B0, 0), (B1, 1)):
+                    _amx("tileloadd64", _i8(b), T.address_of(self.pb[pbase + (ks * NQ + qt) * 256]), T.int64(64))
+                for acc, a, b, _, _ in accs:
+                    _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+            for acc, _, _, cti, qt in accs:
+                _amx("tilestored64", _i8(acc), T.address_of(self.ob[obase + (cti * NQ + qt) * 256]), T.int64(64))
+
+        if self.DC // 2:
+            with T.serial(0, self.DC // 2) as cp:
+                products(2 * cp, True)
+        if self.DC % 2:
+            products(self.DC - 1, False)
+
+    def finish(self, q0) -> None:
+        """o[query, channels] = o^T sums / running sum, in o's storage dtype, for the task's real queries."""
+        o = self.bufs["o"]
+        c, bh = self.c, self.bh
+        obase, mlb = c * self.DC * NQ * 256, c * 2 * NQ * 16
+        dtype = "bfloat16" if o.dtype == "uint16" else str(o.dtype)
+        with T.serial(0, QB) as n:
+            i = q0 + n
+            with T.If(i < self.S):
+                with T.Then():
+                    inv = T.bind(T.float32(1.0) / self.ml[mlb + 16 * (NQ + n // 16) + n % 16])
+                    row = (bh // self.H) * self.S + i
+                    for ct in range(self.DC):
+                        lanes = min(16, self.Dh - 16 * ct)
+                        at = obase + (ct * NQ + n // 16) * 256 + n % 16
+                        v = self.ob[T.Ramp(at, 16, lanes)] if lanes > 1 else self.ob[at]
+                        v = v * (T.Broadcast(inv, lanes) if lanes > 1 else inv)
+                        col = (bh % self.H) * self.Dh + 16 * ct
+                        idx = T.Ramp(col, 1, lanes) if lanes > 1 else col
+                        T.buffer_store(o, narrow(v, dtype, lanes), [row, idx])
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The AMX-BF16 attention PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _Attention(spec, bufs).build())
+
+
+def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the AMX-BF16 attention."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["applicable", "attention", "build"]
