@@ -55,13 +55,34 @@ class UNetShape:
     # per level: CrossAttnDownBlock2D/CrossAttnUpBlock2D (True) or DownBlock2D/UpBlock2D (False), SD1's layout
     attention: tuple[bool, ...] = (True, True, True, False)
     layers_per_block: int = 2
-    transformer_depth: int = 1
+    transformer_depth: int | tuple[int, ...] = 1  # one number, or one per level (SDXL: 0, 2, 10)
     heads: int = 8  # SD1 uses 8 heads at every level (stable-diffusion.cpp hard-codes it)
     context_dim: int = 32
     groups: int = 32
     in_channels: int = 4
     out_channels: int = 4
     sample_size: int = 64  # latent size the model was trained at (config.json only)
+    # SD 2.x / SDXL: channels per attention head instead of a fixed head count, linear proj_in/proj_out
+    head_channels: int | None = None
+    linear_proj: bool = False
+    # SDXL: label_emb's input width (the pooled text embedding + 6 size/crop ids of `time_id_dim` each); 0: none
+    adm_in: int = 0
+    time_id_dim: int = 256
+    mid_depth: int | None = None  # the middle block's transformer depth (default: the deepest level's)
+
+    def depth(self, level: int) -> int:
+        d = self.transformer_depth
+        return d if isinstance(d, int) else d[level]
+
+    def middle_depth(self) -> int:
+        if self.mid_depth is not None:
+            return self.mid_depth
+        return self.depth(len(self.block_out_channels) - 1)
+
+    def heads_at(self, level: int) -> int:
+        if self.head_channels is None:
+            return self.heads
+        return max(1, self.block_out_channels[level] // self.head_channels)
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,37 @@ SD15 = SdShape(
     vae=VaeShape(block_out_channels=(128, 256, 512, 512)),
     text=ClipTextShape(vocab=49408, width=768, layers=12, heads=12, mlp=3072, positions=77),
 )
+# SD 2.x's UNet topology, tiny: linear proj_in/proj_out and 64 channels per head (so 1 and 2 heads here).
+TINY_SD2_UNET = UNetShape(
+    block_out_channels=(64, 128, 128),
+    attention=(True, True, False),
+    layers_per_block=1,
+    head_channels=64,
+    linear_proj=True,
+    context_dim=48,
+)
+# SDXL's UNet topology, tiny: no attention at the first level, transformer depths growing with the level (SDXL:
+# 0, 2, 10), the added conditioning of a pooled text embedding (here 64 wide) and six size/crop ids of 256 each.
+TINY_SDXL_UNET = UNetShape(
+    block_out_channels=(64, 128, 128),
+    attention=(False, True, True),
+    layers_per_block=1,
+    transformer_depth=(0, 1, 2),
+    head_channels=64,
+    linear_proj=True,
+    context_dim=96,
+    adm_in=64 + 6 * 256,
+)
+SDXL_UNET = UNetShape(
+    block_out_channels=(320, 640, 1280),
+    attention=(False, True, True),
+    transformer_depth=(0, 2, 10),
+    head_channels=64,
+    linear_proj=True,
+    context_dim=2048,
+    adm_in=1280 + 6 * 256,
+    sample_size=128,
+)
 SHAPES = {s.name: s for s in (TINY_SD, SD15)}
 
 
@@ -108,7 +160,8 @@ SHAPES = {s.name: s for s in (TINY_SD, SD15)}
 
 def unet_config(shape: SdShape) -> dict:
     u = shape.unet
-    return {
+    n = len(u.block_out_channels)
+    cfg = {
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": "0.6.0",
         "act_fn": "silu",
@@ -131,6 +184,21 @@ def unet_config(shape: SdShape) -> dict:
         "transformer_layers_per_block": u.transformer_depth,
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.attention)],
     }
+    if u.head_channels is not None:
+        # SD 2.x / SDXL configs: the same misnomer, a head count per level (channels / 64)
+        cfg["attention_head_dim"] = [u.heads_at(i) for i in range(n)]
+    if u.linear_proj:
+        cfg["use_linear_projection"] = True
+    if not isinstance(u.transformer_depth, int):
+        # diffusers wants at least one layer per entry (levels without attention ignore theirs)
+        cfg["transformer_layers_per_block"] = [max(1, u.depth(i)) for i in range(n)]
+    if u.adm_in:
+        cfg.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=u.time_id_dim,
+            projection_class_embeddings_input_dim=u.adm_in,
+        )
+    return cfg
 
 
 def vae_config(shape: SdShape) -> dict:
@@ -266,9 +334,12 @@ def _unet_resblock(g: _Gen, name: str, cin: int, cout: int, emb: int) -> None:
         g.conv(f"{name}.skip_connection", cin, cout, 1)
 
 
-def _spatial_transformer(g: _Gen, name: str, c: int, ctx: int, depth: int) -> None:
+def _spatial_transformer(g: _Gen, name: str, c: int, ctx: int, depth: int, linear: bool = False) -> None:
     g.norm(f"{name}.norm", c)
-    g.conv(f"{name}.proj_in", c, c, 1)
+    if linear:  # SD 2.x / SDXL: use_linear_in_transformer
+        g.linear(f"{name}.proj_in", c, c)
+    else:
+        g.conv(f"{name}.proj_in", c, c, 1)
     for t in range(depth):
         b = f"{name}.transformer_blocks.{t}"
         _attention(g, f"{b}.attn1", c, c)
@@ -277,7 +348,10 @@ def _spatial_transformer(g: _Gen, name: str, c: int, ctx: int, depth: int) -> No
         _attention(g, f"{b}.attn2", c, ctx)
         for i in (1, 2, 3):
             g.norm(f"{b}.norm{i}", c)
-    g.conv(f"{name}.proj_out", c, c, 1, RESIDUAL_GAIN)
+    if linear:
+        g.linear(f"{name}.proj_out", c, c, RESIDUAL_GAIN)
+    else:
+        g.conv(f"{name}.proj_out", c, c, 1, RESIDUAL_GAIN)
 
 
 def _attention(g: _Gen, name: str, c: int, kv_in: int) -> None:
@@ -296,6 +370,9 @@ def unet_state(shape: SdShape, rng: np.random.Generator | None) -> dict[str, np.
     g = _Gen(rng, sd_names.UNET_PREFIX)
     g.linear("time_embed.0", mc, emb, EMB_GAIN)
     g.linear("time_embed.2", emb, emb, EMB_GAIN)
+    if u.adm_in:  # SDXL's added conditioning (pooled text embedding, size and crop ids)
+        g.linear("label_emb.0.0", u.adm_in, emb, EMB_GAIN)
+        g.linear("label_emb.0.2", emb, emb, EMB_GAIN)
     g.conv("input_blocks.0.0", u.in_channels, mc, 3)
     skips, ch, idx = [mc], mc, 1
     for level, out in enumerate(boc):
@@ -303,7 +380,7 @@ def unet_state(shape: SdShape, rng: np.random.Generator | None) -> dict[str, np.
             _unet_resblock(g, f"input_blocks.{idx}.0", ch, out, emb)
             ch = out
             if u.attention[level]:
-                _spatial_transformer(g, f"input_blocks.{idx}.1", ch, u.context_dim, u.transformer_depth)
+                _spatial_transformer(g, f"input_blocks.{idx}.1", ch, u.context_dim, u.depth(level), u.linear_proj)
             skips.append(ch)
             idx += 1
         if level != n - 1:
@@ -311,7 +388,7 @@ def unet_state(shape: SdShape, rng: np.random.Generator | None) -> dict[str, np.
             skips.append(ch)
             idx += 1
     _unet_resblock(g, "middle_block.0", ch, ch, emb)
-    _spatial_transformer(g, "middle_block.1", ch, u.context_dim, u.transformer_depth)
+    _spatial_transformer(g, "middle_block.1", ch, u.context_dim, u.middle_depth(), u.linear_proj)
     _unet_resblock(g, "middle_block.2", ch, ch, emb)
     idx = 0
     for level in reversed(range(n)):
@@ -321,7 +398,7 @@ def unet_state(shape: SdShape, rng: np.random.Generator | None) -> dict[str, np.
             ch = out
             sub = 1
             if u.attention[level]:
-                _spatial_transformer(g, f"output_blocks.{idx}.1", ch, u.context_dim, u.transformer_depth)
+                _spatial_transformer(g, f"output_blocks.{idx}.1", ch, u.context_dim, u.depth(level), u.linear_proj)
                 sub = 2
             if level != 0 and j == nres:
                 g.conv(f"output_blocks.{idx}.{sub}.conv", ch, ch, 3)

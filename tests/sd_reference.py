@@ -48,10 +48,17 @@ def original_config(shape: SdShape) -> dict:
                         "attention_resolutions": attn_res,
                         "num_res_blocks": u.layers_per_block,
                         "channel_mult": mult,
-                        "num_heads": u.heads,
-                        "transformer_depth": u.transformer_depth,
+                        **(
+                            {"num_heads": u.heads}
+                            if u.head_channels is None
+                            else {"num_head_channels": u.head_channels}
+                        ),
+                        "transformer_depth": u.transformer_depth
+                        if isinstance(u.transformer_depth, int)
+                        else list(u.transformer_depth),
                         "context_dim": u.context_dim,
-                        "use_linear_in_transformer": False,
+                        "use_linear_in_transformer": u.linear_proj,
+                        **({"num_classes": "sequential", "adm_in_channels": u.adm_in} if u.adm_in else {}),
                     }
                 },
                 "first_stage_config": {
@@ -77,6 +84,12 @@ def diffusers_unet_config(shape: SdShape, state: dict | None = None) -> dict:
 
     cfg = create_unet_diffusers_config_from_ldm(original_config(shape), state or {})
     cfg["norm_num_groups"] = shape.unet.groups  # not in LDM's config: LDM's normalization() always uses 32
+    if shape.unet.adm_in and cfg.get("class_embed_type") == "projection":
+        # diffusers' converter recognises SDXL's added conditioning by the released context widths (2048, 1280)
+        # only; a tiny SDXL has the same LDM config (num_classes "sequential") and the same module (sgm's label_emb)
+        cfg.update(
+            class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=shape.unet.time_id_dim
+        )
     return cfg
 
 
@@ -151,13 +164,21 @@ def unet_eps(
     context: np.ndarray,
     dtype: str = "f32",
     model=None,
+    text_embeds: np.ndarray | None = None,
+    time_ids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The UNet's noise prediction for latents [B, 4, h, w], timestep(s) t and text context [B, 77, ctx] (float32)."""
+    """The UNet's noise prediction for latents [B, 4, h, w], timestep(s) t and text context [B, 77, ctx] (float32);
+    an SDXL UNet also takes the pooled text embedding [B, P] and the size/crop ids [B, 6] (``added_cond_kwargs``)."""
     torch = _torch()
     model = model or unet_model(state, shape, dtype)
     tt = torch.as_tensor(np.asarray(t, np.float64)).to(next(model.parameters()).dtype)
+    added = None
+    if text_embeds is not None:
+        added = {"text_embeds": _array(model, text_embeds), "time_ids": _array(model, time_ids)}
     with torch.no_grad():
-        out = model(_array(model, latents), tt, encoder_hidden_states=_array(model, context)).sample
+        out = model(
+            _array(model, latents), tt, encoder_hidden_states=_array(model, context), added_cond_kwargs=added
+        ).sample
     return out.float().numpy()
 
 

@@ -46,7 +46,14 @@ def lift_module(store, options, configs: dict | None = None, vae_tile: int | Non
         raise UnsupportedModelError(f"batch must be >= 1, got {options.batch}")
     configs = configs or {}
     if sd.detect(store):
-        return sd.lift(store, options.sizes, configs=configs, components=options.components, vae_tile=vae_tile)
+        return sd.lift(
+            store,
+            options.sizes,
+            configs=configs,
+            components=options.components,
+            vae_tile=vae_tile,
+            prediction=getattr(options, "prediction", None),
+        )
     if clip_text.find_prefix(set(store.names())) is None:
         raise UnsupportedModelError(clip_text.not_a_model_message(store))
     g = clip_text.lift(store, batch=options.batch, config=configs.get("text_encoder"))

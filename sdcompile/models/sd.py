@@ -51,7 +51,8 @@ LN_EPS = 1e-5
 # NO_EFFECT: bookkeeping, training settings and precision hints (math is f32 throughout), and settings of a part
 # refused above (addition_embed_type_num_heads: only with an addition_embed_type).
 UNET_READ = frozenset(
-    "attention_head_dim num_attention_heads norm_num_groups norm_eps flip_sin_to_cos freq_shift prediction_type".split()
+    """attention_head_dim num_attention_heads norm_num_groups norm_eps flip_sin_to_cos freq_shift prediction_type
+    addition_embed_type addition_time_embed_dim projection_class_embeddings_input_dim""".split()
 )
 UNET_SHAPES = frozenset(
     """in_channels out_channels cross_attention_dim block_out_channels layers_per_block down_block_types
@@ -66,9 +67,6 @@ UNET_DEFAULT_ONLY: dict[str, Any] = {
     "resnet_time_scale_shift": "default",
     "class_embed_type": None,
     "num_class_embeds": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "projection_class_embeddings_input_dim": None,
     "class_embeddings_concat": False,
     "time_embedding_type": "positional",
     "time_embedding_act_fn": None,
@@ -236,14 +234,29 @@ class UNetConfig:
     out_channels: int
     model_channels: int
     context_dim: int
-    head_dim: int | None  # channels per head (SD2), or
-    heads: int | None  # a fixed head count (SD1)
-    family: str  # "sd1" | "sd2"
+    head_dim: int | None  # channels per head (SD2, SDXL), or
+    heads: int | None  # a fixed head count (SD1), or
+    family: str  # "sd1" | "sd2" | "sdxl"
     prediction: str  # "epsilon" | "v_prediction"
     groups: int = GROUPS
     eps: float = UNET_EPS  # the resnets' and the output's GroupNorm
     flip_sin_to_cos: bool = True  # timestep embedding [cos, sin] (else [sin, cos])
     freq_shift: float = 0.0
+    # heads per level width, where a config lists head counts that no one channels-per-head number gives
+    level_heads: tuple[tuple[int, int], ...] = ()
+    # SDXL's added conditioning: label_emb takes [pooled text embedding (pooled_dim), time_ids x time_id_dim]
+    adm_in: int = 0
+    pooled_dim: int = 0
+    time_ids: int = 0
+    time_id_dim: int = 256
+
+    def heads_for(self, ch: int) -> int:
+        for width, n in self.level_heads:
+            if width == ch:
+                return n
+        if self.heads is not None:
+            return self.heads
+        return max(1, ch // self.head_dim)
 
 
 def _same(value: Any, default: Any) -> bool:
@@ -284,7 +297,67 @@ def _check_number(store, config: dict, key: str, from_weights: int, what: str) -
         )
 
 
-def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig:
+# Where a checkpoint states what its UNet predicts, besides a scheduler config (safetensors metadata of ModelSpec
+# and of trainers), and how each value is spelled there.
+PREDICTION_META = ("modelspec.prediction_type", "prediction_type", "ss_v_parameterization")
+PREDICTION_VALUES = {
+    "epsilon": "epsilon",
+    "eps": "epsilon",
+    "v": "v_prediction",
+    "v_prediction": "v_prediction",
+    "v-prediction": "v_prediction",
+    "true": "v_prediction",  # ss_v_parameterization (kohya's trainer)
+    "false": "epsilon",
+}
+# A tensor some tools (ComfyUI's checkpoint save) add to mark a v-prediction model; its presence is the statement.
+V_PRED_MARK = "v_pred"
+
+
+def _prediction(store, a: Assumptions, config: dict, family: str, option: str | None) -> str:
+    """What the UNet predicts: the --prediction option, else what the checkpoint states, else the family's usual
+    value (reported)."""
+    stated, where = None, ""
+    if config.get("prediction_type"):
+        stated, where = str(config["prediction_type"]), "the scheduler config"
+    else:
+        for key in PREDICTION_META:
+            v = _meta(store, key)
+            if v is not None and str(v).strip().lower() in PREDICTION_VALUES:
+                stated, where = PREDICTION_VALUES[str(v).strip().lower()], f"metadata {key} = {v!r}"
+                break
+        if stated is None and V_PRED_MARK in store:
+            stated, where = "v_prediction", f"its {V_PRED_MARK!r} marker tensor"
+    if option is not None:
+        chosen = {"eps": "epsilon", "v": "v_prediction"}[option]
+        if stated is not None and stated != chosen:
+            a.add(f"UNet: predicts {chosen} (--prediction {option}), overriding {stated} from {where}")
+        return chosen
+    if stated is not None:
+        if stated not in ("epsilon", "v_prediction"):
+            raise UnsupportedModelError(
+                f"{store.path}: {where} says the UNet predicts {stated!r}; sdcompile's samplers take epsilon or "
+                "v_prediction"
+            )
+        return stated
+    if family == "sd2":
+        a.add(
+            "UNet: predicts v_prediction (SD 2.x 768-v; nothing in the checkpoint says): pass --prediction eps for "
+            "a 512-base model"
+        )
+        return "v_prediction"
+    a.add(f"UNet: predicts epsilon ({family.upper()} default; no scheduler config says)")
+    return "epsilon"
+
+
+def _pooled_width(store) -> int | None:
+    """The width of the pooled text embedding an SDXL UNet takes: the second text encoder's projection."""
+    for key in ("conditioner.embedders.1.model.text_projection", "text_encoder_2/text_projection.weight"):
+        if key in store:
+            return int(tuple(store.info(key).shape)[0 if key.endswith(".weight") else 1])
+    return None
+
+
+def unet_config(store, a: Assumptions, config: dict | None = None, prediction: str | None = None) -> UNetConfig:
     def shape(sub):
         return tuple(store.info(UNET + sub).shape)
 
@@ -294,53 +367,93 @@ def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig
     cout = shape("out.2.weight")[0]
     ctx_keys = [n for n in store.names() if n.startswith(UNET) and n.endswith("attn2.to_k.weight")]
     if not ctx_keys:
-        raise UnsupportedModelError(f"{store.path}: UNet has no cross-attention (attn2) layers: not an SD 1.x/2.x UNet")
-    ctx = tuple(store.info(ctx_keys[0]).shape)[1]
-    if any(n.startswith(UNET + "label_emb") for n in store.names()):
         raise UnsupportedModelError(
-            f"{store.path}: the UNet has a label/add embedding ({UNET}label_emb.*): an SDXL or SD2-unCLIP UNet, "
-            "which sdcompile cannot compile yet"
+            f"{store.path}: UNet has no cross-attention (attn2) layers: not an SD 1.x/2.x/XL UNet"
         )
+    ctx = tuple(store.info(ctx_keys[0]).shape)[1]
     config = config or {}
     check_config_keys(store, a, config, "UNet", UNET_READ, UNET_SHAPES, UNET_DEFAULT_ONLY)
     for key, n in (("in_channels", cin), ("out_channels", cout), ("cross_attention_dim", ctx)):
         _check_number(store, config, key, n, "UNet")
-    if isinstance(config.get("block_out_channels"), list) and config["block_out_channels"]:
-        _check_number(
-            store, {"block_out_channels[0]": config["block_out_channels"][0]}, "block_out_channels[0]", mc, "UNet"
+    boc = config.get("block_out_channels")
+    if isinstance(boc, list) and boc:
+        _check_number(store, {"block_out_channels[0]": boc[0]}, "block_out_channels[0]", mc, "UNet")
+
+    # SDXL's added conditioning (sgm's label_emb, diffusers' add_embedding with addition_embed_type "text_time")
+    adm_in = pooled = n_ids = 0
+    tid = 256
+    if UNET + "label_emb.0.0.weight" in store:
+        kind = config.get("addition_embed_type")
+        if config and kind != "text_time":
+            raise UnsupportedModelError(
+                f"{store.path}: the UNet has a label embedding but its config says addition_embed_type = {kind!r} "
+                f"(class_embed_type {config.get('class_embed_type')!r}): an SD2-unCLIP or class-conditioned UNet, "
+                "which sdcompile cannot compile; it compiles SDXL's text_time conditioning"
+            )
+        adm_in = shape("label_emb.0.0.weight")[1]
+        _check_number(store, config, "projection_class_embeddings_input_dim", adm_in, "UNet")
+        if config.get("addition_time_embed_dim"):
+            tid = int(config["addition_time_embed_dim"])
+        else:
+            a.add("UNet: each size/crop id embedded in 256 channels (SDXL's; no config says)")
+        pooled = _pooled_width(store) or 0
+        if not pooled:
+            pooled = 1280
+            a.add("UNet: a pooled text embedding 1280 wide (OpenCLIP bigG's; no second text encoder says)")
+        n_ids, rest = divmod(adm_in - pooled, tid)
+        if rest or n_ids < 1:
+            raise UnsupportedModelError(
+                f"{store.path}: the UNet's label_emb takes {adm_in} values, which is not a pooled embedding of "
+                f"{pooled} plus whole {tid}-wide size/crop embeddings"
+            )
+    elif config.get("addition_embed_type"):
+        raise UnsupportedModelError(
+            f"{store.path}: the UNet's config says addition_embed_type = {config['addition_embed_type']!r} but the "
+            "weights have no label_emb/add_embedding: the config belongs to another model"
         )
+
+    linear_proj = any(
+        n.startswith(UNET) and n.endswith(".proj_in.weight") and len(store.info(n).shape) == 2 for n in store.names()
+    )
+    family = "sdxl" if adm_in else "sd2" if ctx == 1024 or linear_proj else "sd1"
     heads = head_dim = None
-    hd = config.get("attention_head_dim")
-    if isinstance(hd, list):
-        hd = hd[0]
-    family = "sd1" if ctx == 768 else "sd2" if ctx == 1024 else "sd1"
-    if config.get("num_attention_heads"):
-        heads = int(
-            config["num_attention_heads"]
-            if not isinstance(config["num_attention_heads"], list)
-            else config["num_attention_heads"][0]
-        )
-    elif hd is not None:
-        # diffusers' SD1 configs say attention_head_dim = 8 meaning 8 heads (a historical misnomer it keeps);
-        # SD2's say [5, 10, 20, 20] (heads per level, 64 channels each). Both mean: heads = value at level 0 ...
-        heads = int(hd) if family == "sd1" else None
-        head_dim = None if family == "sd1" else 64
+    level_heads: tuple[tuple[int, int], ...] = ()
+    hd = config.get("num_attention_heads") or config.get("attention_head_dim")
+    if hd is not None:
+        # diffusers' attention_head_dim is a head COUNT (a historical misnomer it keeps; num_attention_heads says
+        # the same where set): one for every level, or one per level (SD2: [5, 10, 20, 20], SDXL: [5, 10, 20])
+        if isinstance(hd, list):
+            widths = [int(c) for c in (boc or [])]
+            if len(widths) != len(hd):
+                raise UnsupportedModelError(
+                    f"{store.path}: the UNet's config lists {len(hd)} head counts for {len(widths)} levels"
+                )
+            per = {c // int(n) for c, n in zip(widths, hd)}
+            if len(per) == 1 and all(c % int(n) == 0 for c, n in zip(widths, hd)):
+                head_dim = per.pop()
+            else:
+                pairs = dict(zip(widths, (int(n) for n in hd)))
+                if len(pairs) != len(set(zip(widths, hd))):
+                    raise UnsupportedModelError(
+                        f"{store.path}: the UNet's config gives two head counts to levels of the same width"
+                    )
+                level_heads = tuple(sorted(pairs.items()))
+                heads = int(hd[0])
+        else:
+            heads = int(hd)
     meta_heads = _meta(store, "unet.num_attention_heads", "unet.num_heads")
     if meta_heads is not None:
-        heads, head_dim = int(meta_heads), None
+        heads, head_dim, level_heads = int(meta_heads), None, ()
     if heads is None and head_dim is None:
-        if family == "sd2":
-            head_dim = 64
-            a.add(f"UNet: 64 channels per attention head (SD 2.x, from the context width {ctx}; no config says)")
-        else:
+        if family == "sd1":
             heads = 8
             a.add(f"UNet: 8 attention heads (SD 1.x, from the context width {ctx}; no config says)")
-    pred = str(config.get("prediction_type") or _meta(store, "prediction_type") or "")
-    if not pred:
-        pred = "epsilon" if family == "sd1" else "v_prediction"
-        a.add(f"UNet: predicts {pred} ({family.upper()} default; no scheduler config says)")
-    if ctx not in (768, 1024):
-        a.add(f"UNet: context width {ctx} is neither SD 1.x's 768 nor SD 2.x's 1024; treated as SD 1.x")
+        else:
+            head_dim = 64
+            a.add(f"UNet: 64 channels per attention head ({family.upper()}; no config says)")
+    if ctx not in (768, 1024, 2048) and not adm_in and not linear_proj:
+        a.add(f"UNet: context width {ctx} is none of SD 1.x's 768, SD 2.x's 1024, SDXL's 2048; treated as SD 1.x")
+    pred = _prediction(store, a, config, family, prediction)
     groups = config.get("norm_num_groups")
     if groups is None:
         groups = GROUPS
@@ -349,7 +462,25 @@ def unet_config(store, a: Assumptions, config: dict | None = None) -> UNetConfig
     eps = float(config["norm_eps"]) if config.get("norm_eps") is not None else UNET_EPS
     flip = bool(config["flip_sin_to_cos"]) if config.get("flip_sin_to_cos") is not None else True
     shift = float(config["freq_shift"]) if config.get("freq_shift") is not None else 0.0
-    return UNetConfig(cin, cout, mc, ctx, head_dim, heads, family, pred, int(groups), eps, flip, shift)
+    return UNetConfig(
+        cin,
+        cout,
+        mc,
+        ctx,
+        head_dim,
+        heads,
+        family,
+        pred,
+        int(groups),
+        eps,
+        flip,
+        shift,
+        level_heads,
+        adm_in,
+        pooled,
+        n_ids,
+        tid,
+    )
 
 
 def _kind_of(rest: str) -> str | None:
@@ -402,6 +533,25 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
     )
     temb = b.linear(temb, "time_embed.0", act="silu")
     temb = b.linear(temb, "time_embed.2")
+    if cfg.adm_in:
+        # SDXL: label_emb(concat(pooled text embedding, sinusoidal embedding of each size/crop id)) joins the time
+        # embedding (diffusers' add_time_proj + add_embedding; sgm's ConcatTimestepEmbedderND + label_emb)
+        pooled = g.add_input("text_embeds", (B, cfg.pooled_dim), "float32", c)
+        ids = g.add_input("time_ids", (B, cfg.time_ids), "float32", c)
+        flat = b.reshape(ids, (B * cfg.time_ids,))
+        e = b.node(
+            "timestep_embedding",
+            [flat],
+            (B * cfg.time_ids, cfg.time_id_dim),
+            dim=cfg.time_id_dim,
+            flip=cfg.flip_sin_to_cos,
+            shift=cfg.freq_shift,
+        )
+        e = b.reshape(e, (B, cfg.time_ids * cfg.time_id_dim))
+        y = b.node("concat", [pooled, e], (B, cfg.adm_in), axis=-1)
+        y = b.linear(y, "label_emb.0.0", act="silu")
+        y = b.linear(y, "label_emb.0.2")
+        temb = b.add(temb, y)
     temb_act = b.node("silu", [temb], g.values[temb].shape)
 
     def resnet(x: str, p: str) -> str:
@@ -415,11 +565,6 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
         skip = b.conv(x, p + "skip_connection") if b.has(p + "skip_connection.weight") else x
         return b.conv(hh, p + "out_layers.3", res=skip)
 
-    def heads_for(ch: int) -> int:
-        if cfg.heads is not None:
-            return cfg.heads
-        return max(1, ch // cfg.head_dim)
-
     def attention(x: str, ctx_in: str | None, p: str, nh: int) -> str:
         q = b.linear(x, p + ".to_q", bias=False)
         src = ctx_in if ctx_in is not None else x
@@ -430,7 +575,7 @@ def lift_unet(g: Graph, store, cfg: UNetConfig, batch: int, h: int, w: int, used
 
     def transformer(x: str, p: str) -> str:
         xb, xh, xw, ch = g.values[x].shape
-        nh = heads_for(ch)
+        nh = cfg.heads_for(ch)
         hh = b.group_norm(x, p + "norm", TRANSFORMER_GN_EPS)
         hh = b.reshape(hh, (xb, xh * xw, ch))
         hh = b.linear(hh, p + "proj_in")
@@ -634,21 +779,22 @@ def lift(
     components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder"),
     batch: int = 2,
     vae_tile: int | None = None,
+    prediction: str | None = None,
 ) -> Module:
     """The SD module for each image size (width, height) in ``sizes``; ``configs`` holds diffusers' config.json
     dicts by component where the model came as a directory. Every tensor of the store not read by a lifted
     component is listed in ``module.meta["ignored"]`` with the reason."""
     configs = configs or {}
-    if is_sdxl(store) and ({"unet", "text_encoder"} & set(components)):
+    if is_sdxl(store) and "text_encoder" in components:
         raise UnsupportedModelError(
             f"{store.path}: an SDXL checkpoint (a second text encoder under conditioner.embedders.1 or "
-            "text_encoder_2/, a UNet with label_emb): its UNet and OpenCLIP-bigG text encoder cannot be compiled yet "
-            "(SDXL support is a later issue); its VAE alone can be compiled with --components vae_decoder,vae_encoder"
+            "text_encoder_2/, a UNet with label_emb): its OpenCLIP-bigG text encoder cannot be compiled yet; "
+            "compile the rest with --components unet,vae_decoder,vae_encoder"
         )
     a = Assumptions()
     used: set[str] = set()
     mod = Module(meta={"family": "sd", "assumptions": a.items, "scheduler": configs.get("scheduler")})
-    ucfg = unet_config(store, a, configs.get("unet")) if "unet" in components else None
+    ucfg = unet_config(store, a, configs.get("unet"), prediction) if "unet" in components else None
     vcfg = vae_config(store, a, configs.get("vae")) if {"vae_decoder", "vae_encoder"} & set(components) else None
     if "text_encoder" in components:
         if clip_text.find_prefix(set(store.names())) is None:
@@ -719,7 +865,7 @@ def ignored(store, used: set[str]) -> dict[str, str]:
         if xl and n.startswith(("conditioner.embedders.1.", "text_encoder_2/")):
             why = "SDXL's second text encoder (OpenCLIP ViT-bigG): sdcompile cannot compile it yet"
         elif xl and n.startswith((UNET, "unet/")):
-            why = "SDXL UNet: sdcompile cannot compile it yet"
+            why = "SDXL UNet: not compiled (--components leaves it out)"
         elif xl and n.startswith(("conditioner.embedders.", "text_encoder/")):
             why = "SDXL's first text encoder (CLIP ViT-L): not compiled without the SDXL UNet it conditions"
         elif xl and n.startswith("conditioner."):

@@ -60,7 +60,7 @@ def test_sdxl_vae_only_compile_lists_every_left_out_tensor(tmp_path):
     assert {n for n in names if not n.startswith("first_stage_model.")} <= set(ign)
     assert len(ign) + len([n for n in names if n not in ign]) == len(names) and used
     assert "SDXL's second text encoder (OpenCLIP ViT-bigG): sdcompile cannot compile it yet" in text
-    assert "SDXL UNet: sdcompile cannot compile it yet" in text
+    assert "SDXL UNet: not compiled (--components leaves it out)" in text
 
 
 def test_inspect_tensors_shows_canonical_names(tmp_path):

@@ -77,7 +77,7 @@ def test_left_out_components_are_reported(st, tmp_path):
 def test_sdxl_is_refused_by_name(st, tmp_path):
     x = dict(st)
     x["conditioner.embedders.1.model.positional_embedding"] = np.zeros((77, 8), np.float32)
-    with pytest.raises(UnsupportedModelError, match="SDXL checkpoint.*--components vae_decoder"):
+    with pytest.raises(UnsupportedModelError, match="SDXL checkpoint.*--components unet,vae_decoder"):
         _lift(_write(tmp_path, x))
 
 
