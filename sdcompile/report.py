@@ -174,6 +174,8 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
             f"activations {_SHORT_DTYPES.get(a['dtype'], a['dtype'])} storage for {a['values']} values, f32 math; "
             f"{a['kept_f32']} kept f32 (function inputs and outputs, and views of them)"
         )
+        for fn, why in sorted((a.get("functions_kept_f32") or {}).items()):
+            lines.append(f"activations f32 in every {fn} function: {why}")
     budget = mem.get("budget_bytes")
     lines.append(
         f"memory    peak {fmt_bytes(mem['peak_bytes'])} = weights {fmt_bytes(mem['weights_bytes'])} + activations "

@@ -83,7 +83,7 @@ UNET_DEFAULT_ONLY: dict[str, Any] = {
     "resnet_out_scale_factor": 1.0,
     "reverse_transformer_layers_per_block": None,
 }
-VAE_READ = frozenset("scaling_factor norm_num_groups".split())
+VAE_READ = frozenset("scaling_factor norm_num_groups force_upcast".split())
 VAE_SHAPES = frozenset(
     "in_channels out_channels latent_channels block_out_channels layers_per_block down_block_types up_block_types".split()
 )
@@ -98,8 +98,7 @@ VAE_DEFAULT_ONLY: dict[str, Any] = {
 }
 NO_EFFECT = frozenset(
     "_class_name _diffusers_version _name_or_path _use_default_values sample_size dropout upcast_attention "
-    "addition_embed_type_num_heads "
-    "force_upcast".split()
+    "addition_embed_type_num_heads".split()
 )
 
 
@@ -646,9 +645,16 @@ class VaeConfig:
     latent_channels: int
     scaling_factor: float
     groups: int = GROUPS
+    # f16 activations overflow in SDXL's VAE (its decoder's mid-block values pass 65,504: black or NaN images); its
+    # functions then keep f32 activations whatever --act-type says (diffusers' force_upcast)
+    f16_overflows: bool = False
 
 
-def vae_config(store, a: Assumptions, config: dict | None = None) -> VaeConfig:
+# What each family's VAE is scaled by where no config says (LDM's and sgm's configs, diffusers' defaults)
+SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
+
+
+def vae_config(store, a: Assumptions, config: dict | None = None, family: str = "sd1") -> VaeConfig:
     key = VAE + "decoder.conv_in.weight"
     if key not in store:
         raise UnsupportedModelError(f"{store.path}: no SD VAE decoder ({key})")
@@ -657,13 +663,15 @@ def vae_config(store, a: Assumptions, config: dict | None = None) -> VaeConfig:
     _check_number(store, config or {}, "latent_channels", zc, "VAE")
     sf = (config or {}).get("scaling_factor") or _meta(store, "vae.scaling_factor", "scaling_factor")
     if sf is None:
-        sf = 0.18215
-        a.add("VAE: scaling factor 0.18215 (SD 1.x/2.x; no config says)")
+        sf = SCALING[family]
+        a.add(f"VAE: scaling factor {sf} ({family.upper()}'s; no config says)")
     groups = (config or {}).get("norm_num_groups")
     if groups is None:
         groups = GROUPS
         a.add(f"VAE: GroupNorm with {GROUPS} groups (LDM's; no file states it)")
-    return VaeConfig(zc, float(sf), int(groups))
+    upcast = (config or {}).get("force_upcast")
+    overflows = bool(upcast) if upcast is not None else family == "sdxl"
+    return VaeConfig(zc, float(sf), int(groups), overflows)
 
 
 def _vae_resnet(b: _Builder, x: str, p: str) -> str:
@@ -795,7 +803,10 @@ def lift(
     used: set[str] = set()
     mod = Module(meta={"family": "sd", "assumptions": a.items, "scheduler": configs.get("scheduler")})
     ucfg = unet_config(store, a, configs.get("unet"), prediction) if "unet" in components else None
-    vcfg = vae_config(store, a, configs.get("vae")) if {"vae_decoder", "vae_encoder"} & set(components) else None
+    family = ucfg.family if ucfg is not None else "sdxl" if is_sdxl(store) else "sd1"
+    vcfg = (
+        vae_config(store, a, configs.get("vae"), family) if {"vae_decoder", "vae_encoder"} & set(components) else None
+    )
     if "text_encoder" in components:
         if clip_text.find_prefix(set(store.names())) is None:
             raise UnsupportedModelError(_no_text_encoder(store))
@@ -845,6 +856,15 @@ def lift(
                 g = Graph(meta={"family": "sd", "function": "encode_image", "size": [W, H]})
                 lift_encoder(g, store, vcfg, H, W, used)
                 mod.functions[f"encode_image_{tag}"] = g
+    if vcfg is not None and vcfg.f16_overflows:
+        why = (
+            "the SDXL VAE's activations overflow f16 (diffusers' force_upcast): kept f32"
+            if family == "sdxl"
+            else "the VAE's config says force_upcast: kept f32"
+        )
+        for g in mod.functions.values():
+            if g.meta.get("function") in ("decode_latents", "encode_image"):
+                g.meta["act_f16_overflows"] = why
     mod.meta["config"] = {
         "unet": ucfg.__dict__ if ucfg else None,
         "vae": vcfg.__dict__ if vcfg else None,

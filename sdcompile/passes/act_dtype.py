@@ -11,6 +11,8 @@ The storage type must be one the target's kernel check validated (``capabilities
 no bf16, WGSL having no 16-bit integer buffers); otherwise the compile stops and says which types the target has.
 Halving the activations halves the activation memory the plan reserves and the bytes kernels move; the values
 lose what the storage type cannot hold (f16: 11 significant bits and a range to 65,504; bf16: 8 bits, f32's range).
+A function the lifter marks ``act_f16_overflows`` (SDXL's VAE, whose values pass 65,504) keeps f32 under f16, and
+the report says so; bf16 has f32's range and applies.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             f"--act-type {name}: the {be.name} backend has no kernels for {name} activations (its kernel check: {why}); "
             f"choose one of {have}"
         )
+    if dtype == "float16" and g.meta.get("act_f16_overflows"):
+        # a function whose values pass f16's range (SDXL's VAE) keeps f32 storage: a safe default, reported
+        rep = ctx.report.setdefault("act_dtype", {"dtype": dtype, "values": 0, "kept_f32": 0})
+        kept = rep.setdefault("functions_kept_f32", {})
+        kept[g.meta.get("function", "?")] = g.meta["act_f16_overflows"]
+        return g
     g = g.copy()
     group = _view_groups(g)
     pinned = {group[v] for v in g.inputs + g.outputs}

@@ -64,6 +64,10 @@ def test_single_file_refused_by_name_and_vae_alone_accounts_for_every_tensor(st,
     assert "SDXL UNet" in ign["model.diffusion_model.input_blocks.0.0.weight"]
     te = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
     assert "first text encoder (CLIP ViT-L)" in ign[te]
+    # SDXL's VAE: its own scaling factor, and f32 activations under --act-type f16 (both reported)
+    assert mod.meta["config"]["vae"]["scaling_factor"] == 0.13025
+    assert any("scaling factor 0.13025 (SDXL's" in n for n in mod.meta["assumptions"])
+    assert all("overflow f16" in g.meta["act_f16_overflows"] for g in mod.functions.values())
 
 
 def test_diffusers_folder_refused_by_name_and_vae_alone_accounts_for_every_tensor(st, tmp_path):

@@ -83,6 +83,17 @@ def test_f32_does_not_fire(store):
     assert h is g and "act_dtype" not in ctx.report
 
 
+def test_function_whose_values_overflow_f16_keeps_f32_and_says_so(store):
+    """SDXL's VAE (the lifter marks it) keeps f32 under f16, reported; bf16 has f32's range and still applies."""
+    g = _graph(store)
+    g.meta.update(function="decode_latents", act_f16_overflows="values pass f16's range")
+    h, ctx = _run(g, "f16")
+    assert h is g and all(v.dtype == "float32" for v in h.values.values() if v.kind == "activation")
+    assert ctx.report["act_dtype"]["functions_kept_f32"] == {"decode_latents": "values pass f16's range"}
+    h, _ = _run(g, "bf16")
+    assert h.values["gn"].dtype == "bfloat16"
+
+
 def test_target_without_the_storage_type_is_refused(store):
     with pytest.raises(
         OptionError,
