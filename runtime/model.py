@@ -137,6 +137,7 @@ class Model:
             self.outputs[fn] = {k: self.ex.alloc(_nbytes(v)) for k, v in f["outputs"].items()}
         self._kparams = {name: k["params"] for name, k in m["kernels"]["kernels"].items()}
         self._views: dict = {}
+        self.loras = None  # runtime.lora.branch.RuntimeLoras: the LoRAs chosen at run time (set_loras)
 
     @property
     def plan(self) -> dict:
@@ -254,6 +255,17 @@ class Model:
             buf = self._views[key][1]
         return (buf, shape, param["dtype"])
 
+    def set_loras(self, loras: list[tuple[str | Path, float]]) -> list[dict]:
+        """Run the next calls with these LoRAs ((file, strength) pairs; any format, read by content) as branches
+        beside the steps they adapt; an empty list removes them. Returns per LoRA what it adapted and left."""
+        if not loras:
+            self.loras = None
+            return []
+        from runtime.lora.branch import prepare
+
+        self.loras = prepare(self.manifest, list(loras), self.manifest["target"])
+        return self.loras.report
+
     def _check_names(self, fn: str, inputs: dict) -> None:
         want = self.functions[fn]["inputs"]
         if set(inputs) != set(want):
@@ -295,9 +307,17 @@ class Model:
                 self.ex.upload(self.inputs[fn][k], v.reshape(-1))
                 bound[k] = self.inputs[fn][k]
         self._need(fn)
-        for step in f["steps"]:
+        branches = self.loras.steps.get(fn, {}) if self.loras is not None else {}
+        for i, step in enumerate(f["steps"]):
             params = self._kparams[step["kernel"]]
-            self.ex.launch(step["kernel"], [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)])
+            args = [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)]
+            branch = branches.get(i)
+            if branch is None:
+                self.ex.launch(step["kernel"], args)
+                continue
+            projected = branch.before(self.ex, args)  # a LoRA branch (runtime/lora/branch.py)
+            self.ex.launch(step["kernel"], args)
+            branch.after(self.ex, args, projected)
         if not download:
             return {o: DeviceTensor(self.outputs[fn][o], s["shape"], s["dtype"]) for o, s in f["outputs"].items()}
         self.ex.synchronize()

@@ -25,6 +25,7 @@ from sdcompile.ir import Module
 from sdcompile.ir.weights import raw_bytes
 from sdcompile.models import detect_family, lift_module
 from sdcompile.models.inputs import open_model
+from sdcompile.passes import lora as lora_pass
 from sdcompile.passes.context import CompileOptions, PassContext
 from sdcompile.passes.memory_plan import check_module, fmt_bytes
 from sdcompile.passes.pipeline import PIPELINE, run_pipeline
@@ -83,6 +84,7 @@ def compile_graph_passes(
     last_error: MemoryBudgetError | None = None
     for tile, offload in _memory_choices(options, family):
         mod = lift_module(store, options, configs, vae_tile=tile)
+        mod.meta["lora"] = lora_pass.merge(mod, options.loras, options.lora_apply_mode)
         ctx = PassContext(options)
         reports: dict[str, dict] = {}
         for name, g in list(mod.functions.items()):
@@ -201,6 +203,7 @@ def compile_model(
         bar.step("lift", 0)
         mod, ctx, store = compile_graph_passes(path, options, dump_ir, on_pass=bar.step)
         ctx.report["memory"]["budget_source"] = budget_source
+        lora_record, lora_report = _lora_records(mod)
         specs, plans = build_plans(mod.functions)
         bar.step("plan")
         pool = mod.weights()
@@ -239,7 +242,10 @@ def compile_model(
             "report": {
                 k: ctx.report[k] for k in ("quantize", "fuse", "legalize", "mma", "act_dtype") if k in ctx.report
             },
+            "lora": lora_record,
         }
+        if lora_report is not None:
+            manifest["report"]["lora"] = lora_report
 
         def fill(tmp: Path) -> None:
             manifest["kernels"] = _build_kernels(specs, options, tmp, bar, manifest["report"])
@@ -256,6 +262,22 @@ def compile_model(
     finally:
         bar.close()
     return manifest
+
+
+def _lora_records(mod: Module) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The manifest's ``lora`` record (what a runtime LoRA needs: every adaptable weight with its aliases, and the
+    weights without a hook with the reason) and the report's (the merged LoRAs, measured requantization error)."""
+    rec = mod.meta["lora"]
+    unhooked: dict[str, str] = {}
+    for g in mod.functions.values():
+        unhooked.update(g.meta.get("lora_hooks", {}).get("unhooked", {}))
+    record = {"mode": rec["mode"], "targets": rec["targets"], "unhooked": dict(sorted(unhooked.items()))}
+    if not rec["files"]:
+        return record, None
+    report = {k: rec[k] for k in ("mode", "files", "notes")}
+    report["weights"] = len(rec["merged"])
+    report["requantization"] = lora_pass.requantization_error(mod, rec["merged"])
+    return record, report
 
 
 def check_output_dir(out: Path) -> None:
@@ -316,6 +338,8 @@ def _write_extras(tmp: Path, manifest: dict[str, Any], mod: Module) -> None:
     manifest["pipeline"] = {
         "kind": "stable-diffusion",
         "vocab": {"file": VOCAB_FILE, "licence": "MIT (OpenAI CLIP)", "pad_token_id": 49407},
+        # the family, one token-id input per text encoder with its padding, SDXL's empty-negative rule
+        **(mod.meta.get("pipeline") or {}),
         "scheduler": mod.meta.get("scheduler") or {"prediction_type": unet.get("prediction", "epsilon")},
         "vae_scaling_factor": (cfg.get("vae") or {}).get("scaling_factor"),
         "vae_tiling": manifest["memory"].get("vae_tiling"),

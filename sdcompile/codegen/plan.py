@@ -65,11 +65,13 @@ def function_plan(g: Graph, specs: dict[str, ks.KernelSpec]) -> dict[str, Any]:
         if len(n.inputs + n.outputs) != sum(p.kind != "lut" for p in sp.params):  # an internal bug, not a user error
             raise ValueError(f"node {n.outputs[0]} ({n.op}) does not match kernel {sp.name}'s parameters")
         values = iter(n.inputs + n.outputs)
+        at: dict[str, int] = {}  # the argument position of each value
         for p in sp.params:
             if p.kind == "lut":  # not a graph value: the table is part of the kernel's weight type
                 args.append({"lut": p.name})
                 continue
             x = next(values)
+            at.setdefault(x, len(args))
             v = g.values[x]
             if v.kind == "input":
                 args.append({"input": x})
@@ -77,7 +79,10 @@ def function_plan(g: Graph, specs: dict[str, ks.KernelSpec]) -> dict[str, Any]:
                 args.append({"weight": x})
             else:
                 args.append(dict(storage[x]))
-        steps.append({"kernel": sp.name, "args": args, "node": n.outputs[0], "component": n.component})
+        step = {"kernel": sp.name, "args": args, "node": n.outputs[0], "component": n.component}
+        if "lora" in n.attrs:  # a runtime LoRA adds its branch here (passes/lora.hooks; runtime/lora/branch.py)
+            step["lora"] = _lora_hook(g, n, at)
+        steps.append(step)
     plan = {
         "inputs": _signature(g, g.inputs),
         "outputs": _signature(g, g.outputs),
@@ -89,6 +94,16 @@ def function_plan(g: Graph, specs: dict[str, ks.KernelSpec]) -> dict[str, Any]:
         if "accept" in rec and vocab:
             rec["max_value"] = vocab - 1
     return plan
+
+
+def _lora_hook(g: Graph, n, at: dict[str, int]) -> dict[str, Any]:
+    """Where a LoRA branch reads and writes: the adapted weight, the argument positions of the step's input x and
+    output y, and for a convolution its geometry (the branch's down projection is the same convolution)."""
+    hook: dict[str, Any] = {"weight": n.attrs["lora"], "x": at[n.inputs[0]], "y": at[n.outputs[0]]}
+    if n.op == "conv2d":
+        hook.update(kh=n.attrs["kh"], kw=n.attrs["kw"], stride=n.attrs["stride"], pads=list(n.attrs["pads"]))
+        hook["x_shape"] = list(g.values[n.inputs[0]].shape)
+    return hook
 
 
 def build_plans(functions: dict[str, Graph]) -> tuple[list[ks.KernelSpec], dict[str, dict[str, Any]]]:

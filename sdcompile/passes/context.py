@@ -34,6 +34,10 @@ class CompileOptions:
     vae_tile: int = 32
     vae_tile_overlap: int | None = None  # latent pixels; None: a quarter of the tile
     offload: str = "auto"
+    # LoRA: (file, strength) pairs merged into the weights; "merge" or "runtime" (the artifact keeps a hook on every
+    # adaptable step so a LoRA can be chosen when the image is made; see passes/lora.py)
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    lora_apply_mode: str = "merge"
 
 
 @dataclass

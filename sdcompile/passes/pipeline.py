@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdcompile.ir import Graph, verify
-from sdcompile.passes import act_dtype, fuse, legalize, memory_plan, mma, quantize
+from sdcompile.passes import act_dtype, fuse, legalize, lora, memory_plan, mma, quantize
 from sdcompile.passes.context import PassContext
 
 Pass = Callable[[Graph, PassContext], Graph]
@@ -16,6 +16,9 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("quantize", quantize.run),
     # operator fusion: dequantize + matmul + bias + activation + residual into one kernel
     ("fuse", fuse.run),
+    # LoRA at run time: each linear/conv step records the weight a runtime LoRA branch adapts (merging LoRAs into the
+    # weights is module-wide and runs before this list: compiler.compile_graph_passes, passes/lora.merge)
+    ("lora_hooks", lora.hooks),
     # backend: every op and weight type must have a kernel on the target, else a recorded fallback
     ("legalize", legalize.run),
     # product precision: bf16 products on the CPU's tile unit where asked (--compute)
