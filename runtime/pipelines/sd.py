@@ -45,9 +45,18 @@ class StableDiffusion:
                 "checkpoint for txt2img"
             )
         self.pipe = pipe
-        self.tokenizer = ClipTokenizer(
-            Path(model.path) / pipe["vocab"]["file"], pad_token_id=pipe["vocab"]["pad_token_id"]
-        )
+        vocab = Path(model.path) / pipe["vocab"]["file"]
+        self.tokenizer = ClipTokenizer(vocab, pad_token_id=pipe["vocab"]["pad_token_id"])
+        # One token-id input per text encoder (SDXL: CLIP-L pads with the end token, OpenCLIP bigG with 0), each
+        # with its own padding; older artifacts name one, padded as the vocabulary entry says.
+        inputs = pipe.get("text_inputs") or [{"input": "input_ids", "pad_token_id": pipe["vocab"]["pad_token_id"]}]
+        self.text_inputs: list[tuple[str, ClipTokenizer]] = []
+        for spec in inputs:
+            pad = int(spec["pad_token_id"])
+            tok = self.tokenizer if pad == self.tokenizer.pad_token_id else ClipTokenizer(vocab, pad_token_id=pad)
+            self.text_inputs.append((str(spec["input"]), tok))
+        # diffusers' SDXL pipelines encode an empty negative prompt as zeros (force_zeros_for_empty_prompt)
+        self.zero_empty_negative = bool(pipe.get("force_zeros_for_empty_prompt", False))
         self.schedule = NoiseSchedule.from_config(pipe.get("scheduler") or {})
         self.scaling = float(pipe["vae_scaling_factor"])
         self.batch = int(pipe.get("batch") or 2)
@@ -70,23 +79,57 @@ class StableDiffusion:
 
     # --- stages --------------------------------------------------------------------------------------------------
     def encode_prompts(self, prompt: str, negative: str, warnings: list[str]):
-        """The context [2, 77, D] for (negative, prompt): on the device unless emphasis weights rescale it."""
+        """The context [2, 77, D] for (negative, prompt): on the device unless emphasis weights rescale it or an
+        empty negative prompt is zeros; with an SDXL model, (context, pooled [2, P]) — the pooled text embedding
+        the UNet's added conditioning takes."""
         toks = [self.tokenizer.tokenize(negative), self.tokenizer.tokenize(prompt)]
         for which, t in zip(("negative prompt", "prompt"), toks):
             warnings += [f"{which}: {w}" for w in t.warnings]
-        ids = np.stack([t.ids for t in toks]).astype(np.int32)
+        feeds = {}
+        for name, tok in self.text_inputs:
+            both = toks if tok is self.tokenizer else [tok.tokenize(negative), tok.tokenize(prompt)]
+            feeds[name] = np.stack([t.ids for t in both]).astype(np.int32)
         weights = np.stack([t.weights for t in toks])
-        if np.all(weights == 1.0):
-            return self.model.call("encode_text", {"input_ids": ids}, download=False)["last_hidden_state"]
-        hidden = self.model.call("encode_text", {"input_ids": ids})["last_hidden_state"]
-        # stable-diffusion.cpp's emphasis: scale each token's hidden state by its weight, then restore the mean.
-        out = np.empty_like(hidden)
-        for i in range(hidden.shape[0]):
-            h = hidden[i]
-            before = h.mean()
-            h = h * weights[i][:, None]
-            out[i] = h * (before / h.mean()) if h.mean() != 0 else h
-        return out
+        outputs = self.model.functions["encode_text"]["outputs"]
+        pooled_out = "text_embeds" in outputs
+        zero_negative = self.zero_empty_negative and negative == ""
+        if np.all(weights == 1.0) and not zero_negative and not pooled_out:
+            return self.model.call("encode_text", feeds, download=False)["last_hidden_state"]
+        out = self.model.call("encode_text", feeds)
+        hidden = out["last_hidden_state"]
+        if not np.all(weights == 1.0):
+            # stable-diffusion.cpp's emphasis: scale each token's hidden state by its weight, then restore the mean.
+            scaled = np.empty_like(hidden)
+            for i in range(hidden.shape[0]):
+                h = hidden[i]
+                before = h.mean()
+                h = h * weights[i][:, None]
+                scaled[i] = h * (before / h.mean()) if h.mean() != 0 else h
+            hidden = scaled
+        pooled = out.get("text_embeds")
+        if zero_negative:
+            hidden = hidden.copy()
+            hidden[0] = 0.0
+            if pooled is not None:
+                pooled = pooled.copy()
+                pooled[0] = 0.0
+        return (hidden, pooled) if pooled_out else hidden
+
+    def _added_conditioning(self, fn: str, pooled, width: int, height: int) -> dict[str, np.ndarray]:
+        """SDXL's added conditioning for (negative, prompt): the pooled embeddings and the size/crop ids
+        (original size, crop top-left, target size, as (height, width) pairs: diffusers' add_time_ids with the
+        image's own size and no crop)."""
+        ins = self.model.functions[fn]["inputs"]
+        if "time_ids" not in ins:
+            return {}
+        n = int(ins["time_ids"]["shape"][1])
+        ids = [height, width, 0, 0, height, width]
+        if n != len(ids):
+            raise RuntimeFailure(
+                f"{self.model.path}: its UNet takes {n} size/crop ids; this runtime makes SDXL base's 6 (original "
+                "size, crop, target size)"
+            )
+        return {"text_embeds": np.asarray(pooled, np.float32), "time_ids": np.tile(np.float32(ids), (2, 1))}
 
     def denoise(
         self,
@@ -106,6 +149,10 @@ class StableDiffusion:
         timings: dict[str, float] | None = None,
     ) -> np.ndarray:
         fn = self._fn("denoise", width, height)
+        added: dict[str, np.ndarray] = {}
+        if isinstance(context, tuple):
+            context, pooled = context
+            added = self._added_conditioning(fn, pooled, width, height)
         sampler = make_sampler(method, self.schedule, steps, scheduler, rng=rng, strength=strength)
         lat = sampler.initial_latents(x, x0)
         n = len(sampler)
@@ -115,7 +162,7 @@ class StableDiffusion:
             xin = sampler.scale_model_input(lat, i)
             both = np.concatenate([xin, xin]).astype(np.float32)
             tt = np.full((2,), t, np.float32)
-            eps = self.model.call(fn, {"x": both, "t": tt, "context": context})["eps"]
+            eps = self.model.call(fn, {"x": both, "t": tt, "context": context, **added})["eps"]
             uncond, cond = eps[:1], eps[1:]
             guided = uncond + cfg_scale * (cond - uncond)
             lat = sampler.step(guided, i, lat)

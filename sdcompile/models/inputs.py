@@ -157,6 +157,8 @@ def _diffusers_parts(root: Path, options: Any = None) -> tuple[list, dict[str, d
 
     parts, configs = [], {}
     index = identify.read_json(root / "model_index.json") or {}
+    if index:
+        configs["pipeline"] = index  # pipeline-level settings (force_zeros_for_empty_prompt)
     cls = index.get("_class_name")
     sdxl = (root / "text_encoder_2").is_dir() or (isinstance(cls, str) and cls.startswith("StableDiffusionXL"))
     if not sdxl and cls in identify.PIPELINES:

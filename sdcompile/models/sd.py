@@ -650,6 +650,28 @@ class VaeConfig:
     f16_overflows: bool = False
 
 
+# SDXL base's published scheduler/scheduler_config.json (Euler, "leading" spacing, offset 1): the noise schedule an
+# SDXL checkpoint samples with when no scheduler config comes with it (SD 1.x/2.x: the runtime's SD defaults).
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+# Token id each text encoder pads with: OpenAI CLIP's tokenizer pads with the end token, OpenCLIP's with 0 ("!")
+PAD_END, PAD_ZERO = 49407, 0
+
+
 # What each family's VAE is scaled by where no config says (LDM's and sgm's configs, diffusers' defaults)
 SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 
@@ -801,7 +823,8 @@ def lift(
         )
     a = Assumptions()
     used: set[str] = set()
-    mod = Module(meta={"family": "sd", "assumptions": a.items, "scheduler": configs.get("scheduler")})
+    mod = Module(meta={"family": "sd", "assumptions": a.items})
+    text_inputs = [{"input": "input_ids", "pad_token_id": PAD_END}]
     ucfg = unet_config(store, a, configs.get("unet"), prediction) if "unet" in components else None
     family = ucfg.family if ucfg is not None else "sdxl" if is_sdxl(store) else "sd1"
     vcfg = (
@@ -865,6 +888,17 @@ def lift(
         for g in mod.functions.values():
             if g.meta.get("function") in ("decode_latents", "encode_image"):
                 g.meta["act_f16_overflows"] = why
+    scheduler = dict(configs.get("scheduler") or (SDXL_SCHEDULER if family == "sdxl" else {}))
+    if ucfg is not None:
+        scheduler["prediction_type"] = ucfg.prediction  # what the lifter decided (read, --prediction or reported)
+    mod.meta["scheduler"] = scheduler or None
+    index = configs.get("pipeline") or {}
+    mod.meta["pipeline"] = {
+        "family": family,
+        "text_inputs": text_inputs,
+        # diffusers' SDXL pipelines encode an empty negative prompt as zeros (model_index.json may say otherwise)
+        "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", family == "sdxl")),
+    }
     mod.meta["config"] = {
         "unet": ucfg.__dict__ if ucfg else None,
         "vae": vcfg.__dict__ if vcfg else None,
