@@ -173,17 +173,25 @@ def _by_names(names: list[str]) -> Found | None:
             if xl
             else "pass it as --diffusion-model, with the text encoder as --clip-l and the VAE as --vae",
         )
-    openclip = [
-        p
-        for p in ("cond_stage_model.model.", "conditioner.embedders.1.model.", "")
-        if p + "token_embedding.weight" in s
-    ]
+    # OpenCLIP text towers are lifted where SD checkpoints keep them (clip_text.PLACES); one elsewhere (a whole
+    # OpenCLIP model's text tower under another prefix) is named with the places that are read.
+    from sdcompile.models.clip_text import PLACES
+
+    known = tuple(p for _, p, _, _, _ in PLACES if p)
+    openclip = sorted(
+        n[: -len("token_embedding.weight")]
+        for n in names
+        if n.endswith("token_embedding.weight")
+        and not n.endswith("embeddings.token_embedding.weight")
+        and n[: -len("token_embedding.weight")] + "transformer.resblocks.0.attn.in_proj_weight" in s
+        and not n.startswith(known)
+    )
     if openclip:
         return Found(
-            f"an OpenCLIP text encoder (OpenCLIP names {openclip[0]}transformer.resblocks.*: SD 2.x's ViT-H or SDXL's "
-            "ViT-bigG)",
-            "OpenCLIP names cannot be lifted yet; the diffusers layout of the same model stores the text encoder as a "
-            "transformers CLIPTextModel, which sdcompile compiles",
+            f"an OpenCLIP text encoder under {openclip[0]!r} (OpenCLIP names {openclip[0]}transformer.resblocks.*)",
+            "sdcompile reads OpenCLIP text encoders where Stable Diffusion checkpoints keep them "
+            "(cond_stage_model.model. for SD 2.x, conditioner.embedders.1.model. for SDXL) or at the top level of a "
+            "file; rename its tensors to one of those, or pass the transformers CLIPTextModel of the same model",
         )
     return None
 

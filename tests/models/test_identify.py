@@ -106,12 +106,17 @@ def test_kohya_and_peft_loras_are_named(tmp_path):
 
 def test_openclip_text_encoder_is_named(tmp_path):
     z = np.zeros((8, 8), np.float32)
+    # where SD 2.x keeps it, OpenCLIP names are lifted: an incomplete one is refused by the tensor it lacks
     state = {
         "cond_stage_model.model.token_embedding.weight": z,
         "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": z,
     }
     msg = _refusal(E.write_safetensors(tmp_path / "openclip.safetensors", state))
-    assert "an OpenCLIP text encoder" in msg and "CLIPTextModel" in msg
+    assert "lacks tensor cond_stage_model.model.positional_embedding" in msg
+    # elsewhere it is named, with the places sdcompile reads it from
+    state = {k.replace("cond_stage_model.model.", "text.", 1): v for k, v in state.items()}
+    msg = _refusal(E.write_safetensors(tmp_path / "openclip_text.safetensors", state))
+    assert "an OpenCLIP text encoder under 'text.'" in msg and "CLIPTextModel" in msg
 
 
 def test_sd_checkpoint_without_a_text_encoder_says_what_to_pass(sd_parts, tmp_path):
