@@ -193,6 +193,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="merge this LoRA (safetensors, GGUF or .ckpt, by content) into the weights; repeatable",
+    )
+    s.add_argument(
+        "--lora-apply-mode",
+        choices=["merge", "runtime"],
+        default="merge",
+        help="merge: --lora merged into the weights (default); runtime: a hook on every adapted step, so "
+        "<lora:NAME:STRENGTH> in a prompt picks LoRAs when the image is made",
+    )
+    s.add_argument(
         "--sign-key",
         type=Path,
         default=None,
@@ -401,6 +415,13 @@ def _generation_args(s: argparse.ArgumentParser, img2img: bool) -> None:
         help="initial noise [1, 4, H/8, W/8] (unit variance) instead of the seed's, e.g. to compare with diffusers",
     )
     s.add_argument("--save-latents", type=Path, default=None, metavar="FILE.npy", help="also write the final latents")
+    s.add_argument(
+        "--lora-model-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where <lora:NAME:STRENGTH> in the prompt finds NAME (by file stem, any extension)",
+    )
     s.add_argument("--json", action="store_true", help="print timings, seed and paths as JSON")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -535,7 +556,12 @@ def cmd_compile(args) -> int:
         fallback_policy=args.fallback_policy,
         memory_budget=parse_size(args.memory_budget) if args.memory_budget else None,
         cuda_archs=archs,
+        lora_apply_mode=args.lora_apply_mode,
     )
+    if args.lora:
+        from sdcompile.passes.lora import parse_lora_arg
+
+        opts.loras = [parse_lora_arg(a) for a in args.lora]
     if args.vae_tiling is not None:
         opts.vae_tiling = args.vae_tiling
     if args.vae_tile is not None:
@@ -556,7 +582,9 @@ def cmd_compile(args) -> int:
         keys = ("target", "source", "functions", "pipeline", "memory", "report", "files")
         print(json.dumps({k: manifest[k] for k in keys if k in manifest}, indent=1))
     else:
-        print(render_compile_report(manifest, args.output))
+        from sdcompile.lora.report import render
+
+        print("\n".join([render_compile_report(manifest, args.output), *render(manifest)]))
     return 0
 
 
@@ -714,16 +742,20 @@ def cmd_generate(args) -> int:
                 f"float{want}"
             )
     seed = secrets.randbelow(2**31) if args.seed == -1 else args.seed
+    from runtime.lora.prompt import resolve
+
+    prompt, negative, lora_files, _ = resolve(args.prompt, args.negative_prompt, args.lora_model_dir)
 
     t0 = time.perf_counter()
     model = runtime.load(args.artifact, num_threads=args.threads, trusted_keys=args.trusted_key)
+    lora_report = model.set_loras(lora_files)
     sd = StableDiffusion(model)
     load_s = time.perf_counter() - t0
     bar = _StepBar(not args.no_progress, "img2img" if img2img else "txt2img")
     try:
         res = sd.generate(
-            args.prompt,
-            args.negative_prompt,
+            prompt,
+            negative,
             steps=args.steps,
             cfg_scale=args.cfg_scale,
             method=args.sampling_method,
@@ -755,6 +787,13 @@ def cmd_generate(args) -> int:
     write_png(args.output, res.image, {"parameters": params})
     if args.save_latents is not None:
         _save_npy(args.save_latents, np.asarray(res.latents, np.float32))
+    for r in lora_report:
+        if r["unmatched"]:
+            first = next(iter(r["unmatched"].items()))
+            res.warnings.append(
+                f"LoRA {r['file']}: {len(r['unmatched'])} tensors adapt no weight of this model (e.g. {first[0]}: "
+                f"{first[1]})"
+            )
     for w in res.warnings:
         print(f"sdcompile: warning: {w}", file=sys.stderr)
     timings = {"load_s": load_s, **res.timings}
@@ -778,6 +817,7 @@ def cmd_generate(args) -> int:
             "device": device,
             "timings": timings,
             "warnings": res.warnings,
+            "loras": lora_report,
             "parameters": params,
         }
         print(json.dumps(out, indent=1))
@@ -797,6 +837,8 @@ def cmd_generate(args) -> int:
         )
         if args.save_latents is not None:
             print(f"wrote {args.save_latents}: latents float32{list(res.latents.shape)}")
+        for r in lora_report:
+            print(f"lora  {r['file']} ({r['format']}) strength {r['strength']:g}: {r['weights']} weights, at run time")
         print(f"time  {t['total_s']:.2f} s = " + " + ".join(parts) + f" (load {load_s:.2f} s before)")
     return 0
 
