@@ -404,6 +404,12 @@ def encoder_config(store, enc: TextEncoder, config: dict | None = None) -> tuple
                 f"{who}: gelu activation (exact erf: OpenCLIP's nn.GELU, which its ViT-H and ViT-bigG text towers "
                 "use; from OpenCLIP's names and fused attention; no config.json or metadata states it)"
             )
+        elif released is None and enc.role in ("sd2", "sdxl_bigg"):
+            act = "gelu"
+            assumed.append(
+                f"{who}: gelu activation (exact erf, OpenCLIP's nn.GELU: it holds the place of {ROLES[enc.role]}; no "
+                "config.json or metadata states it)"
+            )
         else:
             act = released[2] if released else "quick_gelu"
             whose = f"{released[0]}'s" if released else "OpenAI CLIP's, transformers' default"
