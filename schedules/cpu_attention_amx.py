@@ -36,16 +36,30 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import MAX_CHUNKS, _amx, _i8, over_chunks, tile_config, with_tile_state
 from schedules.cpu_amx_bf16 import _bf16_pairs
-from schedules.tir_build import load_f32, prim_func, replace_body, shuffle, splat, vload, vstore
+from schedules.tir_build import load_f32, prim_func, reduce_tree, replace_body, shuffle, splat, vload, vstore
 from sdcompile.kernels.act import bf16_bits, narrow
-from sdcompile.kernels.attention import LOWEST
 from sdcompile.kernels.spec import KernelSpec
 
-NQ = 2  # query tiles of 16 per task
-QB = 16 * NQ
-KEY_BLOCK = 128  # keys per softmax block (a multiple of 32): more keys per block amortise the o^T tile traffic
+MAX_NQ = 8  # query tiles of 16 per task: each key and value tile loaded from L2 serves them all
+KEY_BLOCK = int(
+    __import__("os").environ.get("X_KB", 128)
+)  # keys per softmax block (a multiple of 32): more keys per block amortise the o^T tile traffic
+L2_BYTES = 2 << 20  # per core (Sapphire Rapids)
 MAX_DH = 512  # channels per head held in a task's o^T buffer (a VAE's single head of 512)
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)
+LOG2E = 1.4426950408889634
+# The score of a masked key, and the running max before any key (in log2 units): a finite power of two so that
+# y - round(y) stays 0 and 2^(MASKED - max) is exactly 0 (LOWEST times the scale can overflow to -inf, whose
+# rounding remainder is NaN).
+MASKED = -(2.0**100)
+EXP2_POLY = (
+    1.535336188319500e-4,
+    1.339887440266574e-3,
+    9.618437357674640e-3,
+    5.550332471162809e-2,
+    2.402264791363012e-1,
+    6.931472028550421e-1,
+)
 
 
 def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
@@ -58,6 +72,39 @@ def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
         and lanes == 16
         and host_bf16
     )
+
+
+def _exp2(y):
+    """2^y of an f32x16 y <= 0 (any finite value): 2^f for f = y - round(y) in [-1/2, 1/2] from Cephes' exp2f
+    polynomial (relative error 2e-7), times 2^round(y) by ``vscalefps``, which underflows to exactly 0 (a masked
+    score) and needs no exponent-bit arithmetic."""
+    n = T.bind(T.nearbyint(y))
+    f = T.bind(y - n)
+    p = splat(EXP2_POLY[0], "float32", 16)
+    for cf in EXP2_POLY[1:]:
+        p = p * f + splat(cf, "float32", 16)
+    p = p * f + splat(1.0, "float32", 16)
+    return T.call_llvm_pure_intrin(
+        "float32x16",
+        "llvm.x86.avx512.mask.scalef.ps.512",
+        p,
+        n,
+        splat(0.0, "float32", 16),
+        T.uint16(0xFFFF),
+        T.int32(4),
+    )
+
+
+def _bf16_interleave(a, b):
+    """Two f32x16 vectors of probabilities rounded to bf16 (nearest even) and interleaved as 16 u32 words, word n
+    holding a[n] (low half) and b[n] (high half). Probabilities are finite and >= 0 (or NaN from a NaN input, which
+    stays NaN: a quiet NaN's rounding does not carry out of the exponent), so the rounding needs no NaN case."""
+
+    def rounded(v):  # bits + 0x7fff + the lowest kept bit: the upper 16 bits are the nearest-even bf16
+        bits = T.bind(T.reinterpret("uint32x16", v))
+        return bits + splat(0x7FFF, "uint32", 16) + ((bits >> splat(16, "uint32", 16)) & splat(1, "uint32", 16))
+
+    return (rounded(a) >> splat(16, "uint32", 16)) | (rounded(b) & splat(0xFFFF0000, "uint32", 16))
 
 
 def _row16(buf, row, col, n: int):
@@ -90,20 +137,29 @@ class _Attention:
         self.KBT = -(-rem // 32) * 32  # the tail block's keys (0: none)
         self.TP = self.NBF * self.KB + self.KBT
         self.NKT, self.NKS = self.TP // 16, self.TP // 32  # key tiles (scores) and key steps (p.v)
-        self.NQB = -(-self.S // QB)
+        self.NQ = min(
+            int(__import__("os").environ.get("X_NQ", MAX_NQ)), -(-self.S // 32) * 2
+        )  # even: pairs of query tiles
+        self.QB = 16 * self.NQ
+        self.NQB = -(-self.S // self.QB)
         self.tasks = self.B * self.H * self.NQB
         self.TPC = -(-self.tasks // min(self.tasks, MAX_CHUNKS))
         self.CH = -(-self.tasks // self.TPC)
+        # task order: a head's packed k and v (bf16) stay in L2 while its blocks of queries run, unless every head's
+        # fit there at once (short keys: cross-attention), when a block of queries runs all its heads in turn, and
+        # each row of q and o is read and written whole
+        kv_bytes = self.H * self.TP * (32 * self.DS + 16 * self.DC) * 2
+        self.heads_inner = kv_bytes <= L2_BYTES // 2
 
     def build(self) -> None:
         BH = self.B * self.H
         self.kb = T.alloc_buffer((BH * self.NKT * self.DS * 256,), "uint32")  # k: A tiles [bh][key tile][step]
         self.vb = T.alloc_buffer((BH * self.NKS * self.DC * 256,), "uint32")  # v^T: A tiles [bh][key step][ch tile]
-        self.qb = T.alloc_buffer((self.CH * NQ * self.DS * 256,), "uint32")  # q: B tiles [query tile][step]
-        self.sb = T.alloc_buffer((self.CH * self.KB * QB,), "float32")  # scores [key][query]
-        self.pb = T.alloc_buffer((self.CH * (self.KB // 32) * NQ * 256,), "uint32")  # p^T: B tiles [step][q tile]
-        self.ob = T.alloc_buffer((self.CH * self.DC * NQ * 256,), "float32")  # o^T sums: [ch tile][q tile][16][16]
-        self.ml = T.alloc_buffer((self.CH * 2 * NQ * 16,), "float32")  # running max, then sum, per query tile
+        self.qb = T.alloc_buffer((self.CH * self.NQ * self.DS * 256,), "uint32")  # q: B tiles [query tile][step]
+        self.sb = T.alloc_buffer((self.CH * self.KB * self.QB,), "float32")  # scores [key][query]
+        self.pb = T.alloc_buffer((self.CH * (self.KB // 32) * self.NQ * 256,), "uint32")  # p^T: B tiles [step][q tile]
+        self.ob = T.alloc_buffer((self.CH * self.DC * self.NQ * 256,), "float32")  # o^T sums: [ch tile][q tile][16][16]
+        self.ml = T.alloc_buffer((self.CH * 2 * self.NQ * 16,), "float32")  # running max, then sum, per query tile
         self.cfg = T.alloc_buffer((64,), "uint8")
         with_tile_state(lambda: (tile_config(self.cfg, {t: (16, 64) for t in range(8)}), self.prep(), self.tiles()))
 
@@ -154,27 +210,33 @@ class _Attention:
         over_chunks(self.CH, self.TPC, self.tasks, self.cfg, self.task)
 
     def task(self, c, t) -> None:
-        bh = T.bind(t // self.NQB)
-        q0 = T.bind((t % self.NQB) * QB)
+        if self.heads_inner:  # consecutive tasks: the heads of one block of queries, which share its rows of q, o
+            H, NQB = self.H, self.NQB
+            bh = T.bind((t // (H * NQB)) * H + t % H)
+            q0 = T.bind(((t // H) % NQB) * self.QB)
+        else:  # the blocks of queries of one head, which share its packed k and v
+            bh = T.bind(t // self.NQB)
+            q0 = T.bind((t % self.NQB) * self.QB)
         self.c, self.bh = c, bh
         self.pack_q(c, bh, q0)
-        ob, ml = c * self.DC * NQ * 256, c * 2 * NQ * 16
-        with T.serial(0, self.DC * NQ * 16) as r:
-            vstore(self.ob, ob + 16 * r, splat(0.0, "float32", 16), 16)
-        for qt in range(NQ):
-            vstore(self.ml, ml + 16 * qt, splat(LOWEST, "float32", 16), 16)
-            vstore(self.ml, ml + 16 * (NQ + qt), splat(0.0, "float32", 16), 16)
+        ml = c * 2 * self.NQ * 16
+        for qt in range(self.NQ):
+            vstore(self.ml, ml + 16 * qt, splat(MASKED, "float32", 16), 16)
+            vstore(self.ml, ml + 16 * (self.NQ + qt), splat(0.0, "float32", 16), 16)
+        # the first block starts the o^T sums in the tile registers (no buffer to clear, nothing to rescale)
         if self.NBF:
-            with T.serial(0, self.NBF) as blk:
-                self.block(blk * self.KB, self.KB, self.causal, q0)
+            self.block(0, self.KB, self.causal, q0, first=True)
+            if self.NBF > 1:
+                with T.serial(1, self.NBF) as blk:
+                    self.block(blk * self.KB, self.KB, self.causal, q0)
         if self.KBT:
-            self.block(self.NBF * self.KB, self.KBT, True, q0)
+            self.block(self.NBF * self.KB, self.KBT, True, q0, first=not self.NBF)
         self.finish(q0)
 
     def pack_q(self, c, bh, q0) -> None:
         q = self.bufs["q"]
-        base = c * NQ * self.DS * 256
-        with T.serial(0, QB) as n:
+        base = c * self.NQ * self.DS * 256
+        with T.serial(0, self.QB) as n:
             i = q0 + n
             row = (bh // self.H) * self.S + T.min(i, self.S - 1)
             for s in range(self.DS):
@@ -183,40 +245,45 @@ class _Attention:
                 words = T.Select(T.Broadcast(i < self.S, 16), ld, splat(0, "uint32", 16))
                 T.buffer_store(self.qb, words, [T.Ramp(at, 16, 16)])
 
-    def block(self, key0, nkeys: int, masked: bool, q0) -> None:
+    def block(self, key0, nkeys: int, masked: bool, q0, first: bool = False) -> None:
         """Keys key0 .. key0 + nkeys - 1 (nkeys a multiple of 32) against the task's 32 queries."""
         c, bh = self.c, self.bh
-        qbase, sbase = c * NQ * self.DS * 256, c * self.KB * QB
-        pbase, obase, mlb = c * (self.KB // 32) * NQ * 256, c * self.DC * NQ * 256, c * 2 * NQ * 16
+        qbase, sbase = c * self.NQ * self.DS * 256, c * self.KB * self.QB
+        pbase, obase, mlb = c * (self.KB // 32) * self.NQ * 256, c * self.DC * self.NQ * 256, c * 2 * self.NQ * 16
         # scores^T: two key tiles x two query tiles at a time
         with T.serial(0, nkeys // 32) as kp:
-            for acc in (C0, C1, C2, C3):
-                _amx("tilezero", _i8(acc))
             kt = key0 // 16 + 2 * kp
-            with T.serial(0, self.DS) as s:
-                for a, i in ((A0, 0), (A1, 1)):
-                    at = ((bh * self.NKT + kt + i) * self.DS + s) * 256
-                    _amx("tileloadd64", _i8(a), T.address_of(self.kb[at]), T.int64(64))
-                for b, qt in ((B0, 0), (B1, 1)):
-                    _amx("tileloadd64", _i8(b), T.address_of(self.qb[qbase + (qt * self.DS + s) * 256]), T.int64(64))
-                for acc, a, b in ((C0, A0, B0), (C1, A0, B1), (C2, A1, B0), (C3, A1, B1)):
-                    _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
-            for acc, i, qt in ((C0, 0, 0), (C1, 0, 1), (C2, 1, 0), (C3, 1, 1)):
-                at = sbase + (32 * kp + 16 * i) * QB + 16 * qt
-                _amx("tilestored64", _i8(acc), T.address_of(self.sb[at]), T.int64(4 * QB))
-        # softmax, per query tile: 16 queries in the lanes
-        for qt in range(NQ):
+            with T.serial(0, self.NQ // 2) as qp:
+                for acc in (C0, C1, C2, C3):
+                    _amx("tilezero", _i8(acc))
+                with T.serial(0, self.DS) as s:
+                    for a, i in ((A0, 0), (A1, 1)):
+                        at = ((bh * self.NKT + kt + i) * self.DS + s) * 256
+                        _amx("tileloadd64", _i8(a), T.address_of(self.kb[at]), T.int64(64))
+                    for b, i in ((B0, 0), (B1, 1)):
+                        at = qbase + ((2 * qp + i) * self.DS + s) * 256
+                        _amx("tileloadd64", _i8(b), T.address_of(self.qb[at]), T.int64(64))
+                    for acc, a, b in ((C0, A0, B0), (C1, A0, B1), (C2, A1, B0), (C3, A1, B1)):
+                        _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+                for acc, i, j in ((C0, 0, 0), (C1, 0, 1), (C2, 1, 0), (C3, 1, 1)):
+                    at = sbase + (32 * kp + 16 * i) * self.QB + 16 * (2 * qp + j)
+                    _amx("tilestored64", _i8(acc), T.address_of(self.sb[at]), T.int64(4 * self.QB))
+        # softmax, per query tile: 16 queries in the lanes; scores in units of log2 (scale * log2(e) folded in)
+        c2 = splat(self.scale * LOG2E, "float32", 16)
+        with T.serial(0, self.NQ) as qt:
             qv = T.Ramp(q0 + 16 * qt, 1, 16)
 
-            def x(j, qt=qt, qv=qv):  # scaled score of key j (of the block) for the 16 queries, masked
-                s = vload(self.sb, sbase + j * QB + 16 * qt, 16) * splat(self.scale, "float32", 16)
+            def raw(j, qt=qt):  # q.k of key j (of the block) for the 16 queries
+                return vload(self.sb, sbase + j * self.QB + 16 * qt, 16)
+
+            def mask(j, y, qv=qv):  # y, or MASKED for keys past T (and, causal, after the query)
                 if not masked:
-                    return s
+                    return y
                 key = key0 + j
                 cond = T.Broadcast(key >= self.T, 16)
                 if self.causal:
                     cond = T.Or(cond, T.Broadcast(key, 16) > qv)
-                return T.Select(cond, splat(LOWEST, "float32", 16), s)
+                return T.Select(cond, splat(MASKED, "float32", 16), y)
 
             mem = T.bind(T.tvm_stack_alloca("shape", 16))  # running block max, then block sum: 2 x 16 f32
             run = T.decl_buffer((16,), "float32", data=mem)
@@ -224,49 +291,61 @@ class _Attention:
             m_old = T.bind(vload(self.ml, mlb + 16 * qt, 16))
             vstore(run, 0, m_old, 16)
             with T.serial(0, nkeys // 16) as kt:
-                xs = [T.bind(x(16 * kt + r)) for r in range(16)]
+                # unmasked, the max of the raw scores times the (positive) scale is the max of the scaled ones
+                xs = [
+                    T.bind(mask(16 * kt + r, raw(16 * kt + r) * c2) if masked else raw(16 * kt + r)) for r in range(16)
+                ]
                 while len(xs) > 1:
                     xs = [T.max(xs[i], xs[i + 1]) for i in range(0, len(xs), 2)]
-                vstore(run, 0, T.max(vload(run, 0, 16), xs[0]), 16)
+                vstore(run, 0, T.max(vload(run, 0, 16), xs[0] if masked else xs[0] * c2), 16)
             m_new = T.bind(vload(run, 0, 16))
             vstore(tot, 0, splat(0.0, "float32", 16), 16)
             with T.serial(0, nkeys // 16) as kt:
-                ps = [T.bind(T.exp(x(16 * kt + r) - m_new)) for r in range(16)]
+                ps = [T.bind(_exp2(mask(16 * kt + r, raw(16 * kt + r) * c2 - m_new))) for r in range(16)]
                 for r2 in range(8):  # keys 2 r2, 2 r2 + 1 of the tile: one row of p^T's B operand
-                    word = T.bind(bf16_bits(ps[2 * r2], 16)) | (
-                        T.bind(bf16_bits(ps[2 * r2 + 1], 16)) << splat(16, "uint32", 16)
-                    )
-                    at = pbase + (((kt // 2) * NQ + qt) * 16 + (kt % 2) * 8 + r2) * 16
-                    vstore(self.pb, at, word, 16)
+                    at = pbase + (((kt // 2) * self.NQ + qt) * 16 + (kt % 2) * 8 + r2) * 16
+                    vstore(self.pb, at, _bf16_interleave(ps[2 * r2], ps[2 * r2 + 1]), 16)
                 while len(ps) > 1:
                     ps = [ps[i] + ps[i + 1] for i in range(0, len(ps), 2)]
                 vstore(tot, 0, vload(tot, 0, 16) + ps[0], 16)
-            corr = T.bind(T.exp(m_old - m_new))
+            corr = T.bind(_exp2(m_old - m_new))
             vstore(self.ml, mlb + 16 * qt, m_new, 16)
-            at_l = mlb + 16 * (NQ + qt)
+            at_l = mlb + 16 * (self.NQ + qt)
             vstore(self.ml, at_l, vload(self.ml, at_l, 16) * corr + vload(tot, 0, 16), 16)
-            with T.serial(0, self.DC * 16) as r:  # the o^T sums of these queries, to the new max
-                at = obase + ((r // 16) * NQ + qt) * 256 + (r % 16) * 16
-                vstore(self.ob, at, vload(self.ob, at, 16) * corr, 16)
+            # the o^T sums of these queries, to the new max: only where a lane's max rose (once the first blocks
+            # have been seen, most blocks raise none)
+            if not first:
+                with T.If(reduce_tree(m_new - m_old, 16, T.max) > T.float32(0)):
+                    with T.Then():
+                        with T.serial(0, self.DC * 16) as r:
+                            at = obase + ((r // 16) * self.NQ + qt) * 256 + (r % 16) * 16
+                            vstore(self.ob, at, vload(self.ob, at, 16) * corr, 16)
         # o^T += v^T p^T: two channel tiles x two query tiles at a time (the odd channel tile alone)
         ks0 = key0 // 32
 
         def products(ct, pair: bool) -> None:
-            accs = [(C0, A0, B0, ct, 0), (C1, A0, B1, ct, 1)]
-            if pair:
-                accs += [(C2, A1, B0, ct + 1, 0), (C3, A1, B1, ct + 1, 1)]
-            for acc, _, _, cti, qt in accs:
-                _amx("tileloadd64", _i8(acc), T.address_of(self.ob[obase + (cti * NQ + qt) * 256]), T.int64(64))
-            with T.serial(0, nkeys // 32) as ks:
-                for a, i in ((A0, 0), (A1, 1))[: 2 if pair else 1]:
-                    at = ((bh * self.NKS + ks0 + ks) * self.DC + ct + i) * 256
-                    _amx("tileloadd64", _i8(a), T.address_of(self.vb[at]), T.int64(64))
-                for b, qt in ((B0, 0), (B1, 1)):
-                    _amx("tileloadd64", _i8(b), T.address_of(self.pb[pbase + (ks * NQ + qt) * 256]), T.int64(64))
-                for acc, a, b, _, _ in accs:
-                    _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
-            for acc, _, _, cti, qt in accs:
-                _amx("tilestored64", _i8(acc), T.address_of(self.ob[obase + (cti * NQ + qt) * 256]), T.int64(64))
+            with T.serial(0, self.NQ // 2) as qp:
+                accs = [(C0, A0, B0, ct, 0), (C1, A0, B1, ct, 1)]
+                if pair:
+                    accs += [(C2, A1, B0, ct + 1, 0), (C3, A1, B1, ct + 1, 1)]
+                for acc, _, _, cti, j in accs:
+                    at = obase + (cti * self.NQ + 2 * qp + j) * 256
+                    if first:
+                        _amx("tilezero", _i8(acc))
+                    else:
+                        _amx("tileloadd64", _i8(acc), T.address_of(self.ob[at]), T.int64(64))
+                with T.serial(0, nkeys // 32) as ks:
+                    for a, i in ((A0, 0), (A1, 1))[: 2 if pair else 1]:
+                        at = ((bh * self.NKS + ks0 + ks) * self.DC + ct + i) * 256
+                        _amx("tileloadd64", _i8(a), T.address_of(self.vb[at]), T.int64(64))
+                    for b, j in ((B0, 0), (B1, 1)):
+                        at = pbase + (ks * self.NQ + 2 * qp + j) * 256
+                        _amx("tileloadd64", _i8(b), T.address_of(self.pb[at]), T.int64(64))
+                    for acc, a, b, _, _ in accs:
+                        _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+                for acc, _, _, cti, j in accs:
+                    at = obase + (cti * self.NQ + 2 * qp + j) * 256
+                    _amx("tilestored64", _i8(acc), T.address_of(self.ob[at]), T.int64(64))
 
         if self.DC // 2:
             with T.serial(0, self.DC // 2) as cp:
@@ -278,17 +357,17 @@ class _Attention:
         """o[query, channels] = o^T sums / running sum, in o's storage dtype, for the task's real queries."""
         o = self.bufs["o"]
         c, bh = self.c, self.bh
-        obase, mlb = c * self.DC * NQ * 256, c * 2 * NQ * 16
+        obase, mlb = c * self.DC * self.NQ * 256, c * 2 * self.NQ * 16
         dtype = "bfloat16" if o.dtype == "uint16" else str(o.dtype)
-        with T.serial(0, QB) as n:
+        with T.serial(0, self.QB) as n:
             i = q0 + n
             with T.If(i < self.S):
                 with T.Then():
-                    inv = T.bind(T.float32(1.0) / self.ml[mlb + 16 * (NQ + n // 16) + n % 16])
+                    inv = T.bind(T.float32(1.0) / self.ml[mlb + 16 * (self.NQ + n // 16) + n % 16])
                     row = (bh // self.H) * self.S + i
                     for ct in range(self.DC):
                         lanes = min(16, self.Dh - 16 * ct)
-                        at = obase + (ct * NQ + n // 16) * 256 + n % 16
+                        at = obase + (ct * self.NQ + n // 16) * 256 + n % 16
                         v = self.ob[T.Ramp(at, 16, lanes)] if lanes > 1 else self.ob[at]
                         v = v * (T.Broadcast(inv, lanes) if lanes > 1 else inv)
                         col = (bh % self.H) * self.Dh + 16 * ct
