@@ -58,7 +58,8 @@ def lift_module(store, options, configs: dict | None = None, vae_tile: int | Non
         raise UnsupportedModelError(clip_text.not_a_model_message(store))
     g = clip_text.lift(store, batch=options.batch, config=configs.get("text_encoder"))
     used = {v.data.key for v in g.weights()}
-    ignored = {n: _not_text_encoder(n) for n in store.names() if n not in used}
+    why = g.meta.pop("ignored", {})  # the encoders' own tensors left out, with the reason (SD 2.x's last layer, ...)
+    ignored = {n: why.get(n) or _not_text_encoder(n) for n in store.names() if n not in used}
     meta = {"family": "clip_text", "config": g.meta["config"], "assumptions": g.meta["assumptions"]}
     return Module({"encode_text": g}, meta=meta | {"ignored": ignored})
 
