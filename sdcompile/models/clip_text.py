@@ -61,7 +61,6 @@ layer-norm eps 1e-5. Running a gelu encoder with quick_gelu gives outputs off by
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,7 +152,6 @@ RELEASED = {
 }
 
 
-_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
 POOL_SCALE = 16.0  # the pooling query and key value: scores of 256*sqrt(head width) at the EOS row, 0 elsewhere
 EOS_TOKEN = 49407  # CLIP's and OpenCLIP's <|endoftext|>
 
@@ -373,8 +371,10 @@ def encoder_config(store, enc: TextEncoder, config: dict | None = None) -> tuple
                 f"in = {width}: the file is damaged or not this encoder's"
             )
         projection = pshape[1] if ploc.transposed else pshape[0]
+        # transformers' CLIPTextConfig always holds a projection_dim (512 by default); only a model with the
+        # projection states it
         pd = config.get("projection_dim")
-        if pd is not None and config.get("architectures") and pd != projection:
+        if pd is not None and "CLIPTextModelWithProjection" in (config.get("architectures") or []) and pd != projection:
             raise UnsupportedModelError(
                 f"{store.path}: the {who}'s config.json says projection_dim = {pd}, {ploc.key} gives {projection}: "
                 "the config belongs to another model"
@@ -493,21 +493,6 @@ def not_a_model_message(store) -> str:
 
 
 # --- building the graph ----------------------------------------------------------------------------------------------
-
-
-def _layer_subs(i: int) -> list[str]:
-    p = f"encoder.layers.{i}."
-    subs = [p + part + wb for part in ("layer_norm1", "layer_norm2") for wb in (".weight", ".bias")]
-    for part in (
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.out_proj",
-        "mlp.fc1",
-        "mlp.fc2",
-    ):
-        subs += [p + part + ".weight", p + part + ".bias"]
-    return subs
 
 
 def _expected_shape(cfg: ClipTextConfig, sub: str) -> tuple[int, ...]:

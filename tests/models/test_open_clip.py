@@ -197,7 +197,7 @@ def _feeds(ids) -> dict[str, np.ndarray]:
 # --- which encoders a file holds ---------------------------------------------------------------------------------
 
 
-def test_find_text_encoders_names_role_layout_and_canonical_prefix(files, tmp_path):
+def test_find_text_encoders_names_role_layout_and_canonical_prefix(files, sdxl_st, tmp_path):
     def found(path):
         return [(e.role, e.names, e.prefix, e.canon) for e in clip_text.find_text_encoders(open_store(path))]
 
@@ -216,6 +216,18 @@ def test_find_text_encoders_names_role_layout_and_canonical_prefix(files, tmp_pa
     assert found(files["sdxl-diffusers"]) == [
         ("sdxl_clip_l", "hf", "text_encoder/text_model.", "text_encoder."),
         ("sdxl_bigg", "hf", "text_encoder_2/text_model.", "text_encoder_2."),
+    ]
+    # stable-diffusion.cpp's convert of separate --clip_l / --clip_g files: text_encoders.clip_{l,g}.transformer.
+    l_pre = "conditioner.embedders.0.transformer."
+    comps = {
+        "text_encoders.clip_l.transformer." + k[len(l_pre) :]: v for k, v in sdxl_st.items() if k.startswith(l_pre)
+    }
+    g_only = {k: v for k, v in sdxl_st.items() if k.startswith(X.SDXL_G_PREFIX)}
+    comps |= X.sdcpp_names(g_only, X.SDXL_G_PREFIX, "text_encoders.clip_g.transformer.")
+    p = ex.write_gguf(tmp_path / "components.gguf", comps, "f32")
+    assert found(p) == [
+        ("sdxl_clip_l", "hf", "text_encoders.clip_l.transformer.text_model.", "text_encoder."),
+        ("sdxl_bigg", "hf_fused", "text_encoders.clip_g.transformer.text_model.", "text_encoder_2."),
     ]
     refiner = X.open_clip_state(X.TINY_BIGG, 1, "conditioner.embedders.0.model.")
     p = ex.write_safetensors(tmp_path / "refiner.safetensors", refiner)
@@ -400,6 +412,18 @@ def test_quantized_sdcpp_gguf_fused_rows_keep_their_values(sdxl_st, tmp_path):
 def test_refiner_bigg_alone(sdxl_st, ids, tmp_path):
     """The SDXL refiner keeps bigG alone as its first embedder: its context is bigG's hidden_states[-2] (1280 wide
     at full size), with the pooled output, from the ids bigG's tokenizer pads with 0."""
+    # stable-diffusion.cpp's convert of separate --clip_l / --clip_g files
+    sdcpp = (
+        {
+            k.replace("cond_stage_model.1.", "text_encoders.clip_g.", 1).replace(
+                "cond_stage_model.transformer.", "text_encoders.clip_l.transformer.", 1
+            ): v
+            for k, v in open_store(files["sdxl-sdcpp"]).items()
+        }
+        if False
+        else None
+    )
+    del sdcpp
     refiner = X.open_clip_state(X.TINY_BIGG, 1, "conditioner.embedders.0.model.")  # sdxl_state's bigG weights
     g = clip_text.lift(open_store(ex.write_safetensors(tmp_path / "refiner.safetensors", refiner)), batch=2)
     assert g.inputs == ["input_ids_2", "eos_mask"] and g.outputs == ["last_hidden_state", "text_embeds"]
