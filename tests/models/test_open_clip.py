@@ -16,6 +16,8 @@ scale, checked below where it is cheap to show.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,7 @@ from sdcompile import examples as ex
 from sdcompile import examples_clip as X
 from sdcompile.errors import UnsupportedModelError
 from sdcompile.formats import open_store
+from sdcompile.formats.base import TensorInfo, TensorStore
 from sdcompile.ir import Graph, interpret, verify
 from sdcompile.ir.weights import as_f32
 from sdcompile.models import clip_text
@@ -461,3 +464,54 @@ def test_sdxl_compiled_matches_transformers(target, files, sdxl_st, ids, tmp_pat
     np.testing.assert_allclose(got["last_hidden_state"][..., :wl], ref["clip_l"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(got["last_hidden_state"][..., wl:], ref["bigg"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(got["text_embeds"], ref["text_embeds"], rtol=0, atol=1e-4)
+
+
+class _Shapes(TensorStore):
+    """Tensor names and shapes without data: lifting reads only these, so full-size layouts cost nothing."""
+
+    format = "shapes"
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        super().__init__(Path("full-size"))
+        self._infos = {k: TensorInfo(k, s, "f16", 2 * int(np.prod(s))) for k, s in shapes.items()}
+
+
+def _open_clip_shapes(prefix: str, width: int, layers: int) -> dict[str, tuple[int, ...]]:
+    d = width
+    out = {prefix + "token_embedding.weight": (49408, d), prefix + "positional_embedding": (77, d)}
+    for i in range(layers):
+        p = f"{prefix}transformer.resblocks.{i}."
+        out |= {p + f"{ln}.{wb}": (d,) for ln in ("ln_1", "ln_2") for wb in ("weight", "bias")}
+        out |= {p + "attn.in_proj_weight": (3 * d, d), p + "attn.in_proj_bias": (3 * d,)}
+        out |= {p + "attn.out_proj.weight": (d, d), p + "attn.out_proj.bias": (d,)}
+        out |= {p + "mlp.c_fc.weight": (4 * d, d), p + "mlp.c_fc.bias": (4 * d,)}
+        out |= {p + "mlp.c_proj.weight": (d, 4 * d), p + "mlp.c_proj.bias": (d,)}
+    out |= {prefix + "ln_final.weight": (d,), prefix + "ln_final.bias": (d,), prefix + "text_projection": (d, d)}
+    return out | {prefix + "logit_scale": ()}
+
+
+def test_full_size_sd2_and_sdxl_layouts_lift_with_the_released_hyperparameters():
+    """SD 2.x's ViT-H (24 x 1024) and SDXL's CLIP-L (12 x 768) + ViT-bigG (32 x 1280) as their checkpoints name
+    them: 16, 12 and 20 heads of 64; gelu, quick_gelu, gelu; a 2048-wide context and a 1280-wide pooled output."""
+    g = clip_text.lift(_Shapes(_open_clip_shapes(X.SD2_PREFIX, 1024, 24)), batch=2)
+    verify(g)
+    assert (g.meta["config"]["heads"], g.meta["config"]["act"]) == (16, "gelu")
+    assert g.values["last_hidden_state"].shape == (2, 77, 1024)
+    assert sum(n.op == "attention" for n in g.nodes) == 23
+    assert sum(".resblocks.23." in k for k in g.meta["ignored"]) == 12
+
+    clip_l = {
+        X.SDXL_L_PREFIX + k: v.shape
+        for k, v in ex.clip_text_state(ex.ClipTextShape(49408, 768, 12, 12, 3072, 77)).items()
+    }
+    g = clip_text.lift(_Shapes(clip_l | _open_clip_shapes(X.SDXL_G_PREFIX, 1280, 32)), batch=2)
+    verify(g)
+    assert [(e["config"]["heads"], e["config"]["act"]) for e in g.meta["encoders"]] == [
+        (12, "quick_gelu"),
+        (20, "gelu"),
+    ]
+    assert g.values["last_hidden_state"].shape == (2, 77, 2048)
+    assert g.values["text_embeds"].shape == (2, 1280)
+    # CLIP-L runs 11 of its 12 layers; bigG all 32 (the pooled output needs them), plus the pooling attention
+    assert sum(n.op == "attention" for n in g.nodes) == 11 + 32 + 1
+    assert not [k for k in g.meta["ignored"] if k.startswith(X.SDXL_G_PREFIX + "transformer.")]
