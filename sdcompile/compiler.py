@@ -137,9 +137,9 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
         tiled += [f"{name}:{node}" for node in rep["legalize"].get("tiled_attention", [])]
         out["legalize"] = dict(rep["legalize"])
         if "mma" in rep:
-            a = out.setdefault("mma", dict(rep["mma"], nodes=0, kept_f32=0))
-            a["nodes"] += rep["mma"]["nodes"]
-            a["kept_f32"] += rep["mma"]["kept_f32"]
+            a = out.setdefault("mma", dict(rep["mma"], nodes=0, attention=0, kept_f32=0))
+            for k in ("nodes", "attention", "kept_f32"):
+                a[k] += rep["mma"].get(k, 0)
         if "act_dtype" in rep:
             a = out.setdefault("act_dtype", {"dtype": rep["act_dtype"]["dtype"], "values": 0, "kept_f32": 0})
             a["values"] += rep["act_dtype"]["values"]

@@ -164,7 +164,7 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     if r.get("mma"):
         a = r["mma"]
         lines.append(
-            f"products  {a['compute']} for {a['nodes']} linear/conv2d nodes"
+            f"products  {a['compute']} for {a['nodes']} linear/conv2d/attention nodes ({a.get('attention', 0)} attention)"
             + (f", {a['kept_f32']} kept ({a['why']})" if a["kept_f32"] else "")
             + (f"; {a['why']}" if not a["kept_f32"] and a["why"] else "")
         )

@@ -3,10 +3,14 @@
 Contract: with ``compute`` f32 the graph is unchanged. With bf16, on the CPU, every ``linear`` and ``conv2d`` whose
 weight is a float type (f32, f16, bf16) gets the node attribute ``mma="bf16"``: its kernel rounds both operands to
 bf16 and sums the products in f32 on the AMX tile unit (``schedules/cpu_amx_bf16.py``), as PyTorch's bf16 autocast
-does. Quantized weights keep their own integer kernels. Where the compiling CPU (the one the code is built for) has no
-AMX-BF16, no node is marked and the report says the option had no effect; a shape that does not fit the tiles (K
-not a multiple of 32, N of 16) keeps f32 products. GPU targets: the option has no effect yet, and the report says
-so.
+does. Quantized weights keep their own integer kernels. Every ``attention`` node (causal or not) with heads of at
+most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
+(``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32 softmax,
+as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel and count as ``kept_f32``. The
+report counts the marked nodes (``nodes``, of which ``attention`` are attention) and those kept. Where the compiling
+CPU (the one the code is built for) has no AMX-BF16, no node is marked and the report says the option had no effect;
+a linear or conv2d shape that does not fit the tiles (K not a multiple of 32, N of 16) keeps f32 products. GPU
+targets: the option has no effect yet, and the report says so.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         raise OptionError(f"unknown --compute {compute!r}; choose one of {', '.join(COMPUTE)}")
     if compute == "f32":
         return g
-    rep = ctx.report.setdefault("mma", {"compute": compute, "nodes": 0, "kept_f32": 0, "why": ""})
+    rep = ctx.report.setdefault("mma", {"compute": compute, "nodes": 0, "attention": 0, "kept_f32": 0, "why": ""})
     if ctx.options.target != "cpu":
         rep["why"] = f"--compute {compute} has no effect on {ctx.options.target} yet: products stay f32"
         return g
@@ -34,8 +38,21 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     if not host_amx_bf16():
         rep["why"] = f"--compute {compute} has no effect: this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set)"
         return g
+    from schedules.cpu_attention_amx import MAX_DH
+
     g = g.copy()
+    why = set()
     for n in g.nodes:
+        if n.op == "attention":
+            width = g.values[n.inputs[0]].shape[-1]
+            if width // int(n.attrs["heads"]) <= MAX_DH:
+                n.attrs["mma"] = compute
+                rep["nodes"] += 1
+                rep["attention"] += 1
+            else:
+                rep["kept_f32"] += 1
+                why.add(f"attention heads wider than {MAX_DH} channels keep the f32 kernel")
+            continue
         if n.op not in ("linear", "conv2d"):
             continue
         w = g.values[n.inputs[1]]
@@ -44,5 +61,6 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             rep["nodes"] += 1
         else:
             rep["kept_f32"] += 1
-    rep["why"] = "quantized weights keep their integer kernels" if rep["kept_f32"] else ""
+            why.add("quantized weights keep their integer kernels")
+    rep["why"] = "; ".join(sorted(why))
     return g

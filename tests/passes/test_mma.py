@@ -1,5 +1,6 @@
-"""mma: --compute bf16 marks the linear and conv2d nodes with float weights for bf16 products (CPU, AMX-BF16 host),
-keeps quantized ones, and says where it has no effect; the kernels the marks lead to compute in bf16."""
+"""mma: --compute bf16 marks the linear and conv2d nodes with float weights and the attention nodes (heads up to
+``cpu_attention_amx.MAX_DH`` channels) for bf16 products (CPU, AMX-BF16 host), keeps quantized weights and wider
+heads, and says where it has no effect; the kernels the marks lead to compute in bf16."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from sdcompile.codegen import tvm_layer
 from sdcompile.codegen.plan import node_spec
 from sdcompile.errors import OptionError
-from sdcompile.ir import interpret, verify
+from sdcompile.ir import Graph, interpret, verify
 from sdcompile.passes import fuse, legalize, mma, quantize
 from sdcompile.passes.context import CompileOptions, PassContext
 
@@ -31,6 +32,10 @@ def test_float_weights_get_bf16_products(tiny_graph):
     assert marked and kept  # the fc1 layers are q8_0: their integer kernels stay
     assert all(g.values[n.inputs[1]].dtype == "q8_0" for n in kept)
     assert ctx.report["mma"]["nodes"] == len(marked) and ctx.report["mma"]["kept_f32"] == len(kept)
+    # the text encoder's causal self-attention and its pooling row are marked too
+    attention = [n for n in g.nodes if n.op == "attention"]
+    assert attention and all(n.attrs.get("mma") == "bf16" for n in attention)
+    assert any(n.attrs.get("causal") for n in attention) and ctx.report["mma"]["attention"] == len(attention)
     assert all(node_spec(g, n).attr("mma") == "bf16" for n in marked)
     assert not any("mma" in n.attrs for n in before.nodes)  # the pass copies
     # the interpreter's reference is unchanged (the mark is about the kernel's arithmetic, not the op)
@@ -39,13 +44,42 @@ def test_float_weights_get_bf16_products(tiny_graph):
     np.testing.assert_array_equal(a["last_hidden_state"], b["last_hidden_state"])
 
 
+def _attention_graph(width: int, heads: int) -> Graph:
+    g = Graph()
+    q = g.add_input("q", (2, 45, width), "float32", "unet")
+    kv = g.add_input("kv", (2, 77, width), "float32", "unet")
+    g.outputs.append(g.add_node("attention", [q, kv, kv], "o", (2, 45, width), "unet", heads=heads, causal=False))
+    return g
+
+
+@pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16")
+def test_attention_marks_and_kept_heads():
+    from schedules.cpu_attention_amx import MAX_DH
+
+    _, g, ctx = _run(_attention_graph(80, 2), compute="bf16")
+    (n,) = [n for n in g.nodes if n.op == "attention"]
+    spec = node_spec(g, n)
+    assert n.attrs["mma"] == "bf16" and spec.attr("mma") == "bf16" and spec.attr("Dh") == 40 and spec.attr("T") == 77
+    assert ctx.report["mma"] == {"compute": "bf16", "nodes": 1, "attention": 1, "kept_f32": 0, "why": ""}
+    # a head wider than the kernel's o^T buffer keeps the f32 kernel, and the report says so
+    _, g, ctx = _run(_attention_graph(MAX_DH + 16, 1), compute="bf16")
+    assert not any("mma" in n.attrs for n in g.nodes)
+    rep = ctx.report["mma"]
+    assert (rep["nodes"], rep["attention"], rep["kept_f32"]) == (0, 0, 1) and f"wider than {MAX_DH}" in rep["why"]
+
+
 def test_no_effect_is_said(tiny_graph, monkeypatch):
     _, g, ctx = _run(tiny_graph, compute="bf16", target="vulkan")
     assert not any("mma" in n.attrs for n in g.nodes) and "no effect on vulkan" in ctx.report["mma"]["why"]
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
     _, g, ctx = _run(tiny_graph, compute="bf16")
     assert not any("mma" in n.attrs for n in g.nodes) and "no AMX-BF16" in ctx.report["mma"]["why"]
+    monkeypatch.undo()
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")  # what a user sets for an artifact that must run without AMX
+    _, g, ctx = _run(tiny_graph, compute="bf16")
+    assert not any("mma" in n.attrs for n in g.nodes) and "no AMX-BF16" in ctx.report["mma"]["why"]
+    monkeypatch.undo()
     _, g, ctx = _run(tiny_graph)
-    assert "mma" not in ctx.report
+    assert "mma" not in ctx.report and not any("mma" in n.attrs for n in g.nodes)
     with pytest.raises(OptionError, match="unknown --compute"):
         _run(tiny_graph, compute="fp8")
