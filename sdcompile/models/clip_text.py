@@ -55,8 +55,8 @@ metadata (safetensors ``__metadata__``, GGUF key/values; with two encoders only 
 projection). A config that contradicts the shapes is refused: it belongs to another model. What nothing states is
 assumed and the report says so: 64 channels per head (every released CLIP and OpenCLIP text tower); OpenCLIP names
 mean OpenCLIP's ``nn.GELU`` (exact erf), which its ViT-H and ViT-bigG use; for transformers' names the activation of
-the released encoder of that width (CLIP ViT-L 768: quick_gelu; OpenCLIP ViT-H 1024 and ViT-bigG 1280: gelu);
-layer-norm eps 1e-5. Running a gelu encoder with quick_gelu gives outputs off by a few hundredths and no error.
+the released encoder of that width (CLIP ViT-L 768: quick_gelu; OpenCLIP ViT-H 1024 and ViT-bigG 1280: gelu), for
+another width OpenCLIP's gelu in SDXL's second place and OpenAI CLIP's quick_gelu elsewhere; layer-norm eps 1e-5. Running a gelu encoder with quick_gelu gives outputs off by a few hundredths and no error.
 """
 
 from __future__ import annotations
