@@ -95,8 +95,10 @@ _SDCPP_BLOCK = {
 
 def sdcpp_names(state: dict[str, np.ndarray], prefix: str, to: str) -> dict[str, np.ndarray]:
     """OpenCLIP tensors under ``prefix`` renamed as stable-diffusion.cpp's convert writes them under ``to`` (its
-    ``cond_stage_model.transformer.`` for SD 2.x, ``cond_stage_model.1.transformer.`` for SDXL's bigG); names it
-    does not convert (``logit_scale``) keep their OpenCLIP sub-path, as it leaves them."""
+    ``cond_stage_model.transformer.`` for SD 2.x, ``cond_stage_model.1.transformer.`` for SDXL's bigG). A name its
+    converter has no entry for (``logit_scale``) keeps OpenCLIP's ``model.`` sub-path under the same root, as it
+    leaves them (``cond_stage_model.model.logit_scale``, ``cond_stage_model.1.model.logit_scale``)."""
+    root = to.removesuffix("transformer.")
     out = {}
     for k, v in state.items():
         if not k.startswith(prefix):
@@ -111,7 +113,7 @@ def sdcpp_names(state: dict[str, np.ndarray], prefix: str, to: str) -> dict[str,
             if rest in _SDCPP_BLOCK:
                 out[to + f"text_model.encoder.layers.{i}.{_SDCPP_BLOCK[rest]}"] = v
                 continue
-        out[to + sub] = v
+        out[root + "model." + sub] = v
     return out
 
 

@@ -742,14 +742,23 @@ def _encoder_tensors(store, enc: TextEncoder) -> list[str]:
     names = store.names()
     if enc.root == "":
         return [n for n in names if n.startswith(_STANDALONE)]
-    return [n for n in names if n.startswith(enc.root)]
+    roots = (enc.root,)
+    if enc.names == HF_FUSED and enc.root.endswith("transformer."):
+        # what stable-diffusion.cpp's convert has no name for (logit_scale) stays under OpenCLIP's model.
+        roots += (enc.root.removesuffix("transformer.") + "model.",)
+    return [n for n in names if n.startswith(roots)]
 
 
 def ignored_reason(enc: TextEncoder, key: str, cfg: ClipTextConfig, tap: int, final_norm: bool, pooled: bool) -> str:
     """Why a tensor of ``enc`` is not read, when the graph reads ``hidden_states[tap]`` (through the final norm
     when ``final_norm``) and, when ``pooled``, the projected EOS row."""
     who = ROLES[enc.role]
-    rel = key[len(enc.prefix) :] if key.startswith(enc.prefix) else key[len(enc.root) :]
+    if key.startswith(enc.prefix):
+        rel = key[len(enc.prefix) :]
+    elif key.startswith(enc.root):
+        rel = key[len(enc.root) :]
+    else:  # stable-diffusion.cpp's leftovers under OpenCLIP's model. (_encoder_tensors)
+        rel = key.rsplit(".", 1)[-1]
     i = ocn.layer_of(enc.names, rel)
     if i is not None and i >= tap:
         if enc.role == "sd2":

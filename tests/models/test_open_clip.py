@@ -190,6 +190,14 @@ def files(sd2_state, sdxl_st, tmp_path_factory):
     folders = {"text_encoder/" + k: np.asarray(v) for k, v in lc.items()}
     folders |= {"text_encoder_2/" + k: v.numpy() for k, v in gc.items()}
     out["sdxl-diffusers"] = ex.write_safetensors(d / "sdxl_hf.safetensors", folders)
+    # stable-diffusion.cpp's convert --clip_l --clip_g of transformers-named files: text_encoders.clip_{l,g}.
+    # transformer., and CLIPTextModelWithProjection's text_projection.weight renamed text_model.text_projection,
+    # still [out, in]
+    comps = {"text_encoders.clip_l.transformer." + k: np.asarray(v) for k, v in lc.items()}
+    for k, v in gc.items():
+        k = "text_model.text_projection" if k == "text_projection.weight" else k
+        comps["text_encoders.clip_g.transformer." + k] = v.numpy()
+    out["sdxl-sdcpp-components"] = ex.write_gguf(d / "sdxl_components.gguf", comps, "f32")
     return out
 
 
@@ -200,7 +208,7 @@ def _feeds(ids) -> dict[str, np.ndarray]:
 # --- which encoders a file holds ---------------------------------------------------------------------------------
 
 
-def test_find_text_encoders_names_role_layout_and_canonical_prefix(files, sdxl_st, tmp_path):
+def test_find_text_encoders_names_role_layout_and_canonical_prefix(files, tmp_path):
     def found(path):
         return [(e.role, e.names, e.prefix, e.canon) for e in clip_text.find_text_encoders(open_store(path))]
 
@@ -220,17 +228,10 @@ def test_find_text_encoders_names_role_layout_and_canonical_prefix(files, sdxl_s
         ("sdxl_clip_l", "hf", "text_encoder/text_model.", "text_encoder."),
         ("sdxl_bigg", "hf", "text_encoder_2/text_model.", "text_encoder_2."),
     ]
-    # stable-diffusion.cpp's convert of separate --clip_l / --clip_g files: text_encoders.clip_{l,g}.transformer.
-    l_pre = "conditioner.embedders.0.transformer."
-    comps = {
-        "text_encoders.clip_l.transformer." + k[len(l_pre) :]: v for k, v in sdxl_st.items() if k.startswith(l_pre)
-    }
-    g_only = {k: v for k, v in sdxl_st.items() if k.startswith(X.SDXL_G_PREFIX)}
-    comps |= X.sdcpp_names(g_only, X.SDXL_G_PREFIX, "text_encoders.clip_g.transformer.")
-    p = ex.write_gguf(tmp_path / "components.gguf", comps, "f32")
-    assert found(p) == [
+    # stable-diffusion.cpp's convert of separate --clip_l / --clip_g files (transformers-named, as ComfyUI's)
+    assert found(files["sdxl-sdcpp-components"]) == [
         ("sdxl_clip_l", "hf", "text_encoders.clip_l.transformer.text_model.", "text_encoder."),
-        ("sdxl_bigg", "hf_fused", "text_encoders.clip_g.transformer.text_model.", "text_encoder_2."),
+        ("sdxl_bigg", "hf", "text_encoders.clip_g.transformer.text_model.", "text_encoder_2."),
     ]
     refiner = X.open_clip_state(X.TINY_BIGG, 1, "conditioner.embedders.0.model.")
     p = ex.write_safetensors(tmp_path / "refiner.safetensors", refiner)
@@ -284,6 +285,10 @@ def test_sd2_same_ir_and_outputs_from_sdcpp_gguf_and_diffusers_names(files, ids)
     outs = {k: interpret.run(g, {"input_ids": ids["g"]})["last_hidden_state"] for k, g in graphs.items()}
     np.testing.assert_array_equal(outs["sd2-sdcpp"], outs["sd2-ldm"])
     np.testing.assert_array_equal(outs["sd2-diffusers"], outs["sd2-ldm"])
+    ign = graphs["sd2-sdcpp"].meta["ignored"]
+    assert "logit scale" in ign["cond_stage_model.model.logit_scale"]  # where sd.cpp's convert leaves it
+    assert "text projection" in ign["cond_stage_model.transformer.text_model.text_projection"]
+    assert sum("penultimate" in why for why in ign.values()) == 12
     q = "text_encoder.encoder.layers.5.self_attn.k_proj.weight"
     src = {k: graphs[k].values[q].data for k in graphs}
     assert src["sd2-ldm"].key == X.SD2_PREFIX + "transformer.resblocks.5.attn.in_proj_weight"
@@ -331,11 +336,12 @@ def test_sdxl_context_and_pooled_match_transformers(files, sdxl_st, ids):
 
 
 def test_sdxl_same_ir_and_outputs_from_sdcpp_gguf_and_diffusers_folders(files, ids):
-    graphs = {k: clip_text.lift(open_store(files[k]), batch=2) for k in ("sdxl-ldm", "sdxl-sdcpp", "sdxl-diffusers")}
+    layouts = ("sdxl-ldm", "sdxl-sdcpp", "sdxl-diffusers", "sdxl-sdcpp-components")
+    graphs = {k: clip_text.lift(open_store(files[k]), batch=2) for k in layouts}
     texts = {k: str(g) for k, g in graphs.items()}
-    assert texts["sdxl-sdcpp"] == texts["sdxl-ldm"] == texts["sdxl-diffusers"]
+    assert all(t == texts["sdxl-ldm"] for t in texts.values())
     outs = {k: interpret.run(g, _feeds(ids)) for k, g in graphs.items()}
-    for k in ("sdxl-sdcpp", "sdxl-diffusers"):
+    for k in layouts[1:]:
         for o in ("last_hidden_state", "text_embeds"):
             np.testing.assert_array_equal(outs[k][o], outs["sdxl-ldm"][o], err_msg=f"{k} {o}")
     notes = " | ".join(graphs["sdxl-sdcpp"].meta["assumptions"])
