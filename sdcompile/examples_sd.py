@@ -21,12 +21,14 @@ in the code that uses it). Measured with diffusers (seed 0, t=500): tiny UNet bl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +106,10 @@ class SdShape:
     vae: VaeShape = field(default_factory=VaeShape)
     text: ClipTextShape = field(default_factory=ClipTextShape)
     text_act: str = "quick_gelu"
+    # "sd1": CLIP-L under cond_stage_model.transformer; "sd2": OpenCLIP-H (`open_clip`) under cond_stage_model.model;
+    # "sdxl": CLIP-L (`text`) under conditioner.embedders.0 and OpenCLIP-bigG (`open_clip`) under embedders.1
+    family: str = "sd1"
+    open_clip: Any = None  # sdcompile.examples_clip.OpenClipShape
 
 
 # SD 1.x topology with tiny widths. The text encoder keeps CLIP's vocabulary so real tokenizer ids are valid.
@@ -138,7 +144,7 @@ TINY_SDXL_UNET = UNetShape(
     transformer_depth=(0, 1, 2),
     head_channels=64,
     linear_proj=True,
-    context_dim=96,
+    context_dim=128,
     adm_in=64 + 6 * 256,
 )
 SDXL_UNET = UNetShape(
@@ -151,7 +157,41 @@ SDXL_UNET = UNetShape(
     adm_in=1280 + 6 * 256,
     sample_size=128,
 )
-SHAPES = {s.name: s for s in (TINY_SD, SD15)}
+
+
+def _open_clip(**kw):
+    from sdcompile.examples_clip import OpenClipShape
+
+    return OpenClipShape(**kw)
+
+
+# Tiny SD 2.x and SDXL: CLIP's vocabulary and 77 positions (real tokenizer ids), 64 channels per text head as the
+# released encoders; SD 2.x runs 2 of its OpenCLIP's 3 layers (the penultimate), SDXL's context is 64 + 64 wide.
+TINY_SD2 = SdShape(
+    name="tiny-sd2",
+    unet=dataclasses.replace(TINY_SD2_UNET, context_dim=64),
+    vae=VaeShape(),
+    family="sd2",
+    open_clip=_open_clip(vocab=49408, width=64, layers=3, mlp=128, positions=77, projection=64),
+)
+TINY_SDXL = SdShape(
+    name="tiny-sdxl",
+    unet=TINY_SDXL_UNET,
+    vae=VaeShape(scaling_factor=0.13025),
+    text=ClipTextShape(vocab=49408, width=64, layers=2, heads=1, mlp=128, positions=77),
+    family="sdxl",
+    open_clip=_open_clip(vocab=49408, width=64, layers=3, mlp=128, positions=77, projection=64),
+)
+# The full-size SDXL base architecture (CLIP-L + OpenCLIP-bigG, 2.6 G UNet parameters).
+SDXL = SdShape(
+    name="sdxl",
+    unet=SDXL_UNET,
+    vae=VaeShape(block_out_channels=(128, 256, 512, 512), scaling_factor=0.13025, sample_size=1024),
+    text=ClipTextShape(vocab=49408, width=768, layers=12, heads=12, mlp=3072, positions=77),
+    family="sdxl",
+    open_clip=_open_clip(vocab=49408, width=1280, layers=32, mlp=5120, positions=77, projection=1280),
+)
+SHAPES = {s.name: s for s in (TINY_SD, SD15, TINY_SD2, TINY_SDXL, SDXL)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,7 +319,10 @@ MODEL_INDEX = {
 
 
 def sd_metadata(shape: SdShape) -> dict[str, int | str]:
-    """Hyperparameters that tensor shapes do not tell: the head counts and the text encoder's activation."""
+    """Hyperparameters that tensor shapes do not tell: the head counts and the text encoder's activation (SD 1.x;
+    SD 2.x and SDXL files carry none: 64 channels per head, OpenCLIP's gelu)."""
+    if shape.family != "sd1":
+        return {}
     return {
         META_TEXT_HEADS: shape.text.heads,
         META_TEXT_ACT: shape.text_act,
@@ -468,8 +511,16 @@ def vae_state(shape: SdShape, rng: np.random.Generator | None) -> dict[str, np.n
 
 
 def text_state(shape: SdShape, seed: int) -> dict[str, np.ndarray]:
-    """The text encoder under LDM names: `sdcompile.examples`' CLIP initialisation, so its tests' encoder is this one."""
-    return {sd_names.TEXT_PREFIX + k: v for k, v in clip_text_state(shape.text, seed).items()}
+    """The text encoder(s) under LDM names: `sdcompile.examples`' CLIP initialisation, so its tests' encoder is this
+    one; SD 2.x's and SDXL's OpenCLIP tower as `sdcompile.examples_clip` makes it."""
+    if shape.family == "sd1":
+        return {sd_names.TEXT_PREFIX + k: v for k, v in clip_text_state(shape.text, seed).items()}
+    from sdcompile import examples_clip as C
+
+    if shape.family == "sd2":
+        return C.open_clip_state(shape.open_clip, seed, C.SD2_PREFIX)
+    clip_l = {C.SDXL_L_PREFIX + k: v for k, v in clip_text_state(shape.text, seed).items()}
+    return clip_l | C.open_clip_state(shape.open_clip, seed + 1, C.SDXL_G_PREFIX)
 
 
 def text_shapes(shape: SdShape) -> dict[str, tuple[int, ...]]:
@@ -497,7 +548,10 @@ def sd_shapes(shape: SdShape = TINY_SD) -> dict[str, tuple[int, ...]]:
     (SD 1.5 size in milliseconds)."""
     out = {k: v.shape for k, v in unet_state(shape, None).items()}
     out.update({k: v.shape for k, v in vae_state(shape, None).items()})
-    out.update(text_shapes(shape))
+    if shape.family == "sd1":
+        out.update(text_shapes(shape))
+    else:  # the text towers are small next to the UNet: generate them for their shapes
+        out.update({k: v.shape for k, v in text_state(shape, 0).items()})
     return out
 
 
@@ -592,6 +646,8 @@ def write_sd(
             top.update(meta)  # top-level scalars: the only place a checkpoint can carry them (readers list them)
         write_ckpt(out, top, dtype)
     elif fmt == "gguf":
+        if shape.family != "sd1":
+            state = sdcpp_text_names(state, shape)
         write_gguf_sdcpp(out, state, dtype, meta)
     elif fmt == "diffusers":
         write_diffusers(out, state, shape, dtype)
@@ -750,6 +806,18 @@ def write_gguf_sdcpp(
     w.write_tensors_to_file()
     w.close()
     return Path(path)
+
+
+def sdcpp_text_names(state: dict[str, np.ndarray], shape: SdShape) -> dict[str, np.ndarray]:
+    """SD 2.x/SDXL text encoders under the names stable-diffusion.cpp's `convert` writes (its name_conversion:
+    OpenCLIP towers to transformers' names with the fused in_proj kept; SDXL's CLIP-L and bigG as
+    cond_stage_model.transformer / cond_stage_model.1.transformer)."""
+    from sdcompile import examples_clip as C
+
+    if shape.family == "sd2":
+        return C.sdcpp_names(state, C.SD2_PREFIX, "cond_stage_model.transformer.")
+    out = C.sdcpp_names(state, C.SDXL_G_PREFIX, "cond_stage_model.1.transformer.")
+    return {k.replace("conditioner.embedders.0.", "cond_stage_model.", 1): v for k, v in out.items()}
 
 
 # -- torch.save zip checkpoint, without torch --------------------------------------------------------------------

@@ -215,3 +215,63 @@ def text_hidden(
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).last_hidden_state
     return out.float().numpy()
+
+
+# --- SD 2.x and SDXL text encoders (transformers' models, weights converted by diffusers' own converters) ----------
+
+
+def _clip_config(width: int, layers: int, mlp: int, vocab: int, positions: int, act: str, heads: int, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=positions,
+        hidden_act=act,
+        layer_norm_eps=1e-5,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        **extra,
+    )
+
+
+def _unflatten(model, converted: dict) -> dict:
+    if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel (as diffusers handles it)
+        return {k.removeprefix("text_model."): v for k, v in converted.items()}
+    return converted
+
+
+def open_clip_model(state: dict[str, np.ndarray], oc, prefix: str, layers: int, projection: bool):
+    """transformers' CLIPTextModel (or ...WithProjection) holding an OpenCLIP tower of ``state`` under ``prefix``,
+    with its first ``layers`` layers (SD 2.x's converted encoder drops the last), converted by diffusers."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = _clip_config(oc.width, layers, oc.mlp, oc.vocab, oc.positions, "gelu", oc.width // 64, pad_token_id=0)
+    if projection:
+        cfg.projection_dim = oc.projection
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+    keep = {
+        k: v
+        for k, v in _tensors(state, prefix).items()
+        if not k.startswith(f"{prefix}transformer.resblocks.") or int(k.split(".")[len(prefix.split(".")) + 1]) < layers
+    }
+    converted = convert_open_clip_checkpoint(model, keep, prefix)
+    if not projection:
+        converted.pop("text_projection.weight", None)
+    return _finish(model, _unflatten(model, converted), "f32")
+
+
+def sdxl_clip_l_model(state: dict[str, np.ndarray], shape: SdShape):
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+    from transformers import CLIPTextModel
+
+    t = shape.text
+    model = CLIPTextModel(_clip_config(t.width, t.layers, t.mlp, t.vocab, t.positions, shape.text_act, t.heads))
+    converted = convert_ldm_clip_checkpoint(
+        _tensors(state, "conditioner.embedders.0.transformer."), "conditioner.embedders.0.transformer."
+    )
+    return _finish(model, _unflatten(model, converted), "f32")

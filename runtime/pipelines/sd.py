@@ -20,7 +20,7 @@ from runtime.errors import RuntimeFailure
 from runtime.pipelines.image import from_image, to_image
 from runtime.pipelines.samplers import make_rng, make_sampler, standard_normal
 from runtime.pipelines.schedules import NoiseSchedule
-from runtime.pipelines.tokenizer import ClipTokenizer
+from runtime.pipelines.tokenizer import END_TOKEN_ID, ClipTokenizer
 
 Progress = Callable[[int, int, float], None]  # (step done, steps, seconds this step)
 
@@ -89,6 +89,13 @@ class StableDiffusion:
         for name, tok in self.text_inputs:
             both = toks if tok is self.tokenizer else [tok.tokenize(negative), tok.tokenize(prompt)]
             feeds[name] = np.stack([t.ids for t in both]).astype(np.int32)
+        if "eos_mask" in self.model.functions["encode_text"]["inputs"]:
+            # the pooled output reads each prompt's first end token: 1.0 there, 0.0 elsewhere (every tokenized
+            # prompt has one: the tokenizer always ends it with the end token, whatever it pads with)
+            ids = feeds[self.text_inputs[-1][0]]
+            mask = np.zeros(ids.shape, np.float32)
+            mask[np.arange(ids.shape[0]), np.argmax(ids == END_TOKEN_ID, axis=1)] = 1.0
+            feeds["eos_mask"] = mask
         weights = np.stack([t.weights for t in toks])
         outputs = self.model.functions["encode_text"]["outputs"]
         pooled_out = "text_embeds" in outputs

@@ -134,13 +134,9 @@ def open_model(path: Path | None, options: Any) -> tuple[Any, dict[str, dict]]:
     return MergedStore(where, parts), configs
 
 
-# A diffusers pipeline's component folders that SDXL adds or changes: kept under their folder's name (unmapped), so
-# a VAE-only compile lists every one of their tensors as ignored, with the reason, instead of never opening them.
-SDXL_FOLDERS = ("unet", "text_encoder", "text_encoder_2")
-SDXL_MESSAGE = (
-    "its UNet and its second text encoder (OpenCLIP ViT-bigG) cannot be compiled yet (SDXL support is a later issue); "
-    "its VAE alone can be compiled with --components vae_decoder,vae_encoder"
-)
+# An SDXL pipeline's text encoder folders: kept under their folder's name (the text encoder lifter finds both there,
+# `clip_text.PLACES`), so the first encoder is not mistaken for SD 1.x's and a VAE-only compile lists their tensors.
+SDXL_FOLDERS = ("text_encoder", "text_encoder_2")
 
 
 def _weights_of(d: Path, stem: str) -> Path:
@@ -168,9 +164,12 @@ def _diffusers_parts(root: Path, options: Any = None) -> tuple[list, dict[str, d
             ).message(root)
         )
     components = set(getattr(options, "components", None) or ("text_encoder", "unet", "vae_decoder"))
-    if sdxl and {"unet", "text_encoder"} & components:
-        what = f"model_index.json: {cls}" if isinstance(cls, str) else "a text_encoder_2/ folder"
-        raise UnsupportedModelError(f"{root}: an SDXL pipeline ({what}): {SDXL_MESSAGE}")
+    if sdxl and not (root / "text_encoder_2").is_dir() and {"unet", "text_encoder"} & components:
+        raise UnsupportedModelError(
+            f"{root}: an SDXL pipeline (model_index.json: {cls}) without its text_encoder_2/ folder (OpenCLIP "
+            "bigG), which SDXL's UNet is conditioned on: the directory is incomplete; its VAE alone compiles with "
+            "--components vae_decoder,vae_encoder"
+        )
     comps = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
     if sdxl:
         comps["text_encoder_2"] = "model"
@@ -179,11 +178,11 @@ def _diffusers_parts(root: Path, options: Any = None) -> tuple[list, dict[str, d
         if not d.is_dir():
             continue
         s = open_store(_weights_of(d, stem))
+        cfg = _read_json(d / "config.json") if (d / "config.json").is_file() else {}
+        configs[comp] = cfg
         if sdxl and comp in SDXL_FOLDERS:
             parts.append((s, {f"{comp}/{n}": n for n in s.names()}))
             continue
-        cfg = _read_json(d / "config.json") if (d / "config.json").is_file() else {}
-        configs[comp] = cfg
         _check_design(s, comp, cfg)
         if comp == "unet":
             m = unet_diffusers_to_ldm(cfg)

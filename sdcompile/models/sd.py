@@ -356,7 +356,9 @@ def _pooled_width(store) -> int | None:
     return None
 
 
-def unet_config(store, a: Assumptions, config: dict | None = None, prediction: str | None = None) -> UNetConfig:
+def unet_config(
+    store, a: Assumptions, config: dict | None = None, prediction: str | None = None, pooled: int | None = None
+) -> UNetConfig:
     def shape(sub):
         return tuple(store.info(UNET + sub).shape)
 
@@ -379,7 +381,7 @@ def unet_config(store, a: Assumptions, config: dict | None = None, prediction: s
         _check_number(store, {"block_out_channels[0]": boc[0]}, "block_out_channels[0]", mc, "UNet")
 
     # SDXL's added conditioning (sgm's label_emb, diffusers' add_embedding with addition_embed_type "text_time")
-    adm_in = pooled = n_ids = 0
+    adm_in = n_ids = 0
     tid = 256
     if UNET + "label_emb.0.0.weight" in store:
         kind = config.get("addition_embed_type")
@@ -395,7 +397,7 @@ def unet_config(store, a: Assumptions, config: dict | None = None, prediction: s
             tid = int(config["addition_time_embed_dim"])
         else:
             a.add("UNet: each size/crop id embedded in 256 channels (SDXL's; no config says)")
-        pooled = _pooled_width(store) or 0
+        pooled = pooled or _pooled_width(store) or 0
         if not pooled:
             pooled = 1280
             a.add("UNet: a pooled text embedding 1280 wide (OpenCLIP bigG's; no second text encoder says)")
@@ -405,7 +407,9 @@ def unet_config(store, a: Assumptions, config: dict | None = None, prediction: s
                 f"{store.path}: the UNet's label_emb takes {adm_in} values, which is not a pooled embedding of "
                 f"{pooled} plus whole {tid}-wide size/crop embeddings"
             )
-    elif config.get("addition_embed_type"):
+    else:
+        pooled = 0
+    if not adm_in and config.get("addition_embed_type"):
         raise UnsupportedModelError(
             f"{store.path}: the UNet's config says addition_embed_type = {config['addition_embed_type']!r} but the "
             "weights have no label_emb/add_embedding: the config belongs to another model"
@@ -815,36 +819,51 @@ def lift(
     dicts by component where the model came as a directory. Every tensor of the store not read by a lifted
     component is listed in ``module.meta["ignored"]`` with the reason."""
     configs = configs or {}
-    if is_sdxl(store) and "text_encoder" in components:
-        raise UnsupportedModelError(
-            f"{store.path}: an SDXL checkpoint (a second text encoder under conditioner.embedders.1 or "
-            "text_encoder_2/, a UNet with label_emb): its OpenCLIP-bigG text encoder cannot be compiled yet; "
-            "compile the rest with --components unet,vae_decoder,vae_encoder"
-        )
     a = Assumptions()
     used: set[str] = set()
     mod = Module(meta={"family": "sd", "assumptions": a.items})
     text_inputs = [{"input": "input_ids", "pad_token_id": PAD_END}]
-    ucfg = unet_config(store, a, configs.get("unet"), prediction) if "unet" in components else None
+    te = None
+    te_ignored: dict[str, str] = {}
+    if "text_encoder" in components:
+        if clip_text.find_prefix(set(store.names())) is None and not clip_text.find_text_encoders(store):
+            raise UnsupportedModelError(_no_text_encoder(store))
+        te = clip_text.lift(
+            store, batch=batch, config=configs.get("text_encoder"), config_2=configs.get("text_encoder_2")
+        )
+        for note in te.meta.pop("assumptions", []):
+            a.add(note)
+        te_ignored = te.meta.pop("ignored", {})
+        te.meta["function"] = "encode_text"
+        for v in te.weights():
+            used.add(v.data.key)
+        # each encoder's token ids padded as its tokenizer pads: OpenAI CLIP's with the end token, OpenCLIP's with 0
+        text_inputs = [
+            {
+                "input": "input_ids" if e["canon"] == clip_text.CANONICAL else "input_ids_2",
+                "pad_token_id": PAD_ZERO if e["role"] in ("sd2", "sdxl_bigg") else PAD_END,
+            }
+            for e in te.meta["encoders"]
+        ]
+        mod.functions["encode_text"] = te
+    pooled_hint = te.values["text_embeds"].shape[-1] if te is not None and "text_embeds" in te.values else None
+    ucfg = unet_config(store, a, configs.get("unet"), prediction, pooled_hint) if "unet" in components else None
     family = ucfg.family if ucfg is not None else "sdxl" if is_sdxl(store) else "sd1"
     vcfg = (
         vae_config(store, a, configs.get("vae"), family) if {"vae_decoder", "vae_encoder"} & set(components) else None
     )
-    if "text_encoder" in components:
-        if clip_text.find_prefix(set(store.names())) is None:
-            raise UnsupportedModelError(_no_text_encoder(store))
-        te = clip_text.lift(store, batch=batch, config=configs.get("text_encoder"))
-        for note in te.meta.pop("assumptions", []):
-            a.add(note)
-        te.meta["function"] = "encode_text"
-        for v in te.weights():
-            used.add(v.data.key)
-        if ucfg is not None and te.values["last_hidden_state"].shape[-1] != ucfg.context_dim:
+    if te is not None and ucfg is not None:
+        width = te.values["last_hidden_state"].shape[-1]
+        if width != ucfg.context_dim:
             raise UnsupportedModelError(
-                f"{store.path}: the text encoder's width {te.values['last_hidden_state'].shape[-1]} does not match "
-                f"the UNet's context width {ucfg.context_dim}: the files belong to different models"
+                f"{store.path}: the text encoders' context is {width} wide but the UNet's cross-attention takes "
+                f"{ucfg.context_dim}: the files belong to different models"
             )
-        mod.functions["encode_text"] = te
+        if ucfg.adm_in and pooled_hint != ucfg.pooled_dim:
+            raise UnsupportedModelError(
+                f"{store.path}: the UNet's added conditioning takes a pooled text embedding of {ucfg.pooled_dim} but "
+                f"the text encoders give {pooled_hint}: the files belong to different models"
+            )
     for W, H in sizes:
         if W % 8 or H % 8 or W <= 0 or H <= 0:
             raise UnsupportedModelError(f"image size {W}x{H} is not a positive multiple of 8")
@@ -905,7 +924,7 @@ def lift(
         "sizes": [list(s) for s in sizes],
         "batch": batch,
     }
-    mod.meta["ignored"] = ignored(store, used)
+    mod.meta["ignored"] = ignored(store, used) | {k: v for k, v in te_ignored.items() if k not in used}
     return mod
 
 
@@ -917,11 +936,14 @@ def ignored(store, used: set[str]) -> dict[str, str]:
         if n in used:
             continue
         if xl and n.startswith(("conditioner.embedders.1.", "text_encoder_2/")):
-            why = "SDXL's second text encoder (OpenCLIP ViT-bigG): sdcompile cannot compile it yet"
+            why = (
+                "SDXL's second text encoder (OpenCLIP ViT-bigG): not read (--components leaves it out, or it is not "
+                "a tensor of a complete encoder)"
+            )
         elif xl and n.startswith((UNET, "unet/")):
             why = "SDXL UNet: not compiled (--components leaves it out)"
         elif xl and n.startswith(("conditioner.embedders.", "text_encoder/")):
-            why = "SDXL's first text encoder (CLIP ViT-L): not compiled without the SDXL UNet it conditions"
+            why = "SDXL's first text encoder (CLIP ViT-L): not compiled (--components leaves it out)"
         elif xl and n.startswith("conditioner."):
             why = "SDXL conditioning (size and crop embedders): part of the SDXL UNet's input, not compiled"
         elif n.startswith("model_ema."):

@@ -137,4 +137,4 @@ def test_sdxl_pipeline_directory_is_named(tmp_path):
     idx["_class_name"] = "StableDiffusionXLPipeline"
     (root / "model_index.json").write_text(json.dumps(idx))
     msg = _refusal(root)
-    assert "an SDXL pipeline" in msg and "--components vae_decoder" in msg
+    assert "an SDXL pipeline" in msg and "without its text_encoder_2/" in msg and "--components vae_decoder" in msg

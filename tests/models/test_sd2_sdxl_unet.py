@@ -69,7 +69,7 @@ def test_sdxl_unet_with_added_conditioning_is_diffusers(tmp_path):
     assert [(i, g.values[i].shape) for i in g.inputs] == [
         ("x", (2, 4, 8, 8)),
         ("t", (2,)),
-        ("context", (2, 77, 96)),
+        ("context", (2, 77, 128)),
         ("text_embeds", (2, POOLED)),
         ("time_ids", (2, 6)),
     ]
@@ -79,7 +79,7 @@ def test_sdxl_unet_with_added_conditioning_is_diffusers(tmp_path):
     assert blocks == 11  # depths 1 and 2 per level (down 1+2, middle 2, up 2x1 + 2x2)
     assert sum(1 for n in g.nodes if n.op == "attention") == 2 * blocks
     rng = np.random.default_rng(1)
-    x, t, ctx = _inputs(96, rng)
+    x, t, ctx = _inputs(128, rng)
     pooled = rng.standard_normal((2, POOLED)).astype(np.float32)
     ids = np.array([[1024, 1024, 0, 0, 1024, 1024], [768, 512, 32, 16, 512, 512]], np.float32)
     got = interpret.run(g, {"x": x, "t": t, "context": ctx, "text_embeds": pooled, "time_ids": ids})["eps"]
