@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sdcompile.passes.context import CompileOptions
 
 SD_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
-EXAMPLE_MODELS = ("sd-tiny", "sd15", "clip-tiny", "clip-sd15")
+EXAMPLE_MODELS = ("sd-tiny", "sd15", "sd2-tiny", "sdxl-tiny", "sdxl", "clip-tiny", "clip-sd15")
 EXAMPLE_FORMATS = ("safetensors", "ckpt", "gguf", "diffusers", "separate")
 # The webui's names for the sampling methods and schedules it also has (what its "parameters" reader restores);
 # the others keep stable-diffusion.cpp's name.
@@ -326,7 +326,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=EXAMPLE_MODELS,
         default=None,
         help="sd-tiny: SD 1.x topology with tiny widths (default); sd15: full-size SD 1.5 (about 4 GiB in f32); "
-        "clip-tiny, clip-sd15: only the CLIP text encoder",
+        "sd2-tiny, sdxl-tiny: SD 2.x (OpenCLIP-H) and SDXL (CLIP-L + OpenCLIP-bigG) topologies with tiny widths; "
+        "sdxl: full-size SDXL base (about 14 GiB in f32); clip-tiny, clip-sd15: only the CLIP text encoder",
     )
     s.add_argument(
         "--size",
@@ -1037,6 +1038,9 @@ def _example_clip(args, size: str) -> int:
     return 0
 
 
+_FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
 def _example_sd(args, model: str) -> int:
     from sdcompile import examples_sd as E
     from sdcompile.passes.memory_plan import fmt_bytes
@@ -1046,7 +1050,11 @@ def _example_sd(args, model: str) -> int:
             "--convention is for the CLIP example; an SD example's names follow its --format (LDM names for "
             "safetensors, ckpt and gguf, diffusers names for diffusers)"
         )
-    shape = {"sd-tiny": E.TINY_SD, "sd15": E.SD15}[model]
+    shape = {"sd-tiny": E.TINY_SD, "sd15": E.SD15, "sd2-tiny": E.TINY_SD2, "sdxl-tiny": E.TINY_SDXL, "sdxl": E.SDXL}[
+        model
+    ]
+    if shape.family != "sd1" and args.fmt not in ("safetensors", "ckpt", "gguf"):
+        raise OptionError(f"--model {model}: written as safetensors, ckpt or gguf (LDM single-file names)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.fmt in ("diffusers", "separate") and args.output.exists() and not args.output.is_dir():
         raise OptionError(f"-o {args.output}: --format {args.fmt} writes a directory, and this is a file")
@@ -1060,7 +1068,8 @@ def _example_sd(args, model: str) -> int:
     size = sum(p.stat().st_size for p in files)
     names = {"diffusers": "diffusers names", "separate": "one file per component"}.get(args.fmt, "LDM names")
     print(
-        f"wrote {out} ({shape.name}: SD 1.x with random weights, {names}, {args.fmt}, {args.dtype}; {fmt_bytes(size)})"
+        f"wrote {out} ({shape.name}: {_FAMILY_NAMES[shape.family]} with random weights, {names}, {args.fmt}, "
+        f"{args.dtype}; {fmt_bytes(size)})"
     )
     if args.fmt == "separate":
         parts = " ".join(f"--{role.replace('_', '-')} {out / f}" for role, f in E.SEPARATE_FILES.items())
