@@ -70,6 +70,7 @@ from sdcompile.ir import Graph, WeightData
 from sdcompile.ir.derived import Permute, Slice, Tensor
 from sdcompile.models import open_clip_names as ocn
 from sdcompile.models.open_clip_names import HF, HF_FUSED, OPEN_CLIP
+from sdcompile.quant.types import QUANT_TYPES
 
 COMPONENT = "text_encoder"
 CANONICAL = "text_encoder."
@@ -556,7 +557,20 @@ class _Weights:
                 f"MLP {self.cfg.mlp}, vocabulary {self.cfg.vocab}, {self.cfg.positions} positions)"
             )
         dtype = info.dtype
-        if expr is not None and dtype not in ("f32", "f16", "bf16"):
+        if dtype not in QUANT_TYPES:  # f8 (fp8 checkpoints), f64: no storage type of its own; read as f32
+            if dtype not in ("f64", "f8_e4m3", "f8_e5m2"):
+                raise UnsupportedModelError(
+                    f"{self.store.path}: {loc.key} is stored as {dtype}; a text encoder weight is a float or a ggml "
+                    "quant type: the file is damaged or not a CLIP text encoder"
+                )
+            note = f"{what}: weights stored as {dtype} are read as f32 (every {dtype} value is exact in f32)"
+            if dtype == "f64":
+                note = f"{what}: weights stored as f64 are rounded to f32"
+            if note not in self.notes:
+                self.notes.append(note)
+            expr = expr if expr is not None else Tensor(self.store, loc.key)
+            dtype = "f32"
+        elif expr is not None and dtype not in ("f32", "f16", "bf16"):
             note = (
                 f"{what}: the fused q/k/v and transposed projections of a quantized file ({dtype}) are decoded "
                 "exactly to f32 before they are split; --type or a rule quantizes them again"

@@ -521,3 +521,23 @@ def test_full_size_sd2_and_sdxl_layouts_lift_with_the_released_hyperparameters()
     # CLIP-L runs 11 of its 12 layers; bigG all 32 (the pooled output needs them), plus the pooling attention
     assert sum(n.op == "attention" for n in g.nodes) == 11 + 32 + 1
     assert not [k for k in g.meta["ignored"] if k.startswith(X.SDXL_G_PREFIX + "transformer.")]
+
+
+def test_fp8_weights_are_read_as_f32_and_reported(sd2_state, ids, tmp_path):
+    """fp8 checkpoints (float8_e4m3fn matrices) have no storage type of their own: the values, exact in f32, are
+    read as f32, fused in_proj included, and the report says so."""
+    import torch
+    from safetensors.torch import save_file
+
+    f8 = {
+        k: torch.from_numpy(v).to(torch.float8_e4m3fn) if v.ndim == 2 else torch.from_numpy(v)
+        for k, v in sd2_state.items()
+    }
+    save_file(f8, str(tmp_path / "f8.safetensors"))
+    g = clip_text.lift(open_store(tmp_path / "f8.safetensors"), batch=2)
+    assert any("stored as f8_e4m3 are read as f32" in a for a in g.meta["assumptions"])
+    decoded = {k: t.to(torch.float32).numpy() for k, t in f8.items()}
+    ref = clip_text.lift(open_store(ex.write_safetensors(tmp_path / "f32.safetensors", decoded)), batch=2)
+    assert {v.name: v.dtype for v in g.weights()} == {v.name: v.dtype for v in ref.weights()}
+    a = interpret.run(g, {"input_ids": ids["g"]})["last_hidden_state"]
+    np.testing.assert_array_equal(a, interpret.run(ref, {"input_ids": ids["g"]})["last_hidden_state"])
