@@ -89,10 +89,23 @@ class RuntimeLoras:
 
 
 def hooks_of(functions: dict[str, dict]) -> dict[str, dict[int, dict]]:
-    return {
-        fn: {i: s["lora"] for i, s in enumerate(f["steps"]) if isinstance(s.get("lora"), dict)}
-        for fn, f in functions.items()
-    }
+    """{function: {step index: hook}}; a hook that does not fit its step means a damaged manifest."""
+    out: dict[str, dict[int, dict]] = {}
+    for fn, f in functions.items():
+        for i, s in enumerate(f["steps"]):
+            h = s.get("lora")
+            if h is None:
+                continue
+            n = len(s["args"])
+            ok = isinstance(h, dict) and isinstance(h.get("weight"), str)
+            ok = ok and all(isinstance(h.get(k), int) and 0 <= h[k] < n for k in ("x", "y"))
+            if ok and "kh" in h:
+                ok = all(isinstance(h.get(k), int) and h[k] > 0 for k in ("kh", "kw", "stride"))
+                ok = ok and len(h.get("pads", [])) == 4 and len(h.get("x_shape", [])) == 4
+            if not ok:
+                raise LoraError(f"function {fn!r} step {i}: its LoRA hook is damaged; recompile the artifact")
+            out.setdefault(fn, {})[i] = h
+    return out
 
 
 def prepare(manifest: dict, loras: list[tuple[str | Path, float]], backend: str) -> RuntimeLoras:
