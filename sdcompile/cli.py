@@ -1053,8 +1053,8 @@ def _example_sd(args, model: str) -> int:
     shape = {"sd-tiny": E.TINY_SD, "sd15": E.SD15, "sd2-tiny": E.TINY_SD2, "sdxl-tiny": E.TINY_SDXL, "sdxl": E.SDXL}[
         model
     ]
-    if shape.family != "sd1" and args.fmt not in ("safetensors", "ckpt", "gguf"):
-        raise OptionError(f"--model {model}: written as safetensors, ckpt or gguf (LDM single-file names)")
+    if shape.family != "sd1" and args.fmt == "separate":
+        raise OptionError(f"--model {model}: written as safetensors, ckpt, gguf or diffusers")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.fmt in ("diffusers", "separate") and args.output.exists() and not args.output.is_dir():
         raise OptionError(f"-o {args.output}: --format {args.fmt} writes a directory, and this is a file")

@@ -700,9 +700,110 @@ def _json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def open_clip_to_transformers(state: dict[str, np.ndarray], prefix: str, layers: int) -> dict[str, np.ndarray]:
+    """An OpenCLIP text tower (under ``prefix``) in transformers' CLIPTextModel(WithProjection) names, as diffusers'
+    SD 2.x / SDXL folders hold it: the fused in_proj split into q/k/v, text_projection transposed to [out, in];
+    only its first ``layers`` layers (SD 2.x's converted encoder drops the last one, which SD never runs)."""
+    block = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}  # fmt: skip
+    out = {}
+    for k, v in state.items():
+        if not k.startswith(prefix):
+            continue
+        sub = k[len(prefix) :]
+        if sub.startswith("transformer.resblocks."):
+            i, rest = sub[len("transformer.resblocks.") :].split(".", 1)
+            if int(i) >= layers:
+                continue
+            p = f"text_model.encoder.layers.{i}."
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                wb = "weight" if rest.endswith("weight") else "bias"
+                for j, qkv in enumerate(("q_proj", "k_proj", "v_proj")):
+                    out[p + f"self_attn.{qkv}.{wb}"] = np.split(v, 3, axis=0)[j]
+                continue
+            part, wb = rest.rsplit(".", 1)
+            out[p + f"{block[part]}.{wb}"] = v
+        elif sub == "token_embedding.weight":
+            out["text_model.embeddings.token_embedding.weight"] = v
+        elif sub == "positional_embedding":
+            out["text_model.embeddings.position_embedding.weight"] = v
+        elif sub.startswith("ln_final."):
+            out["text_model.final_layer_norm." + sub.split(".", 1)[1]] = v
+        elif sub == "text_projection":
+            out["text_projection.weight"] = np.ascontiguousarray(v.T)
+    return out
+
+
+def open_clip_config(shape: SdShape, layers: int, projection: bool) -> dict:
+    oc = shape.open_clip
+    cfg = text_config(shape) | {
+        "architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
+        "hidden_act": "gelu",
+        "hidden_size": oc.width,
+        "intermediate_size": oc.mlp,
+        "max_position_embeddings": oc.positions,
+        "num_attention_heads": oc.width // 64,
+        "num_hidden_layers": layers,
+        "pad_token_id": 1,  # as the published SD 2.x / SDXL configs say (their tokenizers pad with "!", id 0)
+        "projection_dim": oc.projection,
+        "vocab_size": oc.vocab,
+    }
+    return cfg
+
+
+def _write_diffusers_xl(out: Path, state: dict[str, np.ndarray], shape: SdShape, dtype: str) -> Path:
+    """SD 2.x and SDXL pipeline directories: unet/ and vae/ in diffusers' names, the text encoder(s) in
+    transformers' (SDXL: text_encoder/ CLIP-L, text_encoder_2/ bigG with its projection)."""
+    from sdcompile import examples_clip as C
+
+    unet = {
+        d: state[sd_names.UNET_PREFIX + ldm] for d, ldm in sd_names.unet_diffusers_to_ldm(unet_config(shape)).items()
+    }
+    vae = {}
+    for d, ldm in sd_names.vae_diffusers_to_ldm(vae_config(shape)).items():
+        a = state[sd_names.VAE_PREFIX + ldm]
+        vae[d] = a.reshape(sd_names.vae_diffusers_shape(ldm, a.shape))
+    oc = shape.open_clip
+    if shape.family == "sd2":
+        texts = {"text_encoder": (open_clip_to_transformers(state, C.SD2_PREFIX, oc.layers - 1),
+                                  open_clip_config(shape, oc.layers - 1, False))}  # fmt: skip
+        sched, index = dict(SD15_SCHEDULER_CONFIG, prediction_type="epsilon"), dict(MODEL_INDEX)
+    else:
+        clip_l = {
+            "text_model." + k[len(C.SDXL_L_PREFIX) :]: v for k, v in state.items() if k.startswith(C.SDXL_L_PREFIX)
+        }
+        texts = {
+            "text_encoder": (clip_l, text_config(shape)),
+            "text_encoder_2": (open_clip_to_transformers(state, C.SDXL_G_PREFIX, oc.layers),
+                               open_clip_config(shape, oc.layers, True)),
+        }  # fmt: skip
+        from sdcompile.models.sd import SDXL_SCHEDULER
+
+        sched = SDXL_SCHEDULER
+        index = dict(MODEL_INDEX, _class_name="StableDiffusionXLPipeline", force_zeros_for_empty_prompt=True,
+                     text_encoder_2=["transformers", "CLIPTextModelWithProjection"], tokenizer_2=[None, None],
+                     scheduler=["diffusers", "EulerDiscreteScheduler"])  # fmt: skip
+        for k in ("safety_checker", "feature_extractor", "requires_safety_checker"):
+            index.pop(k)
+    vcfg = vae_config(shape) | ({"force_upcast": True} if shape.family == "sdxl" else {})
+    parts = {"unet": (unet, unet_config(shape)), "vae": (vae, vcfg)} | texts
+    for part, (tensors, cfg) in parts.items():
+        d = out / part
+        d.mkdir(parents=True, exist_ok=True)
+        _json(d / "config.json", cfg)
+        fname = "model.safetensors" if part.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"
+        write_safetensors(d / fname, tensors, dtype, {"format": "pt"})
+    (out / "scheduler").mkdir(parents=True, exist_ok=True)
+    _json(out / "scheduler" / "scheduler_config.json", sched)
+    _json(out / "model_index.json", index)
+    return out
+
+
 def write_diffusers(out: Path, state: dict[str, np.ndarray], shape: SdShape, dtype: str = "f32") -> Path:
     """A diffusers pipeline directory; weights under diffusers/transformers names, configs computed from `shape`."""
     out = Path(out)
+    if shape.family != "sd1":
+        return _write_diffusers_xl(out, state, shape, dtype)
     states = diffusers_states(state, shape)
     files = {
         "unet": ("diffusion_pytorch_model.safetensors", unet_config(shape)),

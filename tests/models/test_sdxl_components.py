@@ -1,6 +1,6 @@
 """SDXL from any file: every tensor of a checkpoint used or listed with its reason (a VAE-only compile lists the rest);
 and the format-independence proof — the same SDXL weights as one .safetensors, a .ckpt and stable-diffusion.cpp's
-GGUF names, with --type q8_0 and with --tensor-type-rules, give identical per-tensor types (both encoders' fused
+GGUF names and a diffusers folder, with --type q8_0 and with --tensor-type-rules, give identical per-tensor types (both encoders' fused
 attention weights quantized in every case) and identical weights, so identical images (the graphs are the same)."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def st():
 @pytest.fixture(scope="module")
 def files(st, tmp_path_factory):
     d = tmp_path_factory.mktemp("sdxl_formats")
-    return {fmt: E.write_sd(d / f"xl.{fmt}", SHAPE, 0, fmt, state=st) for fmt in ("safetensors", "ckpt", "gguf")}
+    fmts = ("safetensors", "ckpt", "gguf", "diffusers")
+    return {fmt: E.write_sd(d / f"xl.{fmt}", SHAPE, 0, fmt, state=st) for fmt in fmts}
 
 
 def _lift(path, components):
@@ -89,7 +90,7 @@ def test_same_types_and_weights_whatever_the_file(files, opts):
     assert fused and all(ref_types[k] not in ("f32", "f16") for k in fused), "bigG's split in_proj not quantized"
     l_attn = [k for k in ref_types if k.startswith("text_encoder.") and k.endswith("q_proj.weight")]
     assert l_attn and all(ref_types[k] == "q8_0" for k in l_attn)
-    for fmt in ("ckpt", "gguf"):
+    for fmt in ("ckpt", "gguf", "diffusers"):
         types, pool = _types_and_values(files[fmt], **opts)
         assert types == ref_types, fmt
         for k in ("text_encoder_2.encoder.layers.0.self_attn.k_proj.weight", "unet.label_emb.0.0.weight"):
