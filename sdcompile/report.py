@@ -68,7 +68,9 @@ def _quantize_lines(m: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for rule in opts.get("tensor_type_rules") or []:
         pattern, qtype = rule.rsplit("=", 1)
-        matching = [d for d in decisions if re.search(pattern, d["tensor"])]
+        matching = [
+            d for d in decisions if re.search(pattern, d["tensor"]) or ("file" in d and re.search(pattern, d["file"]))
+        ]
         mine = [d for d in matching if d["why"].startswith(f"rule {rule}")]
         applied = [d for d in mine if "; row of" not in d["why"]]
         short = [d for d in mine if "; row of" in d["why"]]
@@ -76,8 +78,8 @@ def _quantize_lines(m: dict[str, Any]) -> list[str]:
         taken = [d for d in matching if d["why"].startswith("rule ") and d not in mine]
         if not matching:
             parts = [
-                "matched no tensor: rules match canonical names, which `sdcompile inspect --tensors MODEL` lists "
-                f"beside the file's names (e.g. {decisions[0]['tensor'] if decisions else '-'})"
+                "matched no tensor: rules match canonical names or the file's own, which `sdcompile inspect "
+                f"--tensors MODEL` lists side by side (e.g. {decisions[0]['tensor'] if decisions else '-'})"
             ]
         else:
             # A rule that took some tensors also matches their biases, kept f32 as always: only say why a rule

@@ -44,7 +44,23 @@ def parse_rules(text: str | None) -> list[tuple[str, str]]:
     return rules
 
 
-def _choose(name: str, stored: str, ctx: PassContext, reader: str | None) -> tuple[str, str]:
+def file_name(v) -> str | None:
+    """The name the weight has in the user's file, where it differs from its canonical name: a rule may be written
+    with either (a weight derived from a fused tensor answers to the fused tensor's name)."""
+    d = v.data
+    if d is None or getattr(d, "key", None) is None:
+        return None
+    key = d.key
+    origin = getattr(d.store, "origin", None)  # a merged store (diffusers folder, separate files): the file's name
+    if origin is not None:
+        try:
+            key = origin(key)[1]
+        except KeyError:
+            pass
+    return key if key != v.name else None
+
+
+def _choose(name: str, stored: str, ctx: PassContext, reader: str | None, file: str | None = None) -> tuple[str, str]:
     if reader is not None:  # a bias, a norm scale, a position table: kernels read it as plain f32
         if QUANT_TYPES[stored].is_float:
             return "f32", f"read as f32 by {reader}"
@@ -53,7 +69,7 @@ def _choose(name: str, stored: str, ctx: PassContext, reader: str | None) -> tup
         if rx.search(name):
             return "f32", f"skip list ({why})"
     for pattern, qtype in ctx.options.tensor_type_rules:
-        if re.search(pattern, name):
+        if re.search(pattern, name) or (file is not None and re.search(pattern, file)):
             return qtype, f"rule {pattern}={qtype}"
     if ctx.options.type is not None:
         if not QUANT_TYPES[stored].is_float:
@@ -78,7 +94,8 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             if g.values[x].kind == "weight" and i not in slots:
                 plain_reader.setdefault(x, n.op)
     for v in g.weights():
-        want, why = _choose(v.name, v.dtype, ctx, plain_reader.get(v.name))
+        file = file_name(v)
+        want, why = _choose(v.name, v.dtype, ctx, plain_reader.get(v.name), file)
         qt = QUANT_TYPES[want]
         if v.shape[-1] % qt.block_size:
             fallback = "f16" if not QUANT_TYPES[v.dtype].is_float or v.dtype == "f16" else v.dtype
@@ -91,7 +108,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             )
         if want != v.dtype:
             v.data.convert(want, f"quantize: {v.dtype} -> {want} ({why})")
-        decisions.append({"tensor": v.name, "from": v.dtype, "to": want, "why": why})
+        decisions.append({"tensor": v.name, "from": v.dtype, "to": want, "why": why} | ({"file": file} if file else {}))
         v.dtype = want
         counts[want] = counts.get(want, 0) + 1
 

@@ -98,3 +98,26 @@ def test_same_types_and_weights_whatever_the_file(files, opts):
             from sdcompile.ir.weights import raw_bytes
 
             assert np.array_equal(raw_bytes(a), raw_bytes(b)), (fmt, k)
+
+
+def test_rules_in_the_files_own_names_equal_rules_in_canonical_names(files):
+    """A rule written with a checkpoint's own names takes the same tensors as one in canonical names: the fused
+    in_proj's name covers the three weights split from it; a diffusers folder answers to its diffusers names."""
+    canonical, _ = _types_and_values(
+        files["safetensors"], tensor_type_rules=parse_rules(r"text_encoder_2\..*self_attn\.[qkv]_proj\.weight=q4_0")
+    )
+    own, _ = _types_and_values(
+        files["safetensors"], tensor_type_rules=parse_rules(r"embedders\.1\.model\..*attn\.in_proj_weight=q4_0")
+    )
+    folder, _ = _types_and_values(
+        files["diffusers"], tensor_type_rules=parse_rules(r"^text_model\..*self_attn\.[qkv]_proj\.weight=q4_0")
+    )
+    assert canonical == own
+    q4 = {k for k, t in canonical.items() if t == "q4_0"}
+    assert len(q4) == 3 * E.TINY_SDXL.open_clip.layers
+    # the folder's rule also names CLIP-L's projections (text_encoder/ has the same sub-paths): 3 per CLIP-L layer
+    assert {k for k, t in folder.items() if t == "q4_0"} == q4 | {
+        k
+        for k in canonical
+        if k.startswith("text_encoder.encoder.") and k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight"))
+    }
