@@ -8,7 +8,7 @@ and 64-channel heads, SDXL's added conditioning (pooled embedding, size/crop ids
 zeros, its Euler "leading" schedule, and v-prediction sampling.
 
 Tolerances: compiled f32 against diffusers f32 differ only in summation order; latents within 1e-4 of their peak
-after a few steps (as the SD 1.x pipeline test), the 8-bit image within 1 level.
+after a few steps (as the SD 1.x pipeline test), on the CPU and on Vulkan (lavapipe in CI).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 
 from sdcompile import examples_sd as E
 from sdcompile.models.sd import SDXL_SCHEDULER
+from tests.kernels.fixtures import vulkan_marks
 
 R = pytest.importorskip("tests.sd_reference")
 pytest.importorskip("diffusers")
@@ -30,9 +31,13 @@ def _compile(tmp, shape, **opts):
     from sdcompile.compiler import compile_model
     from sdcompile.passes.context import CompileOptions
 
+    tag = "-".join([shape.name] + [f"{v}" for v in opts.values()])
     src = E.write_sd(tmp / f"{shape.name}.safetensors", shape, 0, "safetensors", state=E.sd_state(shape, 0))
-    compile_model(src, tmp / f"{shape.name}.sdc", CompileOptions(sizes=[(SIZE, SIZE)], **opts))
-    return load(tmp / f"{shape.name}.sdc")
+    compile_model(src, tmp / f"{tag}.sdc", CompileOptions(sizes=[(SIZE, SIZE)], **opts))
+    return load(tmp / f"{tag}.sdc")
+
+
+TARGETS = [pytest.param("cpu"), pytest.param("vulkan", marks=vulkan_marks())]
 
 
 def _tokenizer(folder, pad: str):
@@ -74,13 +79,14 @@ def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("sd2xl")
 
 
-def test_sdxl_txt2img_matches_diffusers(tmp):
+@pytest.mark.parametrize("target", TARGETS)
+def test_sdxl_txt2img_matches_diffusers(tmp, target):
     import diffusers
 
     from runtime.pipelines.sd import StableDiffusion
 
     shape = E.TINY_SDXL
-    model = _compile(tmp, shape)
+    model = _compile(tmp, shape, target=target)
     fns = model.functions
     assert set(fns["encode_text"]["inputs"]) == {"input_ids", "input_ids_2", "eos_mask"}
     assert set(fns["encode_text"]["outputs"]) == {"last_hidden_state", "text_embeds"}
@@ -117,17 +123,21 @@ def test_sdxl_txt2img_matches_diffusers(tmp):
         _close(res.latents, want, 1e-4)
 
 
-def test_sd2_v_prediction_txt2img_matches_diffusers(tmp):
+@pytest.mark.parametrize(
+    "target,prediction", [("cpu", "v"), ("cpu", "eps"), pytest.param("vulkan", "v", marks=vulkan_marks())]
+)
+def test_sd2_txt2img_matches_diffusers(tmp, target, prediction):
     import diffusers
 
     from runtime.pipelines.sd import StableDiffusion
 
     shape = E.TINY_SD2
-    model = _compile(tmp, shape, prediction="v")
-    assert model.manifest["pipeline"]["scheduler"]["prediction_type"] == "v_prediction"
+    model = _compile(tmp, shape, target=target, prediction=prediction)
+    kind = {"v": "v_prediction", "eps": "epsilon"}[prediction]
+    assert model.manifest["pipeline"]["scheduler"]["prediction_type"] == kind
     assert model.manifest["pipeline"]["text_inputs"] == [{"input": "input_ids", "pad_token_id": 0}]
     st = E.sd_state(shape, 0)
-    sched = dict(E.SD15_SCHEDULER_CONFIG, prediction_type="v_prediction")
+    sched = dict(E.SD15_SCHEDULER_CONFIG, prediction_type=kind)
     ref = diffusers.StableDiffusionPipeline(
         vae=R.vae_model(st, shape),
         text_encoder=R.open_clip_model(st, shape.open_clip, "cond_stage_model.model.", 2, False),
