@@ -23,7 +23,9 @@ Refused by name (never skipped silently): DoRA (``dora_scale``), Tucker-decompos
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,6 +107,7 @@ class Layer:
 
     key: str
     roles: dict[str, str] = field(default_factory=dict)
+    alpha: float | None = None  # from the file's adapter metadata (diffusers' PEFT files), where no tensor gives it
 
     @property
     def kind(self) -> str:
@@ -212,6 +215,7 @@ def parse(lora) -> Parsed:
             f"LoRA {lora.path} uses what sdcompile does not apply: {kinds}. Supported: LoRA/LoCon (kohya, "
             "diffusers/PEFT, stable-diffusion.cpp names), LoHa and LoKr without Tucker factors"
         )
+    _metadata_alphas(lora, layers)
     for key, layer in list(layers.items()):
         miss = layer.missing()
         if miss is not None:
@@ -221,10 +225,41 @@ def parse(lora) -> Parsed:
     return Parsed(str(lora.path), layers, unrecognized)
 
 
+def _metadata_alphas(lora, layers: dict[str, Layer]) -> None:
+    """diffusers writes a PEFT LoRA's alphas into the safetensors metadata (``lora_adapter_metadata``: per component
+    ``lora_alpha`` and an ``alpha_pattern`` of module-name patterns), not into tensors: without them the scale would
+    silently be 1. Patterns match as PEFT matches them (the whole module name, or a suffix after a dot)."""
+    raw = (getattr(lora, "metadata", None) or {}).get("lora_adapter_metadata")
+    if not raw:
+        return
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise LoraError(f"LoRA {lora.path}: its lora_adapter_metadata is not JSON ({e})") from None
+    for layer in layers.values():
+        if "alpha" in layer.roles or "down" not in layer.roles:
+            continue
+        comp = layer.key.split(":", 1)[0]
+        alpha = meta.get(f"{comp}.lora_alpha")
+        if alpha is None:
+            continue
+        name = layer.roles["down"]
+        module = name[name.index(".") + 1 :] if name.startswith(f"{comp}.") else name
+        for suffix, _ in _ROLES:
+            if module.endswith(suffix):
+                module = module[: -len(suffix)]
+                break
+        for pattern, a in (meta.get(f"{comp}.alpha_pattern") or {}).items():
+            if re.match(rf"(.*\.)?({pattern})$", module):
+                alpha = a
+                break
+        layer.alpha = float(alpha)
+
+
 def _alpha(lora, layer: Layer) -> float | None:
     name = layer.roles.get("alpha")
     if name is None:
-        return None
+        return layer.alpha
     a = np.asarray(lora.array(name)).reshape(-1)
     if a.size != 1 or not math.isfinite(float(a[0])):
         raise LoraError(f"LoRA {lora.path}: {name} is not one finite number")

@@ -172,3 +172,35 @@ def test_prompt_tags(tmp_path: Path):
         resolve("a <lora:style:1>", "", None)
     p, n, files, named = resolve("a <lora:sub/detail:0.5>", "blurry <lora:sub/detail:0.25>", tmp_path)
     assert (p, n, named) == ("a ", "blurry ", [("sub/detail", 0.75)]) and files[0][1] == 0.75
+
+
+def test_peft_alphas_from_diffusers_metadata(tmp_path):
+    """A LoRA saved by diffusers' save_lora_weights keeps lora_alpha (and an alpha_pattern) in the safetensors
+    metadata, not in tensors: the scale must come from there. Reference: PEFT's own delta of the live adapter."""
+    import diffusers
+    import peft
+
+    from runtime.lora import open_lora
+    from sdcompile import examples_sd as E
+    from tests import sd_reference as R
+
+    unet = R.unet_model(E.sd_state(E.TINY_SD, 0), E.TINY_SD)
+    cfg = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["to_q", "to_k"], init_lora_weights=False, alpha_pattern={"attn2.to_k": 2}
+    )
+    unet.add_adapter(cfg)
+    layers = peft.get_peft_model_state_dict(unet)
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=layers, unet_lora_adapter_metadata=cfg.to_dict(), weight_name="m.safetensors"
+    )
+    f = open_lora(tmp_path / "m.safetensors")
+    parsed = parse(f)
+    checked = set()
+    for name, m in unet.named_modules():
+        if not hasattr(m, "get_delta_weight") or not name.endswith(("attn1.to_q", "attn2.to_k")):
+            continue
+        want = m.get_delta_weight("default").detach().numpy()
+        got = delta(f, parsed.layers["unet:" + name.replace(".", "_")], want.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        checked.add(name.rsplit(".", 1)[-1])
+    assert checked == {"to_q", "to_k"}  # scale 2 from lora_alpha, 0.5 from the pattern
