@@ -305,3 +305,14 @@ def test_bad_arguments(tmp_path):
         ex.write_sd(tmp_path / "x.safetensors", fmt="safetensors", dtype="q8_0")
     with pytest.raises(ValueError, match="wtype"):
         ex.write_sd(tmp_path / "x.gguf", fmt="gguf", dtype="q4_k")
+
+
+def test_streaming_writer_gives_the_same_tensors(tmp_path):
+    """write_sd_streaming (full-size SDXL without holding its UNet) writes sd_state's values, readable by the
+    safetensors library."""
+    from safetensors.numpy import load_file
+
+    p = ex.write_sd_streaming(tmp_path / "xl.safetensors", ex.TINY_SDXL, 0, "f16")
+    got, want = load_file(str(p)), ex.sd_state(ex.TINY_SDXL, 0)
+    assert set(got) == set(want)
+    assert all(np.array_equal(got[k], want[k].astype(np.float16)) for k in want)
