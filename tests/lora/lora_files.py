@@ -23,14 +23,17 @@ UNET_LAYERS = (
 TE_LAYERS = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2")
 
 
-def layers(unet, text_encoder, seed: int = 1) -> dict[str, dict[str, np.ndarray]]:
-    """{'unet.<diffusers module>' | 'text_encoder.<transformers module>': {'down', 'up'}} with random factors, the
-    delta's size a fair share of the weight's (so a wrong mapping shows)."""
+def layers(unet, text_encoder, seed: int = 1, text_encoder_2=None) -> dict[str, dict[str, np.ndarray]]:
+    """{'unet.<diffusers module>' | 'text_encoder.<transformers module>' | 'text_encoder_2.<...>': {'down', 'up'}}
+    with random factors, the delta's size a fair share of the weight's (so a wrong mapping shows)."""
     import torch
 
     rng = np.random.default_rng(seed)
     out = {}
-    for prefix, model, ends in (("unet.", unet, UNET_LAYERS), ("text_encoder.", text_encoder, TE_LAYERS)):
+    models = [("unet.", unet, UNET_LAYERS), ("text_encoder.", text_encoder, TE_LAYERS)]
+    if text_encoder_2 is not None:
+        models.append(("text_encoder_2.", text_encoder_2, TE_LAYERS))
+    for prefix, model, ends in models:
         for name, m in model.named_modules():
             if not name.endswith(ends) or not isinstance(m, torch.nn.Linear | torch.nn.Conv2d):
                 continue
@@ -75,17 +78,19 @@ def peft_dict(lay: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def kohya_dict(lay: dict, to_ldm: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    """kohya names (``lora_unet_``/``lora_te_`` + the path with '_'), with alpha; the UNet's LDM paths if
-    ``to_ldm`` is given (a LoRA trained on an LDM checkpoint), else its diffusers paths."""
+def kohya_dict(lay: dict, to_ldm: dict[str, str] | None = None, sdxl: bool = False) -> dict[str, np.ndarray]:
+    """kohya names (``lora_unet_``/``lora_te_`` + the path with '_'; SDXL: ``lora_te1_``/``lora_te2_``), with
+    alpha; the UNet's LDM paths if ``to_ldm`` is given (a LoRA trained on an LDM checkpoint), else its diffusers
+    paths."""
     out = {}
     for mod, t in lay.items():
         if mod.startswith("unet."):
             path = mod[len("unet.") :]
             key = "lora_unet_" + (to_ldm[path] if to_ldm else path).replace(".", "_")
         else:
-            path = mod[len("text_encoder.") :].removeprefix("text_model.")
-            key = "lora_te_text_model_" + path.replace(".", "_")
+            te, path = mod.split(".", 1)
+            lead = {"text_encoder": "lora_te1_" if sdxl else "lora_te_", "text_encoder_2": "lora_te2_"}[te]
+            key = lead + "text_model_" + path.removeprefix("text_model.").replace(".", "_")
         out[f"{key}.lora_down.weight"] = t["down"]
         out[f"{key}.lora_up.weight"] = t["up"]
         out[f"{key}.alpha"] = np.array(ALPHA, np.float32)
