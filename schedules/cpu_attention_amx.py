@@ -3,8 +3,11 @@ bf16 products (``mma="bf16"``, set by ``compile --compute bf16``, ``passes/mma.p
 
 Numerics, as PyTorch's bf16 flash attention on the CPU: q, k and v are rounded to bf16 (nearest even), q.k sums in
 f32 inside the unit, the scores are scaled by Dh^-0.5 in f32, the softmax runs in f32 with a running max and sum
-(the online softmax of ``kernels/attention_tiled.py``), its probabilities (unnormalised, each <= 1) are rounded to
-bf16 for p.v, which sums in f32 again; the output is divided by the running sum in f32 and stored in o's dtype.
+(the online softmax of ``kernels/attention_tiled.py``; here in units of log2, the scale times log2(e) applied to
+the scores, so that the exponential is a power of two), its probabilities (unnormalised, each <= 1) are rounded to
+bf16 for p.v, which sums in f32 again; the output is divided by the running sum (of the unrounded probabilities)
+in f32 and stored in o's dtype. A NaN in q or k makes the rows' sums NaN, a NaN in v the products: the outputs
+where exact arithmetic gives NaN are NaN.
 
 The work is laid out transposed, so that every softmax step is a plain vector operation over 16 queries, with no
 horizontal reductions or broadcasts: per block of 32 queries (two tiles of 16) and block of keys,
@@ -20,13 +23,18 @@ horizontal reductions or broadcasts: per block of 32 queries (two tiles of 16) a
   products are added on the unit (loaded into the accumulator tiles, stored back after).
 
 Padding: channels to 32 (q.k's K dimension: 40 -> 64, 80 -> 96) and to 16 (v^T's rows) with zeros; keys to 32 (a
-step of p.v) with zero rows of k and v, masked to probability 0 (the lowest finite f32 as their score, as the f32
-kernels do); queries to 32 with zero rows whose outputs are not stored. Every load of q, k and v is of the real
+step of p.v) with zero rows of k and v, masked to probability exactly 0 (``MASKED`` as their score); queries to 32
+with zero rows whose outputs are not stored. Every load of q, k and v is of the real
 values only (partial vectors at a head's end), so nothing outside the buffers is read. With ``causal``, keys after
 the query are masked as well (every query keeps key 0, so the running max is finite from the first block on).
 
 Parallel tasks are (image, head, block of 32 queries), in ``MAX_CHUNKS`` chunks of consecutive tasks, each with its
-own buffers (``cpu_amx.over_chunks``); a chunk walks one head's queries, so that head's packed k and v stay in L2.
+own buffers (``cpu_amx.over_chunks``); a chunk walks one head's queries, so that head's packed k and v stay in L2
+(or, where every head's fit there, one block of queries' heads in turn: see ``heads_inner``).
+
+Measured (one thread, CPU time, a shared 2-core Sapphire Rapids; B 2, 8 heads): S = T = 4096, Dh 40: 124 ms
+(346 GFLOP/s; the f32 kernel 732 ms, PyTorch's bf16 SDPA 194 ms); the softmax's vector work (an exp2, a bf16
+rounding, a max and a sum per score) takes about half of it, q.k and p.v on the unit a fifth each.
 """
 
 from __future__ import annotations
@@ -100,8 +108,9 @@ def _exp2(y):
 
 def _bf16_interleave(a, b):
     """Two f32x16 vectors of probabilities rounded to bf16 (nearest even) and interleaved as 16 u32 words, word n
-    holding a[n] (low half) and b[n] (high half). Probabilities are finite and >= 0 (or NaN from a NaN input, which
-    stays NaN: a quiet NaN's rounding does not carry out of the exponent), so the rounding needs no NaN case."""
+    holding a[n] (low half) and b[n] (high half). Probabilities are finite and >= 0, so the rounding needs no NaN
+    case: a NaN one (from a NaN score) may round to another value, but the running sum takes it unrounded and
+    makes the row's output NaN."""
 
     def rounded(v):  # bits + 0x7fff + the lowest kept bit: the upper 16 bits are the nearest-even bf16
         bits = T.bind(T.reinterpret("uint32x16", v))

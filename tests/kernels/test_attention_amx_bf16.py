@@ -165,3 +165,25 @@ def test_reads_stay_inside_the_buffers():
         timeout=600,
     )
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+
+
+def test_nan_inputs_give_nan_outputs(ex):
+    """A NaN in q poisons its query's row of that head, a NaN in k or v every query of that head, as in exact
+    arithmetic (and PyTorch); nothing else."""
+    B, S, T, H, Dh = CASES[1][:5]
+    spec = _spec(*CASES[1])
+    rng = np.random.default_rng(4)
+    base = {n: rng.standard_normal((B * L, H * Dh)).astype(np.float32) for n, L in (("q", S), ("k", T), ("v", T))}
+    for name, row, col in (("q", 50, 7), ("k", 3, 125), ("v", 80, 41)):
+        arrays = {n: a.copy() for n, a in base.items()}
+        arrays[name][row, col] = np.nan
+        nan = np.isnan(_run(ex, spec, arrays))
+        want = np.zeros_like(nan)
+        h = col // Dh
+        if name == "q":
+            want[row, h * Dh : (h + 1) * Dh] = True
+        elif name == "k":
+            want[(row // T) * S : (row // T + 1) * S, h * Dh : (h + 1) * Dh] = True
+        else:  # v: one channel of every query of that image and head
+            want[(row // T) * S : (row // T + 1) * S, col] = True
+        np.testing.assert_array_equal(nan, want, err_msg=name)
