@@ -271,7 +271,12 @@ def _lora_records(mod: Module) -> tuple[dict[str, Any], dict[str, Any] | None]:
     unhooked: dict[str, str] = {}
     for g in mod.functions.values():
         unhooked.update(g.meta.get("lora_hooks", {}).get("unhooked", {}))
-    record = {"mode": rec["mode"], "targets": rec["targets"], "unhooked": dict(sorted(unhooked.items()))}
+    record = {
+        "mode": rec["mode"],
+        "targets": rec["targets"],
+        "ignored": rec["ignored"],
+        "unhooked": dict(sorted(unhooked.items())),
+    }
     if not rec["files"]:
         return record, None
     report = {k: rec[k] for k in ("mode", "files", "notes")}

@@ -125,7 +125,7 @@ def prepare(manifest: dict, loras: list[tuple[str | Path, float]], backend: str)
     per_weight: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = {}
     report = []
     for path, strength in loras:
-        m = match(path, targets, index, components)
+        m = match(path, targets, index, components, rec.get("ignored") or {})
         missing = sorted(set(m.layers) - hooked)
         if missing:
             why = "; ".join(f"{w}: {unhooked.get(w, 'no step reads it')}" for w in missing[:3])

@@ -37,11 +37,13 @@ def alias_index(targets: dict[str, dict]) -> dict[str, str]:
     return out
 
 
-def match(lora, targets: dict[str, dict], index: dict[str, str] | None = None, components=None) -> Matched:
+def match(
+    lora, targets: dict[str, dict], index: dict[str, str] | None = None, components=None, ignored=None
+) -> Matched:
     """Parse and match one LoRA file (a path, or an opened file with ``path``, ``format``, ``names()`` and
     ``array()``: the runtime's reader or an sdcompile tensor store). A LoRA of which no tensor adapts any weight is an
     error (never a silent skip); ``components`` (those the model holds) makes the reason of an unmatched tensor
-    precise."""
+    precise, and so does ``ignored`` ({alias: why} of the checkpoint's weights the model leaves out)."""
     if not hasattr(lora, "names"):
         lora = open_lora(lora)
     path = lora.path
@@ -52,11 +54,11 @@ def match(lora, targets: dict[str, dict], index: dict[str, str] | None = None, c
         name = index.get(key)
         if name is None:
             comp = key.split(":", 1)[0]
-            why = (
-                f"the model has no {comp}"
-                if components is not None and comp not in components
-                else f"no weight of the model is called {key.split(':', 1)[1]} in its {comp}"
-            )
+            why = (ignored or {}).get(key)
+            if why is None and components is not None and comp not in components:
+                why = f"the model has no {comp}"
+            if why is None:
+                why = f"no weight of the model is called {key.split(':', 1)[1]} in its {comp}"
             for t in layer.tensors():
                 m.unmatched[t] = why
             continue

@@ -63,6 +63,22 @@ def _unet_diffusers_names(ldm_names: set[str]) -> tuple[dict[str, str], str | No
         return {}, f"the UNet's diffusers names could not be derived ({e}): only its LDM names are matched"
 
 
+def ignored_aliases(mod: Module) -> dict[str, str]:
+    """{alias: why} for the checkpoint's weights the model leaves out (``mod.meta["ignored"]``: an encoder layer SDXL
+    does not compute, a component not compiled), so a LoRA tensor adapting one is listed with that reason rather
+    than as a name the model does not know."""
+    from runtime.lora.parse import split_name
+
+    out: dict[str, str] = {}
+    for key, why in (mod.meta.get("ignored") or {}).items():
+        if not key.endswith(".weight"):
+            continue
+        s = split_name(key[: -len(".weight")] + ".lora_down.weight")
+        if s is not None:
+            out.setdefault(f"{s[0]}:{s[1]}", f"the model leaves out the checkpoint's {key}: {why}")
+    return out
+
+
 def targets(mod: Module) -> tuple[dict[str, dict], list[str]]:
     """{canonical weight: {"kind", "shape" (logical: [O, I] or [O, C, kh, kw]), "aliases"}} over every function of
     the module, and notes for the report (names that could not be derived)."""

@@ -90,7 +90,7 @@ def merge(mod: Module, loras: list[tuple[str, float]], mode: str = "merge") -> d
     """Merge ``loras`` ((path, strength) pairs) into the module's weights; returns the report's ``lora`` record:
     the adaptable targets (for the manifest) and, per LoRA, what it touched and what it left."""
     from runtime.lora import LoraError, alias_index, match
-    from sdcompile.lora.aliases import targets
+    from sdcompile.lora.aliases import ignored_aliases, targets
 
     if mode not in MODES:
         raise OptionError(f"--lora-apply-mode {mode!r}: choose merge or runtime")
@@ -101,13 +101,14 @@ def merge(mod: Module, loras: list[tuple[str, float]], mode: str = "merge") -> d
             "(or use --lora-apply-mode merge to merge it now)"
         )
     table, notes = targets(mod)
+    ignored = ignored_aliases(mod)
     index = alias_index(table)
     components = {a.split(":", 1)[0] for t in table.values() for a in t["aliases"]}
     per_weight: dict[str, list] = {}
     files = []
     for path, strength in loras:
         try:
-            m = match(_open(path), table, index, components)
+            m = match(_open(path), table, index, components, ignored)
         except LoraError as e:
             raise LoraFileError(str(e)) from None
         kinds: dict[str, int] = {}
@@ -140,6 +141,7 @@ def merge(mod: Module, loras: list[tuple[str, float]], mode: str = "merge") -> d
     return {
         "mode": mode,
         "targets": table,
+        "ignored": ignored,
         "notes": notes,
         "files": files,
         "merged": changed,
