@@ -41,6 +41,8 @@ CASES = [
     (2, 45, 77, 2, 80, False, "float32"),  # cross-attention: 77 keys padded to 96 and masked; 45 queries
     (1, 50, 50, 1, 160, False, "float32"),  # the 16x16 and 8x8 levels' 160 channels
     (1, 300, 300, 2, 40, False, "float32"),  # three key blocks (128, 128, 44 -> 64): the running max and sum
+    (1, 40, 700, 1, 40, False, "float32"),  # six blocks: the pipelined scores alternate buffers in a loop
+    (1, 600, 600, 1, 24, True, "float32"),  # causal over five blocks: later blocks wholly masked for early rows
     (1, 77, 77, 2, 64, True, "float32"),  # the text encoder's causal mask
     (1, 33, 200, 3, 20, False, "float32"),  # 20 channels (a partial vector), S != T, both odd
     (1, 5, 3, 1, 17, False, "float32"),  # fewer queries and keys than a tile; 17 channels (one past a vector)
