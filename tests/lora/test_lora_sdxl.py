@@ -1,4 +1,4 @@
-"""LoRA on a tiny SDXL at run time: one kohya file with SDXL's names (``lora_unet_`` diffusers paths, ``lora_te1_``
+"""LoRA on a tiny SDXL, at run time and merged at compile time: one kohya file with SDXL's names (``lora_unet_`` diffusers paths, ``lora_te1_``
 for CLIP-L, ``lora_te2_`` for OpenCLIP-bigG, whose q/k/v are slices of a fused in_proj in the checkpoint), stored as
 GGUF under a .safetensors name, against diffusers' StableDiffusionXLPipeline with the same layers loaded by its
 load_lora_weights at strength 0.8: txt2img latents after 3 steps within 1e-4 of their peak (the bound the SDXL
@@ -17,7 +17,8 @@ R = pytest.importorskip("tests.sd_reference")
 SIZE = 64
 
 
-def test_sdxl_runtime_lora_matches_diffusers(tmp_path):
+@pytest.mark.parametrize("mode", ["runtime", "merge"])
+def test_sdxl_lora_matches_diffusers(tmp_path, mode):
     import diffusers
     import torch
 
@@ -31,8 +32,6 @@ def test_sdxl_runtime_lora_matches_diffusers(tmp_path):
     shape = E.TINY_SDXL
     st = E.sd_state(shape, 0)
     src = E.write_sd(tmp_path / "xl.safetensors", shape, 0, "safetensors", state=st)
-    art = tmp_path / "xl.sdc"
-    compile_model(src, art, CompileOptions(sizes=[(SIZE, SIZE)], lora_apply_mode="runtime"))
     ref = diffusers.StableDiffusionXLPipeline(
         vae=R.vae_model(st, shape),
         text_encoder=R.sdxl_clip_l_model(st, shape),
@@ -54,6 +53,18 @@ def test_sdxl_runtime_lora_matches_diffusers(tmp_path):
     want = _run_reference(ref, prompt, negative, 3, 5.0, noise)
     assert np.abs(want - base).max() > 0.05 * np.abs(want).max()  # the LoRA matters
 
+    art = tmp_path / "xl.sdc"
+    if mode == "merge":  # merged into the weights when the artifact is written
+        compile_model(src, art, CompileOptions(sizes=[(SIZE, SIZE)], loras=[(str(path), 0.8)]))
+        model = load(art)
+        rec = model.manifest["report"]["lora"]
+        assert rec["mode"] == "merge" and rec["weights"] == len(lay) - len(L.TE_LAYERS), rec
+        res = StableDiffusion(model).generate(
+            prompt, negative, steps=3, cfg_scale=5.0, method="euler", width=SIZE, height=SIZE, init_noise=noise
+        )
+        _close(res.latents, want, 1e-4)
+        return
+    compile_model(src, art, CompileOptions(sizes=[(SIZE, SIZE)], lora_apply_mode="runtime"))
     model = load(art)
     (rep,) = model.set_loras([(path, 0.8)])
     # SDXL reads CLIP-L's penultimate layer: its last layer is not part of the model (nor acts in diffusers), so
