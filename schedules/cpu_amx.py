@@ -70,6 +70,34 @@ SYS_ARCH_PRCTL = 158  # x86-64
 ARCH_REQ_XCOMP_PERM = 0x1023
 XFEATURE_XTILEDATA = 18
 MAX_CHUNKS = 16  # parallel tasks, each a contiguous range of 16-row weight tiles with its own panel and buffers
+# The prepared activations of one pass over the weights stay under this: a conv's implicit GEMM has a row per output
+# pixel (SDXL's VAE decoder at 1024x1024: 1 M rows of 2,304 values, 4.8 GB as 16-bit operands), so such a GEMM runs
+# in blocks of rows, each preparing its rows and then walking every weight tile (decoding a weight panel again per
+# block costs N x K, against M_block x N x K products).
+X_BLOCK_BYTES = 64 << 20
+
+
+def row_blocks(M: int, row_bytes: int, align: int = 16) -> tuple[int, int]:
+    """(rows per block, blocks) for M rows of prepared activations of ``row_bytes`` each: one block where they fit
+    ``X_BLOCK_BYTES``, else equal blocks (a multiple of ``align`` rows) that do."""
+    rows = -(-M // align) * align
+    if rows * row_bytes <= X_BLOCK_BYTES:
+        return rows, 1
+    per = max(align, X_BLOCK_BYTES // row_bytes // align * align)
+    blocks = -(-rows // per)
+    even = -(-rows // blocks)  # rows per block if split evenly, then rounded up to the alignment
+    per = -(-even // align) * align
+    return per, -(-rows // per)
+
+
+def over_row_blocks(blocks: int, rows: int, body) -> None:
+    """``body(m0)`` for each block of ``rows`` rows (first row m0): straight code for one block."""
+    if blocks == 1:
+        body(T.int32(0))
+        return
+    with T.serial(0, blocks) as blk:
+        body(T.bind(blk * rows))
+
 
 # Tile registers. block: two sets (even and odd blocks) of weight quants (A0 / A1), activations (B0 / B1) and the
 # int32 sums of A times the activations' high bytes (C0 / C2) and low bytes (C1 / C3). super: weight high and low
@@ -203,12 +231,15 @@ class _Gemm:
         self.act = str(spec.attr("act", "none"))
         self.super = self.wtype in SUPER
         self.G = A.group(self.wtype)  # activations per scale; also the unit of the K loop
-        self.MT = -(-self.M // A.TILE)  # tiles of 16 rows of x
         self.NT = self.N // A.TILE
         self.NG = self.K // self.G
         self.mins = self.wtype in MINS
         self.MG = 16 if self.wtype == "q2_k" else 32  # weights per offset
         self.NM = self.K // self.MG
+        # rows of x per block (X_BLOCK_BYTES): 16-bit operands, a scale per group, an offset sum per MG
+        row_bytes = 2 * self.K + 4 * self.NG + (4 * self.NM if self.mins else 0)
+        self.MB, self.NBLK = row_blocks(self.M, row_bytes)
+        self.MT = self.MB // A.TILE  # tiles of 16 rows of x in a block
         self.TPC = -(-self.NT // min(self.NT, MAX_CHUNKS))  # weight tiles per chunk
         self.CH = -(-self.NT // self.TPC)  # chunks: every one has a tile (20 tiles: 10 chunks of 2, not 16)
 
@@ -234,7 +265,13 @@ class _Gemm:
         self.cbuf = T.alloc_buffer((CH * 2 * 4 * 256,), "int32")
         self.ybuf = T.alloc_buffer((CH * 256,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
-        with_tile_state(lambda: (self.config(), self.prep(), self.tiles()))
+
+        def block(m0) -> None:
+            self.m0 = m0  # the block's first row of x
+            self.prep()
+            self.tiles()
+
+        with_tile_state(lambda: (self.config(), over_row_blocks(self.NBLK, self.MB, block)))
 
     def config(self) -> None:
         """The tile configuration: rows and bytes per row of each tile register."""
@@ -254,12 +291,13 @@ class _Gemm:
     def prep(self) -> None:
         M, NG, G = self.M, self.NG, self.G
         x = self.bufs["x"]
-        with T.parallel(0, self.MT * A.TILE) as m:
+        with T.parallel(0, self.MT * A.TILE) as ml:
             mem = T.bind(T.tvm_stack_alloca("shape", 16))  # per task: running max and sum (see tile())
             amx = T.decl_buffer((16,), "float32", data=mem)
             tot = T.decl_buffer((16,), "float32", data=mem, elem_offset=16)
-            mt = T.bind(m // A.TILE)
-            mi = T.bind(m % A.TILE)
+            m = T.bind(self.m0 + ml) if self.NBLK > 1 else ml  # the row of x; ml its place in the block
+            mt = T.bind(ml // A.TILE)
+            mi = T.bind(ml % A.TILE)
             with T.serial(0, NG) as g:
                 at = T.bind((mt * NG + g) * A.TILE + mi)  # this row's slot in the group's scale vectors
                 with T.If(m < M):
@@ -337,7 +375,7 @@ class _Gemm:
                 vstore(self.ybuf, yb + 16 * r, vload(self.facc[r], 0, 16), 16)
             with T.serial(0, 16) as r:
                 with T.serial(0, 16) as lane:
-                    m = mt * 16 + lane
+                    m = self.m0 + mt * 16 + lane if self.NBLK > 1 else mt * 16 + lane
                     with T.If(m < self.M):
                         with T.Then():
                             store_output(self.bufs, self.act, m, nt * 16 + r, self.ybuf[yb + 16 * r + lane])

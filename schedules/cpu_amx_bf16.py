@@ -24,7 +24,17 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import MAX_CHUNKS, _amx, _i8, over_chunks, tile_config, with_tile_state, x_vector
+from schedules.cpu_amx import (
+    MAX_CHUNKS,
+    _amx,
+    _i8,
+    over_chunks,
+    over_row_blocks,
+    row_blocks,
+    tile_config,
+    with_tile_state,
+    x_vector,
+)
 from schedules.tir_build import (
     f16_to_f32,
     prim_func,
@@ -69,8 +79,10 @@ class _Bf16Gemm:
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
-        self.MT = -(-self.M // 16)
-        self.MT2 = self.MT + self.MT % 2  # x tiles go two at a time; the odd one out pairs with a zero tile
+        # rows of x per block (cpu_amx.X_BLOCK_BYTES; bf16 operands, 2 bytes a value), a multiple of 32: x tiles go
+        # two at a time, the odd one out of the last block pairing with a zero tile
+        self.MB, self.NBLK = row_blocks(self.M, 2 * self.K, align=32)
+        self.MT2 = self.MB // 16
         self.NT = self.N // 16
         self.KS = self.K // 32
         # units of NB weight tiles: two where the count is even, so each step's four products share two A and two B
@@ -89,7 +101,13 @@ class _Bf16Gemm:
         self.panel = T.alloc_buffer((self.CH * self.NB * self.KS * 256,), "uint32")
         self.ybuf = T.alloc_buffer((self.CH * self.NB * 512,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
-        with_tile_state(lambda: (self.config(), self.prep(), self.tiles()))
+
+        def block(m0) -> None:
+            self.m0 = m0  # the block's first row of x
+            self.prep()
+            self.tiles()
+
+        with_tile_state(lambda: (self.config(), over_row_blocks(self.NBLK, self.MB, block)))
 
     def config(self) -> None:
         tile_config(self.cfg, {t: (16, 64) for t in range(8)})  # every tile 16 rows of 64 bytes
@@ -98,9 +116,10 @@ class _Bf16Gemm:
 
     def prep(self) -> None:
         x = self.bufs["x"]
-        with T.parallel(0, self.MT2 * 16) as m:
-            mt = T.bind(m // 16)
-            mi = T.bind(m % 16)
+        with T.parallel(0, self.MT2 * 16) as ml:
+            m = T.bind(self.m0 + ml) if self.NBLK > 1 else ml  # the row of x; ml its place in the block
+            mt = T.bind(ml // 16)
+            mi = T.bind(ml % 16)
             with T.serial(0, self.KS) as s:
                 at = ((mt * self.KS + s) * 16 + mi) * 16  # A tile (mt, s), row mi: values 32 s .. 32 s + 31
                 with T.If(m < self.M):
@@ -159,7 +178,7 @@ class _Bf16Gemm:
                 _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[yb + i * 256]), T.int64(64))
             with T.serial(0, nb) as j:
                 with T.serial(0, 32) as i:  # row i of the two x tiles: output row m, columns of weight tile j
-                    m = mp * 32 + i
+                    m = self.m0 + mp * 32 + i if self.NBLK > 1 else mp * 32 + i
                     with T.If(m < self.M):
                         with T.Then():
                             v = vload(self.ybuf, yb + j * 512 + i * 16, 16)
