@@ -119,22 +119,28 @@ def _bf16_interleave(a, b):
     return (rounded(a) >> splat(16, "uint32", 16)) | (rounded(b) & splat(0xFFFF0000, "uint32", 16))
 
 
-def _transpose16(vs: list) -> list:
-    """The 16 x 16 transpose of 16 vectors of 16 32-bit lanes: four stages that swap the off-diagonal blocks of 8,
-    4, 2 and 1 lanes between pairs of vectors, 64 two-vector shuffles in all, where lane-by-lane gathers or
-    scatters take 256 single-lane moves (measured: a fifth of a 256-token attention's time at 160 channels)."""
-    vs = [T.bind(v) for v in vs]
+def _transpose16(vs: list, dtype: str) -> list:
+    """The 16 x 16 transpose of 16 vectors of 16 32-bit lanes (``dtype``): four stages that swap the off-diagonal
+    blocks of 8, 4, 2 and 1 lanes between pairs of vectors, 64 two-vector shuffles in all, where lane-by-lane
+    gathers or scatters take 256 single-lane moves. The stages pass through a stack buffer with constant offsets,
+    which LLVM keeps in registers: as nested bindings they made TVM's passes take seconds per kernel."""
+    mem = T.bind(T.tvm_stack_alloca("shape", 256))  # 2 x 16 x 16 words
+    buf = T.decl_buffer((512,), dtype, data=mem)
+    for i, v in enumerate(vs):
+        vstore(buf, 16 * i, v, 16)
+    src = 0
     for b in (8, 4, 2, 1):
-        new = list(vs)
+        dst = 256 - src
         for i in range(16):
             if i & b:
                 continue
             lo = [lane if lane & b == 0 else 16 + lane - b for lane in range(16)]
             hi = [lane + b if lane & b == 0 else 16 + lane for lane in range(16)]
-            new[i] = T.bind(shuffle([vs[i], vs[i + b]], lo))
-            new[i + b] = T.bind(shuffle([vs[i], vs[i + b]], hi))
-        vs = new
-    return vs
+            pair = [vload(buf, src + 16 * i, 16), vload(buf, src + 16 * (i + b), 16)]
+            vstore(buf, dst + 16 * i, shuffle(pair, lo), 16)
+            vstore(buf, dst + 16 * (i + b), shuffle(pair, hi), 16)
+        src = dst
+    return [vload(buf, src + 16 * i, 16) for i in range(16)]
 
 
 def _row16(buf, row, col, n: int):
@@ -227,7 +233,7 @@ class _Attention:
                         halves.append(T.bind(bf16_bits(val, 16)))
                     words.append(halves[0] | (halves[1] << splat(16, "uint32", 16)))
                 at = ((bh * self.NKS + ks) * self.DC + ct) * 256
-                for e, row in enumerate(_transpose16(words)):  # row e of the tile: channel e's 16 pairs
+                for e, row in enumerate(_transpose16(words, "uint32")):  # row e of the tile: channel e's 16 pairs
                     vstore(self.vb, at + 16 * e, row, 16)
 
             if Dh // 16:
@@ -285,7 +291,7 @@ class _Attention:
                 ld = T.bind(_bf16_pairs(_row16(q, row, c0, lo), _row16(q, row, c0 + 16, hi)))  # bound: see prep
                 words.append(T.Select(T.Broadcast(i < self.S, 16), ld, splat(0, "uint32", 16)))
             at = base + (qt * self.DS + s) * 256
-            for p, row in enumerate(_transpose16(words)):
+            for p, row in enumerate(_transpose16(words, "uint32")):
                 vstore(self.qb, at + 16 * p, row, 16)
 
         with T.serial(0, self.NQ) as qt:
@@ -416,7 +422,7 @@ class _Attention:
             if self.Dh // 16:
                 with T.serial(0, self.Dh // 16) as ct:
                     at = obase + (ct * self.NQ + qt) * 256
-                    rows = _transpose16([vload(self.ob, at + 16 * r, 16) * inv for r in range(16)])
+                    rows = _transpose16([vload(self.ob, at + 16 * r, 16) * inv for r in range(16)], "float32")
                     for n, v in enumerate(rows):  # query n's 16 channels
                         i = q0 + 16 * qt + n
                         with T.If(i < self.S):
