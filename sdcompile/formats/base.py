@@ -43,6 +43,11 @@ class TensorStore:
     def __len__(self) -> int:
         return len(self._infos)
 
+    def missing(self, name: str) -> Exception | None:
+        """Why a tensor a lifter looks for is absent, where the file itself can tell (an ONNX export that renamed
+        its weights); None: it simply is not there."""
+        return None
+
     def info(self, name: str) -> TensorInfo:
         return self._infos[name]
 

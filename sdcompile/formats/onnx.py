@@ -233,6 +233,9 @@ class OnnxStore(TensorStore):
             "re-export with torch.onnx.export(..., do_constant_folding=False), which keeps the parameters' names"
         )
 
+    def missing(self, name: str) -> Exception | None:
+        return self._renamed(name) if name not in self._infos and self.exporter_names else None
+
     def info(self, name: str) -> TensorInfo:
         if name not in self._infos and self.exporter_names:
             raise self._renamed(name)

@@ -329,7 +329,9 @@ def encoder_config(store, enc: TextEncoder, config: dict | None = None) -> tuple
     tok = store.info(_key(enc, "embeddings.token_embedding.weight").key).shape
     pos_key = _key(enc, "embeddings.position_embedding.weight").key
     if pos_key not in names:
-        raise UnsupportedModelError(f"{store.path}: {who} ({enc.convention} names) lacks tensor {pos_key}")
+        raise store.missing(pos_key) or UnsupportedModelError(
+            f"{store.path}: {who} ({enc.convention} names) lacks tensor {pos_key}"
+        )
     pos = store.info(pos_key).shape
     layer_ids = {
         i
@@ -346,7 +348,9 @@ def encoder_config(store, enc: TextEncoder, config: dict | None = None) -> tuple
         )
     fc1 = _key(enc, "encoder.layers.0.mlp.fc1.weight").key
     if fc1 not in names:
-        raise UnsupportedModelError(f"{store.path}: {who} ({enc.convention} names) lacks tensor {fc1}")
+        raise store.missing(fc1) or UnsupportedModelError(
+            f"{store.path}: {who} ({enc.convention} names) lacks tensor {fc1}"
+        )
     mlp = store.info(fc1).shape[0]
     width = tok[1]
     if len(tok) != 2 or len(pos) != 2 or pos[1] != width:
@@ -531,7 +535,7 @@ class _Weights:
         what = "second text encoder" if self.enc.canon == CANONICAL_2 else "text encoder"
         if loc is None or loc.key not in self.store:
             key = loc.key if loc is not None else self.enc.root + "text_projection.weight"
-            raise UnsupportedModelError(
+            raise self.store.missing(key) or UnsupportedModelError(
                 f"{self.store.path}: CLIP {what} ({self.enc.convention} names) lacks tensor {key}"
             )
         info = self.store.info(loc.key)
