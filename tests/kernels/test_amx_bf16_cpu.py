@@ -19,7 +19,8 @@ from tests.kernels import fixtures as fx
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16 (and Linux)")
 
-U32, UB = 2.0**-24, 2.0**-9
+# unit roundoff of round-to-nearest with p significant bits: 2^-p (f32: 24 bits, bf16: 8)
+U32, UB = 2.0**-24, 2.0**-8
 CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}
 CASES = [
     ("linear", {"M": 77, "N": 48, "K": 64, "wtype": "f32", "bias": True, "residual": True, "act": "gelu"}),
