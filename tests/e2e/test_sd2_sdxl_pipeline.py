@@ -74,6 +74,33 @@ def _close(got, want, rel):
     assert np.abs(got - want).max() <= rel * scale, (np.abs(got - want).max(), scale)
 
 
+def sdxl_reference(st, shape, folder):
+    """diffusers' StableDiffusionXLPipeline holding the weights of the LDM state ``st`` (diffusers' converters),
+    with SDXL's published Euler scheduler and both tokenizers (CLIP-L's pads with the end token, bigG's with "!")."""
+    import diffusers
+
+    layers = shape.open_clip.layers
+    return diffusers.StableDiffusionXLPipeline(
+        vae=R.vae_model(st, shape),
+        text_encoder=R.sdxl_clip_l_model(st, shape),
+        text_encoder_2=R.open_clip_model(st, shape.open_clip, "conditioner.embedders.1.model.", layers, True),
+        tokenizer=_tokenizer(folder / "tok", "<|endoftext|>"),
+        tokenizer_2=_tokenizer(folder / "tok2", "!"),
+        unet=R.unet_model(st, shape),
+        scheduler=diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def generate(model, prompt, negative, steps, cfg, noise):
+    """The runtime's txt2img (Euler) from the unit-variance ``noise``: its result."""
+    from runtime.pipelines.sd import StableDiffusion
+
+    return StableDiffusion(model).generate(
+        prompt, negative, steps=steps, cfg_scale=cfg, method="euler", width=SIZE, height=SIZE, init_noise=noise
+    )
+
+
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("sd2xl")
@@ -81,9 +108,6 @@ def tmp(tmp_path_factory):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_sdxl_txt2img_matches_diffusers(tmp, target):
-    import diffusers
-
-    from runtime.pipelines.sd import StableDiffusion
 
     shape = E.TINY_SDXL
     model = _compile(tmp, shape, target=target)
@@ -94,29 +118,10 @@ def test_sdxl_txt2img_matches_diffusers(tmp, target):
     assert pipe_info["family"] == "sdxl" and pipe_info["force_zeros_for_empty_prompt"] is True
     assert pipe_info["scheduler"]["timestep_spacing"] == "leading"
     st = E.sd_state(shape, 0)
-    ref = diffusers.StableDiffusionXLPipeline(
-        vae=R.vae_model(st, shape),
-        text_encoder=R.sdxl_clip_l_model(st, shape),
-        text_encoder_2=R.open_clip_model(st, shape.open_clip, "conditioner.embedders.1.model.", 3, True),
-        tokenizer=_tokenizer(tmp / "tok", "<|endoftext|>"),
-        tokenizer_2=_tokenizer(tmp / "tok2", "!"),
-        unet=R.unet_model(st, shape),
-        scheduler=diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
-        force_zeros_for_empty_prompt=True,
-    )
+    ref = sdxl_reference(st, shape, tmp)
     noise = np.random.default_rng(5).standard_normal((1, 4, SIZE // 8, SIZE // 8)).astype(np.float32)
-    sd = StableDiffusion(model)
     for negative in ("", "blurry"):  # zeros for an empty negative prompt, encoded otherwise
-        res = sd.generate(
-            "a red fox in snow",
-            negative,
-            steps=4,
-            cfg_scale=5.0,
-            method="euler",
-            width=SIZE,
-            height=SIZE,
-            init_noise=noise,
-        )
+        res = generate(model, "a red fox in snow", negative, 4, 5.0, noise)
         # diffusers zeroes the negative embeddings when no negative prompt is given (None); the runtime's "no
         # negative prompt" is the empty string, as the CLI's default
         want = _run_reference(ref, "a red fox in snow", negative or None, 4, 5.0, noise)
@@ -128,8 +133,6 @@ def test_sdxl_txt2img_matches_diffusers(tmp, target):
 )
 def test_sd2_txt2img_matches_diffusers(tmp, target, prediction):
     import diffusers
-
-    from runtime.pipelines.sd import StableDiffusion
 
     shape = E.TINY_SD2
     model = _compile(tmp, shape, target=target, prediction=prediction)
@@ -149,16 +152,7 @@ def test_sd2_txt2img_matches_diffusers(tmp, target, prediction):
         requires_safety_checker=False,
     )
     noise = np.random.default_rng(7).standard_normal((1, 4, SIZE // 8, SIZE // 8)).astype(np.float32)
-    res = StableDiffusion(model).generate(
-        "a lighthouse at dusk",
-        "blurry",
-        steps=4,
-        cfg_scale=6.0,
-        method="euler",
-        width=SIZE,
-        height=SIZE,
-        init_noise=noise,
-    )
+    res = generate(model, "a lighthouse at dusk", "blurry", 4, 6.0, noise)
     want = _run_reference(ref, "a lighthouse at dusk", "blurry", 4, 6.0, noise)
     _close(res.latents, want, 1e-4)
 

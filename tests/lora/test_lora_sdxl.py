@@ -19,29 +19,17 @@ SIZE = 64
 
 @pytest.mark.parametrize("mode", ["runtime", "merge"])
 def test_sdxl_lora_matches_diffusers(tmp_path, mode):
-    import diffusers
     import torch
 
     from runtime import load
-    from runtime.pipelines.sd import StableDiffusion
     from sdcompile.compiler import compile_model
-    from sdcompile.models.sd import SDXL_SCHEDULER
     from sdcompile.passes.context import CompileOptions
-    from tests.e2e.test_sd2_sdxl_pipeline import _close, _run_reference, _tokenizer
+    from tests.e2e.test_sd2_sdxl_pipeline import _close, _run_reference, generate, sdxl_reference
 
     shape = E.TINY_SDXL
     st = E.sd_state(shape, 0)
     src = E.write_sd(tmp_path / "xl.safetensors", shape, 0, "safetensors", state=st)
-    ref = diffusers.StableDiffusionXLPipeline(
-        vae=R.vae_model(st, shape),
-        text_encoder=R.sdxl_clip_l_model(st, shape),
-        text_encoder_2=R.open_clip_model(st, shape.open_clip, "conditioner.embedders.1.model.", 3, True),
-        tokenizer=_tokenizer(tmp_path / "tok", "<|endoftext|>"),
-        tokenizer_2=_tokenizer(tmp_path / "tok2", "!"),
-        unet=R.unet_model(st, shape),
-        scheduler=diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
-        force_zeros_for_empty_prompt=True,
-    )
+    ref = sdxl_reference(st, shape, tmp_path)
     lay = L.layers(ref.unet, ref.text_encoder, text_encoder_2=ref.text_encoder_2)
     assert {k.split(".")[0] for k in lay} == {"unet", "text_encoder", "text_encoder_2"}
     path = L.write_gguf(tmp_path / "xl_lora.safetensors", L.kohya_dict(lay, sdxl=True))
@@ -59,9 +47,7 @@ def test_sdxl_lora_matches_diffusers(tmp_path, mode):
         model = load(art)
         rec = model.manifest["report"]["lora"]
         assert rec["mode"] == "merge" and rec["weights"] == len(lay) - len(L.TE_LAYERS), rec
-        res = StableDiffusion(model).generate(
-            prompt, negative, steps=3, cfg_scale=5.0, method="euler", width=SIZE, height=SIZE, init_noise=noise
-        )
+        res = generate(model, prompt, negative, 3, 5.0, noise)
         _close(res.latents, want, 1e-4)
         return
     compile_model(src, art, CompileOptions(sizes=[(SIZE, SIZE)], lora_apply_mode="runtime"))
@@ -74,7 +60,5 @@ def test_sdxl_lora_matches_diffusers(tmp_path, mode):
     assert unused == set(rep["unmatched"]) and len(unused) == 3 * len(L.TE_LAYERS), rep["unmatched"]
     assert all(why.startswith("the model leaves out the checkpoint's") for why in rep["unmatched"].values())
     assert (rep["format"], rep["weights"]) == ("gguf", len(lay) - len(L.TE_LAYERS))
-    res = StableDiffusion(model).generate(
-        prompt, negative, steps=3, cfg_scale=5.0, method="euler", width=SIZE, height=SIZE, init_noise=noise
-    )
+    res = generate(model, prompt, negative, 3, 5.0, noise)
     _close(res.latents, want, 1e-4)
