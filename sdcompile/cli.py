@@ -148,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="WxH",
         help="image size to compile the SD functions for; repeat or give a comma list for several "
-        "(default 512x512; each a multiple of 8)",
+        "(default: the model's own, 512x512 for SD 1.x and SD 2.x 512-base, 768x768 for SD 2.x 768-v, 1024x1024 "
+        "for SDXL; each a multiple of 8)",
     )
     s.add_argument("--diffusion-model", default=None, metavar="FILE", help="the UNet as a separate file")
     s.add_argument("--vae", default=None, metavar="FILE", help="a separate VAE (replaces the checkpoint's)")

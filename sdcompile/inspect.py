@@ -72,6 +72,7 @@ def inspect_file(path: Path) -> dict[str, Any]:
         }
         for name, g in mod.functions.items()
     }
+    sd_sizes = opts.sizes or [tuple(s) for s in (mod.meta.get("config") or {}).get("sizes") or []]
     ctx = PassContext(opts)
     for name, g in mod.functions.items():
         for p in (quantize.run, fuse.run, memory_plan.run):  # as compiled, minus target-specific legalization
@@ -80,7 +81,7 @@ def inspect_file(path: Path) -> dict[str, Any]:
     memory_plan.check_module(mod.functions, ctx)
     info["memory_estimate"] = {k: ctx.report["memory"][k] for k in ("weights_bytes", "activation_bytes", "peak_bytes")}
     info["memory_estimate"]["note"] = (
-        f"{'SD at ' + ', '.join(f'{w}x{h}' for w, h in opts.sizes) + ', guidance batch 2' if family == 'sd' else 'batch 1'}"
+        f"{'SD at ' + ', '.join(f'{w}x{h}' for w, h in sd_sizes) + ', guidance batch 2' if family == 'sd' else 'batch 1'}"
         ", weights as stored (norms and biases as f32)"
     )
     return info

@@ -676,6 +676,10 @@ SDXL_SCHEDULER = {
 PAD_END, PAD_ZERO = 49407, 0
 
 
+# The image size each family was trained at: what compile builds when no --size is given (SD 2.x's 768-v: 768)
+NATIVE_SIZE = {"sd1": 512, "sd2": 512, "sdxl": 1024}
+
+
 # What each family's VAE is scaled by where no config says (LDM's and sgm's configs, diffusers' defaults)
 SCALING = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 
@@ -807,7 +811,7 @@ def _no_text_encoder(store) -> str:
 
 def lift(
     store,
-    sizes: list[tuple[int, int]],
+    sizes: list[tuple[int, int]] | None,
     *,
     configs: dict[str, dict] | None = None,
     components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder"),
@@ -864,6 +868,10 @@ def lift(
                 f"{store.path}: the UNet's added conditioning takes a pooled text embedding of {ucfg.pooled_dim} but "
                 f"the text encoders give {pooled_hint}: the files belong to different models"
             )
+    if not sizes:
+        side = NATIVE_SIZE[family] if ucfg is None or ucfg.prediction != "v_prediction" else 768
+        sizes = [(side, side)]
+        a.add(f"image size {side}x{side} ({family.upper()}'s own; --size compiles others)")
     for W, H in sizes:
         if W % 8 or H % 8 or W <= 0 or H <= 0:
             raise UnsupportedModelError(f"image size {W}x{H} is not a positive multiple of 8")

@@ -22,7 +22,8 @@ class CompileOptions:
     # Diffusion models: image sizes (width, height) compiled, the components compiled, separate component files
     # (as stable-diffusion.cpp's --diffusion-model, --vae, --clip-l take them; a separate VAE overrides the
     # checkpoint's).
-    sizes: list[tuple[int, int]] = field(default_factory=lambda: [(512, 512)])
+    # None: the model's own size (SD 1.x and SD 2.x 512-base: 512x512, SD 2.x 768-v: 768x768, SDXL: 1024x1024)
+    sizes: list[tuple[int, int]] | None = None
     components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
     vae: str | None = None
     diffusion_model: str | None = None

@@ -125,3 +125,15 @@ def test_v_pred_marker_tensor_is_read(tmp_path):
     mod = _lift(tmp_path, st)
     assert mod.meta["config"]["unet"]["prediction"] == "v_prediction"
     assert not [n for n in mod.meta["assumptions"] if "predicts" in n]
+
+
+@pytest.mark.parametrize(
+    "shape, extra, prediction, side",
+    [(SDXL, [PROJ], None, 1024), (SD2, [], "v", 768), (SD2, [], "eps", 512)],
+)
+def test_without_size_the_models_own_is_compiled_and_reported(tmp_path, shape, extra, prediction, side):
+    st = _state(shape, extra)
+    path = E.write_safetensors(tmp_path / "u.safetensors", st)
+    mod = lift_module(open_store(path), CompileOptions(components=("unet",), prediction=prediction))
+    assert list(mod.functions) == [f"denoise_{side}x{side}"]
+    assert any(n.startswith(f"image size {side}x{side}") for n in mod.meta["assumptions"])
