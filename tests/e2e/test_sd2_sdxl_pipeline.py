@@ -8,7 +8,7 @@ and 64-channel heads, SDXL's added conditioning (pooled embedding, size/crop ids
 zeros, its Euler "leading" schedule, and v-prediction sampling.
 
 Tolerances: compiled f32 against diffusers f32 differ only in summation order; latents within 1e-4 of their peak
-after a few steps (as the SD 1.x pipeline test), on the CPU and on Vulkan (lavapipe in CI).
+after a few steps (as the SD 1.x pipeline test), on the CPU and on Vulkan (lavapipe in CI), SD 2.x in eps and v.
 """
 
 from __future__ import annotations
@@ -129,7 +129,13 @@ def test_sdxl_txt2img_matches_diffusers(tmp, target):
 
 
 @pytest.mark.parametrize(
-    "target,prediction", [("cpu", "v"), ("cpu", "eps"), pytest.param("vulkan", "v", marks=vulkan_marks())]
+    "target,prediction",
+    [
+        ("cpu", "v"),
+        ("cpu", "eps"),
+        pytest.param("vulkan", "v", marks=vulkan_marks()),
+        pytest.param("vulkan", "eps", marks=vulkan_marks()),
+    ],
 )
 def test_sd2_txt2img_matches_diffusers(tmp, target, prediction):
     import diffusers

@@ -233,3 +233,19 @@ def test_runtime_mode_on_vulkan(setup, ref, tmp_path):
     model = runtime.load(art)
     model.set_loras([(setup["files"]["sdcpp"], STRENGTH)])
     _check(model, setup["inputs"], ref.eps, ref.te, "vulkan runtime sd.cpp GGUF")
+
+
+@pytest.mark.vulkan
+def test_merge_mode_on_vulkan(setup, ref, tmp_path):
+    """Merged at compile time into a Vulkan artifact, from the PEFT file saved as .bin: the same bound."""
+    from tests.kernels.fixtures import vulkan_adapter
+
+    if vulkan_adapter() is None:
+        pytest.skip("no Vulkan adapter (install mesa-vulkan-drivers for lavapipe, and wgpu)")
+    import runtime
+
+    art = tmp_path / "vk_merge"
+    H.compile_sd(
+        setup["ckpt"], art, components=COMPONENTS, target="vulkan", loras=[(str(setup["files"]["peft"]), STRENGTH)]
+    )
+    _check(runtime.load(art), setup["inputs"], ref.eps, ref.te, "vulkan merged PEFT .bin")
