@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -111,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.workdir / "sdxl_f16.safetensors"
     art = args.workdir / f"sdxl_{args.type}_{args.act_type}_{w}x{h}.sdc"
     spec = dict(
-        checkpoint=str(ckpt),
-        artifact=str(art),
+        # relative to the repository (the children run there), so results name no machine's paths
+        checkpoint=os.path.relpath(ckpt.resolve(), ROOT),
+        artifact=os.path.relpath(art.resolve(), ROOT),
         size=[w, h],
         type=args.type,
         act_type=args.act_type,
