@@ -639,13 +639,7 @@ def add_text_encoder(
         )
     used = set() if used is None else used
     w = _Weights(g, store, enc, cfg, used, notes)
-    if ids in g.values:
-        if g.values[ids].shape != (B, S):
-            raise UnsupportedModelError(
-                f"{store.path}: input {ids} is {list(g.values[ids].shape)}, this encoder reads [{B}, {S}]"
-            )
-    else:
-        g.add_input(ids, (B, S), "int32", c)
+    _shared_input(g, ids, (B, S), "int32", c, f"{store.path}: ", "this encoder")
     x = g.add_node(
         "embed",
         [ids, w("embeddings.token_embedding.weight"), w("embeddings.position_embedding.weight")],
@@ -711,17 +705,21 @@ def add_text_encoder(
     return EncodedText(hidden, pool, cfg, notes, ignored)
 
 
+def _shared_input(g: Graph, name: str, shape: tuple[int, ...], dtype: str, c: str, where: str, reader: str) -> None:
+    """The graph input ``name``: added, or, where another encoder of the same graph added it, checked to have the
+    shape this ``reader`` takes (SDXL's two encoders share the graph and may share inputs)."""
+    if name not in g.values:
+        g.add_input(name, shape, dtype, c)
+    elif g.values[name].shape != shape:
+        dims = ", ".join(str(d) for d in shape)
+        raise UnsupportedModelError(f"{where}input {name} is {list(g.values[name].shape)}, {reader} reads [{dims}]")
+
+
 def _pool(g: Graph, w: _Weights, x: str, eos_mask: str, cfg: ClipTextConfig, B: int, t: str, name: str) -> str:
     """The final-normed, projected hidden state of each row's EOS token: [B, P]. The row is picked by attention
     whose scores are 0 except at the EOS position (module docstring): an exact gather from existing ops."""
     S, D, c = cfg.positions, cfg.width, COMPONENT
-    if eos_mask in g.values:
-        if g.values[eos_mask].shape != (B, S):
-            raise UnsupportedModelError(
-                f"input {eos_mask} is {list(g.values[eos_mask].shape)}, pooling reads [{B}, {S}]"
-            )
-    else:
-        g.add_input(eos_mask, (B, S), "float32", c)
+    _shared_input(g, eos_mask, (B, S), "float32", c, "", "pooling")
     m = g.add_node("reshape", [eos_mask], t + "pool.mask", (B, S, 1), c, to=(B, S, 1))
     fill = g.add_node("affine", [x], t + "pool.fill", (B, S, D), c, scale=0.0, shift=POOL_SCALE)
     keys = g.add_node("mul", [fill, m], t + "pool.keys", (B, S, D), c)

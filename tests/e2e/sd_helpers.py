@@ -76,12 +76,13 @@ CANONICAL_TO_LDM = {
 }
 
 
-def decoded_state(artifact: Path, original: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def decoded_state(artifact: Path, original: dict[str, np.ndarray], partial: bool = False) -> dict[str, np.ndarray]:
     """The weights an artifact holds, decoded to f32 by the gguf package (not by sdcompile) and put back under LDM
-    names and shapes: conv weights are stored [O, KH*KW*C] (channels last), the file had [O, C, KH, KW]."""
+    names and shapes: conv weights are stored [O, KH*KW*C] (channels last), the file had [O, C, KH, KW].
+    ``partial``: the artifact compiled some components only; the checkpoint's own weights fill in the rest."""
     import gguf
 
-    out = {}
+    out = dict(original) if partial else {}
     for t in gguf.GGUFReader(str(artifact / "weights.gguf")).tensors:
         prefix = next(p for p in CANONICAL_TO_LDM if t.name.startswith(p))
         key = CANONICAL_TO_LDM[prefix] + t.name[len(prefix) :]
@@ -91,5 +92,5 @@ def decoded_state(artifact: Path, original: dict[str, np.ndarray]) -> dict[str, 
             o, c, kh, kw = shape
             v = v.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         out[key] = np.ascontiguousarray(v.reshape(shape))
-    assert set(out) == set(original), "the artifact holds other tensors than the checkpoint"
+    assert partial or set(out) == set(original), "the artifact holds other tensors than the checkpoint"
     return out

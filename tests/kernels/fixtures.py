@@ -58,3 +58,19 @@ def executor_fixture(target: str):
         return Executor(out, result)
 
     return ex
+
+
+def launch(ex, name: str, inputs: list, out_shape: tuple[int, ...]):
+    """Run kernel ``name`` on ``ex`` with the arrays ``inputs`` (uploaded in order) and one f32 output of
+    ``out_shape``, which it returns."""
+    import numpy as np
+
+    args = []
+    for a in inputs:
+        buf = ex.alloc(a.nbytes)
+        ex.upload(buf, a)
+        args.append((buf, a.shape, str(a.dtype)))
+    y = ex.alloc(int(np.prod(out_shape)) * 4)
+    args.append((y, out_shape, "float32"))
+    ex.launch(name, args)
+    return ex.download(y, out_shape, "float32")

@@ -160,15 +160,7 @@ def test_amx_conv_equals_amx_linear_on_patches(conv_built, case):
     bias = rng.standard_normal(N).astype(np.float32)
 
     def run(spec, xin):
-        args = []
-        for a in (xin, words.view(np.uint32), bias):
-            buf = ex.alloc(a.nbytes)
-            ex.upload(buf, a)
-            args.append((buf, a.shape, str(a.dtype)))
-        y = ex.alloc(M * N * 4)
-        args.append((y, (M, N), "float32"))
-        ex.launch(spec.name, args)
-        return ex.download(y, (M, N), "float32")
+        return fx.launch(ex, spec.name, [xin, words.view(np.uint32), bias], (M, N))
 
     patches = im2col_np(x.astype(np.float64), dict(conv.attrs)).reshape(M, K).astype(np.float32)
     got, want = run(conv, x), run(lin, patches)

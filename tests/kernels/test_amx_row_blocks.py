@@ -12,6 +12,7 @@ import pytest
 from sdcompile.codegen import tvm_layer
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from sdcompile.quant.reference import quantize
+from tests.kernels import fixtures as fx
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX (and Linux)")
 
@@ -54,14 +55,6 @@ def test_blocked_equals_unblocked(tmp_path, monkeypatch, spec):
         words = np.zeros(spec.param("w").words() * 4, np.uint8)
         words[: raw.size] = raw
         bias = rng.standard_normal(N).astype(np.float32)
-        args = []
-        for a in (x, words.view(np.uint32), bias):
-            buf = ex.alloc(a.nbytes)
-            ex.upload(buf, a)
-            args.append((buf, a.shape, str(a.dtype)))
-        y = ex.alloc(M * N * 4)
-        args.append((y, (M, N), "float32"))
-        ex.launch(spec.name, args)
-        results.append(ex.download(y, (M, N), "float32"))
+        results.append(fx.launch(ex, spec.name, [x, words.view(np.uint32), bias], (M, N)))
     np.testing.assert_array_equal(results[0], results[1])
     assert np.abs(results[0]).max() > 0

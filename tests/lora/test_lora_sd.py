@@ -159,23 +159,6 @@ def test_merge_mode(setup, ref, tmp_path):
         model.set_loras([(setup["files"]["peft"], 1.0)])
 
 
-def _decoded(art: Path, state: dict) -> dict:
-    """The checkpoint with the artifact's weights, decoded by the gguf package, in place of its own."""
-    import gguf
-
-    out = dict(state)
-    for t in gguf.GGUFReader(str(art / "weights.gguf")).tensors:
-        prefix = next(p for p in H.CANONICAL_TO_LDM if t.name.startswith(p))
-        key = H.CANONICAL_TO_LDM[prefix] + t.name[len(prefix) :]
-        v = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
-        shape = state[key].shape
-        if len(shape) == 4:
-            o, c, kh, kw = shape
-            v = v.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
-        out[key] = np.ascontiguousarray(v.reshape(shape))
-    return out
-
-
 def test_quantized_base(setup, ref, tmp_path, monkeypatch):
     """q8_0 base. Runtime mode: exact on the base (against diffusers on the decoded base with the LoRA). Merge mode:
     the stored weights are the requantized merge, and the report's requantization error is what they hold against
@@ -185,7 +168,7 @@ def test_quantized_base(setup, ref, tmp_path, monkeypatch):
     monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
     rt = tmp_path / "q8_rt"
     H.compile_sd(setup["ckpt"], rt, components=COMPONENTS, type="q8_0", lora_apply_mode="runtime")
-    decoded = _decoded(rt, setup["state"])
+    decoded = H.decoded_state(rt, setup["state"], partial=True)
     qref = Ref(decoded, setup["lay"], tmp_path, setup["inputs"])
     model = runtime.load(rt)
     base = _run(model, setup["inputs"])
@@ -209,7 +192,7 @@ def test_quantized_base(setup, ref, tmp_path, monkeypatch):
     err = m["report"]["lora"]["requantization"]["q8_0"]
     from tests import sd_reference as R
 
-    stored = _decoded(mg, setup["state"])  # through diffusers' converter: diffusers' names
+    stored = H.decoded_state(mg, setup["state"], partial=True)  # through diffusers' converter: diffusers' names
     got = _weights(R.unet_model(stored, H.SHAPE), R.text_model(stored, H.SHAPE))
     worst = max(float(np.abs(got[k + ".weight"] - ref.fused[k + ".weight"]).max()) for k in setup["lay"])
     assert 0 < err["max_abs"] and err["rms"] < 0.1 * err["delta_rms"], err
