@@ -349,10 +349,13 @@ def _prediction(store, a: Assumptions, config: dict, family: str, option: str | 
 
 
 def _pooled_width(store) -> int | None:
-    """The width of the pooled text embedding an SDXL UNet takes: the second text encoder's projection."""
-    for key in ("conditioner.embedders.1.model.text_projection", "text_encoder_2/text_projection.weight"):
-        if key in store:
-            return int(tuple(store.info(key).shape)[0 if key.endswith(".weight") else 1])
+    """The width of the pooled text embedding an SDXL UNet takes: the second text encoder's projection, wherever and
+    however its file stores it (the text encoder lifter's own lookup)."""
+    for enc in clip_text.find_text_encoders(store):
+        loc = clip_text.projection_key(store, enc) if enc.pooled else None
+        if loc is not None:
+            shape = tuple(store.info(loc.key).shape)
+            return int(shape[1] if loc.transposed else shape[0])
     return None
 
 

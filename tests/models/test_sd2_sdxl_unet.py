@@ -20,13 +20,16 @@ R = pytest.importorskip("tests.sd_reference")
 SD2 = E.SdShape(name="tiny-sd2-unet", unet=E.TINY_SD2_UNET)
 SDXL = E.SdShape(name="tiny-sdxl-unet", unet=E.TINY_SDXL_UNET)
 POOLED = 64
-PROJ = "conditioner.embedders.1.model.text_projection"  # bigG's [width, pooled] projection: says the pooled width
+# bigG beside the UNet (not compiled here): its [width, pooled] projection says the pooled width
+PROJ = "conditioner.embedders.1.model."
 
 
 def _state(shape, extra=()):
+    from sdcompile import examples_clip as C
+
     st = E.unet_state(shape, np.random.default_rng([3, 1]))
-    for k in extra:
-        st[k] = np.zeros((32, POOLED), np.float32)
+    for prefix in extra:
+        st.update(C.open_clip_state(C.OpenClipShape(vocab=64, layers=1, positions=8, projection=POOLED), 0, prefix))
     return st
 
 
