@@ -833,7 +833,7 @@ def lift(
     te = None
     te_ignored: dict[str, str] = {}
     if "text_encoder" in components:
-        if clip_text.find_prefix(set(store.names())) is None and not clip_text.find_text_encoders(store):
+        if not clip_text.find_text_encoders(store):
             raise UnsupportedModelError(_no_text_encoder(store))
         te = clip_text.lift(
             store, batch=batch, config=configs.get("text_encoder"), config_2=configs.get("text_encoder_2")
