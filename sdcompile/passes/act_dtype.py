@@ -61,11 +61,10 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             f"--act-type {name}: the {be.name} backend has no kernels for {name} activations (its kernel check: {why}); "
             f"choose one of {have}"
         )
+    rep = ctx.report.setdefault("act_dtype", {"dtype": dtype, "values": 0, "kept_f32": 0})
     if dtype == "float16" and g.meta.get("act_f16_overflows"):
         # a function whose values pass f16's range (SDXL's VAE) keeps f32 storage: a safe default, reported
-        rep = ctx.report.setdefault("act_dtype", {"dtype": dtype, "values": 0, "kept_f32": 0})
-        kept = rep.setdefault("functions_kept_f32", {})
-        kept[g.meta.get("function", "?")] = g.meta["act_f16_overflows"]
+        rep.setdefault("functions_kept_f32", {})[g.meta.get("function", "?")] = g.meta["act_f16_overflows"]
         return g
     g = g.copy()
     group = _view_groups(g)
@@ -79,7 +78,6 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             continue
         v.dtype = dtype
         changed += 1
-    rep = ctx.report.setdefault("act_dtype", {"dtype": dtype, "values": 0, "kept_f32": 0})
     rep["values"] += changed
     rep["kept_f32"] += kept
     return g
