@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_gemv, gpu, injective
+from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_bf16_dot, cpu_gemv, gpu, injective
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
@@ -31,6 +31,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         info = cpu_info or CpuInfo()
         if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
             rule = cpu_amx_bf16.linear
+        elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
+            rule = cpu_bf16_dot.linear
         elif cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX
             rule = cpu_amx.linear
         elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
@@ -44,6 +46,13 @@ def _host_bf16() -> bool:
     from sdcompile.codegen.tvm_layer import host_amx_bf16
 
     return host_amx_bf16()
+
+
+def _host_bf16_dot() -> bool:
+    """AVX512_BF16 where the tile unit does not take bf16 products (none, or ``SDCOMPILE_NO_AMX``)."""
+    from sdcompile.codegen.tvm_layer import host_amx_bf16, host_avx512_bf16
+
+    return host_avx512_bf16() and not host_amx_bf16()
 
 
 __all__ = ["CpuInfo", "apply"]

@@ -80,6 +80,12 @@ def host_amx_bf16() -> bool:
     return host_amx() and "amx_bf16" in _cpu_flags()
 
 
+def host_avx512_bf16() -> bool:
+    """Whether this host's vector unit multiplies bf16 pairs (AVX512_BF16: ``vdpbf16ps``; AMD Zen 4 and later,
+    Intel Cooper Lake and Sapphire Rapids), for ``--compute bf16`` where the tile unit is missing or turned off."""
+    return "avx512_bf16" in _cpu_flags()
+
+
 def _cpu_flags() -> list[str]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
@@ -106,8 +112,13 @@ def _probe_amx() -> bool:
 
 def cpu_target(mcpu: str | None = None, num_cores: int | None = None) -> dict:
     t: dict = {"kind": "llvm", "mcpu": mcpu or system_cpu()}
-    if mcpu is None and host_amx():
-        t["mattr"] = ["+amx-tile", "+amx-int8"] + (["+amx-bf16"] if host_amx_bf16() else [])
+    if mcpu is None:
+        # LLVM's host detection names a VM's CPU after the nearest model it knows ("rocketlake" here), which may
+        # lack features the CPU has: AMX where Linux grants it, AVX512_BF16 (without it LLVM cannot emit vdpbf16ps)
+        mattr = ["+amx-tile", "+amx-int8"] + (["+amx-bf16"] if host_amx_bf16() else []) if host_amx() else []
+        mattr += ["+avx512bf16"] if host_avx512_bf16() else []
+        if mattr:
+            t["mattr"] = mattr
     if num_cores:
         t["num-cores"] = int(num_cores)
     return t

@@ -2,15 +2,19 @@
 
 Contract: with ``compute`` f32 the graph is unchanged. With bf16, on the CPU, every ``linear`` and ``conv2d`` whose
 weight is a float type (f32, f16, bf16) gets the node attribute ``mma="bf16"``: its kernel rounds both operands to
-bf16 and sums the products in f32 on the AMX tile unit (``schedules/cpu_amx_bf16.py``), as PyTorch's bf16 autocast
-does. Quantized weights keep their own integer kernels. Every ``attention`` node (causal or not) with heads of at
-most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
-(``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32 softmax,
-as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel and count as ``kept_f32``. The
-report counts the marked nodes (``nodes``, of which ``attention`` are attention) and those kept. Where the compiling
-CPU (the one the code is built for) has no AMX-BF16, no node is marked and the report says the option had no effect;
-a linear or conv2d shape that does not fit the tiles (K not a multiple of 32, N of 16) keeps f32 products. GPU
-targets: the option has no effect yet, and the report says so.
+bf16 and sums the products in f32, as PyTorch's bf16 autocast does — on the AMX tile unit where the compiling CPU
+(the one the code is built for) has AMX-BF16 (``schedules/cpu_amx_bf16.py``), else on the vector unit where it has
+AVX512_BF16 (``vdpbf16ps``: ``schedules/cpu_bf16_dot.py``; AMD Zen 4 and later, or Intel with SDCOMPILE_NO_AMX).
+Quantized weights keep their own integer kernels. With AMX-BF16, every ``attention`` node (causal or not) with
+heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
+(``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
+softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16
+every attention node does (that kernel needs the tiles): both count as ``kept_f32``, with the reason in ``why``. The
+report counts the marked nodes (``nodes``, of which ``attention`` are attention) and those kept. Where the CPU has
+neither AMX-BF16 nor AVX512_BF16, no node is marked and the report says the option had no effect; a linear or
+conv2d shape that its kernel does not take (AMX: K not a multiple of 32, N of 16; vector unit: N not a multiple of
+16, K odd; both: a conv's channels not a multiple of 16) keeps f32 products. GPU targets: the option has no effect
+yet, and the report says so.
 """
 
 from __future__ import annotations
@@ -33,25 +37,27 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     if ctx.options.target != "cpu":
         rep["why"] = f"--compute {compute} has no effect on {ctx.options.target} yet: products stay f32"
         return g
-    from sdcompile.codegen.tvm_layer import host_amx_bf16  # the CPU code is built for this host
+    from sdcompile.codegen.tvm_layer import host_amx_bf16, host_avx512_bf16  # the CPU code is built for this host
 
-    if not host_amx_bf16():
-        rep["why"] = f"--compute {compute} has no effect: this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set)"
+    tiles = host_amx_bf16()
+    if not tiles and not host_avx512_bf16():
+        rep["why"] = (
+            f"--compute {compute} has no effect: this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set) and no "
+            "AVX512_BF16"
+        )
         return g
-    from schedules.cpu_attention_amx import MAX_DH
-
     g = g.copy()
     why = set()
     for n in g.nodes:
         if n.op == "attention":
-            width = g.values[n.inputs[0]].shape[-1]
-            if width // int(n.attrs["heads"]) <= MAX_DH:
+            kept = _attention_kept(g, n, tiles)
+            if kept:
+                rep["kept_f32"] += 1
+                why.add(kept)
+            else:
                 n.attrs["mma"] = compute
                 rep["nodes"] += 1
                 rep["attention"] += 1
-            else:
-                rep["kept_f32"] += 1
-                why.add(f"attention heads wider than {MAX_DH} channels keep the f32 kernel")
             continue
         if n.op not in ("linear", "conv2d"):
             continue
@@ -64,3 +70,14 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             why.add("quantized weights keep their integer kernels")
     rep["why"] = "; ".join(sorted(why))
     return g
+
+
+def _attention_kept(g: Graph, n, tiles: bool) -> str:
+    """Why attention node ``n`` keeps the f32 kernel, or "" when the bf16 flash attention takes it."""
+    from schedules.cpu_attention_amx import MAX_DH
+
+    if not tiles:
+        return "attention keeps the f32 kernel without AMX-BF16 (the bf16 flash attention runs on the tile unit)"
+    if g.values[n.inputs[0]].shape[-1] // int(n.attrs["heads"]) > MAX_DH:
+        return f"attention heads wider than {MAX_DH} channels keep the f32 kernel"
+    return ""

@@ -1,6 +1,7 @@
-"""mma: --compute bf16 marks the linear and conv2d nodes with float weights and the attention nodes (heads up to
-``cpu_attention_amx.MAX_DH`` channels) for bf16 products (CPU, AMX-BF16 host), keeps quantized weights and wider
-heads, and says where it has no effect; the kernels the marks lead to compute in bf16."""
+"""mma: --compute bf16 marks the linear and conv2d nodes with float weights and (with AMX-BF16) the attention nodes
+(heads up to ``cpu_attention_amx.MAX_DH`` channels) for bf16 products (CPU, AMX-BF16 or AVX512_BF16 host), keeps
+quantized weights, wider heads and (without AMX-BF16) every attention node, and says where it has no effect; the
+kernels the marks lead to compute in bf16."""
 
 from __future__ import annotations
 
@@ -68,14 +69,43 @@ def test_attention_marks_and_kept_heads():
     assert (rep["nodes"], rep["attention"], rep["kept_f32"]) == (0, 0, 1) and f"wider than {MAX_DH}" in rep["why"]
 
 
+def test_vector_unit_marks_products_and_keeps_attention(tiny_graph, monkeypatch):
+    """AVX512_BF16 without AMX-BF16 (AMD Zen 4; Intel with SDCOMPILE_NO_AMX): linear and conv2d get bf16 products
+    on the vector unit, attention keeps the f32 kernel (the bf16 flash attention needs the tiles), and the report
+    counts and says so."""
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc1", "q8_0")])
+    marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16"]
+    attention = [n for n in g.nodes if n.op == "attention"]
+    quantized = [n for n in g.nodes if n.op == "linear" and "mma" not in n.attrs]
+    assert marked and attention and quantized and all(n.op in ("linear", "conv2d") for n in marked)
+    assert all(g.values[n.inputs[1]].dtype == "q8_0" for n in quantized)
+    rep = ctx.report["mma"]
+    assert (rep["nodes"], rep["attention"]) == (len(marked), 0)
+    assert rep["kept_f32"] == len(attention) + len(quantized)
+    assert "attention keeps the f32 kernel without AMX-BF16" in rep["why"] and "quantized" in rep["why"]
+    monkeypatch.undo()
+    if tvm_layer.host_avx512_bf16():  # the marks lead to the vdpbf16ps kernel where the tile unit is off
+        import schedules
+        from schedules import cpu_bf16_dot
+
+        monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
+        assert schedules._host_bf16_dot()
+        assert all(cpu_bf16_dot.applicable(node_spec(g, n), 16, True) for n in marked)
+
+
 def test_no_effect_is_said(tiny_graph, monkeypatch):
     _, g, ctx = _run(tiny_graph, compute="bf16", target="vulkan")
     assert not any("mma" in n.attrs for n in g.nodes) and "no effect on vulkan" in ctx.report["mma"]["why"]
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: False)
     _, g, ctx = _run(tiny_graph, compute="bf16")
-    assert not any("mma" in n.attrs for n in g.nodes) and "no AMX-BF16" in ctx.report["mma"]["why"]
+    why = ctx.report["mma"]["why"]
+    assert not any("mma" in n.attrs for n in g.nodes) and "no AMX-BF16" in why and "no AVX512_BF16" in why
     monkeypatch.undo()
     monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")  # what a user sets for an artifact that must run without AMX
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: False)
     _, g, ctx = _run(tiny_graph, compute="bf16")
     assert not any("mma" in n.attrs for n in g.nodes) and "no AMX-BF16" in ctx.report["mma"]["why"]
     monkeypatch.undo()

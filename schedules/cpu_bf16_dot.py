@@ -1,0 +1,238 @@
+"""CPU GEMM in bf16 on the vector unit (AVX512_BF16's ``vdpbf16ps``): ``linear`` and ``conv2d`` with float weights
+(f32, f16, bf16) whose spec asks for bf16 products (``mma="bf16"``, ``compile --compute bf16``), on CPUs that have
+AVX512_BF16 but no AMX-BF16 tile unit to run ``cpu_amx_bf16.py`` (AMD Zen 4 and Zen 5; Intel with
+``SDCOMPILE_NO_AMX=1``).
+
+``vdpbf16ps acc, a, b`` adds ``a[2i] b[2i] + a[2i+1] b[2i+1]`` to f32 lane i: 32 multiply-adds of bf16 operands
+with f32 sums in one instruction, twice the f32 FMA rate on Zen 4 (half of it on Sapphire Rapids, whose AMX does
+the job there). Results equal PyTorch's bf16 autocast: operands rounded to bf16 (nearest even), products summed in
+f32.
+
+Operands reach the instruction through ``vcvtne2ps2bf16``, which rounds two f32 vectors to one vector of 32 bf16
+(nearest even; as on every bf16 path of this hardware, oneDNN's included, denormal inputs count as zero). It is
+also the only way to hand LLVM a bf16 vector from TVM 0.27: TVM has no LLVM type for bf16 values (a reinterpret to
+bfloat16 crashes its code generator, and its bf16 legalization turns bf16 call arguments into f32), while the
+conversion intrinsic's declared result is LLVM's ``<32 x bfloat>``, which flows through a bound variable into
+``vdpbf16ps`` as is. So both operands stay f32 in memory and every vector is converted where it is used.
+
+Per call, in blocks of rows of x (``cpu_amx.row_blocks``: the prepared rows stay under 64 MiB, so a huge conv
+never holds all its patches):
+
+- **prep** (parallel over rows): x (a conv: its patches, gathered 16 channels at a time by ``cpu_amx.x_vector``,
+  zeros outside the image) as f32 rows of K values padded with zeros to a multiple of 16; rows past M up to a whole
+  row panel are zeros.
+- **tiles** (parallel over (weight unit, range of row panels) tasks, enough for the thread pool): a task copies its
+  unit of NB x 16 weight rows to f32 in a panel laid out as the instruction reads it, [K/2 pair steps][NB][16
+  outputs][2 values], then, for each panel of MR rows of x, walks K in pair steps with MR x NB f32 accumulators in
+  registers: per step NB weight vectors (two 64-byte loads and one conversion each) and, per row, one 8-byte
+  broadcast of its pair (x[m, k], x[m, k + 1]) converted to 16 copies of the bf16 pair, then MR x NB products.
+  The sums leave the registers once, through the fused epilogue (bias, activation, residual, the output's storage
+  type) on vectors of 16 consecutive outputs.
+
+Register blocking: MR x NB accumulators plus NB weight vectors and a broadcast within the 32 zmm registers; 6 x 4
+where N is a multiple of 64 (each weight conversion serves 6 products, each x conversion 4). Requirements: N a
+multiple of 16; a conv's channels in whole vectors of 16 (one tap per 16 patch values); K even.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.cpu_amx import over_row_blocks, row_blocks, x_vector
+from schedules.tir_build import (
+    f16_to_f32,
+    load_f32,
+    prim_func,
+    replace_body,
+    splat,
+    store_output_vec,
+    vload,
+    vstore,
+)
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
+
+TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
+CVT = "llvm.x86.avx512bf16.cvtne2ps2bf16.512"  # (hi f32x16, lo f32x16) -> 32 bf16: lo's 16 values, then hi's
+DOT = "llvm.x86.avx512bf16.dpbf16ps.512"  # (acc f32x16, a bf16x32, b bf16x32) -> acc + pairwise products
+# rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
+MR_BY_NB = {4: 6, 3: 8, 2: 12, 1: 16}
+TASKS = 16  # parallel tasks to aim for: a few per thread, so uneven ones still balance
+
+
+def target_has_bf16_dot() -> bool:
+    """Whether the target being built for (or this host's, ``tvm_layer.cpu_target``) has AVX512_BF16."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        from sdcompile.codegen import tvm_layer
+
+        target = tvm.target.Target(tvm_layer.cpu_target())
+    return bool(tvm.target.codegen.llvm_cpu_has_features(["avx512bf16"], target))
+
+
+def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
+    """``linear`` or ``conv2d`` asking for bf16 products, with float weights, N in whole vectors, K even (a conv:
+    channels in whole vectors), on a host with AVX512_BF16 whose tile unit does not take the job (``host_dot``)."""
+    if spec.attr("mma") != "bf16" or spec.op not in ("linear", "conv2d") or not host_dot or lanes != 16:
+        return False
+    if spec.op == "conv2d" and int(spec.attr("C")) % 16:
+        return False
+    _, N, K = gemm_mnk(spec)
+    return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 2 == 0 and target_has_bf16_dot()
+
+
+def _cvt(hi, lo):
+    """32 bf16 (nearest even) of two f32x16 vectors: lo's values, then hi's; typed int16x32 for TVM, which has no
+    LLVM bf16 type, while LLVM sees the intrinsic's own ``<32 x bfloat>``."""
+    return T.bind(T.call_llvm_pure_intrin("int16x32", CVT, hi, lo))
+
+
+def _dot(acc, a, b):
+    return T.call_llvm_pure_intrin("float32x16", DOT, acc, a, b)
+
+
+class _DotGemm:
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        self.spec, self.bufs = spec, bufs
+        self.M, self.N, self.K = gemm_mnk(spec)
+        self.wtype = str(spec.attr("wtype"))
+        self.act = str(spec.attr("act", "none"))
+        self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
+        self.KV = -(-self.K // 16)  # 16-value vectors per row of x (the last one zero-padded)
+        self.KR = 16 * self.KV  # prepared row length
+        self.KP = self.K // 2  # pair steps
+        NT = self.N // 16
+        self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
+        self.MR = MR_BY_NB[self.NB]
+        self.NU = NT // self.NB  # weight units
+        self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
+        self.MP = self.MB // self.MR  # row panels per block
+        # each unit's row panels split into MS ranges, so that the tasks fill the thread pool; a task re-copies its
+        # weight unit (N_unit x K) for its MP / MS panels (MR MP / MS x N_unit x K products)
+        self.MS = max(1, min(self.MP, -(-TASKS // self.NU)))
+        self.PPT = -(-self.MP // self.MS)  # row panels per task
+        self.MS = -(-self.MP // self.PPT)
+
+    def build(self) -> None:
+        w = self.bufs["w"]
+        words = w.shape[0]
+        self.wf = T.decl_buffer((words,), "float32", data=w.data)
+        self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
+        self.xb = T.alloc_buffer((self.MB * self.KR,), "float32")
+        self.xpairs = T.decl_buffer((self.MB * self.KR // 2,), "float64", data=self.xb.data)
+
+        def block(m0) -> None:
+            self.m0 = m0  # the block's first row of x
+            self.prep()
+            self.tiles()
+
+        over_row_blocks(self.NBLK, self.MB, block)
+
+    # -- activations --
+
+    def _row(self, ml):
+        return T.bind(self.m0 + ml) if self.NBLK > 1 else ml
+
+    def prep(self) -> None:
+        x = self.bufs["x"]
+        with T.parallel(0, self.MB) as ml:
+            m = self._row(ml)
+            with T.serial(0, self.KV) as v:
+                at = ml * self.KR + 16 * v
+                with T.If(m < self.M):
+                    with T.Then():
+                        if self.conv is not None or self.K % 16 == 0:
+                            vstore(self.xb, at, x_vector(self.conv, x, m, 16 * v), 16)
+                        else:  # a linear's K need not be a multiple of 16: the last vector lane by lane
+                            with T.If(v < self.KV - 1):
+                                with T.Then():
+                                    vstore(self.xb, at, x_vector(None, x, m, 16 * v), 16)
+                                with T.Else():
+                                    self._tail(x, m, at)
+                    with T.Else():
+                        vstore(self.xb, at, splat(0.0, "float32", 16), 16)
+
+    def _tail(self, x, m, at) -> None:
+        """x[m, K - K % 16:] then zeros, at ``at``."""
+        k0 = 16 * (self.KV - 1)
+        for i in range(16):
+            v = load_f32(x, [m, k0 + i]) if k0 + i < self.K else T.float32(0)
+            T.buffer_store(self.xb, v, [at + i])
+
+    # -- weights --
+
+    def _wvec(self, row, k, lanes: int):
+        """W[row, k:k+lanes] as f32 from the weight's storage words."""
+        at = row * self.K + k
+        if self.wtype == "f32":
+            return vload(self.wf, at, lanes)
+        bits = vload(self.w16, at, lanes)
+        if self.wtype == "f16":
+            return f16_to_f32(bits, lanes)
+        wide = T.Cast(f"uint32x{lanes}", T.reinterpret(f"uint16x{lanes}", bits)) << splat(16, "uint32", lanes)
+        return T.reinterpret(f"float32x{lanes}", wide)
+
+    def pack(self, panel, u) -> None:
+        """The unit's weight rows into ``panel``: step p, vector j, output r holds W[row, 2p], W[row, 2p + 1] at
+        ((p NB + j) 16 + r) 2, row = 16 (NB u + j) + r."""
+        nb = self.NB
+        with T.serial(0, nb * 16) as jr:
+            row = u * nb * 16 + jr
+            with T.serial(0, self.KP) as p:
+                at = (p * nb * 16 + jr) * 2
+                vstore(panel, at, self._wvec(row, 2 * p, 2), 2)
+
+    # -- products --
+
+    def tiles(self) -> None:
+        with T.parallel(0, self.NU * self.MS) as task:
+            u = T.bind(task // self.MS)
+            panel = T.alloc_buffer((self.KP * self.NB * 32,), "float32")
+            self.pack(panel, u)
+            with T.serial(0, self.PPT) as t:
+                mp = T.bind((task % self.MS) * self.PPT + t)
+                with T.If(mp < self.MP):
+                    with T.Then():
+                        self.panel_products(panel, u, mp)
+
+    def panel_products(self, panel, u, mp) -> None:
+        nb, mr = self.NB, self.MR
+        # the MR x NB accumulators in an LLVM alloca, which it keeps in registers (TVM would turn an allocation
+        # inside a parallel loop into a runtime workspace call)
+        mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
+        acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
+        for i in range(mr * nb):
+            vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
+        with T.serial(0, self.KP) as p:
+            wv = []
+            for j in range(nb):
+                at = (p * nb + j) * 32
+                wv.append(_cvt(vload(panel, at + 16, 16), vload(panel, at, 16)))
+            for r in range(mr):
+                # the pair as one f64, broadcast (vbroadcastsd): TVM's shuffles cannot widen a vector
+                x2 = self.xpairs[(mp * mr + r) * (self.KR // 2) + p]
+                pair = T.reinterpret("float32x16", T.Broadcast(x2, 8))
+                xv = _cvt(pair, pair)
+                for j in range(nb):
+                    i = r * nb + j
+                    vstore(acc, 16 * i, _dot(vload(acc, 16 * i, 16), xv, wv[j]), 16)
+        for r in range(mr):
+            m = self.m0 + mp * mr + r if self.NBLK > 1 else mp * mr + r
+            with T.If(m < self.M):
+                with T.Then():
+                    for j in range(nb):
+                        store_output_vec(self.bufs, self.act, m, (u * nb + j) * 16, vload(acc, 16 * (r * nb + j), 16))
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The AVX512_BF16 GEMM PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _DotGemm(spec, bufs).build())
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the AVX512_BF16 loop nest."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["TYPES", "applicable", "build", "linear", "target_has_bf16_dot"]
