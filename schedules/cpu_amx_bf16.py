@@ -6,21 +6,31 @@ the unit, so the result carries the error of bf16 operands — as PyTorch's bf16
 about 2^-9 of each product, averaging out over K. Unlike the int8 path (``cpu_amx.py``) there are no block scales,
 so the f32 sums stay in the tile registers for the whole of K and leave the unit once per 16 x 16 outputs.
 
-Per call:
+Two loop nests; both run 2 x 2 blocks of tiles (each K step: two A and two B tile loads, four products into four
+f32 accumulator tiles), and both read the sums back through a landing buffer only after the next block's products
+are issued (a tile store does not forward to vector loads). The epilogue (bias, activation, residual, the output's
+storage type) runs on whole vectors of 16 consecutive outputs.
 
-- **prep** (parallel over rows of x): x rounded to bf16, stored as the unit's A operands: for each 16 rows of x and
-  each 32 values of K, a tile of 16 rows of 64 bytes, so each row of x is written in whole 64-byte runs. A conv
-  gathers its patches here, 16 channels at a time (zeros outside the image), as the int8 path does. Rows past M,
-  up to an even number of tiles, are zeros.
-- **tiles** (parallel over ranges of 16 weight rows): a task decodes its 16 rows of W into a panel of B operands
-  (K/32 steps of 16 rows of pairs: row p holds values 2p, 2p + 1 of each of the 16 weight rows), then for each two
-  tiles of x rows runs K/32 steps of one B and two A tile loads and two products into two f32 accumulator tiles.
-  The accumulators come out as [16 rows of x][16 outputs], so the epilogue (bias, activation, residual, the
-  output's storage type) runs on whole vectors of 16 consecutive outputs.
+- **By rows** (M >= ``BY_ROWS_FROM``: image tokens, conv pixels). The weights are decoded once per call into a
+  panel of B operands (in blocks of ``PANEL_BYTES``, in parallel), then each parallel chunk takes groups of up to
+  256 rows of x (``A_GROUP_BYTES`` of A operands, so a group stays in L2), prepares a group (a conv gathers its
+  patches one tap at a time: one bounds check, then the tap's channels) and runs every weight unit over it. x is
+  read once per panel block, outputs are written whole rows at a time, and nothing of size M x K is stored: the
+  loop nest by weights, on SD's 64x64 latents, wrote and re-read a 47 MB operand matrix per 3x3 conv and wrote
+  its outputs in 128-byte column strips, both at memory speed (``benchmarks/gemm_amx.py``: 2x on the VAE's convs).
+- **By weights** (fewer rows: prompts, the UNet's 16x16 and 8x8 levels, where the weights outweigh x). x is
+  prepared first (parallel over rows, in blocks under ``cpu_amx.X_BLOCK_BYTES``), then ``MAX_CHUNKS`` parallel
+  chunks take ranges of weight units; a unit's 16 or 32 weight rows are decoded into a panel and every pair of x
+  tiles passes over it.
+
+Operands: x rounded to bf16 as A tiles (for each 16 rows and 32 values of K, 16 rows of 64 bytes), with one
+``vcvtne2ps2bf16`` per 32 values where the target has AVX512_BF16; the weights as B tiles (row p of a step holds
+values 2p, 2p + 1 of each of 16 weight rows), transposed in registers so the panel is written in whole rows.
 """
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
@@ -37,6 +47,7 @@ from schedules.cpu_amx import (
 )
 from schedules.tir_build import (
     f16_to_f32,
+    load_f32,
     prim_func,
     replace_body,
     shuffle,
@@ -46,9 +57,13 @@ from schedules.tir_build import (
     vstore,
 )
 from sdcompile.kernels.act import bf16_bits
-from sdcompile.kernels.spec import KernelSpec, gemm_mnk
+from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
 
-TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
+TYPES = ("f32", "f16", "bf16")
+# GEMMs with at least this many rows of x go by rows (``rows_first``): groups of rows stay in L2 while the weights pass
+BY_ROWS_FROM = 1024
+A_GROUP_BYTES = 1 << 20  # a group's A operands (bf16): at most this, and 32 to 256 rows
+PANEL_BYTES = 4 << 20  # by rows: the weight panel decoded once per call, in blocks of whole units up to this  # weight types whose values bf16 holds after one rounding
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
 
 
@@ -79,28 +94,46 @@ class _Bf16Gemm:
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
-        # rows of x per block (cpu_amx.X_BLOCK_BYTES; bf16 operands, 2 bytes a value), a multiple of 32: x tiles go
-        # two at a time, the odd one out of the last block pairing with a zero tile
-        self.MB, self.NBLK = row_blocks(self.M, 2 * self.K, align=32)
-        self.MT2 = self.MB // 16
+        self.cvt = _target_has("avx512bf16")
         self.NT = self.N // 16
         self.KS = self.K // 32
         # units of NB weight tiles: two where the count is even, so each step's four products share two A and two B
-        # loads (2 x 2 blocking); the units go to MAX_CHUNKS parallel chunks
+        # loads (2 x 2 blocking)
         self.NB = 2 if self.NT % 2 == 0 else 1
         self.NU = self.NT // self.NB
-        self.TPC = -(-self.NU // min(self.NU, MAX_CHUNKS))
-        self.CH = -(-self.NU // self.TPC)
+        self.by_rows = self.M >= BY_ROWS_FROM
+        if self.by_rows:
+            # a group of RG rows of x as A operands stays in L2 while every weight tile passes over it
+            self.RG = max(32, min(256, A_GROUP_BYTES // (2 * self.K) // 32 * 32))
+            self.GR = -(-self.M // self.RG)  # groups of rows
+            self.CH = min(self.GR, MAX_CHUNKS)
+            self.GPC = -(-self.GR // self.CH)  # groups per chunk
+            self.CH = -(-self.GR // self.GPC)
+            # weight units per panel block (PANEL_BYTES of bf16 operands)
+            self.UPB = max(1, min(self.NU, PANEL_BYTES // (self.NB * 16 * self.K * 2)))
+            self.PB = -(-self.NU // self.UPB)
+        else:
+            # rows of x per block (cpu_amx.X_BLOCK_BYTES; bf16 operands, 2 bytes a value), a multiple of 32: x tiles
+            # go two at a time, the odd one out of the last block pairing with a zero tile
+            self.MB, self.NBLK = row_blocks(self.M, 2 * self.K, align=32)
+            self.MT2 = self.MB // 16
+            self.TPC = -(-self.NU // min(self.NU, MAX_CHUNKS))  # units per chunk
+            self.CH = -(-self.NU // self.TPC)
 
     def build(self) -> None:
         w = self.bufs["w"]
         words = w.shape[0]
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
+        self.ybuf = T.alloc_buffer((self.CH * self.NB * 1024,), "float32")
+        self.cfg = T.alloc_buffer((64,), "uint8")
+        if self.by_rows:
+            self.xb = T.alloc_buffer((self.CH * self.RG // 16 * self.KS * 256,), "uint32")
+            self.panel = T.alloc_buffer((self.UPB * self.NB * self.KS * 256,), "uint32")
+            with_tile_state(lambda: (self.config(), self.rows_first()))
+            return
         self.xb = T.alloc_buffer((self.MT2 * self.KS * 256,), "uint32")
         self.panel = T.alloc_buffer((self.CH * self.NB * self.KS * 256,), "uint32")
-        self.ybuf = T.alloc_buffer((self.CH * self.NB * 512,), "float32")
-        self.cfg = T.alloc_buffer((64,), "uint8")
 
         def block(m0) -> None:
             self.m0 = m0  # the block's first row of x
@@ -114,25 +147,67 @@ class _Bf16Gemm:
 
     # -- activations --
 
-    def prep(self) -> None:
+    def prep_row(self, m, ml, xbase) -> None:
+        """Row m of x as A operands, at row ml of the tiles from word xbase on (zeros past M)."""
+        mt = T.bind(ml // 16)
+        mi = T.bind(ml % 16)
+
+        def at(s):  # A tile (mt, s), row mi: values 32 s .. 32 s + 31
+            return xbase + ((mt * self.KS + s) * 16 + mi) * 16
+
+        with T.If(m < self.M):
+            with T.Then():
+                if self.conv is not None and int(self.conv["C"]) % 32 == 0:
+                    self.prep_patch(m, at)
+                else:
+                    with T.serial(0, self.KS) as s:
+                        k = 32 * s
+                        x = self.bufs["x"]
+                        pairs = self.pairs(x_vector(self.conv, x, m, k), x_vector(self.conv, x, m, k + 16))
+                        vstore(self.xb, at(s), pairs, 16)
+            with T.Else():
+                with T.serial(0, self.KS) as s:
+                    vstore(self.xb, at(s), splat(0, "uint32", 16), 16)
+
+    def prep_patch(self, m, at) -> None:
+        """Patch m of a conv whose channels come in whole 32-value steps: per tap, one bounds check and then the
+        tap's channels straight from x (the index arithmetic of x_vector, per 16 values, cost more than the
+        products at these sizes)."""
+        a = self.conv
+        H, W, C, kh, kw, st = (int(a[n]) for n in ("H", "W", "C", "kh", "kw", "stride"))
+        pt, pl = int(a["pads"][0]), int(a["pads"][1])
+        ho, wo, _, _ = conv_geometry(a)
         x = self.bufs["x"]
+        b = T.bind(m // (ho * wo))
+        p = T.bind(m % (ho * wo))
+        oy = T.bind((p // wo) * st - pt)
+        ox = T.bind((p % wo) * st - pl)
+        cs = C // 32
+        with T.serial(0, kh * kw) as tap:
+            iy = T.bind(oy + tap // kw)
+            ix = T.bind(ox + tap % kw)
+            with T.If(tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)):
+                with T.Then():
+                    with T.serial(0, cs) as c:
+                        v0 = load_f32(x, [b, iy, ix, T.Ramp(c * 32, 1, 16)], 16)
+                        v1 = load_f32(x, [b, iy, ix, T.Ramp(c * 32 + 16, 1, 16)], 16)
+                        vstore(self.xb, at(tap * cs + c), self.pairs(v0, v1), 16)
+                with T.Else():
+                    with T.serial(0, cs) as c:
+                        vstore(self.xb, at(tap * cs + c), splat(0, "uint32", 16), 16)
+
+    def pairs(self, v0, v1):
+        """32 values (two f32x16) as bf16 in 16 words: one ``vcvtne2ps2bf16`` where the target has AVX512_BF16 (it
+        also flushes denormals to zero, as the tile unit does with its inputs anyway), else integer rounding."""
+        if self.cvt:
+            packed = T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512bf16.cvtne2ps2bf16.512", v1, v0)
+            return T.reinterpret("uint32x16", packed)
+        return _bf16_pairs(v0, v1)
+
+    def prep(self) -> None:
         with T.parallel(0, self.MT2 * 16) as ml:
             m = T.bind(self.m0 + ml) if self.NBLK > 1 else ml  # the row of x; ml its place in the block
-            mt = T.bind(ml // 16)
-            mi = T.bind(ml % 16)
-            with T.serial(0, self.KS) as s:
-                at = ((mt * self.KS + s) * 16 + mi) * 16  # A tile (mt, s), row mi: values 32 s .. 32 s + 31
-                with T.If(m < self.M):
-                    with T.Then():
-                        k = 32 * s
-                        vstore(
-                            self.xb,
-                            at,
-                            _bf16_pairs(x_vector(self.conv, x, m, k), x_vector(self.conv, x, m, k + 16)),
-                            16,
-                        )
-                    with T.Else():
-                        vstore(self.xb, at, splat(0, "uint32", 16), 16)
+            self.prep_row(m, ml, 0)
 
     # -- weights and the tile unit --
 
@@ -152,18 +227,56 @@ class _Bf16Gemm:
         over_chunks(self.CH, self.TPC, self.NU, self.cfg, self.unit)
 
     def unit(self, c, u) -> None:
+        """Loop nest by weights: the unit's weight tiles decoded once, then every pair of x tiles of the block."""
+        pbase = c * self.NB * self.KS * 256
+        self.decode_panel(u, pbase)
+
+        def row0(mp):
+            return self.m0 + mp * 32 if self.NBLK > 1 else mp * 32
+
+        self.run_pairs(c, self.MT2 // 2, lambda i: (i, u, pbase, 0, row0(i)))
+
+    def rows_first(self) -> None:
+        """Loop nest by rows (M >= BY_ROWS_FROM): per block of weight units, the block's panel is decoded once (in
+        parallel); then each chunk takes its groups of RG rows, prepares a group's A operands (they stay in L2) and
+        runs every weight unit of the block over them. x is read from memory once per panel block, the outputs
+        are written whole rows at a time, and nothing of size M x K is ever stored."""
+        with T.serial(0, self.PB) as pb:
+            units = T.bind(T.min(self.UPB, self.NU - pb * self.UPB))
+            with T.parallel(0, self.UPB) as ul:
+                with T.If(ul < units):
+                    with T.Then():
+                        self.decode_panel(pb * self.UPB + ul, ul * self.NB * self.KS * 256)
+            mps = self.RG // 32
+            with T.parallel(0, self.CH) as c:
+                _amx("ldtilecfg", T.address_of(self.cfg[0]))
+                with T.serial(0, self.GPC) as gi:
+                    g = T.bind(c * self.GPC + gi)
+                    with T.If(g < self.GR):
+                        with T.Then():
+                            xbase = c * (self.RG // 16) * self.KS * 256
+                            with T.serial(0, self.RG) as ml:
+                                self.prep_row(g * self.RG + ml, ml, xbase)
+
+                            def place(i):  # i = (unit in the block, pair of x tiles in the group)
+                                ul, mp = i // mps, i % mps
+                                upanel = ul * self.NB * self.KS * 256
+                                return (mp, pb * self.UPB + ul, upanel, xbase, g * self.RG + mp * 32)
+
+                            self.run_pairs(c, units * mps, place)
+                _amx("tilerelease")
+
+    def run_pairs(self, c, n, place) -> None:
+        """n tile jobs of chunk c: job i = place(i) = (pair of x tiles mp from word xbase, weight unit u whose
+        panel starts at word pbase, first output row m0) gets 2 x NB accumulators over K, then its epilogue. A tile
+        store does not forward to vector loads (they wait until it has gone to memory), so a job's sums are read
+        back only after the next job's products have been issued (two landing slots)."""
         nb = self.NB
-        pbase = c * nb * self.KS * 256
-        # the panel: weight tile j of the unit, step s, row p, column r holds W[16 (nb u + j) + r, 32 s + 2p (+1)]
-        with T.serial(0, nb * 16) as jr:
-            row = u * nb * 16 + jr
-            with T.serial(0, self.KS) as s:
-                pairs = _bf16_pairs(self._wvec(row, 32 * s), self._wvec(row, 32 * s + 16))
-                at = pbase + ((jr // 16) * self.KS + s) * 256 + jr % 16
-                T.buffer_store(self.panel, pairs, [T.Ramp(at, 16, 16)])
-        yb = c * nb * 512
+        yb = c * nb * 1024
         accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
-        with T.serial(0, self.MT2 // 2) as mp:
+
+        def issue(i, slot) -> None:
+            mp, _, pbase, xbase, _ = place(i)
             for acc, _, _ in accs:
                 _amx("tilezero", _i8(acc))
             with T.serial(0, self.KS) as s:
@@ -171,18 +284,84 @@ class _Bf16Gemm:
                     at = pbase + (j * self.KS + s) * 256
                     _amx("tileloadd64", _i8(b), T.address_of(self.panel[at]), T.int64(64))
                 for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
-                    _amx("tileloadd64", _i8(a), T.address_of(self.xb[(mt * self.KS + s) * 256]), T.int64(64))
+                    at = xbase + (mt * self.KS + s) * 256
+                    _amx("tileloadd64", _i8(a), T.address_of(self.xb[at]), T.int64(64))
                 for acc, a, b in accs:
                     _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
-            for i, (acc, _, _) in enumerate(accs):  # [weight tile j][x tile]: C0, C1 then C2, C3
-                _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[yb + i * 256]), T.int64(64))
+            for t, (acc, _, _) in enumerate(accs):  # [weight tile j][x tile]: C0, C1 then C2, C3
+                at = yb + slot * nb * 512 + t * 256
+                _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[at]), T.int64(64))
+
+        def finish(i, slot) -> None:
+            _, u, _, _, m0 = place(i)
             with T.serial(0, nb) as j:
-                with T.serial(0, 32) as i:  # row i of the two x tiles: output row m, columns of weight tile j
-                    m = self.m0 + mp * 32 + i if self.NBLK > 1 else mp * 32 + i
+                with T.serial(0, 32) as r:  # row r of the two x tiles: output row m, columns of weight tile j
+                    m = m0 + r
                     with T.If(m < self.M):
                         with T.Then():
-                            v = vload(self.ybuf, yb + j * 512 + i * 16, 16)
+                            v = vload(self.ybuf, yb + slot * nb * 512 + j * 512 + r * 16, 16)
                             store_output_vec(self.bufs, self.act, m, (u * nb + j) * 16, v)
+
+        _pipeline_dynamic(n, issue, finish)
+
+    def decode_panel(self, u, pbase) -> None:
+        """The unit's weight tiles as B operands: tile j, step s, row p, column r holds W[16 (nb u + j) + r,
+        32 s + 2p (+1)]. Each step reads 16 weight rows as 16 vectors of pairs (row r: its 16 pairs) and transposes
+        them in registers (4 rounds of two-vector shuffles), so the panel is written in whole 64-byte rows instead
+        of 16-word scatters."""
+        with T.serial(0, self.NB) as j:
+            with T.serial(0, self.KS) as s:
+                rows = [
+                    T.bind(self.pairs(self._wvec(row, 32 * s), self._wvec(row, 32 * s + 16)))
+                    for row in ((u * self.NB + j) * 16 + r for r in range(16))
+                ]
+                at = pbase + (j * self.KS + s) * 256
+                for p, vec in enumerate(_transpose16(rows)):
+                    vstore(self.panel, at + p * 16, vec, 16)
+
+
+def _target_has(feature: str) -> bool:
+    """Whether the CPU code is built with ``feature`` (the target being built, else this host's)."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        from sdcompile.codegen import tvm_layer
+
+        target = tvm.target.Target(tvm_layer.cpu_target())
+    return bool(tvm.target.codegen.llvm_cpu_has_features([feature], target))
+
+
+def _pipeline_dynamic(n, issue, finish) -> None:
+    """issue(i, slot) then finish(i, slot) for i < n (n may be a run-time value, at least 1), with issue(i + 1)
+    before finish(i); slot = i % 2 is static (two steps per iteration)."""
+    issue(0, 0)
+    with T.serial(0, (n + 1) // 2) as p:
+        with T.If(2 * p + 1 < n):
+            with T.Then():
+                issue(2 * p + 1, 1)
+        finish(2 * p, 0)
+        with T.If(2 * p + 2 < n):
+            with T.Then():
+                issue(2 * p + 2, 0)
+        with T.If(2 * p + 1 < n):
+            with T.Then():
+                finish(2 * p + 1, 1)
+
+
+def _transpose16(rows: list) -> list:
+    """The 16 x 16 transpose of 16 vectors of 16 words: four rounds in which vectors r and r + h (bit h of r clear)
+    swap their off-diagonal h x h blocks, each new vector one two-source shuffle; each round bound once."""
+    v = list(rows)
+    for h in (8, 4, 2, 1):
+        nxt = list(v)
+        for r in range(16):
+            if r & h:
+                continue
+            lo = [c if not c & h else 16 + c - h for c in range(16)]
+            hi = [c + h if not c & h else 16 + c for c in range(16)]
+            nxt[r] = T.bind(shuffle([v[r], v[r + h]], lo))
+            nxt[r + h] = T.bind(shuffle([v[r], v[r + h]], hi))
+        v = nxt
+    return v
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

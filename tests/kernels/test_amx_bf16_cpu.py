@@ -44,6 +44,17 @@ CASES = [
             "pads": (0, 0, 1, 1),
         },
     ),
+    # from cpu_amx_bf16.BY_ROWS_FROM rows on, the loop nest goes by rows: a short last group, one weight tile per
+    # unit (N = 48); a conv's patches per tap (C in 32-value steps) and per 16 values (C = 16, 2 x 2); the weight panel in
+    # two blocks (N x K x 2 bytes past PANEL_BYTES)
+    ("linear", {"M": 1100, "N": 48, "K": 64, "wtype": "f16", "bias": True, "residual": True, "act": "gelu"}),
+    ("conv2d", {"B": 1, "H": 40, "W": 40, "C": 32, "N": 32, "wtype": "f16", "bias": True, "residual": False, **CONV3}),
+    (
+        "conv2d",
+        {"B": 2, "H": 24, "W": 24, "C": 16, "N": 16, "wtype": "f32", "bias": False, "residual": True}
+        | {"kh": 2, "kw": 2, "stride": 1, "pads": (0, 0, 0, 0)},
+    ),
+    ("linear", {"M": 1030, "N": 1088, "K": 2048, "wtype": "bf16", "bias": False, "residual": False, "act": "none"}),
 ]
 PAIRS = [(KernelSpec.make(op, **a, mma="bf16"), KernelSpec.make(op, **a)) for op, a in CASES]
 
@@ -53,6 +64,10 @@ ex = fx.executor_fixture("cpu")
 
 def test_dispatch():
     from schedules import cpu_amx_bf16
+
+    rows = [cpu_amx_bf16._Bf16Gemm(bf, {}) for bf, _ in PAIRS]
+    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4  # both loop nests are tested
+    assert rows[-1].PB == 2 and rows[5].NB == 1
 
     for bf, f32 in PAIRS:
         assert cpu_amx_bf16.applicable(bf, 16, True) and not cpu_amx_bf16.applicable(f32, 16, True)
