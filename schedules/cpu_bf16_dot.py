@@ -12,8 +12,9 @@ Operands reach the instruction through ``vcvtne2ps2bf16``, which rounds two f32 
 (nearest even; as on every bf16 path of this hardware, oneDNN's included, denormal inputs count as zero). It is
 also the only way to hand LLVM a bf16 vector from TVM 0.27: TVM has no LLVM type for bf16 values (a reinterpret to
 bfloat16 crashes its code generator, and its bf16 legalization turns bf16 call arguments into f32), while the
-conversion intrinsic's declared result is LLVM's ``<32 x bfloat>``, which flows through a bound variable into
-``vdpbf16ps`` as is. So both operands stay f32 in memory and every vector is converted where it is used.
+conversion intrinsic's declared result is LLVM's ``<32 x bfloat>``, which flows through a bound variable (and LLVM
+shuffles) into ``vdpbf16ps`` as is. So both operands stay f32 in memory and are converted in registers where they
+are used; a bf16 vector cannot be loaded, so the instruction never takes a memory operand.
 
 Per call, in blocks of rows of x (``cpu_amx.row_blocks``: the prepared rows stay under 64 MiB, so a huge conv
 never holds all its patches):
@@ -21,17 +22,21 @@ never holds all its patches):
 - **prep** (parallel over rows): x (a conv: its patches, gathered 16 channels at a time by ``cpu_amx.x_vector``,
   zeros outside the image) as f32 rows of K values padded with zeros to a multiple of 16; rows past M up to a whole
   row panel are zeros.
-- **tiles** (parallel over (weight unit, range of row panels) tasks, enough for the thread pool): a task copies its
-  unit of NB x 16 weight rows to f32 in a panel laid out as the instruction reads it, [K/2 pair steps][NB][16
-  outputs][2 values], then, for each panel of MR rows of x, walks K in pair steps with MR x NB f32 accumulators in
-  registers: per step NB weight vectors (two 64-byte loads and one conversion each) and, per row, one 8-byte
-  broadcast of its pair (x[m, k], x[m, k + 1]) converted to 16 copies of the bf16 pair, then MR x NB products.
-  The sums leave the registers once, through the fused epilogue (bias, activation, residual, the output's storage
-  type) on vectors of 16 consecutive outputs.
+- **tiles** (parallel over (weight unit, range of row panels) tasks, 16 or more panels each, up to ``TASKS``): a
+  task copies its unit of NB x 16 weight rows to f32 in a panel laid out as the instruction reads it, [K/2 pair
+  steps][NB][16 outputs][2 values] (zeros past K), then, for each panel of MR rows of x, walks K in groups of 4
+  pair steps with MR x NB f32 accumulators in registers. Per group and row, one conversion of its 8 values
+  (broadcast to both halves, so every 128-bit lane holds the group's 4 pairs); per step NB weight vectors (two
+  64-byte loads and one conversion each) and, per row, its pair broadcast by one in-lane shuffle, then MR x NB
+  products. The sums leave the registers once, through the fused epilogue (bias, activation, residual, the
+  output's storage type) on vectors of 16 consecutive outputs.
 
-Register blocking: MR x NB accumulators plus NB weight vectors and a broadcast within the 32 zmm registers; 6 x 4
-where N is a multiple of 64 (each weight conversion serves 6 products, each x conversion 4). Requirements: N a
-multiple of 16; a conv's channels in whole vectors of 16 (one tap per 16 patch values); K even.
+Register blocking: MR x NB accumulators (6 x 4 where N is a multiple of 64) plus NB weight vectors and a broadcast.
+Per 4 steps that is 96 products against 16 + 6 conversions and 24 shuffles, which share the vector ports with the
+products: measured on Sapphire Rapids (one thread, SDCOMPILE_NO_AMX), ~76 GFLOP/s on UNet shapes against ~119 for
+``vdpbf16ps`` alone (64%); converting a broadcast pair per row and step instead (10 conversions per 24 products)
+gave ~73. Where the weight panel lives (L1 or L2) made no difference. Requirements: N a multiple of 16; a conv's
+channels in whole vectors of 16 (one tap per 16 patch values); K even.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from schedules.tir_build import (
     load_f32,
     prim_func,
     replace_body,
+    shuffle,
     splat,
     store_output_vec,
     vload,
@@ -59,6 +65,7 @@ DOT = "llvm.x86.avx512bf16.dpbf16ps.512"  # (acc f32x16, a bf16x32, b bf16x32) -
 # rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
 MR_BY_NB = {4: 6, 3: 8, 2: 12, 1: 16}
 TASKS = 16  # parallel tasks to aim for: a few per thread, so uneven ones still balance
+MIN_PANELS = 16  # row panels per task at least: each task copies its weight unit, once per MR x 16 rows or more
 
 
 def target_has_bf16_dot() -> bool:
@@ -110,7 +117,7 @@ class _DotGemm:
         self.MP = self.MB // self.MR  # row panels per block
         # each unit's row panels split into MS ranges, so that the tasks fill the thread pool; a task re-copies its
         # weight unit (N_unit x K) for its MP / MS panels (MR MP / MS x N_unit x K products)
-        self.MS = max(1, min(self.MP, -(-TASKS // self.NU)))
+        self.MS = max(1, min(self.MP // MIN_PANELS, -(-TASKS // self.NU)))
         self.PPT = -(-self.MP // self.MS)  # row panels per task
         self.MS = -(-self.MP // self.PPT)
 
@@ -120,7 +127,6 @@ class _DotGemm:
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
         self.xb = T.alloc_buffer((self.MB * self.KR,), "float32")
-        self.xpairs = T.decl_buffer((self.MB * self.KR // 2,), "float64", data=self.xb.data)
 
         def block(m0) -> None:
             self.m0 = m0  # the block's first row of x
@@ -175,20 +181,25 @@ class _DotGemm:
 
     def pack(self, panel, u) -> None:
         """The unit's weight rows into ``panel``: step p, vector j, output r holds W[row, 2p], W[row, 2p + 1] at
-        ((p NB + j) 16 + r) 2, row = 16 (NB u + j) + r."""
+        ((p NB + j) 16 + r) 2, row = 16 (NB u + j) + r; zeros past K."""
         nb = self.NB
         with T.serial(0, nb * 16) as jr:
             row = u * nb * 16 + jr
-            with T.serial(0, self.KP) as p:
+            if self.K // 16:
+                with T.serial(0, self.K // 16) as v:  # 16 values at a time: 8 steps
+                    w = T.bind(self._wvec(row, 16 * v, 16))
+                    for i in range(8):
+                        vstore(panel, ((8 * v + i) * nb * 16 + jr) * 2, shuffle([w], [2 * i, 2 * i + 1]), 2)
+            for p in range(self.K // 16 * 8, self.KR // 2):  # the last, partial vector: pair by pair
                 at = (p * nb * 16 + jr) * 2
-                vstore(panel, at, self._wvec(row, 2 * p, 2), 2)
+                vstore(panel, at, self._wvec(row, 2 * p, 2) if p < self.KP else splat(0.0, "float32", 2), 2)
 
     # -- products --
 
     def tiles(self) -> None:
         with T.parallel(0, self.NU * self.MS) as task:
             u = T.bind(task // self.MS)
-            panel = T.alloc_buffer((self.KP * self.NB * 32,), "float32")
+            panel = T.alloc_buffer((self.KR // 2 * self.NB * 32,), "float32")
             self.pack(panel, u)
             with T.serial(0, self.PPT) as t:
                 mp = T.bind((task % self.MS) * self.PPT + t)
@@ -204,25 +215,42 @@ class _DotGemm:
         acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
         for i in range(mr * nb):
             vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
-        with T.serial(0, self.KP) as p:
-            wv = []
-            for j in range(nb):
-                at = (p * nb + j) * 32
-                wv.append(_cvt(vload(panel, at + 16, 16), vload(panel, at, 16)))
-            for r in range(mr):
-                # the pair as one f64, broadcast (vbroadcastsd): TVM's shuffles cannot widen a vector
-                x2 = self.xpairs[(mp * mr + r) * (self.KR // 2) + p]
-                pair = T.reinterpret("float32x16", T.Broadcast(x2, 8))
-                xv = _cvt(pair, pair)
-                for j in range(nb):
-                    i = r * nb + j
-                    vstore(acc, 16 * i, _dot(vload(acc, 16 * i, 16), xv, wv[j]), 16)
+        self.steps(panel, mp, acc)
         for r in range(mr):
             m = self.m0 + mp * mr + r if self.NBLK > 1 else mp * mr + r
             with T.If(m < self.M):
                 with T.Then():
                     for j in range(nb):
                         store_output_vec(self.bufs, self.act, m, (u * nb + j) * 16, vload(acc, 16 * (r * nb + j), 16))
+
+    def _weights(self, panel, p) -> list:
+        """The NB weight vectors of pair step p, as bf16."""
+        at = [(p * self.NB + j) * 32 for j in range(self.NB)]
+        return [_cvt(vload(panel, a + 16, 16), vload(panel, a, 16)) for a in at]
+
+    def _products(self, acc, r, xv, wv) -> None:
+        for j, w in enumerate(wv):
+            i = r * self.NB + j
+            vstore(acc, 16 * i, _dot(vload(acc, 16 * i, 16), xv, w), 16)
+
+    def steps(self, panel, mp, acc) -> None:
+        """K in groups of 4 pair steps: per row, its 8 values of the group broadcast to both 256-bit halves and
+        converted once (each 128-bit lane then holds the 4 pairs), and per step a pair broadcast by an in-lane
+        dword shuffle (``vpermilps``; LLVM spills the rows' vectors and shuffles from memory, a load it has ports
+        for). Against converting a broadcast pair per row and step, that is a quarter of the x conversions."""
+        mr = self.MR
+        with T.serial(0, self.KR // 8) as g:
+            xr = []
+            for r in range(mr):
+                v8 = vload(self.xb, (mp * mr + r) * self.KR + 8 * g, 8)
+                a = shuffle([v8, v8], range(16))
+                xr.append(_cvt(a, a))
+            for st in range(4):
+                wv = self._weights(panel, 4 * g + st)
+                # bf16 element e of 128-bit lane L: pair st of the lane (the same in every lane)
+                idx = [lane * 8 + 2 * st + e % 2 for lane in range(4) for e in range(8)]
+                for r in range(mr):
+                    self._products(acc, r, T.bind(shuffle([xr[r]], idx)), wv)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
