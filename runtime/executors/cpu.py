@@ -38,6 +38,35 @@ def _import_tvm():
     return tvm
 
 
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags as Linux names them, or None where /proc/cpuinfo cannot say."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def check_cpu(cpu: dict) -> None:
+    """Refuse, naming them, an artifact whose CPU code needs instructions this CPU lacks (the manifest's
+    ``kernels.cpu.requires``): LLVM compiled it for the compiling machine's CPU, and running it here would stop
+    with an illegal instruction part-way through."""
+    need = cpu.get("requires") or []
+    have = cpu_flags()
+    if have is None or not isinstance(need, list):
+        return
+    missing = [f for f in need if f not in have]
+    if missing:
+        raise ArtifactError(
+            f"this artifact's CPU code was compiled for a CPU with {', '.join(missing)} "
+            f"(LLVM CPU {cpu.get('mcpu', '?')}); this CPU lacks them: compile the model on this machine (or one "
+            "like it) and run that artifact"
+        )
+
+
 def set_num_threads(tvm, n: int | None) -> int:
     """Size TVM's thread pool explicitly: its default on a 2-core machine is 1 thread.
 
@@ -83,6 +112,7 @@ class Executor:
     def __init__(self, artifact_dir: Path, kernels: dict, num_threads: int | None = None):
         self._tvm = _import_tvm()
         self.artifact_dir = Path(artifact_dir)
+        check_cpu((kernels.get("cpu") or {}) if isinstance(kernels, dict) else {})
         self.kernels = kernel_table(kernels)
         self.num_threads = set_num_threads(self._tvm, num_threads)
         modules: dict[str, object] = {}

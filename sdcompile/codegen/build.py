@@ -106,8 +106,10 @@ def _build_kernels(specs: list[KernelSpec], target: str, out_dir: Path, progress
         step(len(specs), total, f"compiling {len(specs)} kernels with LLVM ({cpu['mcpu']})")
         tvm_layer.export_library(tvm_layer.compile_cpu(mod, cpu), out_dir / CPU_LIBRARY)
         result["cpu"] = {"mcpu": cpu["mcpu"], "mtriple": tvm_layer.system_triple()}
-        if cpu.get("mattr"):  # AMX: a CPU without it gets a clear error from the kernel, not an illegal instruction
+        if cpu.get("mattr"):
             result["cpu"]["mattr"] = list(cpu["mattr"])
+        # the runtime refuses a CPU without these, by name, instead of dying of an illegal instruction
+        result["cpu"]["requires"] = tvm_layer.cpu_requires(cpu)
         result["files"] = [CPU_LIBRARY]
         result["kernels"] = {
             s.name: _kernel_info(s, [{"entry": s.name, "file": CPU_LIBRARY, "buffers": [p.name for p in s.params]}])

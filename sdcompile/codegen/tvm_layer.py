@@ -110,6 +110,36 @@ def _probe_amx() -> bool:
         return False
 
 
+# LLVM feature -> the Linux cpuinfo flag of the same instructions: what an artifact's CPU code needs, recorded in
+# its manifest (``cpu_requires``) and checked by the runtime before it loads the code, so a CPU without them gets a
+# message naming them instead of an illegal instruction part-way through a run
+CPUINFO_FLAGS = {
+    "sse4.2": "sse4_2",
+    "avx": "avx",
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512dq": "avx512dq",
+    "avx512vl": "avx512vl",
+    "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
+    "amx-bf16": "amx_bf16",
+}
+
+
+def cpu_requires(target: dict) -> list[str]:
+    """The cpuinfo flags (``CPUINFO_FLAGS``) of the features an x86 CPU target enables (its mcpu and mattr)."""
+    t = tvm.target.Target(target)
+    if "x86" not in system_triple():
+        return []
+    return sorted(flag for feat, flag in CPUINFO_FLAGS.items() if tvm.target.codegen.llvm_cpu_has_features(feat, t))
+
+
 def cpu_target(mcpu: str | None = None, num_cores: int | None = None) -> dict:
     t: dict = {"kind": "llvm", "mcpu": mcpu or system_cpu()}
     if mcpu is None:

@@ -223,3 +223,20 @@ def test_read_manifest_checks_before_the_cli_uses_it(clip_artifact, tmp_path):
     bad = edit_manifest(clip_artifact, tmp_path / "a", lambda m: m.update(functions=[]), True)
     with pytest.raises(ManifestError, match="functions is a list"):
         read_manifest(bad)
+
+
+def test_cpu_without_the_compiled_instructions_refused(clip_artifact, tmp_path):
+    """The manifest names the CPU features its code was compiled with (as Linux's cpuinfo names them); a CPU that
+    lacks one is refused by name before any kernel is loaded, instead of an illegal instruction mid-run."""
+    from runtime.executors.cpu import cpu_flags
+
+    m = json.loads((clip_artifact / "manifest.json").read_text())
+    need = m["kernels"]["cpu"]["requires"]
+    have = cpu_flags()
+    if have is None:
+        pytest.skip("this system has no /proc/cpuinfo")
+    assert need and set(need) <= have  # compiled here, for this CPU: it has them all
+    assert ("avx512f" in need) == ("avx512f" in have)  # LLVM compiled for the host's vector width, and says so
+    bad = edit_manifest(clip_artifact, tmp_path / "cpu", lambda m: m["kernels"]["cpu"]["requires"].append("amx_fp8"), True)
+    with pytest.raises(RuntimeFailure, match=r"compiled for a CPU with amx_fp8 .*this CPU lacks them"):
+        _load(bad)
