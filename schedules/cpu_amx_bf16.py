@@ -46,6 +46,7 @@ from schedules.cpu_amx import (
     x_vector,
 )
 from schedules.tir_build import (
+    bcast,
     f16_to_f32,
     load_f32,
     prim_func,
@@ -58,8 +59,12 @@ from schedules.tir_build import (
 )
 from sdcompile.kernels.act import bf16_bits
 from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
+from sdcompile.quant.types import get as get_type
 
-TYPES = ("f32", "f16", "bf16")
+# q8_0 and q4_0: blocks of 32 values, d * q exact in f32, so one rounding to bf16 as for f16; the other quant types
+# keep their integer kernels (cpu_amx.py)
+BLOCK_TYPES = ("q8_0", "q4_0")
+TYPES = ("f32", "f16", "bf16") + BLOCK_TYPES
 # GEMMs with at least this many rows of x go by rows (``rows_first``): groups of rows stay in L2 while the weights pass
 BY_ROWS_FROM = 1024
 A_GROUP_BYTES = 1 << 20  # a group's A operands (bf16): at most this, and 32 to 256 rows
@@ -92,6 +97,9 @@ class _Bf16Gemm:
         self.spec, self.bufs = spec, bufs
         self.M, self.N, self.K = gemm_mnk(spec)
         self.wtype = str(spec.attr("wtype"))
+        if self.wtype in BLOCK_TYPES:
+            qt = get_type(self.wtype)
+            self.RB, self.BS = qt.row_bytes(gemm_mnk(spec)[2]), qt.type_size
         self.act = str(spec.attr("act", "none"))
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
         self.cvt = _target_has("avx512bf16")
@@ -125,6 +133,8 @@ class _Bf16Gemm:
         words = w.shape[0]
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
+        self.w8 = T.decl_buffer((words * 4,), "int8", data=w.data)
+        self.wu8 = T.decl_buffer((words * 4,), "uint8", data=w.data)
         self.ybuf = T.alloc_buffer((self.CH * self.NB * 1024,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
         if self.by_rows:
@@ -211,9 +221,18 @@ class _Bf16Gemm:
 
     # -- weights and the tile unit --
 
-    def _wvec(self, row, k):
-        """W[row, k:k+16] as f32 from the weight's storage words."""
-        at = row * self.K + k
+    def _wvec(self, row, s, half):
+        """W[row, 32 s + 16 half : + 16] as f32 from the weight's storage (a float type, or q8_0 / q4_0 blocks of 32
+        values: d * q, exact in f32, so the one rounding to bf16 is the only error, as for f16)."""
+        if self.wtype in BLOCK_TYPES:
+            base = row * self.RB + s * self.BS  # the block's first byte: its f16 scale d, then the quants
+            d = bcast(f16_to_f32(self.w16[base // 2], 1), 16)
+            if self.wtype == "q8_0":
+                return d * T.Cast("float32x16", vload(self.w8, base + 2 + 16 * half, 16))
+            nib = vload(self.wu8, base + 2, 16)  # q4_0: value j low nibble of byte j, value 16 + j its high one
+            q = nib & splat(15, "uint8", 16) if half == 0 else nib >> splat(4, "uint8", 16)
+            return d * (T.Cast("float32x16", q) - splat(8.0, "float32", 16))
+        at = row * self.K + 32 * s + 16 * half
         if self.wtype == "f32":
             return vload(self.wf, at, 16)
         bits = vload(self.w16, at, 16)
@@ -312,7 +331,7 @@ class _Bf16Gemm:
         with T.serial(0, self.NB) as j:
             with T.serial(0, self.KS) as s:
                 rows = [
-                    T.bind(self.pairs(self._wvec(row, 32 * s), self._wvec(row, 32 * s + 16)))
+                    T.bind(self.pairs(self._wvec(row, s, 0), self._wvec(row, s, 1)))
                     for row in ((u * self.NB + j) * 16 + r for r in range(16))
                 ]
                 at = pbase + (j * self.KS + s) * 256

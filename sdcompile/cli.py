@@ -117,9 +117,10 @@ def _parser() -> argparse.ArgumentParser:
         "--compute",
         choices=["f32", "bf16"],
         default="f32",
-        help="precision of matrix products for float weights: bf16 rounds both operands to bf16 and sums in f32 on "
-        "the CPU's AMX tile unit (as PyTorch's bf16 autocast; ~2e-3 relative error); without AMX-BF16 products "
-        "stay f32 and the report says so (default f32)",
+        help="precision of matrix products: bf16 rounds both operands to bf16 and sums in f32 (as PyTorch's bf16 "
+        "autocast; ~2e-3 relative error) for float, q8_0 and q4_0 weights and attention on the CPU's AMX tile unit, "
+        "or for float weights on AVX512_BF16 (vdpbf16ps) without it; elsewhere products stay f32 and the report "
+        "says so (default f32)",
     )
     s.add_argument(
         "--act-type",

@@ -5,7 +5,11 @@ weight is a float type (f32, f16, bf16) gets the node attribute ``mma="bf16"``: 
 bf16 and sums the products in f32, as PyTorch's bf16 autocast does — on the AMX tile unit where the compiling CPU
 (the one the code is built for) has AMX-BF16 (``schedules/cpu_amx_bf16.py``), else on the vector unit where it has
 AVX512_BF16 (``vdpbf16ps``: ``schedules/cpu_bf16_dot.py``; AMD Zen 4 and later, or Intel with SDCOMPILE_NO_AMX).
-Quantized weights keep their own integer kernels. With AMX-BF16, every ``attention`` node (causal or not) with
+With AMX-BF16, ``linear`` and ``conv2d`` with q8_0 or q4_0 weights (``cpu_amx_bf16.BLOCK_TYPES``: d * q is exact
+in f32) are marked too, counted as ``quantized``: their kernel decodes the blocks straight into bf16 operands, one
+rounding as for f16 weights, and runs the same tile GEMM — the integer kernels (``cpu_amx.py``) are more exact
+(16-bit activations) but, with a scale per 32 values, leave the tile unit every step. The other quantized types, and
+every quantized type without AMX-BF16, keep their own integer kernels. With AMX-BF16, every ``attention`` node (causal or not) with
 heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16
@@ -46,6 +50,8 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             "AVX512_BF16"
         )
         return g
+    from schedules.cpu_amx_bf16 import BLOCK_TYPES
+
     g = g.copy()
     why = set()
     for n in g.nodes:
@@ -65,9 +71,17 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if get_type(w.dtype).is_float:
             n.attrs["mma"] = compute
             rep["nodes"] += 1
+        elif tiles and w.dtype in BLOCK_TYPES:
+            n.attrs["mma"] = compute
+            rep["nodes"] += 1
+            rep["quantized"] = rep.get("quantized", 0) + 1
+            why.add(f"{'/'.join(BLOCK_TYPES)} weights are decoded to bf16 for the tile unit (one rounding, as f16's)")
         else:
             rep["kept_f32"] += 1
-            why.add("quantized weights keep their integer kernels")
+            why.add(
+                "quantized weights keep their integer kernels"
+                + ("" if tiles else f" (without AMX-BF16 {'/'.join(BLOCK_TYPES)} do too)")
+            )
     rep["why"] = "; ".join(sorted(why))
     return g
 

@@ -55,6 +55,11 @@ CASES = [
         | {"kh": 2, "kw": 2, "stride": 1, "pads": (0, 0, 0, 0)},
     ),
     ("linear", {"M": 1030, "N": 1088, "K": 2048, "wtype": "bf16", "bias": False, "residual": False, "act": "none"}),
+    # q8_0 / q4_0 blocks decoded into bf16 operands, by weights and by rows
+    ("linear", {"M": 77, "N": 48, "K": 96, "wtype": "q8_0", "bias": True, "residual": False, "act": "none"}),
+    ("linear", {"M": 1100, "N": 32, "K": 128, "wtype": "q4_0", "bias": False, "residual": True, "act": "none"}),
+    ("conv2d", {"B": 1, "H": 36, "W": 36, "C": 32, "N": 16, "wtype": "q8_0", "bias": True, "residual": False, **CONV3}),
+    ("conv2d", {"B": 2, "H": 6, "W": 6, "C": 64, "N": 32, "wtype": "q4_0", "bias": True, "residual": False, **CONV3}),
 ]
 PAIRS = [(KernelSpec.make(op, **a, mma="bf16"), KernelSpec.make(op, **a)) for op, a in CASES]
 
@@ -66,15 +71,15 @@ def test_dispatch():
     from schedules import cpu_amx_bf16
 
     rows = [cpu_amx_bf16._Bf16Gemm(bf, {}) for bf, _ in PAIRS]
-    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4  # both loop nests are tested
-    assert rows[-1].PB == 2 and rows[5].NB == 1
+    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4 + [False, True, True, False]  # both loop nests
+    assert rows[8].PB == 2 and rows[5].NB == 1
 
     for bf, f32 in PAIRS:
         assert cpu_amx_bf16.applicable(bf, 16, True) and not cpu_amx_bf16.applicable(f32, 16, True)
     odd = KernelSpec.make("linear", M=8, N=16, K=48, wtype="f16", bias=False, residual=False, act="none", mma="bf16")
     assert not cpu_amx_bf16.applicable(odd, 16, True)  # K not in whole 32-value steps: f32 products
-    q = KernelSpec.make("linear", M=8, N=16, K=64, wtype="q8_0", bias=False, residual=False, act="none", mma="bf16")
-    assert not cpu_amx_bf16.applicable(q, 16, True)
+    q = KernelSpec.make("linear", M=8, N=16, K=64, wtype="q4_k", bias=False, residual=False, act="none", mma="bf16")
+    assert not cpu_amx_bf16.applicable(q, 16, True)  # k-quants keep their integer kernels
 
 
 def _run(ex, spec, arrays):

@@ -27,11 +27,15 @@ def _run(g, **opts):
 
 @pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16")
 def test_float_weights_get_bf16_products(tiny_graph):
-    before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc1", "q8_0")])
+    rules = [("fc1", "q5_1"), ("fc2", "q8_0")]
+    before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=rules)
     marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16"]
     kept = [n for n in g.nodes if n.op == "linear" and "mma" not in n.attrs]
-    assert marked and kept  # the fc1 layers are q8_0: their integer kernels stay
-    assert all(g.values[n.inputs[1]].dtype == "q8_0" for n in kept)
+    assert marked and kept  # the fc1 layers are q5_1: their integer kernels stay
+    assert all(g.values[n.inputs[1]].dtype == "q5_1" for n in kept)
+    # the fc2 layers are q8_0: decoded to bf16 operands for the tile unit, and counted as such
+    q8 = [n for n in marked if n.op == "linear" and g.values[n.inputs[1]].dtype == "q8_0"]
+    assert q8 and ctx.report["mma"]["quantized"] == len(q8) and "decoded to bf16" in ctx.report["mma"]["why"]
     assert ctx.report["mma"]["nodes"] == len(marked) and ctx.report["mma"]["kept_f32"] == len(kept)
     # the text encoder's causal self-attention and its pooling row are marked too
     attention = [n for n in g.nodes if n.op == "attention"]
