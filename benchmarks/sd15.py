@@ -253,6 +253,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", action="store_true", help="keep the other measurements of an existing --json file")
     p.add_argument("--from-json", type=Path, help="measure nothing; write --md and --plot from this result file")
     p.add_argument("--note", action="append", default=[], help="a note for the results (repeatable)")
+    p.add_argument(
+        "--no-amx",
+        action="store_true",
+        help="measure every implementation without the AMX tile unit, as on a CPU with AVX-512 (VNNI, BF16) but no "
+        "AMX such as AMD Zen 4: sdcompile compiles with SDCOMPILE_NO_AMX=1, oneDNN (PyTorch) runs with "
+        f"ONEDNN_MAX_CPU_ISA={NO_AMX_ENV['ONEDNN_MAX_CPU_ISA']}; write to their own --json/--md",
+    )
     p.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child or a.from_json:
@@ -1069,6 +1076,12 @@ def child_main(spec_file: str) -> int:
 # ------------------------------------------------------------------------------------------------------- parent
 
 
+# --no-amx: the children's environment (the same instruction sets as a Zen 4, on a CPU that also has AMX; its port
+# layout stays this CPU's, so this is the code path, not Zen 4's speed)
+NO_AMX_ENV = {"SDCOMPILE_NO_AMX": "1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+CHILD_ENV: dict[str, str] = {}
+
+
 def spawn(spec: dict[str, Any], workdir: Path, timeout: float, threads: int) -> dict[str, Any]:
     """Run one child; its result (with `wall_s`), or one with `error` if it died or ran past `timeout`."""
     kind = spec["kind"].replace(".", "")
@@ -1083,6 +1096,7 @@ def spawn(spec: dict[str, Any], workdir: Path, timeout: float, threads: int) -> 
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
         "PYTHONWARNINGS": "ignore",
+        **CHILD_ENV,
     }
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_file)], env=env)
@@ -1222,7 +1236,7 @@ def artifact_for(
         "text_encoder": ["text_encoder"],
         "txt2img": ["text_encoder", "unet", "vae_decoder"],
     }[work]
-    tag = f"{v.name}-{'+'.join(comps)}" + (f"-{size}" if size else "")
+    tag = f"{v.name}-{'+'.join(comps)}" + (f"-{size}" if size else "") + ("-noamx" if CHILD_ENV else "")
     art = args.workdir / "artifacts" / tag
     record = art.parent / f"{tag}.compile.json"
     if record.is_file() and (art / "manifest.json").is_file():
@@ -1711,6 +1725,16 @@ def main(argv: list[str] | None = None) -> int:
         ("numpy", "torch", "diffusers", "transformers", "onnxruntime", "apache-tvm", "stable-diffusion-cpp-python")
     )
     args.commit, args.code_key = git_state()
+    if args.no_amx:
+        CHILD_ENV.update(NO_AMX_ENV)
+        machine["isa_limit"] = dict(NO_AMX_ENV)
+        args.note.append(
+            "Without AMX (--no-amx): every implementation ran with the AMX tile unit off (sdcompile "
+            "SDCOMPILE_NO_AMX=1: bf16 products on AVX512_BF16's vdpbf16ps, attention f32; PyTorch/oneDNN "
+            f"ONEDNN_MAX_CPU_ISA={NO_AMX_ENV['ONEDNN_MAX_CPU_ISA']}), the instruction sets of an AMD Zen 4, on this "
+            "CPU: its vdpbf16ps has half its f32 FMA rate (Zen 4: twice), so the bf16 rows here say which code "
+            "path runs, not Zen 4's speed"
+        )
     ensure_checkpoint(args)
     plan = plan_works(args.works, args.quick)
     args.flops = flop_counts(args)
