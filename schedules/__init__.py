@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_bf16_dot, cpu_gemv, gpu, injective
+from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_bf16_dot, cpu_fma, cpu_gemv, gpu, injective
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
@@ -37,6 +37,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
             rule = cpu_amx.linear
         elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
             rule = cpu_gemv.linear
+        elif cpu_fma.applicable(spec, info.lanes):  # f32 products, 32 rows or more: register-blocked FMA GEMM
+            rule = cpu_fma.linear
         rule(sch, spec, info)
     else:
         rule(sch, spec)

@@ -1,0 +1,325 @@
+"""CPU GEMM in f32 on AVX-512 FMAs: ``linear`` and ``conv2d`` with float weights (f32, f16, bf16) and f32 products
+(no ``mma``: ``compile`` without ``--compute bf16``), register-blocked as BLIS's micro-kernels are, for GEMMs of
+``FROM_ROWS`` rows or more (fewer: the tiled schedule of ``cpu.py`` is as fast).
+
+Layout. A weight unit is NR = 16 NB consecutive outputs (NB = 4 where N is a multiple of 64, else 3, 2, 1), packed
+per call as f32 (f16 / bf16 decoded once) into a panel [K][NR]: the NB vectors of step k are contiguous, so the
+inner loop reads them in order. It is written from 16 x 16 blocks of W transposed in registers (whole-vector
+stores). x is prepared as f32 rows of KR values (K rounded up to 16, zeros after K; a conv gathers its patches one
+tap at a time: one bounds check, then the tap's channels), rows past M zeros up to a whole row panel.
+
+Register block: MR rows of x by NB weight vectors, MR x NB f32 accumulators (6 x 4, 8 x 3, 14 x 2, 28 x 1: 24 to 28
+of the 32 zmm registers), NB weight vectors and one broadcast. Per step of K, NB vector loads, MR broadcasts of one
+x value each (``vbroadcastss``) and MR x NB ``vfmadd231ps``; two steps per loop iteration. K runs in passes of KC
+values whose weight slice (KC x NR f32, <= ``L1_BYTES``) stays in L1 while ``GROUP_PANELS`` row panels pass over it;
+between passes the sums wait in a small buffer (per panel, 24 vector stores and loads per KC steps). After the last
+pass the sums leave the registers through the fused epilogue (``tir_build.store_output_vec``: bias, activation,
+residual, the output's storage type) on vectors of 16 consecutive outputs. Summation is plain f32, k in order.
+
+Two loop nests, as in ``cpu_amx_bf16``:
+- **By weights** (M < ``BY_ROWS_FROM``: prompts, the UNet's small levels): x prepared first (parallel over rows, in
+  blocks under ``cpu_amx.X_BLOCK_BYTES``), then parallel tasks of (weight unit, range of row panels): a task packs
+  its unit (L2) and runs its panels over it.
+- **By rows** (M >= ``BY_ROWS_FROM``: image tokens, conv pixels): the weights are packed once per call (blocks of
+  ``PANEL_BYTES``, in parallel), then each parallel chunk takes groups of 16 MR rows, prepares a group (it stays in
+  L2) and runs every unit over it. Nothing of size M x K is stored: the loop nest by weights on a UNet 3x3 conv
+  (M 8192, K 2880) wrote a 94 MB patch matrix and read it back once per unit, from memory; by rows it is 1.5x
+  faster on one thread (115 -> 177 GFLOP/s) and more on two, where both cores share the memory bus.
+
+Measurements (this 2-core Xeon, AVX-512, 2 FMA ports; f32 FMA peak ~215 GFLOP/s per thread; one thread, CPU time,
+best of several; ``benchmarks/fma_gemm.py``): see the table in that benchmark's docstring. Single-thread runs vary
+by +-10% with the machine's other load.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.cpu_amx import over_row_blocks, row_blocks, x_vector
+from schedules.cpu_amx_bf16 import _transpose16
+from schedules.tir_build import (
+    f16_to_f32,
+    load_f32,
+    prim_func,
+    replace_body,
+    splat,
+    store_output_vec,
+    vload,
+    vstore,
+)
+from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
+
+TYPES = ("f32", "f16", "bf16")
+FMA = "llvm.fma.v16f32"
+# rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
+MR_BY_NB = {4: 6, 3: 8, 2: 14, 1: 28}
+FROM_ROWS = 32  # fewer rows of x: the tiled schedule is as fast (M 8, 24: equal; M 1: it is 15% faster)
+BY_ROWS_FROM = 1024  # GEMMs with at least this many rows go by rows (M 154 by rows: 25% slower than by weights)
+TASKS = 16  # parallel tasks to aim for: a few per thread, so uneven ones still balance
+MIN_PANELS = 16  # row panels per task at least (by weights): each task packs its unit, once per 16 MR rows or more
+GROUP_PANELS = 16  # row panels per pass of K: their x slices (16 MR x KC f32, 48 KiB at MR 6) come from L2
+L1_BYTES = 36 << 10  # a pass's weight slice (KC x NR f32) at most this: it stays in the 48 KiB L1 while x passes
+PANEL_BYTES = 8 << 20  # by rows: packed weight units per block at most this (a 1280 x 11520 conv: 59 MB in f32)
+UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
+
+
+def target_has_avx512() -> bool:
+    """Whether the target being built for (or this host's, ``tvm_layer.cpu_target``) has AVX-512F: on AVX2, LLVM
+    would split every 512-bit vector in two and the accumulators would no longer fit the registers."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        from sdcompile.codegen import tvm_layer
+
+        target = tvm.target.Target(tvm_layer.cpu_target())
+    return bool(tvm.target.codegen.llvm_cpu_has_features(["avx512f"], target))
+
+
+def applicable(spec: KernelSpec, lanes: int) -> bool:
+    """``linear`` or ``conv2d`` with float weights and f32 products (no ``mma``), N in whole vectors (a conv: its
+    channels too, so a tap's channels are whole vectors), FROM_ROWS rows or more, on a CPU with 16 f32 lanes."""
+    if spec.attr("mma") or spec.op not in ("linear", "conv2d") or lanes != 16:
+        return False
+    if spec.op == "conv2d" and int(spec.attr("C")) % 16:
+        return False
+    M, N, _ = gemm_mnk(spec)
+    return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and M >= FROM_ROWS and target_has_avx512()
+
+
+def _fma(a, b, c):
+    return T.call_llvm_pure_intrin("float32x16", FMA, a, b, c)
+
+
+class _FmaGemm:
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        self.spec, self.bufs = spec, bufs
+        self.M, self.N, self.K = gemm_mnk(spec)
+        self.wtype = str(spec.attr("wtype"))
+        self.act = str(spec.attr("act", "none"))
+        self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
+        self.KV = -(-self.K // 16)  # 16-value vectors per row of x (the last one zero-padded)
+        self.KR = 16 * self.KV  # prepared row length
+        NT = self.N // 16
+        self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
+        self.MR = MR_BY_NB[self.NB]
+        self.NR = 16 * self.NB
+        self.NU = NT // self.NB  # weight units
+        self.UW = self.KR * self.NR  # f32 words of a packed unit
+        # K in passes of KC values (a multiple of 16 dividing KR) whose weight slice, KC x NR f32, fits L1_BYTES
+        kv = max([d for d in range(1, self.KV + 1) if self.KV % d == 0 and 64 * d * self.NR <= L1_BYTES])
+        self.KC = 16 * kv
+        self.by_rows = self.M >= BY_ROWS_FROM
+        if self.by_rows:
+            self.RG = GROUP_PANELS * self.MR  # rows of x per group
+            self.GR = -(-self.M // self.RG)  # groups
+            self.CH = min(self.GR, TASKS)
+            self.GPC = -(-self.GR // self.CH)  # groups per chunk
+            self.CH = -(-self.GR // self.GPC)
+            self.UPB = max(1, min(self.NU, PANEL_BYTES // (4 * self.UW)))  # units per panel block
+            self.PB = -(-self.NU // self.UPB)
+        else:
+            self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
+            self.MP = self.MB // self.MR  # row panels per block
+            self.MS = max(1, min(self.MP // MIN_PANELS, -(-TASKS // self.NU)))
+            self.PPT = -(-self.MP // self.MS)  # row panels per task
+            self.MS = -(-self.MP // self.PPT)
+
+    def build(self) -> None:
+        w = self.bufs["w"]
+        words = w.shape[0]
+        self.wf = T.decl_buffer((words,), "float32", data=w.data)
+        self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
+        if self.by_rows:
+            self.rows_first()
+            return
+        self.xb = T.alloc_buffer((self.MB * self.KR,), "float32")
+
+        def block(m0) -> None:
+            self.m0 = m0
+            with T.parallel(0, self.MB) as ml:
+                self.prep_row(T.bind(m0 + ml) if self.NBLK > 1 else ml, self.xb, ml * self.KR)
+            self.tiles()
+
+        over_row_blocks(self.NBLK, self.MB, block)
+
+    # -- activations --
+
+    def prep_row(self, m, xb, at) -> None:
+        """Row m of x (a conv: patch m) as KR f32 values at xb[at:]: zeros past K, and a whole row of zeros for
+        m >= M (the last row panel's padding)."""
+        x = self.bufs["x"]
+        with T.If(m < self.M):
+            with T.Then():
+                if self.conv is not None:
+                    self.prep_patch(m, xb, at)
+                else:
+                    with T.serial(0, self.K // 16) as v:
+                        vstore(xb, at + 16 * v, x_vector(None, x, m, 16 * v), 16)
+                    if self.K % 16:
+                        self._tail(x, m, xb, at)
+            with T.Else():
+                with T.serial(0, self.KV) as v:
+                    vstore(xb, at + 16 * v, splat(0.0, "float32", 16), 16)
+
+    def prep_patch(self, m, xb, at) -> None:
+        """Patch m of the conv: per tap one bounds check, then the tap's C channels (whole vectors) straight from x."""
+        a = self.conv
+        H, W, C, kh, kw, st = (int(a[n]) for n in ("H", "W", "C", "kh", "kw", "stride"))
+        pt, pl = int(a["pads"][0]), int(a["pads"][1])
+        ho, wo, _, _ = conv_geometry(a)
+        x = self.bufs["x"]
+        b = T.bind(m // (ho * wo))
+        p = T.bind(m % (ho * wo))
+        oy = T.bind((p // wo) * st - pt)
+        ox = T.bind((p % wo) * st - pl)
+        with T.serial(0, kh * kw) as tap:
+            iy = T.bind(oy + tap // kw)
+            ix = T.bind(ox + tap % kw)
+            with T.If(tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)):
+                with T.Then():
+                    with T.serial(0, C // 16) as c:
+                        v = load_f32(x, [b, iy, ix, T.Ramp(c * 16, 1, 16)], 16)
+                        vstore(xb, at + tap * C + 16 * c, v, 16)
+                with T.Else():
+                    with T.serial(0, C // 16) as c:
+                        vstore(xb, at + tap * C + 16 * c, splat(0.0, "float32", 16), 16)
+
+    def _tail(self, x, m, xb, at) -> None:
+        """x[m, K - K % 16:] then zeros: the row's last, partial vector, value by value."""
+        k0 = 16 * (self.KV - 1)
+        for i in range(16):
+            v = load_f32(x, [m, k0 + i]) if k0 + i < self.K else T.float32(0)
+            T.buffer_store(xb, v, [at + k0 + i])
+
+    # -- weights --
+
+    def _wvec(self, row, k, lanes: int):
+        """W[row, k:k+lanes] as f32 from the weight's storage words."""
+        at = row * self.K + k
+        if self.wtype == "f32":
+            return vload(self.wf, at, lanes)
+        bits = vload(self.w16, at, lanes)
+        if self.wtype == "f16":
+            return f16_to_f32(bits, lanes)
+        if lanes == 1:  # bf16: the value's bits are the top half of its f32
+            return T.reinterpret("float32", T.Cast("uint32", T.reinterpret("uint16", bits)) << T.uint32(16))
+        wide = T.Cast(f"uint32x{lanes}", T.reinterpret(f"uint16x{lanes}", bits)) << splat(16, "uint32", lanes)
+        return T.reinterpret(f"float32x{lanes}", wide)
+
+    def pack(self, panel, base, u) -> None:
+        """Unit u's NR weight rows, transposed, at panel[base:]: [k][NR] with panel[base + k NR + 16 j + r] =
+        W[NR u + 16 j + r, k], zeros past K. 16 x 16 blocks are transposed in registers, so the panel is written
+        in whole vectors."""
+        nb = self.NB
+        with T.serial(0, nb) as j:
+            row0 = u * self.NR + 16 * j
+            if self.K // 16:
+                with T.serial(0, self.K // 16) as v:
+                    rows = [T.bind(self._wvec(row0 + r, 16 * v, 16)) for r in range(16)]
+                    for p, vec in enumerate(_transpose16(rows)):
+                        vstore(panel, base + (16 * v + p) * self.NR + 16 * j, vec, 16)
+            for k in range(self.K // 16 * 16, self.KR):  # the last, partial vector: value by value
+                with T.serial(0, 16) as r:
+                    v = self._wvec(row0 + r, k, 1) if k < self.K else T.float32(0)
+                    T.buffer_store(panel, v, [base + k * self.NR + 16 * j + r])
+
+    # -- loop nests --
+
+    def tiles(self) -> None:
+        """By weights: a task packs its unit, then runs its range of the block's row panels over it, in groups
+        of GROUP_PANELS panels per pass of KC values of K."""
+        with T.parallel(0, self.NU * self.MS) as task:
+            u = T.bind(task // self.MS)
+            panel = T.alloc_buffer((self.UW,), "float32")
+            part = T.alloc_buffer((GROUP_PANELS * self.MR * self.NR,), "float32")
+            self.pack(panel, 0, u)
+            with T.serial(0, -(-self.PPT // GROUP_PANELS)) as g:
+                with T.serial(0, self.KR // self.KC) as kc:
+                    with T.serial(0, GROUP_PANELS) as t:
+                        tt = g * GROUP_PANELS + t
+                        mp = T.bind((task % self.MS) * self.PPT + tt)
+                        with T.If(tirx.all(tt < self.PPT, mp < self.MP)):
+                            with T.Then():
+                                m0 = self.m0 + mp * self.MR if self.NBLK > 1 else mp * self.MR
+                                self.micro(panel, 0, self.xb, mp * self.MR, part, t, u, m0, kc)
+
+    def rows_first(self) -> None:
+        """By rows (M >= BY_ROWS_FROM): per block of weight units, the block is packed once (in parallel); then each
+        chunk takes its groups of RG rows, prepares a group (it stays in L2) and runs every unit of the block over
+        it, K in passes of KC values. x is read once per panel block, outputs are written a group of rows at a time,
+        and nothing of size M x K is stored."""
+        panel = T.alloc_buffer((self.UPB * self.UW,), "float32")
+        with T.serial(0, self.PB) as pb:
+            units = T.bind(T.min(self.UPB, self.NU - pb * self.UPB))
+            with T.parallel(0, self.UPB) as ul:
+                with T.If(ul < units):
+                    with T.Then():
+                        self.pack(panel, ul * self.UW, pb * self.UPB + ul)
+            with T.parallel(0, self.CH) as c:
+                xg = T.alloc_buffer((self.RG * self.KR,), "float32")
+                part = T.alloc_buffer((self.RG * self.NR,), "float32")
+                with T.serial(0, self.GPC) as gi:
+                    g = T.bind(c * self.GPC + gi)
+                    with T.If(g < self.GR):
+                        with T.Then():
+                            with T.serial(0, self.RG) as ml:
+                                self.prep_row(g * self.RG + ml, xg, ml * self.KR)
+                            with T.serial(0, units) as ul:
+                                with T.serial(0, self.KR // self.KC) as kc:
+                                    with T.serial(0, GROUP_PANELS) as t:
+                                        m0 = g * self.RG + t * self.MR
+                                        u = pb * self.UPB + ul
+                                        self.micro(panel, ul * self.UW, xg, t * self.MR, part, t, u, m0, kc)
+
+    def micro(self, panel, pofs, xb, xr, part, t, u, m0, kc) -> None:
+        """The register block: MR rows of x (from row xr of xb) times unit u's NR columns (packed at panel[pofs:])
+        over K's pass kc, with MR x NB f32 accumulators in registers. The sums of earlier passes come from part
+        (slot t); after the last pass they go through the fused epilogue to rows m0.. of y."""
+        nb, mr = self.NB, self.MR
+        # an LLVM alloca, which it keeps in registers (TVM would turn an allocation inside a parallel loop into a
+        # runtime workspace call)
+        mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
+        acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
+        slot = t * mr * self.NR
+        passes = self.KR // self.KC
+        with T.If(kc == 0):
+            with T.Then():
+                for i in range(mr * nb):
+                    vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
+            with T.Else():
+                for i in range(mr * nb):
+                    vstore(acc, 16 * i, vload(part, slot + 16 * i, 16), 16)
+        with T.serial(0, self.KC // UNROLL) as kk:
+            for e in range(UNROLL):
+                k = T.bind(kc * self.KC + kk * UNROLL + e)
+                wv = [T.bind(vload(panel, pofs + k * self.NR + 16 * j, 16)) for j in range(nb)]
+                for r in range(mr):
+                    xv = T.Broadcast(xb[(xr + r) * self.KR + k], 16)
+                    for j in range(nb):
+                        i = r * nb + j
+                        vstore(acc, 16 * i, _fma(xv, wv[j], vload(acc, 16 * i, 16)), 16)
+        with T.If(kc < passes - 1):
+            with T.Then():
+                for i in range(mr * nb):
+                    vstore(part, slot + 16 * i, vload(acc, 16 * i, 16), 16)
+            with T.Else():
+                for r in range(mr):
+                    with T.If(m0 + r < self.M):
+                        with T.Then():
+                            for j in range(nb):
+                                v = vload(acc, 16 * (r * nb + j), 16)
+                                store_output_vec(self.bufs, self.act, m0 + r, u * self.NR + 16 * j, v)
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The f32 FMA GEMM PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _FmaGemm(spec, bufs).build())
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the FMA loop nest."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["TYPES", "applicable", "build", "linear"]

@@ -1,0 +1,227 @@
+"""f32 GEMM on AVX-512 FMAs (``schedules/cpu_fma.py``): linear and conv2d with f32, f16 and bf16 weights and f32
+products, against float64 numpy, through both loop nests (by weights: fewer than ``BY_ROWS_FROM`` rows; by rows).
+
+Bound (u = 2^-24, f32's unit roundoff; the weights' values are taken as stored, so decoding f16 / bf16 is exact):
+|y - y64| <= (K + 4) u sum_k |x_k w_k| plus the epilogue's rounding (and, for 16-bit activation storage, half an
+ulp of the output type). A lost or doubled product, a wrong panel layout or a wrong conv tap fails it by orders of
+magnitude; the bf16-rounded products of ``--compute bf16`` would fail it too."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from schedules import cpu_fma
+from sdcompile.codegen import tvm_layer
+from sdcompile.ir.ops import gelu_np, im2col_np, quick_gelu_np, silu_np
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
+from sdcompile.quant.reference import dequantize, quantize
+from tests.kernels import fixtures as fx
+
+pytestmark = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
+
+U32 = 2.0**-24
+HALF_ULP = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+ACTS = {"none": lambda v: v, "gelu": gelu_np, "quick_gelu": quick_gelu_np, "silu": silu_np}
+CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}
+EPI = {"bias": True, "residual": False, "act": "none"}
+CASES = [
+    # by weights; N % 64 == 0 (6 x 4 register blocks), M = 154 (the SD text encoder's 2 x 77 tokens) leaves a
+    # partial row panel
+    ("linear", {"M": 154, "N": 128, "K": 96, "wtype": "f32", "bias": True, "residual": True, "act": "quick_gelu"}),
+    ("linear", {"M": 32, "N": 64, "K": 40, "wtype": "f16", **EPI}),  # the fewest rows it takes; K % 16 != 0
+    ("linear", {"M": 77, "N": 48, "K": 1000, "wtype": "bf16", **EPI | {"act": "gelu"}}),  # 8 x 3; several K passes
+    ("linear", {"M": 45, "N": 32, "K": 18, "wtype": "f32", "bias": False, "residual": True, "act": "silu"}),  # 14 x 2
+    ("linear", {"M": 50, "N": 16, "K": 64, "wtype": "f16", **EPI, "dt": "hh"}),  # 28 x 1; f16 activations
+    (
+        "linear",
+        {"M": 40, "N": 80, "K": 256, "wtype": "f32", "bias": True, "residual": True, "act": "none"} | {"dt": "bbb"},
+    ),  # bf16 activations (x, res and y)
+    # by rows (M >= BY_ROWS_FROM)
+    ("linear", {"M": 1030, "N": 192, "K": 200, "wtype": "f16", "bias": True, "residual": True, "act": "gelu"}),
+    ("linear", {"M": 1100, "N": 48, "K": 37, "wtype": "bf16", **EPI, "dt": "hh"}),
+    ("conv2d", {"B": 1, "H": 32, "W": 33, "C": 32, "N": 64, "wtype": "f16", **CONV3, "bias": True, "residual": True}),
+    # by weights
+    ("conv2d", {"B": 2, "H": 8, "W": 8, "C": 32, "N": 64, "wtype": "f32", **CONV3, "bias": True, "residual": False}),
+    (
+        "conv2d",
+        {"B": 1, "H": 15, "W": 15, "C": 48, "N": 32, "wtype": "bf16", "bias": True, "residual": False}
+        | {"kh": 3, "kw": 3, "stride": 2, "pads": (0, 0, 1, 1)},
+    ),
+    (
+        "conv2d",
+        {"B": 2, "H": 6, "W": 7, "C": 16, "N": 80, "wtype": "f16", "bias": False, "residual": True, "dt": "hhh"}
+        | {"kh": 1, "kw": 1, "stride": 1, "pads": (0, 0, 0, 0)},
+    ),
+    (
+        "conv2d",
+        {"B": 1, "H": 40, "W": 30, "C": 16, "N": 32, "wtype": "f32", "bias": True, "residual": False, "dt": "bb"}
+        | {"kh": 3, "kw": 3, "stride": 1, "pads": (2, 0, 1, 1)},  # by rows, asymmetric pads
+    ),
+]
+SPECS = [KernelSpec.make(op, **a) for op, a in CASES]
+NAN = KernelSpec.make("linear", M=40, N=64, K=48, wtype="f16", bias=True, residual=False, act="none")
+
+built = fx.built_fixture("cpu", lambda: SPECS + [NAN], "fma_cpu")
+ex = fx.executor_fixture("cpu")
+
+
+def test_dispatch():
+    from schedules import cpu_bf16_dot
+
+    for spec in SPECS + [NAN]:
+        assert cpu_fma.applicable(spec, 16), spec.name
+        assert not cpu_fma.applicable(spec, 8)  # AVX2: the tiled schedule
+    assert {cpu_fma._FmaGemm(s, {}).by_rows for s in SPECS} == {True, False}  # both loop nests are tested
+    base = {"M": 64, "N": 64, "K": 64, "wtype": "f16", **EPI}
+    for why, change in (
+        ("few rows", {"M": cpu_fma.FROM_ROWS - 1}),
+        ("quantized", {"wtype": "q8_0"}),
+        ("N % 16", {"N": 24}),
+        ("bf16 products", {"mma": "bf16"}),
+    ):
+        spec = KernelSpec.make("linear", **(base | change))
+        assert not cpu_fma.applicable(spec, 16), why
+    conv = KernelSpec.make("conv2d", B=1, H=8, W=8, C=4, N=32, wtype="f16", bias=False, residual=False, **CONV3)
+    assert not cpu_fma.applicable(conv, 16)  # channels not in whole vectors (a UNet's conv_in)
+    assert cpu_bf16_dot.TYPES == cpu_fma.TYPES
+
+
+def test_code_uses_zmm_fma():
+    """The products are 512-bit FMAs with accumulators in registers: the register block's MR x NB
+    ``vfmadd231ps`` on zmm registers, none of them with a memory destination (an accumulator spilled)."""
+    spec = SPECS[0]
+    target = tvm_layer.cpu_target()
+    asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
+    fmas = [ln.split("#")[0].strip() for ln in asm.splitlines() if "vfmadd231ps" in ln]
+    zmm = [f for f in fmas if f.count("%zmm") == 3]
+    assert len(zmm) >= cpu_fma.UNROLL * 24, len(zmm)
+    assert "vbroadcastss" in asm
+
+
+def _run(ex, spec, arrays):
+    args = []
+    for p in spec.params:
+        if p.is_output:
+            buf = ex.alloc(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize)
+            args.append((buf, p.shape, p.dtype))
+            continue
+        a = arrays[p.name] if p.kind == "raw" else arrays[p.name].astype(p.dtype)
+        buf = ex.alloc(max(a.nbytes, 4))
+        ex.upload(buf, a)
+        args.append((buf, (p.words(),) if p.kind == "raw" else p.shape, "uint32" if p.kind == "raw" else p.dtype))
+    ex.launch(spec.name, args)
+    out = spec.params[-1]
+    return ex.download(args[-1][0], out.shape, out.dtype).astype(np.float64)
+
+
+def _weights(spec, w: np.ndarray):
+    """(storage words, the values they hold as float64) of W [N, K] in the spec's weight type."""
+    wtype = str(spec.attr("wtype"))
+    raw = quantize(w.astype(np.float32), wtype)
+    words = np.zeros(spec.param("w").words() * 4, np.uint8)
+    words[: raw.size] = raw
+    return words.view(np.uint32), dequantize(raw, wtype, w.shape).astype(np.float64)
+
+
+def _act_input(spec, name: str, a: np.ndarray) -> np.ndarray:
+    """a as the kernel's parameter stores it (f32, or rounded to f16 / bf16), back in f32."""
+    return a.astype(spec.param(name).dtype).astype(np.float32)
+
+
+def _inputs(spec, rng):
+    M, N, K = gemm_mnk(spec)
+    words, w = _weights(spec, rng.standard_normal((N, K)) * 0.1)
+    arrays = {"x": _act_input(spec, "x", rng.standard_normal(spec.param("x").shape)), "w": words}
+    if spec.attr("bias"):
+        arrays["bias"] = rng.standard_normal(N).astype(np.float32)
+    if spec.attr("residual"):
+        arrays["res"] = _act_input(spec, "res", rng.standard_normal((M, N)))
+    return arrays, w
+
+
+def _gemm_x(spec, x: np.ndarray) -> np.ndarray:
+    M, _, K = gemm_mnk(spec)
+    x = x.astype(np.float64)
+    return (x if spec.op == "linear" else im2col_np(x, dict(spec.attrs))).reshape(M, K)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_f32_products_within_their_bound(ex, spec):
+    M, N, K = gemm_mnk(spec)
+    rng = np.random.default_rng(11)
+    arrays, w = _inputs(spec, rng)
+    xm = _gemm_x(spec, arrays["x"])
+    pre = xm @ w.T + (arrays["bias"] if spec.attr("bias") else 0)
+    y = ACTS[str(spec.attr("act", "none"))](pre) + (arrays["res"] if spec.attr("residual") else 0)
+    mag = np.abs(xm) @ np.abs(w).T
+    got = _run(ex, spec, arrays).reshape(M, N)
+    # the epilogue is monotone with slope <= 1.13 (gelu), so the sums' error bounds the outputs' after it
+    out_round = HALF_ULP[spec.param("y").dtype] * np.abs(y)
+    bound = 1.2 * (K + 4) * U32 * mag + 8 * U32 * (1 + np.abs(y)) + 1.01 * out_round
+    err = np.abs(got - y)
+    assert np.all(err <= bound), float(np.max(err / bound))
+    assert np.abs(y).max() > 1  # not trivially small
+
+
+def test_nan_propagates(ex):
+    """A NaN in x spoils its row of y, a NaN weight its column, and nothing else (none smeared across the rows
+    of a register block or the lanes of a packed panel)."""
+    M, N, K = gemm_mnk(NAN)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    x[7, 17] = np.nan
+    w = rng.standard_normal((N, K)) * 0.1
+    w[37, 6] = np.nan
+    words, _ = _weights(NAN, w)
+    got = _run(ex, NAN, {"x": x, "w": words, "bias": np.zeros(N, np.float32)})
+    bad = np.zeros((M, N), bool)
+    bad[7, :] = True
+    bad[:, 37] = True
+    np.testing.assert_array_equal(np.isnan(got), bad)
+
+
+def _build_run(tmp_path, spec, arrays, name: str) -> np.ndarray:
+    from runtime.executors.cpu import Executor
+    from sdcompile.codegen.build import build_kernels
+
+    out = tmp_path / name
+    out.mkdir()
+    ex = Executor(out, build_kernels([spec], "cpu", out), num_threads=2)
+    return _run(ex, spec, arrays)
+
+
+def test_blocked_rows_equal_unblocked(tmp_path, monkeypatch):
+    """By weights over more rows than one block holds (``cpu_amx.row_blocks``, lowered to force four blocks, the
+    last partial): each row is prepared and summed as before, so the same bits."""
+    from schedules import cpu_amx
+    from sdcompile.codegen import build
+
+    spec = KernelSpec.make("conv2d", B=1, H=19, W=17, C=32, N=64, wtype="f16", bias=True, residual=False, **CONV3)
+    M, _, K = gemm_mnk(spec)
+    arrays, _ = _inputs(spec, np.random.default_rng(7))
+    results = []
+    for block_bytes, blocks in ((cpu_amx.X_BLOCK_BYTES, 1), (100 * 4 * 16 * -(-K // 16), 4)):
+        monkeypatch.setattr(cpu_amx, "X_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(build, "_BUILT", {})  # the build cache keys on the specs, not on this setting
+        assert cpu_fma._FmaGemm(spec, {}).NBLK == blocks
+        results.append(_build_run(tmp_path, spec, arrays, f"b{blocks}"))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert np.abs(results[0]).max() > 0
+
+
+def test_panel_blocks_equal_one(tmp_path, monkeypatch):
+    """By rows with the packed weights in several blocks (``PANEL_BYTES`` lowered to one unit per block, the
+    last block partial): the same bits as one block."""
+    from sdcompile.codegen import build
+
+    spec = KernelSpec.make("linear", M=1024, N=320, K=64, wtype="bf16", bias=True, residual=False, act="silu")
+    arrays, _ = _inputs(spec, np.random.default_rng(9))
+    results = []
+    for panel_bytes, blocks in ((cpu_fma.PANEL_BYTES, 1), (2 * 4 * 64 * 64, 3)):  # 5 units: 2 + 2 + 1
+        monkeypatch.setattr(cpu_fma, "PANEL_BYTES", panel_bytes)
+        monkeypatch.setattr(build, "_BUILT", {})
+        assert cpu_fma._FmaGemm(spec, {}).PB == blocks
+        results.append(_build_run(tmp_path, spec, arrays, f"p{blocks}"))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert np.abs(results[0]).max() > 0
