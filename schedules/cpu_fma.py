@@ -62,6 +62,8 @@ MIN_PANELS = 16  # row panels per task at least (by weights): each task packs it
 GROUP_PANELS = 16  # row panels per pass of K: their x slices (16 MR x KC f32, 48 KiB at MR 6) come from L2
 L1_BYTES = 36 << 10  # a pass's weight slice (KC x NR f32) at most this: it stays in the 48 KiB L1 while x passes
 PANEL_BYTES = 8 << 20  # by rows: packed weight units per block at most this (a 1280 x 11520 conv: 59 MB in f32)
+X_PAD = 0
+UNIT_L2_BYTES = 1 << 20
 UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
 
 
@@ -100,16 +102,19 @@ class _FmaGemm:
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
         self.KV = -(-self.K // 16)  # 16-value vectors per row of x (the last one zero-padded)
         self.KR = 16 * self.KV  # prepared row length
+        self.XS = self.KR + X_PAD  # prepared row stride
         NT = self.N // 16
         self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
         self.MR = MR_BY_NB[self.NB]
         self.NR = 16 * self.NB
         self.NU = NT // self.NB  # weight units
         self.UW = self.KR * self.NR  # f32 words of a packed unit
-        # K in passes of KC values (a multiple of 16 dividing KR) whose weight slice, KC x NR f32, fits L1_BYTES
-        kv = max([d for d in range(1, self.KV + 1) if self.KV % d == 0 and 64 * d * self.NR <= L1_BYTES])
-        self.KC = 16 * kv
         self.by_rows = self.M >= BY_ROWS_FROM
+        # K in passes of KC values (a multiple of 16; the last pass may be shorter) whose weight slice, KC x NR
+        # f32, fits L1_BYTES; by weights, one pass where the whole unit fits UNIT_L2_BYTES
+        one_pass = not self.by_rows and 4 * self.UW <= UNIT_L2_BYTES
+        self.KC = self.KR if one_pass else 16 * max(1, min(self.KV, L1_BYTES // (64 * self.NR)))
+        self.passes = -(-self.KR // self.KC)
         if self.by_rows:
             self.RG = GROUP_PANELS * self.MR  # rows of x per group
             self.GR = -(-self.M // self.RG)  # groups
@@ -119,7 +124,7 @@ class _FmaGemm:
             self.UPB = max(1, min(self.NU, PANEL_BYTES // (4 * self.UW)))  # units per panel block
             self.PB = -(-self.NU // self.UPB)
         else:
-            self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
+            self.MB, self.NBLK = row_blocks(self.M, 4 * self.XS, align=self.MR)
             self.MP = self.MB // self.MR  # row panels per block
             self.MS = max(1, min(self.MP // MIN_PANELS, -(-TASKS // self.NU)))
             self.PPT = -(-self.MP // self.MS)  # row panels per task
@@ -133,12 +138,12 @@ class _FmaGemm:
         if self.by_rows:
             self.rows_first()
             return
-        self.xb = T.alloc_buffer((self.MB * self.KR,), "float32")
+        self.xb = T.alloc_buffer((self.MB * self.XS,), "float32")
 
         def block(m0) -> None:
             self.m0 = m0
             with T.parallel(0, self.MB) as ml:
-                self.prep_row(T.bind(m0 + ml) if self.NBLK > 1 else ml, self.xb, ml * self.KR)
+                self.prep_row(T.bind(m0 + ml) if self.NBLK > 1 else ml, self.xb, ml * self.XS)
             self.tiles()
 
         over_row_blocks(self.NBLK, self.MB, block)
@@ -235,7 +240,7 @@ class _FmaGemm:
             part = T.alloc_buffer((GROUP_PANELS * self.MR * self.NR,), "float32")
             self.pack(panel, 0, u)
             with T.serial(0, -(-self.PPT // GROUP_PANELS)) as g:
-                with T.serial(0, self.KR // self.KC) as kc:
+                with T.serial(0, self.passes) as kc:
                     with T.serial(0, GROUP_PANELS) as t:
                         tt = g * GROUP_PANELS + t
                         mp = T.bind((task % self.MS) * self.PPT + tt)
@@ -257,16 +262,16 @@ class _FmaGemm:
                     with T.Then():
                         self.pack(panel, ul * self.UW, pb * self.UPB + ul)
             with T.parallel(0, self.CH) as c:
-                xg = T.alloc_buffer((self.RG * self.KR,), "float32")
+                xg = T.alloc_buffer((self.RG * self.XS,), "float32")
                 part = T.alloc_buffer((self.RG * self.NR,), "float32")
                 with T.serial(0, self.GPC) as gi:
                     g = T.bind(c * self.GPC + gi)
                     with T.If(g < self.GR):
                         with T.Then():
                             with T.serial(0, self.RG) as ml:
-                                self.prep_row(g * self.RG + ml, xg, ml * self.KR)
+                                self.prep_row(g * self.RG + ml, xg, ml * self.XS)
                             with T.serial(0, units) as ul:
-                                with T.serial(0, self.KR // self.KC) as kc:
+                                with T.serial(0, self.passes) as kc:
                                     with T.serial(0, GROUP_PANELS) as t:
                                         m0 = g * self.RG + t * self.MR
                                         u = pb * self.UPB + ul
@@ -282,7 +287,6 @@ class _FmaGemm:
         mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
         acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
         slot = t * mr * self.NR
-        passes = self.KR // self.KC
         with T.If(kc == 0):
             with T.Then():
                 for i in range(mr * nb):
@@ -290,16 +294,17 @@ class _FmaGemm:
             with T.Else():
                 for i in range(mr * nb):
                     vstore(acc, 16 * i, vload(part, slot + 16 * i, 16), 16)
-        with T.serial(0, self.KC // UNROLL) as kk:
+        steps = self.KC if self.KR % self.KC == 0 else T.min(self.KC, self.KR - kc * self.KC)
+        with T.serial(0, steps // UNROLL) as kk:
             for e in range(UNROLL):
                 k = T.bind(kc * self.KC + kk * UNROLL + e)
                 wv = [T.bind(vload(panel, pofs + k * self.NR + 16 * j, 16)) for j in range(nb)]
                 for r in range(mr):
-                    xv = T.Broadcast(xb[(xr + r) * self.KR + k], 16)
+                    xv = T.Broadcast(xb[(xr + r) * self.XS + k], 16)
                     for j in range(nb):
                         i = r * nb + j
                         vstore(acc, 16 * i, _fma(xv, wv[j], vload(acc, 16 * i, 16)), 16)
-        with T.If(kc < passes - 1):
+        with T.If(kc < self.passes - 1):
             with T.Then():
                 for i in range(mr * nb):
                     vstore(part, slot + 16 * i, vload(acc, 16 * i, 16), 16)

@@ -37,6 +37,8 @@ CASES = [
         "linear",
         {"M": 40, "N": 80, "K": 256, "wtype": "f32", "bias": True, "residual": True, "act": "none"} | {"dt": "bbb"},
     ),  # bf16 activations (x, res and y)
+    # K passes by weights (the unit over UNIT_L2_BYTES), the last one shorter
+    ("linear", {"M": 40, "N": 64, "K": 4200, "wtype": "f16", **EPI}),
     # by rows (M >= BY_ROWS_FROM)
     ("linear", {"M": 1030, "N": 192, "K": 200, "wtype": "f16", "bias": True, "residual": True, "act": "gelu"}),
     ("linear", {"M": 1100, "N": 48, "K": 37, "wtype": "bf16", **EPI, "dt": "hh"}),
@@ -72,7 +74,10 @@ def test_dispatch():
     for spec in SPECS + [NAN]:
         assert cpu_fma.applicable(spec, 16), spec.name
         assert not cpu_fma.applicable(spec, 8)  # AVX2: the tiled schedule
-    assert {cpu_fma._FmaGemm(s, {}).by_rows for s in SPECS} == {True, False}  # both loop nests are tested
+    nests = {(g.by_rows, g.passes > 1, g.KR % g.KC > 0) for g in (cpu_fma._FmaGemm(s, {}) for s in SPECS)}
+    # both loop nests, K in one pass and in several, a short last pass
+    assert {(r, p) for r, p, _ in nests} >= {(False, False), (False, True), (True, True)}
+    assert any(short for _, _, short in nests)
     base = {"M": 64, "N": 64, "K": 64, "wtype": "f16", **EPI}
     for why, change in (
         ("few rows", {"M": cpu_fma.FROM_ROWS - 1}),
