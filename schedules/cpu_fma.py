@@ -62,7 +62,6 @@ MIN_PANELS = 16  # row panels per task at least (by weights): each task packs it
 GROUP_PANELS = 16  # row panels per pass of K: their x slices (16 MR x KC f32, 48 KiB at MR 6) come from L2
 L1_BYTES = 36 << 10  # a pass's weight slice (KC x NR f32) at most this: it stays in the 48 KiB L1 while x passes
 PANEL_BYTES = 8 << 20  # by rows: packed weight units per block at most this (a 1280 x 11520 conv: 59 MB in f32)
-X_PAD = 0
 UNIT_L2_BYTES = 1 << 20
 UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
 
@@ -102,7 +101,6 @@ class _FmaGemm:
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
         self.KV = -(-self.K // 16)  # 16-value vectors per row of x (the last one zero-padded)
         self.KR = 16 * self.KV  # prepared row length
-        self.XS = self.KR + X_PAD  # prepared row stride
         NT = self.N // 16
         self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
         self.MR = MR_BY_NB[self.NB]
@@ -124,11 +122,12 @@ class _FmaGemm:
             self.UPB = max(1, min(self.NU, PANEL_BYTES // (4 * self.UW)))  # units per panel block
             self.PB = -(-self.NU // self.UPB)
         else:
-            self.MB, self.NBLK = row_blocks(self.M, 4 * self.XS, align=self.MR)
+            self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
             self.MP = self.MB // self.MR  # row panels per block
             self.MS = max(1, min(self.MP // MIN_PANELS, -(-TASKS // self.NU)))
             self.PPT = -(-self.MP // self.MS)  # row panels per task
             self.MS = -(-self.MP // self.PPT)
+        self.xrows = self.RG if self.by_rows else self.MB  # rows of prepared x held at a time
 
     def build(self) -> None:
         w = self.bufs["w"]
@@ -138,36 +137,45 @@ class _FmaGemm:
         if self.by_rows:
             self.rows_first()
             return
-        self.xb = T.alloc_buffer((self.MB * self.XS,), "float32")
+        self.xb = T.alloc_buffer((self.passes * self.MB * self.KC,), "float32")
 
         def block(m0) -> None:
             self.m0 = m0
             with T.parallel(0, self.MB) as ml:
-                self.prep_row(T.bind(m0 + ml) if self.NBLK > 1 else ml, self.xb, ml * self.XS)
+                self.prep_row(T.bind(m0 + ml) if self.NBLK > 1 else ml, self.xb, ml)
             self.tiles()
 
         over_row_blocks(self.NBLK, self.MB, block)
 
     # -- activations --
 
-    def prep_row(self, m, xb, at) -> None:
+    def xat(self, ml, k, kc=None):
+        """Where value k of prepared row ml lies: rows of KR values with K in one pass; else per pass a block of
+        rows of KC values (the pass's slices of consecutive row panels are contiguous, which the prefetchers
+        follow: rows of KR values, 46 KB apart in a UNet 8x8 conv, left each slice a few scattered lines)."""
+        if self.passes == 1:
+            return ml * self.KR + k
+        kc = k // self.KC if kc is None else kc
+        return kc * (self.xrows * self.KC) + ml * self.KC + (k - kc * self.KC)
+
+    def prep_row(self, m, xb, ml) -> None:
         """Row m of x (a conv: patch m) as KR f32 values at xb[at:]: zeros past K, and a whole row of zeros for
         m >= M (the last row panel's padding)."""
         x = self.bufs["x"]
         with T.If(m < self.M):
             with T.Then():
                 if self.conv is not None:
-                    self.prep_patch(m, xb, at)
+                    self.prep_patch(m, xb, ml)
                 else:
                     with T.serial(0, self.K // 16) as v:
-                        vstore(xb, at + 16 * v, x_vector(None, x, m, 16 * v), 16)
+                        vstore(xb, self.xat(ml, 16 * v), x_vector(None, x, m, 16 * v), 16)
                     if self.K % 16:
-                        self._tail(x, m, xb, at)
+                        self._tail(x, m, xb, ml)
             with T.Else():
                 with T.serial(0, self.KV) as v:
-                    vstore(xb, at + 16 * v, splat(0.0, "float32", 16), 16)
+                    vstore(xb, self.xat(ml, 16 * v), splat(0.0, "float32", 16), 16)
 
-    def prep_patch(self, m, xb, at) -> None:
+    def prep_patch(self, m, xb, ml) -> None:
         """Patch m of the conv: per tap one bounds check, then the tap's C channels (whole vectors) straight from x."""
         a = self.conv
         H, W, C, kh, kw, st = (int(a[n]) for n in ("H", "W", "C", "kh", "kw", "stride"))
@@ -185,17 +193,17 @@ class _FmaGemm:
                 with T.Then():
                     with T.serial(0, C // 16) as c:
                         v = load_f32(x, [b, iy, ix, T.Ramp(c * 16, 1, 16)], 16)
-                        vstore(xb, at + tap * C + 16 * c, v, 16)
+                        vstore(xb, self.xat(ml, tap * C + 16 * c), v, 16)
                 with T.Else():
                     with T.serial(0, C // 16) as c:
-                        vstore(xb, at + tap * C + 16 * c, splat(0.0, "float32", 16), 16)
+                        vstore(xb, self.xat(ml, tap * C + 16 * c), splat(0.0, "float32", 16), 16)
 
-    def _tail(self, x, m, xb, at) -> None:
+    def _tail(self, x, m, xb, ml) -> None:
         """x[m, K - K % 16:] then zeros: the row's last, partial vector, value by value."""
         k0 = 16 * (self.KV - 1)
         for i in range(16):
             v = load_f32(x, [m, k0 + i]) if k0 + i < self.K else T.float32(0)
-            T.buffer_store(xb, v, [at + k0 + i])
+            T.buffer_store(xb, v, [self.xat(ml, k0) + i])
 
     # -- weights --
 
@@ -212,42 +220,67 @@ class _FmaGemm:
         wide = T.Cast(f"uint32x{lanes}", T.reinterpret(f"uint16x{lanes}", bits)) << splat(16, "uint32", lanes)
         return T.reinterpret(f"float32x{lanes}", wide)
 
-    def pack(self, panel, base, u) -> None:
-        """Unit u's NR weight rows, transposed, at panel[base:]: [k][NR] with panel[base + k NR + 16 j + r] =
-        W[NR u + 16 j + r, k], zeros past K. 16 x 16 blocks are transposed in registers, so the panel is written
-        in whole vectors."""
-        nb = self.NB
-        with T.serial(0, nb) as j:
+    def pack(self, panel, base, u, v0=0, nv=None) -> None:
+        """Unit u's NR weight rows, transposed, for K's vectors v0 .. v0 + nv (default: all) at panel[base:]:
+        [k - 16 v0][NR] with panel[base + (k - 16 v0) NR + 16 j + r] = W[NR u + 16 j + r, k], zeros past K.
+        16 x 16 blocks are transposed in registers, so the panel is written in whole vectors; the last, partial
+        vector of K value by value."""
+        nv = self.KV if nv is None else nv
+        full = self.K // 16  # vectors of K without padding
+        with T.serial(0, self.NB) as j:
             row0 = u * self.NR + 16 * j
-            if self.K // 16:
-                with T.serial(0, self.K // 16) as v:
-                    rows = [T.bind(self._wvec(row0 + r, 16 * v, 16)) for r in range(16)]
-                    for p, vec in enumerate(_transpose16(rows)):
-                        vstore(panel, base + (16 * v + p) * self.NR + 16 * j, vec, 16)
-            for k in range(self.K // 16 * 16, self.KR):  # the last, partial vector: value by value
-                with T.serial(0, 16) as r:
-                    v = self._wvec(row0 + r, k, 1) if k < self.K else T.float32(0)
-                    T.buffer_store(panel, v, [base + k * self.NR + 16 * j + r])
+            with T.serial(0, nv) as i:
+                v = v0 + i
+                at = base + 16 * i * self.NR + 16 * j
+                if full == self.KV:
+                    self._pack_block(panel, at, row0, v)
+                else:
+                    with T.If(v < full):
+                        with T.Then():
+                            self._pack_block(panel, at, row0, v)
+                        with T.Else():
+                            self._pack_tail(panel, at, row0)
+
+    def _pack_block(self, panel, at, row0, v) -> None:
+        rows = [T.bind(self._wvec(row0 + r, 16 * v, 16)) for r in range(16)]
+        for p, vec in enumerate(_transpose16(rows)):
+            vstore(panel, at + p * self.NR, vec, 16)
+
+    def _pack_tail(self, panel, at, row0) -> None:
+        k0 = self.K // 16 * 16
+        for p in range(16):
+            with T.serial(0, 16) as r:
+                v = self._wvec(row0 + r, k0 + p, 1) if k0 + p < self.K else T.float32(0)
+                T.buffer_store(panel, v, [at + p * self.NR + r])
 
     # -- loop nests --
 
     def tiles(self) -> None:
-        """By weights: a task packs its unit, then runs its range of the block's row panels over it, in groups
-        of GROUP_PANELS panels per pass of KC values of K."""
+        """By weights: a task takes a weight unit and a range of the block's row panels. With K in one pass it
+        packs the whole unit (L2) and runs its panels over it; with several, per pass it packs the unit's slice
+        (L1) and runs every panel of its range over it (their sums wait between passes), so a unit too large for
+        L2 is never written out whole (a UNet 8x8 conv's unit, 2.9 MB, cost as much to pack as to multiply)."""
         with T.parallel(0, self.NU * self.MS) as task:
             u = T.bind(task // self.MS)
-            panel = T.alloc_buffer((self.UW,), "float32")
-            part = T.alloc_buffer((GROUP_PANELS * self.MR * self.NR,), "float32")
-            self.pack(panel, 0, u)
-            with T.serial(0, -(-self.PPT // GROUP_PANELS)) as g:
-                with T.serial(0, self.passes) as kc:
-                    with T.serial(0, GROUP_PANELS) as t:
-                        tt = g * GROUP_PANELS + t
-                        mp = T.bind((task % self.MS) * self.PPT + tt)
-                        with T.If(tirx.all(tt < self.PPT, mp < self.MP)):
-                            with T.Then():
-                                m0 = self.m0 + mp * self.MR if self.NBLK > 1 else mp * self.MR
-                                self.micro(panel, 0, self.xb, mp * self.MR, part, t, u, m0, kc)
+            if self.passes == 1:
+                panel = T.alloc_buffer((self.UW,), "float32")
+                self.pack(panel, 0, u)
+            else:
+                panel = T.alloc_buffer((self.KC * self.NR,), "float32")
+                part = T.alloc_buffer((self.PPT * self.MR * self.NR,), "float32")
+            with T.serial(0, self.passes) as kc:
+                if self.passes > 1:
+                    v0 = kc * (self.KC // 16)
+                    self.pack(panel, 0, u, v0, T.min(self.KC // 16, self.KV - v0))
+                with T.serial(0, self.PPT) as t:
+                    mp = T.bind((task % self.MS) * self.PPT + t)
+                    with T.If(mp < self.MP):
+                        with T.Then():
+                            m0 = self.m0 + mp * self.MR if self.NBLK > 1 else mp * self.MR
+                            pofs = -kc * self.KC * self.NR if self.passes > 1 else 0
+                            self.micro(
+                                panel, pofs, self.xb, mp * self.MR, part if self.passes > 1 else None, t, u, m0, kc
+                            )
 
     def rows_first(self) -> None:
         """By rows (M >= BY_ROWS_FROM): per block of weight units, the block is packed once (in parallel); then each
@@ -262,14 +295,14 @@ class _FmaGemm:
                     with T.Then():
                         self.pack(panel, ul * self.UW, pb * self.UPB + ul)
             with T.parallel(0, self.CH) as c:
-                xg = T.alloc_buffer((self.RG * self.XS,), "float32")
+                xg = T.alloc_buffer((self.passes * self.RG * self.KC,), "float32")
                 part = T.alloc_buffer((self.RG * self.NR,), "float32")
                 with T.serial(0, self.GPC) as gi:
                     g = T.bind(c * self.GPC + gi)
                     with T.If(g < self.GR):
                         with T.Then():
                             with T.serial(0, self.RG) as ml:
-                                self.prep_row(g * self.RG + ml, xg, ml * self.XS)
+                                self.prep_row(g * self.RG + ml, xg, ml)
                             with T.serial(0, units) as ul:
                                 with T.serial(0, self.passes) as kc:
                                     with T.serial(0, GROUP_PANELS) as t:
@@ -287,34 +320,49 @@ class _FmaGemm:
         mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
         acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
         slot = t * mr * self.NR
-        with T.If(kc == 0):
-            with T.Then():
-                for i in range(mr * nb):
-                    vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
-            with T.Else():
-                for i in range(mr * nb):
-                    vstore(acc, 16 * i, vload(part, slot + 16 * i, 16), 16)
+
+        def zero() -> None:
+            for i in range(mr * nb):
+                vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
+
+        if self.passes == 1:
+            zero()
+        else:
+            with T.If(kc == 0):
+                with T.Then():
+                    zero()
+                with T.Else():
+                    for i in range(mr * nb):
+                        vstore(acc, 16 * i, vload(part, slot + 16 * i, 16), 16)
         steps = self.KC if self.KR % self.KC == 0 else T.min(self.KC, self.KR - kc * self.KC)
         with T.serial(0, steps // UNROLL) as kk:
             for e in range(UNROLL):
                 k = T.bind(kc * self.KC + kk * UNROLL + e)
                 wv = [T.bind(vload(panel, pofs + k * self.NR + 16 * j, 16)) for j in range(nb)]
                 for r in range(mr):
-                    xv = T.Broadcast(xb[(xr + r) * self.XS + k], 16)
+                    xv = T.Broadcast(xb[self.xat(xr + r, k, kc)], 16)
                     for j in range(nb):
                         i = r * nb + j
                         vstore(acc, 16 * i, _fma(xv, wv[j], vload(acc, 16 * i, 16)), 16)
+        if self.passes == 1:
+            self.epilogue(acc, u, m0)
+            return
         with T.If(kc < self.passes - 1):
             with T.Then():
                 for i in range(mr * nb):
                     vstore(part, slot + 16 * i, vload(acc, 16 * i, 16), 16)
             with T.Else():
-                for r in range(mr):
-                    with T.If(m0 + r < self.M):
-                        with T.Then():
-                            for j in range(nb):
-                                v = vload(acc, 16 * (r * nb + j), 16)
-                                store_output_vec(self.bufs, self.act, m0 + r, u * self.NR + 16 * j, v)
+                self.epilogue(acc, u, m0)
+
+    def epilogue(self, acc, u, m0) -> None:
+        """The block's sums through the fused epilogue to rows m0 .. m0 + MR - 1 (those below M) of y."""
+        nb = self.NB
+        for r in range(self.MR):
+            with T.If(m0 + r < self.M):
+                with T.Then():
+                    for j in range(nb):
+                        v = vload(acc, 16 * (r * nb + j), 16)
+                        store_output_vec(self.bufs, self.act, m0 + r, u * self.NR + 16 * j, v)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
