@@ -54,9 +54,11 @@ def check_cpu(cpu: dict) -> None:
     """Refuse, naming them, an artifact whose CPU code needs instructions this CPU lacks (the manifest's
     ``kernels.cpu.requires``): LLVM compiled it for the compiling machine's CPU, and running it here would stop
     with an illegal instruction part-way through."""
-    need = cpu.get("requires") or []
+    need = cpu.get("requires", []) if isinstance(cpu, dict) else None
+    if not isinstance(need, list) or not all(isinstance(f, str) for f in need):
+        raise ArtifactError("the manifest's kernels.cpu.requires is not a list of CPU flag names; recompile the model")
     have = cpu_flags()
-    if have is None or not isinstance(need, list):
+    if have is None:
         return
     missing = [f for f in need if f not in have]
     if missing:
@@ -112,7 +114,7 @@ class Executor:
     def __init__(self, artifact_dir: Path, kernels: dict, num_threads: int | None = None):
         self._tvm = _import_tvm()
         self.artifact_dir = Path(artifact_dir)
-        check_cpu((kernels.get("cpu") or {}) if isinstance(kernels, dict) else {})
+        check_cpu(kernels.get("cpu", {}) if isinstance(kernels, dict) else {})
         self.kernels = kernel_table(kernels)
         self.num_threads = set_num_threads(self._tvm, num_threads)
         modules: dict[str, object] = {}
