@@ -74,3 +74,22 @@ def launch(ex, name: str, inputs: list, out_shape: tuple[int, ...]):
     args.append((y, out_shape, "float32"))
     ex.launch(name, args)
     return ex.download(y, out_shape, "float32")
+
+
+def run_spec(ex, spec, arrays: dict):
+    """Run ``spec``'s kernel on ``ex`` with ``arrays`` (parameter name -> array; a raw weight as its uint32 words,
+    activations cast to the parameter's dtype) and return its output, downloaded in the output's own dtype."""
+    import numpy as np
+
+    args = []
+    for p in spec.params:
+        if p.is_output:
+            args.append((ex.alloc(max(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize, 4)), p.shape, p.dtype))
+            continue
+        a = arrays[p.name] if p.kind == "raw" else np.asarray(arrays[p.name]).astype(p.dtype)
+        buf = ex.alloc(max(a.nbytes, 4))
+        ex.upload(buf, a)
+        args.append((buf, (p.words(),) if p.kind == "raw" else p.shape, "uint32" if p.kind == "raw" else p.dtype))
+    ex.launch(spec.name, args)
+    out = spec.params[-1]
+    return ex.download(args[-1][0], out.shape, out.dtype)

@@ -87,15 +87,7 @@ def test_code_uses_vdpbf16ps(monkeypatch):
 
 
 def _run(ex, spec, arrays):
-    args = []
-    for p in spec.params:
-        a = np.zeros(p.shape, np.float32) if p.is_output else arrays[p.name]
-        buf = ex.alloc(max(a.nbytes, 4))
-        ex.upload(buf, a)
-        args.append((buf, (p.words(),) if p.kind == "raw" else p.shape, "uint32" if p.kind == "raw" else p.dtype))
-    ex.launch(spec.name, args)
-    out = spec.params[-1]
-    return ex.download(args[-1][0], out.shape, "float32").astype(np.float64)
+    return fx.run_spec(ex, spec, arrays).astype(np.float64)
 
 
 def _weights(spec, w: np.ndarray):
