@@ -10,25 +10,51 @@ tap at a time: one bounds check, then the tap's channels), rows past M zeros up 
 
 Register block: MR rows of x by NB weight vectors, MR x NB f32 accumulators (6 x 4, 8 x 3, 14 x 2, 28 x 1: 24 to 28
 of the 32 zmm registers), NB weight vectors and one broadcast. Per step of K, NB vector loads, MR broadcasts of one
-x value each (``vbroadcastss``) and MR x NB ``vfmadd231ps``; two steps per loop iteration. K runs in passes of KC
-values whose weight slice (KC x NR f32, <= ``L1_BYTES``) stays in L1 while ``GROUP_PANELS`` row panels pass over it;
-between passes the sums wait in a small buffer (per panel, 24 vector stores and loads per KC steps). After the last
-pass the sums leave the registers through the fused epilogue (``tir_build.store_output_vec``: bias, activation,
-residual, the output's storage type) on vectors of 16 consecutive outputs. Summation is plain f32, k in order.
+x value each (``vbroadcastss``) and MR x NB ``vfmadd231ps``; two steps per loop iteration (+5% over one). After
+the last step the sums leave the registers through the fused epilogue (``tir_build.store_output_vec``: bias,
+activation, residual, the output's storage type) on vectors of 16 consecutive outputs. Summation is plain f32, k in
+order (the results equal the tiled schedule's bit for bit on the shapes measured).
+
+K passes. Where a unit's panel is larger than L2 can keep beside x, K runs in passes of KC values whose weight slice
+(KC x NR f32, <= ``L1_BYTES``) stays in L1 while row panels pass over it; between passes the sums wait in a small
+buffer (24 vector stores and loads per panel and pass, against 24 KC FMAs). Prepared x is then laid out pass by
+pass (a pass's slices of consecutive rows are contiguous, which the prefetchers follow). By weights a unit that
+fits ``UNIT_L2_BYTES`` (the text encoder's, up to 768 KB) goes in one pass: passes there cost 10%.
 
 Two loop nests, as in ``cpu_amx_bf16``:
-- **By weights** (M < ``BY_ROWS_FROM``: prompts, the UNet's small levels): x prepared first (parallel over rows, in
-  blocks under ``cpu_amx.X_BLOCK_BYTES``), then parallel tasks of (weight unit, range of row panels): a task packs
-  its unit (L2) and runs its panels over it.
-- **By rows** (M >= ``BY_ROWS_FROM``: image tokens, conv pixels): the weights are packed once per call (blocks of
-  ``PANEL_BYTES``, in parallel), then each parallel chunk takes groups of 16 MR rows, prepares a group (it stays in
-  L2) and runs every unit over it. Nothing of size M x K is stored: the loop nest by weights on a UNet 3x3 conv
-  (M 8192, K 2880) wrote a 94 MB patch matrix and read it back once per unit, from memory; by rows it is 1.5x
-  faster on one thread (115 -> 177 GFLOP/s) and more on two, where both cores share the memory bus.
+- **By weights** (M < ``BY_ROWS_FROM``: prompts, the UNet's 16x16 and 8x8 levels): x prepared first (parallel over
+  rows, in blocks under ``cpu_amx.X_BLOCK_BYTES``), then parallel tasks of (weight unit, range of row panels): a
+  task packs its unit (one pass) or, per pass, the unit's slice (a UNet 8x8 conv's unit is 2.9 MB: packing it
+  whole into L3 cost as much as its products; per slice, 8x8 108 -> 124 GFLOP/s, 16x16 136 -> 153).
+- **By rows** (M >= ``BY_ROWS_FROM``: image tokens, conv pixels; by rows at M 154 was 25% slower): the weights are
+  packed once per call (blocks of ``PANEL_BYTES``, in parallel), then each parallel task takes a group of
+  ``GROUP_PANELS`` row panels, prepares it (L2) and runs every unit over it, unit by unit, or pass by pass where
+  the group exceeds ``GROUP_L2_BYTES`` (a 32x32 conv, K 5760: +5%). Nothing of size M x K is stored: by weights, a
+  UNet 64x64 3x3 conv (M 8192, K 2880) wrote a 94 MB patch matrix and read it back once per unit from memory (115
+  GFLOP/s on one thread; by rows 170). One group per task: 2 threads split 15 tasks of a few groups 8 / 7 (64x64
+  conv on 2 threads 319 -> 363 GFLOP/s).
 
-Measurements (this 2-core Xeon, AVX-512, 2 FMA ports; f32 FMA peak ~215 GFLOP/s per thread; one thread, CPU time,
-best of several; ``benchmarks/fma_gemm.py``): see the table in that benchmark's docstring. Single-thread runs vary
-by +-10% with the machine's other load.
+Measurements: GFLOP/s, ``benchmarks/fma_gemm.py`` on this 2-core Xeon (AVX-512, 2 FMA ports; f32 FMA peak 430
+GFLOP/s on two threads, one thread runs faster than half of it), bias, f32 weights for the text encoder and f16 for
+the UNet; 1 thread CPU time, 2 threads wall time, one run each on a quiet machine (runs vary by 5-10%):
+
+    shape                            1 thread: fma  tiled  torch   2 threads: fma  tiled  torch
+    te qkv/out 154x768->768                    184    189    151              318    355    303
+    te fc1 154x768->3072 quick_gelu            177    160    145              322    356    302
+    te fc2 154x3072->768                       185    162    174              326    345    331
+    unet conv 64x64 320->320                   188    182    213              372    365    417
+    unet conv 32x32 640->640                   179    177    214              351    354    427
+    unet conv 16x16 1280->1280                 174    148    145              341    297    274
+    unet conv 8x8 1280->1280                   146    133     79              270    266    209
+    unet linear ff 8192x320->2560              176    137    147              348    274    271
+    unet linear out 8192x1280->320             183    148    188              352    284    162
+
+Alone, one kernel called over and over (its weights stay in L3), the text encoder's shapes on 2 threads are as
+fast or faster with the tiled schedule (fc1: 320-375 against 315-325 in three runs); in the model, where each
+layer's weights come from memory, ``sdcompile bench --profile`` measures 330-346 GFLOP/s for this kernel against
+280-303 for the tiled one, and the SD1.5 text encoder in f32 (batch 2, ``sdcompile bench --threads 2``, min of 30)
+runs in 85 ms against 99 ms. Not reached: PyTorch's oneDNN on the 64x64 and 32x32 convs (~213 GFLOP/s on one
+thread, 420 on two); there the two schedules are within noise of each other.
 """
 
 from __future__ import annotations
@@ -63,6 +89,7 @@ GROUP_PANELS = 16  # row panels per pass of K: their x slices (16 MR x KC f32, 4
 L1_BYTES = 36 << 10  # a pass's weight slice (KC x NR f32) at most this: it stays in the 48 KiB L1 while x passes
 PANEL_BYTES = 8 << 20  # by rows: packed weight units per block at most this (a 1280 x 11520 conv: 59 MB in f32)
 UNIT_L2_BYTES = 1 << 20
+GROUP_L2_BYTES = 1 << 20  # by rows: a group of prepared x larger than this goes pass by pass over every unit
 UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
 
 
@@ -119,6 +146,9 @@ class _FmaGemm:
             self.GR = -(-self.M // self.RG)  # groups
             self.UPB = max(1, min(self.NU, PANEL_BYTES // (4 * self.UW)))  # units per panel block
             self.PB = -(-self.NU // self.UPB)
+            # a group too large for L2: each pass's x slice serves every unit before the next pass (the sums of the
+            # whole group wait between passes)
+            self.pass_outer = self.passes > 1 and 4 * self.RG * self.KR > GROUP_L2_BYTES
         else:
             self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
             self.MP = self.MB // self.MR  # row panels per block
@@ -295,15 +325,27 @@ class _FmaGemm:
             # one task per group: with a few groups per task, 2 threads split 15 tasks 8 / 7 (-7% on a UNet conv)
             with T.parallel(0, self.GR) as g:
                 xg = T.alloc_buffer((self.passes * self.RG * self.KC,), "float32")
-                part = T.alloc_buffer((self.RG * self.NR,), "float32")
+                part = T.alloc_buffer(
+                    (self.UPB * self.RG * self.NR if self.pass_outer else self.RG * self.NR,), "float32"
+                )
                 with T.serial(0, self.RG) as ml:
                     self.prep_row(g * self.RG + ml, xg, ml)
-                with T.serial(0, units) as ul:
+
+                def run(ul, kc, t, slot) -> None:
+                    m0 = g * self.RG + t * self.MR
+                    u = pb * self.UPB + ul
+                    self.micro(panel, ul * self.UW, xg, t * self.MR, part, slot, u, m0, kc)
+
+                if self.pass_outer:
                     with T.serial(0, self.passes) as kc:
-                        with T.serial(0, GROUP_PANELS) as t:
-                            m0 = g * self.RG + t * self.MR
-                            u = pb * self.UPB + ul
-                            self.micro(panel, ul * self.UW, xg, t * self.MR, part, t, u, m0, kc)
+                        with T.serial(0, units) as ul:
+                            with T.serial(0, GROUP_PANELS) as t:
+                                run(ul, kc, t, ul * GROUP_PANELS + t)
+                else:
+                    with T.serial(0, units) as ul:
+                        with T.serial(0, self.passes) as kc:
+                            with T.serial(0, GROUP_PANELS) as t:
+                                run(ul, kc, t, t)
 
     def micro(self, panel, pofs, xb, xr, part, t, u, m0, kc) -> None:
         """The register block: MR rows of x (from row xr of xb) times unit u's NR columns (packed at panel[pofs:])

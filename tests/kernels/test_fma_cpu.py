@@ -230,3 +230,23 @@ def test_panel_blocks_equal_one(tmp_path, monkeypatch):
         results.append(_build_run(tmp_path, spec, arrays, f"p{blocks}"))
     np.testing.assert_array_equal(results[0], results[1])
     assert np.abs(results[0]).max() > 0
+
+
+def test_pass_outer_equals_unit_outer(tmp_path, monkeypatch):
+    """By rows, a group too large for L2 runs pass by pass over every unit (``GROUP_L2_BYTES``, lowered here to
+    force it, with the packed weights in two blocks): each output's sum runs over K in the same order, so the same
+    bits as unit by unit."""
+    from sdcompile.codegen import build
+
+    spec = KernelSpec.make("linear", M=1024, N=320, K=400, wtype="f16", bias=True, residual=True, act="gelu")
+    arrays, _ = _inputs(spec, np.random.default_rng(5))
+    monkeypatch.setattr(cpu_fma, "PANEL_BYTES", 3 * 4 * 64 * 400)  # 3 units per block: 3 + 2
+    results = []
+    for group_bytes, outer in ((cpu_fma.GROUP_L2_BYTES, False), (0, True)):
+        monkeypatch.setattr(cpu_fma, "GROUP_L2_BYTES", group_bytes)
+        monkeypatch.setattr(build, "_BUILT", {})
+        g = cpu_fma._FmaGemm(spec, {})
+        assert (g.pass_outer, g.passes > 1, g.PB) == (outer, True, 2)
+        results.append(_build_run(tmp_path, spec, arrays, f"o{outer}"))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert np.abs(results[0]).max() > 0
