@@ -105,19 +105,7 @@ def test_code_uses_zmm_fma():
 
 
 def _run(ex, spec, arrays):
-    args = []
-    for p in spec.params:
-        if p.is_output:
-            buf = ex.alloc(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize)
-            args.append((buf, p.shape, p.dtype))
-            continue
-        a = arrays[p.name] if p.kind == "raw" else arrays[p.name].astype(p.dtype)
-        buf = ex.alloc(max(a.nbytes, 4))
-        ex.upload(buf, a)
-        args.append((buf, (p.words(),) if p.kind == "raw" else p.shape, "uint32" if p.kind == "raw" else p.dtype))
-    ex.launch(spec.name, args)
-    out = spec.params[-1]
-    return ex.download(args[-1][0], out.shape, out.dtype).astype(np.float64)
+    return fx.run_spec(ex, spec, arrays).astype(np.float64)
 
 
 def _weights(spec, w: np.ndarray):
