@@ -83,12 +83,12 @@ FMA = "llvm.fma.v16f32"
 MR_BY_NB = {4: 6, 3: 8, 2: 14, 1: 28}
 FROM_ROWS = 32  # fewer rows of x: the tiled schedule is as fast (M 8, 24: equal; M 1: it is 15% faster)
 BY_ROWS_FROM = 1024  # GEMMs with at least this many rows go by rows (M 154 by rows: 25% slower than by weights)
-TASKS = 16  # parallel tasks to aim for: a few per thread, so uneven ones still balance
+TASKS = 16  # by weights: parallel tasks to aim for, a few per thread, so uneven ones still balance
 MIN_PANELS = 16  # row panels per task at least (by weights): each task packs its unit, once per 16 MR rows or more
-GROUP_PANELS = 16  # row panels per pass of K: their x slices (16 MR x KC f32, 48 KiB at MR 6) come from L2
+GROUP_PANELS = 16  # by rows: row panels per group (a task), over which each weight slice is used from L1
 L1_BYTES = 36 << 10  # a pass's weight slice (KC x NR f32) at most this: it stays in the 48 KiB L1 while x passes
 PANEL_BYTES = 8 << 20  # by rows: packed weight units per block at most this (a 1280 x 11520 conv: 59 MB in f32)
-UNIT_L2_BYTES = 1 << 20
+UNIT_L2_BYTES = 1 << 20  # by weights: a packed unit up to this goes in one pass of K (it stays in L2)
 GROUP_L2_BYTES = 1 << 20  # by rows: a group of prepared x larger than this goes pass by pass over every unit
 UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
 
@@ -187,8 +187,8 @@ class _FmaGemm:
         return kc * (self.xrows * self.KC) + ml * self.KC + (k - kc * self.KC)
 
     def prep_row(self, m, xb, ml) -> None:
-        """Row m of x (a conv: patch m) as KR f32 values at xb[at:]: zeros past K, and a whole row of zeros for
-        m >= M (the last row panel's padding)."""
+        """Row m of x (a conv: patch m) as KR f32 values, prepared row ml of xb (``xat``): zeros past K, and a
+        whole row of zeros for m >= M (the last row panel's padding)."""
         x = self.bufs["x"]
         with T.If(m < self.M):
             with T.Then():
