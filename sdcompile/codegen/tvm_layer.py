@@ -86,6 +86,27 @@ def host_avx512_bf16() -> bool:
     return "avx512_bf16" in _cpu_flags()
 
 
+# CPU vendors whose AVX512_BF16 vdpbf16ps runs at least at the f32 FMA rate per FLOP: AMD Zen 4 and later (twice
+# it: one 512-bit vdpbf16ps, 64 FLOP, per cycle against one 512-bit FMA, 32). Intel's runs at half its FMA rate
+# (Sapphire Rapids measured: 232 against 455 GFLOP/s on 2 threads, benchmarks/results/sd15.md), so there bf16
+# products on the vector unit would be slower than f32 ones, and less exact.
+BF16_DOT_FAST_VENDORS = ("AuthenticAMD",)
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), or "" where it cannot say."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+def host_bf16_dot_fast() -> bool:
+    """Whether bf16 products on the vector unit (``vdpbf16ps``) beat f32 FMAs on this host (``BF16_DOT_FAST_VENDORS``)."""
+    return host_avx512_bf16() and cpu_vendor() in BF16_DOT_FAST_VENDORS
+
+
 def _cpu_flags() -> list[str]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:

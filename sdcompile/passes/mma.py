@@ -4,7 +4,9 @@ Contract: with ``compute`` f32 the graph is unchanged. With bf16, on the CPU, ev
 weight is a float type (f32, f16, bf16) gets the node attribute ``mma="bf16"``: its kernel rounds both operands to
 bf16 and sums the products in f32, as PyTorch's bf16 autocast does — on the AMX tile unit where the compiling CPU
 (the one the code is built for) has AMX-BF16 (``schedules/cpu_amx_bf16.py``), else on the vector unit where it has
-AVX512_BF16 (``vdpbf16ps``: ``schedules/cpu_bf16_dot.py``; AMD Zen 4 and later, or Intel with SDCOMPILE_NO_AMX).
+AVX512_BF16 at least at its f32 FMA rate (``vdpbf16ps``: ``schedules/cpu_bf16_dot.py``; AMD Zen 4 and later:
+``tvm_layer.BF16_DOT_FAST_VENDORS``). Intel's vdpbf16ps runs at half its FMA rate, so without the tile unit (or
+with SDCOMPILE_NO_AMX) the products stay f32 there and the report says why.
 With AMX-BF16, ``linear`` and ``conv2d`` with q8_0 or q4_0 weights (``cpu_amx_bf16.BLOCK_TYPES``: d * q is exact
 in f32) are marked too, counted as ``quantized``: their kernel decodes the blocks straight into bf16 operands, one
 rounding as for f16 weights, and runs the same tile GEMM — the integer kernels (``cpu_amx.py``) are more exact
@@ -41,13 +43,20 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     if ctx.options.target != "cpu":
         rep["why"] = f"--compute {compute} has no effect on {ctx.options.target} yet: products stay f32"
         return g
-    from sdcompile.codegen.tvm_layer import host_amx_bf16, host_avx512_bf16  # the CPU code is built for this host
+    from sdcompile.codegen import tvm_layer  # the CPU code is built for this host
 
-    tiles = host_amx_bf16()
-    if not tiles and not host_avx512_bf16():
+    tiles = tvm_layer.host_amx_bf16()
+    if not tiles and not tvm_layer.host_avx512_bf16():
         rep["why"] = (
             f"--compute {compute} has no effect: this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set) and no "
             "AVX512_BF16"
+        )
+        return g
+    if not tiles and not tvm_layer.host_bf16_dot_fast():
+        rep["why"] = (
+            f"--compute {compute} has no effect: this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set), and its "
+            f"AVX512_BF16 ({tvm_layer.cpu_vendor() or 'unknown vendor'}) runs at half the f32 FMA rate: f32 "
+            "products are faster and more exact"
         )
         return g
     from schedules.cpu_amx_bf16 import BLOCK_TYPES

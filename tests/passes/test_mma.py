@@ -79,6 +79,7 @@ def test_vector_unit_marks_products_and_keeps_attention(tiny_graph, monkeypatch)
     counts and says so."""
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "AuthenticAMD")
     before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc1", "q8_0")])
     marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16"]
     attention = [n for n in g.nodes if n.op == "attention"]
@@ -112,6 +113,13 @@ def test_no_effect_is_said(tiny_graph, monkeypatch):
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: False)
     _, g, ctx = _run(tiny_graph, compute="bf16")
     assert not any("mma" in n.attrs for n in g.nodes) and "no AMX-BF16" in ctx.report["mma"]["why"]
+    monkeypatch.undo()
+    # Intel's vdpbf16ps runs at half its FMA rate: without the tile unit the products stay f32, and the report says why
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "GenuineIntel")
+    _, g, ctx = _run(tiny_graph, compute="bf16")
+    assert not any("mma" in n.attrs for n in g.nodes) and "half the f32 FMA rate" in ctx.report["mma"]["why"]
     monkeypatch.undo()
     _, g, ctx = _run(tiny_graph)
     assert "mma" not in ctx.report and not any("mma" in n.attrs for n in g.nodes)
