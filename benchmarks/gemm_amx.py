@@ -111,14 +111,18 @@ def main() -> int:
             bb = torch.from_numpy(host["bias"]).to(torch.bfloat16)
             if op == "conv2d":
                 xb = xb.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # NHWC storage, as ours
-                wb = wb.reshape(N, at["kh"], at["kw"], at["C"]).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+                wb = (
+                    wb.reshape(N, at["kh"], at["kw"], at["C"])
+                    .permute(0, 3, 1, 2)
+                    .contiguous(memory_format=torch.channels_last)
+                )
                 pad = at["pads"][0]
 
-                def tfn():
-                    return F.conv2d(xb, wb, bb, stride=at["stride"], padding=pad)
+                def tfn(xb=xb, wb=wb, bb=bb, stride=at["stride"], pad=pad):
+                    return F.conv2d(xb, wb, bb, stride=stride, padding=pad)
             else:
 
-                def tfn():
+                def tfn(xb=xb, wb=wb, bb=bb):
                     return F.linear(xb, wb, bb)
 
             with torch.no_grad():

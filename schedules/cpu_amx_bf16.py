@@ -40,6 +40,7 @@ from schedules.cpu_amx import (
     _i8,
     over_chunks,
     over_row_blocks,
+    over_taps,
     row_blocks,
     tile_config,
     with_tile_state,
@@ -58,7 +59,7 @@ from schedules.tir_build import (
     vstore,
 )
 from sdcompile.kernels.act import bf16_bits
-from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from sdcompile.quant.types import get as get_type
 
 # q8_0 and q4_0: blocks of 32 values, d * q exact in f32, so one rounding to bf16 as for f16; the other quant types
@@ -68,7 +69,9 @@ TYPES = ("f32", "f16", "bf16") + BLOCK_TYPES
 # GEMMs with at least this many rows of x go by rows (``rows_first``): groups of rows stay in L2 while the weights pass
 BY_ROWS_FROM = 1024
 A_GROUP_BYTES = 1 << 20  # a group's A operands (bf16): at most this, and 32 to 256 rows
-PANEL_BYTES = 4 << 20  # by rows: the weight panel decoded once per call, in blocks of whole units up to this  # weight types whose values bf16 holds after one rounding
+PANEL_BYTES = (
+    4 << 20
+)  # by rows: the weight panel decoded once per call, in blocks of whole units up to this  # weight types whose values bf16 holds after one rounding
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
 
 
@@ -180,31 +183,21 @@ class _Bf16Gemm:
                     vstore(self.xb, at(s), splat(0, "uint32", 16), 16)
 
     def prep_patch(self, m, at) -> None:
-        """Patch m of a conv whose channels come in whole 32-value steps: per tap, one bounds check and then the
-        tap's channels straight from x (the index arithmetic of x_vector, per 16 values, cost more than the
-        products at these sizes)."""
-        a = self.conv
-        H, W, C, kh, kw, st = (int(a[n]) for n in ("H", "W", "C", "kh", "kw", "stride"))
-        pt, pl = int(a["pads"][0]), int(a["pads"][1])
-        ho, wo, _, _ = conv_geometry(a)
+        """Patch m of a conv whose channels come in whole 32-value steps, tap by tap (``cpu_amx.over_taps``)."""
         x = self.bufs["x"]
-        b = T.bind(m // (ho * wo))
-        p = T.bind(m % (ho * wo))
-        oy = T.bind((p // wo) * st - pt)
-        ox = T.bind((p % wo) * st - pl)
-        cs = C // 32
-        with T.serial(0, kh * kw) as tap:
-            iy = T.bind(oy + tap // kw)
-            ix = T.bind(ox + tap % kw)
-            with T.If(tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)):
-                with T.Then():
-                    with T.serial(0, cs) as c:
-                        v0 = load_f32(x, [b, iy, ix, T.Ramp(c * 32, 1, 16)], 16)
-                        v1 = load_f32(x, [b, iy, ix, T.Ramp(c * 32 + 16, 1, 16)], 16)
-                        vstore(self.xb, at(tap * cs + c), self.pairs(v0, v1), 16)
-                with T.Else():
-                    with T.serial(0, cs) as c:
-                        vstore(self.xb, at(tap * cs + c), splat(0, "uint32", 16), 16)
+        cs = int(self.conv["C"]) // 32
+
+        def inside(b, iy, ix, tap) -> None:
+            with T.serial(0, cs) as c:
+                v0 = load_f32(x, [b, iy, ix, T.Ramp(c * 32, 1, 16)], 16)
+                v1 = load_f32(x, [b, iy, ix, T.Ramp(c * 32 + 16, 1, 16)], 16)
+                vstore(self.xb, at(tap * cs + c), self.pairs(v0, v1), 16)
+
+        def outside(tap) -> None:
+            with T.serial(0, cs) as c:
+                vstore(self.xb, at(tap * cs + c), splat(0, "uint32", 16), 16)
+
+        over_taps(self.conv, m, inside, outside)
 
     def pairs(self, v0, v1):
         """32 values (two f32x16) as bf16 in 16 words: one ``vcvtne2ps2bf16`` where the target has AVX512_BF16 (it

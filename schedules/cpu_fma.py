@@ -63,7 +63,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import over_row_blocks, row_blocks, x_vector
+from schedules.cpu_amx import over_row_blocks, over_taps, row_blocks, x_vector
 from schedules.cpu_amx_bf16 import _transpose16
 from schedules.tir_build import (
     f16_to_f32,
@@ -75,7 +75,7 @@ from schedules.tir_build import (
     vload,
     vstore,
 )
-from sdcompile.kernels.spec import KernelSpec, conv_geometry, gemm_mnk
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
 TYPES = ("f32", "f16", "bf16")
 FMA = "llvm.fma.v16f32"
@@ -204,27 +204,20 @@ class _FmaGemm:
                     vstore(xb, self.xat(ml, 16 * v), splat(0.0, "float32", 16), 16)
 
     def prep_patch(self, m, xb, ml) -> None:
-        """Patch m of the conv: per tap one bounds check, then the tap's C channels (whole vectors) straight from x."""
-        a = self.conv
-        H, W, C, kh, kw, st = (int(a[n]) for n in ("H", "W", "C", "kh", "kw", "stride"))
-        pt, pl = int(a["pads"][0]), int(a["pads"][1])
-        ho, wo, _, _ = conv_geometry(a)
+        """Patch m of the conv, tap by tap (``cpu_amx.over_taps``): the tap's C channels (whole vectors) from x."""
         x = self.bufs["x"]
-        b = T.bind(m // (ho * wo))
-        p = T.bind(m % (ho * wo))
-        oy = T.bind((p // wo) * st - pt)
-        ox = T.bind((p % wo) * st - pl)
-        with T.serial(0, kh * kw) as tap:
-            iy = T.bind(oy + tap // kw)
-            ix = T.bind(ox + tap % kw)
-            with T.If(tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)):
-                with T.Then():
-                    with T.serial(0, C // 16) as c:
-                        v = load_f32(x, [b, iy, ix, T.Ramp(c * 16, 1, 16)], 16)
-                        vstore(xb, self.xat(ml, tap * C + 16 * c), v, 16)
-                with T.Else():
-                    with T.serial(0, C // 16) as c:
-                        vstore(xb, self.xat(ml, tap * C + 16 * c), splat(0.0, "float32", 16), 16)
+        C = int(self.conv["C"])
+
+        def inside(b, iy, ix, tap) -> None:
+            with T.serial(0, C // 16) as c:
+                v = load_f32(x, [b, iy, ix, T.Ramp(c * 16, 1, 16)], 16)
+                vstore(xb, self.xat(ml, tap * C + 16 * c), v, 16)
+
+        def outside(tap) -> None:
+            with T.serial(0, C // 16) as c:
+                vstore(xb, self.xat(ml, tap * C + 16 * c), splat(0.0, "float32", 16), 16)
+
+        over_taps(self.conv, m, inside, outside)
 
     def _tail(self, x, m, xb, ml) -> None:
         """x[m, K - K % 16:] then zeros: the row's last, partial vector, value by value."""

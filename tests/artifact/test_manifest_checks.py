@@ -237,6 +237,8 @@ def test_cpu_without_the_compiled_instructions_refused(clip_artifact, tmp_path):
         pytest.skip("this system has no /proc/cpuinfo")
     assert need and set(need) <= have  # compiled here, for this CPU: it has them all
     assert ("avx512f" in need) == ("avx512f" in have)  # LLVM compiled for the host's vector width, and says so
-    bad = edit_manifest(clip_artifact, tmp_path / "cpu", lambda m: m["kernels"]["cpu"]["requires"].append("amx_fp8"), True)
+    bad = edit_manifest(
+        clip_artifact, tmp_path / "cpu", lambda m: m["kernels"]["cpu"]["requires"].append("amx_fp8"), True
+    )
     with pytest.raises(RuntimeFailure, match=r"compiled for a CPU with amx_fp8 .*this CPU lacks them"):
         _load(bad)
