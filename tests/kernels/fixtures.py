@@ -93,3 +93,36 @@ def run_spec(ex, spec, arrays: dict):
     ex.launch(spec.name, args)
     out = spec.params[-1]
     return ex.download(args[-1][0], out.shape, out.dtype)
+
+
+def weight_words(spec, w):
+    """(storage words, the values they hold as float64) of W [N, K] in the spec's weight type."""
+    import numpy as np
+
+    from sdcompile.quant.reference import dequantize, quantize
+
+    wtype = str(spec.attr("wtype"))
+    raw = quantize(w.astype(np.float32), wtype)
+    words = np.zeros(spec.param("w").words() * 4, np.uint8)
+    words[: raw.size] = raw
+    return words.view(np.uint32), dequantize(raw, wtype, w.shape).astype(np.float64)
+
+
+def check_nan_rows_and_columns(ex, spec, row: int, col: int) -> None:
+    """A NaN in row ``row`` of x spoils that row of y, a NaN weight in row ``col`` of W that column, and nothing
+    else: no NaN lost in a rounding, none smeared across a register block's rows or a vector's lanes."""
+    import numpy as np
+
+    from sdcompile.kernels.spec import gemm_mnk
+
+    M, N, K = gemm_mnk(spec)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    x[row, 17] = np.nan
+    w = rng.standard_normal((N, K)) * 0.1
+    w[col, 6] = np.nan
+    got = run_spec(ex, spec, {"x": x, "w": weight_words(spec, w)[0], "bias": np.zeros(N, np.float32)})
+    bad = np.zeros((M, N), bool)
+    bad[row, :] = True
+    bad[:, col] = True
+    np.testing.assert_array_equal(np.isnan(got.reshape(M, N)), bad)

@@ -15,7 +15,6 @@ from schedules import cpu_fma
 from sdcompile.codegen import tvm_layer
 from sdcompile.ir.ops import gelu_np, im2col_np, quick_gelu_np, silu_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
-from sdcompile.quant.reference import dequantize, quantize
 from tests.kernels import fixtures as fx
 
 pytestmark = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
@@ -108,13 +107,7 @@ def _run(ex, spec, arrays):
     return fx.run_spec(ex, spec, arrays).astype(np.float64)
 
 
-def _weights(spec, w: np.ndarray):
-    """(storage words, the values they hold as float64) of W [N, K] in the spec's weight type."""
-    wtype = str(spec.attr("wtype"))
-    raw = quantize(w.astype(np.float32), wtype)
-    words = np.zeros(spec.param("w").words() * 4, np.uint8)
-    words[: raw.size] = raw
-    return words.view(np.uint32), dequantize(raw, wtype, w.shape).astype(np.float64)
+_weights = fx.weight_words
 
 
 def _act_input(spec, name: str, a: np.ndarray) -> np.ndarray:
@@ -158,20 +151,7 @@ def test_f32_products_within_their_bound(ex, spec):
 
 
 def test_nan_propagates(ex):
-    """A NaN in x spoils its row of y, a NaN weight its column, and nothing else (none smeared across the rows
-    of a register block or the lanes of a packed panel)."""
-    M, N, K = gemm_mnk(NAN)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((M, K)).astype(np.float32)
-    x[7, 17] = np.nan
-    w = rng.standard_normal((N, K)) * 0.1
-    w[37, 6] = np.nan
-    words, _ = _weights(NAN, w)
-    got = _run(ex, NAN, {"x": x, "w": words, "bias": np.zeros(N, np.float32)})
-    bad = np.zeros((M, N), bool)
-    bad[7, :] = True
-    bad[:, 37] = True
-    np.testing.assert_array_equal(np.isnan(got), bad)
+    fx.check_nan_rows_and_columns(ex, NAN, row=7, col=37)
 
 
 def _build_run(tmp_path, spec, arrays, name: str) -> np.ndarray:
