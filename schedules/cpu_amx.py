@@ -109,13 +109,19 @@ SUPER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs")
 MINS = ("q4_1", "q5_1", "q2_k", "q4_k", "q5_k")
 
 
-def target_has_amx() -> bool:
+def target_has(*features: str) -> bool:
+    """Whether the CPU code is built with every one of LLVM's ``features`` (the target being built, else this
+    host's, ``tvm_layer.cpu_target``)."""
     target = tvm.target.Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         from sdcompile.codegen import tvm_layer
 
         target = tvm.target.Target(tvm_layer.cpu_target())
-    return bool(tvm.target.codegen.llvm_cpu_has_features(["amx-tile", "amx-int8"], target))
+    return bool(tvm.target.codegen.llvm_cpu_has_features(list(features), target))
+
+
+def target_has_amx() -> bool:
+    return target_has("amx-tile", "amx-int8")
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
@@ -654,4 +660,4 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     replace_body(sch, spec, build)
 
 
-__all__ = ["applicable", "build", "linear", "target_has_amx"]
+__all__ = ["applicable", "build", "linear", "target_has", "target_has_amx"]

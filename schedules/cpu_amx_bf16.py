@@ -30,7 +30,6 @@ values 2p, 2p + 1 of each of 16 weight rows), transposed in registers so the pan
 
 from __future__ import annotations
 
-import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
@@ -42,13 +41,16 @@ from schedules.cpu_amx import (
     over_row_blocks,
     over_taps,
     row_blocks,
+    target_has,
     tile_config,
     with_tile_state,
     x_vector,
 )
 from schedules.tir_build import (
     bcast,
+    cvt_bf16x32,
     f16_to_f32,
+    float_weight,
     load_f32,
     prim_func,
     replace_body,
@@ -62,16 +64,14 @@ from sdcompile.kernels.act import bf16_bits
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from sdcompile.quant.types import get as get_type
 
-# q8_0 and q4_0: blocks of 32 values, d * q exact in f32, so one rounding to bf16 as for f16; the other quant types
-# keep their integer kernels (cpu_amx.py)
+# weight types whose values bf16 holds after one rounding: the float types, and q8_0 and q4_0 (blocks of 32 values,
+# d * q exact in f32); the other quant types keep their integer kernels (cpu_amx.py)
 BLOCK_TYPES = ("q8_0", "q4_0")
 TYPES = ("f32", "f16", "bf16") + BLOCK_TYPES
 # GEMMs with at least this many rows of x go by rows (``rows_first``): groups of rows stay in L2 while the weights pass
 BY_ROWS_FROM = 1024
 A_GROUP_BYTES = 1 << 20  # a group's A operands (bf16): at most this, and 32 to 256 rows
-PANEL_BYTES = (
-    4 << 20
-)  # by rows: the weight panel decoded once per call, in blocks of whole units up to this  # weight types whose values bf16 holds after one rounding
+PANEL_BYTES = 4 << 20  # by rows: the weight panel decoded once per call, in blocks of whole units up to this
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
 
 
@@ -102,10 +102,10 @@ class _Bf16Gemm:
         self.wtype = str(spec.attr("wtype"))
         if self.wtype in BLOCK_TYPES:
             qt = get_type(self.wtype)
-            self.RB, self.BS = qt.row_bytes(gemm_mnk(spec)[2]), qt.type_size
+            self.RB, self.BS = qt.row_bytes(self.K), qt.type_size
         self.act = str(spec.attr("act", "none"))
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
-        self.cvt = _target_has("avx512bf16")
+        self.cvt = target_has("avx512bf16")
         self.NT = self.N // 16
         self.KS = self.K // 32
         # units of NB weight tiles: two where the count is even, so each step's four products share two A and two B
@@ -203,8 +203,7 @@ class _Bf16Gemm:
         """32 values (two f32x16) as bf16 in 16 words: one ``vcvtne2ps2bf16`` where the target has AVX512_BF16 (it
         also flushes denormals to zero, as the tile unit does with its inputs anyway), else integer rounding."""
         if self.cvt:
-            packed = T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512bf16.cvtne2ps2bf16.512", v1, v0)
-            return T.reinterpret("uint32x16", packed)
+            return T.reinterpret("uint32x16", cvt_bf16x32(v1, v0))
         return _bf16_pairs(v0, v1)
 
     def prep(self) -> None:
@@ -225,15 +224,7 @@ class _Bf16Gemm:
             nib = vload(self.wu8, base + 2, 16)  # q4_0: value j low nibble of byte j, value 16 + j its high one
             q = nib & splat(15, "uint8", 16) if half == 0 else nib >> splat(4, "uint8", 16)
             return d * (T.Cast("float32x16", q) - splat(8.0, "float32", 16))
-        at = row * self.K + 32 * s + 16 * half
-        if self.wtype == "f32":
-            return vload(self.wf, at, 16)
-        bits = vload(self.w16, at, 16)
-        if self.wtype == "f16":
-            return f16_to_f32(bits, 16)
-        return T.reinterpret(
-            "float32x16", T.Cast("uint32x16", T.reinterpret("uint16x16", bits)) << splat(16, "uint32", 16)
-        )
+        return float_weight(self.wtype, self.wf, self.w16, row * self.K + 32 * s + 16 * half, 16)
 
     def tiles(self) -> None:
         over_chunks(self.CH, self.TPC, self.NU, self.cfg, self.unit)
@@ -330,16 +321,6 @@ class _Bf16Gemm:
                 at = pbase + (j * self.KS + s) * 256
                 for p, vec in enumerate(_transpose16(rows)):
                     vstore(self.panel, at + p * 16, vec, 16)
-
-
-def _target_has(feature: str) -> bool:
-    """Whether the CPU code is built with ``feature`` (the target being built, else this host's)."""
-    target = tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm":
-        from sdcompile.codegen import tvm_layer
-
-        target = tvm.target.Target(tvm_layer.cpu_target())
-    return bool(tvm.target.codegen.llvm_cpu_has_features([feature], target))
 
 
 def _pipeline_dynamic(n, issue, finish) -> None:

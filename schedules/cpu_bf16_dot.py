@@ -41,13 +41,13 @@ channels in whole vectors of 16 (one tap per 16 patch values); K even.
 
 from __future__ import annotations
 
-import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import over_row_blocks, row_blocks, x_vector
+from schedules.cpu_amx import over_row_blocks, row_blocks, target_has, x_vector
 from schedules.tir_build import (
-    f16_to_f32,
+    cvt_bf16x32,
+    float_weight,
     load_f32,
     prim_func,
     replace_body,
@@ -60,7 +60,6 @@ from schedules.tir_build import (
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
 TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
-CVT = "llvm.x86.avx512bf16.cvtne2ps2bf16.512"  # (hi f32x16, lo f32x16) -> 32 bf16: lo's 16 values, then hi's
 DOT = "llvm.x86.avx512bf16.dpbf16ps.512"  # (acc f32x16, a bf16x32, b bf16x32) -> acc + pairwise products
 # rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
 MR_BY_NB = {4: 6, 3: 8, 2: 12, 1: 16}
@@ -70,12 +69,7 @@ MIN_PANELS = 16  # row panels per task at least: each task copies its weight uni
 
 def target_has_bf16_dot() -> bool:
     """Whether the target being built for (or this host's, ``tvm_layer.cpu_target``) has AVX512_BF16."""
-    target = tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm":
-        from sdcompile.codegen import tvm_layer
-
-        target = tvm.target.Target(tvm_layer.cpu_target())
-    return bool(tvm.target.codegen.llvm_cpu_has_features(["avx512bf16"], target))
+    return target_has("avx512bf16")
 
 
 def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
@@ -90,9 +84,8 @@ def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
 
 
 def _cvt(hi, lo):
-    """32 bf16 (nearest even) of two f32x16 vectors: lo's values, then hi's; typed int16x32 for TVM, which has no
-    LLVM bf16 type, while LLVM sees the intrinsic's own ``<32 x bfloat>``."""
-    return T.bind(T.call_llvm_pure_intrin("int16x32", CVT, hi, lo))
+    """``tir_build.cvt_bf16x32``, bound: the bf16 vector flows through a variable into ``vdpbf16ps`` as is."""
+    return T.bind(cvt_bf16x32(hi, lo))
 
 
 def _dot(acc, a, b):
@@ -170,14 +163,7 @@ class _DotGemm:
 
     def _wvec(self, row, k, lanes: int):
         """W[row, k:k+lanes] as f32 from the weight's storage words."""
-        at = row * self.K + k
-        if self.wtype == "f32":
-            return vload(self.wf, at, lanes)
-        bits = vload(self.w16, at, lanes)
-        if self.wtype == "f16":
-            return f16_to_f32(bits, lanes)
-        wide = T.Cast(f"uint32x{lanes}", T.reinterpret(f"uint16x{lanes}", bits)) << splat(16, "uint32", lanes)
-        return T.reinterpret(f"float32x{lanes}", wide)
+        return float_weight(self.wtype, self.wf, self.w16, row * self.K + k, lanes)
 
     def pack(self, panel, u) -> None:
         """The unit's weight rows into ``panel``: step p, vector j, output r holds W[row, 2p], W[row, 2p + 1] at

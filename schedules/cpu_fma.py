@@ -59,14 +59,13 @@ thread, 420 on two); there the two schedules are within noise of each other.
 
 from __future__ import annotations
 
-import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import over_row_blocks, over_taps, row_blocks, x_vector
+from schedules.cpu_amx import over_row_blocks, over_taps, row_blocks, target_has, x_vector
 from schedules.cpu_amx_bf16 import _transpose16
 from schedules.tir_build import (
-    f16_to_f32,
+    float_weight,
     load_f32,
     prim_func,
     replace_body,
@@ -96,12 +95,7 @@ UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
 def target_has_avx512() -> bool:
     """Whether the target being built for (or this host's, ``tvm_layer.cpu_target``) has AVX-512F: on AVX2, LLVM
     would split every 512-bit vector in two and the accumulators would no longer fit the registers."""
-    target = tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm":
-        from sdcompile.codegen import tvm_layer
-
-        target = tvm.target.Target(tvm_layer.cpu_target())
-    return bool(tvm.target.codegen.llvm_cpu_has_features(["avx512f"], target))
+    return target_has("avx512f")
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
@@ -230,16 +224,7 @@ class _FmaGemm:
 
     def _wvec(self, row, k, lanes: int):
         """W[row, k:k+lanes] as f32 from the weight's storage words."""
-        at = row * self.K + k
-        if self.wtype == "f32":
-            return vload(self.wf, at, lanes)
-        bits = vload(self.w16, at, lanes)
-        if self.wtype == "f16":
-            return f16_to_f32(bits, lanes)
-        if lanes == 1:  # bf16: the value's bits are the top half of its f32
-            return T.reinterpret("float32", T.Cast("uint32", T.reinterpret("uint16", bits)) << T.uint32(16))
-        wide = T.Cast(f"uint32x{lanes}", T.reinterpret(f"uint16x{lanes}", bits)) << splat(16, "uint32", lanes)
-        return T.reinterpret(f"float32x{lanes}", wide)
+        return float_weight(self.wtype, self.wf, self.w16, row * self.K + k, lanes)
 
     def pack(self, panel, base, u, v0=0, nv=None) -> None:
         """Unit u's NR weight rows, transposed, for K's vectors v0 .. v0 + nv (default: all) at panel[base:]:
@@ -306,8 +291,8 @@ class _FmaGemm:
     def rows_first(self) -> None:
         """By rows (M >= BY_ROWS_FROM): per block of weight units, the block is packed once (in parallel); then each
         parallel task takes a group of RG rows, prepares it (pass by pass, in L2) and runs every unit of the block
-        over it, K in passes of KC values. x is read once per panel block, outputs are written a group of rows at a time,
-        and nothing of size M x K is stored."""
+        over it, K in passes of KC values. x is read once per panel block, outputs are written a group of rows at a
+        time, and nothing of size M x K is stored."""
         panel = T.alloc_buffer((self.UPB * self.UW,), "float32")
         with T.serial(0, self.PB) as pb:
             units = T.bind(T.min(self.UPB, self.NU - pb * self.UPB))

@@ -60,6 +60,24 @@ def f16_to_f32(bits, lanes: int):
     return T.Cast(f"float32x{lanes}", T.reinterpret(f"float16x{lanes}", bits))
 
 
+def cvt_bf16x32(hi, lo):
+    """32 bf16 (nearest even; denormals to zero) of two f32x16 vectors, lo's 16 values then hi's: one
+    ``vcvtne2ps2bf16`` (AVX512_BF16). Typed int16x32 for TVM, which has no LLVM bf16 type, while LLVM sees the
+    intrinsic's own ``<32 x bfloat>``."""
+    return T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512bf16.cvtne2ps2bf16.512", hi, lo)
+
+
+def float_weight(wtype: str, wf, w16, at, lanes: int):
+    """``lanes`` values of a float weight from element ``at`` on, as f32: its f32 words (``wf``), or its f16 / bf16
+    halves (``w16``, the same storage as int16); a bf16 value's bits are the top half of its f32."""
+    if wtype == "f32":
+        return vload(wf, at, lanes)
+    bits = vload(w16, at, lanes)
+    if wtype == "f16":
+        return f16_to_f32(bits, lanes)
+    return widen(T.reinterpret("uint16" if lanes == 1 else f"uint16x{lanes}", bits), lanes)
+
+
 def vconst(values, dtype: str):
     """A constant vector (a shuffle of broadcasts, which LLVM folds into one constant)."""
     values = list(values)

@@ -11,8 +11,8 @@ With AMX-BF16, ``linear`` and ``conv2d`` with q8_0 or q4_0 weights (``cpu_amx_bf
 in f32) are marked too, counted as ``quantized``: their kernel decodes the blocks straight into bf16 operands, one
 rounding as for f16 weights, and runs the same tile GEMM — the integer kernels (``cpu_amx.py``) are more exact
 (16-bit activations) but, with a scale per 32 values, leave the tile unit every step. The other quantized types, and
-every quantized type without AMX-BF16, keep their own integer kernels. With AMX-BF16, every ``attention`` node (causal or not) with
-heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
+every quantized type without AMX-BF16, keep their own integer kernels. With AMX-BF16, every ``attention`` node
+(causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16
 every attention node does (that kernel needs the tiles): both count as ``kept_f32``, with the reason in ``why``. The
