@@ -38,16 +38,24 @@ def _import_tvm():
     return tvm
 
 
-def cpu_flags() -> set[str] | None:
-    """This CPU's feature flags as Linux names them, or None where /proc/cpuinfo cannot say."""
+def cpuinfo(field: str) -> str | None:
+    """The value of ``field`` ("flags", "model name", "vendor_id") for the first CPU in /proc/cpuinfo (Linux), or
+    None where it cannot say."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return None
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags as Linux names them, or None where /proc/cpuinfo cannot say."""
+    flags = cpuinfo("flags")
+    return None if flags is None else set(flags.split())
 
 
 def check_cpu(cpu: dict) -> None:
@@ -219,11 +227,4 @@ def _private_copy(path: Path) -> Path:
 
 def _cpu_model() -> str | None:
     """The CPU's marketing name from /proc/cpuinfo (Linux); platform.processor() is often just the architecture."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    return cpuinfo("model name")

@@ -8,6 +8,7 @@ geometry out of the lowered host code, compiling and exporting — goes through 
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -95,33 +96,30 @@ BF16_DOT_FAST_VENDORS = ("AuthenticAMD",)
 
 def cpu_vendor() -> str:
     """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), or "" where it cannot say."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
+    return _cpuinfo("vendor_id")
 
 
 def host_bf16_dot_fast() -> bool:
-    """Whether bf16 products on the vector unit (``vdpbf16ps``) beat f32 FMAs on this host (``BF16_DOT_FAST_VENDORS``)."""
+    """Whether bf16 products on the vector unit (``vdpbf16ps``) beat f32 FMAs on this host
+    (``BF16_DOT_FAST_VENDORS``)."""
     return host_avx512_bf16() and cpu_vendor() in BF16_DOT_FAST_VENDORS
 
 
+@functools.cache
+def _cpuinfo(field: str) -> str:
+    """/proc/cpuinfo's ``field`` (the runtime's reader), read once per process: every target and every kernel's
+    schedule asks."""
+    from runtime.executors.cpu import cpuinfo
+
+    return cpuinfo(field) or ""
+
+
 def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
+    return _cpuinfo("flags").split()
 
 
 def _probe_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    if not {"amx_tile", "amx_int8"} <= set(flags):
+    if not {"amx_tile", "amx_int8"} <= set(_cpu_flags()):
         return False
     import ctypes
 
@@ -155,9 +153,9 @@ CPUINFO_FLAGS = {
 
 def cpu_requires(target: dict) -> list[str]:
     """The cpuinfo flags (``CPUINFO_FLAGS``) of the features an x86 CPU target enables (its mcpu and mattr)."""
-    t = tvm.target.Target(target)
     if "x86" not in system_triple():
         return []
+    t = tvm.target.Target(target)
     return sorted(flag for feat, flag in CPUINFO_FLAGS.items() if tvm.target.codegen.llvm_cpu_has_features(feat, t))
 
 
