@@ -14,7 +14,6 @@ import pytest
 from sdcompile.codegen import tvm_layer
 from sdcompile.ir.ops import im2col_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
-from sdcompile.quant.reference import dequantize, quantize
 from tests.kernels import fixtures as fx
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16 (and Linux)")
@@ -91,13 +90,9 @@ def test_bf16_products_within_their_bound(ex, pair):
     spec, f32_spec = pair
     M, N, K = gemm_mnk(spec)
     rng = np.random.default_rng(5)
-    wtype = str(spec.attr("wtype"))
-    raw = quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.1, wtype)
-    words = np.zeros(spec.param("w").words() * 4, np.uint8)
-    words[: raw.size] = raw
-    w = dequantize(raw, wtype, (N, K)).astype(np.float64)
+    words, w = fx.weight_words(spec, rng.standard_normal((N, K)).astype(np.float32) * 0.1)
     x = rng.standard_normal(spec.param("x").shape).astype(np.float32)
-    arrays = {"x": x, "w": words.view(np.uint32)}
+    arrays = {"x": x, "w": words}
     xm = x.astype(np.float64) if spec.op == "linear" else im2col_np(x.astype(np.float64), dict(spec.attrs))
     xm = xm.reshape(M, K)
     pre = xm @ w.T

@@ -11,7 +11,6 @@ import pytest
 
 from sdcompile.codegen import tvm_layer
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
-from sdcompile.quant.reference import quantize
 from tests.kernels import fixtures as fx
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX (and Linux)")
@@ -51,10 +50,8 @@ def test_blocked_equals_unblocked(tmp_path, monkeypatch, spec):
         ex = Executor(out, built, num_threads=2)
         rng = np.random.default_rng(7)
         x = rng.standard_normal((1, 19, 17, 32)).astype(np.float32)
-        raw = quantize(rng.standard_normal((N, K)).astype(np.float32) * 0.1, str(spec.attr("wtype")))
-        words = np.zeros(spec.param("w").words() * 4, np.uint8)
-        words[: raw.size] = raw
+        words, _ = fx.weight_words(spec, rng.standard_normal((N, K)).astype(np.float32) * 0.1)
         bias = rng.standard_normal(N).astype(np.float32)
-        results.append(fx.launch(ex, spec.name, [x, words.view(np.uint32), bias], (M, N)))
+        results.append(fx.launch(ex, spec.name, [x, words, bias], (M, N)))
     np.testing.assert_array_equal(results[0], results[1])
     assert np.abs(results[0]).max() > 0
