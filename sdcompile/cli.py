@@ -283,6 +283,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--top", type=int, default=4, metavar="K", help="tune the K hottest (matching) kernels (default 4)")
     s.add_argument(
+        "--per-op",
+        action="store_true",
+        help="--top K counts per op: the K hottest kernels of each op (conv2d, linear, group_norm, ...)",
+    )
+    s.add_argument(
         "--min-speedup",
         type=float,
         default=1.02,
@@ -959,6 +964,7 @@ def cmd_tune(args) -> int:
         trials=args.trials,
         pattern=args.kernels,
         top=args.top,
+        per_op=args.per_op,
         rpc=rpc,
         root=args.records,
         min_speedup=args.min_speedup,

@@ -59,8 +59,9 @@ def rank_kernels(specs: list[KernelSpec], plans: dict[str, dict]) -> list[dict[s
     return rows
 
 
-def select(rows: list[dict], pattern: str | None, top: int) -> list[dict]:
-    """The kernels to tune: those whose name or op matches ``pattern`` (a regular expression), the first ``top``."""
+def select(rows: list[dict], pattern: str | None, top: int, per_op: bool = False) -> list[dict]:
+    """The kernels to tune: those whose name or op matches ``pattern`` (a regular expression), the first ``top``
+    (of each op with ``per_op``, the order kept: hottest first)."""
     if pattern:
         try:
             rx = re.compile(pattern)
@@ -69,6 +70,14 @@ def select(rows: list[dict], pattern: str | None, top: int) -> list[dict]:
         rows = [r for r in rows if rx.search(r["name"]) or rx.fullmatch(r["op"])]
         if not rows:
             raise OptionError(f"--kernels {pattern!r} matches no kernel of this model")
+    if per_op:
+        taken: dict[str, int] = {}
+        out = []
+        for r in rows:
+            if taken.get(r["op"], 0) < top:
+                taken[r["op"]] = taken.get(r["op"], 0) + 1
+                out.append(r)
+        return out
     return rows[: max(0, top)]
 
 
@@ -92,6 +101,7 @@ def tune_model(
     trials: int = 32,
     pattern: str | None = None,
     top: int = 4,
+    per_op: bool = False,
     rpc: tuple[str, int, str] | None = None,
     root: Path | None = None,
     min_speedup: float = 1.02,
@@ -114,7 +124,7 @@ def tune_model(
     tuner.check_toolchain()
     root = Path(root) if root is not None else records.default_root()
     specs, plans = model_kernels(path, options)
-    chosen = select(rank_kernels(specs, plans), pattern, top)
+    chosen = select(rank_kernels(specs, plans), pattern, top, per_op)
     device = tuner.open_device(options.target, tuner.Rpc(*rpc) if rpc else None, threads)
     say(
         f"tuning {len(chosen)} of {len(specs)} kernels for {device.target} on {device.name} "

@@ -34,6 +34,12 @@ def test_hot_kernels_first(clip_kernels):
     assert [r["op"] for r in select(rows, "attention", 5)] == ["attention"]
     assert len(select(rows, None, 2)) == 2
     assert all(r["op"] == "layer_norm" for r in select(rows, "layer_norm", 9))
+    # --per-op: the hottest kernel of each op, in the ranking's order
+    per_op = select(rows, None, 1, per_op=True)
+    assert [r["op"] for r in per_op] == list(dict.fromkeys(ops))
+    assert all(r is next(x for x in rows if x["op"] == r["op"]) for r in per_op)
+    two = select(rows, None, 2, per_op=True)
+    assert all(sum(r["op"] == op for r in two) == min(2, ops.count(op)) for op in set(ops))
     from sdcompile.errors import OptionError
 
     with pytest.raises(OptionError, match="matches no kernel"):
