@@ -306,7 +306,7 @@ class _Attention:
         """Keys key0 .. key0 + nkeys - 1 (nkeys a multiple of 32) against the task's 32 queries."""
         c, bh = self.c, self.bh
         qbase, sbase = c * self.NQ * self.DS * 256, c * self.KB * self.QB
-        pbase, obase, mlb = c * (self.KB // 32) * self.NQ * 256, c * self.DC * self.NQ * 256, c * 2 * self.NQ * 16
+        pbase, obase = c * (self.KB // 32) * self.NQ * 256, c * self.DC * self.NQ * 256
         # scores^T: two key tiles x two query tiles at a time
         with T.serial(0, nkeys // 32) as kp:
             kt = key0 // 16 + 2 * kp
@@ -325,7 +325,55 @@ class _Attention:
                 for acc, i, j in ((C0, 0, 0), (C1, 0, 1), (C2, 1, 0), (C3, 1, 1)):
                     at = sbase + (32 * kp + 16 * i) * self.QB + 16 * (2 * qp + j)
                     _amx("tilestored64", _i8(acc), T.address_of(self.sb[at]), T.int64(4 * self.QB))
-        # softmax, per query tile: 16 queries in the lanes; scores in units of log2 (scale * log2(e) folded in)
+        self.softmax(key0, nkeys, masked, q0, first)
+        # o^T += v^T p^T: two channel tiles x two query tiles at a time (the odd channel tile alone)
+        ks0 = key0 // 32
+
+        def products(ct, pair: bool) -> None:
+            with T.serial(0, self.NQ // 2) as qp:
+                accs = [(C0, A0, B0, ct, 0), (C1, A0, B1, ct, 1)]
+                if pair:
+                    accs += [(C2, A1, B0, ct + 1, 0), (C3, A1, B1, ct + 1, 1)]
+                for acc, _, _, cti, j in accs:
+                    at = obase + (cti * self.NQ + 2 * qp + j) * 256
+                    if first:
+                        _amx("tilezero", _i8(acc))
+                    else:
+                        _amx("tileloadd64", _i8(acc), T.address_of(self.ob[at]), T.int64(64))
+                with T.serial(0, nkeys // 32) as ks:
+                    for a, i in ((A0, 0), (A1, 1))[: 2 if pair else 1]:
+                        at = ((bh * self.NKS + ks0 + ks) * self.DC + ct + i) * 256
+                        _amx("tileloadd64", _i8(a), T.address_of(self.vb[at]), T.int64(64))
+                    for b, j in ((B0, 0), (B1, 1)):
+                        at = pbase + (ks * self.NQ + 2 * qp + j) * 256
+                        _amx("tileloadd64", _i8(b), T.address_of(self.pb[at]), T.int64(64))
+                    for acc, a, b, _, _ in accs:
+                        _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+                for acc, _, _, cti, j in accs:
+                    at = obase + (cti * self.NQ + 2 * qp + j) * 256
+                    _amx("tilestored64", _i8(acc), T.address_of(self.ob[at]), T.int64(64))
+
+        if self.DC // 2:
+            with T.serial(0, self.DC // 2) as cp:
+                products(2 * cp, True)
+        if self.DC % 2:
+            products(self.DC - 1, False)
+
+    def store_probs(self, kt, qt, ps: list) -> None:
+        """Probabilities of keys 16 kt .. 16 kt + 15 (of the block) for query tile qt: rounded to bf16, two
+        consecutive keys interleaved into one row of p^T's B operand."""
+        pbase = self.c * (self.KB // 32) * self.NQ * 256
+        for r2 in range(8):
+            at = pbase + (((kt // 2) * self.NQ + qt) * 16 + (kt % 2) * 8 + r2) * 16
+            vstore(self.pb, at, _bf16_interleave(ps[2 * r2], ps[2 * r2 + 1]), 16)
+
+    def softmax(self, key0, nkeys: int, masked: bool, q0, first: bool) -> None:
+        """The online softmax over the block's scores (``sb``, [key][query], raw q.k) for each query tile: the running
+        max and sum updated, the probabilities handed to ``store_probs`` 16 keys at a time, and the o^T sums rescaled
+        where a query's max rose (not for the first block: there are none yet)."""
+        c = self.c
+        sbase, obase, mlb = c * self.KB * self.QB, c * self.DC * self.NQ * 256, c * 2 * self.NQ * 16
+        # per query tile: 16 queries in the lanes; scores in units of log2 (scale * log2(e) folded in)
         c2 = splat(self.scale * LOG2E, "float32", 16)
         with T.serial(0, self.NQ) as qt:
             qv = T.Ramp(q0 + 16 * qt, 1, 16)
@@ -359,9 +407,7 @@ class _Attention:
             vstore(tot, 0, splat(0.0, "float32", 16), 16)
             with T.serial(0, nkeys // 16) as kt:
                 ps = [T.bind(_exp2(mask(16 * kt + r, raw(16 * kt + r) * c2 - m_new))) for r in range(16)]
-                for r2 in range(8):  # keys 2 r2, 2 r2 + 1 of the tile: one row of p^T's B operand
-                    at = pbase + (((kt // 2) * self.NQ + qt) * 16 + (kt % 2) * 8 + r2) * 16
-                    vstore(self.pb, at, _bf16_interleave(ps[2 * r2], ps[2 * r2 + 1]), 16)
+                self.store_probs(kt, qt, ps)
                 while len(ps) > 1:
                     ps = [ps[i] + ps[i + 1] for i in range(0, len(ps), 2)]
                 vstore(tot, 0, vload(tot, 0, 16) + ps[0], 16)
@@ -377,38 +423,6 @@ class _Attention:
                         with T.serial(0, self.DC * 16) as r:
                             at = obase + ((r // 16) * self.NQ + qt) * 256 + (r % 16) * 16
                             vstore(self.ob, at, vload(self.ob, at, 16) * corr, 16)
-        # o^T += v^T p^T: two channel tiles x two query tiles at a time (the odd channel tile alone)
-        ks0 = key0 // 32
-
-        def products(ct, pair: bool) -> None:
-            with T.serial(0, self.NQ // 2) as qp:
-                accs = [(C0, A0, B0, ct, 0), (C1, A0, B1, ct, 1)]
-                if pair:
-                    accs += [(C2, A1, B0, ct + 1, 0), (C3, A1, B1, ct + 1, 1)]
-                for acc, _, _, cti, j in accs:
-                    at = obase + (cti * self.NQ + 2 * qp + j) * 256
-                    if first:
-                        _amx("tilezero", _i8(acc))
-                    else:
-                        _amx("tileloadd64", _i8(acc), T.address_of(self.ob[at]), T.int64(64))
-                with T.serial(0, nkeys // 32) as ks:
-                    for a, i in ((A0, 0), (A1, 1))[: 2 if pair else 1]:
-                        at = ((bh * self.NKS + ks0 + ks) * self.DC + ct + i) * 256
-                        _amx("tileloadd64", _i8(a), T.address_of(self.vb[at]), T.int64(64))
-                    for b, j in ((B0, 0), (B1, 1)):
-                        at = pbase + (ks * self.NQ + 2 * qp + j) * 256
-                        _amx("tileloadd64", _i8(b), T.address_of(self.pb[at]), T.int64(64))
-                    for acc, a, b, _, _ in accs:
-                        _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
-                for acc, _, _, cti, j in accs:
-                    at = obase + (cti * self.NQ + 2 * qp + j) * 256
-                    _amx("tilestored64", _i8(acc), T.address_of(self.ob[at]), T.int64(64))
-
-        if self.DC // 2:
-            with T.serial(0, self.DC // 2) as cp:
-                products(2 * cp, True)
-        if self.DC % 2:
-            products(self.DC - 1, False)
 
     def finish(self, q0) -> None:
         """o[query, channels] = o^T sums / running sum, in o's storage dtype, for the task's real queries: each

@@ -1,0 +1,210 @@
+"""CPU attention in f32 on AVX-512 FMAs: flash attention for ``attention`` with f32 products (``compile`` without
+``--compute bf16``, and with it on CPUs without AMX-BF16, whose tile unit ``cpu_attention_amx`` needs).
+
+The layout and the online softmax are ``cpu_attention_amx``'s (its ``_Attention``): the work runs transposed, 16
+queries in a vector's lanes, so that the softmax is plain vertical vector work; only the two products differ, here
+register-blocked FMAs on f32 operands:
+
+- **scores^T = K q^T**: per block of ``KEY_BLOCK`` keys, a register tile of ``KR`` keys x ``NQ`` query vectors
+  (16 accumulators): for each channel d, NQ vectors of q^T[d] (packed per task) and one broadcast of k[key, d] per
+  key (f32 rows packed once per call), KR x NQ FMAs;
+- **softmax**: as ``cpu_attention_amx``; its probabilities stay f32, written back over the scores;
+- **o^T += V^T p^T**: a register tile of up to ``RD`` channels x NQ query vectors (24 accumulators), for each key
+  NQ vectors of p^T[key] and one broadcast of v[key, d] per channel; the sums wait between blocks in the same
+  [channel tile][query tile][16][16] buffer ``finish`` transposes into rows of o.
+
+Numerics: every product and sum in f32, in order over channels (q.k) and keys (p.v) within a block; exp2 is
+``cpu_attention_amx._exp2`` (relative error 1.7e-7). Keys are padded to 16 with zero rows, masked to probability
+exactly 0; queries to ``16 NQ`` with rows whose outputs are not stored.
+
+The row-at-a-time kernel this replaces (``cpu.attention``) keeps a query row's whole score row: fine for the text
+encoder's 77 tokens, but at a UNet's 4,096 pixels each row's scores (16 KB) and the head's transposed keys leave L1
+(SD1.5 512x512, B 2, 8 heads, S = T = 4096, Dh 40, one thread: 732 ms, 59 GFLOP/s). It stays the rule below
+``MIN_QUERIES`` queries.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.cpu_amx import MAX_CHUNKS
+from schedules.cpu_attention_amx import L2_BYTES, MAX_DH, _Attention, _row16, _transpose16
+from schedules.cpu_fma import _fma, target_has_avx512
+from schedules.tir_build import prim_func, replace_body, splat, vload, vstore
+from sdcompile.kernels.spec import KernelSpec
+
+NQ = 4  # query vectors per task: 64 queries
+KEY_BLOCK = 64  # keys per softmax block: scores 64 x 64 f32 (16 KB) stay in L1 beside q^T
+KR = 4  # keys per scores register tile (KR x NQ accumulators)
+RD = 6  # channels per p.v register tile (RD x NQ accumulators + NQ probability vectors)
+UNROLL = 2  # channel steps of q.k per loop iteration
+MIN_QUERIES = 256  # fewer queries (a text encoder's 77): the row kernel of ``cpu.attention``
+
+
+def applicable(spec: KernelSpec, lanes: int) -> bool:
+    """``attention`` without bf16 products on the tile unit (the caller tries that first), at least ``MIN_QUERIES``
+    queries, heads of at most ``MAX_DH`` channels, on a CPU with 16 f32 lanes (AVX-512)."""
+    return (
+        spec.op == "attention"
+        and not spec.attr("tiled")
+        and int(spec.attr("S")) >= MIN_QUERIES
+        and int(spec.attr("Dh")) <= MAX_DH
+        and lanes == 16
+        and target_has_avx512()
+    )
+
+
+class _AttentionFma(_Attention):
+    def __init__(self, spec: KernelSpec, bufs: dict):  # noqa: PLW0231 (the layout differs from the AMX kernel's)
+        self.spec, self.bufs = spec, bufs
+        self.B, self.S, self.H, self.Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
+        self.T = int(spec.attr("T", self.S))
+        self.causal = bool(spec.attr("causal"))
+        self.scale = float(self.Dh) ** -0.5
+        self.DC = -(-self.Dh // 16)  # tiles of 16 channels (rows of o^T)
+        self.DP = 16 * self.DC  # channels per packed row of k, v and q^T
+        TP = -(-self.T // 16) * 16  # keys padded to whole softmax steps
+        self.KB = min(KEY_BLOCK, TP)
+        self.NBF = self.T // self.KB
+        rem = self.T - self.NBF * self.KB
+        self.KBT = -(-rem // 16) * 16
+        self.TP = self.NBF * self.KB + self.KBT
+        self.NQ = NQ
+        self.QB = 16 * NQ
+        self.NQB = -(-self.S // self.QB)
+        self.tasks = self.B * self.H * self.NQB
+        self.TPC = -(-self.tasks // min(self.tasks, MAX_CHUNKS))
+        self.CH = -(-self.tasks // self.TPC)
+        kv_bytes = self.H * self.TP * 2 * self.DP * 4
+        self.heads_inner = kv_bytes <= L2_BYTES // 2  # as cpu_attention_amx: which tasks follow each other
+
+    def build(self) -> None:
+        BH = self.B * self.H
+        self.kf = T.alloc_buffer((BH * self.TP * self.DP,), "float32")  # k rows, f32, zeros past T
+        self.vf = T.alloc_buffer((BH * self.TP * self.DP,), "float32")  # v rows, likewise
+        self.qb = T.alloc_buffer((self.CH * self.DP * self.QB,), "float32")  # q^T: [channel][query]
+        self.sb = T.alloc_buffer((self.CH * self.KB * self.QB,), "float32")  # scores, then p: [key][query]
+        self.ob = T.alloc_buffer((self.CH * self.DC * self.NQ * 256,), "float32")  # o^T sums
+        self.ml = T.alloc_buffer((self.CH * 2 * self.NQ * 16,), "float32")  # running max, then sum
+        self.prep()
+        with T.parallel(0, self.CH) as c:
+            with T.serial(0, self.TPC) as i:
+                t = c * self.TPC + i
+                if self.CH * self.TPC > self.tasks:
+                    with T.If(t < self.tasks):
+                        with T.Then():
+                            self.task(c, t)
+                else:
+                    self.task(c, t)
+
+    def prep(self) -> None:
+        """k and v as f32 rows of DP channels (16-bit activations widened once here, not per product)."""
+        H, Dh, T_ = self.H, self.Dh, self.T
+        with T.parallel(0, self.B * H * self.TP) as g:
+            bh = T.bind(g // self.TP)
+            j = T.bind(g % self.TP)
+            row = (bh // H) * T_ + T.min(j, T_ - 1)
+            col = (bh % H) * Dh
+            for buf, src in ((self.kf, self.bufs["k"]), (self.vf, self.bufs["v"])):
+                for ct in range(self.DC):
+                    ld = T.bind(_row16(src, row, col + 16 * ct, min(16, Dh - 16 * ct)))  # bound: see cpu_attention_amx
+                    vstore(
+                        buf, g * self.DP + 16 * ct, T.Select(T.Broadcast(j < T_, 16), ld, splat(0.0, "float32", 16)), 16
+                    )
+
+    def pack_q(self, c, bh, q0) -> None:
+        """The task's queries transposed: q^T[d][query] (zeros for queries past S), 16 x 16 blocks through
+        registers."""
+        q = self.bufs["q"]
+        base = c * self.DP * self.QB
+        with T.serial(0, self.NQ) as qt:
+            for ct in range(self.DC):
+                rows = []
+                for n in range(16):
+                    i = q0 + 16 * qt + n
+                    row = (bh // self.H) * self.S + T.min(i, self.S - 1)
+                    ld = T.bind(_row16(q, row, (bh % self.H) * self.Dh + 16 * ct, min(16, self.Dh - 16 * ct)))
+                    rows.append(T.Select(T.Broadcast(i < self.S, 16), ld, splat(0.0, "float32", 16)))
+                for e, v in enumerate(_transpose16(rows, "float32")):  # channel 16 ct + e of the 16 queries
+                    vstore(self.qb, base + (16 * ct + e) * self.QB + 16 * qt, v, 16)
+
+    def block(self, key0, nkeys: int, masked: bool, q0, first: bool = False) -> None:
+        """Keys key0 .. key0 + nkeys - 1 (nkeys a multiple of 16) against the task's 16 NQ queries."""
+        c, bh = self.c, self.bh
+        qbase, sbase = c * self.DP * self.QB, c * self.KB * self.QB
+        obase = c * self.DC * self.NQ * 256
+        kbase = (bh * self.TP + key0) * self.DP
+        nq = self.NQ
+
+        mem = T.bind(T.tvm_stack_alloca("shape", KR * nq * 8))  # accumulators: an alloca LLVM keeps in registers
+        acc = T.decl_buffer((KR * nq * 16,), "float32", data=mem)
+        with T.serial(0, nkeys // KR) as kg:
+            for i in range(KR * nq):
+                vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
+
+            def step(d) -> None:
+                qv = [T.bind(vload(self.qb, qbase + d * self.QB + 16 * j, 16)) for j in range(nq)]
+                for r in range(KR):
+                    kv = T.Broadcast(self.kf[kbase + (kg * KR + r) * self.DP + d], 16)
+                    for j in range(nq):
+                        i = r * nq + j
+                        vstore(acc, 16 * i, _fma(kv, qv[j], vload(acc, 16 * i, 16)), 16)
+
+            with T.serial(0, self.Dh // UNROLL) as dd:
+                for u in range(UNROLL):
+                    step(dd * UNROLL + u)
+            for d in range(self.Dh // UNROLL * UNROLL, self.Dh):
+                step(d)
+            for r in range(KR):
+                for j in range(nq):
+                    vstore(self.sb, sbase + (kg * KR + r) * self.QB + 16 * j, vload(acc, 16 * (r * nq + j), 16), 16)
+        self.softmax(key0, nkeys, masked, q0, first)
+
+        def products(d0, rd: int) -> None:  # channels d0 .. d0 + rd - 1 (rd <= RD) for every query
+            mem = T.bind(T.tvm_stack_alloca("shape", rd * nq * 8))
+            acc = T.decl_buffer((rd * nq * 16,), "float32", data=mem)
+
+            def at(e, qt):  # channel d0 + e, query tile qt in the o^T sums
+                d = d0 + e
+                return obase + ((d // 16) * nq + qt) * 256 + (d % 16) * 16
+
+            for e in range(rd):
+                for qt in range(nq):
+                    init = splat(0.0, "float32", 16) if first else vload(self.ob, at(e, qt), 16)
+                    vstore(acc, 16 * (e * nq + qt), init, 16)
+            with T.serial(0, nkeys) as j:
+                pv = [T.bind(vload(self.sb, sbase + j * self.QB + 16 * qt, 16)) for qt in range(nq)]
+                for e in range(rd):
+                    vv = T.Broadcast(self.vf[kbase + j * self.DP + d0 + e], 16)
+                    for qt in range(nq):
+                        i = e * nq + qt
+                        vstore(acc, 16 * i, _fma(vv, pv[qt], vload(acc, 16 * i, 16)), 16)
+            for e in range(rd):
+                for qt in range(nq):
+                    vstore(self.ob, at(e, qt), vload(acc, 16 * (e * nq + qt), 16), 16)
+
+        if self.Dh // RD:
+            with T.serial(0, self.Dh // RD) as g:
+                products(g * RD, RD)
+        if self.Dh % RD:
+            products(self.Dh // RD * RD, self.Dh % RD)
+
+    def store_probs(self, kt, qt, ps: list) -> None:
+        """Probabilities stay f32, over their scores."""
+        sbase = self.c * self.KB * self.QB
+        for r in range(16):
+            vstore(self.sb, sbase + (16 * kt + r) * self.QB + 16 * qt, ps[r], 16)
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The f32 FMA attention PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _AttentionFma(spec, bufs).build())
+
+
+def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the FMA flash attention."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["applicable", "attention", "build"]
