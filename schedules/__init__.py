@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_bf16_dot, cpu_fma, cpu_gemv, gpu, injective
+from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_bf16_dot, cpu_fma, cpu_gemv, cpu_vnni, gpu, injective
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
@@ -33,6 +33,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
             rule = cpu_amx_bf16.linear
         elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
             rule = cpu_bf16_dot.linear
+        elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
+            rule = cpu_vnni.linear
         elif cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX
             rule = cpu_amx.linear
         elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth

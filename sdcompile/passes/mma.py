@@ -11,7 +11,12 @@ With AMX-BF16, ``linear`` and ``conv2d`` with q8_0 or q4_0 weights (``cpu_amx_bf
 in f32) are marked too, counted as ``quantized``: their kernel decodes the blocks straight into bf16 operands, one
 rounding as for f16 weights, and runs the same tile GEMM — the integer kernels (``cpu_amx.py``) are more exact
 (16-bit activations) but, with a scale per 32 values, leave the tile unit every step. The other quantized types, and
-every quantized type without AMX-BF16, keep their own integer kernels. With AMX-BF16, every ``attention`` node
+every quantized type without AMX-BF16, keep their own integer kernels — except q8_0 and q4_0 on a CPU without
+AMX-BF16 that has AVX512_VNNI (Intel since Cascade Lake, AMD Zen 4): they get ``mma="int8"``, counted as ``int8``,
+and multiply int8 activations quantized per 32 values as ggml's q8_0 (``schedules/cpu_vnni.py``: 64 multiply-adds
+per instruction, about twice the error of bf16 products), where 16 or more rows, N in whole vectors and a conv's
+channels in whole vectors let the kernel take them. Float weights there get bf16 products only where vdpbf16ps is
+fast, else stay f32 with the reason. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16
@@ -46,20 +51,23 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     from sdcompile.codegen import tvm_layer  # the CPU code is built for this host
 
     tiles = tvm_layer.host_amx_bf16()
+    dot = not tiles and tvm_layer.host_bf16_dot_fast()  # bf16 products on the vector unit (vdpbf16ps)
+    vnni = not tiles and tvm_layer.host_avx512_vnni()  # q8_0 / q4_0: int8 products on the vector unit
     if not tiles and not tvm_layer.host_avx512_bf16():
-        rep["why"] = (
-            f"--compute {compute} has no effect: this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set) and no "
-            "AVX512_BF16"
+        no_bf16 = "this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set) and no AVX512_BF16"
+    elif not tiles and not dot:
+        no_bf16 = (
+            f"this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set), and its AVX512_BF16 "
+            f"({tvm_layer.cpu_vendor() or 'unknown vendor'}) runs at half the f32 FMA rate: f32 products are faster "
+            "and more exact"
         )
-        return g
-    if not tiles and not tvm_layer.host_bf16_dot_fast():
-        rep["why"] = (
-            f"--compute {compute} has no effect: this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set), and its "
-            f"AVX512_BF16 ({tvm_layer.cpu_vendor() or 'unknown vendor'}) runs at half the f32 FMA rate: f32 "
-            "products are faster and more exact"
-        )
+    else:
+        no_bf16 = ""
+    if no_bf16 and not vnni:
+        rep["why"] = f"--compute {compute} has no effect: {no_bf16}"
         return g
     from schedules.cpu_amx_bf16 import BLOCK_TYPES
+    from schedules.cpu_vnni import TYPES as INT8_TYPES
 
     g = g.copy()
     why = set()
@@ -77,22 +85,48 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if n.op not in ("linear", "conv2d"):
             continue
         w = g.values[n.inputs[1]]
-        if get_type(w.dtype).is_float:
+        if get_type(w.dtype).is_float and not no_bf16:
             n.attrs["mma"] = compute
             rep["nodes"] += 1
+        elif get_type(w.dtype).is_float:
+            rep["kept_f32"] += 1
+            why.add(f"float weights keep f32 products: {no_bf16}")
         elif tiles and w.dtype in BLOCK_TYPES:
             n.attrs["mma"] = compute
             rep["nodes"] += 1
             rep["quantized"] = rep.get("quantized", 0) + 1
             why.add(f"{'/'.join(BLOCK_TYPES)} weights are decoded to bf16 for the tile unit (one rounding, as f16's)")
+        elif vnni and w.dtype in INT8_TYPES and _int8_shape(g, n):
+            n.attrs["mma"] = "int8"
+            rep["nodes"] += 1
+            rep["int8"] = rep.get("int8", 0) + 1
+            why.add(
+                f"{'/'.join(INT8_TYPES)} weights multiply int8 activations on AVX-512 VNNI (activations quantized per "
+                "32 values as ggml's q8_0, as llama.cpp and stable-diffusion.cpp compute with these weights: about "
+                "twice the error of bf16 products)"
+            )
         else:
             rep["kept_f32"] += 1
             why.add(
                 "quantized weights keep their integer kernels"
-                + ("" if tiles else f" (without AMX-BF16 {'/'.join(BLOCK_TYPES)} do too)")
+                + ("" if tiles else f" (without AMX-BF16 {'/'.join(BLOCK_TYPES)} do too, unless VNNI takes them)")
             )
-    rep["why"] = "; ".join(sorted(why))
+    rep["why"] = ("" if rep["nodes"] else f"--compute {compute} has no effect: ") + "; ".join(sorted(why))
     return g
+
+
+def _int8_shape(g: Graph, n) -> bool:
+    """Whether the VNNI kernel (``schedules/cpu_vnni.py``) takes this linear / conv2d: N in whole vectors, K in
+    whole blocks (q8_0 / q4_0 rows always are), a conv's channels in whole vectors, ``FROM_ROWS`` rows or more."""
+    from schedules.cpu_vnni import FROM_ROWS
+
+    out = g.values[n.outputs[0]].shape
+    rows = 1
+    for d in out[:-1]:
+        rows *= int(d)
+    x = g.values[n.inputs[0]].shape
+    channels_ok = n.op != "conv2d" or int(x[-1]) % 16 == 0
+    return int(out[-1]) % 16 == 0 and channels_ok and rows >= FROM_ROWS
 
 
 def _attention_kept(g: Graph, n, tiles: bool) -> str:

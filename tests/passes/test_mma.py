@@ -14,6 +14,7 @@ from sdcompile.errors import OptionError
 from sdcompile.ir import Graph, interpret, verify
 from sdcompile.passes import fuse, legalize, mma, quantize
 from sdcompile.passes.context import CompileOptions, PassContext
+from sdcompile.quant.types import get as get_type
 
 
 def _run(g, **opts):
@@ -79,6 +80,7 @@ def test_vector_unit_marks_products_and_keeps_attention(tiny_graph, monkeypatch)
     counts and says so."""
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: False)  # int8 products: the next test
     monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "AuthenticAMD")
     before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc1", "q8_0")])
     marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16"]
@@ -98,6 +100,33 @@ def test_vector_unit_marks_products_and_keeps_attention(tiny_graph, monkeypatch)
         monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
         assert schedules._host_bf16_dot()
         assert all(cpu_bf16_dot.applicable(node_spec(g, n), 16, True) for n in marked)
+
+
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+def test_vnni_takes_q8_0_and_q4_0_without_amx(tiny_graph, monkeypatch, vendor):
+    """Without AMX-BF16 but with AVX512_VNNI, q8_0 and q4_0 linears get int8 products (the VNNI kernel), the other
+    quant types keep their kernels; float weights get bf16 products only where vdpbf16ps is fast (AMD), else stay
+    f32 with the reason; the report counts the int8 nodes and says what they cost in accuracy."""
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
+    monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: vendor)
+    rules = [("fc1", "q8_0"), ("fc2", "q4_0"), ("q_proj", "q5_1")]
+    _, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=rules)
+    lin = [n for n in g.nodes if n.op == "linear"]
+    int8 = [n for n in lin if n.attrs.get("mma") == "int8"]
+    assert {g.values[n.inputs[1]].dtype for n in int8} == {"q8_0", "q4_0"}
+    assert all("mma" not in n.attrs for n in lin if g.values[n.inputs[1]].dtype == "q5_1")
+    floats = [n for n in lin if get_type(g.values[n.inputs[1]].dtype).is_float]
+    assert floats and all(n.attrs.get("mma") == ("bf16" if vendor == "AuthenticAMD" else None) for n in floats)
+    rep = ctx.report["mma"]
+    assert rep["int8"] == len(int8) and "VNNI" in rep["why"] and "ggml's q8_0" in rep["why"]
+    assert ("half the f32 FMA rate" in rep["why"]) == (vendor == "GenuineIntel")
+    assert not rep["why"].startswith("--compute bf16 has no effect")
+    if tvm_layer.host_avx512_vnni():  # the marks lead to the VNNI kernel
+        from schedules import cpu_vnni
+
+        assert all(cpu_vnni.applicable(node_spec(g, n), 16) for n in int8)
 
 
 def test_no_effect_is_said(tiny_graph, monkeypatch):
