@@ -137,9 +137,16 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
         tiled += [f"{name}:{node}" for node in rep["legalize"].get("tiled_attention", [])]
         out["legalize"] = dict(rep["legalize"])
         if "mma" in rep:
-            a = out.setdefault("mma", dict(rep["mma"], nodes=0, attention=0, kept_f32=0))
-            for k in ("nodes", "attention", "kept_f32"):
-                a[k] += rep["mma"].get(k, 0)
+            m = rep["mma"]
+            a = out.setdefault("mma", dict(m, nodes=0, attention=0, kept_f32=0, quantized=0, int8=0, why=""))
+            for k in ("nodes", "attention", "kept_f32", "quantized", "int8"):
+                a[k] += m.get(k, 0)
+            # every function's reasons, once each ("no effect" only where no function's products changed)
+            prefix = f"--compute {m['compute']} has no effect: "
+            parts = [w for w in (a["why"].removeprefix(prefix), m["why"].removeprefix(prefix)) if w]
+            a["why"] = "; ".join(dict.fromkeys(p for w in parts for p in w.split("; ")))
+            if not a["nodes"] and a["why"]:
+                a["why"] = prefix + a["why"]
         if "act_dtype" in rep:
             a = out.setdefault("act_dtype", {"dtype": rep["act_dtype"]["dtype"], "values": 0, "kept_f32": 0})
             a["values"] += rep["act_dtype"]["values"]

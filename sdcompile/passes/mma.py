@@ -105,11 +105,19 @@ def run(g: Graph, ctx: PassContext) -> Graph:
                 "32 values as ggml's q8_0, as llama.cpp and stable-diffusion.cpp compute with these weights: about "
                 "twice the error of bf16 products)"
             )
+        elif vnni and w.dtype in INT8_TYPES:
+            from schedules.cpu_vnni import FROM_ROWS
+
+            rep["kept_f32"] += 1
+            why.add(
+                f"{'/'.join(INT8_TYPES)} GEMMs of fewer than {FROM_ROWS} rows (bound by reading the weights), or with N "
+                "or a conv's channels not a multiple of 16, keep their integer kernels"
+            )
         else:
             rep["kept_f32"] += 1
             why.add(
                 "quantized weights keep their integer kernels"
-                + ("" if tiles else f" (without AMX-BF16 {'/'.join(BLOCK_TYPES)} do too, unless VNNI takes them)")
+                + ("" if tiles or vnni else f" (without AMX-BF16 or AVX512_VNNI {'/'.join(BLOCK_TYPES)} do too)")
             )
     rep["why"] = ("" if rep["nodes"] else f"--compute {compute} has no effect: ") + "; ".join(sorted(why))
     return g

@@ -154,3 +154,39 @@ def test_no_effect_is_said(tiny_graph, monkeypatch):
     assert "mma" not in ctx.report and not any("mma" in n.attrs for n in g.nodes)
     with pytest.raises(OptionError, match="unknown --compute"):
         _run(tiny_graph, compute="fp8")
+
+
+def test_module_report_sums_functions_and_keeps_every_reason():
+    """compile runs the passes per function (text encoder, UNet, VAE); the module's report sums the counts and keeps
+    each function's reasons once, and says "no effect" only where no function's products changed."""
+    from sdcompile.compiler import _merge_reports
+
+    def rep(mma: dict) -> dict:
+        return {
+            "quantize": {"tensors": []},
+            "fuse": {"fired": {}, "declined": {}, "nodes": 0},
+            "legalize": {"native": 0, "fallbacks": []},
+            "mma": {"compute": "bf16", "nodes": 0, "attention": 0, "kept_f32": 0, "why": ""} | mma,
+        }
+
+    none = "--compute bf16 has no effect: "
+    out = _merge_reports(
+        {
+            "encode": rep({"kept_f32": 2, "why": none + "float weights keep f32 products: slow vdpbf16ps"}),
+            "denoise": rep(
+                {
+                    "nodes": 3,
+                    "int8": 3,
+                    "kept_f32": 1,
+                    "why": "float weights keep f32 products: slow "
+                    "vdpbf16ps; q8_0/q4_0 weights multiply int8 activations on AVX-512 VNNI",
+                }
+            ),
+        }
+    )["mma"]
+    assert (out["nodes"], out["int8"], out["quantized"], out["kept_f32"]) == (3, 3, 0, 3)
+    assert out["why"] == (
+        "float weights keep f32 products: slow vdpbf16ps; q8_0/q4_0 weights multiply int8 activations on AVX-512 VNNI"
+    )
+    only = _merge_reports({"encode": rep({"kept_f32": 2, "why": none + "a"}), "x": rep({"why": none + "b"})})["mma"]
+    assert only["why"] == none + "a; b"
