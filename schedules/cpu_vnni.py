@@ -13,20 +13,20 @@ outputs are NaN.
 
 Why: a ``vpdpbusd`` does 64 multiply-adds of bytes at the issue rate of a 16-lane f32 FMA (measured here: 2.5 per
 ns both), so the products of a 32-value block take 8 instructions per 16 outputs where f32 takes 32; the block's
-scaling adds 5 (subtract, convert, two multiplies, an add). On CPUs without AMX-BF16 that is the fastest way to
+scaling adds 3 per 16 outputs (convert, the two scales' product, a multiply-add). On CPUs without AMX-BF16 that is the fastest way to
 multiply these weights (Intel's ``vdpbf16ps`` runs at half the FMA rate, AMD's at the FMA rate with 32 per
 instruction).
 
 ``vpdpbusd`` multiplies unsigned bytes by signed ones: x goes in as ``q + 128`` (0..255), the weights as they are,
-and the block's ``128 sum(w)`` (per weight row, kept with the panel) is subtracted from the int32 sum before it is
-scaled. Layout, per call:
+and each block's int32 sums start from ``-128 sum(w)`` (per weight row, kept with the panel), which cancels it. Layout, per call:
 
 - **weights** (parallel over units of NB x 16 weight rows): decoded once into a panel: per block of 32 values and
-  step of 4, NB vectors whose lane r holds the 4 quants of weight row 16 j + r (a 16 x 8 word transpose through a
-  small buffer), beside each block's f32 scales and ``128 sum(w)`` per row;
+  step of 4, NB vectors whose lane r holds the 4 quants of weight row 16 j + r (a 16 x 8 word transpose in
+  registers), beside each block's f32 scales and ``-128 sum(w)`` per row;
 - **activations**: rows of x are quantized in groups of RG rows (bytes in L2, the scales beside), each parallel task
   taking (group, range of units) items, so that short GEMMs (the UNet's 8x8 level, prompts) still split across
-  threads; a conv gathers its patches one tap at a time (``cpu_amx.over_taps``) where C is a multiple of 32;
+  threads; where there are so few groups that the units are split, every row is quantized once first (in
+  parallel), not once per range of units; a conv gathers its patches one tap at a time (``cpu_amx.over_taps``) where C is a multiple of 32;
 - **register block**: MR rows x NB weight vectors, MR x NB int32 sums for the block and MR x NB f32 sums for the
   whole of K (24 of the 32 zmm registers), per step NB weight loads and MR broadcasts of 4 x bytes.
 """
@@ -58,6 +58,7 @@ X_GROUP_BYTES = 512 << 10  # a group's quantized rows (K bytes each) stay in L2 
 # fewer rows (a prompt's few tokens): the GEMV kernels, bound by reading the weights, which this kernel would decode
 # into its panel first
 FROM_ROWS = 16
+PANEL_SLICE_BYTES = 256 << 10  # a unit's panel for one pass over K (Zen 4 has 1 MB of L2 per core, SPR 2 MB)
 MIN_TASKS = 8  # (group, unit range) items at least, where there are units enough: both threads busy on short GEMMs
 
 
@@ -115,9 +116,14 @@ class _VnniGemm:
         self.UPC = -(-self.NU // self.UC)
         self.UC = -(-self.NU // self.UPC)
         self.items = self.GR * self.UC
+        self.shared = self.UC > 1
         self.TPC = -(-self.items // min(self.items, MAX_CHUNKS))
         self.CH = -(-self.items // self.TPC)
         self.PW = self.NB * 16 * 8  # panel words per unit and block: 8 steps x NB vectors
+        # K in passes of KC blocks whose slice of a unit's panel (quants, scales, sums) stays in L2 while every row
+        # tile of the group passes over it; between passes each tile's f32 sums wait in a small buffer
+        self.KC = max(1, min(self.KS, PANEL_SLICE_BYTES // ((self.PW + 2 * self.NB * 16) * 4)))
+        self.passes = -(-self.KS // self.KC)
 
     def build(self) -> None:
         w = self.bufs["w"]
@@ -127,9 +133,14 @@ class _VnniGemm:
         self.wu8 = T.decl_buffer((words * 4,), "uint8", data=w.data)
         self.pq = T.alloc_buffer((self.NU * self.KS * self.PW,), "uint32")  # quants [unit][block][step][j][16]
         self.pd = T.alloc_buffer((self.NU * self.KS * self.NB * 16,), "float32")  # d_w [unit][block][j][16]
-        self.ps = T.alloc_buffer((self.NU * self.KS * self.NB * 16,), "int32")  # 128 sum(w), likewise
-        self.xq = T.alloc_buffer((self.CH * self.RG * self.KW,), "uint32")  # q + 128 as bytes, per chunk
-        self.dx = T.alloc_buffer((self.CH * self.RG * self.KS,), "float32")  # d_x per row and block
+        self.ps = T.alloc_buffer((self.NU * self.KS * self.NB * 16,), "int32")  # -128 sum(w), likewise
+        self.part = T.alloc_buffer((self.CH * self.RG * self.NB * 16,), "float32")
+        slots = self.GR * self.RG if self.shared else self.CH * self.RG  # rows of quantized x held at once
+        self.xq = T.alloc_buffer((slots * self.KW,), "uint32")  # q + 128 as bytes
+        self.dx = T.alloc_buffer((slots * self.KS,), "float32")  # d_x per row and block
+        if self.shared:  # few groups: every row quantized once, before the items split the units
+            with T.parallel(0, self.GR * self.RG) as m:
+                self.quantize(m, m)
         with T.parallel(0, self.NU) as u:
             self.decode_unit(u)
         with T.parallel(0, self.CH) as c:
@@ -146,23 +157,35 @@ class _VnniGemm:
 
     def decode_unit(self, u) -> None:
         """Unit u's rows of W into the panel: for each block, the quants as 8 steps x NB vectors (lane r: the 4 bytes
-        of step t of weight row 16 j + r), the block scale and 128 times the quants' sum per row."""
-        mem = T.bind(T.tvm_stack_alloca("shape", 16 * 8 // 2))  # a 16 x 8 word transpose
-        tr = T.decl_buffer((128,), "uint32", data=mem)
-        with T.serial(0, self.KS) as s:
-            pb = (u * self.KS + s) * self.PW
-            mb = (u * self.KS + s) * self.NB * 16
-            for j in range(self.NB):
+        of step t of weight row 16 j + r), the block scale and -128 times the quants' sum per row. The 16 rows x 8
+        words of a block are transposed in registers: rows r and r + 8 share a vector (halves), then three rounds of
+        two-vector shuffles transpose both 8 x 8 halves at once (24 shuffles, where word scatters took 128 stores);
+        the row sums are 8 more ``vpdpbusd`` against bytes of ones."""
+        ones = splat(0x01010101, "uint32", 16)
+        for j in range(self.NB):  # 16 rows at a time, each read front to back (16 streams for the prefetchers)
+            with T.serial(0, self.KS) as s:
+                pb = (u * self.KS + s) * self.PW
+                mb = (u * self.KS + s) * self.NB * 16
+                bases = [T.bind(((u * self.NB + j) * 16 + r) * self.RB + s * self.BS) for r in range(16)]
+                words = [T.bind(T.reinterpret("uint32x8", self._quants(b))) for b in bases]
+                v = [T.bind(shuffle([words[r], words[r + 8]], list(range(16)))) for r in range(8)]
+                for h in (4, 2, 1):
+                    nxt = list(v)
+                    for r in range(8):
+                        if r & h:
+                            continue
+                        lo = [c if not c & h else 16 + c - h for c in range(16)]
+                        hi = [c + h if not c & h else 16 + c for c in range(16)]
+                        nxt[r] = T.bind(shuffle([v[r], v[r + h]], lo))
+                        nxt[r + h] = T.bind(shuffle([v[r], v[r + h]], hi))
+                    v = nxt
+                total = splat(0, "int32", 16)
+                for t in range(8):  # v[t], lane r: step t of row r
+                    vstore(self.pq, pb + (t * self.NB + j) * 16, v[t], 16)
+                    total = _dpbusd(total, ones, v[t])
+                vstore(self.ps, mb + j * 16, total * splat(-128, "int32", 16), 16)
                 for r in range(16):
-                    row = (u * self.NB + j) * 16 + r
-                    base = row * self.RB + s * self.BS  # the block: its f16 scale d, then the quants
-                    q = T.bind(self._quants(base))  # int8x32
-                    T.buffer_store(tr, T.reinterpret("uint32x8", q), [T.Ramp(r, 16, 8)])
-                    T.buffer_store(self.pd, f16_to_f32(self.w16[base // 2], 1), [mb + j * 16 + r])
-                    total = reduce_tree(T.Cast("int32x32", q), 32, lambda a, b: a + b)
-                    T.buffer_store(self.ps, total * 128, [mb + j * 16 + r])
-                for t in range(8):
-                    vstore(self.pq, pb + (t * self.NB + j) * 16, vload(tr, 16 * t, 16), 16)
+                    T.buffer_store(self.pd, f16_to_f32(self.w16[bases[r] // 2], 1), [mb + j * 16 + r])
 
     def _quants(self, base):
         """The block's 32 quants as int8x32 (q4_0: q - 8, value j the low nibble of byte j, 16 + j its high one)."""
@@ -175,9 +198,9 @@ class _VnniGemm:
 
     # -- activations --
 
-    def quantize(self, c, ml, m) -> None:
-        """Row m of x (zeros past M) into row ml of chunk c's group: per block, q + 128 as bytes and d_x."""
-        xbase, dbase = (c * self.RG + ml) * self.KW, (c * self.RG + ml) * self.KS
+    def quantize(self, slot, m) -> None:
+        """Row m of x (zeros past M) into row ``slot`` of the quantized rows: per block, q + 128 as bytes and d_x."""
+        xbase, dbase = slot * self.KW, slot * self.KS
 
         def block(s, v0, v1) -> None:
             amax = reduce_tree(T.max(T.fabs(v0), T.fabs(v1)), 16, T.max)
@@ -223,34 +246,55 @@ class _VnniGemm:
     # -- products --
 
     def item(self, c, it) -> None:
-        """Item it = (group of rows g, range of units): quantize the group, then every unit of the range over it."""
+        """Item it = (group of rows g, range of units): quantize the group into chunk c's rows (unless every row was
+        quantized up front), then every unit of the range over it."""
         g = T.bind(it // self.UC)
         ur = T.bind(it % self.UC)
-        with T.serial(0, self.RG) as ml:
-            self.quantize(c, ml, g * self.RG + ml)
+        slot0 = g * self.RG if self.shared else c * self.RG  # the group's first row of quantized x
+        if not self.shared:
+            with T.serial(0, self.RG) as ml:
+                self.quantize(slot0 + ml, g * self.RG + ml)
         units = T.bind(T.min(self.UPC, self.NU - ur * self.UPC))
         with T.serial(0, units) as ul:
             u = ur * self.UPC + ul
-            with T.serial(0, self.RG // self.MR) as rt:
-                self.micro(c, u, rt * self.MR, g * self.RG + rt * self.MR)
+            with T.serial(0, self.passes) as kc:
+                with T.serial(0, self.RG // self.MR) as rt:
+                    part = (c * self.RG + rt * self.MR) * self.NB * 16  # this tile's sums between passes
+                    self.micro(slot0 + rt * self.MR, u, g * self.RG + rt * self.MR, kc, part)
 
-    def micro(self, c, u, ml, m0) -> None:
-        """Rows ml .. ml + MR - 1 of chunk c's group (output rows m0 ..) times unit u: int32 sums per block, scaled
-        into f32 sums, then the fused epilogue."""
+    def micro(self, slot, u, m0, kc, part) -> None:
+        """Quantized rows slot .. slot + MR - 1 (output rows m0 ..) times unit u over pass kc's blocks: int32 sums
+        per block, scaled into f32 sums, which wait in ``part`` between passes; after the last, the fused
+        epilogue."""
         mr, nb = self.MR, self.NB
         mem = T.bind(
             T.tvm_stack_alloca("shape", mr * nb * 16)
         )  # f32 sums, then int32 sums: LLVM keeps them in registers
         accf = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
         acci = T.decl_buffer((mr * nb * 16,), "int32", data=mem, elem_offset=mr * nb * 16)
-        for i in range(mr * nb):
-            vstore(accf, 16 * i, splat(0.0, "float32", 16), 16)
-        xrow = [(c * self.RG + ml + r) * self.KW for r in range(mr)]
-        with T.serial(0, self.KS) as s:
+
+        def zero() -> None:
+            for i in range(mr * nb):
+                vstore(accf, 16 * i, splat(0.0, "float32", 16), 16)
+
+        if self.passes == 1:
+            zero()
+        else:
+            with T.If(kc == 0):
+                with T.Then():
+                    zero()
+                with T.Else():
+                    for i in range(mr * nb):
+                        vstore(accf, 16 * i, vload(self.part, part + 16 * i, 16), 16)
+        xrow = [(slot + r) * self.KW for r in range(mr)]
+        steps = self.KC if self.KS % self.KC == 0 else T.min(self.KC, self.KS - kc * self.KC)
+        with T.serial(kc * self.KC, kc * self.KC + steps) as s:
             pb = (u * self.KS + s) * self.PW
             mb = (u * self.KS + s) * nb * 16
+            # the block's sums start at -128 sum(w), which the 128 added to every quant of x puts back
+            sw = [T.bind(vload(self.ps, mb + 16 * j, 16)) for j in range(nb)]
             for i in range(mr * nb):
-                vstore(acci, 16 * i, splat(0, "int32", 16), 16)
+                vstore(acci, 16 * i, sw[i % nb], 16)
             for t in range(8):
                 wv = [T.bind(vload(self.pq, pb + (t * nb + j) * 16, 16)) for j in range(nb)]
                 for r in range(mr):
@@ -264,20 +308,31 @@ class _VnniGemm:
                             16,
                         )
             dw = [T.bind(vload(self.pd, mb + 16 * j, 16)) for j in range(nb)]
-            sw = [T.bind(vload(self.ps, mb + 16 * j, 16)) for j in range(nb)]
             for r in range(mr):
-                d = T.Broadcast(self.dx[(c * self.RG + ml + r) * self.KS + s], 16)
+                d = T.Broadcast(self.dx[(slot + r) * self.KS + s], 16)
                 for j in range(nb):
                     i = r * nb + j
-                    sums = T.Cast("float32x16", vload(acci, 16 * i, 16) - sw[j])
+                    sums = T.Cast("float32x16", vload(acci, 16 * i, 16))
                     vstore(accf, 16 * i, vload(accf, 16 * i, 16) + sums * (dw[j] * d), 16)
-        for r in range(mr):
-            with T.If(m0 + r < self.M):
-                with T.Then():
-                    for j in range(nb):
-                        store_output_vec(
-                            self.bufs, self.act, m0 + r, (u * nb + j) * 16, vload(accf, 16 * (r * nb + j), 16)
-                        )
+
+        def epilogue() -> None:
+            for r in range(mr):
+                with T.If(m0 + r < self.M):
+                    with T.Then():
+                        for j in range(nb):
+                            store_output_vec(
+                                self.bufs, self.act, m0 + r, (u * nb + j) * 16, vload(accf, 16 * (r * nb + j), 16)
+                            )
+
+        if self.passes == 1:
+            epilogue()
+            return
+        with T.If(kc < self.passes - 1):
+            with T.Then():
+                for i in range(mr * nb):
+                    vstore(self.part, part + 16 * i, vload(accf, 16 * i, 16), 16)
+            with T.Else():
+                epilogue()
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
