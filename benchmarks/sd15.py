@@ -1730,10 +1730,13 @@ def main(argv: list[str] | None = None) -> int:
         machine["isa_limit"] = dict(NO_AMX_ENV)
         args.note.append(
             "Without AMX (--no-amx): every implementation ran with the AMX tile unit off (sdcompile "
-            "SDCOMPILE_NO_AMX=1: bf16 products on AVX512_BF16's vdpbf16ps, attention f32; PyTorch/oneDNN "
+            "SDCOMPILE_NO_AMX=1; PyTorch/oneDNN "
             f"ONEDNN_MAX_CPU_ISA={NO_AMX_ENV['ONEDNN_MAX_CPU_ISA']}), the instruction sets of an AMD Zen 4, on this "
-            "CPU: its vdpbf16ps has half its f32 FMA rate (Zen 4: twice), so the bf16 rows here say which code "
-            "path runs, not Zen 4's speed"
+            "CPU. sdcompile's --compute bf16 there: q8_0/q4_0 weights get int8 products on AVX512_VNNI (vpdpbusd, "
+            "activations quantized per 32 values as ggml's q8_0), float weights bf16 products on vdpbf16ps only "
+            "where it runs at the f32 FMA rate (AMD); this Intel CPU's runs at half of it, so they stay f32 here; "
+            "attention is f32 (flash attention on FMAs). PyTorch's bf16 rows run vdpbf16ps at this CPU's half rate "
+            "(Zen 4: at its FMA rate), so they say which code path runs, not Zen 4's speed"
         )
     ensure_checkpoint(args)
     plan = plan_works(args.works, args.quick)
