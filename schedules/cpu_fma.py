@@ -65,11 +65,13 @@ from tvm.script.ir_builder import tirx as T
 from schedules.cpu_amx import over_row_blocks, over_taps, row_blocks, target_has, x_vector
 from schedules.cpu_amx_bf16 import _transpose16
 from schedules.tir_build import (
+    end_sums,
     float_weight,
     load_f32,
     prim_func,
     replace_body,
     splat,
+    start_sums,
     store_output_vec,
     vload,
     vstore,
@@ -336,19 +338,7 @@ class _FmaGemm:
         acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
         slot = t * mr * self.NR
 
-        def zero() -> None:
-            for i in range(mr * nb):
-                vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
-
-        if self.passes == 1:
-            zero()
-        else:
-            with T.If(kc == 0):
-                with T.Then():
-                    zero()
-                with T.Else():
-                    for i in range(mr * nb):
-                        vstore(acc, 16 * i, vload(part, slot + 16 * i, 16), 16)
+        start_sums(acc, mr * nb, self.passes, kc, part, slot)
         steps = self.KC if self.KR % self.KC == 0 else T.min(self.KC, self.KR - kc * self.KC)
         with T.serial(0, steps // UNROLL) as kk:
             for e in range(UNROLL):
@@ -359,15 +349,7 @@ class _FmaGemm:
                     for j in range(nb):
                         i = r * nb + j
                         vstore(acc, 16 * i, _fma(xv, wv[j], vload(acc, 16 * i, 16)), 16)
-        if self.passes == 1:
-            self.epilogue(acc, u, m0)
-            return
-        with T.If(kc < self.passes - 1):
-            with T.Then():
-                for i in range(mr * nb):
-                    vstore(part, slot + 16 * i, vload(acc, 16 * i, 16), 16)
-            with T.Else():
-                self.epilogue(acc, u, m0)
+        end_sums(acc, mr * nb, self.passes, kc, part, slot, lambda: self.epilogue(acc, u, m0))
 
     def epilogue(self, acc, u, m0) -> None:
         """The block's sums through the fused epilogue to rows m0 .. m0 + MR - 1 (those below M) of y."""

@@ -37,7 +37,9 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import MAX_CHUNKS, over_taps, target_has, x_vector
+from schedules.cpu_amx_bf16 import butterfly
 from schedules.tir_build import (
+    end_sums,
     f16_to_f32,
     load_f32,
     prim_func,
@@ -45,6 +47,7 @@ from schedules.tir_build import (
     replace_body,
     shuffle,
     splat,
+    start_sums,
     store_output_vec,
     vload,
     vstore,
@@ -168,17 +171,8 @@ class _VnniGemm:
                 mb = (u * self.KS + s) * self.NB * 16
                 bases = [T.bind(((u * self.NB + j) * 16 + r) * self.RB + s * self.BS) for r in range(16)]
                 words = [T.bind(T.reinterpret("uint32x8", self._quants(b))) for b in bases]
-                v = [T.bind(shuffle([words[r], words[r + 8]], list(range(16)))) for r in range(8)]
-                for h in (4, 2, 1):
-                    nxt = list(v)
-                    for r in range(8):
-                        if r & h:
-                            continue
-                        lo = [c if not c & h else 16 + c - h for c in range(16)]
-                        hi = [c + h if not c & h else 16 + c for c in range(16)]
-                        nxt[r] = T.bind(shuffle([v[r], v[r + h]], lo))
-                        nxt[r + h] = T.bind(shuffle([v[r], v[r + h]], hi))
-                    v = nxt
+                halves = [T.bind(shuffle([words[r], words[r + 8]], list(range(16)))) for r in range(8)]
+                v = butterfly(halves, (4, 2, 1))
                 total = splat(0, "int32", 16)
                 for t in range(8):  # v[t], lane r: step t of row r
                     vstore(self.pq, pb + (t * self.NB + j) * 16, v[t], 16)
@@ -273,19 +267,7 @@ class _VnniGemm:
         accf = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
         acci = T.decl_buffer((mr * nb * 16,), "int32", data=mem, elem_offset=mr * nb * 16)
 
-        def zero() -> None:
-            for i in range(mr * nb):
-                vstore(accf, 16 * i, splat(0.0, "float32", 16), 16)
-
-        if self.passes == 1:
-            zero()
-        else:
-            with T.If(kc == 0):
-                with T.Then():
-                    zero()
-                with T.Else():
-                    for i in range(mr * nb):
-                        vstore(accf, 16 * i, vload(self.part, part + 16 * i, 16), 16)
+        start_sums(accf, mr * nb, self.passes, kc, self.part, part)
         xrow = [(slot + r) * self.KW for r in range(mr)]
         steps = self.KC if self.KS % self.KC == 0 else T.min(self.KC, self.KS - kc * self.KC)
         with T.serial(kc * self.KC, kc * self.KC + steps) as s:
@@ -324,15 +306,7 @@ class _VnniGemm:
                                 self.bufs, self.act, m0 + r, (u * nb + j) * 16, vload(accf, 16 * (r * nb + j), 16)
                             )
 
-        if self.passes == 1:
-            epilogue()
-            return
-        with T.If(kc < self.passes - 1):
-            with T.Then():
-                for i in range(mr * nb):
-                    vstore(self.part, part + 16 * i, vload(accf, 16 * i, 16), 16)
-            with T.Else():
-                epilogue()
+        end_sums(accf, mr * nb, self.passes, kc, self.part, part, epilogue)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

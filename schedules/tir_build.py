@@ -133,3 +133,36 @@ def replace_body(sch: s_tir.Schedule, spec: KernelSpec, build_fn) -> None:
     func = build_fn(spec, list(sch.mod[spec.name].params))
     root = sch.get_sblock("root")
     sch.state.replace(sch.get_sref(root), s_tir.stmt.SBlock([], [], [], "root", func.body))
+
+
+def start_sums(acc, count: int, passes: int, kc, part, at) -> None:
+    """``count`` f32x16 sums in ``acc`` (an LLVM alloca kept in registers) before pass ``kc`` of K: zeros at the first
+    (or only) pass, else what the earlier passes left in ``part[at:]``."""
+
+    def zero() -> None:
+        for i in range(count):
+            vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
+
+    if passes == 1:
+        zero()
+        return
+    with T.If(kc == 0):
+        with T.Then():
+            zero()
+        with T.Else():
+            for i in range(count):
+                vstore(acc, 16 * i, vload(part, at + 16 * i, 16), 16)
+
+
+def end_sums(acc, count: int, passes: int, kc, part, at, epilogue) -> None:
+    """After pass ``kc``: the sums wait in ``part[at:]`` for the next pass, or after the last go through
+    ``epilogue()``."""
+    if passes == 1:
+        epilogue()
+        return
+    with T.If(kc < passes - 1):
+        with T.Then():
+            for i in range(count):
+                vstore(part, at + 16 * i, vload(acc, 16 * i, 16), 16)
+        with T.Else():
+            epilogue()

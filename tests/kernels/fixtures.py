@@ -108,6 +108,27 @@ def weight_words(spec, w):
     return words.view(np.uint32), dequantize(raw, wtype, w.shape).astype(np.float64)
 
 
+def gemm_inputs(spec, rng):
+    """(arrays for ``run_spec``, W's values as float64) for a linear or conv2d spec: Gaussian x (as its parameter
+    stores it: f32, or rounded to f16 / bf16), W ~ 0.1 N(0, 1) in the spec's weight type, bias and residual where
+    it has them."""
+    import numpy as np
+
+    from sdcompile.kernels.spec import gemm_mnk
+
+    def stored(name, a):
+        return a.astype(spec.param(name).dtype).astype(np.float32)
+
+    M, N, K = gemm_mnk(spec)
+    words, w = weight_words(spec, rng.standard_normal((N, K)) * 0.1)
+    arrays = {"x": stored("x", rng.standard_normal(spec.param("x").shape)), "w": words}
+    if spec.attr("bias"):
+        arrays["bias"] = rng.standard_normal(N).astype(np.float32)
+    if spec.attr("residual"):
+        arrays["res"] = stored("res", rng.standard_normal((M, N)))
+    return arrays, w
+
+
 def check_nan_rows_and_columns(ex, spec, row: int, col: int) -> None:
     """A NaN in row ``row`` of x spoils that row of y, a NaN weight in row ``col`` of W that column, and nothing
     else: no NaN lost in a rounding, none smeared across a register block's rows or a vector's lanes."""

@@ -107,23 +107,7 @@ def _run(ex, spec, arrays):
     return fx.run_spec(ex, spec, arrays).astype(np.float64)
 
 
-_weights = fx.weight_words
-
-
-def _act_input(spec, name: str, a: np.ndarray) -> np.ndarray:
-    """a as the kernel's parameter stores it (f32, or rounded to f16 / bf16), back in f32."""
-    return a.astype(spec.param(name).dtype).astype(np.float32)
-
-
-def _inputs(spec, rng):
-    M, N, K = gemm_mnk(spec)
-    words, w = _weights(spec, rng.standard_normal((N, K)) * 0.1)
-    arrays = {"x": _act_input(spec, "x", rng.standard_normal(spec.param("x").shape)), "w": words}
-    if spec.attr("bias"):
-        arrays["bias"] = rng.standard_normal(N).astype(np.float32)
-    if spec.attr("residual"):
-        arrays["res"] = _act_input(spec, "res", rng.standard_normal((M, N)))
-    return arrays, w
+_inputs = fx.gemm_inputs
 
 
 def _gemm_x(spec, x: np.ndarray) -> np.ndarray:

@@ -82,19 +82,7 @@ def test_dispatch():
     assert {g.NB for g in gemms} == {1, 2, 4} and any(g.UC > 1 for g in gemms) and any(g.GR > 1 for g in gemms)
 
 
-def _act_input(spec, name: str, a: np.ndarray) -> np.ndarray:
-    return a.astype(spec.param(name).dtype).astype(np.float32)
-
-
-def _inputs(spec, rng):
-    M, N, K = gemm_mnk(spec)
-    words, w = fx.weight_words(spec, rng.standard_normal((N, K)) * 0.1)
-    arrays = {"x": _act_input(spec, "x", rng.standard_normal(spec.param("x").shape)), "w": words}
-    if spec.attr("bias"):
-        arrays["bias"] = rng.standard_normal(N).astype(np.float32)
-    if spec.attr("residual"):
-        arrays["res"] = _act_input(spec, "res", rng.standard_normal((M, N)))
-    return arrays, w
+_inputs = fx.gemm_inputs
 
 
 def quantize_q8_0(xm: np.ndarray):
