@@ -249,7 +249,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per child process (default: 3600)")
     p.add_argument("--json", type=Path, default=HERE / "results" / "sd15.json", help="results file")
     p.add_argument("--md", type=Path, default=HERE / "results" / "sd15.md", help="markdown tables")
-    p.add_argument("--plot", type=Path, default=HERE / "results" / "sd15.png", help="PNG (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG (needs matplotlib; default: beside --md, so a run written elsewhere leaves the results' plot alone)",
+    )
     p.add_argument("--merge", action="store_true", help="keep the other measurements of an existing --json file")
     p.add_argument("--from-json", type=Path, help="measure nothing; write --md and --plot from this result file")
     p.add_argument("--note", action="append", default=[], help="a note for the results (repeatable)")
@@ -262,6 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.plot is None:
+        a.plot = a.md.with_suffix(".png")
     if a.child or a.from_json:
         return a
     try:
