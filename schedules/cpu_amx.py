@@ -185,12 +185,20 @@ def tile_config(cfg, shapes: dict[int, tuple[int, int]]) -> None:
         T.buffer_store(cfg, T.uint8(rows), [48 + t])
 
 
+def chunking(count: int) -> tuple[int, int]:
+    """(units per chunk, chunks) for ``count`` units in at most ``MAX_CHUNKS`` parallel chunks of consecutive units,
+    every chunk with at least one (20 units: 10 chunks of 2, not 16)."""
+    per = -(-count // min(count, MAX_CHUNKS))
+    return per, -(-count // per)
+
+
 def over_chunks(chunks: int, per_chunk: int, count: int, cfg, body) -> None:
     """``body(c, i)`` for i < ``count`` units in ``chunks`` parallel tasks of ``per_chunk`` consecutive units (the last
-    one may be short), each task loading the tile configuration first (it is per thread) and releasing the tiles
-    when done."""
+    one may be short). With a tile configuration ``cfg`` each task loads it first (it is per thread) and releases the
+    tiles when done; ``cfg=None``: kernels without the tile unit."""
     with T.parallel(0, chunks) as c:
-        _amx("ldtilecfg", T.address_of(cfg[0]))
+        if cfg is not None:
+            _amx("ldtilecfg", T.address_of(cfg[0]))
         with T.serial(0, per_chunk) as t:
             i = c * per_chunk + t
             if chunks * per_chunk > count:  # the last chunk is short
@@ -199,7 +207,8 @@ def over_chunks(chunks: int, per_chunk: int, count: int, cfg, body) -> None:
                         body(c, i)
             else:
                 body(c, i)
-        _amx("tilerelease")
+        if cfg is not None:
+            _amx("tilerelease")
 
 
 def x_vector(conv: dict | None, x, m, k):
@@ -268,8 +277,7 @@ class _Gemm:
         row_bytes = 2 * self.K + 4 * self.NG + (4 * self.NM if self.mins else 0)
         self.MB, self.NBLK = row_blocks(self.M, row_bytes)
         self.MT = self.MB // A.TILE  # tiles of 16 rows of x in a block
-        self.TPC = -(-self.NT // min(self.NT, MAX_CHUNKS))  # weight tiles per chunk
-        self.CH = -(-self.NT // self.TPC)  # chunks: every one has a tile (20 tiles: 10 chunks of 2, not 16)
+        self.TPC, self.CH = chunking(self.NT)  # weight tiles per chunk, chunks
 
     def build(self) -> None:
         b = self.bufs

@@ -34,9 +34,9 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import (
-    MAX_CHUNKS,
     _amx,
     _i8,
+    chunking,
     over_chunks,
     over_row_blocks,
     over_taps,
@@ -117,9 +117,7 @@ class _Bf16Gemm:
             # a group of RG rows of x as A operands stays in L2 while every weight tile passes over it
             self.RG = max(32, min(256, A_GROUP_BYTES // (2 * self.K) // 32 * 32))
             self.GR = -(-self.M // self.RG)  # groups of rows
-            self.CH = min(self.GR, MAX_CHUNKS)
-            self.GPC = -(-self.GR // self.CH)  # groups per chunk
-            self.CH = -(-self.GR // self.GPC)
+            self.GPC, self.CH = chunking(self.GR)  # groups per chunk, chunks
             # weight units per panel block (PANEL_BYTES of bf16 operands)
             self.UPB = max(1, min(self.NU, PANEL_BYTES // (self.NB * 16 * self.K * 2)))
             self.PB = -(-self.NU // self.UPB)
@@ -128,8 +126,7 @@ class _Bf16Gemm:
             # go two at a time, the odd one out of the last block pairing with a zero tile
             self.MB, self.NBLK = row_blocks(self.M, 2 * self.K, align=32)
             self.MT2 = self.MB // 16
-            self.TPC = -(-self.NU // min(self.NU, MAX_CHUNKS))  # units per chunk
-            self.CH = -(-self.NU // self.TPC)
+            self.TPC, self.CH = chunking(self.NU)  # units per chunk, chunks
 
     def build(self) -> None:
         w = self.bufs["w"]

@@ -42,7 +42,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import MAX_CHUNKS, _amx, _i8, over_chunks, tile_config, with_tile_state
+from schedules.cpu_amx import _amx, _i8, chunking, over_chunks, tile_config, with_tile_state
 from schedules.cpu_amx_bf16 import _bf16_pairs
 from schedules.tir_build import load_f32, prim_func, reduce_tree, replace_body, shuffle, splat, vload, vstore
 from sdcompile.kernels.act import bf16_bits, narrow
@@ -158,6 +158,10 @@ def _row16(buf, row, col, n: int):
 
 
 class _Attention:
+    # the layout's parameters, which the f32 kernel (cpu_attention_fma) sets its own way: query tiles per task, keys
+    # per softmax block, and the step keys are padded to (32: a step of p.v on the tile unit)
+    NQ, KEY_BLOCK, KEY_STEP = NQ, KEY_BLOCK, 32
+
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.spec, self.bufs = spec, bufs
         self.B, self.S, self.H, self.Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
@@ -166,24 +170,26 @@ class _Attention:
         self.scale = float(self.Dh) ** -0.5
         self.DS = -(-self.Dh // 32)  # steps of 32 channels (q.k)
         self.DC = -(-self.Dh // 16)  # tiles of 16 channels (rows of o^T)
-        TP = -(-self.T // 32) * 32  # keys padded to whole steps of p.v
-        self.KB = min(KEY_BLOCK, TP)
+        step = self.KEY_STEP
+        TP = -(-self.T // step) * step  # keys padded to whole steps
+        self.KB = min(self.KEY_BLOCK, TP)
         self.NBF = self.T // self.KB  # full key blocks
         rem = self.T - self.NBF * self.KB
-        self.KBT = -(-rem // 32) * 32  # the tail block's keys (0: none)
+        self.KBT = -(-rem // step) * step  # the tail block's keys (0: none)
         self.TP = self.NBF * self.KB + self.KBT
         self.NKT, self.NKS = self.TP // 16, self.TP // 32  # key tiles (scores) and key steps (p.v)
-        self.NQ = NQ
         self.QB = 16 * self.NQ
         self.NQB = -(-self.S // self.QB)
         self.tasks = self.B * self.H * self.NQB
-        self.TPC = -(-self.tasks // min(self.tasks, MAX_CHUNKS))
-        self.CH = -(-self.tasks // self.TPC)
+        self.TPC, self.CH = chunking(self.tasks)
         # task order: a head's packed k and v (bf16) stay in L2 while its blocks of queries run, unless every head's
         # fit there at once (short keys: cross-attention), when a block of queries runs all its heads in turn, and
         # each row of q and o is read and written whole
-        kv_bytes = self.H * self.TP * (32 * self.DS + 16 * self.DC) * 2
-        self.heads_inner = kv_bytes <= L2_BYTES // 2
+        self.heads_inner = self.kv_bytes() <= L2_BYTES // 2
+
+    def kv_bytes(self) -> int:
+        """Every head's packed k and v (bf16 tiles)."""
+        return self.H * self.TP * (32 * self.DS + 16 * self.DC) * 2
 
     def build(self) -> None:
         BH = self.B * self.H

@@ -28,8 +28,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import MAX_CHUNKS
-from schedules.cpu_attention_amx import L2_BYTES, MAX_DH, _Attention, _row16, _transpose16
+from schedules.cpu_amx import over_chunks
+from schedules.cpu_attention_amx import MAX_DH, _Attention, _row16, _transpose16
 from schedules.cpu_fma import _fma, target_has_avx512
 from schedules.tir_build import prim_func, replace_body, splat, vload, vstore
 from sdcompile.kernels.spec import KernelSpec
@@ -56,28 +56,15 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
 
 
 class _AttentionFma(_Attention):
-    def __init__(self, spec: KernelSpec, bufs: dict):  # noqa: PLW0231 (the layout differs from the AMX kernel's)
-        self.spec, self.bufs = spec, bufs
-        self.B, self.S, self.H, self.Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
-        self.T = int(spec.attr("T", self.S))
-        self.causal = bool(spec.attr("causal"))
-        self.scale = float(self.Dh) ** -0.5
-        self.DC = -(-self.Dh // 16)  # tiles of 16 channels (rows of o^T)
-        self.DP = 16 * self.DC  # channels per packed row of k, v and q^T
-        TP = -(-self.T // 16) * 16  # keys padded to whole softmax steps
-        self.KB = min(KEY_BLOCK, TP)
-        self.NBF = self.T // self.KB
-        rem = self.T - self.NBF * self.KB
-        self.KBT = -(-rem // 16) * 16
-        self.TP = self.NBF * self.KB + self.KBT
-        self.NQ = NQ
-        self.QB = 16 * NQ
-        self.NQB = -(-self.S // self.QB)
-        self.tasks = self.B * self.H * self.NQB
-        self.TPC = -(-self.tasks // min(self.tasks, MAX_CHUNKS))
-        self.CH = -(-self.tasks // self.TPC)
-        kv_bytes = self.H * self.TP * 2 * self.DP * 4
-        self.heads_inner = kv_bytes <= L2_BYTES // 2  # as cpu_attention_amx: which tasks follow each other
+    NQ, KEY_BLOCK, KEY_STEP = NQ, KEY_BLOCK, 16  # keys padded to whole softmax steps
+
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        self.DP = 16 * -(-int(spec.attr("Dh")) // 16)  # channels per packed row of k, v and q^T
+        super().__init__(spec, bufs)
+
+    def kv_bytes(self) -> int:
+        """Every head's k and v rows (f32)."""
+        return self.H * self.TP * 2 * self.DP * 4
 
     def build(self) -> None:
         BH = self.B * self.H
@@ -88,15 +75,7 @@ class _AttentionFma(_Attention):
         self.ob = T.alloc_buffer((self.CH * self.DC * self.NQ * 256,), "float32")  # o^T sums
         self.ml = T.alloc_buffer((self.CH * 2 * self.NQ * 16,), "float32")  # running max, then sum
         self.prep()
-        with T.parallel(0, self.CH) as c:
-            with T.serial(0, self.TPC) as i:
-                t = c * self.TPC + i
-                if self.CH * self.TPC > self.tasks:
-                    with T.If(t < self.tasks):
-                        with T.Then():
-                            self.task(c, t)
-                else:
-                    self.task(c, t)
+        over_chunks(self.CH, self.TPC, self.tasks, None, self.task)
 
     def prep(self) -> None:
         """k and v as f32 rows of DP channels (16-bit activations widened once here, not per product)."""

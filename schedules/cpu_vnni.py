@@ -36,7 +36,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import MAX_CHUNKS, over_taps, target_has, x_vector
+from schedules.cpu_amx import chunking, over_chunks, over_taps, target_has, x_vector
 from schedules.cpu_amx_bf16 import butterfly
 from schedules.tir_build import (
     end_sums,
@@ -120,8 +120,7 @@ class _VnniGemm:
         self.UC = -(-self.NU // self.UPC)
         self.items = self.GR * self.UC
         self.shared = self.UC > 1
-        self.TPC = -(-self.items // min(self.items, MAX_CHUNKS))
-        self.CH = -(-self.items // self.TPC)
+        self.TPC, self.CH = chunking(self.items)
         self.PW = self.NB * 16 * 8  # panel words per unit and block: 8 steps x NB vectors
         # K in passes of KC blocks whose slice of a unit's panel (quants, scales, sums) stays in L2 while every row
         # tile of the group passes over it; between passes each tile's f32 sums wait in a small buffer
@@ -146,15 +145,7 @@ class _VnniGemm:
                 self.quantize(m, m)
         with T.parallel(0, self.NU) as u:
             self.decode_unit(u)
-        with T.parallel(0, self.CH) as c:
-            with T.serial(0, self.TPC) as i:
-                it = c * self.TPC + i
-                if self.CH * self.TPC > self.items:
-                    with T.If(it < self.items):
-                        with T.Then():
-                            self.item(c, it)
-                else:
-                    self.item(c, it)
+        over_chunks(self.CH, self.TPC, self.items, None, self.item)
 
     # -- weights --
 
