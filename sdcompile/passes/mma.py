@@ -96,23 +96,25 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             rep["nodes"] += 1
             rep["quantized"] = rep.get("quantized", 0) + 1
             why.add(f"{'/'.join(BLOCK_TYPES)} weights are decoded to bf16 for the tile unit (one rounding, as f16's)")
-        elif vnni and w.dtype in INT8_TYPES and _int8_shape(g, n):
-            n.attrs["mma"] = "int8"
-            rep["nodes"] += 1
-            rep["int8"] = rep.get("int8", 0) + 1
-            why.add(
-                f"{'/'.join(INT8_TYPES)} weights multiply int8 activations on AVX-512 VNNI (activations quantized per "
-                "32 values as ggml's q8_0, as llama.cpp and stable-diffusion.cpp compute with these weights: about "
-                "twice the error of bf16 products)"
-            )
         elif vnni and w.dtype in INT8_TYPES:
-            from schedules.cpu_vnni import FROM_ROWS
+            n.attrs["mma"] = "int8"
+            if _vnni_takes(g, n):
+                rep["nodes"] += 1
+                rep["int8"] = rep.get("int8", 0) + 1
+                why.add(
+                    f"{'/'.join(INT8_TYPES)} weights multiply int8 activations on AVX-512 VNNI (activations quantized "
+                    "per 32 values as ggml's q8_0, as llama.cpp and stable-diffusion.cpp compute with these weights: "
+                    "about twice the error of bf16 products)"
+                )
+            else:
+                from schedules.cpu_vnni import FROM_ROWS
 
-            rep["kept_f32"] += 1
-            why.add(
-                f"{'/'.join(INT8_TYPES)} GEMMs of fewer than {FROM_ROWS} rows (bound by reading the weights), or with N "
-                "or a conv's channels not a multiple of 16, keep their integer kernels"
-            )
+                del n.attrs["mma"]
+                rep["kept_f32"] += 1
+                why.add(
+                    f"{'/'.join(INT8_TYPES)} GEMMs of fewer than {FROM_ROWS} rows (bound by reading the weights), or "
+                    "with N or a conv's channels not a multiple of 16, keep their integer kernels"
+                )
         else:
             rep["kept_f32"] += 1
             why.add(
@@ -123,18 +125,13 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     return g
 
 
-def _int8_shape(g: Graph, n) -> bool:
-    """Whether the VNNI kernel (``schedules/cpu_vnni.py``) takes this linear / conv2d: N in whole vectors, K in
-    whole blocks (q8_0 / q4_0 rows always are), a conv's channels in whole vectors, ``FROM_ROWS`` rows or more."""
-    from schedules.cpu_vnni import FROM_ROWS
+def _vnni_takes(g: Graph, n) -> bool:
+    """Whether the VNNI kernel takes node ``n`` (already marked ``mma="int8"``): the kernel's own rule
+    (``cpu_vnni.applicable``) on the spec the node becomes, so the report counts what runs."""
+    from schedules import cpu_vnni
+    from sdcompile.codegen.plan import node_spec
 
-    out = g.values[n.outputs[0]].shape
-    rows = 1
-    for d in out[:-1]:
-        rows *= int(d)
-    x = g.values[n.inputs[0]].shape
-    channels_ok = n.op != "conv2d" or int(x[-1]) % 16 == 0
-    return int(out[-1]) % 16 == 0 and channels_ok and rows >= FROM_ROWS
+    return cpu_vnni.applicable(node_spec(g, n), 16)
 
 
 def _attention_kept(g: Graph, n, tiles: bool) -> str:
