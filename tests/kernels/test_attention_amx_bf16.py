@@ -86,6 +86,34 @@ def _heads_to_rows(a, B, S, H, Dh):
     return a.transpose(0, 2, 1, 3).reshape(B * S, H * Dh)
 
 
+def case_arrays(case, seed: int) -> dict:
+    """q, k, v of a case as the storage type holds them (as f64), rows [B * L, H * Dh]; q scaled up a little so that
+    some rows' softmax is sharp."""
+    B, S, T, H, Dh, _, dtype = case
+    rng = np.random.default_rng(seed)
+    return {
+        n: (rng.standard_normal((B * L, H * Dh)) * f).astype(np.float32).astype(dtype).astype(np.float64)
+        for n, L, f in (("q", S, 1.5), ("k", T, 1.0), ("v", T, 1.0))
+    }
+
+
+def exact_reference(arrays: dict, case):
+    """(f64 attention of the inputs as given, |v|_w per output, the weights and heads' views of attention_f64)."""
+    B, S, T, H, Dh, causal, _ = case
+    w, qh, kh, vh = attention_f64(arrays["q"], arrays["k"], arrays["v"], B, S, T, H, Dh, causal)
+    return _heads_to_rows(w @ vh, B, S, H, Dh), _heads_to_rows(w @ np.abs(vh), B, S, H, Dh), (w, qh, kh, vh)
+
+
+def score_error_max(qh, kh, case, rel: float) -> np.ndarray:
+    """Per output, the largest bound over the query's (unmasked) keys on a score's error, where each product of
+    c q.k may be off by ``rel`` of its magnitude: c sum_d |q_d k_jd| rel, in the rows layout of the outputs."""
+    B, S, T, H, Dh, causal, _ = case
+    d = (np.abs(qh) @ np.abs(kh).transpose(0, 1, 3, 2)) / np.sqrt(Dh) * rel
+    if causal:
+        d = np.where(np.triu(np.ones((S, T), bool), 1), 0.0, d)
+    return _heads_to_rows(np.repeat(d.max(-1)[..., None], Dh, -1), B, S, H, Dh)  # [B, H, S, Dh] as rows
+
+
 def _run(ex, spec, arrays):
     args = []
     for p in spec.params:
@@ -102,19 +130,12 @@ def _run(ex, spec, arrays):
 def test_bf16_attention_within_its_bounds(ex, case):
     B, S, T, H, Dh, causal, dtype = case
     spec = _spec(*case)
-    rng = np.random.default_rng(3)
-    # inputs as the storage type holds them; q scaled up a little so that some rows' softmax is sharp
-    arrays = {
-        n: (rng.standard_normal((B * L, H * Dh)) * f).astype(np.float32).astype(dtype).astype(np.float64)
-        for n, L, f in (("q", S, 1.5), ("k", T, 1.0), ("v", T, 1.0))
-    }
+    arrays = case_arrays(case, 3)
     got = _run(ex, spec, arrays)
     assert np.all(np.isfinite(got))
 
     args = (B, S, T, H, Dh, causal)
-    w, qh, kh, vh = attention_f64(arrays["q"], arrays["k"], arrays["v"], *args)
-    exact = _heads_to_rows(w @ vh, B, S, H, Dh)
-    vw = _heads_to_rows(w @ np.abs(vh), B, S, H, Dh)  # |v|_w per output
+    exact, vw, (_, qh, kh, _) = exact_reference(arrays, case)  # vw: |v|_w per output
     we, *_, vhe = attention_f64(*(bf16(arrays[n]) for n in "qkv"), *args)
     emulated = _heads_to_rows(we @ vhe, B, S, H, Dh)
 
@@ -123,11 +144,8 @@ def test_bf16_attention_within_its_bounds(ex, case):
     err = np.abs(got - emulated)
     assert np.all(err <= tol_emulated), float(np.max(err / tol_emulated))
 
-    d = (np.abs(qh) @ np.abs(kh).transpose(0, 1, 3, 2)) / np.sqrt(Dh) * (2 * U + U * U)
-    if causal:
-        d = np.where(np.triu(np.ones((S, T), bool), 1), 0.0, d)
-    dmax = np.repeat(d.max(-1)[..., None], Dh, -1)  # [B, H, S, Dh]
-    tol_exact = vw * ((1 + U) ** 2 * np.exp(2 * _heads_to_rows(dmax, B, S, H, Dh)) - 1) * 1.01 + 1e-6 + store
+    dmax = score_error_max(qh, kh, case, 2 * U + U * U)
+    tol_exact = vw * ((1 + U) ** 2 * np.exp(2 * dmax) - 1) * 1.01 + 1e-6 + store
     err = np.abs(got - exact)
     assert np.all(err <= tol_exact), float(np.max(err / tol_exact))
     # the products really were bf16: far above an f32 kernel's error

@@ -19,7 +19,7 @@ import pytest
 from schedules import cpu_attention_fma
 from sdcompile.kernels.spec import KernelSpec
 from tests.kernels import fixtures as fx
-from tests.kernels.test_attention_amx_bf16 import HALF_ULP, _heads_to_rows, _run, attention_f64
+from tests.kernels.test_attention_amx_bf16 import HALF_ULP, _run, case_arrays, exact_reference, score_error_max
 
 pytestmark = pytest.mark.skipif(not cpu_attention_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
 
@@ -55,23 +55,13 @@ def _gamma(n: int) -> float:
 
 @pytest.mark.parametrize("case", CASES, ids=[s.name for s in SPECS])
 def test_f32_attention_within_its_bound(ex, case):
-    B, S, T, H, Dh, causal, dtype = case
+    T, Dh, dtype = case[2], case[4], case[6]
     spec = _spec(*case)
-    rng = np.random.default_rng(5)
-    arrays = {
-        n: (rng.standard_normal((B * L, H * Dh)) * f).astype(np.float32).astype(dtype).astype(np.float64)
-        for n, L, f in (("q", S, 1.5), ("k", T, 1.0), ("v", T, 1.0))
-    }
+    arrays = case_arrays(case, 5)
     got = _run(ex, spec, arrays)
     assert np.all(np.isfinite(got))
-    args = (B, S, T, H, Dh, causal)
-    w, qh, kh, vh = attention_f64(arrays["q"], arrays["k"], arrays["v"], *args)
-    exact = _heads_to_rows(w @ vh, B, S, H, Dh)
-    vw = _heads_to_rows(w @ np.abs(vh), B, S, H, Dh)
-    d = (np.abs(qh) @ np.abs(kh).transpose(0, 1, 3, 2)) / np.sqrt(Dh) * _gamma(Dh)
-    if causal:
-        d = np.where(np.triu(np.ones((S, T), bool), 1), 0.0, d)
-    dmax = _heads_to_rows(np.repeat(d.max(-1)[..., None], Dh, -1), B, S, H, Dh)
+    exact, vw, (_, qh, kh, _) = exact_reference(arrays, case)
+    dmax = score_error_max(qh, kh, case, _gamma(Dh))
     store = HALF_ULP[dtype] * np.abs(exact) * 1.01
     tol = vw * ((1 + _gamma(T) + 1e-6) * np.exp(2 * dmax) - 1) + 1e-7 + store
     err = np.abs(got - exact)
