@@ -62,6 +62,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
+from schedules import quant_vec
 from schedules.cpu_amx import over_row_blocks, over_taps, row_blocks, target_has, x_vector
 from schedules.cpu_amx_bf16 import _transpose16
 from schedules.tir_build import (
@@ -78,7 +79,10 @@ from schedules.tir_build import (
 )
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
-TYPES = ("f32", "f16", "bf16")
+FLOAT_TYPES = ("f32", "f16", "bf16")
+# GGUF types decoded into the f32 panel with vector code (``quant_vec``): products in f32 on the values the file
+# holds, as exact as the float weights'
+TYPES = FLOAT_TYPES + quant_vec.TYPES
 FMA = "llvm.fma.v16f32"
 # rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
 MR_BY_NB = {4: 6, 3: 8, 2: 14, 1: 28}
@@ -158,6 +162,7 @@ class _FmaGemm:
         words = w.shape[0]
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
+        self.wq = quant_vec.views(w) if self.wtype in quant_vec.TYPES else None
         if self.by_rows:
             self.rows_first()
             return
@@ -225,7 +230,11 @@ class _FmaGemm:
     # -- weights --
 
     def _wvec(self, row, k, lanes: int):
-        """W[row, k:k+lanes] as f32 from the weight's storage words."""
+        """W[row, k:k+lanes] as f32 from the weight's storage words (a quant type: 16 values, k a multiple of 16;
+        K is then a multiple of its block, so the value-by-value tail never runs)."""
+        if self.wq is not None:
+            assert lanes == 16
+            return quant_vec.values16(self.wtype, self.wq, row, k, self.K)
         return float_weight(self.wtype, self.wf, self.w16, row * self.K + k, lanes)
 
     def pack(self, panel, base, u, v0=0, nv=None) -> None:

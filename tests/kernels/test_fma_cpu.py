@@ -1,7 +1,9 @@
-"""f32 GEMM on AVX-512 FMAs (``schedules/cpu_fma.py``): linear and conv2d with f32, f16 and bf16 weights and f32
-products, against float64 numpy, through both loop nests (by weights: fewer than ``BY_ROWS_FROM`` rows; by rows).
+"""f32 GEMM on AVX-512 FMAs (``schedules/cpu_fma.py``): linear and conv2d with f32, f16 and bf16 weights and the
+GGUF types it decodes (``schedules/quant_vec.py``) and f32 products, against float64 numpy, through both loop nests
+(by weights: fewer than ``BY_ROWS_FROM`` rows; by rows).
 
-Bound (u = 2^-24, f32's unit roundoff; the weights' values are taken as stored, so decoding f16 / bf16 is exact):
+Bound (u = 2^-24, f32's unit roundoff; the weights' values are taken as stored, so decoding f16 / bf16 is exact, and a
+quant type's as the ``gguf`` package dequantizes it, which the decoder matches bit for bit):
 |y - y64| <= (K + 4) u sum_k |x_k w_k| plus the epilogue's rounding (and, for 16-bit activation storage, half an
 ulp of the output type). A lost or doubled product, a wrong panel layout or a wrong conv tap fails it by orders of
 magnitude; the bf16-rounded products of ``--compute bf16`` would fail it too."""
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schedules import cpu_fma
+from schedules import cpu_fma, quant_vec
 from sdcompile.codegen import tvm_layer
 from sdcompile.ir.ops import gelu_np, im2col_np, quick_gelu_np, silu_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
@@ -59,11 +61,32 @@ CASES = [
         {"B": 1, "H": 40, "W": 30, "C": 16, "N": 32, "wtype": "f32", "bias": True, "residual": False, "dt": "bb"}
         | {"kh": 3, "kw": 3, "stride": 1, "pads": (2, 0, 1, 1)},  # by rows, asymmetric pads
     ),
+    # GGUF types decoded into the panel (``quant_vec``): each type by weights, and by rows; K over several blocks
+    ("linear", {"M": 154, "N": 64, "K": 768, "wtype": "q8_0", **EPI, "residual": True}),
+    ("linear", {"M": 40, "N": 32, "K": 96, "wtype": "q4_0", **EPI}),
+    ("linear", {"M": 33, "N": 48, "K": 64, "wtype": "q4_1", **EPI}),
+    ("linear", {"M": 40, "N": 16, "K": 128, "wtype": "q5_0", **EPI}),
+    ("linear", {"M": 40, "N": 64, "K": 96, "wtype": "q5_1", **EPI | {"act": "gelu"}}),
+    ("linear", {"M": 77, "N": 64, "K": 768, "wtype": "q4_k", **EPI}),
+    ("linear", {"M": 40, "N": 32, "K": 512, "wtype": "q5_k", **EPI}),
+    ("linear", {"M": 40, "N": 48, "K": 768, "wtype": "q6_k", **EPI}),
+    ("linear", {"M": 40, "N": 64, "K": 4608, "wtype": "q4_k", **EPI}),  # K passes by weights
+    ("linear", {"M": 1030, "N": 64, "K": 256, "wtype": "q6_k", **EPI, "dt": "hh"}),  # by rows
+    ("linear", {"M": 1024, "N": 32, "K": 512, "wtype": "q4_0", **EPI}),
+    ("conv2d", {"B": 1, "H": 9, "W": 7, "C": 32, "N": 32, "wtype": "q8_0", **CONV3, "bias": True, "residual": True}),
+    ("conv2d", {"B": 1, "H": 6, "W": 6, "C": 256, "N": 32, "wtype": "q4_k", **CONV3, "bias": True, "residual": False}),
 ]
 SPECS = [KernelSpec.make(op, **a) for op, a in CASES]
 NAN = KernelSpec.make("linear", M=40, N=64, K=48, wtype="f16", bias=True, residual=False, act="none")
+# x = I: y = W^T, each output one product by 1, so the decoded weights themselves (every decoder of quant_vec)
+DECODE = [
+    KernelSpec.make("linear", M=256, N=16, K=256, wtype=t, bias=False, residual=False, act="none")
+    for t in quant_vec.TYPES
+]
 
-built = fx.built_fixture("cpu", lambda: SPECS + [NAN], "fma_cpu")
+# without AMX, which would take the quant types (``cpu_amx``), as on AMD Zen 4
+NO_AMX = {"SDCOMPILE_NO_AMX": "1"}
+built = fx.built_fixture("cpu", lambda: SPECS + [NAN] + DECODE, "fma_cpu", NO_AMX)
 ex = fx.executor_fixture("cpu")
 
 
@@ -80,7 +103,7 @@ def test_dispatch():
     base = {"M": 64, "N": 64, "K": 64, "wtype": "f16", **EPI}
     for why, change in (
         ("few rows", {"M": cpu_fma.FROM_ROWS - 1}),
-        ("quantized", {"wtype": "q8_0"}),
+        ("a quant type without a vector decoder", {"wtype": "q2_k", "K": 256}),
         ("N % 16", {"N": 24}),
         ("bf16 products", {"mma": "bf16"}),
     ):
@@ -88,7 +111,7 @@ def test_dispatch():
         assert not cpu_fma.applicable(spec, 16), why
     conv = KernelSpec.make("conv2d", B=1, H=8, W=8, C=4, N=32, wtype="f16", bias=False, residual=False, **CONV3)
     assert not cpu_fma.applicable(conv, 16)  # channels not in whole vectors (a UNet's conv_in)
-    assert cpu_bf16_dot.TYPES == cpu_fma.TYPES
+    assert cpu_bf16_dot.TYPES == cpu_fma.FLOAT_TYPES
 
 
 def test_code_uses_zmm_fma():
@@ -136,6 +159,32 @@ def test_f32_products_within_their_bound(ex, spec):
 
 def test_nan_propagates(ex):
     fx.check_nan_rows_and_columns(ex, NAN, row=7, col=37)
+
+
+@pytest.mark.parametrize("spec", DECODE, ids=[str(s.attr("wtype")) for s in DECODE])
+def test_quant_decode_bit_exact_with_gguf(ex, spec):
+    """The panel holds exactly the values the ``gguf`` package dequantizes (bit-exact with ggml): random blocks
+    (every nibble, fifth bit, sub-scale and sign), raw bytes except the f16 scales, kept finite."""
+    import gguf
+
+    N, K = 16, 256
+    qtype = getattr(gguf.GGMLQuantizationType, str(spec.attr("wtype")).upper())
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(21)
+    raw = rng.integers(0, 256, (N * K // block, size), dtype=np.uint8)
+    for scale in {"q8_0": [0], "q4_0": [0], "q5_0": [0], "q4_1": [0, 2], "q5_1": [0, 2], "q6_k": [208]}.get(
+        str(spec.attr("wtype")),
+        [0, 2],  # q4_k, q5_k: d and dmin
+    ):
+        raw[:, scale : scale + 2] = np.frombuffer(
+            rng.uniform(-1, 1, len(raw)).astype(np.float16).tobytes(), np.uint8
+        ).reshape(-1, 2)
+    want = gguf.quants.dequantize(raw.reshape(N, -1), qtype).astype(np.float32)
+    words = np.zeros(spec.param("w").words() * 4, np.uint8)
+    words[: raw.size] = raw.reshape(-1)
+    got = fx.run_spec(ex, spec, {"x": np.eye(K, dtype=np.float32), "w": words.view(np.uint32)}).reshape(K, N)
+    np.testing.assert_array_equal(got.T, want)
+    assert np.abs(want).max() > 0
 
 
 def _build_run(tmp_path, spec, arrays, name: str) -> np.ndarray:
