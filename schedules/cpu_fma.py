@@ -1,6 +1,10 @@
-"""CPU GEMM in f32 on AVX-512 FMAs: ``linear`` and ``conv2d`` with float weights (f32, f16, bf16) and f32 products
-(no ``mma``: ``compile`` without ``--compute bf16``), register-blocked as BLIS's micro-kernels are, for GEMMs of
-``FROM_ROWS`` rows or more (fewer: the tiled schedule of ``cpu.py`` is as fast).
+"""CPU GEMM in f32 on AVX-512 FMAs: ``linear`` and ``conv2d`` with float weights (f32, f16, bf16) or the GGUF types
+``quant_vec`` decodes, and f32 products (no ``mma``: ``compile`` without ``--compute bf16``), register-blocked as
+BLIS's micro-kernels are, for GEMMs of ``FROM_ROWS`` rows or more (fewer: the tiled schedule of ``cpu.py`` is as fast).
+Quantized weights are decoded into the same f32 panel, bit-exact with gguf's dequantize, so their products are as
+exact as the float weights'. Where AMX is there it takes the quant types first (``cpu_amx``); without it (AMD Zen 4)
+this kernel does: the SD1.5 text encoder in f32 mode, 2 threads, ``SDCOMPILE_NO_AMX``, q8_0 0.106 -> 0.093 s and q4_k
+0.125 -> 0.103 s against the tiled schedule (ONNX Runtime f32: 0.105 s in the same run).
 
 Layout. A weight unit is NR = 16 NB consecutive outputs (NB = 4 where N is a multiple of 64, else 3, 2, 1), packed
 per call as f32 (f16 / bf16 decoded once) into a panel [K][NR]: the NB vectors of step k are contiguous, so the
