@@ -38,6 +38,12 @@ SHAPES = [
     ("unet conv 8² 1280→1280", "conv2d", {"B": 2, "C": 1280, "H": 8, "W": 8, "N": 1280, **CONV3}, "f16"),
     ("unet linear ff 8192x320→2560", "linear", {"M": 8192, "K": 320, "N": 2560, "act": "none"}, "f16"),
     ("unet linear out 8192x1280→320", "linear", {"M": 8192, "K": 1280, "N": 320, "act": "none"}, "f16"),
+    # the UNet at 256x256 (its levels at 32², 16², 8², 4²): fewer rows per weight
+    ("unet256 conv 32² 320→320", "conv2d", {"B": 2, "C": 320, "H": 32, "W": 32, "N": 320, **CONV3}, "f16"),
+    ("unet256 conv 16² 640→640", "conv2d", {"B": 2, "C": 640, "H": 16, "W": 16, "N": 640, **CONV3}, "f16"),
+    ("unet256 conv 4² 1280→1280", "conv2d", {"B": 2, "C": 1280, "H": 4, "W": 4, "N": 1280, **CONV3}, "f16"),
+    ("unet256 linear ff 2048x320→2560", "linear", {"M": 2048, "K": 320, "N": 2560, "act": "none"}, "f16"),
+    ("unet256 linear ff 128x1280→10240", "linear", {"M": 128, "K": 1280, "N": 10240, "act": "none"}, "f16"),
 ]
 
 

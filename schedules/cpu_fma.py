@@ -93,6 +93,8 @@ MR_BY_NB = {4: 6, 3: 8, 2: 14, 1: 28}
 FROM_ROWS = 32  # fewer rows of x: the tiled schedule is as fast (M 8, 24: equal; M 1: it is 15% faster)
 BY_ROWS_FROM = 1024  # GEMMs with at least this many rows go by rows (M 154 by rows: 25% slower than by weights)
 TASKS = 16  # by weights: parallel tasks to aim for, a few per thread, so uneven ones still balance
+UNIT_TASKS = 4  # by weights with K in passes: tasks (groups of units x ranges of row panels) to aim for
+X_SLICE_BYTES = 96 << 10  # by weights: a task's x slice per pass at least this: units in groups (see UG)
 MIN_PANELS = 16  # row panels per task at least (by weights): each task packs its unit, once per 16 MR rows or more
 GROUP_PANELS = 16  # by rows: row panels per group (a task), over which each weight slice is used from L1
 L1_BYTES = 36 << 10  # a pass's weight slice (KC x NR f32) at most this: it stays in the 48 KiB L1 while x passes
@@ -159,6 +161,13 @@ class _FmaGemm:
             self.MS = max(1, min(self.MP // MIN_PANELS, -(-TASKS // self.NU)))
             self.PPT = -(-self.MP // self.MS)  # row panels per task
             self.MS = -(-self.MP // self.PPT)
+            # K in passes over many rows: a task takes a group of UG units, so that each pass's x slice, read from
+            # L3 by the first unit, serves the others from L2 (UNet 16x16 convs +11%); over fewer rows, one unit
+            # (its weight rows read front to back, which the prefetchers follow: the 4x4 conv, bound by reading its
+            # weights, ran 25% slower in groups of 5 units)
+            grouped = self.passes > 1 and 4 * self.PPT * self.MR * self.KC >= X_SLICE_BYTES
+            self.UG = max(1, -(-self.NU // -(-UNIT_TASKS // self.MS))) if grouped else 1
+            self.NG = -(-self.NU // self.UG)
         self.xrows = self.RG if self.by_rows else self.MB  # rows of prepared x held at a time
 
     def build(self) -> None:
@@ -278,30 +287,55 @@ class _FmaGemm:
 
     def tiles(self) -> None:
         """By weights: a task takes a weight unit and a range of the block's row panels. With K in one pass it
-        packs the whole unit (L2) and runs its panels over it; with several, per pass it packs the unit's slice
-        (L1) and runs every panel of its range over it (their sums wait between passes), so a unit too large for
-        L2 is never written out whole (a UNet 8x8 conv's unit, 2.9 MB, cost as much to pack as to multiply)."""
-        with T.parallel(0, self.NU * self.MS) as task:
-            u = T.bind(task // self.MS)
-            if self.passes == 1:
+        packs the whole unit (L2) and runs its panels over it; with several, a group of UG units: per pass and unit
+        it packs the unit's slice (L1) and runs every panel of its range over it (their sums wait between passes),
+        so a unit too large for L2 is never written out whole (a UNet 8x8 conv's unit, 2.9 MB, cost as much to
+        pack as to multiply), and the pass's slice of x stays in L2 from one unit to the next."""
+        if self.passes == 1:
+            with T.parallel(0, self.NU * self.MS) as task:
+                u = T.bind(task // self.MS)
                 panel = T.alloc_buffer((self.UW,), "float32")
                 self.pack(panel, 0, u)
-            else:
-                panel = T.alloc_buffer((self.KC * self.NR,), "float32")
-                part = T.alloc_buffer((self.PPT * self.MR * self.NR,), "float32")
+                self.panels(
+                    task % self.MS,
+                    lambda mp, t: self.micro(panel, 0, self.xb, mp * self.MR, None, t, u, self.row0(mp), 0),
+                )
+            return
+        with T.parallel(0, self.NG * self.MS) as task:
+            panel = T.alloc_buffer((self.KC * self.NR,), "float32")
+            part = T.alloc_buffer((self.UG * self.PPT * self.MR * self.NR,), "float32")
             with T.serial(0, self.passes) as kc:
-                if self.passes > 1:
-                    v0 = kc * (self.KC // 16)
-                    self.pack(panel, 0, u, v0, T.min(self.KC // 16, self.KV - v0))
-                with T.serial(0, self.PPT) as t:
-                    mp = T.bind((task % self.MS) * self.PPT + t)
-                    with T.If(mp < self.MP):
+                with T.serial(0, self.UG) as ul:
+                    u = T.bind((task // self.MS) * self.UG + ul)
+                    with T.If(u < self.NU):
                         with T.Then():
-                            m0 = self.m0 + mp * self.MR if self.NBLK > 1 else mp * self.MR
-                            pofs = -kc * self.KC * self.NR if self.passes > 1 else 0
-                            self.micro(
-                                panel, pofs, self.xb, mp * self.MR, part if self.passes > 1 else None, t, u, m0, kc
+                            v0 = kc * (self.KC // 16)
+                            self.pack(panel, 0, u, v0, T.min(self.KC // 16, self.KV - v0))
+                            self.panels(
+                                task % self.MS,
+                                lambda mp, t: self.micro(
+                                    panel,
+                                    -kc * self.KC * self.NR,
+                                    self.xb,
+                                    mp * self.MR,
+                                    part,
+                                    ul * self.PPT + t,
+                                    u,
+                                    self.row0(mp),
+                                    kc,
+                                ),
                             )
+
+    def panels(self, ms, run) -> None:
+        """run(mp, t) for the t-th row panel mp of range ms (those inside the block)."""
+        with T.serial(0, self.PPT) as t:
+            mp = T.bind(ms * self.PPT + t)
+            with T.If(mp < self.MP):
+                with T.Then():
+                    run(mp, t)
+
+    def row0(self, mp):
+        return self.m0 + mp * self.MR if self.NBLK > 1 else mp * self.MR
 
     def rows_first(self) -> None:
         """By rows (M >= BY_ROWS_FROM): per block of weight units, the block is packed once (in parallel); then each

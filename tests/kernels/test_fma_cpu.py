@@ -251,3 +251,25 @@ def test_pass_outer_equals_unit_outer(tmp_path, monkeypatch):
         results.append(_build_run(tmp_path, spec, arrays, f"o{outer}"))
     np.testing.assert_array_equal(results[0], results[1])
     assert np.abs(results[0]).max() > 0
+
+
+def test_unit_groups_equal_single_units(tmp_path, monkeypatch):
+    """By weights with K in passes, a task running a group of units (``UG``; here 2 of 5 units per group, the
+    last group partial, and two ranges of row panels) sums each output over K in the same order as one unit per
+    task: the same bits."""
+    from sdcompile.codegen import build
+
+    spec = KernelSpec.make("conv2d", B=1, H=12, W=16, C=64, N=320, wtype="f16", bias=True, residual=True, **CONV3)
+    arrays, _ = _inputs(spec, np.random.default_rng(4))
+    monkeypatch.setattr(cpu_fma, "L1_BYTES", 64 * 4 * 64)  # 64 values of K per pass: 9 passes
+    monkeypatch.setattr(cpu_fma, "UNIT_L2_BYTES", 0)  # no unit in one pass
+    results = []
+    for slice_bytes, tasks, groups in ((1 << 40, 4, 5), (0, 6, 3)):
+        monkeypatch.setattr(cpu_fma, "X_SLICE_BYTES", slice_bytes)
+        monkeypatch.setattr(cpu_fma, "UNIT_TASKS", tasks)
+        monkeypatch.setattr(build, "_BUILT", {})
+        g = cpu_fma._FmaGemm(spec, {})
+        assert (g.NG, g.MS, g.passes) == (groups, 2, 9), (g.NG, g.MS, g.passes)
+        results.append(_build_run(tmp_path, spec, arrays, f"g{groups}"))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert np.abs(results[0]).max() > 0
