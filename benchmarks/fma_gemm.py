@@ -44,6 +44,7 @@ SHAPES = [
     ("unet256 conv 4² 1280→1280", "conv2d", {"B": 2, "C": 1280, "H": 4, "W": 4, "N": 1280, **CONV3}, "f16"),
     ("unet256 linear ff 2048x320→2560", "linear", {"M": 2048, "K": 320, "N": 2560, "act": "none"}, "f16"),
     ("unet256 linear ff 128x1280→10240", "linear", {"M": 128, "K": 1280, "N": 10240, "act": "none"}, "f16"),
+    ("unet256 linear ff-out 128x5120→1280", "linear", {"M": 128, "K": 5120, "N": 1280, "act": "none"}, "f16"),
 ]
 
 

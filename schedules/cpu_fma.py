@@ -77,6 +77,7 @@ from schedules.tir_build import (
     replace_body,
     splat,
     start_sums,
+    store_output,
     store_output_vec,
     vload,
     vstore,
@@ -93,6 +94,8 @@ MR_BY_NB = {4: 6, 3: 8, 2: 14, 1: 28}
 FROM_ROWS = 32  # fewer rows of x: the tiled schedule is as fast (M 8, 24: equal; M 1: it is 15% faster)
 BY_ROWS_FROM = 1024  # GEMMs with at least this many rows go by rows (M 154 by rows: 25% slower than by weights)
 TASKS = 16  # by weights: parallel tasks to aim for, a few per thread, so uneven ones still balance
+SWAP_ROWS = 128  # swapped (y^T = W x^T, see ``swapped``) for at most this many rows of x ...
+SWAP_K = 2048  # ... and K at least this
 UNIT_TASKS = 4  # by weights with K in passes: tasks (groups of units x ranges of row panels) to aim for
 X_SLICE_BYTES = 96 << 10  # by weights: a task's x slice per pass at least this: units in groups (see UG)
 MIN_PANELS = 16  # row panels per task at least (by weights): each task packs its unit, once per 16 MR rows or more
@@ -132,6 +135,11 @@ class _FmaGemm:
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
+        # swapped (see ``swapped``): the loop nest computes y^T = W x^T, W's rows in the role of x's
+        self.M0, self.N0 = self.M, self.N
+        self.swap = swapped(self.M, self.N, self.K)
+        if self.swap:
+            self.M, self.N = self.N0, 16 * -(-self.M0 // 16)
         self.KV = -(-self.K // 16)  # 16-value vectors per row of x (the last one zero-padded)
         self.KR = 16 * self.KV  # prepared row length
         NT = self.N // 16
@@ -140,7 +148,8 @@ class _FmaGemm:
         self.NR = 16 * self.NB
         self.NU = NT // self.NB  # weight units
         self.UW = self.KR * self.NR  # f32 words of a packed unit
-        self.by_rows = self.M >= BY_ROWS_FROM
+        # swapped: by rows whatever N, each group's slice of W prepared pass by pass (see ``rows_first``)
+        self.by_rows = self.M >= BY_ROWS_FROM or self.swap
         # K in passes of KC values (a multiple of 16; the last pass may be shorter) whose weight slice, KC x NR
         # f32, fits L1_BYTES, the passes as even as whole vectors allow; by weights, one pass where the whole unit
         # fits UNIT_L2_BYTES
@@ -154,7 +163,7 @@ class _FmaGemm:
             self.PB = -(-self.NU // self.UPB)
             # a group too large for L2: each pass's x slice serves every unit before the next pass (the sums of the
             # whole group wait between passes)
-            self.pass_outer = self.passes > 1 and 4 * self.RG * self.KR > GROUP_L2_BYTES
+            self.pass_outer = self.passes > 1 and (self.swap or 4 * self.RG * self.KR > GROUP_L2_BYTES)
         else:
             self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
             self.MP = self.MB // self.MR  # row panels per block
@@ -169,6 +178,7 @@ class _FmaGemm:
             self.UG = max(1, -(-self.NU // -(-UNIT_TASKS // self.MS))) if grouped else 1
             self.NG = -(-self.NU // self.UG)
         self.xrows = self.RG if self.by_rows else self.MB  # rows of prepared x held at a time
+        self.x_slice = self.swap and self.passes > 1
 
     def build(self) -> None:
         w = self.bufs["w"]
@@ -198,15 +208,20 @@ class _FmaGemm:
         if self.passes == 1:
             return ml * self.KR + k
         kc = k // self.KC if kc is None else kc
+        if self.x_slice:  # one pass's slice held at a time
+            return ml * self.KC + (k - kc * self.KC)
         return kc * (self.xrows * self.KC) + ml * self.KC + (k - kc * self.KC)
 
     def prep_row(self, m, xb, ml) -> None:
-        """Row m of x (a conv: patch m) as KR f32 values, prepared row ml of xb (``xat``): zeros past K, and a
-        whole row of zeros for m >= M (the last row panel's padding)."""
+        """Row m of x (a conv: patch m; swapped: row m of W) as KR f32 values, prepared row ml of xb (``xat``):
+        zeros past K, and a whole row of zeros for m >= M (the last row panel's padding)."""
         x = self.bufs["x"]
         with T.If(m < self.M):
             with T.Then():
-                if self.conv is not None:
+                if self.swap:
+                    with T.serial(0, self.KV) as v:
+                        vstore(xb, self.xat(ml, 16 * v), self._wvec(m, 16 * v, 16), 16)
+                elif self.conv is not None:
                     self.prep_patch(m, xb, ml)
                 else:
                     with T.serial(0, self.K // 16) as v:
@@ -271,8 +286,27 @@ class _FmaGemm:
                         with T.Else():
                             self._pack_tail(panel, at, row0)
 
+    def prep_slice(self, n, xb, ml, kc) -> None:
+        """Swapped: pass kc's KC values of W's row n (zeros for n >= N) as prepared row ml of xb."""
+        nv = self.KC // 16 if self.KR % self.KC == 0 else T.min(self.KC // 16, self.KV - kc * (self.KC // 16))
+        with T.serial(0, nv) as v:
+            at = ml * self.KC + 16 * v  # xat's slice layout, written out: TVM's buffer compaction failed on it
+            with T.If(n < self.M):
+                with T.Then():
+                    vstore(xb, at, self._wvec(n, kc * self.KC + 16 * v, 16), 16)
+                with T.Else():
+                    vstore(xb, at, splat(0.0, "float32", 16), 16)
+
+    def _xvec(self, m, k):
+        """Swapped: x[m, k:k+16] (a conv: of patch m) as the rows of the panel; past M (up to a multiple of 16) any
+        row of x: those columns of y^T are never stored, and each of the others sums its own column only."""
+        # m bound first: TVM's region analysis of x's index (divisions of m by the image size) over the packing
+        # loops divided by zero (TVM 0.27)
+        return x_vector(self.conv, self.bufs["x"], T.bind(m % self.M0 if self.M0 % 16 else m), k)
+
     def _pack_block(self, panel, at, row0, v) -> None:
-        rows = [T.bind(self._wvec(row0 + r, 16 * v, 16)) for r in range(16)]
+        vec = self._xvec if self.swap else lambda row, k: self._wvec(row, k, 16)
+        rows = [T.bind(vec(row0 + r, 16 * v)) for r in range(16)]
         for p, vec in enumerate(_transpose16(rows)):
             vstore(panel, at + p * self.NR, vec, 16)
 
@@ -351,12 +385,13 @@ class _FmaGemm:
                         self.pack(panel, ul * self.UW, pb * self.UPB + ul)
             # one task per group: with a few groups per task, 2 threads split 15 tasks 8 / 7 (-7% on a UNet conv)
             with T.parallel(0, self.GR) as g:
-                xg = T.alloc_buffer((self.passes * self.RG * self.KC,), "float32")
+                xg = T.alloc_buffer(((1 if self.x_slice else self.passes) * self.RG * self.KC,), "float32")
                 part = T.alloc_buffer(
                     (self.UPB * self.RG * self.NR if self.pass_outer else self.RG * self.NR,), "float32"
                 )
-                with T.serial(0, self.RG) as ml:
-                    self.prep_row(g * self.RG + ml, xg, ml)
+                if not self.x_slice:
+                    with T.serial(0, self.RG) as ml:
+                        self.prep_row(g * self.RG + ml, xg, ml)
 
                 def run(ul, kc, t, slot) -> None:
                     m0 = g * self.RG + t * self.MR
@@ -365,6 +400,9 @@ class _FmaGemm:
 
                 if self.pass_outer:
                     with T.serial(0, self.passes) as kc:
+                        if self.x_slice:  # swapped: the pass's slice of the group's W rows, converted (L1 / L2)
+                            with T.serial(0, self.RG) as ml:
+                                self.prep_slice(g * self.RG + ml, xg, ml, kc)
                         with T.serial(0, units) as ul:
                             with T.serial(0, GROUP_PANELS) as t:
                                 run(ul, kc, t, ul * GROUP_PANELS + t)
@@ -401,12 +439,45 @@ class _FmaGemm:
     def epilogue(self, acc, u, m0) -> None:
         """The block's sums through the fused epilogue to rows m0 .. m0 + MR - 1 (those below M) of y."""
         nb = self.NB
+        if self.swap:
+            self.epilogue_swapped(acc, u, m0)
+            return
         for r in range(self.MR):
             with T.If(m0 + r < self.M):
                 with T.Then():
                     for j in range(nb):
                         v = vload(acc, 16 * (r * nb + j), 16)
                         store_output_vec(self.bufs, self.act, m0 + r, u * self.NR + 16 * j, v)
+
+    def epilogue_swapped(self, acc, u, n0) -> None:
+        """Swapped: the block's sums are y^T's (row r: output column n0 + r; vector j: 16 output rows); each value
+        through the scalar epilogue. The sums go to a staging buffer first, so that the loop over them indexes
+        memory, not the accumulators (which a variable index would keep out of registers)."""
+        nb, mr = self.NB, self.MR
+        mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
+        stage = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
+        for i in range(mr * nb):
+            vstore(stage, 16 * i, vload(acc, 16 * i, 16), 16)
+        with T.serial(0, mr) as r:
+            n = n0 + r
+            with T.If(n < self.N0):
+                with T.Then():
+                    with T.serial(0, nb * 16) as c:
+                        m = u * self.NR + c
+                        with T.If(m < self.M0):
+                            with T.Then():
+                                store_output(self.bufs, self.act, m, n, stage[(r * nb + c // 16) * 16 + c % 16])
+
+
+def swapped(M: int, N: int, K: int) -> bool:
+    """Whether to compute y^T = W x^T: W's rows are converted pass by pass into the slices the broadcasts read
+    (no transpose) and x's few rows are packed into the panel once per call (transposed). Packing the weights
+    (decode, 16 x 16 register transposes) is paid once per 16 weights whatever M is: at the UNet's 8x8 and 4x4
+    convs (M 128 and 32, K 11520) it was 20% and 45% of the kernel's time (measured by skipping it). Swapped, on 2
+    threads: 8x8 conv 242 -> 259 GFLOP/s, 4x4 183 -> 205. Where K is short the scalar epilogue (the sums leave
+    transposed, one value at a time) costs more than it saves: the text encoder's linears (M 154, K 768 / 3072)
+    ran 3-20% slower swapped, a 128 x 1280 -> 10240 linear 20%; a 128 x 5120 -> 1280 one is level."""
+    return M <= SWAP_ROWS and K >= SWAP_K and K % 16 == 0
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

@@ -61,6 +61,12 @@ CASES = [
         {"B": 1, "H": 40, "W": 30, "C": 16, "N": 32, "wtype": "f32", "bias": True, "residual": False, "dt": "bb"}
         | {"kh": 3, "kw": 3, "stride": 1, "pads": (2, 0, 1, 1)},  # by rows, asymmetric pads
     ),
+    # swapped (y^T = W x^T: few rows, long K): M past a multiple of 16, K in passes with a short last one, the
+    # scalar epilogue with residual and activation, and a quant type's rows converted pass by pass
+    ("conv2d", {"B": 2, "H": 4, "W": 4, "C": 256, "N": 64, "wtype": "f16", **CONV3, "bias": True, "residual": True}),
+    ("conv2d", {"B": 1, "H": 6, "W": 6, "C": 256, "N": 48, "wtype": "f32", **CONV3, "bias": False, "residual": False}),
+    ("linear", {"M": 40, "N": 96, "K": 2064, "wtype": "bf16", "bias": True, "residual": True, "act": "gelu"}),
+    ("linear", {"M": 128, "N": 32, "K": 2048, "wtype": "q4_k", **EPI, "dt": "hh"}),
     # GGUF types decoded into the panel (``quant_vec``): each type by weights, and by rows; K over several blocks
     ("linear", {"M": 154, "N": 64, "K": 768, "wtype": "q8_0", **EPI, "residual": True}),
     ("linear", {"M": 40, "N": 32, "K": 96, "wtype": "q4_0", **EPI}),
@@ -78,6 +84,7 @@ CASES = [
 ]
 SPECS = [KernelSpec.make(op, **a) for op, a in CASES]
 NAN = KernelSpec.make("linear", M=40, N=64, K=48, wtype="f16", bias=True, residual=False, act="none")
+NAN_SWAPPED = KernelSpec.make("linear", M=40, N=64, K=2048, wtype="f16", bias=True, residual=False, act="none")
 # x = I: y = W^T, each output one product by 1, so the decoded weights themselves (every decoder of quant_vec)
 DECODE = [
     KernelSpec.make("linear", M=256, N=16, K=256, wtype=t, bias=False, residual=False, act="none")
@@ -86,7 +93,7 @@ DECODE = [
 
 # without AMX, which would take the quant types (``cpu_amx``), as on AMD Zen 4
 NO_AMX = {"SDCOMPILE_NO_AMX": "1"}
-built = fx.built_fixture("cpu", lambda: SPECS + [NAN] + DECODE, "fma_cpu", NO_AMX)
+built = fx.built_fixture("cpu", lambda: SPECS + [NAN, NAN_SWAPPED] + DECODE, "fma_cpu", NO_AMX)
 ex = fx.executor_fixture("cpu")
 
 
@@ -97,6 +104,7 @@ def test_dispatch():
         assert cpu_fma.applicable(spec, 16), spec.name
         assert not cpu_fma.applicable(spec, 8)  # AVX2: the tiled schedule
     nests = {(g.by_rows, g.passes > 1, g.KR % g.KC > 0) for g in (cpu_fma._FmaGemm(s, {}) for s in SPECS)}
+    assert sum(g.swap for g in (cpu_fma._FmaGemm(s, {}) for s in SPECS)) >= 4
     # both loop nests, K in one pass and in several, a short last pass
     assert {(r, p) for r, p, _ in nests} >= {(False, False), (False, True), (True, True)}
     assert any(short for _, _, short in nests)
@@ -157,8 +165,10 @@ def test_f32_products_within_their_bound(ex, spec):
     assert np.abs(y).max() > 1  # not trivially small
 
 
-def test_nan_propagates(ex):
-    fx.check_nan_rows_and_columns(ex, NAN, row=7, col=37)
+@pytest.mark.parametrize("spec", [NAN, NAN_SWAPPED], ids=["packed_w", "swapped"])
+def test_nan_propagates(ex, spec):
+    assert cpu_fma._FmaGemm(spec, {}).swap == (spec is NAN_SWAPPED)
+    fx.check_nan_rows_and_columns(ex, spec, row=7, col=37)
 
 
 @pytest.mark.parametrize("spec", DECODE, ids=[str(s.attr("wtype")) for s in DECODE])
