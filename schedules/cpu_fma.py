@@ -38,6 +38,11 @@ Two loop nests, as in ``cpu_amx_bf16``:
   GFLOP/s on one thread; by rows 170). One group per task: 2 threads split 15 tasks of a few groups 8 / 7 (64x64
   conv on 2 threads 319 -> 363 GFLOP/s).
 
+Weights pre-packed in the artifact (stored in panels of NR rows, so a pass's slice is only converted, f32 read in
+place) were tried and not kept: within +-4% of packing per call at every SD1.5 shape (2 threads, ``fma_gemm``). At
+few rows what bounds the kernel is reading the weights, not transposing them: the UNet's 4x4 conv ran at 138
+GFLOP/s with f32 weights against 190 with f16.
+
 Measurements: GFLOP/s, ``benchmarks/fma_gemm.py`` on this 2-core Xeon (AVX-512, 2 FMA ports; f32 FMA peak 430
 GFLOP/s on two threads, one thread runs faster than half of it), bias, f32 weights for the text encoder and f16 for
 the UNet; 1 thread CPU time, 2 threads wall time, one run each on a quiet machine (runs vary by 5-10%):
