@@ -100,7 +100,9 @@ FROM_ROWS = 32  # fewer rows of x: the tiled schedule is as fast (M 8, 24: equal
 BY_ROWS_FROM = 1024  # GEMMs with at least this many rows go by rows (M 154 by rows: 25% slower than by weights)
 TASKS = 16  # by weights: parallel tasks to aim for, a few per thread, so uneven ones still balance
 SWAP_ROWS = 128  # swapped (y^T = W x^T, see ``swapped``) for at most this many rows of x ...
-SWAP_K = 2048  # ... and K at least this
+SWAP_K = 2048  # ... and K at least this, where x's packed rows (M x K f32) take at most SWAP_X_BYTES: every group of
+# W's rows reads them from L3 (8x8 convs, 2 threads: K 11520, 5.9 MB: +6%; K 17280 and 23040: -8%, -10%)
+SWAP_X_BYTES = 6 << 20
 UNIT_TASKS = 4  # by weights with K in passes: tasks (groups of units x ranges of row panels) to aim for
 X_SLICE_BYTES = 96 << 10  # by weights: a task's x slice per pass at least this: units in groups (see UG)
 MIN_PANELS = 16  # row panels per task at least (by weights): each task packs its unit, once per 16 MR rows or more
@@ -479,10 +481,11 @@ def swapped(M: int, N: int, K: int) -> bool:
     (no transpose) and x's few rows are packed into the panel once per call (transposed). Packing the weights
     (decode, 16 x 16 register transposes) is paid once per 16 weights whatever M is: at the UNet's 8x8 and 4x4
     convs (M 128 and 32, K 11520) it was 20% and 45% of the kernel's time (measured by skipping it). Swapped, on 2
-    threads: 8x8 conv 242 -> 259 GFLOP/s, 4x4 183 -> 205. Where K is short the scalar epilogue (the sums leave
+    threads: 8x8 conv 242 -> 259 GFLOP/s, 4x4 183 -> 205 (x's packed rows read from L3 by each group of W's
+    rows: ``SWAP_X_BYTES``). Where K is short the scalar epilogue (the sums leave
     transposed, one value at a time) costs more than it saves: the text encoder's linears (M 154, K 768 / 3072)
     ran 3-20% slower swapped, a 128 x 1280 -> 10240 linear 20%; a 128 x 5120 -> 1280 one is level."""
-    return M <= SWAP_ROWS and K >= SWAP_K and K % 16 == 0
+    return M <= SWAP_ROWS and K >= SWAP_K and K % 16 == 0 and 4 * 16 * -(-M // 16) * K <= SWAP_X_BYTES
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
