@@ -12,7 +12,18 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from schedules import cpu, cpu_amx, cpu_amx_bf16, cpu_bf16_dot, cpu_fma, cpu_gemv, cpu_vnni, gpu, injective
+from schedules import (
+    cpu,
+    cpu_amx,
+    cpu_amx_bf16,
+    cpu_bf16_dot,
+    cpu_fma,
+    cpu_gemv,
+    cpu_group_norm,
+    cpu_vnni,
+    gpu,
+    injective,
+)
 from schedules.cpu import CpuInfo
 from sdcompile.kernels.spec import KernelSpec
 
@@ -41,6 +52,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
             rule = cpu_gemv.linear
         elif cpu_fma.applicable(spec, info.lanes):  # f32 products, 32 rows or more: register-blocked FMA GEMM
             rule = cpu_fma.linear
+        elif cpu_group_norm.applicable(spec, info.lanes):  # channels in vectors: passes in memory order
+            rule = cpu_group_norm.group_norm
         rule(sch, spec, info)
     else:
         rule(sch, spec)
