@@ -17,6 +17,7 @@ from schedules import (
     cpu_amx,
     cpu_amx_bf16,
     cpu_bf16_dot,
+    cpu_concat,
     cpu_fma,
     cpu_gemv,
     cpu_group_norm,
@@ -54,6 +55,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
             rule = cpu_fma.linear
         elif cpu_group_norm.applicable(spec, info.lanes):  # channels in vectors: passes in memory order
             rule = cpu_group_norm.group_norm
+        elif cpu_concat.applicable(spec, info.lanes):  # row by row, input by input, in vector copies
+            rule = cpu_concat.concat
         rule(sch, spec, info)
     else:
         rule(sch, spec)

@@ -101,6 +101,7 @@ CASES = [
     Case("transpose", ((2, 4, 8, 6),), {"perm": (0, 2, 3, 1)}),
     Case("transpose", ((2, 8, 6, 4),), {"perm": (0, 3, 1, 2)}),
     Case("concat", ((2, 4, 4, 32), (2, 4, 4, 64)), {"axis": -1}),
+    Case("concat", ((2, 3, 20), (2, 3, 7), (2, 3, 16)), {"axis": -1}),  # runs that are not whole vectors
     Case("slice", ((2, 4, 8, 6),), {"axis": 2, "start": 3, "stop": 7}),  # not contiguous: a copy kernel
     Case("split", ((2, 16, 96),), {"axis": -1, "sizes": (32, 64)}),  # a fused qkv-like split of channels
     Case("split", ((3, 5, 7),), {"axis": 0, "sizes": (1, 2)}),
