@@ -36,6 +36,8 @@ CASES = [
     (1, 256, 256, 1, 512, False, "float32"),  # the VAE's single head of 512 channels
     (2, 256, 77, 2, 40, False, "float16"),
     (1, 270, 270, 2, 80, True, "bfloat16"),
+    (2, 77, 77, 2, 64, True, "float32"),  # the text encoder's 77 causal tokens: a full and a mostly padded tile
+    (1, 64, 77, 1, 160, False, "float16"),  # the fewest queries it takes: one tile
 ]
 
 
@@ -69,11 +71,11 @@ def test_f32_attention_within_its_bound(ex, case):
 
 
 def test_dispatch(built):
-    """Long sequences take this kernel, the text encoder's 77 tokens the row kernel; the build says which."""
+    """From 64 queries on this kernel, fewer the row kernel; the build says which."""
     for spec in SPECS:
         assert cpu_attention_fma.applicable(spec, 16), spec.name
         assert not cpu_attention_fma.applicable(spec, 8)  # AVX2: the row kernel
-    short = KernelSpec.make("attention", B=1, S=77, T=77, H=12, Dh=64, causal=True)
+    short = KernelSpec.make("attention", B=1, S=cpu_attention_fma.MIN_QUERIES - 1, T=77, H=12, Dh=64, causal=True)
     assert not cpu_attention_fma.applicable(short, 16)
     wide = KernelSpec.make("attention", B=1, S=256, T=256, H=1, Dh=cpu_attention_fma.MAX_DH + 8, causal=False)
     assert not cpu_attention_fma.applicable(wide, 16)
