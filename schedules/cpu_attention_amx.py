@@ -44,8 +44,18 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import _amx, _i8, chunking, over_chunks, tile_config, with_tile_state
 from schedules.cpu_amx_bf16 import _bf16_pairs
-from schedules.tir_build import load_f32, prim_func, reduce_tree, replace_body, shuffle, splat, vload, vstore
-from sdcompile.kernels.act import bf16_bits, narrow
+from schedules.tir_build import (
+    load_f32,
+    narrow_to,
+    prim_func,
+    reduce_tree,
+    replace_body,
+    shuffle,
+    splat,
+    vload,
+    vstore,
+)
+from sdcompile.kernels.act import bf16_bits
 from sdcompile.kernels.spec import KernelSpec
 
 # Query tiles of 16 per task (even: the products run on pairs) and keys per softmax block (a multiple of 32): the
@@ -436,7 +446,6 @@ class _Attention:
         o = self.bufs["o"]
         c, bh = self.c, self.bh
         obase, mlb = c * self.DC * self.NQ * 256, c * 2 * self.NQ * 16
-        dtype = "bfloat16" if o.dtype == "uint16" else str(o.dtype)
         with T.serial(0, self.NQ) as qt:
             inv = T.bind(splat(1.0, "float32", 16) / vload(self.ml, mlb + 16 * (self.NQ + qt), 16))
             if self.Dh // 16:
@@ -449,7 +458,7 @@ class _Attention:
                             with T.Then():
                                 col = (bh % self.H) * self.Dh + 16 * ct
                                 T.buffer_store(
-                                    o, narrow(v, dtype, 16), [(bh // self.H) * self.S + i, T.Ramp(col, 1, 16)]
+                                    o, narrow_to(o, v, 16), [(bh // self.H) * self.S + i, T.Ramp(col, 1, 16)]
                                 )
             lanes = self.Dh % 16
             if lanes:  # the head's last channels, fewer than a vector: gathered lane by lane
@@ -464,7 +473,7 @@ class _Attention:
                             v = v * (T.Broadcast(inv_n, lanes) if lanes > 1 else inv_n)
                             col = (bh % self.H) * self.Dh + 16 * ct
                             idx = T.Ramp(col, 1, lanes) if lanes > 1 else col
-                            T.buffer_store(o, narrow(v, dtype, lanes), [(bh // self.H) * self.S + i, idx])
+                            T.buffer_store(o, narrow_to(o, v, lanes), [(bh // self.H) * self.S + i, idx])
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

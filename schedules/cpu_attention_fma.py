@@ -32,7 +32,7 @@ from tvm.script.ir_builder import tirx as T
 from schedules.cpu_amx import over_chunks
 from schedules.cpu_attention_amx import MAX_DH, _Attention, _row16, _transpose16
 from schedules.cpu_fma import _fma, target_has_avx512
-from schedules.tir_build import prim_func, replace_body, splat, vload, vstore
+from schedules.tir_build import prim_func, replace_body, splat, vector_regs, vload, vstore
 from sdcompile.kernels.spec import KernelSpec
 
 NQ = 4  # query vectors per task: 64 queries
@@ -117,8 +117,7 @@ class _AttentionFma(_Attention):
         kbase = (bh * self.TP + key0) * self.DP
         nq = self.NQ
 
-        mem = T.bind(T.tvm_stack_alloca("shape", KR * nq * 8))  # accumulators: an alloca LLVM keeps in registers
-        acc = T.decl_buffer((KR * nq * 16,), "float32", data=mem)
+        acc = vector_regs(KR * nq)  # accumulators
         with T.serial(0, nkeys // KR) as kg:
             for i in range(KR * nq):
                 vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
@@ -142,8 +141,7 @@ class _AttentionFma(_Attention):
         self.softmax(key0, nkeys, masked, q0, first)
 
         def products(d0, rd: int) -> None:  # channels d0 .. d0 + rd - 1 (rd <= RD) for every query
-            mem = T.bind(T.tvm_stack_alloca("shape", rd * nq * 8))
-            acc = T.decl_buffer((rd * nq * 16,), "float32", data=mem)
+            acc = vector_regs(rd * nq)
 
             def at(e, qt):  # channel d0 + e, query tile qt in the o^T sums
                 d = d0 + e

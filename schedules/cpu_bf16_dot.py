@@ -54,6 +54,7 @@ from schedules.tir_build import (
     shuffle,
     splat,
     store_output_vec,
+    vector_regs,
     vload,
     vstore,
 )
@@ -195,10 +196,7 @@ class _DotGemm:
 
     def panel_products(self, panel, u, mp) -> None:
         nb, mr = self.NB, self.MR
-        # the MR x NB accumulators in an LLVM alloca, which it keeps in registers (TVM would turn an allocation
-        # inside a parallel loop into a runtime workspace call)
-        mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
-        acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
+        acc = vector_regs(mr * nb)  # the MR x NB accumulators
         for i in range(mr * nb):
             vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
         self.steps(panel, mp, acc)

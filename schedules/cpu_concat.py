@@ -18,8 +18,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.tir_build import load_f32, prim_func, replace_body
-from sdcompile.kernels.act import narrow
+from schedules.tir_build import load_f32, narrow_to, prim_func, replace_body
 from sdcompile.kernels.spec import KernelSpec
 
 TASK_VALUES = 1 << 16  # output values per parallel task at least (fewer cost more in thread wake-ups)
@@ -31,13 +30,9 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
 
 def _copy(x, y, o, start: int, width: int) -> None:
     """y[o, start:start + width] = x[o, :], converted to y's storage where x's differs."""
-    same = x.dtype == y.dtype
-    ydt = "bfloat16" if y.dtype == "uint16" else str(y.dtype)
 
     def value(idx, lanes):
-        if same:
-            return x[o, idx]
-        return narrow(load_f32(x, [o, idx], lanes), ydt, lanes) if lanes > 1 else narrow(load_f32(x, [o, idx]), ydt)
+        return x[o, idx] if x.dtype == y.dtype else narrow_to(y, load_f32(x, [o, idx], lanes), lanes)
 
     with T.serial(0, width // 16) as v:
         T.buffer_store(y, value(T.Ramp(16 * v, 1, 16), 16), [o, T.Ramp(start + 16 * v, 1, 16)])

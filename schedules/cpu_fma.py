@@ -84,6 +84,7 @@ from schedules.tir_build import (
     start_sums,
     store_output,
     store_output_vec,
+    vector_regs,
     vload,
     vstore,
 )
@@ -170,7 +171,8 @@ class _FmaGemm:
             self.PB = -(-self.NU // self.UPB)
             # a group too large for L2: each pass's x slice serves every unit before the next pass (the sums of the
             # whole group wait between passes)
-            self.pass_outer = self.passes > 1 and (self.swap or 4 * self.RG * self.KR > GROUP_L2_BYTES)
+            # swapped: always, each pass's slice of W's rows prepared just before it serves (``prep_slice``)
+            self.pass_outer = self.swap or (self.passes > 1 and 4 * self.RG * self.KR > GROUP_L2_BYTES)
         else:
             self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
             self.MP = self.MB // self.MR  # row panels per block
@@ -185,7 +187,7 @@ class _FmaGemm:
             self.UG = max(1, -(-self.NU // -(-UNIT_TASKS // self.MS))) if grouped else 1
             self.NG = -(-self.NU // self.UG)
         self.xrows = self.RG if self.by_rows else self.MB  # rows of prepared x held at a time
-        self.x_slice = self.swap and self.passes > 1
+        self.x_slice = self.swap  # one pass's slice of prepared rows held at a time (``prep_slice``)
 
     def build(self) -> None:
         w = self.bufs["w"]
@@ -212,23 +214,20 @@ class _FmaGemm:
         """Where value k of prepared row ml lies: rows of KR values with K in one pass; else per pass a block of
         rows of KC values (the pass's slices of consecutive row panels are contiguous, which the prefetchers
         follow: rows of KR values, 46 KB apart in a UNet 8x8 conv, left each slice a few scattered lines)."""
-        if self.passes == 1:
-            return ml * self.KR + k
         kc = k // self.KC if kc is None else kc
         if self.x_slice:  # one pass's slice held at a time
             return ml * self.KC + (k - kc * self.KC)
+        if self.passes == 1:
+            return ml * self.KR + k
         return kc * (self.xrows * self.KC) + ml * self.KC + (k - kc * self.KC)
 
     def prep_row(self, m, xb, ml) -> None:
-        """Row m of x (a conv: patch m; swapped: row m of W) as KR f32 values, prepared row ml of xb (``xat``):
-        zeros past K, and a whole row of zeros for m >= M (the last row panel's padding)."""
+        """Row m of x (a conv: patch m) as KR f32 values, prepared row ml of xb (``xat``): zeros past K, and a
+        whole row of zeros for m >= M (the last row panel's padding). Swapped, W's rows: ``prep_slice``."""
         x = self.bufs["x"]
         with T.If(m < self.M):
             with T.Then():
-                if self.swap:
-                    with T.serial(0, self.KV) as v:
-                        vstore(xb, self.xat(ml, 16 * v), self._wvec(m, 16 * v, 16), 16)
-                elif self.conv is not None:
+                if self.conv is not None:
                     self.prep_patch(m, xb, ml)
                 else:
                     with T.serial(0, self.K // 16) as v:
@@ -312,8 +311,8 @@ class _FmaGemm:
         return x_vector(self.conv, self.bufs["x"], T.bind(m % self.M0 if self.M0 % 16 else m), k)
 
     def _pack_block(self, panel, at, row0, v) -> None:
-        vec = self._xvec if self.swap else lambda row, k: self._wvec(row, k, 16)
-        rows = [T.bind(vec(row0 + r, 16 * v)) for r in range(16)]
+        source = self._xvec if self.swap else lambda row, k: self._wvec(row, k, 16)
+        rows = [T.bind(source(row0 + r, 16 * v)) for r in range(16)]
         for p, vec in enumerate(_transpose16(rows)):
             vstore(panel, at + p * self.NR, vec, 16)
 
@@ -424,10 +423,7 @@ class _FmaGemm:
         over K's pass kc, with MR x NB f32 accumulators in registers. The sums of earlier passes come from part
         (slot t); after the last pass they go through the fused epilogue to rows m0.. of y."""
         nb, mr = self.NB, self.MR
-        # an LLVM alloca, which it keeps in registers (TVM would turn an allocation inside a parallel loop into a
-        # runtime workspace call)
-        mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
-        acc = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
+        acc = vector_regs(mr * nb)
         slot = t * mr * self.NR
 
         start_sums(acc, mr * nb, self.passes, kc, part, slot)
@@ -461,8 +457,7 @@ class _FmaGemm:
         through the scalar epilogue. The sums go to a staging buffer first, so that the loop over them indexes
         memory, not the accumulators (which a variable index would keep out of registers)."""
         nb, mr = self.NB, self.MR
-        mem = T.bind(T.tvm_stack_alloca("shape", mr * nb * 8))
-        stage = T.decl_buffer((mr * nb * 16,), "float32", data=mem)
+        stage = vector_regs(mr * nb)  # indexed by variables below, so it stays in memory
         for i in range(mr * nb):
             vstore(stage, 16 * i, vload(acc, 16 * i, 16), 16)
         with T.serial(0, mr) as r:
@@ -479,10 +474,9 @@ class _FmaGemm:
 def swapped(M: int, N: int, K: int) -> bool:
     """Whether to compute y^T = W x^T: W's rows are converted pass by pass into the slices the broadcasts read
     (no transpose) and x's few rows are packed into the panel once per call (transposed). Packing the weights
-    (decode, 16 x 16 register transposes) is paid once per 16 weights whatever M is: at the UNet's 8x8 and 4x4
-    convs (M 128 and 32, K 11520) it was 20% and 45% of the kernel's time (measured by skipping it). Swapped, on 2
-    threads: 8x8 conv 242 -> 259 GFLOP/s, 4x4 183 -> 205 (x's packed rows read from L3 by each group of W's
-    rows: ``SWAP_X_BYTES``). Where K is short the scalar epilogue (the sums leave
+    (decode, 16 x 16 register transposes) is paid once per 16 weights whatever M is. Swapped, on 2 threads: the
+    UNet's 8x8 conv (M 128, K 11520) 242 -> 259 GFLOP/s, its 4x4 conv (M 32) 183 -> 205 (x's packed rows are read
+    from L3 by each group of W's rows: ``SWAP_X_BYTES``). Where K is short the scalar epilogue (the sums leave
     transposed, one value at a time) costs more than it saves: the text encoder's linears (M 154, K 768 / 3072)
     ran 3-20% slower swapped, a 128 x 1280 -> 10240 linear 20%; a 128 x 5120 -> 1280 one is level."""
     return M <= SWAP_ROWS and K >= SWAP_K and K % 16 == 0 and 4 * 16 * -(-M // 16) * K <= SWAP_X_BYTES

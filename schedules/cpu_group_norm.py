@@ -33,8 +33,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.tir_build import load_f32, prim_func, replace_body, splat, vload, vstore
-from sdcompile.kernels.act import narrow
+from schedules.tir_build import load_f32, narrow_to, prim_func, replace_body, splat, vector_regs, vload, vstore
 from sdcompile.kernels.linear import activation
 from sdcompile.kernels.spec import KernelSpec
 
@@ -91,8 +90,7 @@ class _GroupNorm:
         def body(b, n0, n1, task) -> None:
             for v0 in range(0, self.V, VB):
                 nv = min(VB, self.V - v0)
-                mem = T.bind(T.tvm_stack_alloca("shape", nv * 8))  # an LLVM alloca, kept in registers
-                acc = T.decl_buffer((nv * 16,), "float32", data=mem)
+                acc = vector_regs(nv)
                 for j in range(nv):
                     vstore(acc, 16 * j, splat(0.0, "float32", 16), 16)
                 mc = (
@@ -136,7 +134,6 @@ class _GroupNorm:
     def output(self, mean, scale) -> None:
         """Pass 5: y = (x - mean) * (rstd * gamma) + beta, then the activation, rounded to y's storage."""
         x, beta, y = self.bufs["x"], self.bufs["beta"], self.bufs["y"]
-        ydt = "bfloat16" if y.dtype == "uint16" else str(y.dtype)
 
         def body(b, n0, n1, task) -> None:
             with T.serial(0, n1 - n0) as p:
@@ -145,7 +142,7 @@ class _GroupNorm:
                     xv = load_f32(x, [b, n0 + p, T.Ramp(c, 1, 16)], 16)
                     at = b * self.C + c
                     u = (xv - vload(mean, at, 16)) * vload(scale, at, 16) + vload(beta, c, 16)
-                    T.buffer_store(y, narrow(activation(self.act, u), ydt, 16), [b, n0 + p, T.Ramp(c, 1, 16)])
+                    T.buffer_store(y, narrow_to(y, activation(self.act, u), 16), [b, n0 + p, T.Ramp(c, 1, 16)])
 
         self.pixels(body)
 

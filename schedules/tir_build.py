@@ -91,6 +91,18 @@ def load_f32(buf, idx: list, lanes: int = 1):
     return widen(buf[tuple(idx)] if len(idx) > 1 else buf[idx[0]], lanes)
 
 
+def vector_regs(count: int):
+    """``count`` f32x16 vectors in an LLVM alloca, which LLVM keeps in registers where every index into it is a
+    constant (TVM would turn an allocation inside a parallel loop into a runtime workspace call)."""
+    mem = T.bind(T.tvm_stack_alloca("shape", count * 8))
+    return T.decl_buffer((count * 16,), "float32", data=mem)
+
+
+def narrow_to(buf, v, lanes: int = 1):
+    """f32 ``v`` rounded to ``buf``'s storage: f16, f32, or bf16 (whose buffers hold its bits as uint16)."""
+    return narrow(v, "bfloat16" if buf.dtype == "uint16" else str(buf.dtype), lanes)
+
+
 def store_output(bufs: dict, act: str, m, n, v) -> None:
     """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it), rounded to
     y's storage dtype."""
@@ -100,7 +112,7 @@ def store_output(bufs: dict, act: str, m, n, v) -> None:
     if "res" in bufs:
         v = v + load_f32(bufs["res"], [m, n])  # scalar: n is one column
     y = bufs["y"]
-    T.buffer_store(y, narrow(v, "bfloat16" if y.dtype == "uint16" else str(y.dtype)), [m, n])
+    T.buffer_store(y, narrow_to(y, v), [m, n])
 
 
 def store_output_vec(bufs: dict, act: str, m, n, v, lanes: int = 16) -> None:
@@ -112,8 +124,7 @@ def store_output_vec(bufs: dict, act: str, m, n, v, lanes: int = 16) -> None:
     if "res" in bufs:
         v = v + load_f32(bufs["res"], [m, T.Ramp(n, 1, lanes)], lanes)
     y = bufs["y"]
-    v = narrow(v, "bfloat16" if y.dtype == "uint16" else str(y.dtype), lanes)  # bf16 travels as its bits
-    T.buffer_store(y, v, [m, T.Ramp(n, 1, lanes)])
+    T.buffer_store(y, narrow_to(y, v, lanes), [m, T.Ramp(n, 1, lanes)])
 
 
 def prim_func(spec: KernelSpec, params: list, emit) -> tirx.PrimFunc:
