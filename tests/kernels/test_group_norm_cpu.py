@@ -24,7 +24,7 @@ CASES = [
     {"B": 2, "N": 1001, "C": 320, "act": "silu"},  # 8 chunks of 126 pixels, the last 119; 16 + 4 channel vectors
     {"B": 1, "N": 64, "C": 1280, "act": "none"},  # 8 chunks of 8 pixels; 80 vectors in 5 blocks
     {"B": 2, "N": 1, "C": 128, "act": "silu"},  # a 1x1 level: one chunk of one pixel
-    {"B": 1, "N": 4096, "C": 32, "act": "none"},  # one channel per group... of 32 groups: 2 channels
+    {"B": 1, "N": 4096, "C": 32, "act": "none"},  # one channel per group (C = G = 32)
     {"B": 2, "N": 300, "C": 64, "act": "silu", "dt": "hh"},
     {"B": 1, "N": 300, "C": 96, "act": "none", "dt": "bb"},
 ]
