@@ -43,6 +43,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         info = cpu_info or CpuInfo()
         if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
             rule = cpu_amx_bf16.linear
+        elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
+            pass
         elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
             rule = cpu_bf16_dot.linear
         elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI

@@ -60,6 +60,7 @@ from schedules.tir_build import (
     vload,
     vstore,
 )
+from sdcompile.kernels import layouts
 from sdcompile.kernels.act import bf16_bits
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from sdcompile.quant.types import get as get_type
@@ -83,6 +84,8 @@ def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
     if spec.op == "conv2d" and int(spec.attr("C")) % 16:
         return False
     _, N, K = gemm_mnk(spec)
+    if spec.attr("wlayout") and (spec.attr("wlayout") != layouts.AMX_BF16 or spec.attr("wtype") != "bf16"):
+        return False  # its own layout is the only one it reads, in bf16
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 32 == 0 and lanes == 16 and host_bf16
 
 
@@ -100,6 +103,9 @@ class _Bf16Gemm:
         self.spec, self.bufs = spec, bufs
         self.M, self.N, self.K = gemm_mnk(spec)
         self.wtype = str(spec.attr("wtype"))
+        # weights stored as the B operands themselves (``WLAYOUT``, ``passes/pack_weights.py``): tiles are loaded
+        # from the weight buffer, nothing is decoded
+        self.packed = spec.attr("wlayout") == layouts.AMX_BF16
         if self.wtype in BLOCK_TYPES:
             qt = get_type(self.wtype)
             self.RB, self.BS = qt.row_bytes(self.K), qt.type_size
@@ -135,15 +141,16 @@ class _Bf16Gemm:
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
         self.w8 = T.decl_buffer((words * 4,), "int8", data=w.data)
         self.wu8 = T.decl_buffer((words * 4,), "uint8", data=w.data)
+        self.wu32 = T.decl_buffer((words,), "uint32", data=w.data)
         self.ybuf = T.alloc_buffer((self.CH * self.NB * 1024,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
         if self.by_rows:
             self.xb = T.alloc_buffer((self.CH * self.RG // 16 * self.KS * 256,), "uint32")
-            self.panel = T.alloc_buffer((self.UPB * self.NB * self.KS * 256,), "uint32")
+            self.panel = self.wu32 if self.packed else T.alloc_buffer((self.UPB * self.NB * self.KS * 256,), "uint32")
             with_tile_state(lambda: (self.config(), self.rows_first()))
             return
         self.xb = T.alloc_buffer((self.MT2 * self.KS * 256,), "uint32")
-        self.panel = T.alloc_buffer((self.CH * self.NB * self.KS * 256,), "uint32")
+        self.panel = self.wu32 if self.packed else T.alloc_buffer((self.CH * self.NB * self.KS * 256,), "uint32")
 
         def block(m0) -> None:
             self.m0 = m0  # the block's first row of x
@@ -228,8 +235,11 @@ class _Bf16Gemm:
 
     def unit(self, c, u) -> None:
         """Loop nest by weights: the unit's weight tiles decoded once, then every pair of x tiles of the block."""
-        pbase = c * self.NB * self.KS * 256
-        self.decode_panel(u, pbase)
+        if self.packed:  # the unit's tiles where they are stored
+            pbase = u * self.NB * self.KS * 256
+        else:
+            pbase = c * self.NB * self.KS * 256
+            self.decode_panel(u, pbase)
 
         def row0(mp):
             return self.m0 + mp * 32 if self.NBLK > 1 else mp * 32
@@ -243,10 +253,11 @@ class _Bf16Gemm:
         are written whole rows at a time, and nothing of size M x K is ever stored."""
         with T.serial(0, self.PB) as pb:
             units = T.bind(T.min(self.UPB, self.NU - pb * self.UPB))
-            with T.parallel(0, self.UPB) as ul:
-                with T.If(ul < units):
-                    with T.Then():
-                        self.decode_panel(pb * self.UPB + ul, ul * self.NB * self.KS * 256)
+            if not self.packed:
+                with T.parallel(0, self.UPB) as ul:
+                    with T.If(ul < units):
+                        with T.Then():
+                            self.decode_panel(pb * self.UPB + ul, ul * self.NB * self.KS * 256)
             mps = self.RG // 32
             with T.parallel(0, self.CH) as c:
                 _amx("ldtilecfg", T.address_of(self.cfg[0]))
@@ -260,7 +271,7 @@ class _Bf16Gemm:
 
                             def place(i):  # i = (unit in the block, pair of x tiles in the group)
                                 ul, mp = i // mps, i % mps
-                                upanel = ul * self.NB * self.KS * 256
+                                upanel = ((pb * self.UPB if self.packed else 0) + ul) * self.NB * self.KS * 256
                                 return (mp, pb * self.UPB + ul, upanel, xbase, g * self.RG + mp * 32)
 
                             self.run_pairs(c, units * mps, place)

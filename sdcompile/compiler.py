@@ -91,6 +91,7 @@ def compile_graph_passes(
             ctx.report = {}
             mod.functions[name] = run_pipeline(g, ctx, dump_ir=dump_ir / name if dump_ir else None, on_pass=on_pass)
             reports[name] = ctx.report
+        _check_shared_weights(mod)
         ctx.report = _merge_reports(reports)
         try:
             check_module(mod.functions, ctx, offload=offload)
@@ -112,6 +113,17 @@ def compile_graph_passes(
     if len(tried) > 1:
         raise MemoryBudgetError(f"{last_error} Tried: " + "; ".join(tried))
     raise last_error
+
+
+def _check_shared_weights(mod: Module) -> None:
+    """Functions hold copies of the weights they share and the passes must treat the copies alike: the artifact
+    stores one. A copy stored in another type or order would be read wrongly by one function's kernels."""
+    seen: dict[str, tuple] = {}
+    for fn, g in mod.functions.items():
+        for v in g.weights():
+            key = (v.dtype, tuple(v.shape), v.data.layout if v.data is not None else "")
+            if seen.setdefault(v.name, (fn, key))[1] != key:  # an internal bug, not a user error
+                raise AssertionError(f"weight {v.name}: {seen[v.name]} in one function, {key} in {fn}")
 
 
 def _merge_reports(reports: dict[str, dict]) -> dict:
@@ -147,11 +159,17 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
             a["why"] = "; ".join(dict.fromkeys(p for w in parts for p in w.split("; ")))
             if not a["nodes"] and a["why"]:
                 a["why"] = prefix + a["why"]
+        if "pack_weights" in rep:
+            a = out.setdefault("pack_weights", {"layout": rep["pack_weights"]["layout"], "tensors": {}})
+            a["tensors"].update(rep["pack_weights"]["tensors"])
         if "act_dtype" in rep:
             a = out.setdefault("act_dtype", {"dtype": rep["act_dtype"]["dtype"], "values": 0, "kept_f32": 0})
             a["values"] += rep["act_dtype"]["values"]
             a["kept_f32"] += rep["act_dtype"]["kept_f32"]
     out["quantize"]["types"] = dict(sorted(out["quantize"]["types"].items()))
+    if "pack_weights" in out:  # weights the functions share, once each
+        packed = out["pack_weights"].pop("tensors")
+        out["pack_weights"].update(weights=len(packed), bytes=sum(packed.values()))
     if "legalize" in out:
         out["legalize"]["native"] = native
         out["legalize"]["fallbacks"] = fallbacks
@@ -243,11 +261,13 @@ def compile_model(
             "functions": plans,
             "weights": {
                 "file": WEIGHTS_FILE,
-                "tensors": {n: {"dtype": t, "shape": list(s), "component": pool[n].component} for n, t, s in weights},
+                "tensors": {n: _tensor_record(pool[n]) for n, _, _ in weights},
             },
             "memory": ctx.report["memory"],
             "report": {
-                k: ctx.report[k] for k in ("quantize", "fuse", "legalize", "mma", "act_dtype") if k in ctx.report
+                k: ctx.report[k]
+                for k in ("quantize", "fuse", "legalize", "mma", "pack_weights", "act_dtype")
+                if k in ctx.report
             },
             "lora": lora_record,
         }
@@ -269,6 +289,14 @@ def compile_model(
     finally:
         bar.close()
     return manifest
+
+
+def _tensor_record(v) -> dict[str, Any]:
+    """A weight's manifest record; ``layout`` only where a pass packed it (its bytes are not row-major)."""
+    rec: dict[str, Any] = {"dtype": v.dtype, "shape": list(v.shape), "component": v.component}
+    if v.data is not None and v.data.layout:
+        rec["layout"] = v.data.layout
+    return rec
 
 
 def _lora_records(mod: Module) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -32,6 +32,9 @@ class WeightData:
     # A derived weight (``sdcompile/ir/derived.py``): its values are this expression of stored tensors, evaluated
     # in f32 when the artifact is written; ``key`` then names its first source, for reports.
     expr: Any = None
+    # The order the bytes are stored in (``kernels/layouts.py``; "" row-major), chosen for the kernel that reads them
+    # (``passes/pack_weights.py``): the writer packs the values last, after every step of ``steps``.
+    layout: str = ""
 
     def convert(self, to: str, why: str) -> None:
         self.history.append(why)

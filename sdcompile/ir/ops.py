@@ -202,6 +202,11 @@ def _mma(a: Attrs) -> dict:
     return {"mma": a["mma"]} if a.get("mma") else {}
 
 
+def _wlayout(a: Attrs) -> dict:
+    """The weight's storage order where a pass packed it for its kernel (``passes/pack_weights.py``)."""
+    return {"wlayout": a["wlayout"]} if a.get("wlayout") else {}
+
+
 def _linear_shape(s: list[Shape], a: Attrs) -> Shape:
     out = _matmul_shape(s[:2], a)
     _epilogue_shape(s[2:], out, a, "linear")
@@ -230,6 +235,7 @@ register(
             "residual": bool(a.get("residual")),
             "act": a.get("act", "none"),
             **_mma(a),
+            **_wlayout(a),
         },
     )
 )
@@ -292,6 +298,7 @@ def _conv_lower(s, t, out, a) -> dict:
         "bias": bool(a.get("bias")),
         "residual": bool(a.get("residual")),
         **_mma(a),
+        **_wlayout(a),
     }
 
 

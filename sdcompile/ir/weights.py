@@ -7,8 +7,9 @@ import numpy as np
 from sdcompile.ir.graph import Value
 
 
-def raw_bytes(v: Value) -> np.ndarray:
-    """The weight's bytes in its storage type (ggml block layout), as a flat uint8 array."""
+def raw_bytes(v: Value, packed: bool = True) -> np.ndarray:
+    """The weight's bytes in its storage type (ggml block layout), as a flat uint8 array; in its layout
+    (``kernels/layouts.py``) unless ``packed`` is false (row-major, as every reference reads it)."""
     from sdcompile.quant.reference import dequantize, quantize
 
     d = v.data
@@ -28,6 +29,11 @@ def raw_bytes(v: Value) -> np.ndarray:
             dtype = step
     if dtype != v.dtype:  # internal bug: a pass changed the dtype without recording a step
         raise AssertionError(f"{v.name}: steps {d.steps} end at {dtype}, value says {v.dtype}")
+    if packed and d.layout:
+        from sdcompile.kernels import layouts
+
+        elements = raw.view(np.uint16 if dtype in ("f16", "bf16") else np.uint32).reshape(v.shape)
+        raw = layouts.pack(d.layout, elements).view(np.uint8)
     return raw
 
 
@@ -35,4 +41,4 @@ def as_f32(v: Value) -> np.ndarray:
     """The values the compiled model will compute with: storage bytes decoded back to f32."""
     from sdcompile.quant.reference import dequantize
 
-    return dequantize(raw_bytes(v), v.dtype, v.shape).astype(np.float32, copy=False)
+    return dequantize(raw_bytes(v, packed=False), v.dtype, v.shape).astype(np.float32, copy=False)

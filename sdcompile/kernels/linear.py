@@ -15,6 +15,7 @@ import math
 
 from tvm import te, tirx
 
+from sdcompile.kernels import layouts
 from sdcompile.kernels.act import f32_reads, placeholder, stored
 from sdcompile.kernels.dequant import decode_staged, f32, let, lut_inputs
 from sdcompile.kernels.spec import KernelSpec
@@ -50,6 +51,17 @@ def activation(name: str, v: tirx.Expr) -> tirx.Expr:
     raise ValueError(f"unknown activation {name!r}")
 
 
+def packed_element(layout: str, element, K: int):
+    """W[n, k] of a weight stored in ``layout`` (``kernels/layouts.py``) through ``element``, the decoder of the
+    same storage read row-major [N, K]: the packed position of (n, k), as a row-major one."""
+
+    def at(n, k):
+        f = layouts.position(layout, n, k, K)
+        return element(f // K, f % K)
+
+    return at
+
+
 def compute(spec: KernelSpec) -> list[te.Tensor]:
     M, N, K = (int(spec.attr(k)) for k in "MNK")
     x = placeholder(spec, "x")
@@ -65,6 +77,8 @@ def matmul(spec: KernelSpec, M: int, N: int, K: int, x_in: te.Tensor, x: te.Tens
     args = [x_in, w]
     luts = lut_inputs(wtype)  # lookup grids of the i-quants (params after the other inputs, before the output)
     scales, element = decode_staged(wtype, w, N, K, luts)
+    if spec.attr("wlayout"):
+        element = packed_element(str(spec.attr("wlayout")), element, K)
     wdq = te.compute((K, N), lambda k, n: element(n, k), name="wdq")
     r = te.reduce_axis((0, K), name="r")
     mm = te.compute((M, N), lambda m, n: te.sum(x[m, r] * wdq[r, n], axis=r), name="mm")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdcompile.ir import Graph, verify
-from sdcompile.passes import act_dtype, fuse, legalize, lora, memory_plan, mma, quantize
+from sdcompile.passes import act_dtype, fuse, legalize, lora, memory_plan, mma, pack_weights, quantize
 from sdcompile.passes.context import PassContext
 
 Pass = Callable[[Graph, PassContext], Graph]
@@ -23,6 +23,8 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("legalize", legalize.run),
     # product precision: bf16 products on the CPU's tile unit where asked (--compute)
     ("mma", mma.run),
+    # weight storage order: B operands of the AMX kernel where every reader is one (bf16 products)
+    ("pack_weights", pack_weights.run),
     # activation storage: f16/bf16 inside functions where asked (--act-type), the signatures staying f32
     ("act_dtype", act_dtype.run),
     # memory: buffer reuse and the peak-memory check against the budget

@@ -117,3 +117,38 @@ def test_bf16_products_within_their_bound(ex, pair):
     assert np.all(np.abs(got - y) <= tol), float(np.max(np.abs(got - y) / tol))
     # the products really were bf16: the f32 kernel's own error is far smaller than this one's
     assert np.abs(got - y).max() > 10 * np.abs(f32 - y).max()
+
+
+# Weights stored as the kernel's own B tiles (``passes/pack_weights.py``, ``kernels/layouts.py``): the float cases
+# (both loop nests, one and two weight tiles per unit, the by-rows panel in two blocks) with their weights rounded to
+# bf16 and packed give the same bits as the same bf16 weights decoded per call.
+PACKED = [
+    (
+        KernelSpec.make(op, **(a | {"wtype": "bf16"}), mma="bf16"),
+        KernelSpec.make(op, **(a | {"wtype": "bf16"}), mma="bf16", wlayout="amx_bf16"),
+    )
+    for op, a in CASES
+    if a["wtype"] in ("f32", "f16", "bf16")
+]
+built_packed = fx.built_fixture("cpu", lambda: [s for p in PACKED for s in p], "amx_bf16_packed")
+
+
+@pytest.mark.parametrize("pair", PACKED, ids=[p[1].name for p in PACKED])
+def test_packed_weights_same_bits(built_packed, pair):
+    from runtime.executors.cpu import Executor
+    from sdcompile.kernels import layouts
+
+    out, result = built_packed
+    pex = Executor(out, result, num_threads=2)
+    plain, packed = pair
+    M, N, K = gemm_mnk(plain)
+    rng = np.random.default_rng(7)
+    words, _ = fx.weight_words(plain, rng.standard_normal((N, K)).astype(np.float32) * 0.1)
+    arrays = {p.name: rng.standard_normal(p.shape).astype(np.float32) for p in plain.params if p.name not in ("w", "y")}
+    arrays["w"] = words
+    want = fx.run_spec(pex, plain, arrays)
+    bits = np.ascontiguousarray(words).view(np.uint16).reshape(N, K)
+    arrays["w"] = layouts.pack(layouts.AMX_BF16, bits).view(np.uint32)
+    got = fx.run_spec(pex, packed, arrays)
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want).max() > 0

@@ -1,0 +1,77 @@
+"""Weights stored in a kernel's layout (``kernels/layouts.py``) read by the TE compute: a spec with ``wlayout``
+that the AMX kernel does not take (here: built with ``SDCOMPILE_NO_AMX``) runs the generic schedule, which reads
+W[n, k] at its packed position. Against float64 numpy on the same bf16 weights, within the f32 summation bound
+(f32 products: the generic schedule has no bf16 arithmetic), and wrong if the layout were read row-major."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdcompile.ir.ops import im2col_np
+from sdcompile.kernels import layouts
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
+from tests.kernels import fixtures as fx
+
+U32 = 2.0**-24
+CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}
+SPECS = [
+    KernelSpec.make(
+        "linear", M=20, N=48, K=96, wtype="bf16", bias=True, residual=False, act="none", mma="bf16", wlayout="amx_bf16"
+    ),
+    KernelSpec.make(
+        "conv2d",
+        B=1,
+        H=5,
+        W=6,
+        C=32,
+        N=32,
+        wtype="bf16",
+        bias=False,
+        residual=False,
+        mma="bf16",
+        wlayout="amx_bf16",
+        **CONV3,
+    ),
+]
+
+built = fx.built_fixture("cpu", SPECS, "packed_weights_cpu", env={"SDCOMPILE_NO_AMX": "1"})
+ex = fx.executor_fixture("cpu")
+
+
+def test_layout_round_trip():
+    w = np.arange(32 * 64).reshape(32, 64)
+    flat = layouts.pack(layouts.AMX_BF16, w)
+    np.testing.assert_array_equal(layouts.unpack(layouts.AMX_BF16, flat, 32, 64), w)
+    assert all(flat[layouts.position(layouts.AMX_BF16, n, k, 64)] == w[n, k] for n in range(32) for k in range(64))
+    assert flat[1] == w[0, 1] and flat[2] == w[1, 0]  # pairs of values of a row, then the next row's pair
+    assert layouts.fits(layouts.AMX_BF16, 32, 64) and not layouts.fits(layouts.AMX_BF16, 24, 64)
+    with pytest.raises(ValueError, match="unknown weight layout"):
+        layouts.pack("nchw16", w)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_generic_schedule_reads_the_layout(ex, spec):
+    from schedules import cpu_amx_bf16
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDCOMPILE_NO_AMX", "1")
+        assert not cpu_amx_bf16.applicable(spec, 16, False)
+    M, N, K = gemm_mnk(spec)
+    rng = np.random.default_rng(3)
+    words, w = fx.weight_words(spec, rng.standard_normal((N, K)).astype(np.float32))
+    bits = words.view(np.uint16)[: N * K].reshape(N, K)
+    x = rng.standard_normal(spec.param("x").shape).astype(np.float32)
+    arrays = {"x": x, "w": layouts.pack(layouts.AMX_BF16, bits).view(np.uint32)}
+    xm = x.astype(np.float64) if spec.op == "linear" else im2col_np(x.astype(np.float64), dict(spec.attrs))
+    xm = xm.reshape(M, K)
+    y = xm @ w.T
+    if spec.attr("bias"):
+        arrays["bias"] = rng.standard_normal(N).astype(np.float32)
+        y = y + arrays["bias"]
+    got = fx.run_spec(ex, spec, arrays).reshape(M, N).astype(np.float64)
+    tol = (np.abs(xm) @ np.abs(w).T) * (K + 4) * U32 + 4 * U32 * np.abs(y)
+    assert np.all(np.abs(got - y) <= tol), float(np.max(np.abs(got - y) / tol))
+    # the same words read row-major would be another matrix
+    y_wrong = xm @ layouts.pack(layouts.AMX_BF16, w).reshape(N, K).T
+    assert np.abs(y_wrong - y).max() > 100 * tol.max()

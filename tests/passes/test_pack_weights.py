@@ -1,0 +1,108 @@
+"""pack_weights: float weights that only bf16-product GEMMs on AMX read are stored as the kernel's B tiles (bf16);
+the artifact's outputs are the same bits as without packing (bf16 products round the weight the same way), the
+manifest records the layout, and nothing is packed where a weight has another reader, is quantized, the products
+are f32 or the CPU has no AMX-BF16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdcompile.codegen import tvm_layer
+from sdcompile.ir import interpret, verify
+from sdcompile.ir.weights import as_f32, raw_bytes
+from sdcompile.kernels import layouts
+from sdcompile.passes import fuse, legalize, mma, pack_weights, quantize
+from sdcompile.passes.context import CompileOptions, PassContext
+from sdcompile.quant.reference import dequantize
+from sdcompile.quant.reference import quantize as quantize_values
+
+amx = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16")
+
+
+def _run(g, **opts):
+    ctx = PassContext(CompileOptions(**opts))
+    for p in (quantize.run, fuse.run, legalize.run, mma.run):
+        g = p(g, ctx)
+    out = pack_weights.run(g, ctx)
+    verify(out, "pack_weights")
+    return g, out, ctx
+
+
+@amx
+def test_packs_the_weights_of_bf16_gemms(tiny_graph):
+    before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc2", "q8_0")])
+    gemms = [n for n in g.nodes if n.op == "linear"]
+    packed = [n for n in gemms if n.attrs.get("wlayout")]
+    q8 = [n for n in gemms if g.values[n.inputs[1]].dtype == "q8_0"]
+    # every float linear of the tiny encoder (128- and 512-wide: whole tiles) is packed; q8_0 keeps its blocks
+    assert packed and q8 and len(packed) + len(q8) == len(gemms)
+    assert not any(n.attrs.get("wlayout") for n in q8)
+    for n in packed:
+        v, v0 = g.values[n.inputs[1]], before.values[n.inputs[1]]
+        assert n.attrs["wlayout"] == layouts.AMX_BF16 and v.dtype == "bf16" and v.data.layout == layouts.AMX_BF16
+        assert v0.dtype == "f32" and not v0.data.layout  # the pass copies
+        # the values are the bf16 rounding of the weight's (the products' own rounding); the bytes are the tiles
+        want = dequantize(quantize_values(as_f32(v0), "bf16"), "bf16", v0.shape)
+        np.testing.assert_array_equal(as_f32(v), want)
+        flat = raw_bytes(v).view(np.uint16)
+        np.testing.assert_array_equal(
+            flat, layouts.pack(layouts.AMX_BF16, raw_bytes(v, False).view(np.uint16).reshape(v.shape))
+        )
+        assert not np.array_equal(flat, raw_bytes(v, False).view(np.uint16))
+        assert "pack_weights" in v.data.history[-1]
+    rep = ctx.report["pack_weights"]
+    assert rep["layout"] == layouts.AMX_BF16 and len(rep["tensors"]) == len(packed)
+    assert sum(rep["tensors"].values()) == sum(2 * np.prod(g.values[n.inputs[1]].shape) for n in packed)
+    # the interpreter reads the logical weights: bf16-rounded values, close to the f32 graph's
+    ids = np.arange(2 * 77).reshape(2, 77).astype(np.int32) % 1000
+    a, b = interpret.run(before, {"input_ids": ids}), interpret.run(g, {"input_ids": ids})
+    np.testing.assert_allclose(b["last_hidden_state"], a["last_hidden_state"], atol=0.05)
+    assert not np.array_equal(b["last_hidden_state"], a["last_hidden_state"])
+
+
+@amx
+def test_a_weight_with_another_reader_stays_row_major(tiny_graph):
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    g = tiny_graph
+    for p in (quantize.run, fuse.run, legalize.run, mma.run):
+        g = p(g, ctx)
+    lin = next(n for n in g.nodes if n.op == "linear" and n.attrs.get("mma") == "bf16")
+    w = lin.inputs[1]  # a second reader of the same weight, which reads it row-major
+    g.outputs.append(g.add_node("dequantize", [w], "extra_out", g.values[w].shape, lin.component))
+    out = pack_weights.run(g, ctx)
+    verify(out, "pack_weights")
+    assert not out.values[w].data.layout and out.values[w].dtype == "f32"
+    assert all(not n.attrs.get("wlayout") for n in out.nodes if w in n.inputs)
+    assert ctx.report["pack_weights"]["tensors"]  # the others are packed
+
+
+def test_nothing_packed_with_f32_products_or_without_amx(tiny_graph, monkeypatch):
+    _, g, ctx = _run(tiny_graph, compute="f32")
+    assert "pack_weights" not in ctx.report and not any(n.attrs.get("wlayout") for n in g.nodes)
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    _, g, ctx = _run(tiny_graph, compute="bf16")
+    assert "pack_weights" not in ctx.report and not any(n.attrs.get("wlayout") for n in g.nodes)
+    assert all(not v.data.layout for v in g.weights())
+
+
+@amx
+def test_packed_artifact_gives_the_same_bits(tiny_ldm_safetensors, tiny_ids, tmp_path, monkeypatch):
+    """The artifact with packed weights against the same compile with the pass removed: identical outputs (the
+    kernel reads the same bf16 operands, only from the weights instead of a per-call panel)."""
+    import runtime
+    from sdcompile.compiler import compile_model
+    from sdcompile.passes import pipeline
+
+    m = compile_model(tiny_ldm_safetensors, tmp_path / "packed", CompileOptions(compute="bf16"))
+    packed = {n: t for n, t in m["weights"]["tensors"].items() if t.get("layout")}
+    assert packed and all(t["layout"] == layouts.AMX_BF16 and t["dtype"] == "bf16" for t in packed.values())
+    assert m["report"]["pack_weights"]["weights"] == len(packed)
+    assert any("wlayoutamx_bf16" in k for k in m["kernels"]["kernels"])
+    got = runtime.load(tmp_path / "packed", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
+
+    monkeypatch.setattr(pipeline, "PIPELINE", [p for p in pipeline.PIPELINE if p[0] != "pack_weights"])
+    m2 = compile_model(tiny_ldm_safetensors, tmp_path / "plain", CompileOptions(compute="bf16"))
+    assert not any(t.get("layout") for t in m2["weights"]["tensors"].values())
+    want = runtime.load(tmp_path / "plain", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
+    np.testing.assert_array_equal(got, want)
