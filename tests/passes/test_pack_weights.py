@@ -99,6 +99,10 @@ def test_packed_artifact_gives_the_same_bits(tiny_ldm_safetensors, tiny_ids, tmp
     assert packed and all(t["layout"] == layouts.AMX_BF16 and t["dtype"] == "bf16" for t in packed.values())
     assert m["report"]["pack_weights"]["weights"] == len(packed)
     assert any("wlayoutamx_bf16" in k for k in m["kernels"]["kernels"])
+    from sdcompile.report import render_compile_report
+
+    text = render_compile_report(m, tmp_path / "packed")
+    assert f"layout    {len(packed)} weights" in text and "amx_bf16" in text
     got = runtime.load(tmp_path / "packed", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
 
     monkeypatch.setattr(pipeline, "PIPELINE", [p for p in pipeline.PIPELINE if p[0] != "pack_weights"])
