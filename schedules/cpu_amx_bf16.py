@@ -84,8 +84,9 @@ def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
     if spec.op == "conv2d" and int(spec.attr("C")) % 16:
         return False
     _, N, K = gemm_mnk(spec)
-    if spec.attr("wlayout") and (spec.attr("wlayout") != layouts.AMX_BF16 or spec.attr("wtype") != "bf16"):
-        return False  # its own layout is the only one it reads, in bf16
+    layout = spec.attr("wlayout")
+    if layout and (layout not in layouts.LAYOUTS or layouts.DTYPE[layout] != spec.attr("wtype")):
+        return False  # its own layouts (``kernels/layouts.py``) are the only ones it reads
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 32 == 0 and lanes == 16 and host_bf16
 
 
@@ -106,6 +107,7 @@ class _Bf16Gemm:
         # weights stored as the B operands themselves (``WLAYOUT``, ``passes/pack_weights.py``): tiles are loaded
         # from the weight buffer, nothing is decoded
         self.packed = spec.attr("wlayout") == layouts.AMX_BF16
+        self.q8_tiles = spec.attr("wlayout") == layouts.AMX_Q8_0  # q8_0 in tile order: decoded without transposes
         if self.wtype in BLOCK_TYPES:
             qt = get_type(self.wtype)
             self.RB, self.BS = qt.row_bytes(self.K), qt.type_size
@@ -230,6 +232,22 @@ class _Bf16Gemm:
             return d * (T.Cast("float32x16", q) - splat(8.0, "float32", 16))
         return float_weight(self.wtype, self.wf, self.w16, row * self.K + 32 * s + 16 * half, 16)
 
+    def decode_q8_tiles(self, u, pbase) -> None:
+        """The unit's tiles from q8_0 stored as ``layouts.AMX_Q8_0``: per tile the 16 rows' scales once (two vectors
+        of them, each row's twice), then per row p of the B operand 32 quants, already in its order: two
+        conversions, two multiplications and one rounding to bf16 pairs, no transposes."""
+        with T.serial(0, self.NB) as j:
+            with T.serial(0, self.KS) as s:
+                tb = T.bind(((u * self.NB + j) * self.KS + s) * layouts.Q8_TILE)  # the tile's first byte
+                d = T.bind(f16_to_f32(vload(self.w16, tb // 2, 16), 16))
+                dlo = T.bind(shuffle([d], _q8_dup(True)))
+                dhi = T.bind(shuffle([d], _q8_dup(False)))
+                at = pbase + (j * self.KS + s) * 256
+                for p in range(16):
+                    lo = T.Cast("float32x16", vload(self.w8, tb + 32 + 32 * p, 16)) * dlo
+                    hi = T.Cast("float32x16", vload(self.w8, tb + 48 + 32 * p, 16)) * dhi
+                    vstore(self.panel, at + p * 16, self.pairs(lo, hi), 16)
+
     def tiles(self) -> None:
         over_chunks(self.CH, self.TPC, self.NU, self.cfg, self.unit)
 
@@ -320,6 +338,9 @@ class _Bf16Gemm:
         32 s + 2p (+1)]. Each step reads 16 weight rows as 16 vectors of pairs (row r: its 16 pairs) and transposes
         them in registers (4 rounds of two-vector shuffles), so the panel is written in whole 64-byte rows instead
         of 16-word scatters."""
+        if self.q8_tiles:
+            self.decode_q8_tiles(u, pbase)
+            return
         with T.serial(0, self.NB) as j:
             with T.serial(0, self.KS) as s:
                 rows = [
@@ -329,6 +350,11 @@ class _Bf16Gemm:
                 at = pbase + (j * self.KS + s) * 256
                 for p, vec in enumerate(_transpose16(rows)):
                     vstore(self.panel, at + p * 16, vec, 16)
+
+
+def _q8_dup(lo: bool) -> list:
+    """Lanes of the 16 scales for 16 quants of 8 weight rows, two each (rows 0-7 or 8-15)."""
+    return [i // 2 + (0 if lo else 8) for i in range(16)]
 
 
 def _pipeline_dynamic(n, issue, finish) -> None:

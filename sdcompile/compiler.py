@@ -160,16 +160,19 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
             if not a["nodes"] and a["why"]:
                 a["why"] = prefix + a["why"]
         if "pack_weights" in rep:
-            a = out.setdefault("pack_weights", {"layout": rep["pack_weights"]["layout"], "tensors": {}})
-            a["tensors"].update(rep["pack_weights"]["tensors"])
+            out.setdefault("pack_weights", {"tensors": {}})["tensors"].update(rep["pack_weights"]["tensors"])
         if "act_dtype" in rep:
             a = out.setdefault("act_dtype", {"dtype": rep["act_dtype"]["dtype"], "values": 0, "kept_f32": 0})
             a["values"] += rep["act_dtype"]["values"]
             a["kept_f32"] += rep["act_dtype"]["kept_f32"]
     out["quantize"]["types"] = dict(sorted(out["quantize"]["types"].items()))
     if "pack_weights" in out:  # weights the functions share, once each
-        packed = out["pack_weights"].pop("tensors")
-        out["pack_weights"].update(weights=len(packed), bytes=sum(packed.values()))
+        layouts: dict[str, dict[str, int]] = {}
+        for layout, nbytes in out["pack_weights"].pop("tensors").values():
+            rec = layouts.setdefault(layout, {"weights": 0, "bytes": 0})
+            rec["weights"] += 1
+            rec["bytes"] += nbytes
+        out["pack_weights"]["layouts"] = dict(sorted(layouts.items()))
     if "legalize" in out:
         out["legalize"]["native"] = native
         out["legalize"]["fallbacks"] = fallbacks

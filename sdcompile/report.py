@@ -175,11 +175,12 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
             + (f"; {a['why']}" if not a["kept_f32"] and a["why"] else "")
         )
     if r.get("pack_weights"):
-        a = r["pack_weights"]
-        lines.append(
-            f"layout    {a['weights']} weights ({fmt_bytes(a['bytes'])}) stored as the tile unit's bf16 operands "
-            f"({a['layout']}): loaded in place, not converted per call"
-        )
+        from sdcompile.kernels.layouts import SUMMARY
+
+        for layout, a in r["pack_weights"]["layouts"].items():
+            lines.append(
+                f"layout    {a['weights']} weights ({fmt_bytes(a['bytes'])}) stored {SUMMARY.get(layout, '')} ({layout})"
+            )
     if r.get("act_dtype"):
         a = r["act_dtype"]
         lines.append(

@@ -32,8 +32,7 @@ def raw_bytes(v: Value, packed: bool = True) -> np.ndarray:
     if packed and d.layout:
         from sdcompile.kernels import layouts
 
-        elements = raw.view(np.uint16 if dtype in ("f16", "bf16") else np.uint32).reshape(v.shape)
-        raw = layouts.pack(d.layout, elements).view(np.uint8)
+        raw = layouts.pack(d.layout, raw, *v.shape)
     return raw
 
 

@@ -86,6 +86,11 @@ def _f(v: PrimExpr) -> PrimExpr:
     return tirx.Cast("float32", v)
 
 
+def signed_byte(w: te.Tensor, i: PrimExpr) -> PrimExpr:
+    """Byte ``i`` of the word buffer as a signed int8 value, in f32 (a q8_0 quant)."""
+    return _f(_i8(byte(w, i)))
+
+
 # --- one decoder per type ---------------------------------------------------------------------------------------
 # Element functions take (words, byte offset of the block, index in the block, flat element index, block scales).
 

@@ -1,11 +1,18 @@
 """Weight layouts: a weight stored in an order its kernel reads directly, instead of row-major [N, K] (``N`` outputs,
-``K`` values each). ``passes/pack_weights.py`` chooses one; the artifact writer packs the values (``pack``); the TE
-compute reads W[n, k] at ``position`` (so every schedule, and the reference check, sees the same logical weight).
+``K`` values each; quant types: each row's blocks in order). ``passes/pack_weights.py`` chooses one; the artifact
+writer reorders the stored bytes (``pack``); the TE compute reads W[n, k] where the layout put it (``position``,
+``q8_0_scale_byte``, ``q8_0_quant_byte``), so every schedule, and the reference check, sees the same logical weight.
 
-``amx_bf16``: the B operands of the AMX-BF16 GEMM (``schedules/cpu_amx_bf16.py``), bf16. Tile (t, s) holds weight
-rows 16 t .. 16 t + 15 by values 32 s .. 32 s + 31 as 16 rows of 16 words: word r of row p holds values 2p and
-2p + 1 of weight row 16 t + r (low, high half). Tiles run s-fastest, so a unit of weight rows is one run of 1 KB tiles
-in K order, which the kernel loads straight into tile registers (nothing decoded per call).
+Both layouts hold the operands of the AMX-BF16 GEMM (``schedules/cpu_amx_bf16.py``) in tiles of 16 weight rows by
+32 values, s-fastest (tile (t, s): rows 16 t .. 16 t + 15, values 32 s .. 32 s + 31), so a unit of weight rows is one
+run of tiles in K order:
+
+- ``amx_bf16`` (bf16): a tile is the kernel's B operand itself, 16 rows of 16 words, word r of row p holding values
+  2p and 2p + 1 of weight row 16 t + r (low, high half): loaded into a tile register as it is stored;
+- ``amx_q8_0`` (q8_0, 544 bytes a tile, as 16 of its blocks): the 16 rows' f16 scales d, then the 512 quants in the
+  same order as the B operand's values (row p: for each weight row r, quants 2p and 2p + 1). Decoding is a
+  conversion and a multiplication per 16 values and one rounding to bf16 per 32, with no transposes (the row-major
+  blocks need a 16 x 16 transpose per tile).
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 AMX_BF16 = "amx_bf16"
-LAYOUTS = (AMX_BF16,)
-# storage type each layout holds its values in
-DTYPE = {AMX_BF16: "bf16"}
+AMX_Q8_0 = "amx_q8_0"
+LAYOUTS = (AMX_BF16, AMX_Q8_0)
+DTYPE = {AMX_BF16: "bf16", AMX_Q8_0: "q8_0"}  # the storage type each layout holds its values in
+# what each layout is, for the compile report
+SUMMARY = {AMX_BF16: "as the tile unit's bf16 operands, loaded in place", AMX_Q8_0: "as q8_0 in tile order"}
+Q8_TILE = 16 * 34  # bytes of an amx_q8_0 tile: 16 scales, 512 quants
 
 
 def fits(layout: str, N: int, K: int) -> bool:
@@ -25,22 +35,46 @@ def fits(layout: str, N: int, K: int) -> bool:
 
 
 def position(layout: str, n, k, K: int):
-    """The element index (in storage order) of W[n, k]; ints or TIR expressions alike."""
-    _known(layout)
+    """amx_bf16: the element index (in storage order) of W[n, k]; ints or TIR expressions alike."""
+    if layout != AMX_BF16:
+        raise ValueError(f"weight layout {layout!r} has no element positions (its values are blocks)")
     return ((n // 16) * (K // 32) + k // 32) * 512 + ((k % 32) // 2) * 32 + (n % 16) * 2 + k % 2
 
 
-def pack(layout: str, w: np.ndarray) -> np.ndarray:
-    """The elements of the row-major [N, K] array ``w`` (any element type) in ``layout``'s order, flat."""
-    _known(layout)
-    n, k = w.shape
-    return np.ascontiguousarray(w.reshape(n // 16, 16, k // 32, 16, 2).transpose(0, 2, 3, 1, 4)).reshape(-1)
+def q8_0_scale_byte(n, s, K: int):
+    """amx_q8_0: the byte offset of the f16 scale of W[n, 32 s .. 32 s + 31]."""
+    return ((n // 16) * (K // 32) + s) * Q8_TILE + 2 * (n % 16)
 
 
-def unpack(layout: str, flat: np.ndarray, N: int, K: int) -> np.ndarray:
-    """``pack``'s inverse: the row-major [N, K] array of a weight stored in ``layout``."""
+def q8_0_quant_byte(n, k, K: int):
+    """amx_q8_0: the byte offset of W[n, k]'s int8 quant."""
+    return ((n // 16) * (K // 32) + k // 32) * Q8_TILE + 32 + ((k % 32) // 2) * 32 + (n % 16) * 2 + k % 2
+
+
+def pack(layout: str, raw: np.ndarray, N: int, K: int) -> np.ndarray:
+    """The bytes ``raw`` of an [N, K] weight stored row-major in ``DTYPE[layout]``, reordered into ``layout``."""
     _known(layout)
-    return np.ascontiguousarray(flat.reshape(N // 16, K // 32, 16, 16, 2).transpose(0, 3, 1, 2, 4)).reshape(N, K)
+    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if layout == AMX_BF16:
+        w = raw.view(np.uint16).reshape(N // 16, 16, K // 32, 16, 2)
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1, 4)).reshape(-1).view(np.uint8)
+    blocks = raw.reshape(N // 16, 16, K // 32, 34)
+    d = blocks[..., :2].transpose(0, 2, 1, 3).reshape(N // 16, K // 32, 32)
+    q = blocks[..., 2:].reshape(N // 16, 16, K // 32, 16, 2).transpose(0, 2, 3, 1, 4).reshape(N // 16, K // 32, 512)
+    return np.ascontiguousarray(np.concatenate([d, q], axis=2)).reshape(-1)
+
+
+def unpack(layout: str, packed: np.ndarray, N: int, K: int) -> np.ndarray:
+    """``pack``'s inverse: the row-major bytes of a weight stored in ``layout``."""
+    _known(layout)
+    packed = np.ascontiguousarray(packed).reshape(-1).view(np.uint8)
+    if layout == AMX_BF16:
+        w = packed.view(np.uint16).reshape(N // 16, K // 32, 16, 16, 2)
+        return np.ascontiguousarray(w.transpose(0, 3, 1, 2, 4)).reshape(-1).view(np.uint8)
+    tiles = packed.reshape(N // 16, K // 32, Q8_TILE)
+    d = tiles[..., :32].reshape(N // 16, K // 32, 16, 2).transpose(0, 2, 1, 3)
+    q = tiles[..., 32:].reshape(N // 16, K // 32, 16, 16, 2).transpose(0, 3, 1, 2, 4).reshape(N // 16, 16, K // 32, 32)
+    return np.ascontiguousarray(np.concatenate([d, q], axis=3)).reshape(-1)
 
 
 def _known(layout: str) -> None:

@@ -17,7 +17,7 @@ from tvm import te, tirx
 
 from sdcompile.kernels import layouts
 from sdcompile.kernels.act import f32_reads, placeholder, stored
-from sdcompile.kernels.dequant import decode_staged, f32, let, lut_inputs
+from sdcompile.kernels.dequant import decode_staged, f16_at, f32, let, lut_inputs, signed_byte
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -51,15 +51,25 @@ def activation(name: str, v: tirx.Expr) -> tirx.Expr:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def packed_element(layout: str, element, K: int):
-    """W[n, k] of a weight stored in ``layout`` (``kernels/layouts.py``) through ``element``, the decoder of the
-    same storage read row-major [N, K]: the packed position of (n, k), as a row-major one."""
+def packed_decode(layout: str, wtype: str, w: te.Tensor, N: int, K: int):
+    """``decode_staged`` for a weight stored in ``layout`` (``kernels/layouts.py``): the stages and the function
+    W[n, k], reading each value (and q8_0's scale) where the layout put it."""
+    if layouts.DTYPE.get(layout) != wtype:
+        raise ValueError(f"weight layout {layout!r} holds {layouts.DTYPE.get(layout)}, not {wtype}")
+    if layout == layouts.AMX_Q8_0:
+        d = te.compute((N, K // 32), lambda n, b: f16_at(w, layouts.q8_0_scale_byte(n, b, K)), name="wscale0")
 
-    def at(n, k):
+        def q8(n, k):
+            return d[n, k // 32] * signed_byte(w, layouts.q8_0_quant_byte(n, k, K))
+
+        return [d], q8
+    _, element = decode_staged(wtype, w, N, K)
+
+    def at(n, k):  # the element's packed index, read as the row-major one it equals
         f = layouts.position(layout, n, k, K)
         return element(f // K, f % K)
 
-    return at
+    return [], at
 
 
 def compute(spec: KernelSpec) -> list[te.Tensor]:
@@ -76,9 +86,10 @@ def matmul(spec: KernelSpec, M: int, N: int, K: int, x_in: te.Tensor, x: te.Tens
     w = te.placeholder((ps["w"].words(),), "uint32", name="w")
     args = [x_in, w]
     luts = lut_inputs(wtype)  # lookup grids of the i-quants (params after the other inputs, before the output)
-    scales, element = decode_staged(wtype, w, N, K, luts)
     if spec.attr("wlayout"):
-        element = packed_element(str(spec.attr("wlayout")), element, K)
+        scales, element = packed_decode(str(spec.attr("wlayout")), wtype, w, N, K)
+    else:
+        scales, element = decode_staged(wtype, w, N, K, luts)
     wdq = te.compute((K, N), lambda k, n: element(n, k), name="wdq")
     r = te.reduce_axis((0, K), name="r")
     mm = te.compute((M, N), lambda m, n: te.sum(x[m, r] * wdq[r, n], axis=r), name="mm")

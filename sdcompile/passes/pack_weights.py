@@ -7,11 +7,16 @@ the code is built for has AMX-BF16, whole 16 x 32 tiles), is stored as that kern
 instead of rounding every weight to bf16 and transposing it into tiles on every call: at the UNet's few-row GEMMs
 (8x8 and 4x4 latents, prompts) that per-call work took as long as the products.
 
+A q8_0 weight read that way keeps its type and its bytes, reordered into tiles (``layouts.AMX_Q8_0``: each tile's
+16 scales, then its quants in the B operand's order), so the kernel decodes it with a conversion and a multiplication
+per 16 values and no transposes.
+
 The values do not change: bf16 products round the weight to bf16 anyway, with the same rounding (nearest even), so
-the kernel's outputs are the same bits; f32 weights take half the memory. Quantized weights keep their blocks (their
-bytes are the point of them). Any other reader of a weight (a node without bf16 products, a shape the kernel does
-not take) keeps it row-major; nothing is packed for GPU targets or without AMX-BF16. The report counts the packed
-weights and their bytes (per function: ``tensors``, name -> bytes); the manifest records each packed weight's layout.
+the kernel's outputs are the same bits; f32 weights take half the memory. Other quant types keep their row-major
+blocks (they keep their integer kernels). Any other reader of a weight (a node without bf16 products, a shape the
+kernel does not take) keeps it row-major; nothing is packed for GPU targets or without AMX-BF16. The report counts
+the packed weights and their bytes per layout (per function: ``tensors``, name -> (layout, bytes)); the manifest
+records each packed weight's layout.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from sdcompile.ir import Graph
 from sdcompile.kernels import layouts
 from sdcompile.passes.context import PassContext
 from sdcompile.quant.types import get as get_type
+
+LAYOUT_OF = {"q8_0": layouts.AMX_Q8_0}  # quantized weights the kernel reads in a layout of their own type
 
 
 def run(g: Graph, ctx: PassContext) -> Graph:
@@ -30,34 +37,36 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     if not tvm_layer.host_amx_bf16():
         return g
     g = g.copy()
-    rep = ctx.report.setdefault("pack_weights", {"layout": layouts.AMX_BF16, "tensors": {}})
+    rep = ctx.report.setdefault("pack_weights", {"tensors": {}})
     uses = g.consumers()
     for v in g.weights():
         readers = uses.get(v.name, [])
-        if not readers or not get_type(v.dtype).is_float or not all(_takes(g, n, v.name) for n in readers):
+        layout = layouts.AMX_BF16 if get_type(v.dtype).is_float else LAYOUT_OF.get(v.dtype)
+        if not readers or layout is None or not all(_takes(g, n, v.name, layout) for n in readers):
             continue
-        if v.dtype != layouts.DTYPE[layouts.AMX_BF16]:
-            v.data.convert("bf16", "pack_weights: bf16 tiles of the AMX kernel (its products round to bf16)")
-            v.dtype = "bf16"
-        v.data.layout = layouts.AMX_BF16
+        dtype = layouts.DTYPE[layout]
+        if v.dtype != dtype:
+            v.data.convert(dtype, "pack_weights: bf16 tiles of the AMX kernel (its products round to bf16)")
+            v.dtype = dtype
+        v.data.layout = layout
         for n in readers:
-            n.attrs["wlayout"] = layouts.AMX_BF16
-        rep["tensors"][v.name] = 2 * v.shape[0] * v.shape[1]  # bytes
+            n.attrs["wlayout"] = layout
+        rep["tensors"][v.name] = (layout, get_type(dtype).row_bytes(v.shape[1]) * v.shape[0])
     return g
 
 
-def _takes(g: Graph, n, w: str) -> bool:
-    """Whether node ``n`` reads weight ``w`` as the AMX-BF16 GEMM's packed B operands."""
+def _takes(g: Graph, n, w: str, layout: str) -> bool:
+    """Whether node ``n`` reads weight ``w`` with the AMX-BF16 GEMM, which reads ``layout``."""
     if n.op not in ("linear", "conv2d") or n.attrs.get("mma") != "bf16" or n.inputs[1] != w or w in n.inputs[2:]:
         return False
     from schedules import cpu_amx_bf16
     from sdcompile.codegen.plan import node_spec
 
     shape = g.values[w].shape
-    if len(shape) != 2 or not layouts.fits(layouts.AMX_BF16, *shape):
+    if len(shape) != 2 or not layouts.fits(layout, *shape):
         return False
     from sdcompile.kernels.spec import KernelSpec
 
     spec = node_spec(g, n)
-    packed = KernelSpec.make(spec.op, **{**dict(spec.attrs), "wtype": "bf16", "wlayout": layouts.AMX_BF16})
+    packed = KernelSpec.make(spec.op, **{**dict(spec.attrs), "wtype": layouts.DTYPE[layout], "wlayout": layout})
     return cpu_amx_bf16.applicable(packed, 16, True)

@@ -119,17 +119,21 @@ def test_bf16_products_within_their_bound(ex, pair):
     assert np.abs(got - y).max() > 10 * np.abs(f32 - y).max()
 
 
-# Weights stored as the kernel's own B tiles (``passes/pack_weights.py``, ``kernels/layouts.py``): the float cases
-# (both loop nests, one and two weight tiles per unit, the by-rows panel in two blocks) with their weights rounded to
-# bf16 and packed give the same bits as the same bf16 weights decoded per call.
-PACKED = [
-    (
-        KernelSpec.make(op, **(a | {"wtype": "bf16"}), mma="bf16"),
-        KernelSpec.make(op, **(a | {"wtype": "bf16"}), mma="bf16", wlayout="amx_bf16"),
-    )
-    for op, a in CASES
-    if a["wtype"] in ("f32", "f16", "bf16")
-]
+# Weights stored in the kernel's own layouts (``passes/pack_weights.py``, ``kernels/layouts.py``): bf16 as the B
+# tiles themselves (the float cases: both loop nests, one and two weight tiles per unit, the by-rows panel in two
+# blocks, with their weights rounded to bf16) and q8_0 in tile order (the q8_0 cases, and the float ones' shapes
+# quantized) give the same bits as the same weights stored row-major.
+def _packed_pairs():
+    pairs = []
+    for op, a in CASES:
+        for wtype, layout in (("bf16", "amx_bf16"), ("q8_0", "amx_q8_0")):
+            if a["wtype"] in ("f32", "f16", "bf16", wtype):
+                plain = KernelSpec.make(op, **(a | {"wtype": wtype}), mma="bf16")
+                pairs.append((plain, KernelSpec.make(op, **(a | {"wtype": wtype}), mma="bf16", wlayout=layout)))
+    return pairs
+
+
+PACKED = _packed_pairs()
 built_packed = fx.built_fixture("cpu", lambda: [s for p in PACKED for s in p], "amx_bf16_packed")
 
 
@@ -147,8 +151,11 @@ def test_packed_weights_same_bits(built_packed, pair):
     arrays = {p.name: rng.standard_normal(p.shape).astype(np.float32) for p in plain.params if p.name not in ("w", "y")}
     arrays["w"] = words
     want = fx.run_spec(pex, plain, arrays)
-    bits = np.ascontiguousarray(words).view(np.uint16).reshape(N, K)
-    arrays["w"] = layouts.pack(layouts.AMX_BF16, bits).view(np.uint32)
+    raw = np.ascontiguousarray(words).view(np.uint8)
+    size = N * K * 2 if plain.attr("wtype") == "bf16" else N * K // 32 * 34
+    packed_raw = np.zeros_like(raw)
+    packed_raw[:size] = layouts.pack(str(packed.attr("wlayout")), raw[:size], N, K)
+    arrays["w"] = packed_raw.view(np.uint32)
     got = fx.run_spec(pex, packed, arrays)
     np.testing.assert_array_equal(got, want)
     assert np.abs(want).max() > 0

@@ -17,6 +17,18 @@ U32 = 2.0**-24
 CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}
 SPECS = [
     KernelSpec.make(
+        "linear",
+        M=20,
+        N=32,
+        K=64,
+        wtype="q8_0",
+        bias=False,
+        residual=False,
+        act="none",
+        mma="bf16",
+        wlayout="amx_q8_0",
+    ),
+    KernelSpec.make(
         "linear", M=20, N=48, K=96, wtype="bf16", bias=True, residual=False, act="none", mma="bf16", wlayout="amx_bf16"
     ),
     KernelSpec.make(
@@ -40,14 +52,31 @@ ex = fx.executor_fixture("cpu")
 
 
 def test_layout_round_trip():
-    w = np.arange(32 * 64).reshape(32, 64)
-    flat = layouts.pack(layouts.AMX_BF16, w)
-    np.testing.assert_array_equal(layouts.unpack(layouts.AMX_BF16, flat, 32, 64), w)
+    w = np.arange(32 * 64, dtype=np.uint16).reshape(32, 64)
+    flat = layouts.pack(layouts.AMX_BF16, w.view(np.uint8), 32, 64).view(np.uint16)
+    np.testing.assert_array_equal(layouts.unpack(layouts.AMX_BF16, flat, 32, 64).view(np.uint16).reshape(32, 64), w)
     assert all(flat[layouts.position(layouts.AMX_BF16, n, k, 64)] == w[n, k] for n in range(32) for k in range(64))
     assert flat[1] == w[0, 1] and flat[2] == w[1, 0]  # pairs of values of a row, then the next row's pair
     assert layouts.fits(layouts.AMX_BF16, 32, 64) and not layouts.fits(layouts.AMX_BF16, 24, 64)
     with pytest.raises(ValueError, match="unknown weight layout"):
-        layouts.pack("nchw16", w)
+        layouts.pack("nchw16", w, 32, 64)
+
+
+def test_q8_0_layout_round_trip():
+    from sdcompile.quant.reference import quantize
+
+    N, K = 32, 96
+    raw = quantize(np.random.default_rng(1).standard_normal((N, K)).astype(np.float32), "q8_0").view(np.uint8)
+    packed = layouts.pack(layouts.AMX_Q8_0, raw, N, K)
+    assert packed.size == raw.size and not np.array_equal(packed, raw)
+    np.testing.assert_array_equal(layouts.unpack(layouts.AMX_Q8_0, packed, N, K), raw)
+    blocks = raw.reshape(N, K // 32, 34)
+    for n in range(N):
+        for k in range(K):
+            assert packed[layouts.q8_0_quant_byte(n, k, K)] == blocks[n, k // 32, 2 + k % 32]
+        for s in range(K // 32):
+            at = layouts.q8_0_scale_byte(n, s, K)
+            assert bytes(packed[at : at + 2]) == bytes(blocks[n, s, :2])
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
@@ -60,9 +89,10 @@ def test_generic_schedule_reads_the_layout(ex, spec):
     M, N, K = gemm_mnk(spec)
     rng = np.random.default_rng(3)
     words, w = fx.weight_words(spec, rng.standard_normal((N, K)).astype(np.float32))
-    bits = words.view(np.uint16)[: N * K].reshape(N, K)
+    layout = str(spec.attr("wlayout"))
+    raw = words.view(np.uint8)[: N * K * 2 if layout == layouts.AMX_BF16 else N * K // 32 * 34]
     x = rng.standard_normal(spec.param("x").shape).astype(np.float32)
-    arrays = {"x": x, "w": layouts.pack(layouts.AMX_BF16, bits).view(np.uint32)}
+    arrays = {"x": x, "w": layouts.pack(layout, raw, N, K).view(np.uint32)}
     xm = x.astype(np.float64) if spec.op == "linear" else im2col_np(x.astype(np.float64), dict(spec.attrs))
     xm = xm.reshape(M, K)
     y = xm @ w.T
@@ -72,6 +102,8 @@ def test_generic_schedule_reads_the_layout(ex, spec):
     got = fx.run_spec(ex, spec, arrays).reshape(M, N).astype(np.float64)
     tol = (np.abs(xm) @ np.abs(w).T) * (K + 4) * U32 + 4 * U32 * np.abs(y)
     assert np.all(np.abs(got - y) <= tol), float(np.max(np.abs(got - y) / tol))
-    # the same words read row-major would be another matrix
-    y_wrong = xm @ layouts.pack(layouts.AMX_BF16, w).reshape(N, K).T
-    assert np.abs(y_wrong - y).max() > 100 * tol.max()
+    # the stored bytes read row-major would be another matrix
+    if layout == layouts.AMX_BF16:
+        bits = layouts.pack(layout, raw, N, K).view(np.uint16).reshape(N, K)
+        misread = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        assert np.abs(xm @ misread.T - y).max() > 100 * tol.max()

@@ -35,25 +35,33 @@ def test_packs_the_weights_of_bf16_gemms(tiny_graph):
     gemms = [n for n in g.nodes if n.op == "linear"]
     packed = [n for n in gemms if n.attrs.get("wlayout")]
     q8 = [n for n in gemms if g.values[n.inputs[1]].dtype == "q8_0"]
-    # every float linear of the tiny encoder (128- and 512-wide: whole tiles) is packed; q8_0 keeps its blocks
-    assert packed and q8 and len(packed) + len(q8) == len(gemms)
-    assert not any(n.attrs.get("wlayout") for n in q8)
-    for n in packed:
+    # every linear of the tiny encoder (128- and 512-wide: whole tiles) is packed: float weights as bf16 tiles,
+    # q8_0 ones keep their type and bytes, in tile order
+    assert packed and q8 and len(packed) == len(gemms)
+    for n in q8:
+        v, v0 = g.values[n.inputs[1]], before.values[n.inputs[1]]
+        assert n.attrs["wlayout"] == layouts.AMX_Q8_0 and v.data.layout == layouts.AMX_Q8_0 and v0.dtype == "q8_0"
+        np.testing.assert_array_equal(as_f32(v), as_f32(v0))
+        raw = raw_bytes(v, False)
+        np.testing.assert_array_equal(raw_bytes(v), layouts.pack(layouts.AMX_Q8_0, raw, *v.shape))
+        np.testing.assert_array_equal(raw, raw_bytes(v0))
+    for n in (n for n in packed if n not in q8):
         v, v0 = g.values[n.inputs[1]], before.values[n.inputs[1]]
         assert n.attrs["wlayout"] == layouts.AMX_BF16 and v.dtype == "bf16" and v.data.layout == layouts.AMX_BF16
         assert v0.dtype == "f32" and not v0.data.layout  # the pass copies
         # the values are the bf16 rounding of the weight's (the products' own rounding); the bytes are the tiles
         want = dequantize(quantize_values(as_f32(v0), "bf16"), "bf16", v0.shape)
         np.testing.assert_array_equal(as_f32(v), want)
-        flat = raw_bytes(v).view(np.uint16)
-        np.testing.assert_array_equal(
-            flat, layouts.pack(layouts.AMX_BF16, raw_bytes(v, False).view(np.uint16).reshape(v.shape))
-        )
-        assert not np.array_equal(flat, raw_bytes(v, False).view(np.uint16))
+        flat = raw_bytes(v)
+        np.testing.assert_array_equal(flat, layouts.pack(layouts.AMX_BF16, raw_bytes(v, False), *v.shape))
+        assert not np.array_equal(flat, raw_bytes(v, False))
         assert "pack_weights" in v.data.history[-1]
-    rep = ctx.report["pack_weights"]
-    assert rep["layout"] == layouts.AMX_BF16 and len(rep["tensors"]) == len(packed)
-    assert sum(rep["tensors"].values()) == sum(2 * np.prod(g.values[n.inputs[1]].shape) for n in packed)
+    rep = ctx.report["pack_weights"]["tensors"]
+    assert len(rep) == len({n.inputs[1] for n in packed})
+    assert {rep[n.inputs[1]][0] for n in q8} == {layouts.AMX_Q8_0}
+    assert all(
+        rep[n.inputs[1]] == (layouts.AMX_BF16, 2 * np.prod(g.values[n.inputs[1]].shape)) for n in packed if n not in q8
+    )
     # the interpreter reads the logical weights: bf16-rounded values, close to the f32 graph's
     ids = np.arange(2 * 77).reshape(2, 77).astype(np.int32) % 1000
     a, b = interpret.run(before, {"input_ids": ids}), interpret.run(g, {"input_ids": ids})
@@ -94,19 +102,21 @@ def test_packed_artifact_gives_the_same_bits(tiny_ldm_safetensors, tiny_ids, tmp
     from sdcompile.compiler import compile_model
     from sdcompile.passes import pipeline
 
-    m = compile_model(tiny_ldm_safetensors, tmp_path / "packed", CompileOptions(compute="bf16"))
+    opts = {"compute": "bf16", "tensor_type_rules": [("fc2", "q8_0")]}
+    m = compile_model(tiny_ldm_safetensors, tmp_path / "packed", CompileOptions(**opts))
     packed = {n: t for n, t in m["weights"]["tensors"].items() if t.get("layout")}
-    assert packed and all(t["layout"] == layouts.AMX_BF16 and t["dtype"] == "bf16" for t in packed.values())
-    assert m["report"]["pack_weights"]["weights"] == len(packed)
+    assert {(t["layout"], t["dtype"]) for t in packed.values()} == {("amx_bf16", "bf16"), ("amx_q8_0", "q8_0")}
+    count = {k: v["weights"] for k, v in m["report"]["pack_weights"]["layouts"].items()}
+    assert sum(count.values()) == len(packed) and count["amx_q8_0"] == 2  # fc2 of both layers
     assert any("wlayoutamx_bf16" in k for k in m["kernels"]["kernels"])
     from sdcompile.report import render_compile_report
 
     text = render_compile_report(m, tmp_path / "packed")
-    assert f"layout    {len(packed)} weights" in text and "amx_bf16" in text
+    assert f"layout    {count['amx_bf16']} weights" in text and "(amx_q8_0)" in text
     got = runtime.load(tmp_path / "packed", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
 
     monkeypatch.setattr(pipeline, "PIPELINE", [p for p in pipeline.PIPELINE if p[0] != "pack_weights"])
-    m2 = compile_model(tiny_ldm_safetensors, tmp_path / "plain", CompileOptions(compute="bf16"))
+    m2 = compile_model(tiny_ldm_safetensors, tmp_path / "plain", CompileOptions(**opts))
     assert not any(t.get("layout") for t in m2["weights"]["tensors"].values())
     want = runtime.load(tmp_path / "plain", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
     np.testing.assert_array_equal(got, want)
