@@ -9,7 +9,8 @@ AVX512_BF16 at least at its f32 FMA rate (``vdpbf16ps``: ``schedules/cpu_bf16_do
 with SDCOMPILE_NO_AMX) the products stay f32 there and the report says why.
 With AMX-BF16, ``linear`` and ``conv2d`` with q8_0 or q4_0 weights (``cpu_amx_bf16.BLOCK_TYPES``: d * q is exact
 in f32) are marked too, counted as ``quantized``: their kernel decodes the blocks straight into bf16 operands, one
-rounding as for f16 weights, and runs the same tile GEMM — the integer kernels (``cpu_amx.py``) are more exact
+rounding as for f16 weights, and runs the same tile GEMM (``passes/pack_weights.py`` then stores the weights
+of these nodes in the kernel's own layouts) — the integer kernels (``cpu_amx.py``) are more exact
 (16-bit activations) but, with a scale per 32 values, leave the tile unit every step. The other quantized types, and
 every quantized type without AMX-BF16, keep their own integer kernels — except q8_0 and q4_0 on a CPU without
 AMX-BF16 that has AVX512_VNNI (Intel since Cascade Lake, AMD Zen 4): they get ``mma="int8"``, counted as ``int8``,
