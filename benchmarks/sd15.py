@@ -1584,8 +1584,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                     _x(torch_best, r),
                     _x(ort, r),
                     fmt(r.get("cpu_stall_pct"), 1),
-                    "failed" if r.get("error") else "",
                 ]
+                + (["failed" if r.get("error") else ""] if any(x.get("error") for x in rows) else [])
             )
         lines += [
             "",
@@ -1603,8 +1603,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                     "vs PyTorch",
                     "vs ORT",
                     "CPU stall %",
-                    "",
-                ],
+                ]
+                + ([""] if any(x.get("error") for x in rows) else []),
                 body,
             ),
         ]

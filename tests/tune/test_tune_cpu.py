@@ -104,9 +104,11 @@ def test_record_written_with_trace_and_times(tuned):
     assert m["builtin_s"] > 0 and m["tuned_s"] > 0 and m["error_ratio"] <= 1.0 and m["runner"] == "local"
     # the record replaces the declined measurement; the folder holds exactly one file for the kernel
     assert _files(tuned["root"]) == [f"cpu/{f['machine']}/{KERNEL}.json"]
-    # the trace replays to a scheduled function, the same one each time
+    # the trace replays to a scheduled function, the same one each time. Not asserted: which loops it parallelizes
+    # (a few random trials may put every output in one task of this 77x128 kernel, and then nothing is parallel)
     a, b = (tvm_layer.replay_trace(spec, rec["trace"]).script() for _ in range(2))
-    assert a == b and "parallel" in a
+    plain = tvm_layer.replay_trace(spec, [[], []]).script()  # no steps: the unscheduled function
+    assert a == b and a.count("for ") > plain.count("for ")
 
 
 def test_second_run_reuses_the_record(tuned, tiny_ldm_safetensors, monkeypatch):
