@@ -446,6 +446,7 @@ def spawn(
     A run child writes its partial result after every call and a heartbeat before each: the parent stops it (SIGKILL:
     a kernel call cannot be interrupted from inside) when one call has run longer than `call_timeout`, and keeps the
     numbers measured until then."""
+    workdir.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no cache folder yet
     spec_file = workdir / f".{kind}.spec.json"
     result_file = workdir / f".{kind}.result.json"
     beat_file = workdir / f".{kind}.heartbeat.json"
