@@ -1537,7 +1537,17 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"start, {m.get('load_average_end')} at the end; sdcompile commit {cfg.get('commit')}; "
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
         "",
-        "Machine peaks measured in this run (best of 3, start and end of the run):",
+        *(
+            [
+                "Runs merged here (`--merge`): "
+                + "; ".join(f"{x['run']} (commit {x.get('commit')})" for x in cfg.get("runs") or [])
+                + ". Each row's run is in the JSON (`run`).",
+                "",
+            ]
+            if len(cfg.get("runs") or []) > 1
+            else []
+        ),
+        "Machine peaks measured (best of 3 at the start and the end of each run; the best over the runs):",
         "",
     ]
     seen = set()
@@ -1702,14 +1712,41 @@ def collect_warnings(machine: dict[str, Any], recs: list[dict[str, Any]]) -> lis
         if died and not r.get("error"):
             what = f"{r.get('variant', r['impl'])} {r['work']} {r.get('size') or ''}".strip()
             out.append(f"{what}: {len(died)} of {len(r['attempts'])} attempts failed ({died[0]['error']})")
-    f32 = [
-        r["gflops"]
-        for r in recs
-        if r.get("impl") == "peak" and r["work"] == "fma" and r["wtype"] == "f32" and r.get("gflops")
-    ]
-    if len(f32) >= 2 and max(f32) > 1.15 * min(f32):
-        out.append(f"the f32 FMA peak moved from {f32[0]:.0f} to {f32[-1]:.0f} GFLOP/s during the run")
+    by_run: dict[Any, list[float]] = {}
+    for r in recs:
+        if r.get("impl") == "peak" and r["work"] == "fma" and r["wtype"] == "f32" and r.get("gflops"):
+            by_run.setdefault(r.get("run"), []).append(r["gflops"])
+    for run, f32 in by_run.items():
+        if len(f32) >= 2 and max(f32) > 1.15 * min(f32):
+            during = f"during the run {run}" if len(by_run) > 1 else "during the run"
+            out.append(f"the f32 FMA peak moved from {f32[0]:.0f} to {f32[-1]:.0f} GFLOP/s {during}")
+    if len(by_run) > 1:
+        best = {run: max(v) for run, v in by_run.items()}
+        if max(best.values()) > 1.15 * min(best.values()):
+            out.append(
+                "the merged runs ran at different speeds (best f32 FMA peak per run: "
+                + ", ".join(f"{run} {v:.0f}" for run, v in best.items())
+                + " GFLOP/s): compare rows of the same run"
+            )
     return out
+
+
+def merge_records(
+    old: dict[str, Any], records: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """--merge: the old file's measurements this run did not repeat, and all of its peaks, each tagged with the run
+    that measured it, before this run's records; the old runs; the old notes. Peaks stay with their run, so a row
+    kept from a faster or slower phase of the machine is still set beside the peak it ran with (and ``peak_of``
+    takes the best over all of them)."""
+    old_runs = (old.get("config") or {}).get("runs") or [
+        {"run": old.get("created"), "commit": (old.get("config") or {}).get("commit")}
+    ]
+    done = {(r.get("variant"), r["work"], r.get("size")) for r in records if r.get("impl") != "peak"}
+    kept = []
+    for r in old.get("records", []):
+        if r.get("impl") == "peak" or (r.get("variant"), r["work"], r.get("size")) not in done:
+            kept.append({"run": old_runs[-1]["run"], **r})
+    return kept + records, old_runs, list(old.get("notes", []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1748,23 +1785,21 @@ def main(argv: list[str] | None = None) -> int:
     ensure_checkpoint(args)
     plan = plan_works(args.works, args.quick)
     args.flops = flop_counts(args)
+    run = utc_now()
     records = measure_peaks(args, "start", machine["cpu"]["flags"])
     for v in args.variants:
         records += run_variant(args, v, plan)
     records += measure_peaks(args, "end", machine["cpu"]["flags"])
+    for r in records:
+        r["run"] = run
     machine["load_average_end"] = load_average()
     machine["pressure_end"] = pressure()
     notes = list(args.note)
+    runs = [{"run": run, "commit": args.commit, "variants": [v.name for v in args.variants], "works": args.works}]
     if args.merge and args.json.is_file():
-        old = json.loads(args.json.read_text())
-        done = {(r.get("variant"), r["work"], r.get("size")) for r in records if r.get("impl") != "peak"}
-        kept = [
-            r
-            for r in old.get("records", [])
-            if r.get("impl") != "peak" and (r.get("variant"), r["work"], r.get("size")) not in done
-        ]
-        records = kept + records
-        notes = [n for n in old.get("notes", []) if n not in notes] + notes
+        records, old_runs, old_notes = merge_records(json.loads(args.json.read_text()), records)
+        runs = old_runs + runs
+        notes = [n for n in old_notes if n not in notes] + notes
     result = {
         "benchmark": "sd15",
         "created": utc_now(),
@@ -1780,6 +1815,7 @@ def main(argv: list[str] | None = None) -> int:
             "sdcpp_steps": args.sdcpp_steps,
             "retries": args.retries,
             "commit": args.commit,
+            "runs": runs,
             "prompt": PROMPT,
             "negative_prompt": NEGATIVE,
             "cfg_scale": CFG,

@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impls", default="sdcompile-f32,onnxruntime-f32", help="variants, in round 1's order (sd15.py)")
     p.add_argument("--works", default="unet,text_encoder", help="works, as sd15.py takes them")
     p.add_argument("--quick", action="store_true", help="256x256 only (sd15.py --quick)")
+    p.add_argument("--no-amx", action="store_true", help="every round with the AMX tile unit off (sd15.py --no-amx)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (default: 3)")
     p.add_argument("--reference", default="onnxruntime-f32", help="the variant each round's ratios are against")
     p.add_argument("--workdir", type=Path, default=HERE / ".work" / "sd15_pair", help="round results (git-ignored)")
@@ -65,6 +66,7 @@ def run_rounds(args: argparse.Namespace) -> list[Path]:
         cmd = [sys.executable, str(HERE / "sd15.py"), "--impls", ",".join(order), "--works", args.works]
         cmd += ["--keep-artifacts", "--json", str(res), "--md", str(res.with_suffix(".md"))]
         cmd += ["--plot", str(res.with_suffix(".png"))] + (["--quick"] if args.quick else [])
+        cmd += ["--no-amx"] if args.no_amx else []
         print(f"[sd15_pair] round {i + 1}/{args.rounds}: {', '.join(order)}", flush=True)
         if subprocess.run(cmd).returncode != 0:
             raise SystemExit(f"round {i + 1} failed: see the sd15.py output above")
@@ -95,7 +97,8 @@ def combine(paths: list[Path], reference: str, notes: list[str]) -> dict[str, An
                 ],
             }
         )
-    out["notes"] = notes
+    # sd15.py's own note on what --no-amx turned off travels with the rounds
+    out["notes"] = notes + [n for n in rounds[0].get("notes", []) if n.startswith("Without AMX")]
     return out
 
 
@@ -103,10 +106,13 @@ def markdown(res: dict[str, Any]) -> str:
     ref = res["reference"]
     cpu = res["machine"]["cpu"]
     amx = "amx_bf16" in cpu.get("flags", [])
+    limited = res["machine"].get("isa_limit")
     lines = [
         "### SD1.5 paired rounds (sd15.py, variant order reversed every other round), 2 threads",
         "",
-        f"{cpu.get('model')}, {cpu.get('usable_cores')} usable cores, AMX {'yes' if amx else 'no'}. Rounds:",
+        f"{cpu.get('model')}, {cpu.get('usable_cores')} usable cores, AMX {'yes' if amx else 'no'}"
+        + (f", AMX off in every measurement (--no-amx: {limited})" if limited else "")
+        + ". Rounds:",
         "",
     ]
     for i, r in enumerate(res["rounds"], 1):
