@@ -1,0 +1,60 @@
+"""benchmarks/sd15.py --merge: rows this run did not repeat are kept with their run's peaks, so a row from another
+phase of the machine keeps the peak it ran with, and the table warns when the merged runs' peaks differ."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sd15():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("sd15_bench_under_test", ROOT / "benchmarks" / "sd15.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # its dataclasses look their module up
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return mod
+
+
+def _peak(g: float, run: str | None = None) -> dict:
+    r = {"impl": "peak", "work": "fma", "wtype": "f32", "phase": "start", "gflops": g}
+    return r | ({"run": run} if run else {})
+
+
+def _row(variant: str, work: str, s: float, run: str | None = None) -> dict:
+    r = {"impl": variant.split("-")[0], "variant": variant, "work": work, "size": 256, "median_s": s}
+    return r | ({"run": run} if run else {})
+
+
+def test_merge_keeps_old_peaks_and_unrepeated_rows():
+    m = _sd15()
+    old = {
+        "created": "T1",
+        "config": {"commit": "aaa"},
+        "records": [_peak(475.0), _row("pytorch-f32", "unet", 1.6), _row("sdcompile-f16", "unet", 1.4)],
+        "notes": ["old note"],
+    }
+    new = [_peak(380.0, "T2"), _row("sdcompile-f16", "unet", 1.8, "T2")]
+    recs, runs, notes = m.merge_records(old, new)
+    assert runs == [{"run": "T1", "commit": "aaa"}] and notes == ["old note"]
+    # the old f16 row is replaced by this run's; the PyTorch row and the old peak stay, tagged with their run
+    assert [(r.get("variant", "peak"), r["run"]) for r in recs] == [
+        ("peak", "T1"),
+        ("pytorch-f32", "T1"),
+        ("peak", "T2"),
+        ("sdcompile-f16", "T2"),
+    ]
+    assert m.peak_of(recs, "fma", "f32") == 475.0
+    machine = {"cpu": {"usable_cores": 2}}
+    warns = m.collect_warnings(machine, recs)
+    assert any("merged runs ran at different speeds" in w and "T1 475" in w and "T2 380" in w for w in warns)
+    # runs of the same speed: no warning
+    assert not any(
+        "different speeds" in w for w in m.collect_warnings(machine, m.merge_records(old, [_peak(470.0, "T2")])[0])
+    )
