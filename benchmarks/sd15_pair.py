@@ -111,7 +111,11 @@ def markdown(res: dict[str, Any]) -> str:
         "### SD1.5 paired rounds (sd15.py, variant order reversed every other round), 2 threads",
         "",
         f"{cpu.get('model')}, {cpu.get('usable_cores')} usable cores, AMX {'yes' if amx else 'no'}"
-        + (f", AMX off in every measurement (--no-amx: {limited})" if limited else "")
+        + (
+            ", AMX off in every measurement (--no-amx: " + " ".join(f"{k}={v}" for k, v in limited.items()) + ")"
+            if limited
+            else ""
+        )
         + ". Rounds:",
         "",
     ]
