@@ -58,3 +58,21 @@ def atol_against_decoded(target: str, types) -> float:
 
 def reference(state: dict[str, np.ndarray], ids: np.ndarray, shape=ex.TINY) -> np.ndarray:
     return ex.transformers_hidden(ex.transformers_clip(state, shape), ids)
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they import their siblings as top-level modules, and their dataclasses
+    look their module up in sys.modules), for tests of the parts that measure nothing."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    return mod

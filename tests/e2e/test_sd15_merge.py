@@ -3,23 +3,7 @@ phase of the machine keeps the peak it ran with, and the table warns when the me
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _sd15():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("sd15_bench_under_test", ROOT / "benchmarks" / "sd15.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # its dataclasses look their module up
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod
+from tests.e2e.helpers import load_benchmark
 
 
 def _peak(g: float, run: str | None = None) -> dict:
@@ -33,7 +17,7 @@ def _row(variant: str, work: str, s: float, run: str | None = None) -> dict:
 
 
 def test_merge_keeps_old_peaks_and_unrepeated_rows():
-    m = _sd15()
+    m = load_benchmark("sd15")
     old = {
         "created": "T1",
         "config": {"commit": "aaa"},

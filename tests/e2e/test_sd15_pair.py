@@ -3,25 +3,12 @@ records here: the combination, not the measurement, is under test), and its usag
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("sd15_pair", ROOT / "benchmarks" / "sd15_pair.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod
+from tests.e2e.helpers import load_benchmark
 
 
 def _round(path: Path, medians: dict[str, float], peaks: tuple[float, float], stall: float = 1.0) -> Path:
@@ -44,7 +31,7 @@ def _round(path: Path, medians: dict[str, float], peaks: tuple[float, float], st
 
 
 def test_ratios_per_round_and_median(tmp_path):
-    m = _script()
+    m = load_benchmark("sd15_pair")
     r1 = _round(tmp_path / "r1.json", {"sdcompile-f32": 2.0, "onnxruntime-f32": 2.2}, (400.0, 410.0))
     r2 = _round(tmp_path / "r2.json", {"onnxruntime-f32": 1.5, "sdcompile-f32": 1.0}, (450.0, 470.0), stall=6.0)
     r3 = _round(tmp_path / "r3.json", {"sdcompile-f32": 2.0, "onnxruntime-f32": 1.8}, (420.0, 415.0))
@@ -63,7 +50,7 @@ def test_ratios_per_round_and_median(tmp_path):
 
 
 def test_usage_errors(tmp_path, capsys):
-    m = _script()
+    m = load_benchmark("sd15_pair")
     with pytest.raises(SystemExit) as e:
         m.main(["--rounds", "0", "--json", str(tmp_path / "x.json")])
     assert e.value.code == 2 and "--rounds" in capsys.readouterr().err
