@@ -25,11 +25,12 @@ from typing import Any
 
 try:  # `python -m benchmarks.sd15_pair` from the repository root
     from benchmarks.common import atomic_write_json, markdown_table
+    from benchmarks.sd15 import QUIET_STALL_PCT
 except ImportError:  # `python benchmarks/sd15_pair.py`
     from common import atomic_write_json, markdown_table  # type: ignore[no-redef]
+    from sd15 import QUIET_STALL_PCT  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
-STALL_PCT = 5.0  # as sd15.py marks a measurement some task of which waited for a CPU this share of its time
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,7 +137,7 @@ def markdown(res: dict[str, Any]) -> str:
                 got = {x["variant"]: x for x in r["records"] if (x["work"], x["size"]) == (work, size)}
                 x, base = got.get(v), got.get(ref)
                 ok = x and x.get("median_s") and not x.get("error")
-                stalled = ok and (x.get("cpu_stall_pct") or 0) >= STALL_PCT
+                stalled = ok and (x.get("cpu_stall_pct") or 0) >= QUIET_STALL_PCT
                 cells.append(f"{x['median_s']:.3f}" + (" †" if stalled else "") if ok else "—")
                 if ok and base and base.get("median_s"):
                     ratios.append(base["median_s"] / x["median_s"])
@@ -160,7 +161,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         "Above 1× a row is faster than the reference in that round. †: some task waited for a CPU during "
-        f"{STALL_PCT:.0f}% or more of the timed part (other work on the machine).",
+        f"{QUIET_STALL_PCT:.0f}% or more of the timed part (other work on the machine).",
     ]
     if res.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {x}" for x in res["notes"]]

@@ -34,21 +34,31 @@ def fits(layout: str, N: int, K: int) -> bool:
     return N % 16 == 0 and K % 32 == 0
 
 
+def _tile(n, k, K: int):
+    """The index of the tile holding W[n, k]: tiles of 16 rows by 32 values, s-fastest."""
+    return (n // 16) * (K // 32) + k // 32
+
+
+def _in_tile(n, k):
+    """W[n, k]'s place among its tile's 512 values, in the B operand's order (row p = (k % 32) // 2 of 16 pairs)."""
+    return ((k % 32) // 2) * 32 + (n % 16) * 2 + k % 2
+
+
 def position(layout: str, n, k, K: int):
     """amx_bf16: the element index (in storage order) of W[n, k]; ints or TIR expressions alike."""
     if layout != AMX_BF16:
         raise ValueError(f"weight layout {layout!r} has no element positions (its values are blocks)")
-    return ((n // 16) * (K // 32) + k // 32) * 512 + ((k % 32) // 2) * 32 + (n % 16) * 2 + k % 2
+    return _tile(n, k, K) * 512 + _in_tile(n, k)
 
 
 def q8_0_scale_byte(n, s, K: int):
     """amx_q8_0: the byte offset of the f16 scale of W[n, 32 s .. 32 s + 31]."""
-    return ((n // 16) * (K // 32) + s) * Q8_TILE + 2 * (n % 16)
+    return _tile(n, 32 * s, K) * Q8_TILE + 2 * (n % 16)
 
 
 def q8_0_quant_byte(n, k, K: int):
-    """amx_q8_0: the byte offset of W[n, k]'s int8 quant."""
-    return ((n // 16) * (K // 32) + k // 32) * Q8_TILE + 32 + ((k % 32) // 2) * 32 + (n % 16) * 2 + k % 2
+    """amx_q8_0: the byte offset of W[n, k]'s int8 quant (after the tile's 32 bytes of scales)."""
+    return _tile(n, k, K) * Q8_TILE + 32 + _in_tile(n, k)
 
 
 def pack(layout: str, raw: np.ndarray, N: int, K: int) -> np.ndarray:
