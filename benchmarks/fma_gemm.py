@@ -1,13 +1,15 @@
-"""The f32 GEMMs of SD1.5 (``compile`` without ``--compute bf16``) on the register-blocked FMA kernel
-(``schedules/cpu_fma.py``) against the tiled schedule it replaced (``schedules/cpu.py``) and PyTorch f32 (oneDNN) on
-the same shapes, in one process, the three alternating; minimum of the repeats.
+"""The f32 GEMMs of SD1.5 (``compile`` without ``--compute bf16``) on the built-in rules (``wino``: the 3x3 convs
+``schedules/cpu_winograd.py`` takes by Winograd's F(2x2, 3x3), the rest as ``fma``), the register-blocked FMA kernel
+(``fma``, ``schedules/cpu_fma.py``; every conv direct), the tiled schedule it replaced (``schedules/cpu.py``) and
+PyTorch f32 (oneDNN) on the same shapes, in one process, alternating; minimum of the repeats.
 
     .venv/bin/python benchmarks/fma_gemm.py                  # one thread, CPU time of the calling thread
     .venv/bin/python benchmarks/fma_gemm.py --threads 2      # wall time
     .venv/bin/python benchmarks/fma_gemm.py --only conv --json out.json
 
 With one thread the kernels run in the calling thread, so its CPU time (``time.thread_time``) leaves out what other
-processes take; with more, wall time. GFLOP/s count 2 M N K. Each kernel's output is checked against PyTorch's
+processes take; with more, wall time. GFLOP/s count 2 M N K (a Winograd conv's too: the direct conv's products, so
+the columns compare times). Each kernel's output is checked against PyTorch's
 (relative to its range), so a fast wrong kernel cannot pass unnoticed.
 """
 
@@ -61,21 +63,24 @@ def gemm_flop(spec) -> float:
     return 2.0 * M * N * K
 
 
-def build(specs: list, fma: bool, threads: int):
-    """An executor over ``specs`` built with the FMA kernel on or off (the tiled schedule)."""
+def build(specs: list, rules: str, threads: int):
+    """An executor over ``specs`` built with ``rules``: "wino" (the built-in rules: Winograd for the 3x3 convs it
+    takes, else the FMA kernel), "fma" (the FMA kernel for every conv too) or "tiled" (neither)."""
     from runtime.executors.cpu import Executor
-    from schedules import cpu_fma
+    from schedules import cpu_fma, cpu_winograd
     from sdcompile.codegen import build as B
 
-    keep = cpu_fma.applicable
-    if not fma:
+    keep = cpu_fma.applicable, cpu_winograd.applicable
+    if rules != "wino":
+        cpu_winograd.applicable = lambda spec, lanes: False
+    if rules == "tiled":
         cpu_fma.applicable = lambda spec, lanes: False
     B._BUILT.clear()  # the build cache keys on the specs, not on the schedule
     try:
         out = Path(tempfile.mkdtemp(prefix="fma_gemm-"))
         return Executor(out, B.build_kernels(specs, "cpu", out), num_threads=threads)
     finally:
-        cpu_fma.applicable = keep
+        cpu_fma.applicable, cpu_winograd.applicable = keep
 
 
 def buffers(ex, spec, arrays: dict) -> list:
@@ -108,7 +113,7 @@ def measure(shapes: list, threads: int, repeat: int) -> list[dict]:
 
     torch.set_num_threads(threads)
     specs = [spec_of(op, a, t) for _, op, a, t in shapes]
-    exes = {"fma": build(specs, True, threads), "tiled": build(specs, False, threads)}
+    exes = {rules: build(specs, rules, threads) for rules in ("wino", "fma", "tiled")}
     clock = time.thread_time if threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
     rows = []
@@ -155,9 +160,9 @@ def main() -> int:
     shapes = [s for s in SHAPES if not a.only or a.only in s[0]]
     rows = measure(shapes, a.threads, a.repeat)
     print(f"GFLOP/s, {a.threads} thread(s), {'CPU' if a.threads == 1 else 'wall'} time")
-    print(f"{'shape':32s} {'fma':>7s} {'tiled':>7s} {'torch':>7s}")
+    print(f"{'shape':32s} {'wino':>7s} {'fma':>7s} {'tiled':>7s} {'torch':>7s}")
     for r in rows:
-        print(f"{r['shape']:32s} {r['fma']:7.1f} {r['tiled']:7.1f} {r['torch']:7.1f}")
+        print(f"{r['shape']:32s} {r['wino']:7.1f} {r['fma']:7.1f} {r['tiled']:7.1f} {r['torch']:7.1f}")
     if a.json:
         a.json.write_text(json.dumps({"threads": a.threads, "load": os.getloadavg(), "rows": rows}, indent=1))
     return 0

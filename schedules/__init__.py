@@ -22,6 +22,7 @@ from schedules import (
     cpu_gemv,
     cpu_group_norm,
     cpu_vnni,
+    cpu_winograd,
     gpu,
     injective,
 )
@@ -53,6 +54,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
             rule = cpu_amx.linear
         elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
             rule = cpu_gemv.linear
+        elif cpu_winograd.applicable(spec, info.lanes):  # f32 products, a 3x3 conv over many pixels: F(2x2, 3x3)
+            rule = cpu_winograd.linear
         elif cpu_fma.applicable(spec, info.lanes):  # f32 products, 32 rows or more: register-blocked FMA GEMM
             rule = cpu_fma.linear
         elif cpu_group_norm.applicable(spec, info.lanes):  # channels in vectors: passes in memory order
