@@ -47,6 +47,11 @@ SHAPES = [
     ("unet256 linear ff 2048x320→2560", "linear", {"M": 2048, "K": 320, "N": 2560, "act": "none"}, "f16"),
     ("unet256 linear ff 128x1280→10240", "linear", {"M": 128, "K": 1280, "N": 10240, "act": "none"}, "f16"),
     ("unet256 linear ff-out 128x5120→1280", "linear", {"M": 128, "K": 5120, "N": 1280, "act": "none"}, "f16"),
+    # the VAE decoder at 512x512 (one image): its 3x3 convs per level
+    ("vae conv 64² 512→512", "conv2d", {"B": 1, "C": 512, "H": 64, "W": 64, "N": 512, **CONV3}, "f16"),
+    ("vae conv 128² 512→512", "conv2d", {"B": 1, "C": 512, "H": 128, "W": 128, "N": 512, **CONV3}, "f16"),
+    ("vae conv 256² 256→256", "conv2d", {"B": 1, "C": 256, "H": 256, "W": 256, "N": 256, **CONV3}, "f16"),
+    ("vae conv 512² 128→128", "conv2d", {"B": 1, "C": 128, "H": 512, "W": 512, "N": 128, **CONV3}, "f16"),
 ]
 
 

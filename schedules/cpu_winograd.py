@@ -1,19 +1,22 @@
-"""CPU conv2d 3x3 (stride 1, padding 1) in f32 by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray,
-"Fast Algorithms for Convolutional Neural Networks", 2016): each 2 x 2 block of outputs is computed from a 4 x 4
-tile of input, Y = A^T [(G g G^T) . (B^T d B)] A, so a tile takes 16 products per (input, output) channel pair
-where the direct conv takes 36: 2.25x fewer. The sums over channels are 16 independent GEMMs, one per position xi of
-the 4 x 4 transformed tile, V_xi [tiles x C] times U_xi [C x N], and they run on ``cpu_fma``'s register block.
+"""CPU conv2d 3x3 (stride 1, padding 1) in f32 by Winograd's minimal filtering F(m x m, 3x3) (Lavin and Gray,
+"Fast Algorithms for Convolutional Neural Networks", 2016): each m x m block of outputs is computed from an
+(m + 2) x (m + 2) tile of input, Y = A^T [(G g G^T) . (B^T d B)] A, so a tile takes (m + 2)^2 products per (input,
+output) channel pair where the direct conv takes 9 m^2: F(2x2, 3x3) 16 for 36 (2.25x fewer), F(4x4, 3x3) 36 for 144
+(4x fewer). The sums over channels are (m + 2)^2 independent GEMMs, one per position xi of the transformed tile,
+V_xi [tiles x C] times U_xi [C x N], and they run on ``cpu_fma``'s register block. The matrices are one table,
+``MATRICES``, from which every transform here (and the tests' bound) is derived.
 
 Where: ``compile`` without ``--compute bf16`` (f32 products) and the weights ``cpu_fma`` takes, on the 3x3 convs of
-a UNet or VAE over ``MIN_TILES`` 2x2 tiles or more with ``MIN_CHANNELS`` channels in and out or more. Below that (the
-UNet's 8x8 and 4x4 levels) a conv is bound by reading its weights, and U holds 16/9 as many values as W: the direct
-kernel stays.
+a UNet or VAE over ``MIN_TILES`` 2x2 tiles or more with ``MIN_CHANNELS`` channels in and out or more; F(4x4, 3x3)
+where there are ``MIN_TILES_4`` 4x4 tiles or more. Below that (the UNet's 8x8 and 4x4 levels) a conv is bound by
+reading its weights, and U holds 16/9 (36/9) as many values as W: the direct kernel stays.
 
-Numerics. The transforms' coefficients are 0, +-1 and +-1/2, so each value of U and V is a short sum (the halvings
-are exact), rounded two to four times in f32; the products and the sums over channels are f32 as in ``cpu_fma``. The
-error is bounded by (C + 12) u times the sum of the terms' magnitudes (``tests/kernels/test_winograd_cpu.py``), a few
-times the direct conv's bound. bf16 products would add their own 2^-9 per product on top of it, so ``--compute bf16``
-keeps the direct conv.
+Numerics. F(2x2, 3x3)'s coefficients are 0, +-1 and +-1/2, so each value of U and V is a short sum (the halvings
+are exact), rounded two to four times in f32; F(4x4, 3x3)'s also hold 1/6, 1/24 (rounded to f32) and up to 8, so
+its terms pass through more roundings and its magnitudes grow more. The products and the sums over channels are f32
+as in ``cpu_fma``. ``tests/kernels/test_winograd_cpu.py`` bounds the error by (C + 12) u (F(4x4): (C + 32) u) times
+the sum of the terms' magnitudes, a few times the direct conv's bound. bf16 products would add their own 2^-9 per
+product on top of it, so ``--compute bf16`` keeps the direct conv.
 
 Loop nest (by rows of tiles, as ``cpu_fma.rows_first``):
 - per block of weight units (``PANEL_BYTES``): the units' U, all 16 xi, transformed from the weights as stored (f32,
@@ -26,17 +29,25 @@ Loop nest (by rows of tiles, as ``cpu_fma.rows_first``):
   tile inside the image.
 
 Measured (``benchmarks/fma_gemm.py --threads 2 --only conv``, this 2-core Xeon, f16 weights, GFLOP/s counted as the
-direct conv's 2 M N K, against the direct FMA kernel in the same run):
+direct conv's 2 M N K, against the direct FMA kernel in the same run; F(4x4) and F(2x2) from one script, in turn):
 
-    UNet 512 (guided): 64x64 320->320 530 / 303 (1.75x); 32x32 640->640 416 / 278 (1.50x);
-                       16x16 1280->1280 (128 tiles) 314 / 281 (1.12x)
-    UNet 256 (guided): 32x32 320->320 415 / 281 (1.48x); 16x16 640->640 (128 tiles) 272-300 / 272-275
+    shape (batch)                      F(4x4, 3x3)  F(2x2, 3x3)  direct   PyTorch f32
+    UNet 64x64 320->320 (2)            626 (2.11x)  547 (1.75x)  296-313  312-332
+    UNet 32x32 640->640 (2)                  -      418 (1.44x)  290      311
+    UNet 16x16 1280->1280 (2)                -      314 (1.12x)  281      215
+    VAE 64x64 512->512 (1)             420 (1.45x)  440 (1.50x)  290-294  324
+    VAE 128x128 512->512 (1)           616 (2.07x)  537 (1.71x)  297-314  286-299
+    VAE 256x256 256->256 (1)           838 (2.82x)  623 (1.94x)  297-321  302-341
+    VAE 512x512 128->128 (1)           853 (2.65x)  590 (1.90x)  311-322  279-291
 
 What bounds it: the register block runs as in ``cpu_fma`` (~75% of the FMA peak inside its loop); transforming U,
-V and M and the passes' sums take about a fifth of the time at 64x64.
+V and M and the passes' sums take about a fifth of the time of F(2x2) at 64x64, more of F(4x4)'s, whose transforms
+are larger and whose V (36 rows per tile) leaves L2 sooner.
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
@@ -55,17 +66,53 @@ from schedules.tir_build import (
 )
 from sdcompile.kernels.spec import KernelSpec
 
-XI = 16  # positions of a transformed 4 x 4 tile: 16 GEMMs
-MIN_TILES = 128  # 2 x 2 output tiles per call at least
+MIN_TILES = 128  # output tiles per call at least (2 x 2 tiles for F(2x2, 3x3))
+MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x3) (at 256, a VAE 64x64 conv, F(4x4)
+# ran 3% slower; at 512, the UNet's 64x64 level with guidance, 1.21x faster)
 MIN_CHANNELS = 64  # in and out: with fewer the transforms cost more than the products they save
 GROUP_PANELS = 16  # row panels (of MR tiles) per group at most
 MIN_GROUPS = 2  # groups per call at least: smaller groups read each weight slice for fewer tiles (a UNet 16x16 conv
 # with guidance, 128 tiles, 2 threads: 4 groups of 36 tiles 1.0x the direct conv, 2 of 66 tiles 1.17x)
 PANEL_BYTES = 16 << 20  # transformed weight units per block at most this (U of a 1280 x 1280 conv: 105 MB in f32)
 
+_h, _s, _t = Fraction(1, 2), Fraction(1, 6), Fraction(1, 24)
+# (B^T, G, A^T) per output tile size m, for 3x3 filters (tiles of m + 2): the interpolation points 0, 1, -1 (m 2)
+# and 0, 1, -1, 2, -2 (m 4), as in Lavin and Gray
+MATRICES = {
+    2: (
+        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 0, 0), (_h, _h, _h), (_h, -_h, _h), (0, 0, 1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1)),
+    ),
+    4: (
+        (
+            (4, 0, -5, 0, 1, 0),
+            (0, -4, -4, 1, 1, 0),
+            (0, 4, -4, -1, 1, 0),
+            (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0),
+            (0, 4, 0, -5, 0, 1),
+        ),
+        (
+            (Fraction(1, 4), 0, 0),
+            (-_s, -_s, -_s),
+            (-_s, _s, -_s),
+            (_t, 2 * _t, 4 * _t),
+            (_t, -2 * _t, 4 * _t),
+            (0, 0, 1),
+        ),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+    ),
+}
 
-def tiles(a: dict) -> int:
-    return int(a["B"]) * -(-int(a["H"]) // 2) * -(-int(a["W"]) // 2)
+
+def tiles(a: dict, m: int = 2) -> int:
+    return int(a["B"]) * -(-int(a["H"]) // m) * -(-int(a["W"]) // m)
+
+
+def tile_size(a: dict) -> int:
+    """m of the F(m x m, 3x3) a conv takes: 4 over MIN_TILES_4 4x4 tiles or more, else 2."""
+    return 4 if tiles(a, 4) >= MIN_TILES_4 else 2
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
@@ -78,50 +125,28 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     return shape == (3, 3, 1, (1, 1, 1, 1)) and tiles(a) >= MIN_TILES and min(int(a["C"]), int(a["N"])) >= MIN_CHANNELS
 
 
-def _half(v):
-    return v * splat(0.5, "float32", 16)
+def _combine(row, vecs):
+    """sum_j row[j] vecs[j] over the row's nonzero coefficients: +-1 as additions and subtractions, the others as
+    products by the f32 constant nearest them."""
+    plus, minus = [], []
+    for c, v in zip(row, vecs):
+        if c:
+            term = v if abs(c) == 1 else v * splat(float(abs(c)), "float32", 16)
+            (plus if c > 0 else minus).append(term)
+    acc = plus[0] if plus else splat(0.0, "float32", 16) - minus.pop(0)
+    for t in plus[1:]:
+        acc = acc + t
+    for t in minus:
+        acc = acc - t
+    return T.bind(acc)
 
 
-def filter_transform(g: list) -> list:
-    """U = G g G^T of one 3 x 3 filter (g[3 ky + kx], vectors over 16 channels) as its 16 values, xi = 4 i + j;
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
-
-    def g_rows(c0, c1, c2) -> list:
-        s = T.bind(c0 + c2)
-        return [c0, T.bind(_half(s + c1)), T.bind(_half(s - c1)), c2]
-
-    cols = [g_rows(g[kx], g[3 + kx], g[6 + kx]) for kx in range(3)]  # cols[kx][i] = (G g)[i][kx]
+def transform(mat, tile: list, n: int) -> list:
+    """mat X mat^T of the n x n tile X (tile[n y + x], vectors over 16 channels), row-major: len(mat)^2 vectors."""
+    cols = [[_combine(row, [tile[n * y + x] for y in range(n)]) for row in mat] for x in range(n)]
     out = []
-    for i in range(4):
-        out += g_rows(cols[0][i], cols[1][i], cols[2][i])
-    return out
-
-
-def _b_rows(d0, d1, d2, d3) -> list:
-    """B^T applied to four values: B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
-    return [T.bind(d0 - d2), T.bind(d1 + d2), T.bind(d2 - d1), T.bind(d1 - d3)]
-
-
-def input_transform(d: list) -> list:
-    """V = B^T d B of one 4 x 4 input tile (d[4 y + x], vectors over 16 channels) as its 16 values, xi = 4 i + j."""
-    t = [_b_rows(d[x], d[4 + x], d[8 + x], d[12 + x]) for x in range(4)]  # t[x][i] = (B^T d)[i][x]
-    out = []
-    for i in range(4):
-        out += _b_rows(t[0][i], t[1][i], t[2][i], t[3][i])
-    return out
-
-
-def _a_rows(m0, m1, m2, m3) -> list:
-    """A^T applied to four values: A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]."""
-    return [T.bind(m0 + m1 + m2), T.bind(m1 - m2 - m3)]
-
-
-def output_transform(m: list) -> list:
-    """Y = A^T m A of one tile's 16 sums (m[4 i + j]) as its 2 x 2 outputs, [y0x0, y0x1, y1x0, y1x1]."""
-    s = [_a_rows(m[j], m[4 + j], m[8 + j], m[12 + j]) for j in range(4)]  # s[j][a] = (A^T m)[a][j]
-    out = []
-    for a in range(2):
-        out += _a_rows(s[0][a], s[1][a], s[2][a], s[3][a])
+    for i in range(len(mat)):
+        out += [_combine(row, [cols[x][i] for x in range(n)]) for row in mat]
     return out
 
 
@@ -135,8 +160,12 @@ class _WinogradConv(cpu_fma._FmaGemm):
         self.B, self.H, self.W, self.C, self.N = (int(a[k]) for k in ("B", "H", "W", "C", "N"))
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
-        self.TH, self.TW = -(-self.H // 2), -(-self.W // 2)
-        self.T = tiles(a)
+        self.m = tile_size(a)  # outputs per tile side; the input tile is alpha x alpha
+        self.alpha = self.m + 2
+        self.XI = self.alpha**2  # positions of a transformed tile: XI GEMMs
+        self.BT, self.G, self.AT = MATRICES[self.m]
+        self.TH, self.TW = -(-self.H // self.m), -(-self.W // self.m)
+        self.T = tiles(a, self.m)
         # what ``micro`` reads: C values per row of V (a multiple of 16) in passes of KC whose weight slice (KC x NR
         # f32) fits L1 (``cpu_fma.L1_BYTES``), rows of V pass by pass (``xat``), no swap; K is the weights' row
         # (9 C), which ``_wvec`` reads
@@ -151,7 +180,7 @@ class _WinogradConv(cpu_fma._FmaGemm):
         self.NU = NT // self.NB
         self.passes = -(-self.KV // max(1, cpu_fma.L1_BYTES // (64 * self.NR)))
         self.KC = 16 * -(-self.KV // self.passes)
-        self.UW = XI * self.C * self.NR  # f32 words of a unit's panels
+        self.UW = self.XI * self.C * self.NR  # f32 words of a unit's panels
         self.UPB = max(1, min(self.NU, PANEL_BYTES // (4 * self.UW)))  # units per panel block
         self.PB = -(-self.NU // self.UPB)
         # tiles per group: each weight slice, read from L3 per group, serves RG rows (64 / RG bytes per FMA), while
@@ -161,7 +190,7 @@ class _WinogradConv(cpu_fma._FmaGemm):
         self.RP = max(1, min(GROUP_PANELS, -(-panels // MIN_GROUPS)))
         self.RG = self.RP * self.MR
         self.GR = -(-self.T // self.RG)
-        self.xrows = XI * self.RG  # rows of V held (``xat``)
+        self.xrows = self.XI * self.RG  # rows of V held (``xat``)
 
     def build(self) -> None:
         w = self.bufs["w"]
@@ -181,40 +210,40 @@ class _WinogradConv(cpu_fma._FmaGemm):
             # slower (128 and 512 tiles, 2 threads)
             with T.parallel(0, self.GR) as g:
                 vg = T.alloc_buffer((self.passes * self.xrows * self.KC,), "float32")
-                self.mg = T.alloc_buffer((XI * self.RG * self.NR,), "float32")
+                self.mg = T.alloc_buffer((self.XI * self.RG * self.NR,), "float32")
                 part = T.alloc_buffer((self.RG * self.NR,), "float32")  # sums between passes
                 with T.serial(0, self.RG) as ml:
                     self.prep_tile(g * self.RG + ml, vg, ml)
                 with T.serial(0, units) as ul:
-                    with T.serial(0, XI) as xi:
+                    with T.serial(0, self.XI) as xi:
                         with T.serial(0, self.passes) as kc:
                             with T.serial(0, self.RP) as t:
                                 row = T.bind(xi * self.RG + t * self.MR)
-                                self.micro(panel, (ul * XI + xi) * self.C * self.NR, vg, row, part, t, ul, row, kc)
+                                self.micro(panel, (ul * self.XI + xi) * self.C * self.NR, vg, row, part, t, ul, row, kc)
                     self.finish(g, pb * self.UPB + ul)
 
     def pack_filters(self, panel, ul, u, cv) -> None:
         """Unit u's U for channels 16 cv .. 16 cv + 15, all 16 xi, into its panels [xi][c][NR] (block ul): per 16
         output channels, each filter's 16 values into a scratch [xi][row], then per xi a 16 x 16 register transpose
         so the panel is written in whole vectors of consecutive outputs."""
-        scratch = vector_regs(XI * 16)
+        scratch = vector_regs(self.XI * 16)
         with T.serial(0, self.NB) as j:
             with T.serial(0, 16) as r:
                 row = T.bind(u * self.NR + 16 * j + r)
                 g = [T.bind(self._wvec(row, tap * self.C + 16 * cv, 16)) for tap in range(9)]
-                for xi, v in enumerate(filter_transform(g)):
+                for xi, v in enumerate(transform(self.G, g, 3)):
                     vstore(scratch, (xi * 16 + r) * 16, v, 16)
-            with T.serial(0, XI) as xi:
+            with T.serial(0, self.XI) as xi:
                 rows = [T.bind(vload(scratch, (xi * 16 + r) * 16, 16)) for r in range(16)]
                 for p, vec in enumerate(_transpose16(rows)):
-                    at = ((ul * XI + xi) * self.C + 16 * cv + p) * self.NR + 16 * j
+                    at = ((ul * self.XI + xi) * self.C + 16 * cv + p) * self.NR + 16 * j
                     vstore(panel, at, vec, 16)
 
     def _tile_origin(self, m):
         """(image, first input row, first input column) of tile m: its 4 x 4 input starts one pixel up and left."""
         b = T.bind(m // (self.TH * self.TW))
         p = T.bind(m % (self.TH * self.TW))
-        return b, T.bind((p // self.TW) * 2 - 1), T.bind((p % self.TW) * 2 - 1)
+        return b, T.bind((p // self.TW) * self.m - 1), T.bind((p % self.TW) * self.m - 1)
 
     def prep_tile(self, m, vg, ml) -> None:
         """V of tile m (zeros for m >= T, the last panel's padding) as row ml of each xi's rows in vg."""
@@ -222,8 +251,8 @@ class _WinogradConv(cpu_fma._FmaGemm):
         with T.If(m < self.T):
             with T.Then():
                 b, y0, x0 = self._tile_origin(m)
-                ys = [T.bind(y0 + i) for i in range(4)]
-                xs = [T.bind(x0 + i) for i in range(4)]
+                ys = [T.bind(y0 + i) for i in range(self.alpha)]
+                xs = [T.bind(x0 + i) for i in range(self.alpha)]
                 # rows and columns outside the image read a clamped address and are replaced by zeros (the load is
                 # issued either way); inside, the clamps change nothing
                 cy = [T.bind(T.max(T.min(v, self.H - 1), 0)) for v in ys]
@@ -232,16 +261,16 @@ class _WinogradConv(cpu_fma._FmaGemm):
                 inx = [T.bind(tirx.all(v >= 0, v < self.W)) for v in xs]
                 with T.serial(0, self.KV) as cv:
                     d = []
-                    for i in range(4):
-                        for j in range(4):
+                    for i in range(self.alpha):
+                        for j in range(self.alpha):
                             v = T.bind(load_f32(x, [b, cy[i], cx[j], T.Ramp(16 * cv, 1, 16)], 16))
                             inside = T.Broadcast(tirx.all(iny[i], inx[j]), 16)
                             d.append(T.bind(T.Select(inside, v, splat(0.0, "float32", 16))))
-                    for xi, v in enumerate(input_transform(d)):
+                    for xi, v in enumerate(transform(self.BT, d, self.alpha)):
                         vstore(vg, self.xat(xi * self.RG + ml, 16 * cv), v, 16)
             with T.Else():
                 with T.serial(0, self.KV) as cv:
-                    for xi in range(XI):
+                    for xi in range(self.XI):
                         vstore(vg, self.xat(xi * self.RG + ml, 16 * cv), splat(0.0, "float32", 16), 16)
 
     def epilogue(self, acc, u, m0) -> None:
@@ -260,14 +289,16 @@ class _WinogradConv(cpu_fma._FmaGemm):
                 with T.Then():
                     b, y0, x0 = self._tile_origin(m)
                     with T.serial(0, self.NB) as j:
-                        sums = [T.bind(vload(self.mg, (xi * self.RG + ml) * self.NR + 16 * j, 16)) for xi in range(XI)]
-                        for o, v in enumerate(output_transform(sums)):
-                            oy, ox = y0 + 1 + o // 2, x0 + 1 + o % 2
+                        sums = [
+                            T.bind(vload(self.mg, (xi * self.RG + ml) * self.NR + 16 * j, 16)) for xi in range(self.XI)
+                        ]
+                        for o, v in enumerate(transform(self.AT, sums, self.alpha)):
+                            oy, ox = y0 + 1 + o // self.m, x0 + 1 + o % self.m
                             row = (b * self.H + oy) * self.W + ox
                             inside = []
-                            if self.H % 2 and o // 2:
+                            if self.H % self.m and o // self.m >= self.H % self.m:
                                 inside.append(oy < self.H)
-                            if self.W % 2 and o % 2:
+                            if self.W % self.m and o % self.m >= self.W % self.m:
                                 inside.append(ox < self.W)
                             self._store(inside, row, u * self.NR + 16 * j, v)
 
@@ -290,4 +321,4 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     replace_body(sch, spec, build)
 
 
-__all__ = ["applicable", "build", "filter_transform", "input_transform", "linear", "output_transform"]
+__all__ = ["MATRICES", "applicable", "build", "linear", "tile_size", "transform"]
