@@ -189,12 +189,17 @@ class _FmaGemm:
         self.xrows = self.RG if self.by_rows else self.MB  # rows of prepared x held at a time
         self.x_slice = self.swap  # one pass's slice of prepared rows held at a time (``prep_slice``)
 
-    def build(self) -> None:
+    def weight_views(self) -> None:
+        """The weight's storage words as f32 (``wf``), as 16-bit halves (``w16``) and, for a quant type, as
+        ``quant_vec``'s views (``wq``): what ``_wvec`` reads."""
         w = self.bufs["w"]
         words = w.shape[0]
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
         self.wq = quant_vec.views(w) if self.wtype in quant_vec.TYPES else None
+
+    def build(self) -> None:
+        self.weight_views()
         if self.by_rows:
             self.rows_first()
             return

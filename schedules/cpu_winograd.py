@@ -52,7 +52,7 @@ from fractions import Fraction
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules import cpu_fma, quant_vec
+from schedules import cpu_fma
 from schedules.cpu_amx_bf16 import _transpose16
 from schedules.tir_build import (
     load_f32,
@@ -193,11 +193,7 @@ class _WinogradConv(cpu_fma._FmaGemm):
         self.xrows = self.XI * self.RG  # rows of V held (``xat``)
 
     def build(self) -> None:
-        w = self.bufs["w"]
-        words = w.shape[0]
-        self.wf = T.decl_buffer((words,), "float32", data=w.data)
-        self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
-        self.wq = quant_vec.views(w) if self.wtype in quant_vec.TYPES else None
+        self.weight_views()
         panel = T.alloc_buffer((self.UPB * self.UW,), "float32")
         with T.serial(0, self.PB) as pb:
             units = T.bind(T.min(self.UPB, self.NU - pb * self.UPB))
