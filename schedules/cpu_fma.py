@@ -132,6 +132,21 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and M >= FROM_ROWS and target_has_avx512()
 
 
+def register_block(N: int) -> tuple[int, int, int, int]:
+    """(NB, MR, NR, NU) for N outputs (a multiple of 16): NB weight vectors per unit (4 where N is a multiple of 64,
+    else 3, 2, 1), MR rows of x per register block (``MR_BY_NB``), NR = 16 NB outputs per unit, NU units."""
+    NT = N // 16
+    NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
+    return NB, MR_BY_NB[NB], 16 * NB, NT // NB
+
+
+def l1_passes(KV: int, NR: int) -> tuple[int, int]:
+    """(passes, KC): K's KV vectors in passes of KC values (a multiple of 16; the last pass may be shorter) whose
+    weight slice, KC x NR f32, fits L1_BYTES, the passes as even as whole vectors allow."""
+    passes = -(-KV // max(1, L1_BYTES // (64 * NR)))
+    return passes, 16 * -(-KV // passes)
+
+
 def _fma(a, b, c):
     return T.call_llvm_pure_intrin("float32x16", FMA, a, b, c)
 
@@ -150,20 +165,13 @@ class _FmaGemm:
             self.M, self.N = self.N0, 16 * -(-self.M0 // 16)
         self.KV = -(-self.K // 16)  # 16-value vectors per row of x (the last one zero-padded)
         self.KR = 16 * self.KV  # prepared row length
-        NT = self.N // 16
-        self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
-        self.MR = MR_BY_NB[self.NB]
-        self.NR = 16 * self.NB
-        self.NU = NT // self.NB  # weight units
+        self.NB, self.MR, self.NR, self.NU = register_block(self.N)
         self.UW = self.KR * self.NR  # f32 words of a packed unit
         # swapped: by rows whatever N, each group's slice of W prepared pass by pass (see ``rows_first``)
         self.by_rows = self.M >= BY_ROWS_FROM or self.swap
-        # K in passes of KC values (a multiple of 16; the last pass may be shorter) whose weight slice, KC x NR
-        # f32, fits L1_BYTES, the passes as even as whole vectors allow; by weights, one pass where the whole unit
-        # fits UNIT_L2_BYTES
+        # K in passes (``l1_passes``); by weights, one pass where the whole unit fits UNIT_L2_BYTES
         one_pass = not self.by_rows and 4 * self.UW <= UNIT_L2_BYTES
-        self.passes = 1 if one_pass else -(-self.KV // max(1, L1_BYTES // (64 * self.NR)))
-        self.KC = 16 * -(-self.KV // self.passes)
+        self.passes, self.KC = (1, self.KR) if one_pass else l1_passes(self.KV, self.NR)
         if self.by_rows:
             self.RG = GROUP_PANELS * self.MR  # rows of x per group
             self.GR = -(-self.M // self.RG)  # groups

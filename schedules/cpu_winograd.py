@@ -19,13 +19,13 @@ the sum of the terms' magnitudes, a few times the direct conv's bound. bf16 prod
 product on top of it, so ``--compute bf16`` keeps the direct conv.
 
 Loop nest (by rows of tiles, as ``cpu_fma.rows_first``):
-- per block of weight units (``PANEL_BYTES``): the units' U, all 16 xi, transformed from the weights as stored (f32,
-  f16, bf16, or a GGUF type ``quant_vec`` decodes) into panels [xi][c][NR], in parallel over (unit, 16 channels), once
-  per call, as ``cpu_fma`` packs;
+- per block of weight units (``PANEL_BYTES``): the units' U, all (m + 2)^2 xi, transformed from the weights as
+  stored (f32, f16, bf16, or a GGUF type ``quant_vec`` decodes) into panels [xi][c][NR], in parallel over (unit, 16
+  channels), once per call, as ``cpu_fma`` packs;
 - parallel over groups of RG tiles (``GROUP_PANELS`` row panels, at least ``MIN_GROUPS`` groups): the group's V (all
-  16 xi) from x, zeros outside the image; then unit by unit, per xi, the register block over the group's rows with
-  C in passes whose weight slice stays in L1 (as ``cpu_fma``), its sums into the unit's M (16 x RG x NR); then
-  A^T M A and the fused epilogue (bias, activation, residual, the output's storage) on the 2 x 2 outputs of each
+  xi) from x, zeros outside the image; then unit by unit, per xi, the register block over the group's rows with C
+  in passes whose weight slice stays in L1 (as ``cpu_fma``), its sums into the unit's M ((m + 2)^2 x RG x NR); then
+  A^T M A and the fused epilogue (bias, activation, residual, the output's storage) on the m x m outputs of each
   tile inside the image.
 
 Measured (``benchmarks/fma_gemm.py --threads 2 --only conv``, this 2-core Xeon, f16 weights, GFLOP/s counted as the
@@ -151,8 +151,8 @@ def transform(mat, tile: list, n: int) -> list:
 
 
 class _WinogradConv(cpu_fma._FmaGemm):
-    """The F(2x2, 3x3) loop nest; ``micro`` (the register block) is ``cpu_fma``'s, run with K = C in one pass over
-    prepared rows of V (row xi RG + r of a group's buffer) and a unit's panel for one xi, its sums stored to M."""
+    """The F(m x m, 3x3) loop nest; ``micro`` (the register block) is ``cpu_fma``'s, run over C in passes on prepared
+    rows of V (row xi RG + r of a group's buffer, ``xat``) and a unit's panel for one xi, its sums stored to M."""
 
     def __init__(self, spec: KernelSpec, bufs: dict):  # not super().__init__: it plans the direct conv's nests
         self.spec, self.bufs = spec, bufs
@@ -173,13 +173,8 @@ class _WinogradConv(cpu_fma._FmaGemm):
         self.KR = self.C
         self.KV = self.C // 16
         self.x_slice, self.swap = False, False
-        NT = self.N // 16
-        self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
-        self.MR = cpu_fma.MR_BY_NB[self.NB]
-        self.NR = 16 * self.NB
-        self.NU = NT // self.NB
-        self.passes = -(-self.KV // max(1, cpu_fma.L1_BYTES // (64 * self.NR)))
-        self.KC = 16 * -(-self.KV // self.passes)
+        self.NB, self.MR, self.NR, self.NU = cpu_fma.register_block(self.N)
+        self.passes, self.KC = cpu_fma.l1_passes(self.KV, self.NR)
         self.UW = self.XI * self.C * self.NR  # f32 words of a unit's panels
         self.UPB = max(1, min(self.NU, PANEL_BYTES // (4 * self.UW)))  # units per panel block
         self.PB = -(-self.NU // self.UPB)
@@ -219,8 +214,9 @@ class _WinogradConv(cpu_fma._FmaGemm):
                     self.finish(g, pb * self.UPB + ul)
 
     def pack_filters(self, panel, ul, u, cv) -> None:
-        """Unit u's U for channels 16 cv .. 16 cv + 15, all 16 xi, into its panels [xi][c][NR] (block ul): per 16
-        output channels, each filter's 16 values into a scratch [xi][row], then per xi a 16 x 16 register transpose
+        """Unit u's U for channels 16 cv .. 16 cv + 15, all XI positions, into its panels [xi][c][NR] (block ul):
+        per 16 output channels, each filter's XI values into a scratch [xi][row], then per xi a 16 x 16 register
+        transpose
         so the panel is written in whole vectors of consecutive outputs."""
         scratch = vector_regs(self.XI * 16)
         with T.serial(0, self.NB) as j:
@@ -236,7 +232,8 @@ class _WinogradConv(cpu_fma._FmaGemm):
                     vstore(panel, at, vec, 16)
 
     def _tile_origin(self, m):
-        """(image, first input row, first input column) of tile m: its 4 x 4 input starts one pixel up and left."""
+        """(image, first input row, first input column) of tile m: its alpha x alpha input starts one pixel up and
+        left of its m x m outputs."""
         b = T.bind(m // (self.TH * self.TW))
         p = T.bind(m % (self.TH * self.TW))
         return b, T.bind((p // self.TW) * self.m - 1), T.bind((p % self.TW) * self.m - 1)
@@ -277,7 +274,7 @@ class _WinogradConv(cpu_fma._FmaGemm):
                 vstore(self.mg, (m0 + r) * self.NR + 16 * j, vload(acc, 16 * i, 16), 16)
 
     def finish(self, g, u) -> None:
-        """Y = A^T M A for each tile of group g and unit u's NR outputs, through the fused epilogue to the 2 x 2
+        """Y = A^T M A for each tile of group g and unit u's NR outputs, through the fused epilogue to the m x m
         output pixels inside the image."""
         with T.serial(0, self.RG) as ml:
             m = T.bind(g * self.RG + ml)
