@@ -83,6 +83,12 @@ TYPES = ("f32", "f16", "bf16") + BLOCK_TYPES
 BY_ROWS_FROM = 1024
 A_GROUP_BYTES = 1 << 20  # a group's A operands (bf16): at most this, and 32 to 256 rows
 PANEL_BYTES = 4 << 20  # by rows: the weight panel decoded once per call, in blocks of whole units up to this
+# q8_0 tiles by weights: steps decoded per chunk at most (NB x 16 KB of panel), for one pair of x tiles, or up to
+# Q8_CHUNK_PAIRS where a unit's decoded tiles pass Q8_WHOLE (smaller, decoded whole they stay in L2, and the pairs'
+# sums would only add trips between chunks: the UNet's 128 x 1280 -> 10240 linear, 80 KB, 12.7 -> 15.8 ms chunked)
+Q8_CHUNK = 16
+Q8_CHUNK_PAIRS = 4
+Q8_WHOLE = 256 << 10
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
 
 
@@ -131,6 +137,7 @@ class _Bf16Gemm:
         self.NB = 2 if self.NT % 2 == 0 else 1
         self.NU = self.NT // self.NB
         self.by_rows = self.M >= BY_ROWS_FROM
+        self.q8_chunks = False
         if self.by_rows:
             # a group of RG rows of x as A operands stays in L2 while every weight tile passes over it
             self.RG = max(32, min(256, A_GROUP_BYTES // (2 * self.K) // 32 * 32))
@@ -145,6 +152,11 @@ class _Bf16Gemm:
             self.MB, self.NBLK = row_blocks(self.M, 2 * self.K, align=32)
             self.MT2 = self.MB // 16
             self.TPC, self.CH = chunking(self.NU)  # units per chunk, chunks
+            # q8_0 tiles for a block of few pairs of x tiles (M <= 128: the UNet's 8x8 and 4x4 levels) and long K:
+            # the unit's tiles decoded KC steps at a time, each chunk's products right after it (``unit_q8_chunks``)
+            self.KC = max(d for d in range(1, min(Q8_CHUNK, self.KS) + 1) if self.KS % d == 0)
+            pairs, unit_bytes = self.MT2 // 2, self.NB * self.KS * 1024  # a unit's decoded tiles
+            self.q8_chunks = self.q8_tiles and (pairs == 1 or (pairs <= Q8_CHUNK_PAIRS and unit_bytes > Q8_WHOLE))
 
     def build(self) -> None:
         w = self.bufs["w"]
@@ -162,7 +174,10 @@ class _Bf16Gemm:
             with_tile_state(lambda: (self.config(), self.rows_first()))
             return
         self.xb = T.alloc_buffer((self.MT2 * self.KS * 256,), "uint32")
-        self.panel = self.wu32 if self.packed else T.alloc_buffer((self.CH * self.NB * self.KS * 256,), "uint32")
+        steps = self.KC if self.q8_chunks else self.KS  # the steps a chunk's panel holds
+        self.panel = self.wu32 if self.packed else T.alloc_buffer((self.CH * self.NB * steps * 256,), "uint32")
+        if self.q8_chunks and self.MT2 > 2:  # the pairs' sums between chunks
+            self.accs = T.alloc_buffer((self.CH * self.MT2 // 2 * self.NB * 512,), "float32")
 
         def block(m0) -> None:
             self.m0 = m0  # the block's first row of x
@@ -242,17 +257,20 @@ class _Bf16Gemm:
             return d * (T.Cast("float32x16", q) - splat(8.0, "float32", 16))
         return float_weight(self.wtype, self.wf, self.w16, row * self.K + 32 * s + 16 * half, 16)
 
-    def decode_q8_tiles(self, u, pbase) -> None:
-        """The unit's tiles from q8_0 stored as ``layouts.AMX_Q8_0``: per tile the 16 rows' scales once (two vectors
-        of them, each row's twice), then per row p of the B operand 32 quants, already in its order: two
-        conversions, two multiplications and one rounding to bf16 pairs, no transposes."""
+    def decode_q8_tiles(self, u, pbase, s0=0, steps: int | None = None) -> None:
+        """The unit's tiles of steps s0 .. s0 + steps - 1 (default: all) from q8_0 stored as ``layouts.AMX_Q8_0``,
+        at tile (j, s - s0) of the panel: per tile the 16 rows' scales once (two vectors of them, each row's twice),
+        then per row p of the B operand 32 quants, already in its order: two conversions, two multiplications and
+        one rounding to bf16 pairs, no transposes."""
+        steps = self.KS if steps is None else steps
         with T.serial(0, self.NB) as j:
-            with T.serial(0, self.KS) as s:
+            with T.serial(0, steps) as sl:
+                s = s0 + sl
                 tb = T.bind(((u * self.NB + j) * self.KS + s) * layouts.Q8_TILE)  # the tile's first byte
                 d = T.bind(f16_to_f32(vload(self.w16, tb // 2, 16), 16))
                 dlo = T.bind(shuffle([d], _q8_dup(True)))
                 dhi = T.bind(shuffle([d], _q8_dup(False)))
-                at = pbase + (j * self.KS + s) * 256
+                at = pbase + (j * steps + sl) * 256
                 for p in range(16):
                     lo = T.Cast("float32x16", vload(self.w8, tb + 32 + 32 * p, 16)) * dlo
                     hi = T.Cast("float32x16", vload(self.w8, tb + 48 + 32 * p, 16)) * dhi
@@ -263,6 +281,9 @@ class _Bf16Gemm:
 
     def unit(self, c, u) -> None:
         """Loop nest by weights: the unit's weight tiles decoded once, then every pair of x tiles of the block."""
+        if self.q8_chunks:
+            self.unit_q8_chunks(c, u)
+            return
         if self.packed:  # the unit's tiles where they are stored
             pbase = u * self.NB * self.KS * 256
         else:
@@ -273,6 +294,67 @@ class _Bf16Gemm:
             return self.m0 + mp * 32 if self.NBLK > 1 else mp * 32
 
         self.run_pairs(c, self.MT2 // 2, lambda i: (i, u, pbase, 0, row0(i)))
+
+    def unit_q8_chunks(self, c, u) -> None:
+        """The block's pairs of x tiles against a unit of q8_0 tiles, KC steps at a time: the chunk's tiles decoded
+        into the chunk's panel (it stays in L1), then every pair's products over them. With one pair (M <= 32) the
+        sums stay in the tile registers throughout; with more they wait between chunks in ``accs`` (four tile stores
+        and loads per pair and chunk, against 4 KC products). Decoding the whole unit first (0.7 to 1.4 MB at the
+        UNet's 8x8 and 4x4 levels) sent it through L2 beside x's A operands, and left the vector work of decoding
+        no products to overlap."""
+        nb, kc, pairs = self.NB, self.KC, self.MT2 // 2
+        pbase = c * nb * kc * 256
+        accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
+        yb = c * nb * 1024
+
+        def sums(mp, t):  # where pair mp's accumulator t waits between chunks, and leaves after the last
+            return (c * pairs + mp) * 2 * nb * 256 + t * 256 if pairs > 1 else yb + t * 256
+
+        if pairs == 1:
+            for acc, _, _ in accs:
+                _amx("tilezero", _i8(acc))
+        with T.serial(0, self.KS // kc) as ch:
+            self.decode_q8_tiles(u, pbase, ch * kc, kc)
+            with T.serial(0, pairs) as mp:
+                if pairs > 1:
+                    with T.If(ch == 0):
+                        with T.Then():
+                            for acc, _, _ in accs:
+                                _amx("tilezero", _i8(acc))
+                        with T.Else():
+                            for t, (acc, _, _) in enumerate(accs):
+                                _amx("tileloadd64", _i8(acc), T.address_of(self.accs[sums(mp, t)]), T.int64(64))
+                with T.serial(0, kc) as sl:
+                    for j, b in enumerate((B0, B1)[:nb]):
+                        at = pbase + (j * kc + sl) * 256
+                        _amx("tileloadd64", _i8(b), T.address_of(self.panel[at]), T.int64(64))
+                    for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
+                        at = (mt * self.KS + ch * kc + sl) * 256
+                        _amx("tileloadd64", _i8(a), T.address_of(self.xb[at]), T.int64(64))
+                    for acc, a, b in accs:
+                        _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+                if pairs > 1:
+                    for t, (acc, _, _) in enumerate(accs):
+                        _amx("tilestored64", _i8(acc), T.address_of(self.accs[sums(mp, t)]), T.int64(64))
+        if pairs == 1:
+            for t, (acc, _, _) in enumerate(accs):
+                _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[yb + t * 256]), T.int64(64))
+            self.epilogue(self.ybuf, yb, u, self.m0 if self.NBLK > 1 else 0)
+        else:
+            with T.serial(0, pairs) as mp:
+                m0 = (self.m0 if self.NBLK > 1 else 0) + mp * 32
+                self.epilogue(self.accs, sums(mp, 0), u, m0)
+
+    def epilogue(self, buf, ysums, u, m0) -> None:
+        """The sums of unit u for rows m0 .. m0 + 31 (tiles [weight tile j][x tile] of 16 x 16 f32 from word
+        ysums of buf) through the fused epilogue into y."""
+        with T.serial(0, self.NB) as j:
+            with T.serial(0, 32) as r:  # row r of the two x tiles: output row m, columns of weight tile j
+                m = m0 + r
+                with T.If(m < self.M):
+                    with T.Then():
+                        v = vload(buf, ysums + j * 512 + r * 16, 16)
+                        store_output_vec(self.bufs, self.act, m, (u * self.NB + j) * 16, v)
 
     def rows_first(self) -> None:
         """Loop nest by rows (M >= BY_ROWS_FROM): per block of weight units, the block's panel is decoded once (in
@@ -333,13 +415,7 @@ class _Bf16Gemm:
 
         def finish(i, slot) -> None:
             _, u, _, _, m0 = place(i)
-            with T.serial(0, nb) as j:
-                with T.serial(0, 32) as r:  # row r of the two x tiles: output row m, columns of weight tile j
-                    m = m0 + r
-                    with T.If(m < self.M):
-                        with T.Then():
-                            v = vload(self.ybuf, yb + slot * nb * 512 + j * 512 + r * 16, 16)
-                            store_output_vec(self.bufs, self.act, m, (u * nb + j) * 16, v)
+            self.epilogue(self.ybuf, yb + slot * nb * 512, u, m0)
 
         _pipeline_dynamic(n, issue, finish)
 

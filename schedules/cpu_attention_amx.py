@@ -407,10 +407,12 @@ class _Attention:
                 words = _bf16_interleave(a, b)
             vstore(self.pb, at, words, 16)
 
-    def softmax(self, key0, nkeys: int, masked: bool, q0, first: bool) -> None:
+    def softmax(self, key0, nkeys: int, masked: bool, q0, first: bool, raw_max=None) -> None:
         """The online softmax over the block's scores (``sb``, [key][query], raw q.k) for each query tile: the running
         max and sum updated, the probabilities handed to ``store_probs`` 16 keys at a time, and the o^T sums rescaled
-        where a query's max rose (not for the first block: there are none yet)."""
+        where a query's max rose (not for the first block: there are none yet). ``raw_max(qt)``, where the products
+        already took the block's max of the raw scores (an unmasked block only), saves the pass that reads them for
+        it."""
         c = self.c
         sbase, obase, mlb = c * self.KB * self.QB, c * self.DC * self.NQ * 256, c * 2 * self.NQ * 16
         # per query tile: 16 queries in the lanes; scores in units of log2 (scale * log2(e) folded in)
@@ -435,14 +437,19 @@ class _Attention:
             tot = T.decl_buffer((16,), "float32", data=mem, elem_offset=16)
             m_old = T.bind(vload(self.ml, mlb + 16 * qt, 16))
             vstore(run, 0, m_old, 16)
-            with T.serial(0, nkeys // 16) as kt:
-                # unmasked, the max of the raw scores times the (positive) scale is the max of the scaled ones
-                xs = [
-                    T.bind(mask(16 * kt + r, raw(16 * kt + r) * c2) if masked else raw(16 * kt + r)) for r in range(16)
-                ]
-                while len(xs) > 1:
-                    xs = [T.max(xs[i], xs[i + 1]) for i in range(0, len(xs), 2)]
-                vstore(run, 0, T.max(vload(run, 0, 16), xs[0] if masked else xs[0] * c2), 16)
+            # unmasked, the max of the raw scores times the (positive) scale is the max of the scaled ones
+            if raw_max is not None:
+                assert not masked
+                vstore(run, 0, T.max(m_old, raw_max(qt) * c2), 16)
+            else:
+                with T.serial(0, nkeys // 16) as kt:
+                    xs = [
+                        T.bind(mask(16 * kt + r, raw(16 * kt + r) * c2) if masked else raw(16 * kt + r))
+                        for r in range(16)
+                    ]
+                    while len(xs) > 1:
+                        xs = [T.max(xs[i], xs[i + 1]) for i in range(0, len(xs), 2)]
+                    vstore(run, 0, T.max(vload(run, 0, 16), xs[0] if masked else xs[0] * c2), 16)
             m_new = T.bind(vload(run, 0, 16))
             vstore(tot, 0, splat(0.0, "float32", 16), 16)
             with T.serial(0, nkeys // 16) as kt:

@@ -7,15 +7,25 @@ register-blocked FMAs on f32 operands:
 
 - **scores^T = K q^T**: per block of ``KEY_BLOCK`` keys, a register tile of ``KR`` keys x ``NQ`` query vectors
   (16 accumulators): for each channel d, NQ vectors of q^T[d] (packed per task) and one broadcast of k[key, d] per
-  key (f32 rows packed once per call), KR x NQ FMAs;
-- **softmax**: as ``cpu_attention_amx``; its probabilities stay f32, written back over the scores;
+  key (read in place where k is f32 and a head's key rows stay in L2, else from f32 rows packed once per call),
+  KR x NQ FMAs; an unmasked block's max per query is taken from the accumulators on their way out;
+- **softmax**: as ``cpu_attention_amx``, less its pass over the scores for the max where the products took it; its
+  probabilities stay f32, written back over the scores;
 - **o^T += V^T p^T**: a register tile of up to ``RD`` channels x NQ query vectors (24 accumulators), for each key
   NQ vectors of p^T[key] and one broadcast of v[key, d] per channel; the sums wait between blocks in the same
   [channel tile][query tile][16][16] buffer ``finish`` transposes into rows of o.
 
 Numerics: every product and sum in f32, in order over channels (q.k) and keys (p.v) within a block; exp2 is
-``cpu_attention_amx._exp2`` of degree 5 (relative error 1.6e-7). Keys are padded to 16 with zero rows, masked to probability
-exactly 0; queries to ``16 NQ`` with rows whose outputs are not stored.
+``cpu_attention_amx._exp2`` of degree 5 (relative error 1.6e-7). Keys are padded to 16 (packed: zero rows; in place:
+the last key's row again), masked to probability exactly 0 and left out of p.v; queries to ``16 NQ`` with rows whose
+outputs are not stored.
+
+Where the time goes (SD1.5's S = T = 1024, Dh 40, 2 threads, ``perf``): the two products' loops 78%, the softmax 12%
+(its exp2 alone, about 10 vector operations per 16 scores beside 80 FMAs at Dh 40, is what bounds the kernel near
+88% of the FMA peak), packing k and v 3%. Taking the max from the accumulators and reading f32 k and v in place gave
++1-6% at 1,024 and 4,096 tokens, +3-7% over 77 keys and +6-18% at 64 to 256 queries and the text encoder (two
+alternating A/B runs in one process, SD1.5's shapes, AMX off): at 4,096 tokens, Dh 40, 287-294 GFLOP/s against an
+f32 FMA peak of 393-413 measured between the runs (70-73%).
 
 The row-at-a-time kernel this replaces (``cpu.attention``) keeps a query row's whole score row: at a UNet's 4,096
 pixels each row's scores (16 KB) and the head's transposed keys leave L1 (SD1.5 512x512, B 2, 8 heads, S = T =
@@ -30,7 +40,7 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import over_chunks
-from schedules.cpu_attention_amx import MAX_DH, _Attention, _row16, _transpose16
+from schedules.cpu_attention_amx import L2_BYTES, MASKED, MAX_DH, _Attention, _row16, _transpose16
 from schedules.cpu_fma import _fma, target_has_avx512
 from schedules.tir_build import prim_func, replace_body, splat, vector_regs, vload, vstore
 from sdcompile.kernels.spec import KernelSpec
@@ -56,6 +66,13 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     )
 
 
+def reduce_max(vs: list):
+    """The lane-wise max of the vectors, pairwise."""
+    while len(vs) > 1:
+        vs = [T.max(vs[i], vs[i + 1]) if i + 1 < len(vs) else vs[i] for i in range(0, len(vs), 2)]
+    return vs[0]
+
+
 class _AttentionFma(_Attention):
     NQ, KEY_BLOCK, KEY_STEP = NQ, KEY_BLOCK, 16  # keys padded to whole softmax steps
     EXP2 = 5  # the probabilities stay f32: the exp2 polynomial of f32 accuracy
@@ -63,6 +80,12 @@ class _AttentionFma(_Attention):
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.DP = 16 * -(-int(spec.attr("Dh")) // 16)  # channels per packed row of k, v and q^T
         super().__init__(spec, bufs)
+        # f32 k and v are read where they are where the rows a head's keys lie in (every head's channels between
+        # them) stay in L2 while the head's queries pass; 16-bit ones, or longer key ranges, are packed once per call
+        # into rows (``prep``; at 4,096 keys, Dh 40, 8 heads, read in place took 10% longer; at 64 to 256 queries,
+        # packed took 4-10% longer, the packing not amortised)
+        span = self.T * self.H * self.Dh * 4
+        self.direct = all(str(bufs[n].dtype) == "float32" for n in ("k", "v")) and span <= L2_BYTES
 
     def kv_bytes(self) -> int:
         """Every head's k and v rows (f32)."""
@@ -70,13 +93,16 @@ class _AttentionFma(_Attention):
 
     def build(self) -> None:
         BH = self.B * self.H
-        self.kf = T.alloc_buffer((BH * self.TP * self.DP,), "float32")  # k rows, f32, zeros past T
-        self.vf = T.alloc_buffer((BH * self.TP * self.DP,), "float32")  # v rows, likewise
+        if not self.direct:
+            self.kf = T.alloc_buffer((BH * self.TP * self.DP,), "float32")  # k rows, f32, zeros past T
+            self.vf = T.alloc_buffer((BH * self.TP * self.DP,), "float32")  # v rows, likewise
         self.qb = T.alloc_buffer((self.CH * self.DP * self.QB,), "float32")  # q^T: [channel][query]
         self.sb = T.alloc_buffer((self.CH * self.KB * self.QB,), "float32")  # scores, then p: [key][query]
         self.ob = T.alloc_buffer((self.CH * self.DC * self.NQ * 256,), "float32")  # o^T sums
         self.ml = T.alloc_buffer((self.CH * 2 * self.NQ * 16,), "float32")  # running max, then sum
-        self.prep()
+        self.bm = T.alloc_buffer((self.CH * self.NQ * 16,), "float32")  # a block's max of raw scores per query
+        if not self.direct:
+            self.prep()
         over_chunks(self.CH, self.TPC, self.tasks, None, self.task)
 
     def prep(self) -> None:
@@ -93,6 +119,15 @@ class _AttentionFma(_Attention):
                     vstore(
                         buf, g * self.DP + 16 * ct, T.Select(T.Broadcast(j < T_, 16), ld, splat(0.0, "float32", 16)), 16
                     )
+
+    def kv(self, name: str, key, d):
+        """Channel d of key ``key`` (< T: the caller clamps padded keys) of the task's head in k or v as f32, from
+        the input or its packed row."""
+        bh = self.bh
+        if self.direct:
+            row = (bh // self.H) * self.T + key
+            return self.bufs[name][row, (bh % self.H) * self.Dh + d]
+        return {"k": self.kf, "v": self.vf}[name][(bh * self.TP + key) * self.DP + d]
 
     def pack_q(self, c, bh, q0) -> None:
         """The task's queries transposed: q^T[d][query] (zeros for queries past S), 16 x 16 blocks through
@@ -112,13 +147,20 @@ class _AttentionFma(_Attention):
 
     def block(self, key0, nkeys: int, masked: bool, q0, first: bool = False) -> None:
         """Keys key0 .. key0 + nkeys - 1 (nkeys a multiple of 16) against the task's 16 NQ queries."""
-        c, bh = self.c, self.bh
+        c = self.c
         qbase, sbase = c * self.DP * self.QB, c * self.KB * self.QB
         obase = c * self.DC * self.NQ * 256
-        kbase = (bh * self.TP + key0) * self.DP
         nq = self.NQ
+        # a tail block's keys past T: their probabilities are exactly 0 (p.v skips them), their scores masked
+        real = min(nkeys, self.T - key0) if isinstance(key0, int) else nkeys
 
         acc = vector_regs(KR * nq)  # accumulators
+        # an unmasked block's max of the raw scores per query vector, taken from the accumulators (no pass over the
+        # stored scores for it); a masked block's leaves out the masked keys in the softmax's own pass
+        bmx = vector_regs(nq)
+        if not masked:
+            for j in range(nq):
+                vstore(bmx, 16 * j, splat(MASKED, "float32", 16), 16)
         with T.serial(0, nkeys // KR) as kg:
             for i in range(KR * nq):
                 vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
@@ -126,7 +168,8 @@ class _AttentionFma(_Attention):
             def step(d) -> None:
                 qv = [T.bind(vload(self.qb, qbase + d * self.QB + 16 * j, 16)) for j in range(nq)]
                 for r in range(KR):
-                    kv = T.Broadcast(self.kf[kbase + (kg * KR + r) * self.DP + d], 16)
+                    key = key0 + kg * KR + r
+                    kv = T.Broadcast(self.kv("k", key if real == nkeys else T.min(key, self.T - 1), d), 16)  # masked
                     for j in range(nq):
                         i = r * nq + j
                         vstore(acc, 16 * i, _fma(kv, qv[j], vload(acc, 16 * i, 16)), 16)
@@ -139,7 +182,17 @@ class _AttentionFma(_Attention):
             for r in range(KR):
                 for j in range(nq):
                     vstore(self.sb, sbase + (kg * KR + r) * self.QB + 16 * j, vload(acc, 16 * (r * nq + j), 16), 16)
-        self.softmax(key0, nkeys, masked, q0, first)
+            if not masked:
+                for j in range(nq):
+                    keys = [vload(acc, 16 * (r * nq + j), 16) for r in range(KR)]
+                    vstore(bmx, 16 * j, reduce_max(keys + [vload(bmx, 16 * j, 16)]), 16)
+        raw_max = None
+        if not masked:
+            bm = c * nq * 16
+            for j in range(nq):
+                vstore(self.bm, bm + 16 * j, vload(bmx, 16 * j, 16), 16)
+            raw_max = lambda qt: vload(self.bm, bm + 16 * qt, 16)  # noqa: E731
+        self.softmax(key0, nkeys, masked, q0, first, raw_max)
 
         def products(d0, rd: int) -> None:  # channels d0 .. d0 + rd - 1 (rd <= RD) for every query
             acc = vector_regs(rd * nq)
@@ -152,10 +205,10 @@ class _AttentionFma(_Attention):
                 for qt in range(nq):
                     init = splat(0.0, "float32", 16) if first else vload(self.ob, at(e, qt), 16)
                     vstore(acc, 16 * (e * nq + qt), init, 16)
-            with T.serial(0, nkeys) as j:
+            with T.serial(0, real) as j:
                 pv = [T.bind(vload(self.sb, sbase + j * self.QB + 16 * qt, 16)) for qt in range(nq)]
                 for e in range(rd):
-                    vv = T.Broadcast(self.vf[kbase + j * self.DP + d0 + e], 16)
+                    vv = T.Broadcast(self.kv("v", key0 + j, d0 + e), 16)
                     for qt in range(nq):
                         i = e * nq + qt
                         vstore(acc, 16 * i, _fma(vv, pv[qt], vload(acc, 16 * i, 16)), 16)

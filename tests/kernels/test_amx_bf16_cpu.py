@@ -59,6 +59,12 @@ CASES = [
     ("linear", {"M": 1100, "N": 32, "K": 128, "wtype": "q4_0", "bias": False, "residual": True, "act": "none"}),
     ("conv2d", {"B": 1, "H": 36, "W": 36, "C": 32, "N": 16, "wtype": "q8_0", "bias": True, "residual": False, **CONV3}),
     ("conv2d", {"B": 2, "H": 6, "W": 6, "C": 64, "N": 32, "wtype": "q4_0", "bias": True, "residual": False, **CONV3}),
+    # one pair of x tiles (M <= 32): q8_0 in tile order decoded chunk by chunk (4 chunks of 10 steps; 2 of 9, one
+    # weight tile per unit)
+    ("linear", {"M": 20, "N": 64, "K": 1280, "wtype": "q8_0", "bias": True, "residual": True, "act": "none"}),
+    ("conv2d", {"B": 2, "H": 4, "W": 4, "C": 64, "N": 48, "wtype": "q8_0", "bias": True, "residual": False, **CONV3}),
+    # four pairs of x tiles, K long enough (288 KB of decoded tiles a unit) for chunks: 9 of 16 steps
+    ("linear", {"M": 100, "N": 32, "K": 4608, "wtype": "q8_0", "bias": False, "residual": True, "act": "none"}),
 ]
 PAIRS = [(KernelSpec.make(op, **a, mma="bf16"), KernelSpec.make(op, **a)) for op, a in CASES]
 
@@ -70,8 +76,14 @@ def test_dispatch():
     from schedules import cpu_amx_bf16
 
     rows = [cpu_amx_bf16._Bf16Gemm(bf, {}) for bf, _ in PAIRS]
-    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4 + [False, True, True, False]  # both loop nests
+    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4 + [False, True, True, False] + [False] * 3
     assert rows[8].PB == 2 and rows[5].NB == 1
+    # the q8_0 tile layout's chunked decode by weights: (chunks, pairs of x tiles); the plain row-major layout never
+    # chunks, short K with several pairs neither
+    tiled = [cpu_amx_bf16._Bf16Gemm(p[1], {}) for p in PACKED if p[1].attr("wlayout") == "amx_q8_0"]
+    assert sorted((g.KS // g.KC, g.MT2 // 2) for g in tiled if g.q8_chunks) == [(2, 1), (2, 1), (4, 1), (9, 4)]
+    assert not any(g.q8_chunks for g in rows)
+    assert not any(g.q8_chunks for g in rows)
 
     for bf, f32 in PAIRS:
         assert cpu_amx_bf16.applicable(bf, 16, True) and not cpu_amx_bf16.applicable(f32, 16, True)

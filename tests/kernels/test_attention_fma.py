@@ -1,7 +1,7 @@
 """Attention with f32 products on AVX-512 FMAs (``schedules/cpu_attention_fma.py``: flash attention for long
 sequences) against float64 numpy: SD1.5's head sizes (40, 80, 160), cross-attention over 77 keys, queries and keys
-of odd lengths (padding of both), several key blocks (the online softmax's rescaling), a causal mask, a VAE-wide head
-and 16-bit activation storage.
+of odd lengths (padding of both), several key blocks (the online softmax's rescaling), a causal mask, a VAE-wide head,
+16-bit activation storage, and f32 k and v both read in place and packed (keys spanning more than L2).
 
 Bound, with u = 2^-24 (f32's unit roundoff) and w_j the exact softmax weights of a query's keys, |v|_w =
 sum_j w_j |v_j|: a score s_j = c q.k_j summed in f32 over Dh channels moves by at most d_j = c sum_d |q_d k_jd|
@@ -38,6 +38,7 @@ CASES = [
     (1, 270, 270, 2, 80, True, "bfloat16"),
     (2, 77, 77, 2, 64, True, "float32"),  # the text encoder's 77 causal tokens: a full and a mostly padded tile
     (1, 64, 77, 1, 160, False, "float16"),  # the fewest queries it takes: one tile
+    (1, 64, 4100, 2, 80, False, "float32"),  # keys spanning more than L2: f32 k and v packed, a 4-key tail
 ]
 
 
@@ -79,6 +80,8 @@ def test_dispatch(built):
     assert not cpu_attention_fma.applicable(short, 16)
     wide = KernelSpec.make("attention", B=1, S=256, T=256, H=1, Dh=cpu_attention_fma.MAX_DH + 8, causal=False)
     assert not cpu_attention_fma.applicable(wide, 16)
+    # the f32 cases read k and v in place but the one whose keys span more than L2 (packed)
+    assert [c[2] * c[3] * c[4] * 4 > cpu_attention_fma.L2_BYTES for c in CASES].count(True) == 1
 
 
 def test_reads_stay_inside_the_buffers():
@@ -92,6 +95,7 @@ def test_reads_stay_inside_the_buffers():
     specs = [
         ("attention", {"B": 1, "S": 272, "T": 80, "H": 2, "Dh": 40, "causal": False}),
         ("attention", {"B": 1, "S": 256, "T": 48, "H": 2, "Dh": 24, "causal": True, "dt": "hhhh"}),
+        ("attention", {"B": 1, "S": 64, "T": 77, "H": 2, "Dh": 40, "causal": False}),  # f32 read in place, a tail
     ]
     r = subprocess.run(
         [sys.executable, "-m", "tests.kernels.guarded", json.dumps(specs)],
