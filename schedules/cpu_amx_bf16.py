@@ -36,6 +36,14 @@ at a time with its weights cold (in memory, not cache), 2 threads, f16 row-major
 1280 2.14 -> 1.50 ms, 8x8 4.05 -> 3.64, linear 128 x 1280 -> 10240 3.92 -> 2.77, 154 x 768 -> 3072 1.29 -> 0.97.
 q8_0 in tile order measured the same as row-major that way (1.93 against 1.87 ms at the 4x4 conv) and 0-3% faster
 over a whole UNet 256 evaluation (331.7-342.7 against 335.9-349.0 ms), where it is level with packed f16.
+
+q8_0 tiles by weights with few pairs of x tiles (M <= 128) and long K are decoded in chunks of up to ``Q8_CHUNK``
+steps, each chunk's products right after it (``unit_q8_chunks``). In the model (``sdcompile bench --profile``, UNet
+256x256 guided, f32 activations, min of two profiles each): the 4x4 level's 2560 -> 1280 conv 11.7 -> 7.9 ms over
+its 3 calls (packed f16: 8.7), the GEMMs with 64 to 255 rows 112.5 -> 104.3 ms (packed f16: 102.6); the whole
+evaluation 435-436 -> 417-432 ms (min of 10, three rounds; packed f16 405-416 in the same rounds). Decoding is what
+is left between q8_0 and packed f16 (about 0.3 vector operations a weight, once per call and unit): at 256x256 the
+products of f16 weights already read from memory fast enough.
 """
 
 from __future__ import annotations
