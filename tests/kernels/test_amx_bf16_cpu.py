@@ -53,7 +53,7 @@ CASES = [
         {"B": 2, "H": 24, "W": 24, "C": 16, "N": 16, "wtype": "f32", "bias": False, "residual": True}
         | {"kh": 2, "kw": 2, "stride": 1, "pads": (0, 0, 0, 0)},
     ),
-    ("linear", {"M": 1030, "N": 1088, "K": 2048, "wtype": "bf16", "bias": False, "residual": False, "act": "none"}),
+    ("linear", {"M": 1030, "N": 1088, "K": 4096, "wtype": "bf16", "bias": False, "residual": False, "act": "none"}),
     # q8_0 / q4_0 blocks decoded into bf16 operands, by weights and by rows
     ("linear", {"M": 77, "N": 48, "K": 96, "wtype": "q8_0", "bias": True, "residual": False, "act": "none"}),
     ("linear", {"M": 1100, "N": 32, "K": 128, "wtype": "q4_0", "bias": False, "residual": True, "act": "none"}),
