@@ -49,6 +49,7 @@ from tvm.script.ir_builder import tirx as T
 from schedules.tir_build import (
     bcast,
     f16_to_f32,
+    flushing_denormals,
     hsum,
     load_f32,
     prim_func,
@@ -192,13 +193,13 @@ def chunking(count: int) -> tuple[int, int]:
     return per, -(-count // per)
 
 
-def over_chunks(chunks: int, per_chunk: int, count: int, cfg, body) -> None:
+def over_chunks(chunks: int, per_chunk: int, count: int, cfg, body, flush_denormals: bool = False) -> None:
     """``body(c, i)`` for i < ``count`` units in ``chunks`` parallel tasks of ``per_chunk`` consecutive units (the last
     one may be short). With a tile configuration ``cfg`` each task loads it first (it is per thread) and releases the
-    tiles when done; ``cfg=None``: kernels without the tile unit."""
-    with T.parallel(0, chunks) as c:
-        if cfg is not None:
-            _amx("ldtilecfg", T.address_of(cfg[0]))
+    tiles when done; ``cfg=None``: kernels without the tile unit. ``flush_denormals``: each task runs with denormal
+    results and inputs flushed to zero (``tir_build.flushing_denormals``)."""
+
+    def units(c) -> None:
         with T.serial(0, per_chunk) as t:
             i = c * per_chunk + t
             if chunks * per_chunk > count:  # the last chunk is short
@@ -207,6 +208,14 @@ def over_chunks(chunks: int, per_chunk: int, count: int, cfg, body) -> None:
                         body(c, i)
             else:
                 body(c, i)
+
+    with T.parallel(0, chunks) as c:
+        if cfg is not None:
+            _amx("ldtilecfg", T.address_of(cfg[0]))
+        if flush_denormals:
+            flushing_denormals(lambda: units(c))
+        else:
+            units(c)
         if cfg is not None:
             _amx("tilerelease")
 

@@ -98,6 +98,23 @@ def vector_regs(count: int):
     return T.decl_buffer((count * 16,), "float32", data=mem)
 
 
+MXCSR_FTZ_DAZ = 0x8040  # MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6)
+
+
+def flushing_denormals(body) -> None:
+    """``body()`` with this thread's MXCSR set to flush denormal results to zero and read denormal inputs as zero, then
+    restored (it is per thread: call it inside each parallel task). Where a kernel's results can fall below f32's
+    normal range (an exp far below the max), each such result otherwise costs a microcode assist of ~100 cycles: the
+    f32 flash attention on SD1.5's 1,024 tokens took 1.5 s instead of 20 ms with logits spread over 40 octaves."""
+    mem = T.bind(T.tvm_stack_alloca("shape", 1))  # 8 bytes: the saved MXCSR, then the one used
+    mx = T.decl_buffer((2,), "int32", data=mem)
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sse.stmxcsr", T.address_of(mx[0])))
+    T.buffer_store(mx, mx[0] | T.int32(MXCSR_FTZ_DAZ), [1])
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sse.ldmxcsr", T.address_of(mx[1])))
+    body()
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sse.ldmxcsr", T.address_of(mx[0])))
+
+
 def narrow_to(buf, v, lanes: int = 1):
     """f32 ``v`` rounded to ``buf``'s storage: f16, f32, or bf16 (whose buffers hold its bits as uint16)."""
     return narrow(v, "bfloat16" if buf.dtype == "uint16" else str(buf.dtype), lanes)
