@@ -19,7 +19,14 @@ import pytest
 from schedules import cpu_attention_fma
 from sdcompile.kernels.spec import KernelSpec
 from tests.kernels import fixtures as fx
-from tests.kernels.test_attention_amx_bf16 import HALF_ULP, _run, case_arrays, exact_reference, score_error_max
+from tests.kernels.test_attention_amx_bf16 import (
+    HALF_ULP,
+    _run,
+    case_arrays,
+    exact_reference,
+    run_spread,
+    score_error_max,
+)
 
 pytestmark = pytest.mark.skipif(not cpu_attention_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
 
@@ -130,36 +137,15 @@ def test_nan_inputs_give_nan_outputs(ex):
 
 
 def test_spread_logits_stay_fast_and_leave_mxcsr_alone():
-    """Logits spread over many octaves (q and k scaled by 6: the exp2 of most scores far below 2^-126) give the same
-    results as the reference and run about as fast as ordinary ones: each task flushes denormals to zero
-    (``tir_build.flushing_denormals``), where every underflowing exp2 used to cost a microcode assist (75x slower on
-    SD1.5's 1,024-token shape). The calling thread's MXCSR is restored: a denormal still survives a product after the
-    kernel ran on it (one thread)."""
-    import tempfile
-    import time
-    from pathlib import Path
-
-    from runtime.executors.cpu import Executor
-    from sdcompile.codegen.build import build_kernels
-
+    """Logits spread over many octaves (``run_spread``: q and k scaled by 6) give results within the bound and run
+    about as fast as ordinary ones: each task flushes denormals to zero (``tir_build.flushing_denormals``), where
+    every underflowing exp2 used to cost a microcode assist (75x slower on SD1.5's 1,024-token shape); the caller's
+    MXCSR is restored."""
     case = (1, 512, 512, 2, 40, False, "float32")
-    spec = _spec(*case)
-
-    out = Path(tempfile.mkdtemp(prefix="attention_spread-"))
-    one = Executor(out, build_kernels([spec], "cpu", out), num_threads=1)
-    arrays = {s: case_arrays(case, 9) for s in ("plain", "spread")}
-    for n in ("q", "k"):
-        arrays["spread"][n] = arrays["spread"][n] * 6
-    best = {}
-    for _ in range(3):
-        for name, arr in arrays.items():
-            t = time.perf_counter()
-            got = _run(one, spec, arr)
-            best[name] = min(best.get(name, 1e9), time.perf_counter() - t)
-            exact, vw, (_, qh, kh, _) = exact_reference(arr, case)
-            dmax = score_error_max(qh, kh, case, _gamma(case[4]))
-            tol = vw * ((1 + _gamma(case[2]) + 1e-6) * np.exp(2 * dmax) - 1) + 1e-7
-            assert np.all(np.abs(got - exact) <= tol), name
-    tiny = np.float32(1e-39)
-    assert tiny * np.float32(1.0) == tiny  # the thread's MXCSR came back without flush-to-zero
+    best, got, arrays = run_spread(_spec(*case), case)
+    for name, arr in arrays.items():
+        exact, vw, (_, qh, kh, _) = exact_reference(arr, case)
+        dmax = score_error_max(qh, kh, case, _gamma(case[4]))
+        tol = vw * ((1 + _gamma(case[2]) + 1e-6) * np.exp(2 * dmax) - 1) + 1e-7
+        assert np.all(np.abs(got[name] - exact) <= tol), name
     assert best["spread"] < 4 * best["plain"], best
