@@ -1,7 +1,8 @@
 """The f32 GEMMs of SD1.5 (``compile`` without ``--compute bf16``) on the built-in rules (``wino``: the 3x3 convs
-``schedules/cpu_winograd.py`` takes by Winograd's F(2x2, 3x3) or F(4x4, 3x3), the rest as ``fma``), the register-blocked FMA kernel
-(``fma``, ``schedules/cpu_fma.py``; every conv direct), the tiled schedule it replaced (``schedules/cpu.py``) and
-PyTorch f32 (oneDNN) on the same shapes, in one process, alternating; minimum of the repeats.
+``schedules/cpu_winograd.py`` takes by Winograd's F(2x2, 3x3) or F(4x4, 3x3), the rest as ``fma``), the
+register-blocked FMA kernel (``fma``, ``schedules/cpu_fma.py``; every conv direct), the tiled schedule it replaced
+(``schedules/cpu.py``) and PyTorch f32 (oneDNN) on the same shapes, in one process, alternating; minimum of the
+repeats.
 
     .venv/bin/python benchmarks/fma_gemm.py                  # one thread, CPU time of the calling thread
     .venv/bin/python benchmarks/fma_gemm.py --threads 2      # wall time

@@ -305,10 +305,11 @@ class _Bf16Gemm:
             pbase = c * self.NB * self.KS * 256
             self.decode_panel(u, pbase)
 
-        def row0(mp):
-            return self.m0 + mp * 32 if self.NBLK > 1 else mp * 32
+        self.run_pairs(c, self.MT2 // 2, lambda i: (i, u, pbase, 0, self.row0(i)))
 
-        self.run_pairs(c, self.MT2 // 2, lambda i: (i, u, pbase, 0, row0(i)))
+    def row0(self, mp):
+        """The first row of x of pair mp of x tiles in the block."""
+        return self.m0 + mp * 32 if self.NBLK > 1 else mp * 32
 
     def unit_q8_chunks(self, c, u) -> None:
         """The block's pairs of x tiles against a unit of q8_0 tiles, KC steps at a time: the chunk's tiles decoded
@@ -353,12 +354,11 @@ class _Bf16Gemm:
                         _amx("tilestored64", _i8(acc), T.address_of(self.accs[sums(mp, t)]), T.int64(64))
         if pairs == 1:
             for t, (acc, _, _) in enumerate(accs):
-                _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[yb + t * 256]), T.int64(64))
-            self.epilogue(self.ybuf, yb, u, self.m0 if self.NBLK > 1 else 0)
+                _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[sums(0, t)]), T.int64(64))
+            self.epilogue(self.ybuf, sums(0, 0), u, self.row0(0))
         else:
             with T.serial(0, pairs) as mp:
-                m0 = (self.m0 if self.NBLK > 1 else 0) + mp * 32
-                self.epilogue(self.accs, sums(mp, 0), u, m0)
+                self.epilogue(self.accs, sums(mp, 0), u, self.row0(mp))
 
     def epilogue(self, buf, ysums, u, m0) -> None:
         """The sums of unit u for rows m0 .. m0 + 31 (tiles [weight tile j][x tile] of 16 x 16 f32 from word

@@ -57,6 +57,7 @@ from schedules.tir_build import (
     narrow_to,
     prim_func,
     reduce_tree,
+    reduce_vectors,
     replace_body,
     shuffle,
     splat,
@@ -450,17 +451,14 @@ class _Attention:
                         T.bind(mask(16 * kt + r, raw(16 * kt + r) * c2) if masked else raw(16 * kt + r))
                         for r in range(16)
                     ]
-                    while len(xs) > 1:
-                        xs = [T.max(xs[i], xs[i + 1]) for i in range(0, len(xs), 2)]
-                    vstore(run, 0, T.max(vload(run, 0, 16), xs[0] if masked else xs[0] * c2), 16)
+                    top = reduce_vectors(xs, T.max)
+                    vstore(run, 0, T.max(vload(run, 0, 16), top if masked else top * c2), 16)
             m_new = T.bind(vload(run, 0, 16))
             vstore(tot, 0, splat(0.0, "float32", 16), 16)
             with T.serial(0, nkeys // 16) as kt:
                 ps = [T.bind(_exp2(mask(16 * kt + r, raw(16 * kt + r) * c2 - m_new), self.EXP2)) for r in range(16)]
                 self.store_probs(kt, qt, ps)
-                while len(ps) > 1:
-                    ps = [ps[i] + ps[i + 1] for i in range(0, len(ps), 2)]
-                vstore(tot, 0, vload(tot, 0, 16) + ps[0], 16)
+                vstore(tot, 0, vload(tot, 0, 16) + reduce_vectors(ps, lambda a, b: a + b), 16)
             corr = T.bind(_exp2(m_old - m_new))
             vstore(self.ml, mlb + 16 * qt, m_new, 16)
             at_l = mlb + 16 * (self.NQ + qt)

@@ -44,7 +44,7 @@ from tvm.script.ir_builder import tirx as T
 from schedules.cpu_amx import over_chunks
 from schedules.cpu_attention_amx import L2_BYTES, MASKED, MAX_DH, _Attention, _row16, _transpose16
 from schedules.cpu_fma import _fma, target_has_avx512
-from schedules.tir_build import prim_func, replace_body, splat, vector_regs, vload, vstore
+from schedules.tir_build import prim_func, reduce_vectors, replace_body, splat, vector_regs, vload, vstore
 from sdcompile.kernels.spec import KernelSpec
 
 NQ = 4  # query vectors per task: 64 queries
@@ -66,13 +66,6 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
         and lanes == 16
         and target_has_avx512()
     )
-
-
-def reduce_max(vs: list):
-    """The lane-wise max of the vectors, pairwise."""
-    while len(vs) > 1:
-        vs = [T.max(vs[i], vs[i + 1]) if i + 1 < len(vs) else vs[i] for i in range(0, len(vs), 2)]
-    return vs[0]
 
 
 class _AttentionFma(_Attention):
@@ -159,7 +152,7 @@ class _AttentionFma(_Attention):
         acc = vector_regs(KR * nq)  # accumulators
         # an unmasked block's max of the raw scores per query vector, taken from the accumulators (no pass over the
         # stored scores for it); a masked block's leaves out the masked keys in the softmax's own pass
-        bmx = vector_regs(nq)
+        bmx = None if masked else vector_regs(nq)
         if not masked:
             for j in range(nq):
                 vstore(bmx, 16 * j, splat(MASKED, "float32", 16), 16)
@@ -187,7 +180,7 @@ class _AttentionFma(_Attention):
             if not masked:
                 for j in range(nq):
                     keys = [vload(acc, 16 * (r * nq + j), 16) for r in range(KR)]
-                    vstore(bmx, 16 * j, reduce_max(keys + [vload(bmx, 16 * j, 16)]), 16)
+                    vstore(bmx, 16 * j, reduce_vectors(keys + [vload(bmx, 16 * j, 16)], T.max), 16)
         raw_max = None
         if not masked:
             bm = c * nq * 16

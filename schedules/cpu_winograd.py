@@ -216,8 +216,7 @@ class _WinogradConv(cpu_fma._FmaGemm):
     def pack_filters(self, panel, ul, u, cv) -> None:
         """Unit u's U for channels 16 cv .. 16 cv + 15, all XI positions, into its panels [xi][c][NR] (block ul):
         per 16 output channels, each filter's XI values into a scratch [xi][row], then per xi a 16 x 16 register
-        transpose
-        so the panel is written in whole vectors of consecutive outputs."""
+        transpose so the panel is written in whole vectors of consecutive outputs."""
         scratch = vector_regs(self.XI * 16)
         with T.serial(0, self.NB) as j:
             with T.serial(0, 16) as r:

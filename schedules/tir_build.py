@@ -49,6 +49,13 @@ def reduce_tree(v, lanes: int, op):
     return v
 
 
+def reduce_vectors(vs: list, op):
+    """``op`` over the vectors lane by lane, pairwise (an odd one out passes to the next level)."""
+    while len(vs) > 1:
+        vs = [op(vs[i], vs[i + 1]) if i + 1 < len(vs) else vs[i] for i in range(0, len(vs), 2)]
+    return vs[0]
+
+
 def hsum(v, lanes: int):
     return reduce_tree(v, lanes, lambda a, b: a + b)
 

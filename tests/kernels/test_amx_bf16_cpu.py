@@ -83,7 +83,6 @@ def test_dispatch():
     tiled = [cpu_amx_bf16._Bf16Gemm(p[1], {}) for p in PACKED if p[1].attr("wlayout") == "amx_q8_0"]
     assert sorted((g.KS // g.KC, g.MT2 // 2) for g in tiled if g.q8_chunks) == [(2, 1), (2, 1), (4, 1), (9, 4)]
     assert not any(g.q8_chunks for g in rows)
-    assert not any(g.q8_chunks for g in rows)
 
     for bf, f32 in PAIRS:
         assert cpu_amx_bf16.applicable(bf, 16, True) and not cpu_amx_bf16.applicable(f32, 16, True)
