@@ -241,11 +241,11 @@ def x_vector(conv: dict | None, x, m, k):
     return T.Select(T.Broadcast(inside, 16), v, splat(0.0, "float32", 16))
 
 
-def over_taps(conv: dict, m, inside, outside) -> None:
+def over_taps(conv: dict, m, inside, outside, taps=None) -> None:
     """Patch m of a conv (``conv``: the conv2d spec's attributes), tap by tap: ``inside(b, iy, ix, tap)`` where the
     tap's pixel lies in the image (its channels are x[b, iy, ix, :]), else ``outside(tap)`` (its values are zeros).
     The index arithmetic runs once per tap, where ``x_vector`` runs it per 16 values (at SD's sizes that cost more
-    than the products)."""
+    than the products). ``taps``: (first, end), a range of the taps only (default: all)."""
     H, W, kh, kw, st = (int(conv[n]) for n in ("H", "W", "kh", "kw", "stride"))
     pt, pl = int(conv["pads"][0]), int(conv["pads"][1])
     ho, wo, _, _ = conv_geometry(conv)
@@ -253,7 +253,7 @@ def over_taps(conv: dict, m, inside, outside) -> None:
     p = T.bind(m % (ho * wo))
     oy = T.bind((p // wo) * st - pt)
     ox = T.bind((p % wo) * st - pl)
-    with T.serial(0, kh * kw) as tap:
+    with T.serial(*(taps or (0, kh * kw))) as tap:
         iy = T.bind(oy + tap // kw)
         ix = T.bind(ox + tap % kw)
         with T.If(tirx.all(iy >= 0, iy < H, ix >= 0, ix < W)):

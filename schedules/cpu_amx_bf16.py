@@ -18,6 +18,17 @@ storage type) runs on whole vectors of 16 consecutive outputs.
   read once per panel block, outputs are written whole rows at a time, and nothing of size M x K is stored: the
   loop nest by weights, on SD's 64x64 latents, wrote and re-read a 47 MB operand matrix per 3x3 conv and wrote
   its outputs in 128-byte column strips, both at memory speed (``benchmarks/gemm_amx.py``: 2x on the VAE's convs).
+  Where K is long (past 2,048: a group of whole rows under ``A_GROUP_BYTES`` would hold fewer than ``SLICE_ROWS``),
+  K goes in slices (``sliced``): groups of 256 rows, per slice the group's A operands for it (at most
+  ``X_SLICE_BYTES``, in L2) and every unit of the panel block over them, the jobs' sums waiting in a buffer between
+  slices (a tile store and load per accumulator and slice, against 4 x 64 products). Before, such a group had 32 to
+  224 rows, and each unit's B tiles came from L3 for every 32 of them: on SD1.5's 32x32 3x3 convs (K 5,760 to
+  17,280) that stream bounded the products (B tiles held in L1 instead, as an experiment: 2.1x). Alone, 2 threads,
+  bf16 tiles (``amxab`` runs, alternating): 1920 -> 640 1.38-1.74x, 1280 -> 1280 1.26-1.27x, 960 -> 640 1.16-1.27x,
+  640 -> 640 1.12x, the VAE's 512-channel 64x64 and 128x128 convs 1.16-1.17x and 1.03-1.07x, 256 channels at
+  256x256 1.01-1.04x; the sums are the same bits (slices add in the same order). In the model, the guided UNet at
+  512x512 with f16 weights: its convs 657 -> 580 ms (``sdcompile bench --profile``), the evaluation 1.51-1.57 ->
+  1.44-1.51 s (median of 5, three alternating rounds).
 - **By weights** (fewer rows: prompts, the UNet's 16x16 and 8x8 levels, where the weights outweigh x). x is
   prepared first (parallel over rows, in blocks under ``cpu_amx.X_BLOCK_BYTES``), then ``MAX_CHUNKS`` parallel
   chunks take ranges of weight units; a unit's 16 or 32 weight rows are decoded into a panel and every pair of x
@@ -104,6 +115,13 @@ PANEL_BYTES = 8 << 20
 Q8_CHUNK = 16
 Q8_CHUNK_PAIRS = 4
 Q8_WHOLE = 256 << 10
+# by rows with long K, where a group of whole rows under A_GROUP_BYTES would have fewer than SLICE_ROWS: groups of
+# SLICE_ROWS rows, K in slices of steps whose A operands take at most X_SLICE_BYTES (L2), every unit of the panel block
+# over a slice before the next (``rows_first``); the jobs' sums wait between slices, at most PART_BYTES of them per
+# chunk (fewer units per panel block where needed)
+SLICE_ROWS = 256
+X_SLICE_BYTES = 1 << 20
+PART_BYTES = 1 << 20
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
 
 
@@ -153,13 +171,20 @@ class _Bf16Gemm:
         self.NU = self.NT // self.NB
         self.by_rows = self.M >= BY_ROWS_FROM
         self.q8_chunks = False
+        self.slices, self.KCS = 1, self.KS  # K in slices of KCS steps (by rows, long K); A tiles [x tile][step]
         if self.by_rows:
             # a group of RG rows of x as A operands stays in L2 while every weight tile passes over it
             self.RG = max(32, min(256, A_GROUP_BYTES // (2 * self.K) // 32 * 32))
+            if self.RG < SLICE_ROWS:  # long K: more rows per group, K in slices (``rows_first``)
+                self.RG = SLICE_ROWS
+                self.slices = -(-self.KS // (X_SLICE_BYTES // (self.RG * 64)))
+                self.KCS = -(-self.KS // self.slices)
             self.GR = -(-self.M // self.RG)  # groups of rows
             self.GPC, self.CH = chunking(self.GR)  # groups per chunk, chunks
             # weight units per panel block (PANEL_BYTES of bf16 operands)
             self.UPB = max(1, min(self.NU, PANEL_BYTES // (self.NB * 16 * self.K * 2)))
+            if self.slices > 1:  # the block's jobs' sums (2 NB tiles of 1 KB each) wait between slices
+                self.UPB = max(1, min(self.UPB, PART_BYTES // ((self.RG // 32) * self.NB * 2048)))
             self.PB = -(-self.NU // self.UPB)
         else:
             # rows of x per block (cpu_amx.X_BLOCK_BYTES; bf16 operands, 2 bytes a value), a multiple of 32: x tiles
@@ -184,7 +209,9 @@ class _Bf16Gemm:
         self.ybuf = T.alloc_buffer((self.CH * self.NB * 1024,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
         if self.by_rows:
-            self.xb = T.alloc_buffer((self.CH * self.RG // 16 * self.KS * 256,), "uint32")
+            self.xb = T.alloc_buffer((self.CH * self.RG // 16 * self.KCS * 256,), "uint32")
+            if self.slices > 1:  # per chunk: [unit in the block][pair of x tiles][accumulator][256]
+                self.part = T.alloc_buffer((self.CH * self.UPB * self.RG // 32 * self.NB * 512,), "float32")
             self.panel = self.wu32 if self.packed else T.alloc_buffer((self.UPB * self.NB * self.KS * 256,), "uint32")
             with_tile_state(lambda: (self.config(), self.rows_first()))
             return
@@ -206,44 +233,60 @@ class _Bf16Gemm:
 
     # -- activations --
 
-    def prep_row(self, m, ml, xbase) -> None:
-        """Row m of x as A operands, at row ml of the tiles from word xbase on (zeros past M)."""
+    def prep_row(self, m, ml, xbase, s0=0, ns=None) -> None:
+        """Row m of x as A operands, at row ml of the tiles from word xbase on (zeros past M): K's steps s0 ..
+        s0 + ns - 1 (default: all), at step s - s0 of their tiles."""
+        ns = self.KS if ns is None else ns
         mt = T.bind(ml // 16)
         mi = T.bind(ml % 16)
 
-        def at(s):  # A tile (mt, s), row mi: values 32 s .. 32 s + 31
-            return xbase + ((mt * self.KS + s) * 16 + mi) * 16
+        def at(s):  # A tile (mt, s - s0), row mi: values 32 s .. 32 s + 31
+            return xbase + ((mt * self.KCS + s - s0) * 16 + mi) * 16
 
         with T.If(m < self.M):
             with T.Then():
                 if self.conv is not None and int(self.conv["C"]) % 32 == 0:
-                    self.prep_patch(m, at)
+                    self.prep_patch(m, at, s0, ns)
                 else:
-                    with T.serial(0, self.KS) as s:
+                    with T.serial(0, ns) as sl:
+                        s = s0 + sl
                         k = 32 * s
                         x = self.bufs["x"]
                         pairs = self.pairs(x_vector(self.conv, x, m, k), x_vector(self.conv, x, m, k + 16))
                         vstore(self.xb, at(s), pairs, 16)
             with T.Else():
-                with T.serial(0, self.KS) as s:
-                    vstore(self.xb, at(s), splat(0, "uint32", 16), 16)
+                with T.serial(0, ns) as sl:
+                    vstore(self.xb, at(s0 + sl), splat(0, "uint32", 16), 16)
 
-    def prep_patch(self, m, at) -> None:
-        """Patch m of a conv whose channels come in whole 32-value steps, tap by tap (``cpu_amx.over_taps``)."""
+    def prep_patch(self, m, at, s0=0, ns=None) -> None:
+        """Patch m of a conv whose channels come in whole 32-value steps, tap by tap (``cpu_amx.over_taps``): K's
+        steps s0 .. s0 + ns - 1 (default: all), the taps they cover, of each its channels in the range."""
         x = self.bufs["x"]
         cs = int(self.conv["C"]) // 32
+        whole = ns is None
+
+        # loops run from 0, offset in the body: one starting at T.max(0, s0 - tap * cs) stored wrong values (TVM 0.27)
+        def channels(tap, body) -> None:  # body(c) for the tap's channel steps in the range
+            if whole:
+                with T.serial(0, cs) as c:
+                    body(c)
+                return
+            lo = T.bind(T.max(0, s0 - tap * cs))
+            with T.serial(0, T.min(cs, s0 + ns - tap * cs) - lo) as i:
+                body(lo + i)
 
         def inside(b, iy, ix, tap) -> None:
-            with T.serial(0, cs) as c:
+            def body(c) -> None:
                 v0 = load_f32(x, [b, iy, ix, T.Ramp(c * 32, 1, 16)], 16)
                 v1 = load_f32(x, [b, iy, ix, T.Ramp(c * 32 + 16, 1, 16)], 16)
                 vstore(self.xb, at(tap * cs + c), self.pairs(v0, v1), 16)
 
-        def outside(tap) -> None:
-            with T.serial(0, cs) as c:
-                vstore(self.xb, at(tap * cs + c), splat(0, "uint32", 16), 16)
+            channels(tap, body)
 
-        over_taps(self.conv, m, inside, outside)
+        def outside(tap) -> None:
+            channels(tap, lambda c: vstore(self.xb, at(tap * cs + c), splat(0, "uint32", 16), 16))
+
+        over_taps(self.conv, m, inside, outside, None if whole else (s0 // cs, (s0 + ns - 1) // cs + 1))
 
     def pairs(self, v0, v1):
         """32 values (two f32x16) as bf16 in 16 words: one ``vcvtne2ps2bf16`` where the target has AVX512_BF16 (it
@@ -390,40 +433,89 @@ class _Bf16Gemm:
                     g = T.bind(c * self.GPC + gi)
                     with T.If(g < self.GR):
                         with T.Then():
-                            xbase = c * (self.RG // 16) * self.KS * 256
-                            with T.serial(0, self.RG) as ml:
-                                self.prep_row(g * self.RG + ml, ml, xbase)
+                            xbase = c * (self.RG // 16) * self.KCS * 256
 
                             def place(i):  # i = (unit in the block, pair of x tiles in the group)
                                 ul, mp = i // mps, i % mps
                                 upanel = ((pb * self.UPB if self.packed else 0) + ul) * self.NB * self.KS * 256
                                 return (mp, pb * self.UPB + ul, upanel, xbase, g * self.RG + mp * 32)
 
-                            self.run_pairs(c, units * mps, place)
+                            if self.slices == 1:
+                                with T.serial(0, self.RG) as ml:
+                                    self.prep_row(g * self.RG + ml, ml, xbase)
+                                self.run_pairs(c, units * mps, place)
+                            else:
+                                self.sliced(c, units * mps, place, g)
                 _amx("tilerelease")
 
-    def run_pairs(self, c, n, place) -> None:
+    def sliced(self, c, n, place, g) -> None:
+        """A group's n tile jobs with K in slices: per slice, the group's A operands for it (L2), then every job over
+        it; the sums wait in ``part`` between slices, and after the last go through the epilogue (``run_pairs``)."""
+        nb, kcs = self.NB, self.KCS
+        accs = [C0, C1, C2, C3][: 2 * nb]
+        pbase = c * self.UPB * (self.RG // 32) * nb * 512
+
+        def part(i, t):  # job i's accumulator t between slices
+            return pbase + (i * 2 * nb + t) * 256
+
+        def resume(i) -> None:  # the sums of the slices before (the first slice: none)
+            for t, acc in enumerate(accs):
+                _amx("tileloadd64", _i8(acc), T.address_of(self.part[part(i, t)]), T.int64(64))
+
+        with T.serial(0, self.slices) as ks:
+            s0 = T.bind(ks * kcs)
+            ns = kcs if self.KS % kcs == 0 else T.bind(T.min(kcs, self.KS - s0))
+            with T.serial(0, self.RG) as ml:
+                self.prep_row(g * self.RG + ml, ml, place(0)[3], s0, ns)
+            with T.If(ks < self.slices - 1):
+                with T.Then():
+                    with T.serial(0, n) as i:
+                        with T.If(ks == 0):
+                            with T.Then():
+                                for acc in accs:
+                                    _amx("tilezero", _i8(acc))
+                            with T.Else():
+                                resume(i)
+                        self.products(place(i), s0, ns)
+                        for t, acc in enumerate(accs):
+                            _amx("tilestored64", _i8(acc), T.address_of(self.part[part(i, t)]), T.int64(64))
+                with T.Else():
+                    self.run_pairs(c, n, place, s0, ns, resume)
+
+    def products(self, job, s0=0, ns=None) -> None:
+        """Job ``job`` (``run_pairs``' place(i)): K's steps s0 .. s0 + ns - 1 (default: all) into its 2 x NB
+        accumulator tiles (the products of two x tiles by NB weight tiles per step, on two A and NB B tiles)."""
+        nb = self.NB
+        mp, _, pbase, xbase, _ = job
+        accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
+        with T.serial(0, self.KS if ns is None else ns) as sl:
+            s = s0 + sl
+            for j, b in enumerate((B0, B1)[:nb]):
+                at = pbase + (j * self.KS + s) * 256
+                _amx("tileloadd64", _i8(b), T.address_of(self.panel[at]), T.int64(64))
+            for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
+                at = xbase + (mt * self.KCS + sl) * 256
+                _amx("tileloadd64", _i8(a), T.address_of(self.xb[at]), T.int64(64))
+            for acc, a, b in accs:
+                _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+
+    def run_pairs(self, c, n, place, s0=0, ns=None, resume=None) -> None:
         """n tile jobs of chunk c: job i = place(i) = (pair of x tiles mp from word xbase, weight unit u whose
-        panel starts at word pbase, first output row m0) gets 2 x NB accumulators over K, then its epilogue. A tile
-        store does not forward to vector loads (they wait until it has gone to memory), so a job's sums are read
-        back only after the next job's products have been issued (two landing slots)."""
+        panel starts at word pbase, first output row m0) gets 2 x NB accumulators over K (or its steps s0 ..
+        s0 + ns - 1, after ``resume(i)`` loaded the sums of the steps before), then its epilogue. A tile store does
+        not forward to vector loads (they wait until it has gone to memory), so a job's sums are read back only after
+        the next job's products have been issued (two landing slots)."""
         nb = self.NB
         yb = c * nb * 1024
         accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
 
         def issue(i, slot) -> None:
-            mp, _, pbase, xbase, _ = place(i)
-            for acc, _, _ in accs:
-                _amx("tilezero", _i8(acc))
-            with T.serial(0, self.KS) as s:
-                for j, b in enumerate((B0, B1)[:nb]):
-                    at = pbase + (j * self.KS + s) * 256
-                    _amx("tileloadd64", _i8(b), T.address_of(self.panel[at]), T.int64(64))
-                for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
-                    at = xbase + (mt * self.KS + s) * 256
-                    _amx("tileloadd64", _i8(a), T.address_of(self.xb[at]), T.int64(64))
-                for acc, a, b in accs:
-                    _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
+            if resume is None:
+                for acc, _, _ in accs:
+                    _amx("tilezero", _i8(acc))
+            else:
+                resume(i)
+            self.products(place(i), s0, ns)
             for t, (acc, _, _) in enumerate(accs):  # [weight tile j][x tile]: C0, C1 then C2, C3
                 at = yb + slot * nb * 512 + t * 256
                 _amx("tilestored64", _i8(acc), T.address_of(self.ybuf[at]), T.int64(64))

@@ -65,6 +65,10 @@ CASES = [
     ("conv2d", {"B": 2, "H": 4, "W": 4, "C": 64, "N": 48, "wtype": "q8_0", "bias": True, "residual": False, **CONV3}),
     # four pairs of x tiles, K long enough (288 KB of decoded tiles a unit) for chunks: 9 of 16 steps
     ("linear", {"M": 100, "N": 32, "K": 4608, "wtype": "q8_0", "bias": False, "residual": True, "act": "none"}),
+    # by rows with K in slices (cpu_amx_bf16.SLICE_ROWS): a conv whose 2 slices of 50 steps (the last 49) cut a tap of
+    # 11 steps apart, with a short last group; q8_0 in 2 slices of 64 steps
+    ("conv2d", {"B": 1, "H": 33, "W": 33, "C": 352, "N": 32, "wtype": "f16", "bias": True, "residual": True, **CONV3}),
+    ("linear", {"M": 1040, "N": 64, "K": 4096, "wtype": "q8_0", "bias": True, "residual": False, "act": "none"}),
 ]
 PAIRS = [(KernelSpec.make(op, **a, mma="bf16"), KernelSpec.make(op, **a)) for op, a in CASES]
 
@@ -76,8 +80,13 @@ def test_dispatch():
     from schedules import cpu_amx_bf16
 
     rows = [cpu_amx_bf16._Bf16Gemm(bf, {}) for bf, _ in PAIRS]
-    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4 + [False, True, True, False] + [False] * 3
-    assert rows[8].PB == 2 and rows[5].NB == 1
+    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4 + [False, True, True, False] + [False] * 3 + [True] * 2
+    assert rows[5].NB == 1
+    # K 4096 in 2 slices of 64 steps over groups of 256 rows; 32 units per panel block (their sums between slices),
+    # so the panel in two blocks
+    assert (rows[8].slices, rows[8].KCS, rows[8].RG, rows[8].UPB, rows[8].PB) == (2, 64, 256, 32, 2)
+    assert (rows[16].slices, rows[16].KCS, rows[16].KS % rows[16].KCS) == (2, 50, 49)
+    assert rows[17].slices == 2 and all(g.slices == 1 for g in rows[:8])
     # the q8_0 tile layout's chunked decode by weights: (chunks, pairs of x tiles); the plain row-major layout never
     # chunks, short K with several pairs neither
     tiled = [cpu_amx_bf16._Bf16Gemm(p[1], {}) for p in PACKED if p[1].attr("wlayout") == "amx_q8_0"]
