@@ -69,6 +69,9 @@ CASES = [
     # 11 steps apart, with a short last group; q8_0 in 2 slices of 64 steps
     ("conv2d", {"B": 1, "H": 33, "W": 33, "C": 352, "N": 32, "wtype": "f16", "bias": True, "residual": True, **CONV3}),
     ("linear", {"M": 1040, "N": 64, "K": 4096, "wtype": "q8_0", "bias": True, "residual": False, "act": "none"}),
+    # by weights, stored as tiles (PACKED below), x's A operands past X_SLICE_BYTES: K in 2 slices of 65 steps (the
+    # last 64), 34 units in chunks of 3 (the last of 1)
+    ("linear", {"M": 160, "N": 1088, "K": 4128, "wtype": "f16", "bias": True, "residual": True, "act": "none"}),
 ]
 PAIRS = [(KernelSpec.make(op, **a, mma="bf16"), KernelSpec.make(op, **a)) for op, a in CASES]
 
@@ -80,13 +83,17 @@ def test_dispatch():
     from schedules import cpu_amx_bf16
 
     rows = [cpu_amx_bf16._Bf16Gemm(bf, {}) for bf, _ in PAIRS]
-    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4 + [False, True, True, False] + [False] * 3 + [True] * 2
+    assert [g.by_rows for g in rows] == [False] * 5 + [True] * 4 + [False, True, True, False] + [False] * 3 + [
+        True
+    ] * 2 + [False]
     assert rows[5].NB == 1
     # K 4096 in 2 slices of 64 steps over groups of 256 rows; 32 units per panel block (their sums between slices),
     # so the panel in two blocks
     assert (rows[8].slices, rows[8].KCS, rows[8].RG, rows[8].UPB, rows[8].PB) == (2, 64, 256, 32, 2)
     assert (rows[16].slices, rows[16].KCS, rows[16].KS % rows[16].KCS) == (2, 50, 49)
-    assert rows[17].slices == 2 and all(g.slices == 1 for g in rows[:8])
+    assert rows[17].slices == 2 and all(g.slices == 1 for g in rows[:8] + rows[18:])  # by weights: only stored as tiles
+    tiles = cpu_amx_bf16._Bf16Gemm(KernelSpec.make("linear", **CASES[18][1], mma="bf16", wlayout="amx_bf16"), {})
+    assert (tiles.slices, tiles.KCS, tiles.KS % tiles.KCS, tiles.TPC, tiles.NU % tiles.TPC) == (2, 65, 64, 3, 1)
     # the q8_0 tile layout's chunked decode by weights: (chunks, pairs of x tiles); the plain row-major layout never
     # chunks, short K with several pairs neither
     tiled = [cpu_amx_bf16._Bf16Gemm(p[1], {}) for p in PACKED if p[1].attr("wlayout") == "amx_q8_0"]
