@@ -37,7 +37,10 @@ storage type) runs on whole vectors of 16 consecutive outputs.
   next (``chunk_sliced``), so the slice of x stays in L2 from unit to unit; before, every unit read the whole of x
   from L3. Alone, 2 threads: 16x16 convs 1.12-1.39x, 8x8 ones 1.21-1.61x; in the model, the guided UNet with f16
   weights at 256x256 394-423 -> 355-374 ms and at 512x512 1.51-1.60 -> 1.41-1.48 s with both kinds of slices
-  (median of 7, three alternating rounds, against the code before either).
+  (median of 7, three alternating rounds, against the code before either). q8_0 tiles take slices too, each unit's
+  tiles decoded per slice into the chunk's panel (16x16 and 8x8 convs 1.17-1.35x; the UNet at 256x256 387-405 ->
+  359-381 ms), except with one pair of x tiles, whose chunks keep their sums in the tile registers (the 4x4
+  level's 2560 -> 1280 conv took 11% longer in slices).
 
 Operands: x rounded to bf16 as A tiles (for each 16 rows and 32 values of K, 16 rows of 64 bytes), with one
 ``vcvtne2ps2bf16`` per 32 values where the target has AVX512_BF16; the weights as B tiles (row p of a step holds
@@ -203,11 +206,14 @@ class _Bf16Gemm:
             self.KC = max(d for d in range(1, min(Q8_CHUNK, self.KS) + 1) if self.KS % d == 0)
             pairs, unit_bytes = self.MT2 // 2, self.NB * self.KS * 1024  # a unit's decoded tiles
             self.q8_chunks = self.q8_tiles and (pairs == 1 or (pairs <= Q8_CHUNK_PAIRS and unit_bytes > Q8_WHOLE))
-            # weights stored as tiles, x's A operands past X_SLICE_BYTES: each chunk takes K in slices, all its units
-            # over a slice before the next, so the slice of x stays in L2 from one unit to the next
-            if self.packed and self.MB * 2 * self.K > X_SLICE_BYTES:
+            # weights stored as tiles (bf16, or q8_0 decoded a unit's slice at a time), x's A operands past
+            # X_SLICE_BYTES: each chunk takes K in slices, all its units over a slice before the next, so the slice of
+            # x stays in L2 from one unit to the next. Not q8_0 with one pair of x tiles: its chunks keep the sums in
+            # the tile registers (the 4x4 level's 2560 -> 1280 conv: 11% slower in slices)
+            if (self.packed or (self.q8_tiles and pairs > 1)) and self.MB * 2 * self.K > X_SLICE_BYTES:
                 self.slices = -(-self.KS // max(1, X_SLICE_BYTES // (self.MB * 64)))
                 self.KCS = -(-self.KS // self.slices)
+                self.q8_chunks = False
             self.jobs = self.TPC * pairs
 
     def build(self) -> None:
@@ -230,7 +236,8 @@ class _Bf16Gemm:
         self.xb = T.alloc_buffer((self.MT2 * self.KS * 256,), "uint32")
         if self.slices > 1:
             self.part = T.alloc_buffer((self.CH * self.jobs * self.NB * 512,), "float32")
-        steps = self.KC if self.q8_chunks else self.KS  # the steps a chunk's panel holds
+        # the steps a chunk's panel holds: a chunk of them, a slice's (q8_0 decoded per slice), or all
+        steps = self.KC if self.q8_chunks else self.KCS
         self.panel = self.wu32 if self.packed else T.alloc_buffer((self.CH * self.NB * steps * 256,), "uint32")
         if self.q8_chunks and self.MT2 > 2:  # the pairs' sums between chunks
             self.accs = T.alloc_buffer((self.CH * self.MT2 // 2 * self.NB * 512,), "float32")
@@ -331,12 +338,13 @@ class _Bf16Gemm:
             return d * (T.Cast("float32x16", q) - splat(8.0, "float32", 16))
         return float_weight(self.wtype, self.wf, self.w16, row * self.K + 32 * s + 16 * half, 16)
 
-    def decode_q8_tiles(self, u, pbase, s0=0, steps: int | None = None) -> None:
+    def decode_q8_tiles(self, u, pbase, s0=0, steps=None, stride=None) -> None:
         """The unit's tiles of steps s0 .. s0 + steps - 1 (default: all) from q8_0 stored as ``layouts.AMX_Q8_0``,
         at tile (j, s - s0) of the panel: per tile the 16 rows' scales once (two vectors of them, each row's twice),
         then per row p of the B operand 32 quants, already in its order: two conversions, two multiplications and
         one rounding to bf16 pairs, no transposes."""
         steps = self.KS if steps is None else steps
+        stride = steps if stride is None else stride  # tiles per weight tile j in the panel
         with T.serial(0, self.NB) as j:
             with T.serial(0, steps) as sl:
                 s = s0 + sl
@@ -344,7 +352,7 @@ class _Bf16Gemm:
                 d = T.bind(f16_to_f32(vload(self.w16, tb // 2, 16), 16))
                 dlo = T.bind(shuffle([d], _q8_dup(True)))
                 dhi = T.bind(shuffle([d], _q8_dup(False)))
-                at = pbase + (j * steps + sl) * 256
+                at = pbase + (j * stride + sl) * 256
                 for p in range(16):
                     lo = T.Cast("float32x16", vload(self.w8, tb + 32 + 32 * p, 16)) * dlo
                     hi = T.Cast("float32x16", vload(self.w8, tb + 48 + 32 * p, 16)) * dhi
@@ -362,11 +370,18 @@ class _Bf16Gemm:
         pairs = self.MT2 // 2
         units = self.TPC if self.NU % self.TPC == 0 else T.bind(T.min(self.TPC, self.NU - c * self.TPC))
 
+        panel = c * self.NB * self.KCS * 256  # q8_0: the unit's slice, decoded
+
         def place(i):  # i = (unit of the chunk, pair of x tiles)
             u = c * self.TPC + i // pairs
-            return (i % pairs, u, u * self.NB * self.KS * 256, 0, self.row0(i % pairs))
+            return (i % pairs, u, panel if self.q8_tiles else u * self.NB * self.KS * 256, 0, self.row0(i % pairs))
 
-        self.sliced(c, units * pairs, place)
+        def start(i, s0, ns) -> None:  # q8_0: before a unit's first pair, its tiles of the slice
+            with T.If(i % pairs == 0):
+                with T.Then():
+                    self.decode_q8_tiles(c * self.TPC + i // pairs, panel, s0, ns, self.KCS)
+
+        self.sliced(c, units * pairs, place, start=start if self.q8_tiles else None)
 
     def unit(self, c, u) -> None:
         """Loop nest by weights: the unit's weight tiles decoded once, then every pair of x tiles of the block."""
@@ -484,10 +499,11 @@ class _Bf16Gemm:
                                 self.sliced(c, units * mps, place, prep)
                 _amx("tilerelease")
 
-    def sliced(self, c, n, place, prep=None) -> None:
+    def sliced(self, c, n, place, prep=None, start=None) -> None:
         """n tile jobs of chunk c with K in slices: per slice, ``prep(s0, ns)`` (by rows: the group's A operands for
         it, in L2), then every job over it; the sums wait in ``part`` between slices, and after the last go through
-        the epilogue (``run_pairs``)."""
+        the epilogue (``run_pairs``). ``start(i, s0, ns)`` runs before job i of each slice (q8_0 by weights: a
+        unit's first job decodes its tiles of the slice)."""
         nb, kcs = self.NB, self.KCS
         accs = [C0, C1, C2, C3][: 2 * nb]
         pbase = c * self.jobs * nb * 512
@@ -507,6 +523,8 @@ class _Bf16Gemm:
             with T.If(ks < self.slices - 1):
                 with T.Then():
                     with T.serial(0, n) as i:
+                        if start is not None:
+                            start(i, s0, ns)
                         with T.If(ks == 0):
                             with T.Then():
                                 for acc in accs:
@@ -517,7 +535,7 @@ class _Bf16Gemm:
                         for t, acc in enumerate(accs):
                             _amx("tilestored64", _i8(acc), T.address_of(self.part[part(i, t)]), T.int64(64))
                 with T.Else():
-                    self.run_pairs(c, n, place, s0, ns, resume)
+                    self.run_pairs(c, n, place, s0, ns, resume, start)
 
     def products(self, job, s0=0, ns=None) -> None:
         """Job ``job`` (``run_pairs``' place(i)): K's steps s0 .. s0 + ns - 1 (default: all) into its 2 x NB
@@ -528,7 +546,9 @@ class _Bf16Gemm:
         with T.serial(0, self.KS if ns is None else ns) as sl:
             s = s0 + sl
             for j, b in enumerate((B0, B1)[:nb]):
-                at = pbase + (j * self.KS + s) * 256
+                # q8_0 by weights in slices: the unit's tiles of this slice only (``chunk_sliced``)
+                sliced_panel = self.q8_tiles and not self.by_rows and self.slices > 1
+                at = pbase + (j * self.KCS + sl if sliced_panel else j * self.KS + s) * 256
                 _amx("tileloadd64", _i8(b), T.address_of(self.panel[at]), T.int64(64))
             for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
                 # by rows: A tiles of the slice's steps only; by weights: of every step
@@ -537,7 +557,7 @@ class _Bf16Gemm:
             for acc, a, b in accs:
                 _amx("tdpbf16ps", _i8(acc), _i8(a), _i8(b))
 
-    def run_pairs(self, c, n, place, s0=0, ns=None, resume=None) -> None:
+    def run_pairs(self, c, n, place, s0=0, ns=None, resume=None, start=None) -> None:
         """n tile jobs of chunk c: job i = place(i) = (pair of x tiles mp from word xbase, weight unit u whose
         panel starts at word pbase, first output row m0) gets 2 x NB accumulators over K (or its steps s0 ..
         s0 + ns - 1, after ``resume(i)`` loaded the sums of the steps before), then its epilogue. A tile store does
@@ -548,6 +568,8 @@ class _Bf16Gemm:
         accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
 
         def issue(i, slot) -> None:
+            if start is not None:
+                start(i, s0, ns)
             if resume is None:
                 for acc, _, _ in accs:
                     _amx("tilezero", _i8(acc))

@@ -63,8 +63,9 @@ CASES = [
     # weight tile per unit)
     ("linear", {"M": 20, "N": 64, "K": 1280, "wtype": "q8_0", "bias": True, "residual": True, "act": "none"}),
     ("conv2d", {"B": 2, "H": 4, "W": 4, "C": 64, "N": 48, "wtype": "q8_0", "bias": True, "residual": False, **CONV3}),
-    # four pairs of x tiles, K long enough (288 KB of decoded tiles a unit) for chunks: 9 of 16 steps
-    ("linear", {"M": 100, "N": 32, "K": 4608, "wtype": "q8_0", "bias": False, "residual": True, "act": "none"}),
+    # two pairs of x tiles, K long enough (288 KB of decoded tiles a unit) for chunks: 9 of 16 steps (x's A operands
+    # under X_SLICE_BYTES: with more rows they go in slices instead, see the last case)
+    ("linear", {"M": 60, "N": 32, "K": 4608, "wtype": "q8_0", "bias": False, "residual": True, "act": "none"}),
     # by rows with K in slices (cpu_amx_bf16.SLICE_ROWS): a conv whose 2 slices of 50 steps (the last 49) cut a tap of
     # 11 steps apart, with a short last group; q8_0 in 2 slices of 64 steps
     ("conv2d", {"B": 1, "H": 33, "W": 33, "C": 352, "N": 32, "wtype": "f16", "bias": True, "residual": True, **CONV3}),
@@ -97,7 +98,9 @@ def test_dispatch():
     # the q8_0 tile layout's chunked decode by weights: (chunks, pairs of x tiles); the plain row-major layout never
     # chunks, short K with several pairs neither
     tiled = [cpu_amx_bf16._Bf16Gemm(p[1], {}) for p in PACKED if p[1].attr("wlayout") == "amx_q8_0"]
-    assert sorted((g.KS // g.KC, g.MT2 // 2) for g in tiled if g.q8_chunks) == [(2, 1), (2, 1), (4, 1), (9, 4)]
+    assert sorted((g.KS // g.KC, g.MT2 // 2) for g in tiled if g.q8_chunks) == [(2, 1), (2, 1), (4, 1), (9, 2)]
+    # past X_SLICE_BYTES of x with several pairs: K in slices, each unit's tiles decoded per slice
+    assert [(g.slices, g.KCS, g.MT2 // 2) for g in tiled if g.slices > 1 and not g.by_rows] == [(2, 65, 5)]
     assert not any(g.q8_chunks for g in rows)
 
     for bf, f32 in PAIRS:
