@@ -466,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `sdcompile ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # the machine's, not the input's: a full disk (a compile's artifact), a read-only place
+        from sdcompile.output_files import os_error_message
+
+        print(f"sdcompile: error: {args.cmd}: {os_error_message(e, getattr(args, 'output', None))}", file=sys.stderr)
+        return 2
 
 
 def cmd_inspect(args) -> int:
@@ -629,10 +634,10 @@ def _save_npy(path: Path, arr) -> None:
     """np.save under exactly this name (np.save itself appends .npy), replacing the file only when complete."""
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    from sdcompile.output_files import written_atomically
+
+    with written_atomically(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
-    tmp.replace(path)
 
 
 def _sd_size(path: Path, manifest: dict, width: int | None, height: int | None, img2img: bool) -> tuple[int, int]:
@@ -1026,6 +1031,7 @@ def cmd_example(args) -> int:
 
 def _example_clip(args, size: str) -> int:
     from sdcompile import examples as ex
+    from sdcompile.output_files import written_atomically
 
     shape = {"tiny": ex.TINY, "sd15": ex.SD15}[size]
     convention = args.convention or "ldm"
@@ -1036,12 +1042,13 @@ def _example_clip(args, size: str) -> int:
     state = ex.rename(ex.clip_text_state(shape, args.seed), convention)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"num_attention_heads": shape.heads}
-    if args.fmt == "safetensors":
-        if args.dtype not in ("f32", "f16"):
-            raise OptionError("safetensors examples are f32 or f16; use --format gguf for quantized examples")
-        ex.write_safetensors(args.output, state, args.dtype, {k: str(v) for k, v in meta.items()})
-    else:
-        ex.write_gguf(args.output, state, args.dtype, meta)
+    if args.fmt == "safetensors" and args.dtype not in ("f32", "f16"):
+        raise OptionError("safetensors examples are f32 or f16; use --format gguf for quantized examples")
+    with written_atomically(args.output) as tmp:
+        if args.fmt == "safetensors":
+            ex.write_safetensors(tmp, state, args.dtype, {k: str(v) for k, v in meta.items()})
+        else:
+            ex.write_gguf(tmp, state, args.dtype, meta)
     print(f"wrote {args.output} ({size} CLIP text encoder, {convention} names, {args.fmt}, {args.dtype})")
     return 0
 
@@ -1051,6 +1058,7 @@ _FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
 def _example_sd(args, model: str) -> int:
     from sdcompile import examples_sd as E
+    from sdcompile.output_files import written_atomically
     from sdcompile.passes.memory_plan import fmt_bytes
 
     if args.convention not in (None, "ldm"):
@@ -1069,9 +1077,11 @@ def _example_sd(args, model: str) -> int:
     if args.fmt not in ("diffusers", "separate") and args.output.is_dir():
         raise OptionError(f"-o {args.output} is a directory; --format {args.fmt} writes one file")
     try:
-        out = E.write_sd(args.output, shape, args.seed, args.fmt, dtype=args.dtype, metadata=not args.no_metadata)
+        with written_atomically(args.output) as tmp:  # a full disk leaves no partial checkpoint
+            E.write_sd(tmp, shape, args.seed, args.fmt, dtype=args.dtype, metadata=not args.no_metadata)
     except ValueError as e:
         raise OptionError(f"--format {args.fmt} --dtype {args.dtype}: {e}") from None
+    out = args.output
     files = [out] if out.is_file() else sorted(p for p in out.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in files)
     names = {"diffusers": "diffusers names", "separate": "one file per component"}.get(args.fmt, "LDM names")

@@ -43,5 +43,9 @@ class MemoryBudgetError(SdcompileError):
     exit_code = 3
 
 
+class OutputError(SdcompileError):
+    """An output could not be written: the disk is full, or the place is read-only or not the user's."""
+
+
 class ToolchainError(SdcompileError):
     """An external tool the build needs (TVM, nvcc) is missing or failed."""

@@ -303,7 +303,26 @@ def compile_cpu(mod: tvm.IRModule, target: dict):
 
 
 def export_library(exe, path: Path) -> None:
-    exe.export_library(str(path))
+    """Link the compiled kernels into the shared library ``path``. The linker's own failure (TVM raises it as a
+    RuntimeError carrying the command's output) becomes one line: a full disk an ``OutputError``, anything else a
+    ``ToolchainError`` with the linker's last words."""
+    from sdcompile.errors import OutputError, ToolchainError
+
+    try:
+        exe.export_library(str(path))
+    except RuntimeError as e:
+        text = str(e)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            # an artifact is built in a hidden sibling (``artifact.write_artifact``): name the folder it is in
+            where = path.parent.parent if ".tmp-" in path.parent.name else path.parent
+            raise OutputError(
+                f"{where}: no space left on the device to link the kernels; free some space or write the output "
+                "elsewhere"
+            ) from None
+        if "Compilation error" not in text:
+            raise
+        said = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Command line")]
+        raise ToolchainError(f"linking the kernels into {path.name} failed: {' / '.join(said[-3:])}") from None
 
 
 # --- GPU lowering with launch geometry ---------------------------------------------------------------------------
