@@ -18,6 +18,7 @@ from schedules import (
     cpu_amx_bf16,
     cpu_bf16_dot,
     cpu_concat,
+    cpu_conv_narrow,
     cpu_fma,
     cpu_gemv,
     cpu_group_norm,
@@ -46,6 +47,8 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
             rule = cpu_amx_bf16.linear
         elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
             pass
+        elif cpu_conv_narrow.applicable(spec, info.lanes):  # a conv to a few channels (a VAE's to RGB): dot products
+            rule = cpu_conv_narrow.conv2d
         elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
             rule = cpu_bf16_dot.linear
         elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
