@@ -18,17 +18,17 @@ storage type) runs on whole vectors of 16 consecutive outputs.
   read once per panel block, outputs are written whole rows at a time, and nothing of size M x K is stored: the
   loop nest by weights, on SD's 64x64 latents, wrote and re-read a 47 MB operand matrix per 3x3 conv and wrote
   its outputs in 128-byte column strips, both at memory speed (``benchmarks/gemm_amx.py``: 2x on the VAE's convs).
-  Where K is long (past 2,048: a group of whole rows under ``A_GROUP_BYTES`` would hold fewer than ``SLICE_ROWS``),
-  K goes in slices (``sliced``): groups of 256 rows, per slice the group's A operands for it (at most
-  ``X_SLICE_BYTES``, in L2) and every unit of the panel block over them, the jobs' sums waiting in a buffer between
-  slices (a tile store and load per accumulator and slice, against 4 x 64 products). Before, such a group had 32 to
-  224 rows, and each unit's B tiles came from L3 for every 32 of them: on SD1.5's 32x32 3x3 convs (K 5,760 to
-  17,280) that stream bounded the products (B tiles held in L1 instead, as an experiment: 2.1x). Alone, 2 threads,
-  bf16 tiles (``amxab`` runs, alternating): 1920 -> 640 1.38-1.74x, 1280 -> 1280 1.26-1.27x, 960 -> 640 1.16-1.27x,
-  640 -> 640 1.12x, the VAE's 512-channel 64x64 and 128x128 convs 1.16-1.17x and 1.03-1.07x, 256 channels at
-  256x256 1.01-1.04x; the sums are the same bits (slices add in the same order). In the model, the guided UNet at
-  512x512 with f16 weights: its convs 657 -> 580 ms (``sdcompile bench --profile``), the evaluation 1.51-1.57 ->
-  1.44-1.51 s (median of 5, three alternating rounds).
+  Where K is long (past 2,048: a group of whole rows under ``A_GROUP_BYTES`` would hold fewer than ``SLICE_ROWS``), K
+  goes in slices (``sliced``): groups of 256 rows, per slice the group's A operands for it (at most ``X_SLICE_BYTES``,
+  in L2) and every unit of the panel block over them, the jobs' sums waiting in a buffer between slices (a tile store
+  and load per accumulator and slice, against 4 x 64 products). Before, such a group had 32 to 224 rows, and each
+  unit's B tiles came from L3 for every 32 of them: on SD1.5's 32x32 3x3 convs (K 5,760 to 17,280) that stream bounded
+  the products (B tiles held in L1 instead, as an experiment: 2.1x). Alone, 2 threads, bf16 tiles, alternating with
+  the code before in one process: 1920 -> 640 1.38-1.74x, 1280 -> 1280 1.26-1.27x, 960 -> 640 1.16-1.27x, 640 -> 640
+  1.12x, the VAE's 512-channel 64x64 and 128x128 convs 1.16-1.17x and 1.03-1.07x, 256 channels at 256x256 1.01-1.04x;
+  the sums are the same bits (slices add in the same order). In the model, the guided UNet at 512x512 with f16
+  weights: its convs 657 -> 580 ms (``sdcompile bench --profile``), the evaluation 1.51-1.57 -> 1.44-1.51 s (median of
+  5, three alternating rounds).
 - **By weights** (fewer rows: prompts, the UNet's 16x16 and 8x8 levels, where the weights outweigh x). x is
   prepared first (parallel over rows, in blocks under ``cpu_amx.X_BLOCK_BYTES``), then ``MAX_CHUNKS`` parallel
   chunks take ranges of weight units; a unit's 16 or 32 weight rows are decoded into a panel and every pair of x
