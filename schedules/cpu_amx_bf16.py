@@ -131,6 +131,8 @@ SLICE_ROWS = 256
 X_SLICE_BYTES = 1 << 20
 PART_BYTES = 1 << 20
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)  # tile registers: C0, C1 = A0, A1 x B0; C2, C3 = A0, A1 x B1
+# a step's products, (accumulator, A tile, B tile): the first 2 NB of them for NB weight tiles per unit
+PRODUCTS = ((C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1))
 
 
 def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
@@ -369,7 +371,6 @@ class _Bf16Gemm:
         tiles of the block, a slice at a time (``sliced``)."""
         pairs = self.MT2 // 2
         units = self.TPC if self.NU % self.TPC == 0 else T.bind(T.min(self.TPC, self.NU - c * self.TPC))
-
         panel = c * self.NB * self.KCS * 256  # q8_0: the unit's slice, decoded
 
         def place(i):  # i = (unit of the chunk, pair of x tiles)
@@ -409,7 +410,7 @@ class _Bf16Gemm:
         no products to overlap."""
         nb, kc, pairs = self.NB, self.KC, self.MT2 // 2
         pbase = c * nb * kc * 256
-        accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
+        accs = PRODUCTS[: 2 * nb]
         yb = c * nb * 1024
 
         def sums(mp, t):  # where pair mp's accumulator t waits between chunks, and leaves after the last
@@ -505,7 +506,7 @@ class _Bf16Gemm:
         the epilogue (``run_pairs``). ``start(i, s0, ns)`` runs before job i of each slice (q8_0 by weights: a
         unit's first job decodes its tiles of the slice)."""
         nb, kcs = self.NB, self.KCS
-        accs = [C0, C1, C2, C3][: 2 * nb]
+        accs = [acc for acc, _, _ in PRODUCTS[: 2 * nb]]
         pbase = c * self.jobs * nb * 512
 
         def part(i, t):  # job i's accumulator t between slices
@@ -542,12 +543,12 @@ class _Bf16Gemm:
         accumulator tiles (the products of two x tiles by NB weight tiles per step, on two A and NB B tiles)."""
         nb = self.NB
         mp, _, pbase, xbase, _ = job
-        accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
+        accs = PRODUCTS[: 2 * nb]
+        # q8_0 by weights in slices: the panel holds the unit's tiles of this slice only (``chunk_sliced``)
+        sliced_panel = self.q8_tiles and not self.by_rows and self.slices > 1
         with T.serial(0, self.KS if ns is None else ns) as sl:
             s = s0 + sl
             for j, b in enumerate((B0, B1)[:nb]):
-                # q8_0 by weights in slices: the unit's tiles of this slice only (``chunk_sliced``)
-                sliced_panel = self.q8_tiles and not self.by_rows and self.slices > 1
                 at = pbase + (j * self.KCS + sl if sliced_panel else j * self.KS + s) * 256
                 _amx("tileloadd64", _i8(b), T.address_of(self.panel[at]), T.int64(64))
             for a, mt in ((A0, 2 * mp), (A1, 2 * mp + 1)):
@@ -565,7 +566,7 @@ class _Bf16Gemm:
         the next job's products have been issued (two landing slots)."""
         nb = self.NB
         yb = c * nb * 1024
-        accs = [(C0, A0, B0), (C1, A1, B0), (C2, A0, B1), (C3, A1, B1)][: 2 * nb]
+        accs = PRODUCTS[: 2 * nb]
 
         def issue(i, slot) -> None:
             if start is not None:

@@ -8,8 +8,8 @@ lanes would be padding, and none of them applies (N is not a multiple of 16): th
 n, a vector of sums over 16 input channels at a time, every tap; one horizontal sum per output at the end. Two
 pixels at a time share each weight vector's load (for up to ``PAIR_N`` output channels; beyond, one pixel).
 
-The weights are decoded to f32 once per task (row of output pixels) into an L1-sized buffer (any type ``quant_vec``
-or ``tir_build.float_weight`` reads: the values the file holds, exact), and the products are f32 whatever
+The weights are decoded to f32 once per task (row of output pixels) into an L1-sized buffer (``cpu_fma.weight_vec``:
+the values the file holds, exact), and the products are f32 whatever
 ``--compute`` asks: there are too few of them to matter (a bf16 request is met with more precision, not less).
 Taps outside the image read a clamped pixel and multiply zeros, so nothing outside x is read.
 
@@ -23,11 +23,9 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules import quant_vec
 from schedules.cpu_amx import target_has
-from schedules.cpu_fma import FLOAT_TYPES, TYPES, _fma
+from schedules.cpu_fma import TYPES, _fma, weight_vec, weight_views
 from schedules.tir_build import (
-    float_weight,
     hsum,
     load_f32,
     prim_func,
@@ -71,11 +69,7 @@ class _NarrowConv:
         self.P = 2 if self.N <= PAIR_N else 1  # pixels per step
 
     def build(self) -> None:
-        w = self.bufs["w"]
-        words = w.shape[0]
-        self.wf = T.decl_buffer((words,), "float32", data=w.data)
-        self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
-        self.wq = quant_vec.views(w) if self.wtype not in FLOAT_TYPES else None
+        self.wviews = weight_views(self.wtype, self.bufs["w"])
         with T.parallel(0, self.B * self.Ho) as row:
             wb = T.alloc_buffer((self.N * self.K,), "float32")
             self.decode(wb)
@@ -86,10 +80,7 @@ class _NarrowConv:
         """W as f32 rows of K values (tap by tap, C channels each, as the GEMM's K runs)."""
         with T.serial(0, self.N) as n:
             with T.serial(0, self.K // 16) as v:
-                if self.wq is not None:
-                    vec = quant_vec.values16(self.wtype, self.wq, n, 16 * v, self.K)
-                else:
-                    vec = float_weight(self.wtype, self.wf, self.w16, n * self.K + 16 * v, 16)
+                vec = weight_vec(self.wtype, self.wviews, n, 16 * v, self.K, 16)
                 vstore(wb, n * self.K + 16 * v, vec, 16)
 
     def pixels(self, wb, row, step) -> None:

@@ -198,13 +198,7 @@ class _FmaGemm:
         self.x_slice = self.swap  # one pass's slice of prepared rows held at a time (``prep_slice``)
 
     def weight_views(self) -> None:
-        """The weight's storage words as f32 (``wf``), as 16-bit halves (``w16``) and, for a quant type, as
-        ``quant_vec``'s views (``wq``): what ``_wvec`` reads."""
-        w = self.bufs["w"]
-        words = w.shape[0]
-        self.wf = T.decl_buffer((words,), "float32", data=w.data)
-        self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
-        self.wq = quant_vec.views(w) if self.wtype in quant_vec.TYPES else None
+        self.wviews = weight_views(self.wtype, self.bufs["w"])
 
     def build(self) -> None:
         self.weight_views()
@@ -277,12 +271,7 @@ class _FmaGemm:
     # -- weights --
 
     def _wvec(self, row, k, lanes: int):
-        """W[row, k:k+lanes] as f32 from the weight's storage words (a quant type: 16 values, k a multiple of 16;
-        K is then a multiple of its block, so the value-by-value tail never runs)."""
-        if self.wq is not None:
-            assert lanes == 16
-            return quant_vec.values16(self.wtype, self.wq, row, k, self.K)
-        return float_weight(self.wtype, self.wf, self.w16, row * self.K + k, lanes)
+        return weight_vec(self.wtype, self.wviews, row, k, self.K, lanes)
 
     def pack(self, panel, base, u, v0=0, nv=None) -> None:
         """Unit u's NR weight rows, transposed, for K's vectors v0 .. v0 + nv (default: all) at panel[base:]:
@@ -482,6 +471,28 @@ class _FmaGemm:
                         with T.If(m < self.M0):
                             with T.Then():
                                 store_output(self.bufs, self.act, m, n, stage[(r * nb + c // 16) * 16 + c % 16])
+
+
+def weight_views(wtype: str, w) -> tuple:
+    """The weight buffer's storage words as f32, as 16-bit halves and, for a quant type, as ``quant_vec``'s views:
+    what ``weight_vec`` reads."""
+    words = w.shape[0]
+    return (
+        T.decl_buffer((words,), "float32", data=w.data),
+        T.decl_buffer((words * 2,), "int16", data=w.data),
+        quant_vec.views(w) if wtype in quant_vec.TYPES else None,
+    )
+
+
+def weight_vec(wtype: str, views: tuple, row, k, K: int, lanes: int):
+    """W[row, k:k+lanes] as f32 from the weight's storage (``weight_views``) with K values a row: the values the
+    file holds (a quant type: 16 values, k a multiple of 16; K is then a multiple of its block, so a value-by-value
+    tail never runs)."""
+    wf, w16, wq = views
+    if wq is not None:
+        assert lanes == 16
+        return quant_vec.values16(wtype, wq, row, k, K)
+    return float_weight(wtype, wf, w16, row * K + k, lanes)
 
 
 def swapped(M: int, N: int, K: int) -> bool:
