@@ -89,6 +89,7 @@ from schedules.tir_build import (
     f16_to_f32,
     float_weight,
     load_f32,
+    prefetch_outputs,
     prim_func,
     replace_body,
     shuffle,
@@ -571,6 +572,8 @@ class _Bf16Gemm:
         def issue(i, slot) -> None:
             if start is not None:
                 start(i, s0, ns)
+            _, u, _, _, m0 = place(i)  # the job's output strip arrives while its products run
+            prefetch_outputs(self.bufs, m0, 32, u * nb * 16, nb * 16, self.M)
             if resume is None:
                 for acc, _, _ in accs:
                     _amx("tilezero", _i8(acc))
