@@ -52,6 +52,7 @@ from schedules.tir_build import (
     flushing_denormals,
     hsum,
     load_f32,
+    prefetch_outputs,
     prim_func,
     reduce_tree,
     replace_body,
@@ -411,6 +412,8 @@ class _Gemm:
             self.facc = [T.decl_buffer((16,), "float32", data=mem, elem_offset=16 * r) for r in range(16)]
             for r in range(16):
                 vstore(self.facc[r], 0, splat(0.0, "float32", 16), 16)
+            # the tile's 16 output lines (a column strip) arrive while its products run
+            prefetch_outputs(self.bufs, self.m0 + mt * 16 if self.NBLK > 1 else mt * 16, 16, nt * 16, 16, self.M)
             if self.super:
                 _pipeline(self.NG, lambda u, s: self.super_products(u, mt, s), lambda u, s: self.super_scale(u, mt, s))
             else:
