@@ -1,23 +1,25 @@
 """CPU GroupNorm (with its fused SiLU) written as TIR on 16-lane vectors: every pass walks the activation in memory
 order, channels in vectors, and keeps its sums in registers.
 
-The numerics are the TE compute's (``kernels/group_norm.py``): two passes, the mean, then the centred sum of squares
-about it, each summed in two levels so that a VAE group's million values keep their mean near rounding: per chunk of
-pixels and channel, then over the chunks and the group's channels. The output is ((x - mean) * rstd) * gamma + beta,
-rstd = 1 / sqrt(var + eps), as there; only the order of the additions within a level differs.
+Numerics: the statistics in two levels, per chunk of pixels and channel, then over the chunks and the group's
+channels, so that a VAE group's million values keep their mean near rounding. Each chunk's sum of squares is taken
+about the chunk's own mean, and the chunks' are combined as Chan, Golub and LeVeque's parallel variance does (the sum
+of theirs plus count x (chunk mean - group mean)^2 each): centred sums, like the TE compute's (``kernels/group_norm.py``)
+second pass about the group's mean, so a mean far from the spread costs no digits. The output is
+((x - mean) * rstd) * gamma + beta, rstd = 1 / sqrt(var + eps), as there.
 
 Layout and passes (x [B, N, C], channels in whole vectors):
 1. parallel over (image, chunk of ``L`` pixels): per block of up to ``VB`` channel vectors, the chunk's pixels are
-   summed in VB registers, then stored as the chunk's partial sums [B][chunks][C];
-2. per image, serially (B x chunks x C adds): each group's mean, written per channel ([B][C]) so that the next
-   passes read it as vectors;
-3. the centred sums of squares as in 1, and 4. the variances and rstd * gamma per channel, as in 2;
-5. parallel over (image, chunk): y = (x - mean_c) * rstd_c * gamma + beta, then the activation, on vectors.
+   summed in VB registers, then, the block's part of the chunk again (from L2, up to 256 KB), its squares about the
+   chunk's mean; both stored per chunk and channel ([B][chunks][C]);
+2. per image, serially (2 B x chunks x C adds): each group's mean and variance, the mean and rstd * gamma written per
+   channel ([B][C]) so that the output pass reads them as vectors;
+3. parallel over (image, chunk): y = (x - mean_c) * rstd_c * gamma + beta, then the activation, on vectors.
 
 Why: the TE schedule's output pass decoded each lane's group (c // (C / G)) and recomputed 1 / sqrt(var + eps) per
 value, and its partial sums ran over one chunk's (pixels x group channels) with a loop of 10 channels at the UNet's
 320-channel levels. Measured on 2 threads (Xeon with AVX-512, min of 20 launches, f32, SiLU fused; GB/s counts
-three reads and one write of x):
+three reads and one write of x), with the variance in a pass of its own over x after the mean's:
 
     x [B, N, C]            TE schedule   this      GB/s
     UNet 32x32, 2x1024x320    0.675 ms   0.246 ms  42.6
@@ -26,6 +28,11 @@ three reads and one write of x):
     VAE 128x128, 16384x512    5.03       4.22      31.8
     VAE 256x256, 65536x256   15.1        9.83      27.3
     VAE 512x512, 262144x128  41.7       20.4       26.3
+
+The VAE's activations leave the caches (134 MB at 512x512), so each pass over x ran at memory speed; taking the
+squares per chunk while it is in L2 saves one of the three reads (the kernel alone, min of 10 launches,
+alternating with the separate pass: 512x512 x 128 20.7-21.6 -> 17.1-17.9 ms, 256x256 x 256 10.4-10.6 -> 8.5-8.8,
+128x128 x 512 4.7-4.8 -> 4.3-4.5; the UNet's shapes level within 0.02 ms, the 8x8 level's 0.26 -> 0.28 ms).
 """
 
 from __future__ import annotations
@@ -67,13 +74,12 @@ class _GroupNorm:
 
     def build(self) -> None:
         B, C, CH = self.B, self.C, self.CH
-        part = T.alloc_buffer((B * CH * C,), "float32")  # chunk partial sums, per channel
+        part = T.alloc_buffer((B * CH * C,), "float32")  # per chunk and channel: the sum of x
+        sq = T.alloc_buffer((B * CH * C,), "float32")  # ... and the sum of squares about the chunk's own mean
         mean = T.alloc_buffer((B * C,), "float32")  # the group's mean, per channel
         scale = T.alloc_buffer((B * C,), "float32")  # rstd * gamma, per channel
-        self.chunk_sums(part, None)
-        self.reduce(part, mean, None)
-        self.chunk_sums(part, mean)
-        self.reduce(part, mean, scale)
+        self.chunk_sums(part, sq)
+        self.reduce(part, sq, mean, scale)
         self.output(mean, scale)
 
     def pixels(self, body) -> None:
@@ -83,53 +89,68 @@ class _GroupNorm:
             n0 = T.bind(task % self.CH * self.L)
             body(b, n0, T.min(n0 + self.L, self.N), task)
 
-    def chunk_sums(self, part, mean) -> None:
-        """Pass 1 (``mean`` None: sums of x) or 3 (sums of (x - mean)^2): per chunk and channel, into part."""
+    def chunk_count(self, k):
+        """Pixels in chunk k (the last may be short)."""
+        return T.min(self.L, self.N - k * self.L)
+
+    def chunk_sums(self, part, sq) -> None:
+        """Pass 1, per chunk and channel: the sum of x into part, then (the chunk's block of channels again, now
+        from L2) the sum of squares about the chunk's own mean into sq."""
         x = self.bufs["x"]
 
         def body(b, n0, n1, task) -> None:
+            inv = T.bind(T.float32(1.0) / T.Cast("float32", n1 - n0))
             for v0 in range(0, self.V, VB):
                 nv = min(VB, self.V - v0)
                 acc = vector_regs(nv)
                 for j in range(nv):
                     vstore(acc, 16 * j, splat(0.0, "float32", 16), 16)
-                mc = (
-                    [T.bind(vload(mean, b * self.C + 16 * (v0 + j), 16)) for j in range(nv)]
-                    if mean is not None
-                    else None
-                )
                 with T.serial(0, n1 - n0) as p:
                     for j in range(nv):
                         xv = load_f32(x, [b, n0 + p, T.Ramp(16 * (v0 + j), 1, 16)], 16)
-                        if mc is not None:
-                            d = T.bind(xv - mc[j])
-                            xv = d * d
                         vstore(acc, 16 * j, vload(acc, 16 * j, 16) + xv, 16)
+                mc = []
                 for j in range(nv):
-                    vstore(part, task * self.C + 16 * (v0 + j), vload(acc, 16 * j, 16), 16)
+                    total = T.bind(vload(acc, 16 * j, 16))
+                    vstore(part, task * self.C + 16 * (v0 + j), total, 16)
+                    mc.append(T.bind(total * T.Broadcast(inv, 16)))
+                    vstore(acc, 16 * j, splat(0.0, "float32", 16), 16)
+                with T.serial(0, n1 - n0) as p:
+                    for j in range(nv):
+                        d = T.bind(load_f32(x, [b, n0 + p, T.Ramp(16 * (v0 + j), 1, 16)], 16) - mc[j])
+                        vstore(acc, 16 * j, vload(acc, 16 * j, 16) + d * d, 16)
+                for j in range(nv):
+                    vstore(sq, task * self.C + 16 * (v0 + j), vload(acc, 16 * j, 16), 16)
 
         self.pixels(body)
 
-    def reduce(self, part, mean, scale) -> None:
-        """Pass 2 (``scale`` None: each group's mean into ``mean``) or 4 (its variance, then rstd * gamma into
-        ``scale``), per channel; serial: B x chunks x C adds."""
+    def reduce(self, part, sq, mean, scale) -> None:
+        """Pass 2, per image and group, serially (2 B x chunks x C adds): the group's mean from the chunks' sums,
+        then its sum of squares as Chan et al. combine the chunks' (``sq``, plus count x (the chunk's mean - the
+        group's)^2 per chunk and channel); the mean and rstd * gamma written per channel."""
         inv = 1.0 / (self.N * self.cg)
         gamma = self.bufs["gamma"]
         with T.serial(0, self.B) as b:
             with T.serial(0, self.G) as g:
-                total = T.alloc_buffer((1,), "float32")
+                total = T.alloc_buffer((2,), "float32")
                 T.buffer_store(total, T.float32(0), [0])
+                T.buffer_store(total, T.float32(0), [1])
                 with T.serial(0, self.CH) as k:
                     with T.serial(0, self.cg) as c:
                         T.buffer_store(total, total[0] + part[(b * self.CH + k) * self.C + g * self.cg + c], [0])
-                s = T.bind(total[0] * T.float32(inv))
+                mu = T.bind(total[0] * T.float32(inv))
+                with T.serial(0, self.CH) as k:
+                    n = T.bind(T.Cast("float32", self.chunk_count(k)))
+                    inv_n = T.bind(T.float32(1.0) / n)
+                    with T.serial(0, self.cg) as c:
+                        at = (b * self.CH + k) * self.C + g * self.cg + c
+                        dm = T.bind(part[at] * inv_n - mu)
+                        T.buffer_store(total, total[1] + sq[at] + n * dm * dm, [1])
+                rstd = T.bind(T.float32(1.0) / T.sqrt(total[1] * T.float32(inv) + T.float32(self.eps)))
                 with T.serial(0, self.cg) as c:
                     at = b * self.C + g * self.cg + c
-                    if scale is None:
-                        T.buffer_store(mean, s, [at])
-                    else:
-                        rstd = T.bind(T.float32(1.0) / T.sqrt(s + T.float32(self.eps)))
-                        T.buffer_store(scale, rstd * gamma[g * self.cg + c], [at])
+                    T.buffer_store(mean, mu, [at])
+                    T.buffer_store(scale, rstd * gamma[g * self.cg + c], [at])
 
     def output(self, mean, scale) -> None:
         """Pass 5: y = (x - mean) * (rstd * gamma) + beta, then the activation, rounded to y's storage."""
