@@ -41,7 +41,9 @@ from schedules.cpu_amx_bf16 import butterfly
 from schedules.tir_build import (
     end_sums,
     f16_to_f32,
+    last_pass,
     load_f32,
+    prefetch_outputs,
     prim_func,
     reduce_tree,
     replace_body,
@@ -259,6 +261,8 @@ class _VnniGemm:
         acci = T.decl_buffer((mr * nb * 16,), "int32", data=mem, elem_offset=mr * nb * 16)
 
         start_sums(accf, mr * nb, self.passes, kc, self.part, part)
+        # the block's output strip arrives while the last pass's products run (``tir_build.prefetch_outputs``)
+        last_pass(self.passes, kc, lambda: prefetch_outputs(self.bufs, m0, mr, u * nb * 16, nb * 16, self.M))
         xrow = [(slot + r) * self.KW for r in range(mr)]
         steps = self.KC if self.KS % self.KC == 0 else T.min(self.KC, self.KS - kc * self.KC)
         with T.serial(kc * self.KC, kc * self.KC + steps) as s:

@@ -213,6 +213,16 @@ def start_sums(acc, count: int, passes: int, kc, part, at) -> None:
                 vstore(acc, 16 * i, vload(part, at + 16 * i, 16), 16)
 
 
+def last_pass(passes: int, kc, body) -> None:
+    """``body()`` where pass ``kc`` of ``passes`` is the last."""
+    if passes == 1:
+        body()
+        return
+    with T.If(kc == passes - 1):
+        with T.Then():
+            body()
+
+
 def end_sums(acc, count: int, passes: int, kc, part, at, epilogue) -> None:
     """After pass ``kc``: the sums wait in ``part[at:]`` for the next pass, or after the last go through
     ``epilogue()``."""
