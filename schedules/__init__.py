@@ -43,31 +43,40 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
         rule = injective.gpu_fallback  # one query or one key (a UNet's 1x1 level): loops of extent 1 everywhere
     if kind == "cpu":
         info = cpu_info or CpuInfo()
-        if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
-            rule = cpu_amx_bf16.linear
-        elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
-            pass
-        elif cpu_conv_narrow.applicable(spec, info.lanes):  # a conv to a few channels (a VAE's to RGB): dot products
-            rule = cpu_conv_narrow.conv2d
-        elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
-            rule = cpu_bf16_dot.linear
-        elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
-            rule = cpu_vnni.linear
-        elif cpu_amx.applicable(spec, info.lanes):  # several rows, a CPU with a tile unit: GEMM on AMX
-            rule = cpu_amx.linear
-        elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
-            rule = cpu_gemv.linear
-        elif cpu_winograd.applicable(spec, info.lanes):  # f32 products, a 3x3 conv over many pixels: F(2x2, 3x3)
-            rule = cpu_winograd.linear
-        elif cpu_fma.applicable(spec, info.lanes):  # f32 products, 32 rows or more: register-blocked FMA GEMM
-            rule = cpu_fma.linear
-        elif cpu_group_norm.applicable(spec, info.lanes):  # channels in vectors: passes in memory order
-            rule = cpu_group_norm.group_norm
-        elif cpu_concat.applicable(spec, info.lanes):  # row by row, input by input, in vector copies
-            rule = cpu_concat.concat
-        rule(sch, spec, info)
+        cpu_rule(spec, info, rule)(sch, spec, info)
     else:
         rule(sch, spec)
+
+
+def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
+    """The CPU rule that schedules ``spec``: the first specialised kernel that takes it, else ``rule`` (the
+    family's rule, by default from ``RULES``)."""
+    if rule is None:
+        rule = RULES["cpu"][spec.family]
+    if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
+        rule = cpu_amx_bf16.linear
+    elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
+        pass
+    elif cpu_conv_narrow.applicable(spec, info.lanes):  # a conv to a few channels (a VAE's to RGB): dot products
+        rule = cpu_conv_narrow.conv2d
+    elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
+        rule = cpu_bf16_dot.linear
+    elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
+        rule = cpu_vnni.linear
+    elif cpu_amx.applicable(spec, info.lanes) and not cpu_winograd.over_int8(spec, info.lanes):
+        # several rows, a CPU with a tile unit: GEMM on AMX (not a 3x3 conv over many pixels: Winograd)
+        rule = cpu_amx.linear
+    elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
+        rule = cpu_gemv.linear
+    elif cpu_winograd.applicable(spec, info.lanes):  # f32 products, a 3x3 conv over many pixels: F(2x2, 3x3)
+        rule = cpu_winograd.linear
+    elif cpu_fma.applicable(spec, info.lanes):  # f32 products, 32 rows or more: register-blocked FMA GEMM
+        rule = cpu_fma.linear
+    elif cpu_group_norm.applicable(spec, info.lanes):  # channels in vectors: passes in memory order
+        rule = cpu_group_norm.group_norm
+    elif cpu_concat.applicable(spec, info.lanes):  # row by row, input by input, in vector copies
+        rule = cpu_concat.concat
+    return rule
 
 
 def _host_bf16() -> bool:

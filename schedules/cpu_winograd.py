@@ -69,6 +69,14 @@ from sdcompile.kernels.spec import KernelSpec
 MIN_TILES = 128  # output tiles per call at least (2 x 2 tiles for F(2x2, 3x3))
 MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x3) (at 256, a VAE 64x64 conv, F(4x4)
 # ran 3% slower; at 512, the UNet's 64x64 level with guidance, 1.21x faster)
+# Quantized weights in f32 mode, on a CPU with a tile unit: from this many pixels per image Winograd (the weights
+# decoded to f32 with the transform) beats the int8 tile kernel (``cpu_amx``), and takes the conv. q8_0, 2 threads,
+# alone, GFLOP/s as the direct conv's (Winograd / int8 tiles): VAE 512x512 x 128 885-901 / 245-271, 256x256 x 256
+# 977-978 / 379-383, 128x128 x 512 856-864 / 539-543, 64x64 x 512 618-622 / 548-551; UNet (batch 2) 64x64 320 -> 320
+# 792-809 / 440-441, 640 -> 320 714-719 / 471-490, 960 -> 320 562-603 / 460-468; at 32x32 the tiles win from 640
+# channels (640 -> 640 501-502 / 547, 1280 -> 1280 497-502 / 633-639) and lose at 320 (483-495 / 428-433), and below
+# 32x32 they win (16x16 x 1280: 405-409 / 576-588; 8x8: 254-256 / 593-596).
+OVER_INT8_PIXELS = 4096
 MIN_CHANNELS = 64  # in and out: with fewer the transforms cost more than the products they save
 GROUP_PANELS = 16  # row panels (of MR tiles) per group at most
 MIN_GROUPS = 2  # groups per call at least: smaller groups read each weight slice for fewer tiles (a UNet 16x16 conv
@@ -123,6 +131,11 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     a = dict(spec.attrs)
     shape = (int(a["kh"]), int(a["kw"]), int(a["stride"]), tuple(int(p) for p in a["pads"]))
     return shape == (3, 3, 1, (1, 1, 1, 1)) and tiles(a) >= MIN_TILES and min(int(a["C"]), int(a["N"])) >= MIN_CHANNELS
+
+
+def over_int8(spec: KernelSpec, lanes: int) -> bool:
+    """Whether this kernel takes ``spec`` ahead of the int8 tile kernel (``OVER_INT8_PIXELS``)."""
+    return applicable(spec, lanes) and int(spec.attr("H")) * int(spec.attr("W")) >= OVER_INT8_PIXELS
 
 
 def _combine(row, vecs):

@@ -89,6 +89,25 @@ def test_dispatch():
     assert cpu_winograd.applicable(KernelSpec.make("conv2d", **CONV3, **base), 16)
 
 
+def test_quantized_convs_over_many_pixels_take_winograd():
+    """In f32 mode a quantized 3x3 conv from OVER_INT8_PIXELS pixels per image runs here, not on the int8 tile
+    kernel (which took the SD1.5 VAE's q8_0 decode to 2.4x the f16 one); below that, on an AMX CPU, the tile kernel
+    keeps it."""
+    import schedules
+    from schedules import cpu_amx
+    from schedules.cpu import CpuInfo
+
+    def rule(**change):
+        a = {"B": 2, "H": 64, "W": 64, "C": 320, "N": 320, "wtype": "q8_0", **EPI} | change
+        return schedules.cpu_rule(KernelSpec.make("conv2d", **CONV3, **a), CpuInfo())
+
+    assert rule() is cpu_winograd.linear
+    assert rule(B=1, H=512, W=512, C=128, N=128, wtype="q4_k") is cpu_winograd.linear
+    small = KernelSpec.make("conv2d", **CONV3, B=2, H=32, W=32, C=640, N=640, wtype="q8_0", **EPI)
+    want = cpu_amx.linear if cpu_amx.applicable(small, 16) else cpu_winograd.linear
+    assert rule(H=32, W=32, C=640, N=640) is want
+
+
 def _tiles(x: np.ndarray, m: int) -> np.ndarray:
     """[B, TH, TW, m + 2, m + 2, C] input tiles of x [B, H, W, C] (zero padding: one before, up to m after)."""
     b, h, w, c = x.shape
