@@ -42,6 +42,13 @@ storage type) runs on whole vectors of 16 consecutive outputs.
   359-381 ms), except with one pair of x tiles, whose chunks keep their sums in the tile registers (the 4x4
   level's 2560 -> 1280 conv took 11% longer in slices).
 
+Both loop nests prefetch each job's output strip (its 32 rows x NB x 16 columns of y, and of the residual) while the
+job's products run (``tir_build.prefetch_outputs``): those lines lie a row apart, which the hardware prefetchers do not
+follow, and every store of the epilogue waited for its line from memory. Alone, 2 threads, alternating with the code
+before: SD1.5's 8192 x 320 -> 2560 linear 1.45-1.47x, 320 -> 320 1.32-1.51x, 1280 -> 320 1.09-1.11x, its 64x64 and
+the VAE's 512x512 convs 1.08-1.10x, the by-weights shapes level; in the model the UNet's linears 545 -> 437 ms and the
+guided UNet at 512x512 1.53-1.57 -> 1.35-1.46 s (f16 weights).
+
 Operands: x rounded to bf16 as A tiles (for each 16 rows and 32 values of K, 16 rows of 64 bytes), with one
 ``vcvtne2ps2bf16`` per 32 values where the target has AVX512_BF16; the weights as B tiles (row p of a step holds
 values 2p, 2p + 1 of each of 16 weight rows), transposed in registers so the panel is written in whole rows.
