@@ -412,8 +412,9 @@ class _Gemm:
             self.facc = [T.decl_buffer((16,), "float32", data=mem, elem_offset=16 * r) for r in range(16)]
             for r in range(16):
                 vstore(self.facc[r], 0, splat(0.0, "float32", 16), 16)
+            m0 = T.bind(self.m0 + mt * 16 if self.NBLK > 1 else mt * 16)  # the tile's first output row
             # the tile's 16 output lines (a column strip) arrive while its products run
-            prefetch_outputs(self.bufs, self.m0 + mt * 16 if self.NBLK > 1 else mt * 16, 16, nt * 16, 16, self.M)
+            prefetch_outputs(self.bufs, m0, 16, nt * 16, 16, self.M)
             if self.super:
                 _pipeline(self.NG, lambda u, s: self.super_products(u, mt, s), lambda u, s: self.super_scale(u, mt, s))
             else:
@@ -423,7 +424,7 @@ class _Gemm:
                 vstore(self.ybuf, yb + 16 * r, vload(self.facc[r], 0, 16), 16)
             with T.serial(0, 16) as r:
                 with T.serial(0, 16) as lane:
-                    m = self.m0 + mt * 16 + lane if self.NBLK > 1 else mt * 16 + lane
+                    m = m0 + lane
                     with T.If(m < self.M):
                         with T.Then():
                             store_output(self.bufs, self.act, m, nt * 16 + r, self.ybuf[yb + 16 * r + lane])

@@ -45,6 +45,7 @@ from schedules.tir_build import (
     hsum,
     imm,
     load_f32,
+    prefetch,
     prim_func,
     reduce_tree,
     replace_body,
@@ -60,7 +61,7 @@ from sdcompile.kernels.spec import KernelSpec
 from sdcompile.quant.types import get as get_type
 
 PREFETCH = 1024  # bytes ahead of each row stream
-PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = prefetcht0
+PREFETCH_LOCALITY = 3  # tir_build.prefetch locality: 3 = prefetcht0
 CHUNKS = 64  # parallel tasks over row sets (TVM hands each thread a contiguous range of them)
 INT32_MAX = 2**31 - 1
 
@@ -308,10 +309,7 @@ class _Gemv:
                     base = T.bind(rb + u * self.unit_bytes)
                     if PREFETCH:
                         for o in range(0, self.unit_bytes, 64):  # gaps <= 64 bytes: every line once
-                            ptr = T.address_of(self.w8[base + PREFETCH + o])
-                            T.evaluate(
-                                T.call_llvm_intrin("void", "llvm.prefetch", ptr, imm(0), imm(PREFETCH_LOCALITY), imm(1))
-                            )
+                            prefetch(T.address_of(self.w8[base + PREFETCH + o]), locality=PREFETCH_LOCALITY)
                     getattr(self, "unit_" + self.wtype)(s, base, u)
         if self.wtype in ("q4_0", "q8_0") and self.nblk % 8:
             with T.serial(self.nunits * 8, self.nblk) as b:

@@ -86,8 +86,9 @@ class _GroupNorm:
         """body(b, n0, n1) in parallel for each image b and chunk of pixels n0 .. n1 - 1."""
         with T.parallel(0, self.B * self.CH) as task:
             b = T.bind(task // self.CH)
-            n0 = T.bind(task % self.CH * self.L)
-            body(b, n0, T.min(n0 + self.L, self.N), task)
+            k = T.bind(task % self.CH)
+            n0 = T.bind(k * self.L)
+            body(b, n0, n0 + self.chunk_count(k), task)
 
     def chunk_count(self, k):
         """Pixels in chunk k (the last may be short)."""

@@ -167,8 +167,7 @@ def prefetch_outputs(bufs: dict, m0, rows: int, n0, cols: int, M: int) -> None:
         if name not in bufs:
             continue
         buf = bufs[name]
-        width = 2 if buf.dtype in ("uint16", "float16") else 4
-        step = max(1, 64 // width)  # values per cache line
+        step = max(1, 512 // buf.dtype.bits)  # values per 64-byte cache line
         for r in range(rows):
             m = T.min(m0 + r, M - 1)
             for c in range(0, cols, step):
