@@ -69,14 +69,23 @@ from sdcompile.kernels.spec import KernelSpec
 MIN_TILES = 128  # output tiles per call at least (2 x 2 tiles for F(2x2, 3x3))
 MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x3) (at 256, a VAE 64x64 conv, F(4x4)
 # ran 3% slower; at 512, the UNet's 64x64 level with guidance, 1.21x faster)
-# Quantized weights in f32 mode, on a CPU with a tile unit: from this many pixels per image Winograd (the weights
-# decoded to f32 with the transform) beats the int8 tile kernel (``cpu_amx``), and takes the conv. q8_0, 2 threads,
-# alone, GFLOP/s as the direct conv's (Winograd / int8 tiles): VAE 512x512 x 128 885-901 / 245-271, 256x256 x 256
-# 977-978 / 379-383, 128x128 x 512 856-864 / 539-543, 64x64 x 512 618-622 / 548-551; UNet (batch 2) 64x64 320 -> 320
-# 792-809 / 440-441, 640 -> 320 714-719 / 471-490, 960 -> 320 562-603 / 460-468; at 32x32 the tiles win from 640
-# channels (640 -> 640 501-502 / 547, 1280 -> 1280 497-502 / 633-639) and lose at 320 (483-495 / 428-433), and below
-# 32x32 they win (16x16 x 1280: 405-409 / 576-588; 8x8: 254-256 / 593-596).
-OVER_INT8_PIXELS = 4096
+# Quantized weights (q8_0, q4_0, ...): from this many pixels (B H W) Winograd, the weights decoded to f32 with the
+# transform, beats each int8 kernel, and takes the conv. One table for both places that choose: the CPU dispatch in f32
+# mode on a CPU with a tile unit (``schedules.cpu_rule``: ``cpu_amx``), and ``passes/mma.py``, which without AMX-BF16
+# asks int8 products of q8_0 / q4_0 weights (``cpu_vnni``) only below it. 2 threads, alone, GFLOP/s as the direct
+# conv's.
+# - cpu_amx (Winograd / int8 tiles, q8_0): VAE 512x512 x 128 885-901 / 245-271, 256x256 x 256 977-978 / 379-383,
+#   128x128 x 512 856-864 / 539-543, 64x64 x 512 618-622 / 548-551; UNet (batch 2) 64x64 320 -> 320 792-809 /
+#   440-441, 640 -> 320 714-719 / 471-490, 960 -> 320 562-603 / 460-468; at 32x32 the tiles win from 640 channels
+#   (640 -> 640 501-502 / 547, 1280 -> 1280 497-502 / 633-639) and lose at 320 (483-495 / 428-433), and below 32x32
+#   they win (16x16 x 1280: 405-409 / 576-588; 8x8: 254-256 / 593-596).
+# - cpu_vnni (AMX off, Winograd / VNNI; q8_0, then q4_0): VAE 512x512 128 -> 128 853-917 / 625-653, 869-914 / 592-649;
+#   256 -> 128 865-906 / 633-647; 256x256 256 -> 256 888-1050 / 691-752, 928-1016 / 740-770; 512 -> 256 785-799 /
+#   736-759; 128x128 512 -> 512 758-870 / 735-811, 798-867 / 719-807; 96x96 512 -> 512 838-868 / 777-849. Below 16,384
+#   pixels VNNI wins or draws: UNet (batch 2) 64x64 320 -> 320 815-833 / 733-748, 640 -> 320 734-750 / 711-807 (q4_0
+#   733-761 / 699-757), 960 -> 320 552-601 / 670-699; VAE 64x64 x 512 535-545 / 685-711, 64x64 x 256 552-575 /
+#   705-725; 32x32 488-520 / 748-788.
+OVER_INT8_PIXELS = {"cpu_amx": 4096, "cpu_vnni": 16384}
 MIN_CHANNELS = 64  # in and out: with fewer the transforms cost more than the products they save
 GROUP_PANELS = 16  # row panels (of MR tiles) per group at most
 MIN_GROUPS = 2  # groups per call at least: smaller groups read each weight slice for fewer tiles (a UNet 16x16 conv
@@ -133,9 +142,12 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     return shape == (3, 3, 1, (1, 1, 1, 1)) and tiles(a) >= MIN_TILES and min(int(a["C"]), int(a["N"])) >= MIN_CHANNELS
 
 
-def over_int8(spec: KernelSpec, lanes: int) -> bool:
-    """Whether this kernel takes ``spec`` ahead of the int8 tile kernel (``OVER_INT8_PIXELS``)."""
-    return applicable(spec, lanes) and int(spec.attr("H")) * int(spec.attr("W")) >= OVER_INT8_PIXELS
+def over_int8(spec: KernelSpec, lanes: int, kernel: str) -> bool:
+    """Whether this kernel, where it takes ``spec`` (f32 products), runs it faster than the int8 kernel ``kernel``
+    (``cpu_amx`` or ``cpu_vnni``) would with int8 products: ``OVER_INT8_PIXELS``."""
+    if not applicable(spec, lanes):
+        return False
+    return int(spec.attr("B")) * int(spec.attr("H")) * int(spec.attr("W")) >= OVER_INT8_PIXELS[kernel]
 
 
 def _combine(row, vecs):

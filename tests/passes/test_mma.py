@@ -190,3 +190,42 @@ def test_module_report_sums_functions_and_keeps_every_reason():
     )
     only = _merge_reports({"encode": rep({"kept_f32": 2, "why": none + "a"}), "x": rep({"why": none + "b"})})["mma"]
     assert only["why"] == none + "a; b"
+
+
+def _convs(pixels: list[int], wtype: str) -> Graph:
+    """One 3x3 conv (64 -> 64 channels, batch 1) with ``wtype`` weights per image side in ``pixels``."""
+    from sdcompile.ir.graph import WeightData
+
+    g = Graph()
+    for i, side in enumerate(pixels):
+        x = g.add_input(f"x{i}", (1, side, side, 64), "float32", "vae")
+        w = g.add_weight(f"w{i}", (64, 576), wtype, "vae", WeightData(None, f"w{i}", wtype))
+        b = g.add_weight(f"b{i}", (64,), "f32", "vae", WeightData(None, f"b{i}", "f32"))
+        attrs = {"kh": 3, "kw": 3, "pads": (1, 1, 1, 1), "stride": 1, "bias": True}
+        g.outputs.append(g.add_node("conv2d", [x, w, b], f"y{i}", (1, side, side, 64), "vae", **attrs))
+    return g
+
+
+@pytest.mark.parametrize("wtype", ["q8_0", "q4_0"])
+def test_vnni_leaves_convs_over_many_pixels_to_winograd(monkeypatch, wtype):
+    """Without AMX-BF16, a q8_0 / q4_0 3x3 conv over OVER_INT8_PIXELS["cpu_vnni"] pixels or more keeps f32 products
+    (Winograd runs it faster than int8 products on VNNI, and more exactly) and the report says why; a smaller one
+    gets int8 products. One table decides this here and in the CPU dispatch."""
+    from schedules import cpu_fma, cpu_winograd
+    from schedules.cpu import CpuInfo
+
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
+    monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "AuthenticAMD")
+    side = int(cpu_winograd.OVER_INT8_PIXELS["cpu_vnni"] ** 0.5)
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    g = mma.run(_convs([side, side // 2], wtype), ctx)
+    big, small = g.nodes
+    assert "mma" not in big.attrs and small.attrs["mma"] == "int8"
+    rep = ctx.report["mma"]
+    assert rep["kept_f32"] == 1 and rep["int8"] == 1 and "Winograd" in rep["why"]
+    if cpu_fma.target_has_avx512():  # the kept conv is Winograd's on this host (its AMX rule agrees)
+        import schedules
+
+        assert schedules.cpu_rule(node_spec(g, big), CpuInfo()) is cpu_winograd.linear
