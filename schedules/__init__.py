@@ -16,6 +16,7 @@ from schedules import (
     cpu,
     cpu_amx,
     cpu_amx_bf16,
+    cpu_attention_amx,
     cpu_bf16_dot,
     cpu_concat,
     cpu_conv_narrow,
@@ -79,6 +80,22 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
     return rule
 
 
+def cpu_rounds_to_bf16(spec: KernelSpec, info: CpuInfo | None = None) -> frozenset[str]:
+    """The inputs (parameter names) that the CPU kernel taking ``spec`` rounds to bf16, nearest even, before any other
+    use: its module's ``ROUNDS_TO_BF16`` (the bf16 GEMMs' x, the bf16 flash attention's q, k and v); none for the
+    others."""
+    import sys
+
+    info = info or CpuInfo()
+    if spec.family == "linear":
+        module = sys.modules[cpu_rule(spec, info).__module__]
+    elif spec.op == "attention" and cpu_attention_amx.applicable(spec, info.lanes, _host_bf16()):
+        module = cpu_attention_amx
+    else:
+        return frozenset()
+    return frozenset(getattr(module, "ROUNDS_TO_BF16", ()))
+
+
 def _host_bf16() -> bool:
     from sdcompile.codegen.tvm_layer import host_amx_bf16
 
@@ -92,4 +109,4 @@ def _host_bf16_dot() -> bool:
     return host_avx512_bf16() and not host_amx_bf16()
 
 
-__all__ = ["CpuInfo", "apply"]
+__all__ = ["CpuInfo", "apply", "cpu_rounds_to_bf16", "cpu_rule"]

@@ -114,6 +114,9 @@ from sdcompile.quant.types import get as get_type
 # d * q exact in f32); the other quant types keep their integer kernels (cpu_amx.py)
 BLOCK_TYPES = ("q8_0", "q4_0")
 TYPES = ("f32", "f16", "bf16") + BLOCK_TYPES
+# inputs rounded to bf16 (nearest even) before any other use: stored in bf16 by the producer, they give the same bits
+# (``passes/round_early.py``)
+ROUNDS_TO_BF16 = ("x",)
 # GEMMs with at least this many rows of x go by rows (``rows_first``): groups of rows stay in L2 while the weights pass
 BY_ROWS_FROM = 1024
 A_GROUP_BYTES = 1 << 20  # a group's A operands (bf16): at most this, and 32 to 256 rows
@@ -671,4 +674,4 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     replace_body(sch, spec, build)
 
 
-__all__ = ["TYPES", "applicable", "build", "linear"]
+__all__ = ["ROUNDS_TO_BF16", "TYPES", "applicable", "build", "linear"]

@@ -75,6 +75,9 @@ NQ = 2
 KEY_BLOCK = 128
 L2_BYTES = 2 << 20  # per core (Sapphire Rapids)
 MAX_DH = 512  # channels per head held in a task's o^T buffer (a VAE's single head of 512)
+# inputs rounded to bf16 (nearest even) before any other use: stored in bf16 by the producer, they give the same bits
+# (``passes/round_early.py``)
+ROUNDS_TO_BF16 = ("q", "k", "v")
 A0, A1, B0, B1, C0, C1, C2, C3 = range(8)
 LOG2E = 1.4426950408889634
 # The score of a masked key, and the running max before any key (in log2 units): a finite power of two so that
@@ -518,4 +521,4 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     replace_body(sch, spec, build)
 
 
-__all__ = ["applicable", "attention", "build"]
+__all__ = ["ROUNDS_TO_BF16", "applicable", "attention", "build"]

@@ -61,6 +61,9 @@ from schedules.tir_build import (
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
 TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one rounding
+# inputs rounded to bf16 (nearest even) before any other use: stored in bf16 by the producer, they give the same bits
+# (``passes/round_early.py``)
+ROUNDS_TO_BF16 = ("x",)
 DOT = "llvm.x86.avx512bf16.dpbf16ps.512"  # (acc f32x16, a bf16x32, b bf16x32) -> acc + pairwise products
 # rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
 MR_BY_NB = {4: 6, 3: 8, 2: 12, 1: 16}
@@ -247,4 +250,4 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     replace_body(sch, spec, build)
 
 
-__all__ = ["TYPES", "applicable", "build", "linear", "target_has_bf16_dot"]
+__all__ = ["ROUNDS_TO_BF16", "TYPES", "applicable", "build", "linear", "target_has_bf16_dot"]

@@ -127,6 +127,21 @@ def narrow_to(buf, v, lanes: int = 1):
     return narrow(v, "bfloat16" if buf.dtype == "uint16" else str(buf.dtype), lanes)
 
 
+def narrow_pair(buf, v0, v1):
+    """32 f32 values, v0's 16 then v1's, rounded to ``buf``'s storage as one 32-lane vector. Stored at once, a 16-bit
+    buffer's writes are whole 64-byte lines: written in halves, each line of a group norm's bf16 output cost more than
+    its f32 one (SD1.5's VAE, 512x512 x 128: 35.2 ms against 16.9). bf16 by one ``vcvtne2ps2bf16`` where the target
+    has AVX512_BF16 — nearest even as ``kernels/act.bf16_bits``, except that it flushes f32 denormals (below 2^-126) to
+    zero, as every bf16 conversion of this hardware does (oneDNN's, PyTorch's vectorised one) — instead of the
+    integer rounding's ten operations per 16 values, which made a SiLU group norm's output compute-bound."""
+    from schedules.cpu_amx import target_has
+
+    dtype = "bfloat16" if buf.dtype == "uint16" else str(buf.dtype)
+    if dtype == "bfloat16" and target_has("avx512bf16"):
+        return T.reinterpret("uint16x32", cvt_bf16x32(v1, v0))
+    return shuffle([T.bind(narrow(v0, dtype, 16)), T.bind(narrow(v1, dtype, 16))], range(32))
+
+
 def store_output(bufs: dict, act: str, m, n, v) -> None:
     """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it), rounded to
     y's storage dtype."""

@@ -165,6 +165,10 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
             a = out.setdefault("act_dtype", {"dtype": rep["act_dtype"]["dtype"], "values": 0, "kept_f32": 0})
             a["values"] += rep["act_dtype"]["values"]
             a["kept_f32"] += rep["act_dtype"]["kept_f32"]
+        if "round_early" in rep:
+            a = out.setdefault("round_early", {"values": 0, "bytes_saved": 0})
+            a["values"] += rep["round_early"]["values"]
+            a["bytes_saved"] += rep["round_early"]["bytes_saved"]
     out["quantize"]["types"] = dict(sorted(out["quantize"]["types"].items()))
     if "pack_weights" in out:  # weights the functions share, once each
         layouts: dict[str, dict[str, int]] = {}
@@ -269,7 +273,7 @@ def compile_model(
             "memory": ctx.report["memory"],
             "report": {
                 k: ctx.report[k]
-                for k in ("quantize", "fuse", "legalize", "mma", "pack_weights", "act_dtype")
+                for k in ("quantize", "fuse", "legalize", "mma", "pack_weights", "act_dtype", "round_early")
                 if k in ctx.report
             },
             "lora": lora_record,

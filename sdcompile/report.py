@@ -189,6 +189,12 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
         )
         for fn, why in sorted((a.get("functions_kept_f32") or {}).items()):
             lines.append(f"activations f32 in every {fn} function: {why}")
+    if r.get("round_early"):
+        a = r["round_early"]
+        lines.append(
+            f"activations bf16 storage for {a['values']} values every reader rounds to bf16 anyway (same results, "
+            f"{fmt_bytes(a['bytes_saved'])} less)"
+        )
     budget = mem.get("budget_bytes")
     lines.append(
         f"memory    peak {fmt_bytes(mem['peak_bytes'])} = weights {fmt_bytes(mem['weights_bytes'])} + activations "

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdcompile.ir import Graph, verify
-from sdcompile.passes import act_dtype, fuse, legalize, lora, memory_plan, mma, pack_weights, quantize
+from sdcompile.passes import act_dtype, fuse, legalize, lora, memory_plan, mma, pack_weights, quantize, round_early
 from sdcompile.passes.context import PassContext
 
 Pass = Callable[[Graph, PassContext], Graph]
@@ -27,6 +27,8 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("pack_weights", pack_weights.run),
     # activation storage: f16/bf16 inside functions where asked (--act-type), the signatures staying f32
     ("act_dtype", act_dtype.run),
+    # bf16 storage, same bits: f32 activations whose every reader rounds them to bf16 first (bf16 products)
+    ("round_early", round_early.run),
     # memory: buffer reuse and the peak-memory check against the budget
     ("memory_plan", memory_plan.run),
 ]
