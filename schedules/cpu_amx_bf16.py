@@ -101,6 +101,7 @@ from schedules.tir_build import (
     replace_body,
     shuffle,
     splat,
+    store_output_pair,
     store_output_vec,
     vload,
     vstore,
@@ -464,6 +465,14 @@ class _Bf16Gemm:
     def epilogue(self, buf, ysums, u, m0) -> None:
         """The sums of unit u for rows m0 .. m0 + 31 (tiles [weight tile j][x tile] of 16 x 16 f32 from word
         ysums of buf) through the fused epilogue into y."""
+        if self.NB == 2 and self.bufs["y"].dtype != "float32":  # a 16-bit y: both tiles' 32 columns per store
+            with T.serial(0, 32) as r:
+                m = m0 + r
+                with T.If(m < self.M):
+                    with T.Then():
+                        v0, v1 = (vload(buf, ysums + j * 512 + r * 16, 16) for j in (0, 1))
+                        store_output_pair(self.bufs, self.act, m, u * 32, v0, v1)
+            return
         with T.serial(0, self.NB) as j:
             with T.serial(0, 32) as r:  # row r of the two x tiles: output row m, columns of weight tile j
                 m = m0 + r

@@ -154,16 +154,29 @@ def store_output(bufs: dict, act: str, m, n, v) -> None:
     T.buffer_store(y, narrow_to(y, v), [m, n])
 
 
-def store_output_vec(bufs: dict, act: str, m, n, v, lanes: int = 16) -> None:
-    """y[m, n:n+lanes] = act(v + bias) + res, the fused epilogue on a vector of consecutive outputs, rounded to y's
-    storage (f16 by conversion, bf16 bits to nearest even)."""
+def output_vec(bufs: dict, act: str, m, n, v, lanes: int = 16):
+    """act(v + bias) + res for y[m, n:n+lanes], the fused epilogue on a vector of consecutive outputs, in f32."""
     if "bias" in bufs:
         v = v + vload(bufs["bias"], n, lanes)
     v = activation(act, v)
     if "res" in bufs:
         v = v + load_f32(bufs["res"], [m, T.Ramp(n, 1, lanes)], lanes)
+    return v
+
+
+def store_output_vec(bufs: dict, act: str, m, n, v, lanes: int = 16) -> None:
+    """y[m, n:n+lanes] = act(v + bias) + res (``output_vec``), rounded to y's storage (f16 by conversion, bf16 bits to
+    nearest even)."""
     y = bufs["y"]
-    T.buffer_store(y, narrow_to(y, v, lanes), [m, T.Ramp(n, 1, lanes)])
+    T.buffer_store(y, narrow_to(y, output_vec(bufs, act, m, n, v, lanes), lanes), [m, T.Ramp(n, 1, lanes)])
+
+
+def store_output_pair(bufs: dict, act: str, m, n, v0, v1) -> None:
+    """y[m, n:n+32] through the fused epilogue from two f32x16 vectors, rounded to y's 16-bit storage and stored at
+    once (``narrow_pair``: whole 64-byte lines)."""
+    a0 = T.bind(output_vec(bufs, act, m, n, v0))
+    a1 = T.bind(output_vec(bufs, act, m, n + 16, v1))
+    T.buffer_store(bufs["y"], narrow_pair(bufs["y"], a0, a1), [m, T.Ramp(n, 1, 32)])
 
 
 def prefetch(ptr, write: bool = False, locality: int = 3) -> None:
