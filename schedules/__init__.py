@@ -21,6 +21,7 @@ from schedules import (
     cpu_concat,
     cpu_conv_narrow,
     cpu_fma,
+    cpu_geglu,
     cpu_gemv,
     cpu_group_norm,
     cpu_vnni,
@@ -77,6 +78,8 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_group_norm.group_norm
     elif cpu_concat.applicable(spec, info.lanes):  # row by row, input by input, in vector copies
         rule = cpu_concat.concat
+    elif cpu_geglu.applicable(spec, info.lanes):  # value and gate halves in vectors, 16-bit y in whole lines
+        rule = cpu_geglu.geglu
     return rule
 
 

@@ -7,7 +7,9 @@ goes through ``stored``, which rounds to the output's dtype. Schedules see the s
 
 bf16 is held as its bits in ``uint16`` buffers and converted by hand (a shift to widen; round to nearest even to
 narrow): TVM 0.27's bf16 legalization miscompiles a widened bf16 load bound by a ``Let`` on the CPU (measured: SiLU
-off by 1e5), and WGSL has no bf16 at all.
+off by 1e5), and WGSL has no bf16 at all. CPU kernels that write 32 values per store (``schedules/tir_build.py``'s
+``narrow_pair``: group norm, the AMX-BF16 GEMM's epilogue) round with ``vcvtne2ps2bf16`` instead: the same nearest
+even, except that f32 denormals (below 2^-126) become zero, as in every bf16 conversion of that hardware.
 """
 
 from __future__ import annotations
