@@ -24,6 +24,7 @@ from schedules import (
     cpu_geglu,
     cpu_gemv,
     cpu_group_norm,
+    cpu_layer_norm,
     cpu_vnni,
     cpu_winograd,
     gpu,
@@ -78,6 +79,8 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_group_norm.group_norm
     elif cpu_concat.applicable(spec, info.lanes):  # row by row, input by input, in vector copies
         rule = cpu_concat.concat
+    elif cpu_layer_norm.applicable(spec, info.lanes):  # rows in L1, 16-bit y in whole lines
+        rule = cpu_layer_norm.layer_norm
     elif cpu_geglu.applicable(spec, info.lanes):  # value and gate halves in vectors, 16-bit y in whole lines
         rule = cpu_geglu.geglu
     return rule
