@@ -18,7 +18,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.tir_build import load_f32, narrow_to, prim_func, replace_body
+from schedules.tir_build import load_f32, narrow_to, parallel_rows, prim_func, replace_body
 from sdcompile.kernels.spec import KernelSpec
 
 TASK_VALUES = 1 << 16  # output values per parallel task at least (fewer cost more in thread wake-ups)
@@ -42,19 +42,15 @@ def _copy(x, y, o, start: int, width: int) -> None:
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
     outer, widths = int(spec.attr("outer")), [int(w) for w in spec.attr("widths")]
-    rows = max(1, min(outer, TASK_VALUES // sum(widths)))
 
     def emit(bufs) -> None:
-        y = bufs["y"]
-        with T.parallel(0, -(-outer // rows)) as t:
-            with T.serial(0, rows) as r:
-                o = T.bind(t * rows + r)
-                with T.If(o < outer):
-                    with T.Then():
-                        start = 0
-                        for i, w in enumerate(widths):
-                            _copy(bufs[f"x{i}"], y, o, start, w)
-                            start += w
+        def row(o) -> None:
+            start = 0
+            for i, w in enumerate(widths):
+                _copy(bufs[f"x{i}"], bufs["y"], o, start, w)
+                start += w
+
+        parallel_rows(outer, sum(widths), TASK_VALUES, row)
 
     return prim_func(spec, params, emit)
 

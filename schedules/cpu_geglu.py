@@ -16,7 +16,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.tir_build import load_f32, narrow_pair, narrow_to, prim_func, replace_body
+from schedules.tir_build import load_f32, parallel_rows, prim_func, replace_body, store_run
 from sdcompile.kernels.linear import activation
 from sdcompile.kernels.spec import KernelSpec
 
@@ -30,27 +30,18 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
     M, F = int(spec.attr("M")), int(spec.attr("F"))
-    rows = max(1, min(M, TASK_VALUES // F))
 
     def emit(bufs) -> None:
         x, y = bufs["x"], bufs["y"]
 
-        def gated(m, c):
-            v = load_f32(x, [m, T.Ramp(c, 1, 16)], 16)
-            return T.bind(v * activation("gelu", load_f32(x, [m, T.Ramp(F + c, 1, 16)], 16)))
+        def row(m) -> None:
+            def gated(c):
+                v = load_f32(x, [m, T.Ramp(c, 1, 16)], 16)
+                return v * activation("gelu", load_f32(x, [m, T.Ramp(F + c, 1, 16)], 16))
 
-        with T.parallel(0, -(-M // rows)) as t:
-            with T.serial(0, rows) as r:
-                m = T.bind(t * rows + r)
-                with T.If(m < M):
-                    with T.Then():
-                        if y.dtype != "float32" and F % 32 == 0:  # 16-bit y: 32 values per store
-                            with T.serial(0, F // 32) as c:
-                                pair = narrow_pair(y, gated(m, 32 * c), gated(m, 32 * c + 16))
-                                T.buffer_store(y, pair, [m, T.Ramp(32 * c, 1, 32)])
-                        else:
-                            with T.serial(0, F // 16) as c:
-                                T.buffer_store(y, narrow_to(y, gated(m, 16 * c), 16), [m, T.Ramp(16 * c, 1, 16)])
+            store_run(y, lambda c, lanes: [m, T.Ramp(c, 1, lanes)], F, gated)
+
+        parallel_rows(M, F, TASK_VALUES, row)
 
     return prim_func(spec, params, emit)
 

@@ -42,11 +42,10 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.tir_build import (
     load_f32,
-    narrow_pair,
-    narrow_to,
     prim_func,
     replace_body,
     splat,
+    store_run,
     vector_regs,
     vload,
     vstore,
@@ -168,20 +167,15 @@ class _GroupNorm:
         x, beta, y = self.bufs["x"], self.bufs["beta"], self.bufs["y"]
 
         def body(b, n0, n1, task) -> None:
-            def one(p, c):
-                xv = load_f32(x, [b, n0 + p, T.Ramp(c, 1, 16)], 16)
-                at = b * self.C + c
-                u = (xv - vload(mean, at, 16)) * vload(scale, at, 16) + vload(beta, c, 16)
-                return T.bind(activation(self.act, u))
-
             with T.serial(0, n1 - n0) as p:
-                if y.dtype == "float32" or self.V % 2:
-                    with T.serial(0, self.V) as v:
-                        T.buffer_store(y, narrow_to(y, one(p, 16 * v), 16), [b, n0 + p, T.Ramp(16 * v, 1, 16)])
-                else:  # 16-bit y: 32 values per store, whole cache lines (``narrow_pair``)
-                    with T.serial(0, self.V // 2) as v:
-                        pair = narrow_pair(y, one(p, 32 * v), one(p, 32 * v + 16))
-                        T.buffer_store(y, pair, [b, n0 + p, T.Ramp(32 * v, 1, 32)])
+
+                def one(c):
+                    xv = load_f32(x, [b, n0 + p, T.Ramp(c, 1, 16)], 16)
+                    at = b * self.C + c
+                    return activation(self.act, (xv - vload(mean, at, 16)) * vload(scale, at, 16) + vload(beta, c, 16))
+
+                # a 16-bit y 32 values per store, whole cache lines (``store_run``)
+                store_run(y, lambda c, lanes: [b, n0 + p, T.Ramp(c, 1, lanes)], self.C, one)
 
         self.pixels(body)
 

@@ -20,12 +20,12 @@ from tvm.script.ir_builder import tirx as T
 from schedules.tir_build import (
     hsum,
     load_f32,
-    narrow_pair,
-    narrow_to,
+    parallel_rows,
     prim_func,
     reduce_vectors,
     replace_body,
     splat,
+    store_run,
     vector_regs,
     vload,
     vstore,
@@ -43,7 +43,6 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
     M, D, eps = int(spec.attr("M")), int(spec.attr("D")), float(spec.attr("eps"))
-    rows = max(1, min(M, TASK_VALUES // D))
     groups = D // (16 * SUMS)
 
     def emit(bufs) -> None:
@@ -52,7 +51,7 @@ def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
         def vec(m, c):
             return load_f32(x, [m, T.Ramp(c, 1, 16)], 16)
 
-        def row_sum(m, term):
+        def row_sum(term):
             """sum over the row of term(vector at c), in SUMS partial sums, as a scalar."""
             acc = vector_regs(SUMS)
             for s in range(SUMS):
@@ -63,31 +62,23 @@ def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
             total = reduce_vectors([vload(acc, 16 * s, 16) for s in range(SUMS)], lambda a, b: a + b)
             return T.bind(hsum(total, 16))
 
-        with T.parallel(0, -(-M // rows)) as t:
-            with T.serial(0, rows) as r:
-                m = T.bind(t * rows + r)
-                with T.If(m < M):
-                    with T.Then():
-                        mean = T.bind(row_sum(m, lambda c: vec(m, c)) * T.float32(1.0 / D))
-                        mv = T.bind(T.Broadcast(mean, 16))
+        def row(m) -> None:
+            mean = T.bind(row_sum(lambda c: vec(m, c)) * T.float32(1.0 / D))
+            mv = T.bind(T.Broadcast(mean, 16))
 
-                        def sq(c):
-                            d = T.bind(vec(m, c) - mv)
-                            return d * d
+            def sq(c):
+                d = T.bind(vec(m, c) - mv)
+                return d * d
 
-                        var = row_sum(m, sq) * T.float32(1.0 / D)
-                        rstd = T.bind(T.Broadcast(T.float32(1.0) / T.sqrt(var + T.float32(eps)), 16))
+            var = row_sum(sq) * T.float32(1.0 / D)
+            rstd = T.bind(T.Broadcast(T.float32(1.0) / T.sqrt(var + T.float32(eps)), 16))
 
-                        def out(c):
-                            return T.bind((vec(m, c) - mv) * rstd * vload(gamma, c, 16) + vload(beta, c, 16))
+            def out(c):
+                return (vec(m, c) - mv) * rstd * vload(gamma, c, 16) + vload(beta, c, 16)
 
-                        if y.dtype != "float32":  # 16-bit y: 32 values per store
-                            with T.serial(0, D // 32) as c:
-                                pair = narrow_pair(y, out(32 * c), out(32 * c + 16))
-                                T.buffer_store(y, pair, [m, T.Ramp(32 * c, 1, 32)])
-                        else:
-                            with T.serial(0, D // 16) as c:
-                                T.buffer_store(y, narrow_to(y, out(16 * c), 16), [m, T.Ramp(16 * c, 1, 16)])
+            store_run(y, lambda c, lanes: [m, T.Ramp(c, 1, lanes)], D, out)
+
+        parallel_rows(M, D, TASK_VALUES, row)
 
     return prim_func(spec, params, emit)
 

@@ -142,6 +142,30 @@ def narrow_pair(buf, v0, v1):
     return shuffle([T.bind(narrow(v0, dtype, 16)), T.bind(narrow(v1, dtype, 16))], range(32))
 
 
+def store_run(y, at, width: int, value) -> None:
+    """Store ``width`` consecutive values of ``y`` (a multiple of 16): value(c), an f32x16, for the 16 from c on, at
+    index ``at(c, lanes)``, rounded to y's storage. A 16-bit y whose width holds whole 32-value runs takes two
+    vectors per store (``narrow_pair``: whole 64-byte lines), any other 16 at a time."""
+    if y.dtype != "float32" and width % 32 == 0:
+        with T.serial(0, width // 32) as c:
+            T.buffer_store(y, narrow_pair(y, T.bind(value(32 * c)), T.bind(value(32 * c + 16))), at(32 * c, 32))
+    else:
+        with T.serial(0, width // 16) as c:
+            T.buffer_store(y, narrow_to(y, T.bind(value(16 * c)), 16), at(16 * c, 16))
+
+
+def parallel_rows(M: int, width: int, task_values: int, body) -> None:
+    """body(m) for each row m < M, in parallel tasks of whole rows, at least ``task_values`` values (rows of
+    ``width``) per task where M allows: fewer cost more in thread wake-ups than they save."""
+    rows = max(1, min(M, task_values // width))
+    with T.parallel(0, -(-M // rows)) as t:
+        with T.serial(0, rows) as r:
+            m = T.bind(t * rows + r)
+            with T.If(m < M):
+                with T.Then():
+                    body(m)
+
+
 def store_output(bufs: dict, act: str, m, n, v) -> None:
     """y[m, n] = act(v + bias[n]) + res[m, n], the fused epilogue (each part where the spec has it), rounded to
     y's storage dtype."""

@@ -26,7 +26,7 @@ from sdcompile.passes.context import PassContext
 ACT_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
-def _view_groups(g: Graph) -> dict[str, str]:
+def view_groups(g: Graph) -> dict[str, str]:
     """Each value's representative among the values that may share its memory through view ops."""
     parent: dict[str, str] = {}
 
@@ -67,7 +67,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         rep.setdefault("functions_kept_f32", {})[g.meta.get("function", "?")] = g.meta["act_f16_overflows"]
         return g
     g = g.copy()
-    group = _view_groups(g)
+    group = view_groups(g)
     pinned = {group[v] for v in g.inputs + g.outputs}
     changed = kept = 0
     for v in g.values.values():

@@ -18,8 +18,8 @@ and multiply int8 activations quantized per 32 values as ggml's q8_0 (``schedule
 per instruction, about twice the error of bf16 products), where 16 or more rows, N in whole vectors and a conv's
 channels in whole vectors let the kernel take them — but not the 3x3 convs the Winograd kernel takes over
 ``cpu_winograd.OVER_INT8_PIXELS["cpu_vnni"]`` pixels (a VAE's 128x128 to 512x512 levels): with the weights decoded
-to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they keep f32 products (``kept_f32``). Float weights there get bf16 products only where vdpbf16ps is
-fast, else stay f32 with the reason. With AMX-BF16, every ``attention`` node
+to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they keep f32 products (``kept_f32``).
+Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16

@@ -13,7 +13,7 @@ output before a conv, a layer norm's before q, k and v, the projections' before 
 output projection) is written and read in half the memory traffic, and takes half its slot in the memory plan.
 
 Kept f32: a value any other kernel reads (a residual, a norm's input, an f32 GEMM), the function's inputs and
-outputs, and any value sharing memory with another through a view (``act_dtype._view_groups``). It only applies
+outputs, and any value sharing memory with another through a view (``act_dtype.view_groups``). It only applies
 where ``--compute bf16`` marked nodes (``passes/mma.py``) and activations are still f32 (``--act-type f32``; with
 f16 storage a reader's rounding of an f16 value is a second rounding, not the same bits). The report counts the
 values and the bytes they no longer take (``values``, ``bytes_saved``).
@@ -21,8 +21,11 @@ values and the bytes they no longer take (``values``, ``bytes_saved``).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 from sdcompile.ir import Graph
-from sdcompile.passes.act_dtype import _view_groups
+from sdcompile.passes.act_dtype import view_groups
 from sdcompile.passes.context import PassContext
 
 
@@ -34,20 +37,18 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     from sdcompile.codegen.plan import node_spec
 
     info = CpuInfo()
-    group = _view_groups(g)
-    sizes: dict[str, int] = {}
-    for root in group.values():
-        sizes[root] = sizes.get(root, 0) + 1
+    group = view_groups(g)
+    sizes = Counter(group.values())  # values per view group
     signature = set(g.inputs + g.outputs)
     readers = g.consumers()
-    rounded: dict[int, frozenset[str]] = {}  # per node: the names of the inputs its kernel rounds to bf16
+    rounded: dict[int, frozenset[int]] = {}  # per node: the positions of the inputs its kernel rounds to bf16
 
-    def rounds(n) -> frozenset[str]:
+    def rounds(n) -> frozenset[int]:
         if id(n) not in rounded:
             spec = node_spec(g, n)
             names = [p.name for p in spec.params if p.kind != "lut"]  # in the node's order: inputs, then outputs
             by_name = schedules.cpu_rounds_to_bf16(spec, info)
-            rounded[id(n)] = frozenset(str(i) for i, name in enumerate(names) if name in by_name)
+            rounded[id(n)] = frozenset(i for i, name in enumerate(names) if name in by_name)
         return rounded[id(n)]
 
     chosen = []
@@ -55,19 +56,14 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if v.kind != "activation" or v.dtype != "float32" or v.name in signature or sizes[group[v.name]] > 1:
             continue
         uses = readers.get(v.name, [])
-        if uses and all(str(i) in rounds(n) for n in uses for i, name in enumerate(n.inputs) if name == v.name):
+        if uses and all(i in rounds(n) for n in uses for i, name in enumerate(n.inputs) if name == v.name):
             chosen.append(v)
     if not chosen:
         return g
     g = g.copy()
-    saved = 0
     for v in chosen:
         g.values[v.name].dtype = "bfloat16"
-        n = 1
-        for d in v.shape:
-            n *= d
-        saved += 2 * n
     rep = ctx.report.setdefault("round_early", {"values": 0, "bytes_saved": 0})
     rep["values"] += len(chosen)
-    rep["bytes_saved"] += saved
+    rep["bytes_saved"] += sum(2 * math.prod(v.shape) for v in chosen)  # 4 bytes a value -> 2
     return g
