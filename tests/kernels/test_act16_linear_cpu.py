@@ -17,8 +17,15 @@ CODE = {"float16": "h", "bfloat16": "b"}
 # (M, N, K, weight type): GEMV rows, AMX rows, and a type no integer path takes (the TE schedule)
 SHAPES = [(2, 64, 256, "q8_0"), (2, 64, 512, "q4_k"), (40, 64, 256, "q8_0"), (40, 64, 512, "q4_k"), (40, 48, 96, "f16")]
 PAIRS = []
-# ... and the AMX-BF16 products (--compute bf16), whose vector epilogue rounds to the storage type itself
-MMA = [(40, 48, 96, "f16", "bf16"), (33, 32, 64, "f32", "bf16")]
+# ... and the AMX-BF16 products (--compute bf16), whose vector epilogue rounds to the storage type itself; by rows
+# (cpu_amx_bf16.BY_ROWS_FROM) with 4 units of 32 columns, taken two side by side (``Y16_UNITS``) down 5 groups of rows
+# (the last one short), and with 3 units (an odd count: one at a time)
+MMA = [
+    (40, 48, 96, "f16", "bf16"),
+    (33, 32, 64, "f32", "bf16"),
+    (1100, 128, 64, "f16", "bf16"),
+    (1040, 96, 64, "bf16", "bf16"),
+]
 for m, n, k, t, *mma in [(*s, None) for s in SHAPES] + MMA:
     base = {"M": m, "N": n, "K": k, "wtype": t, "bias": True, "residual": True, "act": "silu"}
     if mma[0]:

@@ -102,6 +102,13 @@ def test_dispatch():
     # past X_SLICE_BYTES of x with several pairs: K in slices, each unit's tiles decoded per slice
     assert [(g.slices, g.KCS, g.MT2 // 2) for g in tiled if g.slices > 1 and not g.by_rows] == [(2, 65, 5)]
     assert not any(g.q8_chunks for g in rows)
+    # by rows, a 16-bit y: two units side by side per pair of x tiles where the unit count allows (Y16_UNITS)
+    y16 = {"M": 1100, "K": 64, "wtype": "f16", "bias": True, "residual": False, "act": "none", "mma": "bf16"}
+    ub = [
+        cpu_amx_bf16._Bf16Gemm(KernelSpec.make("linear", **y16, N=n, **dt), {}).UB
+        for n, dt in [(128, {"dt": "bb"}), (128, {}), (96, {"dt": "bb"})]
+    ]
+    assert ub == [cpu_amx_bf16.Y16_UNITS, 1, 1]
 
     for bf, f32 in PAIRS:
         assert cpu_amx_bf16.applicable(bf, 16, True) and not cpu_amx_bf16.applicable(f32, 16, True)
