@@ -14,7 +14,8 @@ storage type) runs on whole vectors of 16 consecutive outputs.
 - **By rows** (M >= ``BY_ROWS_FROM``: image tokens, conv pixels). The weights are decoded once per call into a
   panel of B operands (in blocks of ``PANEL_BYTES``, in parallel), then each parallel chunk takes groups of up to
   256 rows of x (``A_GROUP_BYTES`` of A operands, so a group stays in L2), prepares a group (a conv gathers its
-  patches one tap at a time: one bounds check, then the tap's channels) and runs every weight unit over it. x is
+  patches one tap at a time: one bounds check, then the tap's channels) and runs every weight unit over it (a unit
+  down the group's rows, or with a 16-bit y two units side by side: ``Y16_UNITS``). x is
   read once per panel block, outputs are written whole rows at a time, and nothing of size M x K is stored: the
   loop nest by weights, on SD's 64x64 latents, wrote and re-read a 47 MB operand matrix per 3x3 conv and wrote
   its outputs in 128-byte column strips, both at memory speed (``benchmarks/gemm_amx.py``: 2x on the VAE's convs).
