@@ -30,7 +30,7 @@ two int8 halves, exact int32 sums): ``sdcompile/kernels/linear_amx.py``. Per cal
     per 32) are 16 or 8 f32 multiply-adds per row and super-block on the stored ``dx * sum(xq)``.
   Both loops are software-pipelined by one step: the products of step i + 1 are issued before the sums of step i
   are read back, as tile stores do not forward to vector loads, which wait for the store to finish. The epilogue
-  (bias, activation, residual) runs per output.
+  (bias, activation, residual) runs on the tile's 16 rows of 16 outputs, transposed from its sums in registers.
 
 AMX is switched on per process by the kernel itself (``arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)``: Linux keeps
 the 8 KiB of tile state out of threads that did not ask); each task loads the tile configuration, which is per
@@ -58,7 +58,8 @@ from schedules.tir_build import (
     replace_body,
     shuffle,
     splat,
-    store_output,
+    store_output_vec,
+    transpose16,
     vconst,
     vload,
     vstore,
@@ -302,14 +303,13 @@ class _Gemm:
         if self.mins:  # dx * sum(xq) per MG: [MT][K / MG][16]
             self.xm = T.alloc_buffer((MT * self.NM * 16,), "float32")
         # per chunk: the weight panel (super: high then low bytes), its scales (q4_k: and offsets), the C tiles'
-        # landing place (two slots), one y tile
+        # landing place (two slots)
         self.psize = (2 if self.super else 1) * A.TILE * K
         self.panel = T.alloc_buffer((CH * self.psize,), "int8")
         self.wsc = T.alloc_buffer((CH * NG * A.TILE,), "float32")
         if self.mins:
             self.wmin = T.alloc_buffer((CH * self.NM * A.TILE,), "float32")
         self.cbuf = T.alloc_buffer((CH * 2 * 4 * 256,), "int32")
-        self.ybuf = T.alloc_buffer((CH * 256,), "float32")
         self.cfg = T.alloc_buffer((64,), "uint8")
 
         def block(m0) -> None:
@@ -419,15 +419,13 @@ class _Gemm:
                 _pipeline(self.NG, lambda u, s: self.super_products(u, mt, s), lambda u, s: self.super_scale(u, mt, s))
             else:
                 _pipeline(self.NG, lambda g, s: self.block_products(g, mt, s), lambda g, s: self.block_scale(g, mt, s))
-            yb = c * 256
-            for r in range(16):
-                vstore(self.ybuf, yb + 16 * r, vload(self.facc[r], 0, 16), 16)
-            with T.serial(0, 16) as r:
-                with T.serial(0, 16) as lane:
-                    m = m0 + lane
-                    with T.If(m < self.M):
-                        with T.Then():
-                            store_output(self.bufs, self.act, m, nt * 16 + r, self.ybuf[yb + 16 * r + lane])
+            # the sums are y^T (facc[r]: output column nt 16 + r over the tile's 16 rows): transposed in registers
+            # into the tile's rows of 16 columns, each through the vector epilogue. One value at a time (a scalar
+            # bias, activation and store each, 256 a tile) this took longer than the tile's products at K 320.
+            for i, v in enumerate(transpose16([vload(self.facc[r], 0, 16) for r in range(16)])):
+                with T.If(m0 + i < self.M):
+                    with T.Then():
+                        store_output_vec(self.bufs, self.act, m0 + i, nt * 16, v)
 
     # -- decoding into the panel --
 

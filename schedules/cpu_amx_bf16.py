@@ -104,6 +104,7 @@ from schedules.tir_build import (
     splat,
     store_output_pair,
     store_output_vec,
+    transpose16,
     vload,
     vstore,
 )
@@ -637,7 +638,7 @@ class _Bf16Gemm:
                     for row in ((u * self.NB + j) * 16 + r for r in range(16))
                 ]
                 at = pbase + (j * self.KS + s) * 256
-                for p, vec in enumerate(_transpose16(rows)):
+                for p, vec in enumerate(transpose16(rows)):
                     vstore(self.panel, at + p * 16, vec, 16)
 
 
@@ -661,29 +662,6 @@ def _pipeline_dynamic(n, issue, finish) -> None:
         with T.If(2 * p + 1 < n):
             with T.Then():
                 finish(2 * p + 1, 1)
-
-
-def _transpose16(rows: list) -> list:
-    """The 16 x 16 transpose of 16 vectors of 16 words (``butterfly``, four rounds)."""
-    return butterfly(rows, (8, 4, 2, 1))
-
-
-def butterfly(rows: list, rounds) -> list:
-    """Rounds of a register transpose: in round h, vectors r and r + h (bit h of r clear) swap their off-diagonal
-    h x h blocks, each new vector one two-source shuffle, each round bound once. Rounds 8, 4, 2, 1 transpose 16
-    vectors of 16 words; rounds 4, 2, 1 over 8 vectors transpose both 8 x 8 halves of their lanes at once."""
-    v = list(rows)
-    for h in rounds:
-        nxt = list(v)
-        for r in range(len(v)):
-            if r & h:
-                continue
-            lo = [c if not c & h else 16 + c - h for c in range(16)]
-            hi = [c + h if not c & h else 16 + c for c in range(16)]
-            nxt[r] = T.bind(shuffle([v[r], v[r + h]], lo))
-            nxt[r + h] = T.bind(shuffle([v[r], v[r + h]], hi))
-        v = nxt
-    return v
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

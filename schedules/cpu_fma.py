@@ -73,7 +73,6 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules import quant_vec
 from schedules.cpu_amx import over_row_blocks, over_taps, row_blocks, target_has, x_vector
-from schedules.cpu_amx_bf16 import _transpose16
 from schedules.tir_build import (
     end_sums,
     float_weight,
@@ -84,6 +83,7 @@ from schedules.tir_build import (
     start_sums,
     store_output,
     store_output_vec,
+    transpose16,
     vector_regs,
     vload,
     vstore,
@@ -315,7 +315,7 @@ class _FmaGemm:
     def _pack_block(self, panel, at, row0, v) -> None:
         source = self._xvec if self.swap else lambda row, k: self._wvec(row, k, 16)
         rows = [T.bind(source(row0 + r, 16 * v)) for r in range(16)]
-        for p, vec in enumerate(_transpose16(rows)):
+        for p, vec in enumerate(transpose16(rows)):
             vstore(panel, at + p * self.NR, vec, 16)
 
     def _pack_tail(self, panel, at, row0) -> None:

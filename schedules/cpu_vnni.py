@@ -37,8 +37,8 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import chunking, over_chunks, over_taps, target_has, x_vector
-from schedules.cpu_amx_bf16 import butterfly
 from schedules.tir_build import (
+    butterfly,
     end_sums,
     f16_to_f32,
     last_pass,

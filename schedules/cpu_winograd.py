@@ -53,13 +53,13 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules import cpu_fma
-from schedules.cpu_amx_bf16 import _transpose16
 from schedules.tir_build import (
     load_f32,
     prim_func,
     replace_body,
     splat,
     store_output_vec,
+    transpose16,
     vector_regs,
     vload,
     vstore,
@@ -251,7 +251,7 @@ class _WinogradConv(cpu_fma._FmaGemm):
                     vstore(scratch, (xi * 16 + r) * 16, v, 16)
             with T.serial(0, self.XI) as xi:
                 rows = [T.bind(vload(scratch, (xi * 16 + r) * 16, 16)) for r in range(16)]
-                for p, vec in enumerate(_transpose16(rows)):
+                for p, vec in enumerate(transpose16(rows)):
                     at = ((ul * self.XI + xi) * self.C + 16 * cv + p) * self.NR + 16 * j
                     vstore(panel, at, vec, 16)
 

@@ -49,6 +49,29 @@ def reduce_tree(v, lanes: int, op):
     return v
 
 
+def butterfly(rows: list, rounds) -> list:
+    """Rounds of a register transpose: in round h, vectors r and r + h (bit h of r clear) swap their off-diagonal
+    h x h blocks, each new vector one two-source shuffle, each round bound once. Rounds 8, 4, 2, 1 transpose 16
+    vectors of 16 words; rounds 4, 2, 1 over 8 vectors transpose both 8 x 8 halves of their lanes at once."""
+    v = list(rows)
+    for h in rounds:
+        nxt = list(v)
+        for r in range(len(v)):
+            if r & h:
+                continue
+            lo = [c if not c & h else 16 + c - h for c in range(16)]
+            hi = [c + h if not c & h else 16 + c for c in range(16)]
+            nxt[r] = T.bind(shuffle([v[r], v[r + h]], lo))
+            nxt[r + h] = T.bind(shuffle([v[r], v[r + h]], hi))
+        v = nxt
+    return v
+
+
+def transpose16(rows: list) -> list:
+    """The 16 x 16 transpose of 16 vectors of 16 words (``butterfly``, four rounds)."""
+    return butterfly(rows, (8, 4, 2, 1))
+
+
 def reduce_vectors(vs: list, op):
     """``op`` over the vectors lane by lane, pairwise (an odd one out passes to the next level)."""
     while len(vs) > 1:
