@@ -146,7 +146,7 @@ X_SLICE_BYTES = 1 << 20
 PART_BYTES = 1 << 20
 # by rows with a 16-bit y (two weight tiles a unit): consecutive jobs take this many units side by side for a pair
 # of x tiles before moving down the group's rows, so each job's rows of y get 128 bytes, not one 64-byte line, per
-# visit. One unit at a time, 2 threads, 8192 x 320 -> 2560 with a bf16 y took 12.1-12.9 ms against 8.1-8.7 with an f32
+# visit. One unit at a time, 2 threads, 8192 x 320 -> 2560 with a bf16 y took 11.5-12.9 ms against 8.1-9.5 with an f32
 # one; two at a time 6.4-7.7 ms (1.6-1.8x; 1280 columns 1.17-1.26x, 2048 x 640 -> 5120 1.19-1.4x, 320 and 640
 # columns and the convs level). An f32 y (128 bytes a row already) measured 0.8-0.9x at 2560 columns that way, so it
 # keeps one unit.
@@ -220,7 +220,7 @@ class _Bf16Gemm:
             self.jobs = self.UPB * self.RG // 32  # tile jobs per chunk between slices
             # jobs down the group's rows Y16_UNITS units at a time where y is 16-bit (every panel block's unit
             # count a multiple of it), else one
-            y16 = self.NB == 2 and next(p.dtype for p in spec.params if p.name == "y") != "float32"
+            y16 = self.NB == 2 and spec.param("y").dtype != "float32"
             self.UB = Y16_UNITS if y16 and self.UPB % Y16_UNITS == 0 and self.NU % Y16_UNITS == 0 else 1
         else:
             # rows of x per block (cpu_amx.X_BLOCK_BYTES; bf16 operands, 2 bytes a value), a multiple of 32: x tiles
