@@ -46,14 +46,17 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import over_row_blocks, row_blocks, target_has, x_vector
 from schedules.tir_build import (
-    cvt_bf16x32,
+    bcast,
+    bf16_words,
+    dot_bf16_words,
     float_weight,
+    importing_bf16_words,
     load_f32,
     prim_func,
     replace_body,
-    shuffle,
     splat,
     store_output_vec,
+    transpose16,
     vector_regs,
     vload,
     vstore,
@@ -64,7 +67,6 @@ TYPES = ("f32", "f16", "bf16")  # weight types whose values bf16 holds after one
 # inputs rounded to bf16 (nearest even) before any other use: stored in bf16 by the producer, they give the same bits
 # (``passes/round_early.py``)
 ROUNDS_TO_BF16 = ("x",)
-DOT = "llvm.x86.avx512bf16.dpbf16ps.512"  # (acc f32x16, a bf16x32, b bf16x32) -> acc + pairwise products
 # rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
 MR_BY_NB = {4: 6, 3: 8, 2: 12, 1: 16}
 TASKS = 16  # parallel tasks to aim for: a few per thread, so uneven ones still balance
@@ -87,15 +89,6 @@ def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 2 == 0 and target_has_bf16_dot()
 
 
-def _cvt(hi, lo):
-    """``tir_build.cvt_bf16x32``, bound: the bf16 vector flows through a variable into ``vdpbf16ps`` as is."""
-    return T.bind(cvt_bf16x32(hi, lo))
-
-
-def _dot(acc, a, b):
-    return T.call_llvm_pure_intrin("float32x16", DOT, acc, a, b)
-
-
 class _DotGemm:
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.spec, self.bufs = spec, bufs
@@ -103,16 +96,16 @@ class _DotGemm:
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
-        self.KV = -(-self.K // 16)  # 16-value vectors per row of x (the last one zero-padded)
-        self.KR = 16 * self.KV  # prepared row length
-        self.KP = self.K // 2  # pair steps
+        self.KV = -(-self.K // 16)  # 16-value vectors of x per row holding values (the last one zero-padded)
+        self.KR = 32 * -(-self.K // 32)  # prepared row length: whole conversions of 32 values
+        self.KW = self.KR // 2  # bf16 pair words per prepared row: the pair steps
         NT = self.N // 16
         self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
         self.MR = MR_BY_NB[self.NB]
         self.NU = NT // self.NB  # weight units
-        self.MB, self.NBLK = row_blocks(self.M, 4 * self.KR, align=self.MR)
+        self.MB, self.NBLK = row_blocks(self.M, 2 * self.KR, align=self.MR)
         self.MP = self.MB // self.MR  # row panels per block
-        # each unit's row panels split into MS ranges, so that the tasks fill the thread pool; a task re-copies its
+        # each unit's row panels split into MS ranges, so that the tasks fill the thread pool; a task re-packs its
         # weight unit (N_unit x K) for its MP / MS panels (MR MP / MS x N_unit x K products)
         self.MS = max(1, min(self.MP // MIN_PANELS, -(-TASKS // self.NU)))
         self.PPT = -(-self.MP // self.MS)  # row panels per task
@@ -123,14 +116,15 @@ class _DotGemm:
         words = w.shape[0]
         self.wf = T.decl_buffer((words,), "float32", data=w.data)
         self.w16 = T.decl_buffer((words * 2,), "int16", data=w.data)
-        self.xb = T.alloc_buffer((self.MB * self.KR,), "float32")
+        self.xw = T.alloc_buffer((self.MB * self.KW,), "float32")  # x's rows as bf16 pair words
 
         def block(m0) -> None:
             self.m0 = m0  # the block's first row of x
             self.prep()
             self.tiles()
 
-        over_row_blocks(self.NBLK, self.MB, block)
+        with importing_bf16_words():
+            over_row_blocks(self.NBLK, self.MB, block)
 
     # -- activations --
 
@@ -138,30 +132,43 @@ class _DotGemm:
         return T.bind(self.m0 + ml) if self.NBLK > 1 else ml
 
     def prep(self) -> None:
-        x = self.bufs["x"]
+        """Each row of x as bf16 pair words, 32 values per conversion, zeros past K (and in rows past M)."""
         with T.parallel(0, self.MB) as ml:
             m = self._row(ml)
-            with T.serial(0, self.KV) as v:
-                at = ml * self.KR + 16 * v
-                with T.If(m < self.M):
-                    with T.Then():
-                        if self.conv is not None or self.K % 16 == 0:
-                            vstore(self.xb, at, x_vector(self.conv, x, m, 16 * v), 16)
-                        else:  # a linear's K need not be a multiple of 16: the last vector lane by lane
-                            with T.If(v < self.KV - 1):
-                                with T.Then():
-                                    vstore(self.xb, at, x_vector(None, x, m, 16 * v), 16)
-                                with T.Else():
-                                    self._tail(x, m, at)
-                    with T.Else():
-                        vstore(self.xb, at, splat(0.0, "float32", 16), 16)
+            v32 = vector_regs(2)
+            with T.serial(0, self.KW // 16) as g:
+                for h in range(2):
+                    self._vector(m, 2 * g + h, v32, 16 * h)
+                vstore(self.xw, ml * self.KW + 16 * g, bf16_words(vload(v32, 16, 16), vload(v32, 0, 16)), 16)
 
-    def _tail(self, x, m, at) -> None:
-        """x[m, K - K % 16:] then zeros, at ``at``."""
+    def _vector(self, m, v, dst, at) -> None:
+        """x[m, 16 v : 16 v + 16] as f32 into dst[at:], zeros past K and for rows past M."""
+        x = self.bufs["x"]
+
+        def values() -> None:
+            if self.conv is not None or self.K % 16 == 0:
+                vstore(dst, at, x_vector(self.conv, x, m, 16 * v), 16)
+            else:  # a linear's K need not be a multiple of 16: the last vector lane by lane
+                with T.If(v < self.KV - 1):
+                    with T.Then():
+                        vstore(dst, at, x_vector(None, x, m, 16 * v), 16)
+                    with T.Else():
+                        self._tail(x, m, dst, at)
+
+        zeros = splat(0.0, "float32", 16)
+        padded = self.KR // 16 > self.KV  # one vector past the values, whole zeros
+        with T.If(tirx.all(m < self.M, v < self.KV) if padded else m < self.M):
+            with T.Then():
+                values()
+            with T.Else():
+                vstore(dst, at, zeros, 16)
+
+    def _tail(self, x, m, dst, at) -> None:
+        """x[m, K - K % 16:] then zeros, into dst[at:]."""
         k0 = 16 * (self.KV - 1)
         for i in range(16):
             v = load_f32(x, [m, k0 + i]) if k0 + i < self.K else T.float32(0)
-            T.buffer_store(self.xb, v, [at + i])
+            T.buffer_store(dst, v, [at + i])
 
     # -- weights --
 
@@ -170,26 +177,40 @@ class _DotGemm:
         return float_weight(self.wtype, self.wf, self.w16, row * self.K + k, lanes)
 
     def pack(self, panel, u) -> None:
-        """The unit's weight rows into ``panel``: step p, vector j, output r holds W[row, 2p], W[row, 2p + 1] at
-        ((p NB + j) 16 + r) 2, row = 16 (NB u + j) + r; zeros past K."""
-        nb = self.NB
-        with T.serial(0, nb * 16) as jr:
-            row = u * nb * 16 + jr
-            if self.K // 16:
-                with T.serial(0, self.K // 16) as v:  # 16 values at a time: 8 steps
-                    w = T.bind(self._wvec(row, 16 * v, 16))
-                    for i in range(8):
-                        vstore(panel, ((8 * v + i) * nb * 16 + jr) * 2, shuffle([w], [2 * i, 2 * i + 1]), 2)
-            for p in range(self.K // 16 * 8, self.KR // 2):  # the last, partial vector: pair by pair
-                at = (p * nb * 16 + jr) * 2
-                vstore(panel, at, self._wvec(row, 2 * p, 2) if p < self.KP else splat(0.0, "float32", 2), 2)
+        """The unit's weight rows into ``panel`` as bf16 pair words: step p, vector j, output r holds W[row, 2p],
+        W[row, 2p + 1] at (p NB + j) 16 + r, row = 16 (NB u + j) + r; zeros past K. Per 16 rows and 32 values:
+        one conversion per row (its 16 pair words), then a 16 x 16 register transpose into the 16 steps."""
+        nb, full = self.NB, self.K // 32
+        for j in range(nb):
+            rows = [u * nb * 16 + 16 * j + r for r in range(16)]
+            if full:
+                with T.serial(0, full) as kb:
+                    words = [
+                        T.bind(bf16_words(self._wvec(row, 32 * kb + 16, 16), self._wvec(row, 32 * kb, 16)))
+                        for row in rows
+                    ]
+                    self._store_steps(panel, j, 16 * kb, words)
+            if self.K % 32:  # the last, partial 32 values: through a zero-padded row, value by value
+                v32 = vector_regs(2)
+                words = []
+                for row in rows:
+                    for i in range(32):
+                        k = 32 * full + i
+                        T.buffer_store(v32, self._wvec(row, k, 1) if k < self.K else T.float32(0), [i])
+                    words.append(T.bind(bf16_words(vload(v32, 16, 16), vload(v32, 0, 16))))
+                self._store_steps(panel, j, 16 * full, words)
+
+    def _store_steps(self, panel, j, p0, words) -> None:
+        """16 rows' pair words of steps p0..p0+15 (one vector per row) into the panel: transposed, one per step."""
+        for t, col in enumerate(transpose16(words)):
+            vstore(panel, ((p0 + t) * self.NB + j) * 16, col, 16)
 
     # -- products --
 
     def tiles(self) -> None:
         with T.parallel(0, self.NU * self.MS) as task:
             u = T.bind(task // self.MS)
-            panel = T.alloc_buffer((self.KR // 2 * self.NB * 32,), "float32")
+            panel = T.alloc_buffer((self.KW * self.NB * 16,), "float32")
             self.pack(panel, u)
             with T.serial(0, self.PPT) as t:
                 mp = T.bind((task % self.MS) * self.PPT + t)
@@ -210,34 +231,20 @@ class _DotGemm:
                     for j in range(nb):
                         store_output_vec(self.bufs, self.act, m, (u * nb + j) * 16, vload(acc, 16 * (r * nb + j), 16))
 
-    def _weights(self, panel, p) -> list:
-        """The NB weight vectors of pair step p, as bf16."""
-        at = [(p * self.NB + j) * 32 for j in range(self.NB)]
-        return [_cvt(vload(panel, a + 16, 16), vload(panel, a, 16)) for a in at]
-
-    def _products(self, acc, r, xv, wv) -> None:
-        for j, w in enumerate(wv):
-            i = r * self.NB + j
-            vstore(acc, 16 * i, _dot(vload(acc, 16 * i, 16), xv, w), 16)
-
     def steps(self, panel, mp, acc) -> None:
-        """K in groups of 4 pair steps: per row, its 8 values of the group broadcast to both 256-bit halves and
-        converted once (each 128-bit lane then holds the 4 pairs), and per step a pair broadcast by an in-lane
-        dword shuffle (``vpermilps``; LLVM spills the rows' vectors and shuffles from memory, a load it has ports
-        for). Against converting a broadcast pair per row and step, that is a quarter of the x conversions."""
-        mr = self.MR
-        with T.serial(0, self.KR // 8) as g:
-            xr = []
-            for r in range(mr):
-                v8 = vload(self.xb, (mp * mr + r) * self.KR + 8 * g, 8)
-                a = shuffle([v8, v8], range(16))
-                xr.append(_cvt(a, a))
+        """Per pair step: the NB weight vectors of the panel, and per row its pair word broadcast straight from
+        memory into each product (``vdpbf16ps (mem){1to16}``): MR x NB products against NB loads, no conversion
+        and no shuffle (4 steps per loop iteration)."""
+        mr, nb = self.MR, self.NB
+        with T.serial(0, self.KW // 4) as g:
             for st in range(4):
-                wv = self._weights(panel, 4 * g + st)
-                # bf16 element e of 128-bit lane L: pair st of the lane (the same in every lane)
-                idx = [lane * 8 + 2 * st + e % 2 for lane in range(4) for e in range(8)]
+                p = 4 * g + st
+                wv = [T.bind(vload(panel, (p * nb + j) * 16, 16)) for j in range(nb)]
                 for r in range(mr):
-                    self._products(acc, r, T.bind(shuffle([xr[r]], idx)), wv)
+                    xv = bcast(self.xw[(mp * mr + r) * self.KW + p], 16)
+                    for j, w in enumerate(wv):
+                        i = r * nb + j
+                        vstore(acc, 16 * i, dot_bf16_words(vload(acc, 16 * i, 16), xv, w), 16)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

@@ -97,6 +97,44 @@ def cvt_bf16x32(hi, lo):
     return T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512bf16.cvtne2ps2bf16.512", hi, lo)
 
 
+# bf16 vectors as f32x16 words (each word a pair of bf16, the lower element in the low half). TVM 0.27 has no LLVM
+# type for bf16: an int16x32 load handed to ``vdpbf16ps`` fails LLVM's verifier ("Call parameter type does not match
+# function signature"), and a reinterpret to bfloat16 crashes its code generator. These two functions, linked into
+# the kernel's LLVM module (``pragma_import_llvm``) and always inlined, do the bitcast there, so bf16 data can live
+# in memory as words: loaded as plain vectors, or broadcast a pair at a time, which LLVM folds into the instruction's
+# memory operand (``vdpbf16ps (mem){1to16}``). linkonce_odr: every kernel of a module imports them.
+BF16_WORDS_LLVM = r"""
+define linkonce_odr <16 x float> @sdcompile_dpbf16ps(<16 x float> %acc, <16 x float> %a, <16 x float> %b) alwaysinline {
+  %a1 = bitcast <16 x float> %a to <32 x bfloat>
+  %b1 = bitcast <16 x float> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %a1, <32 x bfloat> %b1)
+  ret <16 x float> %r
+}
+define linkonce_odr <16 x float> @sdcompile_cvtne2ps2bf16(<16 x float> %hi, <16 x float> %lo) alwaysinline {
+  %r = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %hi, <16 x float> %lo)
+  %w = bitcast <32 x bfloat> %r to <16 x float>
+  ret <16 x float> %w
+}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x float>)
+"""
+
+
+def importing_bf16_words():
+    """The frame whose body may call ``dot_bf16_words`` and ``bf16_words`` (their LLVM definitions imported)."""
+    return T.attr(0, "pragma_import_llvm", BF16_WORDS_LLVM)
+
+
+def bf16_words(hi, lo):
+    """``cvt_bf16x32(hi, lo)`` as 16 words of bf16 pairs (f32x16-typed): lo's values in words 0-7, hi's in 8-15."""
+    return T.call_pure_extern("float32x16", "sdcompile_cvtne2ps2bf16", hi, lo)
+
+
+def dot_bf16_words(acc, a, b):
+    """``vdpbf16ps``: acc[i] + a.bf16[2i] b.bf16[2i] + a.bf16[2i+1] b.bf16[2i+1], a and b bf16 pairs as words."""
+    return T.call_pure_extern("float32x16", "sdcompile_dpbf16ps", acc, a, b)
+
+
 def float_weight(wtype: str, wf, w16, at, lanes: int):
     """``lanes`` values of a float weight from element ``at`` on, as f32: its f32 words (``wf``), or its f16 / bf16
     halves (``w16``, the same storage as int16); a bf16 value's bits are the top half of its f32."""
