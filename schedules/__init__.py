@@ -66,7 +66,7 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_bf16_dot.linear
     elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
         rule = cpu_vnni.linear
-    elif cpu_amx.applicable(spec, info.lanes) and not cpu_winograd.over_int8(spec, info.lanes, "cpu_amx"):
+    elif cpu_amx.applicable(spec, info.lanes) and not cpu_winograd.over_products(spec, info.lanes, "cpu_amx"):
         # several rows, a CPU with a tile unit: GEMM on AMX (not a 3x3 conv over many pixels: Winograd)
         rule = cpu_amx.linear
     elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth

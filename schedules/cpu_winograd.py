@@ -85,7 +85,11 @@ MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x
 #   pixels VNNI wins or draws: UNet (batch 2) 64x64 320 -> 320 815-833 / 733-748, 640 -> 320 734-750 / 711-807 (q4_0
 #   733-761 / 699-757), 960 -> 320 552-601 / 670-699; VAE 64x64 x 512 535-545 / 685-711, 64x64 x 256 552-575 /
 #   705-725; 32x32 488-520 / 748-788.
-OVER_INT8_PIXELS = {"cpu_amx": 4096, "cpu_vnni": 16384}
+# pixels per call (B H W) from which this kernel, with f32 products, runs a 3x3 conv faster than the kernel named
+# with its own products: int8 on the tile unit (cpu_amx) or VNNI (cpu_vnni), bf16 on vdpbf16ps (cpu_bf16_dot; AMD
+# Zen 4, 2 threads, f16 weights, alternating: 8,192 pixels 1.58x (SD1.5's UNet 64x64 with guidance, 320 channels),
+# 16,384 1.37x, 65,536 1.8-1.9x; 4,096 0.94x and fewer 0.75-0.9x)
+OVER_PIXELS = {"cpu_amx": 4096, "cpu_vnni": 16384, "cpu_bf16_dot": 8192}
 MIN_CHANNELS = 64  # in and out: with fewer the transforms cost more than the products they save
 GROUP_PANELS = 16  # row panels (of MR tiles) per group at most
 MIN_GROUPS = 2  # groups per call at least: smaller groups read each weight slice for fewer tiles (a UNet 16x16 conv
@@ -142,12 +146,12 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     return shape == (3, 3, 1, (1, 1, 1, 1)) and tiles(a) >= MIN_TILES and min(int(a["C"]), int(a["N"])) >= MIN_CHANNELS
 
 
-def over_int8(spec: KernelSpec, lanes: int, kernel: str) -> bool:
-    """Whether this kernel, where it takes ``spec`` (f32 products), runs it faster than the int8 kernel ``kernel``
-    (``cpu_amx`` or ``cpu_vnni``) would with int8 products: ``OVER_INT8_PIXELS``."""
+def over_products(spec: KernelSpec, lanes: int, kernel: str) -> bool:
+    """Whether this kernel, where it takes ``spec`` (f32 products), runs it faster than ``kernel`` (``cpu_amx``,
+    ``cpu_vnni``: int8 products; ``cpu_bf16_dot``: bf16) would with its own products: ``OVER_PIXELS``."""
     if not applicable(spec, lanes):
         return False
-    return int(spec.attr("B")) * int(spec.attr("H")) * int(spec.attr("W")) >= OVER_INT8_PIXELS[kernel]
+    return int(spec.attr("B")) * int(spec.attr("H")) * int(spec.attr("W")) >= OVER_PIXELS[kernel]
 
 
 def _combine(row, vecs):

@@ -17,9 +17,10 @@ AMX-BF16 that has AVX512_VNNI (Intel since Cascade Lake, AMD Zen 4): they get ``
 and multiply int8 activations quantized per 32 values as ggml's q8_0 (``schedules/cpu_vnni.py``: 64 multiply-adds
 per instruction, about twice the error of bf16 products), where 16 or more rows, N in whole vectors and a conv's
 channels in whole vectors let the kernel take them — but not the 3x3 convs the Winograd kernel takes over
-``cpu_winograd.OVER_INT8_PIXELS["cpu_vnni"]`` pixels (a VAE's 128x128 to 512x512 levels): with the weights decoded
+``cpu_winograd.OVER_PIXELS["cpu_vnni"]`` pixels (a VAE's 128x128 to 512x512 levels): with the weights decoded
 to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they keep f32 products (``kept_f32``).
-Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason. With AMX-BF16, every ``attention`` node
+Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason; even there,
+3x3 convs over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels keep f32 products on Winograd, faster and more exact. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16
@@ -71,7 +72,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         return g
     from schedules.cpu_amx_bf16 import BLOCK_TYPES
     from schedules.cpu_vnni import TYPES as INT8_TYPES
-    from schedules.cpu_winograd import OVER_INT8_PIXELS
+    from schedules.cpu_winograd import OVER_PIXELS
 
     g = g.copy()
     why = set()
@@ -89,7 +90,13 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if n.op not in ("linear", "conv2d"):
             continue
         w = g.values[n.inputs[1]]
-        if get_type(w.dtype).is_float and not no_bf16:
+        if get_type(w.dtype).is_float and not no_bf16 and dot and _winograd_faster(g, n, "cpu_bf16_dot"):
+            rep["kept_f32"] += 1
+            why.add(
+                f"float-weight 3x3 convs over {OVER_PIXELS['cpu_bf16_dot']:,} pixels or more keep f32 products: "
+                "Winograd runs them faster than vdpbf16ps does, and more exactly"
+            )
+        elif get_type(w.dtype).is_float and not no_bf16:
             n.attrs["mma"] = compute
             rep["nodes"] += 1
         elif get_type(w.dtype).is_float:
@@ -100,10 +107,10 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             rep["nodes"] += 1
             rep["quantized"] = rep.get("quantized", 0) + 1
             why.add(f"{'/'.join(BLOCK_TYPES)} weights are decoded to bf16 for the tile unit (one rounding, as f16's)")
-        elif vnni and w.dtype in INT8_TYPES and _winograd_faster(g, n):
+        elif vnni and w.dtype in INT8_TYPES and _winograd_faster(g, n, "cpu_vnni"):
             rep["kept_f32"] += 1
             why.add(
-                f"{'/'.join(INT8_TYPES)} 3x3 convs over {OVER_INT8_PIXELS['cpu_vnni']:,} pixels or more keep f32 "
+                f"{'/'.join(INT8_TYPES)} 3x3 convs over {OVER_PIXELS['cpu_vnni']:,} pixels or more keep f32 "
                 "products: Winograd, with the weights decoded to f32, runs them faster than int8 products, and more "
                 "exactly"
             )
@@ -145,13 +152,14 @@ def _vnni_takes(g: Graph, n) -> bool:
     return cpu_vnni.applicable(node_spec(g, n), 16)
 
 
-def _winograd_faster(g: Graph, n) -> bool:
-    """Whether node ``n`` (not yet marked) runs faster with f32 products on the Winograd kernel than with int8
-    products on VNNI: one table (``cpu_winograd.OVER_INT8_PIXELS``) for this choice and the CPU dispatch's."""
+def _winograd_faster(g: Graph, n, kernel: str) -> bool:
+    """Whether node ``n`` (not yet marked) runs faster with f32 products on the Winograd kernel than with the
+    products of ``kernel`` (``cpu_vnni``: int8, ``cpu_bf16_dot``: bf16): one table (``cpu_winograd.OVER_PIXELS``) for
+    this choice and the CPU dispatch's."""
     from schedules import cpu_winograd
     from sdcompile.codegen.plan import node_spec
 
-    return cpu_winograd.over_int8(node_spec(g, n), 16, "cpu_vnni")
+    return cpu_winograd.over_products(node_spec(g, n), 16, kernel)
 
 
 def _attention_kept(g: Graph, n, tiles: bool) -> str:

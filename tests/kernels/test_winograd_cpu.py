@@ -90,7 +90,7 @@ def test_dispatch():
 
 
 def test_quantized_convs_over_many_pixels_take_winograd():
-    """In f32 mode a quantized 3x3 conv from OVER_INT8_PIXELS pixels per image runs here, not on the int8 tile
+    """In f32 mode a quantized 3x3 conv from OVER_PIXELS pixels per image runs here, not on the int8 tile
     kernel (which took the SD1.5 VAE's q8_0 decode to 2.4x the f16 one); below that, on an AMX CPU, the tile kernel
     keeps it."""
     import schedules

@@ -208,7 +208,7 @@ def _convs(pixels: list[int], wtype: str) -> Graph:
 
 @pytest.mark.parametrize("wtype", ["q8_0", "q4_0"])
 def test_vnni_leaves_convs_over_many_pixels_to_winograd(monkeypatch, wtype):
-    """Without AMX-BF16, a q8_0 / q4_0 3x3 conv over OVER_INT8_PIXELS["cpu_vnni"] pixels or more keeps f32 products
+    """Without AMX-BF16, a q8_0 / q4_0 3x3 conv over OVER_PIXELS["cpu_vnni"] pixels or more keeps f32 products
     (Winograd runs it faster than int8 products on VNNI, and more exactly) and the report says why; a smaller one
     gets int8 products. One table decides this here and in the CPU dispatch."""
     from schedules import cpu_fma, cpu_winograd
@@ -218,7 +218,7 @@ def test_vnni_leaves_convs_over_many_pixels_to_winograd(monkeypatch, wtype):
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
     monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
     monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "AuthenticAMD")
-    side = int(cpu_winograd.OVER_INT8_PIXELS["cpu_vnni"] ** 0.5)
+    side = int(cpu_winograd.OVER_PIXELS["cpu_vnni"] ** 0.5)
     ctx = PassContext(CompileOptions(compute="bf16"))
     g = mma.run(_convs([side, side // 2], wtype), ctx)
     big, small = g.nodes
@@ -229,3 +229,22 @@ def test_vnni_leaves_convs_over_many_pixels_to_winograd(monkeypatch, wtype):
         import schedules
 
         assert schedules.cpu_rule(node_spec(g, big), CpuInfo()) is cpu_winograd.linear
+
+
+def test_bf16_dot_leaves_convs_over_many_pixels_to_winograd(monkeypatch):
+    """Where float weights' bf16 products run on vdpbf16ps (AMD Zen 4), a 3x3 conv over OVER_PIXELS["cpu_bf16_dot"]
+    pixels or more keeps f32 products (Winograd runs it faster, and more exactly) and the report says why; a smaller
+    one gets bf16 products."""
+    from schedules import cpu_winograd
+
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
+    side = int(cpu_winograd.OVER_PIXELS["cpu_bf16_dot"] ** 0.5) + 1
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    g = mma.run(_convs([side, side // 2], "f16"), ctx)
+    big, small = g.nodes
+    assert "mma" not in big.attrs and small.attrs["mma"] == "bf16"
+    rep = ctx.report["mma"]
+    assert rep["kept_f32"] == 1 and rep["nodes"] == 1 and "Winograd runs them faster than vdpbf16ps" in rep["why"]
