@@ -260,11 +260,14 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     text encoder's shape (B1 H12 S77 Dh64), one thread: 2550 -> 250 us, from scalar q.k dot products over Dh, scalar
     row reductions and one libm expf call per score.
     """
-    from schedules import cpu_attention_amx, cpu_attention_fma
+    from schedules import cpu_attention_amx, cpu_attention_dot, cpu_attention_fma
     from sdcompile.codegen.tvm_layer import host_amx_bf16
 
     if cpu_attention_amx.applicable(spec, cpu.lanes, host_amx_bf16()):  # --compute bf16: flash attention on AMX
         cpu_attention_amx.attention(sch, spec, cpu)
+        return
+    if cpu_attention_dot.applicable(spec, cpu.lanes, host_amx_bf16()):  # --compute bf16 without AMX: vdpbf16ps
+        cpu_attention_dot.attention(sch, spec, cpu)
         return
     if cpu_attention_fma.applicable(spec, cpu.lanes):  # f32 products, a UNet's long sequences: FMA flash attention
         cpu_attention_fma.attention(sch, spec, cpu)

@@ -74,6 +74,7 @@ class _AttentionFma(_Attention):
 
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.DP = 16 * -(-int(spec.attr("Dh")) // 16)  # channels per packed row of k, v and q^T
+        self.QROWS = self.DP  # rows of a task's packed q^T: one per channel
         super().__init__(spec, bufs)
         # f32 k and v are read where they are where the rows a head's keys lie in (every head's channels between
         # them) stay in L2 while the head's queries pass; 16-bit ones, or longer key ranges, are packed once per call
@@ -127,23 +128,28 @@ class _AttentionFma(_Attention):
     def pack_q(self, c, bh, q0) -> None:
         """The task's queries transposed: q^T[d][query] (zeros for queries past S), 16 x 16 blocks through
         registers."""
-        q = self.bufs["q"]
         base = c * self.DP * self.QB
         with T.serial(0, self.NQ) as qt:
             for ct in range(self.DC):
-                rows = []
-                for n in range(16):
-                    i = q0 + 16 * qt + n
-                    row = (bh // self.H) * self.S + T.min(i, self.S - 1)
-                    ld = T.bind(_row16(q, row, (bh % self.H) * self.Dh + 16 * ct, min(16, self.Dh - 16 * ct)))
-                    rows.append(T.Select(T.Broadcast(i < self.S, 16), ld, splat(0.0, "float32", 16)))
-                for e, v in enumerate(_transpose16(rows, "float32")):  # channel 16 ct + e of the 16 queries
+                for e, v in enumerate(self.q_columns(bh, q0, qt, ct)):
                     vstore(self.qb, base + (16 * ct + e) * self.QB + 16 * qt, v, 16)
+
+    def q_columns(self, bh, q0, qt, ct) -> list:
+        """Channels 16 ct .. 16 ct + 15 of query tile qt (queries q0 + 16 qt on) of head bh: 16 vectors, each a
+        channel of the 16 queries (zeros for queries past S and channels past Dh), transposed through registers."""
+        q = self.bufs["q"]
+        rows = []
+        for n in range(16):
+            i = q0 + 16 * qt + n
+            row = (bh // self.H) * self.S + T.min(i, self.S - 1)
+            ld = T.bind(_row16(q, row, (bh % self.H) * self.Dh + 16 * ct, min(16, self.Dh - 16 * ct)))
+            rows.append(T.Select(T.Broadcast(i < self.S, 16), ld, splat(0.0, "float32", 16)))
+        return _transpose16(rows, "float32")
 
     def block(self, key0, nkeys: int, masked: bool, q0, first: bool = False) -> None:
         """Keys key0 .. key0 + nkeys - 1 (nkeys a multiple of 16) against the task's 16 NQ queries."""
         c = self.c
-        qbase, sbase = c * self.DP * self.QB, c * self.KB * self.QB
+        qbase, sbase = c * self.QROWS * self.QB, c * self.KB * self.QB
         obase = c * self.DC * self.NQ * 256
         nq = self.NQ
         # a tail block's keys past T: their probabilities are exactly 0 (p.v skips them), their scores masked
@@ -164,15 +170,16 @@ class _AttentionFma(_Attention):
                 qv = [T.bind(vload(self.qb, qbase + d * self.QB + 16 * j, 16)) for j in range(nq)]
                 for r in range(KR):
                     key = key0 + kg * KR + r
-                    kv = T.Broadcast(self.kv("k", key if real == nkeys else T.min(key, self.T - 1), d), 16)  # masked
+                    kv = self.k_operand(key if real == nkeys else T.min(key, self.T - 1), d)  # masked
                     for j in range(nq):
                         i = r * nq + j
-                        vstore(acc, 16 * i, _fma(kv, qv[j], vload(acc, 16 * i, 16)), 16)
+                        vstore(acc, 16 * i, self.mac(vload(acc, 16 * i, 16), kv, qv[j]), 16)
 
-            with T.serial(0, self.Dh // UNROLL) as dd:
+            steps = self.qk_steps()
+            with T.serial(0, steps // UNROLL) as dd:
                 for u in range(UNROLL):
                     step(dd * UNROLL + u)
-            for d in range(self.Dh // UNROLL * UNROLL, self.Dh):
+            for d in range(steps // UNROLL * UNROLL, steps):
                 step(d)
             for r in range(KR):
                 for j in range(nq):
@@ -200,13 +207,13 @@ class _AttentionFma(_Attention):
                 for qt in range(nq):
                     init = splat(0.0, "float32", 16) if first else vload(self.ob, at(e, qt), 16)
                     vstore(acc, 16 * (e * nq + qt), init, 16)
-            with T.serial(0, real) as j:
-                pv = [T.bind(vload(self.sb, sbase + j * self.QB + 16 * qt, 16)) for qt in range(nq)]
+            with T.serial(0, self.pv_steps(real)) as j:
+                pv = [T.bind(self.p_operand(j, qt)) for qt in range(nq)]
                 for e in range(rd):
-                    vv = T.Broadcast(self.kv("v", key0 + j, d0 + e), 16)
+                    vv = self.v_operand(key0, j, d0 + e)
                     for qt in range(nq):
                         i = e * nq + qt
-                        vstore(acc, 16 * i, _fma(vv, pv[qt], vload(acc, 16 * i, 16)), 16)
+                        vstore(acc, 16 * i, self.mac(vload(acc, 16 * i, 16), vv, pv[qt]), 16)
             for e in range(rd):
                 for qt in range(nq):
                     vstore(self.ob, at(e, qt), vload(acc, 16 * (e * nq + qt), 16), 16)
@@ -216,6 +223,32 @@ class _AttentionFma(_Attention):
                 products(g * RD, RD)
         if self.Dh % RD:
             products(self.Dh // RD * RD, self.Dh % RD)
+
+    # -- the products' operands (``cpu_attention_dot`` takes them in bf16 pairs) --
+
+    def qk_steps(self) -> int:
+        """Steps of q.k: one per channel."""
+        return self.Dh
+
+    def k_operand(self, key, d):
+        """k[key, d], broadcast to the 16 queries of a vector."""
+        return T.Broadcast(self.kv("k", key, d), 16)
+
+    def mac(self, acc, a, b):
+        """acc + a b."""
+        return _fma(a, b, acc)
+
+    def pv_steps(self, real):
+        """Steps of p.v over the block's ``real`` keys: one per key."""
+        return real
+
+    def p_operand(self, j, qt):
+        """Probabilities of key j (of the block) for query tile qt."""
+        return vload(self.sb, self.c * self.KB * self.QB + j * self.QB + 16 * qt, 16)
+
+    def v_operand(self, key0, j, d):
+        """v[key0 + j, d], broadcast."""
+        return T.Broadcast(self.kv("v", key0 + j, d), 16)
 
     def store_probs(self, kt, qt, ps: list) -> None:
         """Probabilities stay f32, over their scores."""

@@ -78,7 +78,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     why = set()
     for n in g.nodes:
         if n.op == "attention":
-            kept = _attention_kept(g, n, tiles)
+            kept = _attention_kept(g, n, tiles, dot)
             if kept:
                 rep["kept_f32"] += 1
                 why.add(kept)
@@ -162,12 +162,24 @@ def _winograd_faster(g: Graph, n, kernel: str) -> bool:
     return cpu_winograd.over_products(node_spec(g, n), 16, kernel)
 
 
-def _attention_kept(g: Graph, n, tiles: bool) -> str:
-    """Why attention node ``n`` keeps the f32 kernel, or "" when the bf16 flash attention takes it."""
+def _attention_kept(g: Graph, n, tiles: bool, dot: bool = False) -> str:
+    """Why attention node ``n`` keeps the f32 kernel, or "" when a bf16 flash attention takes it: on the tile unit
+    (``tiles``) or, where vdpbf16ps is fast (``dot``), on the vector unit (``cpu_attention_dot``, which takes what
+    the f32 flash attention would: ``cpu_attention_fma.applicable`` on the spec the node becomes)."""
     from schedules.cpu_attention_amx import MAX_DH
 
-    if not tiles:
-        return "attention keeps the f32 kernel without AMX-BF16 (the bf16 flash attention runs on the tile unit)"
+    if not tiles and not dot:
+        return "attention keeps the f32 kernel without AMX-BF16 or a fast AVX512_BF16"
     if g.values[n.inputs[0]].shape[-1] // int(n.attrs["heads"]) > MAX_DH:
         return f"attention heads wider than {MAX_DH} channels keep the f32 kernel"
+    if not tiles:  # the vdpbf16ps kernel takes what the f32 flash attention would (its own rule, on the spec)
+        from schedules.cpu_attention_fma import MIN_QUERIES
+        from schedules.cpu_attention_fma import applicable as flash_applicable
+        from sdcompile.codegen.plan import node_spec
+
+        n.attrs["mma"] = "bf16"  # the spec the node would become
+        takes = flash_applicable(node_spec(g, n), 16)
+        del n.attrs["mma"]
+        if not takes:
+            return f"attention over fewer than {MIN_QUERIES} queries keeps the f32 kernel without AMX-BF16"
     return ""

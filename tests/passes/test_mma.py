@@ -1,6 +1,6 @@
 """mma: --compute bf16 marks the linear and conv2d nodes with float weights and (with AMX-BF16) the attention nodes
 (heads up to ``cpu_attention_amx.MAX_DH`` channels) for bf16 products (CPU, AMX-BF16 or AVX512_BF16 host), keeps
-quantized weights, wider heads and (without AMX-BF16) every attention node, and says where it has no effect; the
+quantized weights, wider heads and (without AMX-BF16, unless vdpbf16ps is fast) attention, and says where it has no effect; the
 kernels the marks lead to compute in bf16."""
 
 from __future__ import annotations
@@ -74,24 +74,29 @@ def test_attention_marks_and_kept_heads():
     assert (rep["nodes"], rep["attention"], rep["kept_f32"]) == (0, 0, 1) and f"wider than {MAX_DH}" in rep["why"]
 
 
-def test_vector_unit_marks_products_and_keeps_attention(tiny_graph, monkeypatch):
+def test_vector_unit_marks_products_and_attention(tiny_graph, monkeypatch):
     """AVX512_BF16 without AMX-BF16 (AMD Zen 4; Intel with SDCOMPILE_NO_AMX): linear and conv2d get bf16 products
-    on the vector unit, attention keeps the f32 kernel (the bf16 flash attention needs the tiles), and the report
-    counts and says so."""
+    on the vector unit, and so does attention over 64 queries or more (``cpu_attention_dot``); shorter attention
+    keeps the f32 kernel, and the report counts and says so."""
+    from schedules.cpu_attention_fma import MIN_QUERIES
+
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
     monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: False)  # int8 products: the next test
     monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "AuthenticAMD")
     before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc1", "q8_0")])
-    marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16"]
+    marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16" and n.op != "attention"]
     attention = [n for n in g.nodes if n.op == "attention"]
+    long = [n for n in attention if g.values[n.inputs[0]].shape[1] >= MIN_QUERIES]
     quantized = [n for n in g.nodes if n.op == "linear" and "mma" not in n.attrs]
-    assert marked and attention and quantized and all(n.op in ("linear", "conv2d") for n in marked)
+    assert marked and long and quantized and all(n.op in ("linear", "conv2d") for n in marked)
     assert all(g.values[n.inputs[1]].dtype == "q8_0" for n in quantized)
+    assert all(n.attrs.get("mma") == ("bf16" if n in long else None) for n in attention)
     rep = ctx.report["mma"]
-    assert (rep["nodes"], rep["attention"]) == (len(marked), 0)
-    assert rep["kept_f32"] == len(attention) + len(quantized)
-    assert "attention keeps the f32 kernel without AMX-BF16" in rep["why"] and "quantized" in rep["why"]
+    assert (rep["nodes"], rep["attention"]) == (len(marked) + len(long), len(long))
+    assert rep["kept_f32"] == len(attention) - len(long) + len(quantized)
+    assert "quantized" in rep["why"]
+    assert (f"fewer than {MIN_QUERIES} queries" in rep["why"]) == (len(long) < len(attention))
     monkeypatch.undo()
     if tvm_layer.host_avx512_bf16():  # the marks lead to the vdpbf16ps kernel where the tile unit is off
         import schedules
@@ -100,6 +105,9 @@ def test_vector_unit_marks_products_and_keeps_attention(tiny_graph, monkeypatch)
         monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
         assert schedules._host_bf16_dot()
         assert all(cpu_bf16_dot.applicable(node_spec(g, n), 16, True) for n in marked)
+        from schedules import cpu_attention_dot
+
+        assert all(cpu_attention_dot.applicable(node_spec(g, n), 16, False) for n in long)
 
 
 @pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])

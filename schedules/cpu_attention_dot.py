@@ -1,0 +1,166 @@
+"""CPU attention with bf16 products on the vector unit (AVX512_BF16's ``vdpbf16ps``): flash attention for
+``attention`` asking for bf16 products (``mma="bf16"``, ``compile --compute bf16``) on CPUs without the AMX tile unit
+that ``cpu_attention_amx`` needs but with a fast ``vdpbf16ps`` (AMD Zen 4: 32 multiply-adds per instruction, twice
+its f32 FMA rate).
+
+The layout, the online softmax and the loop nest are ``cpu_attention_fma``'s (16 queries in a vector's lanes); the two
+products take pairs instead of single values, as bf16 pair words (``tir_build.bf16_words``):
+
+- **scores^T = K q^T** over pairs of channels: q^T packed per task as words [channel pair][query], k per call as rows
+  of channel-pair words; per pair step, NQ query-word vectors and one broadcast k word per key (straight from memory:
+  ``vdpbf16ps (mem){1to16}``), half the steps of the f32 kernel;
+- **softmax**: f32, as the f32 kernel's; the probabilities are rounded to bf16 as they are stored, two consecutive
+  keys interleaved into one word per query (one ``vcvtne2ps2bf16`` and one ``vpermw`` per 2 x 16 probabilities);
+- **o^T += V^T p^T** over pairs of keys: v packed per call as words [key pair][channel], one broadcast per channel
+  and pair of keys.
+
+Numerics: as ``cpu_attention_amx`` and PyTorch's bf16 scaled-dot-product attention: q, k, v and the probabilities
+rounded to bf16 (nearest even), products and sums in f32, f32 softmax (its row sums over the unrounded
+probabilities), exp2 of degree 4 (the probabilities are rounded to bf16 anyway).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.cpu_amx import over_chunks
+from schedules.cpu_attention_amx import INTERLEAVE, _row16
+from schedules.cpu_attention_fma import _AttentionFma
+from schedules.cpu_attention_fma import applicable as fma_applicable
+from schedules.cpu_bf16_dot import target_has_bf16_dot
+from schedules.tir_build import (
+    bf16_words,
+    cvt_bf16x32,
+    dot_bf16_words,
+    importing_bf16_words,
+    prim_func,
+    replace_body,
+    shuffle,
+    splat,
+    vload,
+    vstore,
+)
+from sdcompile.kernels.spec import KernelSpec
+
+
+def applicable(spec: KernelSpec, lanes: int, host_tiles: bool) -> bool:
+    """An ``attention`` asking for bf16 products that the f32 FMA kernel would take (``cpu_attention_fma``), where the
+    tile unit does not (``host_tiles``: the host has AMX-BF16) and the target has AVX512_BF16."""
+    return spec.attr("mma") == "bf16" and not host_tiles and fma_applicable(spec, lanes) and target_has_bf16_dot()
+
+
+def _pair_words(a, b):
+    """Words (a[i], b[i]) of two f32x16 vectors, rounded to bf16: a's value in each word's lower half."""
+    return T.reinterpret("float32x16", shuffle([cvt_bf16x32(b, a)], INTERLEAVE))
+
+
+class _AttentionDot(_AttentionFma):
+    EXP2 = 4  # the probabilities are rounded to bf16: ``cpu_attention_amx``'s polynomial
+
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        super().__init__(spec, bufs)
+        self.direct = False  # k and v are always packed, as bf16 words
+        self.QROWS = self.DP // 2  # rows of a task's packed q^T: one per channel pair
+        self.KW = 16 * self.DS  # words per packed k row: whole conversions of 32 channels
+        self.NDP = -(-self.Dh // 2)  # channel pairs (q.k steps)
+
+    def kv_bytes(self) -> int:
+        """Every head's packed k and v (bf16)."""
+        return self.H * self.TP * (32 * self.DS + 16 * self.DC) * 2
+
+    def build(self) -> None:
+        BH = self.B * self.H
+        self.kw = T.alloc_buffer((BH * self.TP * self.KW,), "float32")  # k rows: channel-pair words, zeros past T
+        self.vw = T.alloc_buffer((BH * self.TP // 2 * self.DP,), "float32")  # v: [key pair][channel] words
+        self.qb = T.alloc_buffer((self.CH * self.QROWS * self.QB,), "float32")  # q^T: [channel pair][query] words
+        self.sb = T.alloc_buffer((self.CH * self.KB * self.QB,), "float32")  # scores [key][query]
+        self.pw = T.alloc_buffer((self.CH * self.KB // 2 * self.QB,), "float32")  # p^T: [key pair][query] words
+        self.ob = T.alloc_buffer((self.CH * self.DC * self.NQ * 256,), "float32")  # o^T sums
+        self.ml = T.alloc_buffer((self.CH * 2 * self.NQ * 16,), "float32")  # running max, then sum
+        self.bm = T.alloc_buffer((self.CH * self.NQ * 16,), "float32")  # a block's max of raw scores per query
+        with importing_bf16_words():
+            self.prep()
+            over_chunks(self.CH, self.TPC, self.tasks, None, self.task, flush_denormals=True)
+
+    def prep(self) -> None:
+        """k as rows of channel-pair words, v as words of key pairs, both rounded to bf16, zeros past T."""
+        H, Dh, T_ = self.H, self.Dh, self.T
+        zero = splat(0.0, "float32", 16)
+        with T.parallel(0, self.B * H * self.TP // 2) as g:
+            bh = T.bind(g // (self.TP // 2))
+            j0 = T.bind(g % (self.TP // 2) * 2)
+            col = (bh % H) * Dh
+            tiles = {}
+            for e in range(2):
+                j = j0 + e
+                row = (bh // H) * T_ + T.min(j, T_ - 1)
+                real = T.Broadcast(j < T_, 16)
+                for name in ("k", "v"):
+                    for ct in range(self.DC):
+                        ld = T.bind(_row16(self.bufs[name], row, col + 16 * ct, min(16, Dh - 16 * ct)))
+                        tiles[name, e, ct] = T.bind(T.Select(real, ld, zero))
+                krow = (bh * self.TP + j) * self.KW
+                for s in range(self.DS):  # 32 channels per conversion (the last tile's partner may be zeros)
+                    lo = tiles["k", e, 2 * s]
+                    hi = tiles["k", e, 2 * s + 1] if 2 * s + 1 < self.DC else zero
+                    vstore(self.kw, krow + 16 * s, bf16_words(hi, lo), 16)
+            for ct in range(self.DC):
+                vstore(self.vw, g * self.DP + 16 * ct, _pair_words(tiles["v", 0, ct], tiles["v", 1, ct]), 16)
+
+    def pack_q(self, c, bh, q0) -> None:
+        """The task's queries transposed, as words of channel pairs: q^T[channel pair][query] (zeros for queries past
+        S and channels past Dh)."""
+        base = c * self.QROWS * self.QB
+        with T.serial(0, self.NQ) as qt:
+            for ct in range(self.DC):
+                cols = [T.bind(v) for v in self.q_columns(bh, q0, qt, ct)]  # channel 16 ct + e of the 16 queries
+                for i in range(8):
+                    vstore(
+                        self.qb, base + (8 * ct + i) * self.QB + 16 * qt, _pair_words(cols[2 * i], cols[2 * i + 1]), 16
+                    )
+
+    def qk_steps(self) -> int:
+        """Steps of q.k: one per pair of channels."""
+        return self.NDP
+
+    def k_operand(self, key, dp):
+        """The word of k[key] for channel pair dp, broadcast (from memory: ``vdpbf16ps (mem){1to16}``); keys past
+        T are zero rows, their scores masked."""
+        return T.Broadcast(self.kw[(self.bh * self.TP + key) * self.KW + dp], 16)
+
+    def mac(self, acc, a, b):
+        """acc + a.b over the words' pairs."""
+        return dot_bf16_words(acc, a, b)
+
+    def pv_steps(self, real):
+        """Steps of p.v: one per pair of keys (a padded key in the last one: probability 0, v zeros)."""
+        return (real + 1) // 2
+
+    def p_operand(self, kp, qt):
+        """Probabilities of key pair kp (of the block) for query tile qt, as words."""
+        return vload(self.pw, self.c * self.KB // 2 * self.QB + kp * self.QB + 16 * qt, 16)
+
+    def v_operand(self, key0, kp, d):
+        """The word of v's key pair kp (of the block from key0) for channel d, broadcast."""
+        return T.Broadcast(self.vw[((self.bh * self.TP + key0) // 2 + kp) * self.DP + d], 16)
+
+    def store_probs(self, kt, qt, ps: list) -> None:
+        """Probabilities of keys 16 kt .. 16 kt + 15 (of the block) for query tile qt, rounded to bf16: two
+        consecutive keys per word."""
+        pbase = self.c * self.KB // 2 * self.QB
+        for i in range(8):
+            vstore(self.pw, pbase + (8 * kt + i) * self.QB + 16 * qt, _pair_words(ps[2 * i], ps[2 * i + 1]), 16)
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The vdpbf16ps attention PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _AttentionDot(spec, bufs).build())
+
+
+def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the vdpbf16ps flash attention."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["applicable", "attention", "build"]
