@@ -8,35 +8,32 @@ with f32 sums in one instruction, twice the f32 FMA rate on Zen 4 (half of it on
 the job there). Results equal PyTorch's bf16 autocast: operands rounded to bf16 (nearest even), products summed in
 f32.
 
-Operands reach the instruction through ``vcvtne2ps2bf16``, which rounds two f32 vectors to one vector of 32 bf16
-(nearest even; as on every bf16 path of this hardware, oneDNN's included, denormal inputs count as zero). It is
-also the only way to hand LLVM a bf16 vector from TVM 0.27: TVM has no LLVM type for bf16 values (a reinterpret to
-bfloat16 crashes its code generator, and its bf16 legalization turns bf16 call arguments into f32), while the
-conversion intrinsic's declared result is LLVM's ``<32 x bfloat>``, which flows through a bound variable (and LLVM
-shuffles) into ``vdpbf16ps`` as is. So both operands stay f32 in memory and are converted in registers where they
-are used; a bf16 vector cannot be loaded, so the instruction never takes a memory operand.
+Operands are rounded by ``vcvtne2ps2bf16`` (two f32 vectors to 32 bf16, nearest even; as on every bf16 path of
+this hardware, oneDNN's included, denormal inputs count as zero) and kept in memory as bf16 pair words, f32x16-typed
+(``tir_build.bf16_words``): TVM 0.27 has no LLVM type for bf16 values (an int16x32 load handed to the intrinsic
+fails LLVM's verifier; a reinterpret to bfloat16 crashes its code generator), so two always-inlined LLVM functions
+imported into the module (``tir_build.BF16_WORDS_LLVM``) do the bitcasts. A broadcast word then folds into the
+instruction's memory operand (``vdpbf16ps (mem){1to16}``).
 
 Per call, in blocks of rows of x (``cpu_amx.row_blocks``: the prepared rows stay under 64 MiB, so a huge conv
 never holds all its patches):
 
 - **prep** (parallel over rows): x (a conv: its patches, gathered 16 channels at a time by ``cpu_amx.x_vector``,
-  zeros outside the image) as f32 rows of K values padded with zeros to a multiple of 16; rows past M up to a whole
-  row panel are zeros.
+  zeros outside the image) as rows of bf16 pair words, K padded with zeros to a multiple of 32 (one conversion per
+  32 values); rows past M up to a whole row panel are zeros.
 - **tiles** (parallel over (weight unit, range of row panels) tasks, 16 or more panels each, up to ``TASKS``): a
-  task copies its unit of NB x 16 weight rows to f32 in a panel laid out as the instruction reads it, [K/2 pair
-  steps][NB][16 outputs][2 values] (zeros past K), then, for each panel of MR rows of x, walks K in groups of 4
-  pair steps with MR x NB f32 accumulators in registers. Per group and row, one conversion of its 8 values
-  (broadcast to both halves, so every 128-bit lane holds the group's 4 pairs); per step NB weight vectors (two
-  64-byte loads and one conversion each) and, per row, its pair broadcast by one in-lane shuffle, then MR x NB
-  products. The sums leave the registers once, through the fused epilogue (bias, activation, residual, the
-  output's storage type) on vectors of 16 consecutive outputs.
+  task packs its unit of NB x 16 weight rows as pair words in a panel laid out as the instruction reads it, [K/2
+  pair steps][NB][16 outputs] (zeros past K): per 16 rows and 32 values one conversion per row, then a 16 x 16
+  register transpose into the 16 steps. Then, for each panel of MR rows of x, per pair step: NB weight vectors and,
+  per row, its pair word broadcast from memory into MR x NB products, nothing else. The sums leave the registers
+  once, through the fused epilogue (bias, activation, residual, the output's storage type) on vectors of 16
+  consecutive outputs.
 
-Register blocking: MR x NB accumulators (6 x 4 where N is a multiple of 64) plus NB weight vectors and a broadcast.
-Per 4 steps that is 96 products against 16 + 6 conversions and 24 shuffles, which share the vector ports with the
-products: measured on Sapphire Rapids (one thread, SDCOMPILE_NO_AMX), ~76 GFLOP/s on UNet shapes against ~119 for
-``vdpbf16ps`` alone (64%); converting a broadcast pair per row and step instead (10 conversions per 24 products)
-gave ~73. Where the weight panel lives (L1 or L2) made no difference. Requirements: N a multiple of 16; a conv's
-channels in whole vectors of 16 (one tap per 16 patch values); K even.
+Register blocking: MR x NB accumulators (6 x 4 where N is a multiple of 64) plus NB weight vectors. Measured on AMD
+Zen 4 (2 threads, f16 weights): 358-420 GFLOP/s on SD1.5's shapes against a vdpbf16ps peak of 455-466; the kernel
+this replaced converted both operands in its loop (two 64-byte loads and a conversion per weight vector, a shuffle
+per row and step) and ran 1.16-1.58x slower (a conv 3x3 over 8x8 pixels, 1280 channels: 16.7 -> 10.6 ms).
+Requirements: N a multiple of 16; a conv's channels in whole vectors of 16 (one tap per 16 patch values); K even.
 """
 
 from __future__ import annotations
