@@ -139,6 +139,13 @@ def _exp2(y, degree: int = 5):
 INTERLEAVE = [i // 2 + 16 * (i % 2) for i in range(32)]  # lanes 0, 16, 1, 17, ...: a[n] and b[n] in word n
 
 
+def interleaved_bf16(a, b, dtype: str):
+    """Two f32x16 vectors rounded to bf16 (nearest even) and interleaved as 16 words of type ``dtype``, word n
+    holding a[n] (low half) and b[n] (high half): one vcvtne2ps2bf16 (a's 16 then b's 16) and one vpermw to pair
+    them up (AVX512_BF16)."""
+    return T.reinterpret(dtype, shuffle([cvt_bf16x32(b, a)], INTERLEAVE))
+
+
 def _bf16_interleave(a, b):
     """Two f32x16 vectors of probabilities rounded to bf16 (nearest even) and interleaved as 16 u32 words, word n
     holding a[n] (low half) and b[n] (high half). Probabilities are finite and >= 0, so the rounding needs no NaN
@@ -408,8 +415,8 @@ class _Attention:
         for r2 in range(8):
             at = pbase + (((kt // 2) * self.NQ + qt) * 16 + (kt % 2) * 8 + r2) * 16
             a, b = ps[2 * r2], ps[2 * r2 + 1]
-            if cvt:  # one vcvtne2ps2bf16 (a's 16 then b's 16) and one vpermw to pair them up
-                words = T.reinterpret("uint32x16", shuffle([cvt_bf16x32(b, a)], INTERLEAVE))
+            if cvt:
+                words = interleaved_bf16(a, b, "uint32x16")
             else:
                 words = _bf16_interleave(a, b)
             vstore(self.pb, at, words, 16)

@@ -25,18 +25,16 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import over_chunks
-from schedules.cpu_attention_amx import INTERLEAVE, _row16
+from schedules.cpu_attention_amx import _Attention, _row16, interleaved_bf16
 from schedules.cpu_attention_fma import _AttentionFma
 from schedules.cpu_attention_fma import applicable as fma_applicable
 from schedules.cpu_bf16_dot import target_has_bf16_dot
 from schedules.tir_build import (
     bf16_words,
-    cvt_bf16x32,
     dot_bf16_words,
     importing_bf16_words,
     prim_func,
     replace_body,
-    shuffle,
     splat,
     vload,
     vstore,
@@ -51,8 +49,9 @@ def applicable(spec: KernelSpec, lanes: int, host_tiles: bool) -> bool:
 
 
 def _pair_words(a, b):
-    """Words (a[i], b[i]) of two f32x16 vectors, rounded to bf16: a's value in each word's lower half."""
-    return T.reinterpret("float32x16", shuffle([cvt_bf16x32(b, a)], INTERLEAVE))
+    """Words (a[i], b[i]) of two f32x16 vectors, rounded to bf16, f32x16-typed as ``tir_build.dot_bf16_words``
+    takes them."""
+    return interleaved_bf16(a, b, "float32x16")
 
 
 class _AttentionDot(_AttentionFma):
@@ -65,9 +64,7 @@ class _AttentionDot(_AttentionFma):
         self.KW = 16 * self.DS  # words per packed k row: whole conversions of 32 channels
         self.NDP = -(-self.Dh // 2)  # channel pairs (q.k steps)
 
-    def kv_bytes(self) -> int:
-        """Every head's packed k and v (bf16)."""
-        return self.H * self.TP * (32 * self.DS + 16 * self.DC) * 2
+    kv_bytes = _Attention.kv_bytes  # k and v packed in bf16, as much as the tile unit's kernel packs
 
     def build(self) -> None:
         BH = self.B * self.H

@@ -19,6 +19,23 @@ _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _keep: list = []
 
 
+def run_guarded(specs: list, env: dict[str, str] | None = None) -> None:
+    """Run ``specs`` ((op, attrs) pairs) guarded in a child process (this module), with ``env`` added to its
+    environment; assert that it exited 0, the end of its stderr in the message."""
+    import os
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.guarded", json.dumps(specs)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=dict(os.environ, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+
+
 def guarded(nbytes: int, at_end: bool) -> np.ndarray:
     """A uint8 array of ``nbytes`` that ends at (``at_end``) or starts at an inaccessible page."""
     size = -(-nbytes // PAGE) * PAGE

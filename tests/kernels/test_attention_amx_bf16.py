@@ -29,6 +29,7 @@ import pytest
 from sdcompile.codegen import tvm_layer
 from sdcompile.kernels.spec import KernelSpec
 from tests.kernels import fixtures as fx
+from tests.kernels.guarded import run_guarded
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16 (and Linux)")
 
@@ -171,23 +172,12 @@ def test_reads_stay_inside_the_buffers():
     """Padded shapes (channels to 32, keys to 32, queries to 32) with every buffer against an inaccessible page on
     either side (``tests/kernels/guarded.py``, a child process; sizes in whole 64-byte lines, which it needs): the
     partial vectors at a head's end, the clamped rows of padded keys and queries must not read past q, k or v."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     specs = [
         ("attention", {"B": 2, "S": 45, "T": 77, "H": 2, "Dh": 40, "causal": False, "mma": "bf16"}),
         ("attention", {"B": 1, "S": 40, "T": 40, "H": 2, "Dh": 20, "causal": True, "mma": "bf16", "dt": "hhhh"}),
     ]
-    r = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.guarded", json.dumps(specs)],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    run_guarded(specs)
 
 
 def test_nan_inputs_give_nan_outputs(ex):

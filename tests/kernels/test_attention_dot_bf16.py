@@ -16,6 +16,7 @@ import pytest
 from sdcompile.codegen import tvm_layer
 from sdcompile.kernels.spec import KernelSpec
 from tests.kernels import fixtures as fx
+from tests.kernels.guarded import run_guarded
 from tests.kernels.test_attention_amx_bf16 import (
     CASES as AMX_CASES,
 )
@@ -61,22 +62,9 @@ def test_reads_stay_inside_the_buffers():
     """Padded shapes with every buffer against an inaccessible page on either side (``tests/kernels/guarded.py``, a
     child process built without AMX): packed k and v rows of padded keys, partial channel vectors and clamped query
     rows must not read past q, k or v."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     specs = [
         ("attention", {"B": 2, "S": 70, "T": 77, "H": 2, "Dh": 40, "causal": False, "mma": "bf16"}),
         ("attention", {"B": 1, "S": 96, "T": 80, "H": 2, "Dh": 20, "causal": True, "mma": "bf16", "dt": "hhhh"}),
     ]
-    r = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.guarded", json.dumps(specs)],
-        cwd=Path(__file__).resolve().parents[2],
-        env=dict(os.environ, **NO_AMX),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    run_guarded(specs, NO_AMX)

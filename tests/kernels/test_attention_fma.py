@@ -19,6 +19,7 @@ import pytest
 from schedules import cpu_attention_fma
 from sdcompile.kernels.spec import KernelSpec
 from tests.kernels import fixtures as fx
+from tests.kernels.guarded import run_guarded
 from tests.kernels.test_attention_amx_bf16 import (
     HALF_ULP,
     _run,
@@ -94,24 +95,13 @@ def test_dispatch(built):
 def test_reads_stay_inside_the_buffers():
     """Padded queries and keys, partial channel vectors, 16-bit storage, with every buffer against an inaccessible
     page on either side (``tests/kernels/guarded.py``, a child process)."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     specs = [
         ("attention", {"B": 1, "S": 272, "T": 80, "H": 2, "Dh": 40, "causal": False}),
         ("attention", {"B": 1, "S": 256, "T": 48, "H": 2, "Dh": 24, "causal": True, "dt": "hhhh"}),
         ("attention", {"B": 1, "S": 64, "T": 77, "H": 2, "Dh": 40, "causal": False}),  # f32 read in place, a tail
     ]
-    r = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.guarded", json.dumps(specs)],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    run_guarded(specs)
 
 
 def test_nan_inputs_give_nan_outputs(ex):

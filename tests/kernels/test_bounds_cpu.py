@@ -5,16 +5,11 @@ before its second input, a conv's padding a row before the image)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from sdcompile.codegen import tvm_layer
+from tests.kernels.guarded import run_guarded
 
-ROOT = Path(__file__).resolve().parents[2]
 CONV = {"kh": 3, "kw": 3, "stride": 1, "pads": [1, 1, 1, 1], "bias": True, "residual": False, "act": "none"}
 VAE_DOWN = dict(CONV, stride=2, pads=[0, 0, 1, 1])
 SPECS = [
@@ -36,21 +31,10 @@ AMX_BF16 = [
 ]
 
 
-def _run(specs):
-    r = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.guarded", json.dumps(specs)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
-
-
 def test_kernels_stay_inside_their_buffers():
-    _run(SPECS)
+    run_guarded(SPECS)
 
 
 @pytest.mark.skipif(not tvm_layer.host_amx(), reason="needs AMX")
 def test_amx_kernels_stay_inside_their_buffers():
-    _run(AMX + (AMX_BF16 if tvm_layer.host_amx_bf16() else []))
+    run_guarded(AMX + (AMX_BF16 if tvm_layer.host_amx_bf16() else []))
