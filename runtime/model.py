@@ -137,6 +137,7 @@ class Model:
             self.outputs[fn] = {k: self.ex.alloc(_nbytes(v)) for k, v in f["outputs"].items()}
         self._kparams = {name: k["params"] for name, k in m["kernels"]["kernels"].items()}
         self._views: dict = {}
+        self._bound: dict = {}  # fn -> (buffers they were bound to, launches): ``_bound_steps``
         self.loras = None  # runtime.lora.branch.RuntimeLoras: the LoRAs chosen at run time (set_loras)
 
     @property
@@ -176,12 +177,14 @@ class Model:
             raise RuntimeFailure(f"{wf}: weights {missing[:5]} are missing; recompile")
         self.offload = bool(self.manifest["memory"].get("offload"))
         self.weights: dict[str, object] = {}
+        self._weights_gen = 0  # counts changes to the resident weights: launches bound to them are then stale
         self._loaded: set[str] = set()
         if not self.offload:
             self._upload([n for n in want])
 
     def _upload(self, names: list[str]) -> None:
         adopt = getattr(self.ex, "adopt", None)  # the CPU reads the mapped file in place
+        self._weights_gen += 1
         for n in names:
             words = _words(np.asarray(self._tensors[n].data))
             if adopt is not None:
@@ -201,6 +204,7 @@ class Model:
         tensors = self.manifest["weights"]["tensors"]
         drop = [n for n, b in self.weights.items() if tensors[n].get("component") not in comps]
         if drop:
+            self._weights_gen += 1
             self.ex.synchronize()
             for n in drop:
                 self.ex.free(self.weights.pop(n))
@@ -308,22 +312,46 @@ class Model:
                 bound[k] = self.inputs[fn][k]
         self._need(fn)
         branches = self.loras.steps.get(fn, {}) if self.loras is not None else {}
-        for i, step in enumerate(f["steps"]):
-            params = self._kparams[step["kernel"]]
-            args = [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)]
-            branch = branches.get(i)
-            if branch is None:
+        if not branches and hasattr(self.ex, "bind"):
+            for run in self._bound_steps(fn, bound):
+                run()
+        else:
+            for i, step in enumerate(f["steps"]):
+                params = self._kparams[step["kernel"]]
+                args = [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)]
+                branch = branches.get(i)
+                if branch is None:
+                    self.ex.launch(step["kernel"], args)
+                    continue
+                projected = branch.before(self.ex, args)  # a LoRA branch (runtime/lora/branch.py)
                 self.ex.launch(step["kernel"], args)
-                continue
-            projected = branch.before(self.ex, args)  # a LoRA branch (runtime/lora/branch.py)
-            self.ex.launch(step["kernel"], args)
-            branch.after(self.ex, args, projected)
+                branch.after(self.ex, args, projected)
         if not download:
             return {o: DeviceTensor(self.outputs[fn][o], s["shape"], s["dtype"]) for o, s in f["outputs"].items()}
         self.ex.synchronize()
         return {
             o: self.download(DeviceTensor(self.outputs[fn][o], s["shape"], s["dtype"])) for o, s in f["outputs"].items()
         }
+
+    def _bound_steps(self, fn: str, bound: dict) -> list:
+        """``fn``'s launches bound to their buffers (``Executor.bind``), kept while the same buffers serve: the
+        inputs bound (uploaded, or an earlier output passed on) and the resident weights (offload swaps them)."""
+        key = (tuple(bound[k] for k in sorted(bound)), self._weights_gen)
+        held = self._bound.get(fn)
+        if (
+            held is None
+            or len(held[0][0]) != len(key[0])
+            or held[0][1] != key[1]
+            or any(a is not b for a, b in zip(held[0][0], key[0]))
+        ):
+            f = self.functions[fn]
+            runs = []
+            for step in f["steps"]:
+                params = self._kparams[step["kernel"]]
+                args = [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)]
+                runs.append(self.ex.bind(step["kernel"], args))
+            held = self._bound[fn] = (key, runs)
+        return held[1]
 
     def download(self, t: DeviceTensor) -> np.ndarray:
         return self.ex.download(t.buffer, (int(np.prod(t.shape)),), t.dtype).reshape(t.shape)

@@ -187,15 +187,27 @@ class Executor:
         return buf.view(tuple(shape), dtype).copy()
 
     def launch(self, kernel_name: str, args: list[tuple[Buffer, tuple[int, ...], str]]) -> None:
+        self.bind(kernel_name, args)()
+
+    def bind(self, kernel_name: str, args: list[tuple[Buffer, tuple[int, ...], str]]):
+        """The launch of ``kernel_name`` on ``args`` as a call without arguments, checked once: a model calls the
+        same steps on the same buffers every time, and the checks and argument lookups cost ~20 us a step in Python
+        (2.3 ms of the SD1.5 text encoder's 146)."""
         info = lookup(self.kernels, kernel_name)
         layouts = check_args(kernel_name, info, args)
-        try:
-            self._funcs[kernel_name](*(buf.tensor(self._tvm, *lay) for (buf, _, _), lay in zip(args, layouts)))
-        except (ValueError, TypeError) as e:  # TVM's own argument checks: the manifest's record and the code disagree
-            raise LaunchError(
-                f"kernel {kernel_name} refused its arguments ({str(e).splitlines()[0][:200]}): the manifest does not "
-                "match the compiled kernels; recompile the artifact"
-            ) from None
+        func = self._funcs[kernel_name]
+        tensors = [buf.tensor(self._tvm, *lay) for (buf, _, _), lay in zip(args, layouts)]
+
+        def run() -> None:
+            try:
+                func(*tensors)
+            except (ValueError, TypeError) as e:  # TVM's own argument checks: the manifest and the code disagree
+                raise LaunchError(
+                    f"kernel {kernel_name} refused its arguments ({str(e).splitlines()[0][:200]}): the manifest does "
+                    "not match the compiled kernels; recompile the artifact"
+                ) from None
+
+        return run
 
     def synchronize(self) -> None:
         """CPU kernels run synchronously inside ``launch``."""

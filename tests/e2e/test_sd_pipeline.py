@@ -92,6 +92,12 @@ def test_device_tensors_chain_without_copies(model, st):
     a = model.call(f"denoise_{W}x{H}", {"x": x, "t": t, "context": ctx_dev})["eps"]
     b = model.call(f"denoise_{W}x{H}", {"x": x, "t": t, "context": model.download(ctx_dev)})["eps"]
     np.testing.assert_array_equal(a, b)
+    # the launches are bound to their buffers once (runtime.model._bound_steps): switching between an uploaded
+    # context and the device one must switch what the kernels read
+    other = model.call(f"denoise_{W}x{H}", {"x": x, "t": t, "context": model.download(ctx_dev) * 0.5})["eps"]
+    assert np.abs(other - a).max() > 1e-3
+    again = model.call(f"denoise_{W}x{H}", {"x": x, "t": t, "context": ctx_dev})["eps"]
+    np.testing.assert_array_equal(again, a)
 
 
 @pytest.mark.parametrize(
