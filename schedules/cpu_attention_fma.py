@@ -128,7 +128,7 @@ class _AttentionFma(_Attention):
     def pack_q(self, c, bh, q0) -> None:
         """The task's queries transposed: q^T[d][query] (zeros for queries past S), 16 x 16 blocks through
         registers."""
-        base = c * self.DP * self.QB
+        base = c * self.QROWS * self.QB
         with T.serial(0, self.NQ) as qt:
             for ct in range(self.DC):
                 for e, v in enumerate(self.q_columns(bh, q0, qt, ct)):
