@@ -58,8 +58,10 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = RULES["cpu"][spec.family]
     if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
         rule = cpu_amx_bf16.linear
-    elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
-        pass
+    elif spec.attr("wlayout"):  # weights packed: the tile unit's bf16 operands are vdpbf16ps's too, without it
+        if cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):
+            rule = cpu_bf16_dot.linear
+        # else packed for a kernel this CPU lacks: the TE compute reads the layout
     elif cpu_conv_narrow.applicable(spec, info.lanes):  # a conv to a few channels (a VAE's to RGB): dot products
         rule = cpu_conv_narrow.conv2d
     elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps

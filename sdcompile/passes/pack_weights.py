@@ -5,16 +5,20 @@ Contract: a float weight (f32, f16, bf16) that only ``linear`` and ``conv2d`` no
 the code is built for has AMX-BF16, whole 16 x 32 tiles), is stored as that kernel's B operands in bf16
 (``layouts.AMX_BF16``) and its nodes get ``wlayout``. The kernel then loads its tiles from the weights in place,
 instead of rounding every weight to bf16 and transposing it into tiles on every call: at the UNet's few-row GEMMs
-(8x8 and 4x4 latents, prompts) that per-call work took as long as the products.
+(8x8 and 4x4 latents, prompts) that per-call work took as long as the products. Without the tile unit (AMD Zen 4)
+the vdpbf16ps GEMM (``schedules/cpu_bf16_dot.py``) reads the same layout: a tile's rows are its pair steps, 16
+weight rows' pair words each, the very vectors it multiplies, so float weights its nodes read are packed the same
+way (K in whole 32-value steps).
 
 A q8_0 weight read that way keeps its type and its bytes, reordered into tiles (``layouts.AMX_Q8_0``: each tile's
 16 scales, then its quants in the B operand's order), so the kernel decodes it with a conversion and a multiplication
 per 16 values and no transposes.
 
 The values do not change: bf16 products round the weight to bf16 anyway, with the same rounding (nearest even), so
-the kernel's outputs are the same bits; f32 weights take half the memory. Other quant types keep their row-major
-blocks (they keep their integer kernels). Any other reader of a weight (a node without bf16 products, a shape the
-kernel does not take) keeps it row-major; nothing is packed for GPU targets or without AMX-BF16. The report counts
+the kernel's outputs are the same bits; f32 weights take half the memory. Other quant types (and q8_0 without the
+tile unit) keep their row-major blocks (they keep their integer kernels). Any other reader of a weight (a node
+without bf16 products, a shape the kernel does not take) keeps it row-major; nothing is packed for GPU targets or
+without AMX-BF16 or AVX512_BF16. The report counts
 the packed weights and their bytes per layout (per function: ``tensors``, name -> (layout, bytes)); the manifest
 records each packed weight's layout.
 """
@@ -34,15 +38,16 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         return g
     from sdcompile.codegen import tvm_layer  # the CPU code is built for this host
 
-    if not tvm_layer.host_amx_bf16():
+    tiles = tvm_layer.host_amx_bf16()
+    if not tiles and not tvm_layer.host_avx512_bf16():
         return g
     g = g.copy()
     rep = ctx.report.setdefault("pack_weights", {"tensors": {}})
     uses = g.consumers()
     for v in g.weights():
         readers = uses.get(v.name, [])
-        layout = layouts.AMX_BF16 if get_type(v.dtype).is_float else LAYOUT_OF.get(v.dtype)
-        if not readers or layout is None or not all(_takes(g, n, v.name, layout) for n in readers):
+        layout = layouts.AMX_BF16 if get_type(v.dtype).is_float else LAYOUT_OF.get(v.dtype) if tiles else None
+        if not readers or layout is None or not all(_takes(g, n, v.name, layout, tiles) for n in readers):
             continue
         dtype = layouts.DTYPE[layout]
         if v.dtype != dtype:
@@ -55,11 +60,12 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     return g
 
 
-def _takes(g: Graph, n, w: str, layout: str) -> bool:
-    """Whether node ``n`` reads weight ``w`` with the AMX-BF16 GEMM, which reads ``layout``."""
+def _takes(g: Graph, n, w: str, layout: str, tiles: bool) -> bool:
+    """Whether node ``n`` reads weight ``w`` with the AMX-BF16 GEMM (``tiles``) or else the vdpbf16ps one, which
+    reads ``layout``."""
     if n.op not in ("linear", "conv2d") or n.attrs.get("mma") != "bf16" or n.inputs[1] != w or w in n.inputs[2:]:
         return False
-    from schedules import cpu_amx_bf16
+    from schedules import cpu_amx_bf16, cpu_bf16_dot
     from sdcompile.codegen.plan import node_spec
 
     shape = g.values[w].shape
@@ -69,4 +75,6 @@ def _takes(g: Graph, n, w: str, layout: str) -> bool:
 
     spec = node_spec(g, n)
     packed = KernelSpec.make(spec.op, **{**dict(spec.attrs), "wtype": layouts.DTYPE[layout], "wlayout": layout})
-    return cpu_amx_bf16.applicable(packed, 16, True)
+    if tiles:
+        return cpu_amx_bf16.applicable(packed, 16, True)
+    return cpu_bf16_dot.applicable(packed, 16, True)

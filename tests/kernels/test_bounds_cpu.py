@@ -30,6 +30,26 @@ AMX_BF16 = [
     ("conv2d", dict(VAE_DOWN, B=1, H=9, W=9, C=32, N=32, wtype="f32", mma="bf16")),
 ]
 
+# the vdpbf16ps GEMM (no tile unit): weights converted per call, and read in place from the tile unit's layout
+BF16_DOT = [
+    ("conv2d", dict(CONV, B=2, H=8, W=8, C=32, N=32, wtype="f16", mma="bf16")),
+    ("conv2d", dict(CONV, B=2, H=4, W=4, C=32, N=64, wtype="bf16", mma="bf16", wlayout="amx_bf16")),
+    (
+        "linear",
+        {
+            "M": 20,
+            "N": 48,
+            "K": 96,
+            "wtype": "bf16",
+            "bias": True,
+            "residual": False,
+            "act": "none",
+            "mma": "bf16",
+            "wlayout": "amx_bf16",
+        },
+    ),
+]
+
 
 def test_kernels_stay_inside_their_buffers():
     run_guarded(SPECS)
@@ -38,3 +58,8 @@ def test_kernels_stay_inside_their_buffers():
 @pytest.mark.skipif(not tvm_layer.host_amx(), reason="needs AMX")
 def test_amx_kernels_stay_inside_their_buffers():
     run_guarded(AMX + (AMX_BF16 if tvm_layer.host_amx_bf16() else []))
+
+
+@pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs AVX512_BF16")
+def test_bf16_dot_kernels_stay_inside_their_buffers():
+    run_guarded(BF16_DOT, {"SDCOMPILE_NO_AMX": "1"})

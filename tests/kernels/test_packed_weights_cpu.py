@@ -1,10 +1,13 @@
-"""Weights stored in a kernel's layout (``kernels/layouts.py``) read by the TE compute: a spec with ``wlayout``
-that the AMX kernel does not take (here: built with ``SDCOMPILE_NO_AMX``) runs the generic schedule, which reads
-W[n, k] at its packed position. Against float64 numpy on the same bf16 weights, within the f32 summation bound
-(f32 products: the generic schedule has no bf16 arithmetic), and wrong if the layout were read row-major."""
+"""Weights stored in a kernel's layout (``kernels/layouts.py``) read by the kernel that takes the spec where the AMX
+kernel does not (here: built with ``SDCOMPILE_NO_AMX``): bf16 tiles by the vdpbf16ps GEMM where the CPU has
+AVX512_BF16 (``schedules/cpu_bf16_dot.py``, which rounds x to bf16 as well), else, and q8_0 tiles always, by the
+generic schedule (TE compute reading W[n, k] at its packed position, f32 products). Against float64 numpy on the same
+weights (and x rounded to bf16 where the vdpbf16ps GEMM runs it), within the f32 summation bound, and wrong if the
+layout were read row-major."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -80,12 +83,16 @@ def test_q8_0_layout_round_trip():
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
-def test_generic_schedule_reads_the_layout(ex, spec):
-    from schedules import cpu_amx_bf16
+def test_kernel_reads_the_layout(ex, spec):
+    from schedules import cpu_amx_bf16, cpu_bf16_dot
+    from sdcompile.codegen import tvm_layer
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SDCOMPILE_NO_AMX", "1")
         assert not cpu_amx_bf16.applicable(spec, 16, False)
+        dot = cpu_bf16_dot.applicable(spec, 16, True)
+    # the vdpbf16ps GEMM takes the bf16 tiles wherever the CPU has it, never the q8_0 ones
+    assert dot == (tvm_layer.host_avx512_bf16() and spec.attr("wlayout") == layouts.AMX_BF16)
     M, N, K = gemm_mnk(spec)
     rng = np.random.default_rng(3)
     words, w = fx.weight_words(spec, rng.standard_normal((N, K)).astype(np.float32))
@@ -93,7 +100,9 @@ def test_generic_schedule_reads_the_layout(ex, spec):
     raw = words.view(np.uint8)[: N * K * 2 if layout == layouts.AMX_BF16 else N * K // 32 * 34]
     x = rng.standard_normal(spec.param("x").shape).astype(np.float32)
     arrays = {"x": x, "w": layouts.pack(layout, raw, N, K).view(np.uint32)}
-    xm = x.astype(np.float64) if spec.op == "linear" else im2col_np(x.astype(np.float64), dict(spec.attrs))
+    xr = x.astype(ml_dtypes.bfloat16) if dot else x  # the products' operands: x rounded to bf16 (nearest even)
+    xm = xr.astype(np.float64)
+    xm = xm if spec.op == "linear" else im2col_np(xm, dict(spec.attrs))
     xm = xm.reshape(M, K)
     y = xm @ w.T
     if spec.attr("bias"):

@@ -1,7 +1,8 @@
-"""pack_weights: float weights that only bf16-product GEMMs on AMX read are stored as the kernel's B tiles (bf16);
-the artifact's outputs are the same bits as without packing (bf16 products round the weight the same way), the
-manifest records the layout, and nothing is packed where a weight has another reader, is quantized, the products
-are f32 or the CPU has no AMX-BF16."""
+"""pack_weights: float weights that only bf16-product GEMMs read (on the tile unit, or on vdpbf16ps without it) are
+stored as the tile unit's B operands (bf16); the artifact's outputs are the same bits as without packing (bf16
+products round the weight the same way), the manifest records the layout, and nothing is packed where a weight has
+another reader, is quantized (q8_0 has a layout of its own on the tile unit only), the products are f32 or the CPU
+multiplies no bf16."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sdcompile.passes import fuse, legalize, mma, pack_weights, quantize
 from sdcompile.passes.context import CompileOptions, PassContext
 from sdcompile.quant.reference import dequantize
 from sdcompile.quant.reference import quantize as quantize_values
+from sdcompile.quant.types import get as get_type
 
 amx = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16")
 
@@ -85,34 +87,65 @@ def test_a_weight_with_another_reader_stays_row_major(tiny_graph):
     assert ctx.report["pack_weights"]["tensors"]  # the others are packed
 
 
-def test_nothing_packed_with_f32_products_or_without_amx(tiny_graph, monkeypatch):
+def test_nothing_packed_with_f32_products_or_without_bf16_products(tiny_graph, monkeypatch):
     _, g, ctx = _run(tiny_graph, compute="f32")
     assert "pack_weights" not in ctx.report and not any(n.attrs.get("wlayout") for n in g.nodes)
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: False)
     _, g, ctx = _run(tiny_graph, compute="bf16")
     assert "pack_weights" not in ctx.report and not any(n.attrs.get("wlayout") for n in g.nodes)
     assert all(not v.data.layout for v in g.weights())
 
 
-@amx
-def test_packed_artifact_gives_the_same_bits(tiny_ldm_safetensors, tiny_ids, tmp_path, monkeypatch):
+@pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs a CPU with AVX512_BF16")
+def test_without_the_tile_unit_float_weights_are_packed_for_vdpbf16ps(tiny_graph, monkeypatch):
+    """No AMX-BF16 (AMD Zen 4; here also ``SDCOMPILE_NO_AMX``): the vdpbf16ps GEMM reads the same bf16 tiles, so
+    float weights of its GEMMs are packed; q8_0 keeps its row-major blocks (its products are int8 on VNNI)."""
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
+    monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)  # Intel: mma keeps f32 products otherwise
+    before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc2", "q8_0")])
+    gemms = [n for n in g.nodes if n.op == "linear" and n.attrs.get("mma") == "bf16"]
+    floats = [n for n in gemms if get_type(before.values[n.inputs[1]].dtype).is_float]
+    assert floats and all(n.attrs.get("wlayout") == layouts.AMX_BF16 for n in floats)
+    assert all(g.values[n.inputs[1]].dtype == "bf16" for n in floats)
+    q8 = [n for n in g.nodes if n.op == "linear" and g.values[n.inputs[1]].dtype == "q8_0"]
+    assert q8 and not any(n.attrs.get("wlayout") or g.values[n.inputs[1]].data.layout for n in q8)
+    assert {layout for layout, _ in ctx.report["pack_weights"]["tensors"].values()} == {layouts.AMX_BF16}
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        pytest.param("tiles", marks=amx),
+        pytest.param(
+            "vdpbf16ps",
+            marks=pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs a CPU with AVX512_BF16"),
+        ),
+    ],
+)
+def test_packed_artifact_gives_the_same_bits(unit, tiny_ldm_safetensors, tiny_ids, tmp_path, monkeypatch):
     """The artifact with packed weights against the same compile with the pass removed: identical outputs (the
-    kernel reads the same bf16 operands, only from the weights instead of a per-call panel)."""
+    kernel reads the same bf16 operands, only from the weights instead of a per-call panel), on the tile unit and,
+    without it, on the vdpbf16ps GEMM."""
     import runtime
     from sdcompile.compiler import compile_model
     from sdcompile.passes import pipeline
 
+    if unit == "vdpbf16ps":
+        monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
+        monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)
     opts = {"compute": "bf16", "tensor_type_rules": [("fc2", "q8_0")]}
     m = compile_model(tiny_ldm_safetensors, tmp_path / "packed", CompileOptions(**opts))
     packed = {n: t for n, t in m["weights"]["tensors"].items() if t.get("layout")}
-    assert {(t["layout"], t["dtype"]) for t in packed.values()} == {("amx_bf16", "bf16"), ("amx_q8_0", "q8_0")}
+    want_layouts = {("amx_bf16", "bf16"), ("amx_q8_0", "q8_0")} if unit == "tiles" else {("amx_bf16", "bf16")}
+    assert {(t["layout"], t["dtype"]) for t in packed.values()} == want_layouts
     count = {k: v["weights"] for k, v in m["report"]["pack_weights"]["layouts"].items()}
-    assert sum(count.values()) == len(packed) and count["amx_q8_0"] == 2  # fc2 of both layers
+    assert sum(count.values()) == len(packed) and count.get("amx_q8_0", 0) == (2 if unit == "tiles" else 0)
     assert any("wlayoutamx_bf16" in k for k in m["kernels"]["kernels"])
     from sdcompile.report import render_compile_report
 
     text = render_compile_report(m, tmp_path / "packed")
-    assert f"layout    {count['amx_bf16']} weights" in text and "(amx_q8_0)" in text
+    assert f"layout    {count['amx_bf16']} weights" in text and ("(amx_q8_0)" in text) == (unit == "tiles")
     got = runtime.load(tmp_path / "packed", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
 
     monkeypatch.setattr(pipeline, "PIPELINE", [p for p in pipeline.PIPELINE if p[0] != "pack_weights"])
