@@ -8,7 +8,9 @@ Both layouts hold the operands of the AMX-BF16 GEMM (``schedules/cpu_amx_bf16.py
 run of tiles in K order:
 
 - ``amx_bf16`` (bf16): a tile is the kernel's B operand itself, 16 rows of 16 words, word r of row p holding values
-  2p and 2p + 1 of weight row 16 t + r (low, high half): loaded into a tile register as it is stored;
+  2p and 2p + 1 of weight row 16 t + r (low, high half): loaded into a tile register as it is stored. Row p of a
+  tile is also the vector ``vdpbf16ps`` multiplies at pair step 16 s + p for those 16 outputs, so the vector unit's
+  bf16 GEMM (``schedules/cpu_bf16_dot.py``, no tile unit) reads the same layout;
 - ``amx_q8_0`` (q8_0, 544 bytes a tile, as 16 of its blocks): the 16 rows' f16 scales d, then the 512 quants in the
   same order as the B operand's values (row p: for each weight row r, quants 2p and 2p + 1). Decoding is a
   conversion and a multiplication per 16 values and one rounding to bf16 per 32, with no transposes (the row-major
@@ -24,7 +26,10 @@ AMX_Q8_0 = "amx_q8_0"
 LAYOUTS = (AMX_BF16, AMX_Q8_0)
 DTYPE = {AMX_BF16: "bf16", AMX_Q8_0: "q8_0"}  # the storage type each layout holds its values in
 # what each layout is, for the compile report
-SUMMARY = {AMX_BF16: "as the tile unit's bf16 operands, loaded in place", AMX_Q8_0: "as q8_0 in tile order"}
+SUMMARY = {
+    AMX_BF16: "as bf16 in tile order (the AMX tiles' and vdpbf16ps's operands), loaded in place",
+    AMX_Q8_0: "as q8_0 in tile order",
+}
 Q8_TILE = 16 * 34  # bytes of an amx_q8_0 tile: 16 scales, 512 quants
 
 
