@@ -120,6 +120,7 @@ class Model:
         self.ex = _make_executor(self.path, m, num_threads)
         self.device = self.ex.device_info()
         self._check_memory()
+        self._bound: dict = {}  # fn -> (input buffers, launches): ``_bound_steps``
         self._load_weights()
         self._load_luts()
         # Functions run one at a time, so they share slots: slot i is as large as its largest use.
@@ -137,7 +138,6 @@ class Model:
             self.outputs[fn] = {k: self.ex.alloc(_nbytes(v)) for k, v in f["outputs"].items()}
         self._kparams = {name: k["params"] for name, k in m["kernels"]["kernels"].items()}
         self._views: dict = {}
-        self._bound: dict = {}  # fn -> (buffers they were bound to, launches): ``_bound_steps``
         self.loras = None  # runtime.lora.branch.RuntimeLoras: the LoRAs chosen at run time (set_loras)
 
     @property
@@ -177,14 +177,13 @@ class Model:
             raise RuntimeFailure(f"{wf}: weights {missing[:5]} are missing; recompile")
         self.offload = bool(self.manifest["memory"].get("offload"))
         self.weights: dict[str, object] = {}
-        self._weights_gen = 0  # counts changes to the resident weights: launches bound to them are then stale
         self._loaded: set[str] = set()
         if not self.offload:
             self._upload([n for n in want])
 
     def _upload(self, names: list[str]) -> None:
         adopt = getattr(self.ex, "adopt", None)  # the CPU reads the mapped file in place
-        self._weights_gen += 1
+        self._bound.clear()  # launches bound to the weights as they were
         for n in names:
             words = _words(np.asarray(self._tensors[n].data))
             if adopt is not None:
@@ -204,7 +203,7 @@ class Model:
         tensors = self.manifest["weights"]["tensors"]
         drop = [n for n, b in self.weights.items() if tensors[n].get("component") not in comps]
         if drop:
-            self._weights_gen += 1
+            self._bound.clear()  # bound launches would keep the dropped weights alive
             self.ex.synchronize()
             for n in drop:
                 self.ex.free(self.weights.pop(n))
@@ -335,22 +334,18 @@ class Model:
 
     def _bound_steps(self, fn: str, bound: dict) -> list:
         """``fn``'s launches bound to their buffers (``Executor.bind``), kept while the same buffers serve: the
-        inputs bound (uploaded, or an earlier output passed on) and the resident weights (offload swaps them)."""
-        key = (tuple(bound[k] for k in sorted(bound)), self._weights_gen)
+        inputs bound (uploaded, or an earlier output passed on); a change of the resident weights (offload) drops
+        every function's (``_upload``, ``_need``)."""
+        bufs = [bound[k] for k in sorted(bound)]
         held = self._bound.get(fn)
-        if (
-            held is None
-            or len(held[0][0]) != len(key[0])
-            or held[0][1] != key[1]
-            or any(a is not b for a, b in zip(held[0][0], key[0]))
-        ):
-            f = self.functions[fn]
+        # buffers compare by identity (they define no equality): the same objects, not equal contents
+        if held is None or held[0] != bufs:
             runs = []
-            for step in f["steps"]:
+            for step in self.functions[fn]["steps"]:
                 params = self._kparams[step["kernel"]]
                 args = [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)]
                 runs.append(self.ex.bind(step["kernel"], args))
-            held = self._bound[fn] = (key, runs)
+            held = self._bound[fn] = (bufs, runs)
         return held[1]
 
     def download(self, t: DeviceTensor) -> np.ndarray:

@@ -94,7 +94,7 @@ def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
     _, N, K = gemm_mnk(spec)
     layout = spec.attr("wlayout")
     if layout and (layout != layouts.AMX_BF16 or spec.attr("wtype") != "bf16" or K % 32):
-        return False  # of the stored layouts it reads the tile unit's bf16 operands only (``PACKED``)
+        return False  # of the stored layouts it reads the tile unit's bf16 operands only
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 2 == 0 and target_has_bf16_dot()
 
 

@@ -118,7 +118,6 @@ L1_BYTES = 36 << 10  # a pass's weight slice (KC x NR f32) at most this: it stay
 PANEL_BYTES = 8 << 20  # by rows: packed weight units per block at most this (a 1280 x 11520 conv: 59 MB in f32)
 UNIT_L2_BYTES = 1 << 20  # by weights: a packed unit up to this goes in one pass of K (it stays in L2)
 GROUP_L2_BYTES = 1 << 20  # by rows: a group of prepared x larger than this goes pass by pass over every unit
-PREFETCH_NEXT_UNIT = True  # by weights: prefetch the next unit's weights while this one's products run
 UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
 
 
@@ -347,7 +346,7 @@ class _FmaGemm:
                 self.pack(panel, 0, u)
 
                 def run(mp, t) -> None:
-                    if self.MS == 1 and PREFETCH_NEXT_UNIT:
+                    if self.MS == 1:
                         self.prefetch_unit(u + 1, t)
                     self.micro(panel, 0, self.xb, mp * self.MR, None, t, u, self.row0(mp), 0)
 

@@ -107,6 +107,23 @@ def test_tiled_offloaded_pipeline_matches_whole(plain, tiled):
     assert comps == {"vae"}
 
 
+def test_offload_drops_the_launches_bound_to_the_weights_it_frees(tiled):
+    """The runtime binds each function's launches to their buffers once (``Model._bound_steps``); those bindings
+    hold views of the weights, so when offload swaps components every binding goes (a freed weight stays neither
+    referenced nor read), and the function binds again on its next call, with the same results."""
+    import runtime
+
+    m = runtime.load(tiled[0], num_threads=2)
+    ids = np.arange(2 * 77, dtype=np.int32).reshape(2, 77) % 1000
+    first = m.call("encode_text", {"input_ids": ids})["last_hidden_state"]
+    assert set(m._bound) == {"encode_text"}
+    z = np.random.default_rng(0).standard_normal(m.functions["decode_latents_tile16"]["inputs"]["latents"]["shape"])
+    m.call("decode_latents_tile16", {"latents": z.astype(np.float32)})  # the VAE in, the text encoder out
+    assert set(m._bound) == {"decode_latents_tile16"}
+    np.testing.assert_array_equal(m.call("encode_text", {"input_ids": ids})["last_hidden_state"], first)
+    assert set(m._bound) == {"encode_text"}
+
+
 def test_budget_picks_tiling_or_offload_and_errors_name_each_option(ckpt, plain, tmp_path):
     _, p = plain
     resident = p["memory"]["resident_peak_bytes"]
