@@ -230,6 +230,10 @@ class Model:
                 self.ex.upload(buf, words)
                 self.luts[name] = (buf, n)
 
+    def step_args(self, fn: str, step: dict, bound: dict) -> list:
+        """The (buffer, shape, dtype) arguments of one step of ``fn``, with its inputs bound to ``bound``."""
+        return [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], self._kparams[step["kernel"]])]
+
     def _arg(self, fn: str, ref: dict, param: dict, bound: dict):
         """(buffer, shape, dtype) for one kernel argument, as the parameter's kind says the kernel reads it."""
         shape = tuple(param["shape"])
@@ -316,8 +320,7 @@ class Model:
                 run()
         else:
             for i, step in enumerate(f["steps"]):
-                params = self._kparams[step["kernel"]]
-                args = [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)]
+                args = self.step_args(fn, step, bound)
                 branch = branches.get(i)
                 if branch is None:
                     self.ex.launch(step["kernel"], args)
@@ -340,11 +343,7 @@ class Model:
         held = self._bound.get(fn)
         # buffers compare by identity (they define no equality): the same objects, not equal contents
         if held is None or held[0] != bufs:
-            runs = []
-            for step in self.functions[fn]["steps"]:
-                params = self._kparams[step["kernel"]]
-                args = [self._arg(fn, ref, p, bound) for ref, p in zip(step["args"], params)]
-                runs.append(self.ex.bind(step["kernel"], args))
+            runs = [self.ex.bind(s["kernel"], self.step_args(fn, s, bound)) for s in self.functions[fn]["steps"]]
             held = self._bound[fn] = (bufs, runs)
         return held[1]
 

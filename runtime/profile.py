@@ -54,7 +54,7 @@ def profile(model, fn: str, inputs: dict, repeat: int = 3, warmup: int = 1) -> d
     runs: list[list[float]] = [[] for _ in f["steps"]]
     for _ in range(repeat):
         for i, step in enumerate(f["steps"]):
-            args = [model._arg(fn, ref, p, bound) for ref, p in zip(step["args"], model._kparams[step["kernel"]])]
+            args = model.step_args(fn, step, bound)
             model.ex.synchronize()
             t0 = time.perf_counter()
             model.ex.launch(step["kernel"], args)

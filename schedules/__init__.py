@@ -58,14 +58,12 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = RULES["cpu"][spec.family]
     if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
         rule = cpu_amx_bf16.linear
-    elif spec.attr("wlayout"):  # weights packed: the tile unit's bf16 operands are vdpbf16ps's too, without it
-        if cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):
-            rule = cpu_bf16_dot.linear
-        # else packed for a kernel this CPU lacks: the TE compute reads the layout
+    elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
+        rule = cpu_bf16_dot.linear  # (it reads the tile unit's packed bf16 operands too)
+    elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
+        pass
     elif cpu_conv_narrow.applicable(spec, info.lanes):  # a conv to a few channels (a VAE's to RGB): dot products
         rule = cpu_conv_narrow.conv2d
-    elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
-        rule = cpu_bf16_dot.linear
     elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
         rule = cpu_vnni.linear
     elif cpu_amx.applicable(spec, info.lanes) and not cpu_winograd.over_products(spec, info.lanes, "cpu_amx"):

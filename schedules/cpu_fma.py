@@ -382,7 +382,7 @@ class _FmaGemm:
         so the thread's next task (unit u, TVM gives each thread a contiguous range of tasks) packs it from L2.
         The rows of a unit are one contiguous stretch of the weight's storage words, whatever the type."""
         words = self.wviews[0].shape[0]
-        lo = T.bind(T.min(u, self.NU) * words // self.NU)
+        lo = T.bind(u * words // self.NU)  # u <= NU: past the last unit the bound below keeps it inside
         span = words // self.NU
         chunk = -(-span // self.PPT)
         with T.serial(0, -(-chunk // 16)) as i:

@@ -12,6 +12,7 @@ from tests.kernels.guarded import run_guarded
 
 CONV = {"kh": 3, "kw": 3, "stride": 1, "pads": [1, 1, 1, 1], "bias": True, "residual": False, "act": "none"}
 VAE_DOWN = dict(CONV, stride=2, pads=[0, 0, 1, 1])
+LINEAR = {"bias": True, "residual": False, "act": "none"}
 SPECS = [
     ("concat", {"outer": 32, "widths": [1280, 1280]}),
     ("concat", {"outer": 8, "widths": [64, 32, 16]}),
@@ -30,24 +31,11 @@ AMX_BF16 = [
     ("conv2d", dict(VAE_DOWN, B=1, H=9, W=9, C=32, N=32, wtype="f32", mma="bf16")),
 ]
 
-# the vdpbf16ps GEMM (no tile unit): weights converted per call, and read in place from the tile unit's layout
-BF16_DOT = [
-    ("conv2d", dict(CONV, B=2, H=8, W=8, C=32, N=32, wtype="f16", mma="bf16")),
+# the vdpbf16ps GEMM (no tile unit): the tile kernel's cases, weights converted per call, then read in place from
+# the tile unit's layout
+BF16_DOT = AMX_BF16 + [
     ("conv2d", dict(CONV, B=2, H=4, W=4, C=32, N=64, wtype="bf16", mma="bf16", wlayout="amx_bf16")),
-    (
-        "linear",
-        {
-            "M": 20,
-            "N": 48,
-            "K": 96,
-            "wtype": "bf16",
-            "bias": True,
-            "residual": False,
-            "act": "none",
-            "mma": "bf16",
-            "wlayout": "amx_bf16",
-        },
-    ),
+    ("linear", dict(LINEAR, M=20, N=48, K=96, wtype="bf16", mma="bf16", wlayout="amx_bf16")),
 ]
 
 
