@@ -16,7 +16,6 @@ from schedules import (
     cpu,
     cpu_amx,
     cpu_amx_bf16,
-    cpu_attention_amx,
     cpu_bf16_dot,
     cpu_concat,
     cpu_conv_narrow,
@@ -88,15 +87,15 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
 
 def cpu_rounds_to_bf16(spec: KernelSpec, info: CpuInfo | None = None) -> frozenset[str]:
     """The inputs (parameter names) that the CPU kernel taking ``spec`` rounds to bf16, nearest even, before any other
-    use: its module's ``ROUNDS_TO_BF16`` (the bf16 GEMMs' x, the bf16 flash attention's q, k and v); none for the
+    use: its module's ``ROUNDS_TO_BF16`` (the bf16 GEMMs' x, the bf16 flash attentions' q, k and v); none for the
     others."""
     import sys
 
     info = info or CpuInfo()
     if spec.family == "linear":
         module = sys.modules[cpu_rule(spec, info).__module__]
-    elif spec.op == "attention" and cpu_attention_amx.applicable(spec, info.lanes, _host_bf16()):
-        module = cpu_attention_amx
+    elif spec.op == "attention":
+        module = cpu.attention_kernel(spec, info)
     else:
         return frozenset()
     return frozenset(getattr(module, "ROUNDS_TO_BF16", ()))

@@ -247,6 +247,20 @@ def _attention_tile(S: int, nvec: int, cpu: CpuInfo) -> tuple[int, int]:
     return rows, ev
 
 
+def attention_kernel(spec: KernelSpec, cpu: CpuInfo):
+    """The flash-attention module that takes ``spec`` on this CPU, or None (the row kernel of ``attention``)."""
+    from schedules import cpu_attention_amx, cpu_attention_dot, cpu_attention_fma
+    from sdcompile.codegen.tvm_layer import host_amx_bf16
+
+    if cpu_attention_amx.applicable(spec, cpu.lanes, host_amx_bf16()):  # --compute bf16: flash attention on AMX
+        return cpu_attention_amx
+    if cpu_attention_dot.applicable(spec, cpu.lanes, host_amx_bf16()):  # --compute bf16 without AMX: vdpbf16ps
+        return cpu_attention_dot
+    if cpu_attention_fma.applicable(spec, cpu.lanes):  # f32 products, a UNet's long sequences: FMA flash attention
+        return cpu_attention_fma
+    return None
+
+
 def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     """Per head, a block of query rows at a time, every step on vectors:
 
@@ -260,17 +274,9 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu: CpuInfo) -> None:
     text encoder's shape (B1 H12 S77 Dh64), one thread: 2550 -> 250 us, from scalar q.k dot products over Dh, scalar
     row reductions and one libm expf call per score.
     """
-    from schedules import cpu_attention_amx, cpu_attention_dot, cpu_attention_fma
-    from sdcompile.codegen.tvm_layer import host_amx_bf16
-
-    if cpu_attention_amx.applicable(spec, cpu.lanes, host_amx_bf16()):  # --compute bf16: flash attention on AMX
-        cpu_attention_amx.attention(sch, spec, cpu)
-        return
-    if cpu_attention_dot.applicable(spec, cpu.lanes, host_amx_bf16()):  # --compute bf16 without AMX: vdpbf16ps
-        cpu_attention_dot.attention(sch, spec, cpu)
-        return
-    if cpu_attention_fma.applicable(spec, cpu.lanes):  # f32 products, a UNet's long sequences: FMA flash attention
-        cpu_attention_fma.attention(sch, spec, cpu)
+    flash = attention_kernel(spec, cpu)
+    if flash is not None:
+        flash.attention(sch, spec, cpu)
         return
     B, S, H, Dh = (int(spec.attr(k)) for k in ("B", "S", "H", "Dh"))
     if spec.attr("tiled"):

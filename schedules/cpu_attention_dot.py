@@ -41,6 +41,10 @@ from schedules.tir_build import (
 )
 from sdcompile.kernels.spec import KernelSpec
 
+# q, k and v are rounded to bf16 (nearest even) before any other use, as the tile unit's kernel rounds them: stored in
+# bf16 by their producers, they give the same bits (``passes/round_early.py``)
+ROUNDS_TO_BF16 = ("q", "k", "v")
+
 
 def applicable(spec: KernelSpec, lanes: int, host_tiles: bool) -> bool:
     """An ``attention`` asking for bf16 products that the f32 FMA kernel would take (``cpu_attention_fma``), where the
@@ -160,4 +164,4 @@ def attention(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     replace_body(sch, spec, build)
 
 
-__all__ = ["applicable", "attention", "build"]
+__all__ = ["ROUNDS_TO_BF16", "applicable", "attention", "build"]

@@ -2,7 +2,7 @@
 
 Contract: on the CPU, an f32 activation inside a function whose every reader is a kernel that rounds that input to
 bf16 (nearest even) before any other use — the bf16 GEMMs' x (``cpu_amx_bf16``, ``cpu_bf16_dot``), the bf16 flash
-attention's q, k and v (``cpu_attention_amx``): each module's ``ROUNDS_TO_BF16``, found through the CPU dispatch
+attentions' q, k and v (``cpu_attention_amx``, ``cpu_attention_dot``): each module's ``ROUNDS_TO_BF16``, found through the CPU dispatch
 (``schedules.cpu_rounds_to_bf16``) — is stored in bf16. Its producer rounds it instead, once, to nearest even
 (``kernels/act.py``'s ``bf16_bits``, or ``vcvtne2ps2bf16`` where a kernel writes 32 values at a time:
 ``tir_build.narrow_pair``), and a reader's rounding of a bf16 value is exact, so every kernel computes the same bits

@@ -84,3 +84,40 @@ def test_artifact_gives_the_same_bits(tiny_ldm_safetensors, tiny_ids, tmp_path, 
     assert m2["memory"]["activation_bytes"] >= m["memory"]["activation_bytes"]
     want = runtime.load(tmp_path / "plain", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs a CPU with AVX512_BF16")
+def test_unet_attention_on_the_vector_unit(tmp_path, monkeypatch):
+    """Without the tile unit (none, or turned off) the UNet's attention over 64 tokens or more runs on ``vdpbf16ps``
+    (``cpu_attention_dot``), which rounds q, k and v to bf16 first: they are stored in bf16 (the attention kernels
+    read bf16 q, k, v) and the UNet gives the same bits as without the pass. Fails if the vdpbf16ps attention is left
+    out of ``schedules.cpu_rounds_to_bf16`` (its inputs stay f32) or reads bf16 inputs wrongly."""
+    import runtime
+    from sdcompile import examples_sd as E
+    from sdcompile.passes import pipeline
+    from tests.e2e.sd_helpers import SHAPE, compile_sd, state
+
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
+    ckpt = E.write_sd(tmp_path / "tiny.safetensors", SHAPE, 0, "safetensors", state=state())
+
+    def attention_inputs(m) -> set[str]:
+        """The storage dtypes of q, k and v over the artifact's flash attentions (64 queries or more)."""
+        kernels = [k for k in m["kernels"]["kernels"].values() if k["op"] == "attention" and k["attrs"]["S"] >= 64]
+        assert kernels and all(k["attrs"]["mma"] == "bf16" for k in kernels)
+        return {p["dtype"] for k in kernels for p in k["params"][:3]}
+
+    m = compile_sd(ckpt, tmp_path / "early", compute="bf16", components=["unet"])
+    assert m["report"]["round_early"]["values"] > 0
+    assert attention_inputs(m) == {"bfloat16"}
+    monkeypatch.setattr(pipeline, "PIPELINE", [p for p in pipeline.PIPELINE if p[0] != "round_early"])
+    m2 = compile_sd(ckpt, tmp_path / "plain", compute="bf16", components=["unet"])
+    assert attention_inputs(m2) == {"float32"}
+
+    got, want = (runtime.load(tmp_path / d, num_threads=2) for d in ("early", "plain"))
+    fn = got._only()
+    rng = np.random.default_rng(1)
+    ins = {k: rng.standard_normal(v["shape"]).astype(v["dtype"]) for k, v in got.functions[fn]["inputs"].items()}
+    a, b = got.call(fn, ins), want.call(fn, ins)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
