@@ -26,6 +26,7 @@ from schedules import (
     cpu_layer_norm,
     cpu_vnni,
     cpu_winograd,
+    cpu_winograd_dot,
     gpu,
     injective,
 )
@@ -57,6 +58,8 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = RULES["cpu"][spec.family]
     if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
         rule = cpu_amx_bf16.linear
+    elif cpu_winograd_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # no tile unit, a 3x3 conv over many
+        rule = cpu_winograd_dot.linear  # pixels: Winograd F(2x2, 3x3) with vdpbf16ps products
     elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
         rule = cpu_bf16_dot.linear  # (it reads the tile unit's packed bf16 operands too)
     elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout

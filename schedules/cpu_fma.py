@@ -459,8 +459,12 @@ class _FmaGemm:
                     xv = T.Broadcast(xb[self.xat(xr + r, k, kc)], 16)
                     for j in range(nb):
                         i = r * nb + j
-                        vstore(acc, 16 * i, _fma(xv, wv[j], vload(acc, 16 * i, 16)), 16)
+                        vstore(acc, 16 * i, self.mac(vload(acc, 16 * i, 16), xv, wv[j]), 16)
         end_sums(acc, mr * nb, self.passes, kc, part, slot, lambda: self.epilogue(acc, u, m0))
+
+    def mac(self, acc, x, w):
+        """acc + x w (f32x16; a kernel on other products, ``cpu_winograd_dot``, has its own)."""
+        return _fma(x, w, acc)
 
     def epilogue(self, acc, u, m0) -> None:
         """The block's sums through the fused epilogue to rows m0 .. m0 + MR - 1 (those below M) of y."""

@@ -15,8 +15,8 @@ Numerics. F(2x2, 3x3)'s coefficients are 0, +-1 and +-1/2, so each value of U an
 are exact), rounded two to four times in f32; F(4x4, 3x3)'s also hold 1/6, 1/24 (rounded to f32) and up to 8, so
 its terms pass through more roundings and its magnitudes grow more. The products and the sums over channels are f32
 as in ``cpu_fma``. ``tests/kernels/test_winograd_cpu.py`` bounds the error by (C + 12) u (F(4x4): (C + 32) u) times
-the sum of the terms' magnitudes, a few times the direct conv's bound. bf16 products would add their own 2^-9 per
-product on top of it, so ``--compute bf16`` keeps the direct conv.
+the sum of the terms' magnitudes, a few times the direct conv's bound. With ``--compute bf16`` the tile unit keeps
+the direct conv; without it (AMD Zen 4) ``cpu_winograd_dot`` runs F(2x2, 3x3) with U and V rounded to bf16.
 
 Loop nest (by rows of tiles, as ``cpu_fma.rows_first``):
 - per block of weight units (``PANEL_BYTES``): the units' U, all (m + 2)^2 xi, transformed from the weights as
@@ -88,7 +88,8 @@ MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x
 # pixels per call (B H W) from which this kernel, with f32 products, runs a 3x3 conv faster than the kernel named
 # with its own products: int8 on the tile unit (cpu_amx) or VNNI (cpu_vnni), bf16 on vdpbf16ps (cpu_bf16_dot; AMD
 # Zen 4, 2 threads, f16 weights, alternating: 8,192 pixels 1.58x (SD1.5's UNet 64x64 with guidance, 320 channels),
-# 16,384 1.37x, 65,536 1.8-1.9x; 4,096 0.94x and fewer 0.75-0.9x)
+# 16,384 1.37x, 65,536 1.8-1.9x; 4,096 0.94x and fewer 0.75-0.9x) — for bf16 only where Winograd with bf16 products
+# (``cpu_winograd_dot``, faster still) does not take the conv: channels not in whole conversions of 32
 OVER_PIXELS = {"cpu_amx": 4096, "cpu_vnni": 16384, "cpu_bf16_dot": 8192}
 MIN_CHANNELS = 64  # in and out: with fewer the transforms cost more than the products they save
 GROUP_PANELS = 16  # row panels (of MR tiles) per group at most
@@ -183,28 +184,31 @@ class _WinogradConv(cpu_fma._FmaGemm):
     """The F(m x m, 3x3) loop nest; ``micro`` (the register block) is ``cpu_fma``'s, run over C in passes on prepared
     rows of V (row xi RG + r of a group's buffer, ``xat``) and a unit's panel for one xi, its sums stored to M."""
 
+    PER_WORD = 1  # channels per 32-bit word of U and V: f32 values
+
     def __init__(self, spec: KernelSpec, bufs: dict):  # not super().__init__: it plans the direct conv's nests
         self.spec, self.bufs = spec, bufs
         a = dict(spec.attrs)
         self.B, self.H, self.W, self.C, self.N = (int(a[k]) for k in ("B", "H", "W", "C", "N"))
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
-        self.m = tile_size(a)  # outputs per tile side; the input tile is alpha x alpha
+        self.m = self.tile_m(a)  # outputs per tile side; the input tile is alpha x alpha
         self.alpha = self.m + 2
         self.XI = self.alpha**2  # positions of a transformed tile: XI GEMMs
         self.BT, self.G, self.AT = MATRICES[self.m]
         self.TH, self.TW = -(-self.H // self.m), -(-self.W // self.m)
         self.T = tiles(a, self.m)
-        # what ``micro`` reads: C values per row of V (a multiple of 16) in passes of KC whose weight slice (KC x NR
-        # f32) fits L1 (``cpu_fma.L1_BYTES``), rows of V pass by pass (``xat``), no swap; K is the weights' row
+        # what ``micro`` reads: KR words per row of V (a multiple of 16) in passes of KC whose weight slice (KC x NR
+        # words) fits L1 (``cpu_fma.L1_BYTES``), rows of V pass by pass (``xat``), no swap; K is the weights' row
         # (9 C), which ``_wvec`` reads
         self.K = 9 * self.C
-        self.KR = self.C
+        self.KR = self.C // self.PER_WORD  # words per row of V: its values, or pairs of them (``cpu_winograd_dot``)
         self.KV = self.C // 16
         self.x_slice, self.swap = False, False
         self.NB, self.MR, self.NR, self.NU = cpu_fma.register_block(self.N)
-        self.passes, self.KC = cpu_fma.l1_passes(self.KV, self.NR)
-        self.UW = self.XI * self.C * self.NR  # f32 words of a unit's panels
+        self.PJ = self.KR // 16  # jobs per unit packing its U: one per 16 words of a row
+        self.passes, self.KC = cpu_fma.l1_passes(self.KR // 16, self.NR)
+        self.UW = self.XI * self.KR * self.NR  # words of a unit's panels
         self.UPB = max(1, min(self.NU, PANEL_BYTES // (4 * self.UW)))  # units per panel block
         self.PB = -(-self.NU // self.UPB)
         # tiles per group: each weight slice, read from L3 per group, serves RG rows (64 / RG bytes per FMA), while
@@ -216,16 +220,19 @@ class _WinogradConv(cpu_fma._FmaGemm):
         self.GR = -(-self.T // self.RG)
         self.xrows = self.XI * self.RG  # rows of V held (``xat``)
 
+    def tile_m(self, a: dict) -> int:
+        return tile_size(a)
+
     def build(self) -> None:
         self.weight_views()
         panel = T.alloc_buffer((self.UPB * self.UW,), "float32")
         with T.serial(0, self.PB) as pb:
             units = T.bind(T.min(self.UPB, self.NU - pb * self.UPB))
-            with T.parallel(0, self.UPB * self.KV) as job:
-                ul = T.bind(job // self.KV)
+            with T.parallel(0, self.UPB * self.PJ) as job:
+                ul = T.bind(job // self.PJ)
                 with T.If(ul < units):
                     with T.Then():
-                        self.pack_filters(panel, ul, pb * self.UPB + ul, job % self.KV)
+                        self.pack_filters(panel, ul, pb * self.UPB + ul, job % self.PJ)
             # one task per group: splitting a group's units between tasks (each preparing the group's V) ran 10-15%
             # slower (128 and 512 tiles, 2 threads)
             with T.parallel(0, self.GR) as g:
@@ -239,7 +246,9 @@ class _WinogradConv(cpu_fma._FmaGemm):
                         with T.serial(0, self.passes) as kc:
                             with T.serial(0, self.RP) as t:
                                 row = T.bind(xi * self.RG + t * self.MR)
-                                self.micro(panel, (ul * self.XI + xi) * self.C * self.NR, vg, row, part, t, ul, row, kc)
+                                self.micro(
+                                    panel, (ul * self.XI + xi) * self.KR * self.NR, vg, row, part, t, ul, row, kc
+                                )
                     self.finish(g, pb * self.UPB + ul)
 
     def pack_filters(self, panel, ul, u, cv) -> None:
@@ -280,19 +289,28 @@ class _WinogradConv(cpu_fma._FmaGemm):
                 cx = [T.bind(T.max(T.min(v, self.W - 1), 0)) for v in xs]
                 iny = [T.bind(tirx.all(v >= 0, v < self.H)) for v in ys]
                 inx = [T.bind(tirx.all(v >= 0, v < self.W)) for v in xs]
-                with T.serial(0, self.KV) as cv:
+
+                def tile(c0) -> list:
+                    """The alpha x alpha input tile's 16 channels from c0, row-major, zeros outside the image."""
                     d = []
                     for i in range(self.alpha):
                         for j in range(self.alpha):
-                            v = T.bind(load_f32(x, [b, cy[i], cx[j], T.Ramp(16 * cv, 1, 16)], 16))
+                            v = T.bind(load_f32(x, [b, cy[i], cx[j], T.Ramp(c0, 1, 16)], 16))
                             inside = T.Broadcast(tirx.all(iny[i], inx[j]), 16)
                             d.append(T.bind(T.Select(inside, v, splat(0.0, "float32", 16))))
-                    for xi, v in enumerate(transform(self.BT, d, self.alpha)):
-                        vstore(vg, self.xat(xi * self.RG + ml, 16 * cv), v, 16)
+                    return d
+
+                self.store_v(tile, vg, ml)
             with T.Else():
-                with T.serial(0, self.KV) as cv:
+                with T.serial(0, self.KR // 16) as v:
                     for xi in range(self.XI):
-                        vstore(vg, self.xat(xi * self.RG + ml, 16 * cv), splat(0.0, "float32", 16), 16)
+                        vstore(vg, self.xat(xi * self.RG + ml, 16 * v), splat(0.0, "float32", 16), 16)
+
+    def store_v(self, tile, vg, ml) -> None:
+        """B^T d B of the tile's channels, 16 at a time, into row ml of each xi's rows."""
+        with T.serial(0, self.KV) as cv:
+            for xi, v in enumerate(transform(self.BT, tile(16 * cv), self.alpha)):
+                vstore(vg, self.xat(xi * self.RG + ml, 16 * cv), v, 16)
 
     def epilogue(self, acc, u, m0) -> None:
         """The register block's sums (MR rows of one xi's GEMM) into M; ``finish`` transforms them back."""

@@ -19,8 +19,11 @@ per instruction, about twice the error of bf16 products), where 16 or more rows,
 channels in whole vectors let the kernel take them — but not the 3x3 convs the Winograd kernel takes over
 ``cpu_winograd.OVER_PIXELS["cpu_vnni"]`` pixels (a VAE's 128x128 to 512x512 levels): with the weights decoded
 to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they keep f32 products (``kept_f32``).
-Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason; even there,
-3x3 convs over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels keep f32 products on Winograd, faster and more exact. With AMX-BF16, every ``attention`` node
+Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason; there the 3x3
+convs Winograd takes run it with bf16 products (``schedules/cpu_winograd_dot.py``: F(2x2, 3x3) on vdpbf16ps,
+1.2-1.6x faster than Winograd in f32 and 1.5-2.2x faster than the direct bf16 GEMM), and the few it could not
+(channels not in whole conversions of 32) keep f32 products on Winograd over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels,
+faster than the direct bf16 GEMM. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16
@@ -90,7 +93,13 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if n.op not in ("linear", "conv2d"):
             continue
         w = g.values[n.inputs[1]]
-        if get_type(w.dtype).is_float and not no_bf16 and dot and _winograd_faster(g, n, "cpu_bf16_dot"):
+        if (
+            get_type(w.dtype).is_float
+            and not no_bf16
+            and dot
+            and _winograd_faster(g, n, "cpu_bf16_dot")
+            and not _winograd_dot_takes(g, n)
+        ):
             rep["kept_f32"] += 1
             why.add(
                 f"float-weight 3x3 convs over {OVER_PIXELS['cpu_bf16_dot']:,} pixels or more keep f32 products: "
@@ -150,6 +159,18 @@ def _vnni_takes(g: Graph, n) -> bool:
     from sdcompile.codegen.plan import node_spec
 
     return cpu_vnni.applicable(node_spec(g, n), 16)
+
+
+def _winograd_dot_takes(g: Graph, n) -> bool:
+    """Whether Winograd with bf16 products (``cpu_winograd_dot``) would take node ``n`` marked bf16: its own rule on
+    the spec the node would become."""
+    from schedules import cpu_winograd_dot
+    from sdcompile.codegen.plan import node_spec
+
+    n.attrs["mma"] = "bf16"
+    takes = cpu_winograd_dot.applicable(node_spec(g, n), 16, True)
+    del n.attrs["mma"]
+    return takes
 
 
 def _winograd_faster(g: Graph, n, kernel: str) -> bool:

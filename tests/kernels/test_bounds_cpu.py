@@ -19,6 +19,7 @@ SPECS = [
     ("conv2d", dict(CONV, B=2, H=8, W=8, C=32, N=32, wtype="f16")),
     ("conv2d", dict(VAE_DOWN, B=1, H=9, W=9, C=32, N=32, wtype="f32")),
     ("conv2d", dict(CONV, B=1, H=64, W=64, C=16, N=128, wtype="f16")),  # rows outer
+    ("conv2d", dict(CONV, B=2, H=15, W=17, C=64, N=64, wtype="f16")),  # Winograd (AVX-512): partial tiles at the edges
     ("upsample_nearest", {"B": 1, "H": 4, "W": 4, "C": 32, "f": 2}),
     ("slices", {"outer": 2, "full": 16, "inner": 96, "starts": [0, 5], "widths": [5, 11]}),
 ]
@@ -32,10 +33,11 @@ AMX_BF16 = [
 ]
 
 # the vdpbf16ps GEMM (no tile unit): the tile kernel's cases, weights converted per call, then read in place from
-# the tile unit's layout
+# the tile unit's layout; and Winograd with vdpbf16ps products
 BF16_DOT = AMX_BF16 + [
     ("conv2d", dict(CONV, B=2, H=4, W=4, C=32, N=64, wtype="bf16", mma="bf16", wlayout="amx_bf16")),
     ("linear", dict(LINEAR, M=20, N=48, K=96, wtype="bf16", mma="bf16", wlayout="amx_bf16")),
+    ("conv2d", dict(CONV, B=2, H=15, W=17, C=64, N=64, wtype="f16", mma="bf16")),  # Winograd on vdpbf16ps
 ]
 
 

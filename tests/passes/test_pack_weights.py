@@ -153,3 +153,27 @@ def test_packed_artifact_gives_the_same_bits(unit, tiny_ldm_safetensors, tiny_id
     assert not any(t.get("layout") for t in m2["weights"]["tensors"].values())
     want = runtime.load(tmp_path / "plain", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs a CPU with AVX512_BF16")
+def test_winograd_convs_keep_row_major_weights(monkeypatch):
+    """Without the tile unit, a 3x3 conv that Winograd with vdpbf16ps products takes (``cpu_winograd_dot``: it
+    transforms the weights as stored) keeps its weight row-major; one over a few pixels (the direct vdpbf16ps GEMM)
+    gets it packed. Fails if the Winograd conv's weight is packed: the kernel would no longer take its spec."""
+    from sdcompile.ir import Graph
+    from sdcompile.ir.graph import WeightData
+
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
+    monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)
+    g = Graph()
+    for i, side in enumerate((32, 4)):
+        x = g.add_input(f"x{i}", (2, side, side, 64), "float32", "unet")
+        w = g.add_weight(f"w{i}", (64, 576), "f16", "unet", WeightData(None, f"w{i}", "f16"))
+        attrs = {"kh": 3, "kw": 3, "pads": (1, 1, 1, 1), "stride": 1, "bias": False}
+        g.outputs.append(g.add_node("conv2d", [x, w], f"y{i}", (2, side, side, 64), "unet", **attrs))
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    g = pack_weights.run(mma.run(g, ctx), ctx)
+    winograd, direct = g.nodes
+    assert winograd.attrs["mma"] == direct.attrs["mma"] == "bf16"
+    assert "wlayout" not in winograd.attrs and g.values["w0"].dtype == "f16"
+    assert direct.attrs["wlayout"] == layouts.AMX_BF16 and set(ctx.report["pack_weights"]["tensors"]) == {"w1"}
