@@ -6,7 +6,8 @@ per position of the transformed 4 x 4 tile), with the GEMMs' operands as ``cpu_b
 consecutive channels in one 32-bit word, so each ``vdpbf16ps`` does 32 multiply-adds (twice the f32 FMA rate on
 Zen 4) on top of the 2.25x fewer products than the direct conv:
 
-- U = G g G^T in f32, rounded to bf16 once (``vcvtne2ps2bf16``) and packed per call into panels [xi][channel
+- U = G g G^T in f32 from the weights as stored (f32, f16, bf16, or a GGUF type ``quant_vec`` decodes to f32, as
+  ``cpu_winograd`` reads them), rounded to bf16 once (``vcvtne2ps2bf16``) and packed per call into panels [xi][channel
   pair][NR outputs] of pair words (32 channels per conversion, then a 16 x 16 register transpose);
 - V = B^T d B in f32, rounded to bf16 once, rows of pair words [channel pair] per tile and xi;
 - per pair step the register block multiplies NB weight words by MR broadcast V words; sums in f32; A^T M A and the
@@ -44,7 +45,7 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules import cpu_winograd
-from schedules.cpu_bf16_dot import TYPES, target_has_bf16_dot
+from schedules.cpu_bf16_dot import target_has_bf16_dot
 from schedules.tir_build import (
     bf16_words,
     dot_bf16_words,
@@ -64,11 +65,11 @@ ROUNDS_TO_BF16 = ()
 
 def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
     """A 3x3 conv asking for bf16 products that the f32 Winograd kernel would take (stride 1, padding 1, enough
-    tiles and channels), with float weights and channels in whole conversions of 32, on a host with AVX512_BF16
-    whose tile unit does not take the job (``host_dot``)."""
+    tiles and channels; float weights or a GGUF type ``quant_vec`` decodes), with channels in whole conversions of
+    32, on a host with AVX512_BF16 whose tile unit does not take the job (``host_dot``)."""
     if spec.attr("mma") != "bf16" or spec.op != "conv2d" or not host_dot or spec.attr("wlayout"):
         return False
-    if str(spec.attr("wtype")) not in TYPES or int(spec.attr("C")) % 32:
+    if int(spec.attr("C")) % 32:
         return False
     return _winograd_shape(spec, lanes) and target_has_bf16_dot()
 

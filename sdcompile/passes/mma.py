@@ -21,7 +21,9 @@ channels in whole vectors let the kernel take them — but not the 3x3 convs the
 to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they keep f32 products (``kept_f32``).
 Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason; there the 3x3
 convs Winograd takes run it with bf16 products (``schedules/cpu_winograd_dot.py``: F(2x2, 3x3) on vdpbf16ps,
-1.2-1.6x faster than Winograd in f32 and 1.5-2.2x faster than the direct bf16 GEMM), and the few it could not
+1.2-2.1x faster than Winograd in f32 and 1.5-2.2x faster than the direct bf16 GEMM), whatever their weights' type
+— quantized ones are decoded to f32 first, as in f32 mode, and counted as ``quantized``: 1.06-1.5x faster than
+VNNI's int8 products and more exact, so the int8 rules above apply to the other nodes —, and the few it could not
 (channels not in whole conversions of 32) keep f32 products on Winograd over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels,
 faster than the direct bf16 GEMM. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
@@ -93,13 +95,16 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         if n.op not in ("linear", "conv2d"):
             continue
         w = g.values[n.inputs[1]]
-        if (
-            get_type(w.dtype).is_float
-            and not no_bf16
-            and dot
-            and _winograd_faster(g, n, "cpu_bf16_dot")
-            and not _winograd_dot_takes(g, n)
-        ):
+        if dot and _winograd_dot_takes(g, n):  # float or quantized: Winograd on vdpbf16ps is the fastest
+            n.attrs["mma"] = compute
+            rep["nodes"] += 1
+            if not get_type(w.dtype).is_float:
+                rep["quantized"] = rep.get("quantized", 0) + 1
+            why.add(
+                "3x3 convs Winograd takes run it with bf16 products on vdpbf16ps (float or quantized weights, "
+                "decoded, transformed and rounded to bf16 once)"
+            )
+        elif get_type(w.dtype).is_float and not no_bf16 and dot and _winograd_faster(g, n, "cpu_bf16_dot"):
             rep["kept_f32"] += 1
             why.add(
                 f"float-weight 3x3 convs over {OVER_PIXELS['cpu_bf16_dot']:,} pixels or more keep f32 products: "

@@ -1,6 +1,6 @@
 """conv2d 3x3 by Winograd's F(2x2, 3x3) with bf16 products on the vector unit (``schedules/cpu_winograd_dot.py``,
-``vdpbf16ps``, ``compile --compute bf16`` without AMX-BF16: AMD Zen 4) against float64 numpy: f32, f16 and bf16
-weights, sizes that are and are not multiples of the tile, K in one pass and several, several panel blocks, the
+``vdpbf16ps``, ``compile --compute bf16`` without AMX-BF16: AMD Zen 4) against float64 numpy: f32, f16, bf16 and
+GGUF weights, sizes that are and are not multiples of the tile, K in one pass and several, several panel blocks, the
 fused epilogue.
 
 On a CPU with AMX the kernels are built with ``SDCOMPILE_NO_AMX=1``, so this path is tested wherever AVX512_BF16
@@ -45,6 +45,9 @@ CASES = [
     {"B": 1, "H": 24, "W": 23, "C": 960, "N": 64, "wtype": "bf16", **EPI, "residual": True, "dt": "bbb"},
     # several panel blocks (U of one unit: 2.6 MB; 7 units), the SiLU epilogue
     {"B": 2, "H": 16, "W": 16, "C": 1280, "N": 448, "wtype": "f16", **EPI, "act": "silu"},
+    # GGUF types decoded into U (``quant_vec``), as the f32 Winograd kernel decodes them
+    {"B": 1, "H": 32, "W": 32, "C": 64, "N": 64, "wtype": "q8_0", **EPI},
+    {"B": 1, "H": 32, "W": 30, "C": 256, "N": 64, "wtype": "q4_k", **EPI},
 ]
 SPECS = [KernelSpec.make("conv2d", **CONV3, **a, mma="bf16") for a in CASES]
 
@@ -133,7 +136,7 @@ def test_dispatch(monkeypatch):
         ("channels not a multiple of 32", {"C": 80}),
         ("too few tiles", {"H": 8, "W": 8}),
         ("stride 2", {"stride": 2}),
-        ("quantized", {"wtype": "q8_0"}),
+        ("a type quant_vec does not decode", {"wtype": "iq2_xxs"}),
     ):
         a = {k: v for k, v in (CONV3 | base | change).items() if v is not None}
         assert not cpu_winograd_dot.applicable(KernelSpec.make("conv2d", **a), 16, True), why

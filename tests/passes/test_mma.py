@@ -217,16 +217,17 @@ def _convs(pixels: list[int], wtype: str, channels: int | list[int] = 64) -> Gra
 
 @pytest.mark.parametrize("wtype", ["q8_0", "q4_0"])
 def test_vnni_leaves_convs_over_many_pixels_to_winograd(monkeypatch, wtype):
-    """Without AMX-BF16, a q8_0 / q4_0 3x3 conv over OVER_PIXELS["cpu_vnni"] pixels or more keeps f32 products
-    (Winograd runs it faster than int8 products on VNNI, and more exactly) and the report says why; a smaller one
-    gets int8 products. One table decides this here and in the CPU dispatch."""
+    """Without AMX-BF16 or a fast AVX512_BF16 (Intel Ice Lake: VNNI only), a q8_0 / q4_0 3x3 conv over
+    OVER_PIXELS["cpu_vnni"] pixels or more keeps f32 products (Winograd runs it faster than int8 products on VNNI,
+    and more exactly) and the report says why; a smaller one gets int8 products. One table decides this here and in
+    the CPU dispatch."""
     from schedules import cpu_fma, cpu_winograd
     from schedules.cpu import CpuInfo
 
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
-    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: False)
     monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
-    monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "GenuineIntel")
     side = int(cpu_winograd.OVER_PIXELS["cpu_vnni"] ** 0.5)
     ctx = PassContext(CompileOptions(compute="bf16"))
     g = mma.run(_convs([side, side // 2], wtype), ctx)
@@ -238,6 +239,36 @@ def test_vnni_leaves_convs_over_many_pixels_to_winograd(monkeypatch, wtype):
         import schedules
 
         assert schedules.cpu_rule(node_spec(g, big), CpuInfo()) is cpu_winograd.linear
+
+
+@pytest.mark.parametrize("wtype", ["q8_0", "q4_k"])
+def test_bf16_dot_quantized_convs_take_winograd_with_bf16_products(monkeypatch, wtype):
+    """Where vdpbf16ps is fast (AMD Zen 4), quantized 3x3 convs that Winograd takes get bf16 products whatever their
+    size (decoded, transformed and rounded to bf16 by ``cpu_winograd_dot``: faster than VNNI's int8 products and
+    more exact), counted as quantized; a 1x1 conv of q8_0 weights keeps int8 products on VNNI."""
+    from schedules import cpu_bf16_dot, cpu_winograd, cpu_winograd_dot
+    from sdcompile.ir.graph import WeightData
+
+    if not cpu_bf16_dot.target_has_bf16_dot():
+        pytest.skip("the bf16 Winograd kernel's rule asks the build target for AVX512_BF16")
+    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
+    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)
+    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
+    side = int(cpu_winograd.OVER_PIXELS["cpu_vnni"] ** 0.5)
+    g = _convs([side, side // 2], wtype)
+    x = g.add_input("x9", (1, 16, 16, 64), "float32", "vae")
+    w = g.add_weight("w9", (64, 64), "q8_0", "vae", WeightData(None, "w9", "q8_0"))
+    attrs = {"kh": 1, "kw": 1, "pads": (0, 0, 0, 0), "stride": 1, "bias": False}
+    g.outputs.append(g.add_node("conv2d", [x, w], "y9", (1, 16, 16, 64), "vae", **attrs))
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    g = mma.run(g, ctx)
+    big, small, pointwise = g.nodes
+    assert big.attrs["mma"] == small.attrs["mma"] == "bf16" and pointwise.attrs["mma"] == "int8"
+    assert cpu_winograd_dot.applicable(node_spec(g, big), 16, True)
+    rep = ctx.report["mma"]
+    assert rep["nodes"] == 3 and rep["quantized"] == 2 and rep["int8"] == 1 and rep["kept_f32"] == 0
+    assert "Winograd takes run it with bf16 products" in rep["why"]
 
 
 def test_bf16_dot_convs_over_many_pixels(monkeypatch):
