@@ -29,14 +29,12 @@ from sdcompile.codegen import tvm_layer
 from sdcompile.ir.ops import im2col_np, silu_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from tests.kernels import fixtures as fx
+from tests.kernels.test_winograd_cpu import CONV3, EPI, HALF_ULP, U32, _magnitude
 
 pytestmark = pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs a CPU with AVX512_BF16")
 
-U32, UB = 2.0**-24, 2.0**-8
-HALF_ULP = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+UB = 2.0**-8
 NO_AMX = {"SDCOMPILE_NO_AMX": "1"}
-CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}
-EPI = {"bias": True, "residual": False}
 CASES = [
     {"B": 1, "H": 24, "W": 24, "C": 64, "N": 64, "wtype": "f32", **EPI},  # 144 tiles, 6 x 4 register blocks
     # odd height and width (partial tiles), N = 80 (28 x 1 blocks), residual, f16 activations
@@ -164,7 +162,7 @@ def test_within_its_bounds(ex, spec):
 
     xm = im2col_np(x, dict(spec.attrs)).reshape(M, K)
     y = act(xm @ w.T + bias) + res
-    mag = cpu_winograd_magnitude(spec, x, w)
+    mag = _magnitude(spec, x, w)  # the f32 Winograd test's (|A|^T [(|G| |g| |G|^T) . (|B|^T |d| |B|)] |A|)
     exact = 1.1 * (UB + (C + 12) * U32) * mag + 8 * U32 * (1 + np.abs(y)) + 1.01 * out_round * np.abs(y)
     err = np.abs(got - y)
     assert np.all(err <= exact), float(np.max(err / exact))
@@ -174,10 +172,3 @@ def test_within_its_bounds(ex, spec):
     # their own rounding hides both
     if not out_round:
         assert 20 * np.median(np.abs(got - y_emu)) < np.median(err)
-
-
-def cpu_winograd_magnitude(spec, x, w):
-    """The f32 Winograd test's magnitude (|A|^T [(|G| |g| |G|^T) . (|B|^T |d| |B|)] |A|) for F(2x2)."""
-    from tests.kernels.test_winograd_cpu import _magnitude
-
-    return _magnitude(spec, x, w)

@@ -241,13 +241,10 @@ def test_vnni_leaves_convs_over_many_pixels_to_winograd(monkeypatch, wtype):
         assert schedules.cpu_rule(node_spec(g, big), CpuInfo()) is cpu_winograd.linear
 
 
-@pytest.mark.parametrize("wtype", ["q8_0", "q4_k"])
-def test_bf16_dot_quantized_convs_take_winograd_with_bf16_products(monkeypatch, wtype):
-    """Where vdpbf16ps is fast (AMD Zen 4), quantized 3x3 convs that Winograd takes get bf16 products whatever their
-    size (decoded, transformed and rounded to bf16 by ``cpu_winograd_dot``: faster than VNNI's int8 products and
-    more exact), counted as quantized; a 1x1 conv of q8_0 weights keeps int8 products on VNNI."""
-    from schedules import cpu_bf16_dot, cpu_winograd, cpu_winograd_dot
-    from sdcompile.ir.graph import WeightData
+def _zen4(monkeypatch) -> None:
+    """The host as an AMD Zen 4 (no tile unit, a fast vdpbf16ps, VNNI); the bf16 Winograd kernel's rule also asks the
+    build target, so this host must have AVX512_BF16."""
+    from schedules import cpu_bf16_dot
 
     if not cpu_bf16_dot.target_has_bf16_dot():
         pytest.skip("the bf16 Winograd kernel's rule asks the build target for AVX512_BF16")
@@ -255,6 +252,17 @@ def test_bf16_dot_quantized_convs_take_winograd_with_bf16_products(monkeypatch, 
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
     monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)
     monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
+
+
+@pytest.mark.parametrize("wtype", ["q8_0", "q4_k"])
+def test_bf16_dot_quantized_convs_take_winograd_with_bf16_products(monkeypatch, wtype):
+    """Where vdpbf16ps is fast (AMD Zen 4), quantized 3x3 convs that Winograd takes get bf16 products whatever their
+    size (decoded, transformed and rounded to bf16 by ``cpu_winograd_dot``: faster than VNNI's int8 products and
+    more exact), counted as quantized; a 1x1 conv of q8_0 weights keeps int8 products on VNNI."""
+    from schedules import cpu_winograd, cpu_winograd_dot
+    from sdcompile.ir.graph import WeightData
+
+    _zen4(monkeypatch)
     side = int(cpu_winograd.OVER_PIXELS["cpu_vnni"] ** 0.5)
     g = _convs([side, side // 2], wtype)
     x = g.add_input("x9", (1, 16, 16, 64), "float32", "vae")
@@ -277,14 +285,9 @@ def test_bf16_dot_convs_over_many_pixels(monkeypatch):
     are not whole conversions of 32, over OVER_PIXELS["cpu_bf16_dot"] pixels or more, keeps f32 products (Winograd in
     f32 runs it faster than the direct vdpbf16ps GEMM, and more exactly) and the report says why; a smaller one gets
     bf16 products."""
-    from schedules import cpu_bf16_dot, cpu_winograd
+    from schedules import cpu_winograd
 
-    if not cpu_bf16_dot.target_has_bf16_dot():
-        pytest.skip("the bf16 Winograd kernel's rule asks the build target for AVX512_BF16")
-    monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
-    monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
-    monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)
-    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: True)
+    _zen4(monkeypatch)
     side = int(cpu_winograd.OVER_PIXELS["cpu_bf16_dot"] ** 0.5) + 1
     ctx = PassContext(CompileOptions(compute="bf16"))
     g = mma.run(_convs([side, side, side // 2], "f16", [64, 80, 80]), ctx)
