@@ -1,6 +1,9 @@
-"""UNet GEMM shapes with bf16 products on the vector unit (``schedules/cpu_bf16_dot.py``, ``vdpbf16ps``) against
-sdcompile's f32 kernel for the same spec, and optionally PyTorch's bf16 (oneDNN) restricted to the same ISA
-(``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, set in a child process before torch loads).
+"""UNet and VAE GEMM shapes with bf16 products on the vector unit (``schedules/cpu_bf16_dot.py``, ``vdpbf16ps``)
+against sdcompile's f32 kernel for the same spec, and optionally PyTorch's bf16 (oneDNN) restricted to the same ISA
+(``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``, set in a child process before torch loads). The 3x3 convs that Winograd
+takes are timed three ways with sdcompile: Winograd F(2x2, 3x3) with bf16 products (``schedules/cpu_winograd_dot.py``,
+what ``--compute bf16`` runs them with: ``winograd_bf16``), the direct vdpbf16ps GEMM (``bf16_dot``, built with
+Winograd's rule turned off) and f32 products (``f32``: Winograd in f32). GFLOP/s count the direct conv's products.
 
     SDCOMPILE_NO_AMX=1 .venv/bin/python benchmarks/bf16_dot.py --torch     # on a CPU with AMX: turn the tiles off
 
@@ -25,9 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": [1, 1, 1, 1]}
-# (name, op, attrs): SD1.5 UNet at 512x512 with guidance (batch 2), first level
+# (name, op, attrs): SD1.5 UNet at 512x512 with guidance (batch 2), and the VAE decoder at 512x512
 SHAPES = [
     ("conv3x3 B2 C320 64x64 N320", "conv2d", {"B": 2, "C": 320, "H": 64, "W": 64, "N": 320, **CONV3}),
+    ("conv3x3 B2 C640 32x32 N640", "conv2d", {"B": 2, "C": 640, "H": 32, "W": 32, "N": 640, **CONV3}),
+    ("conv3x3 B2 C1280 16x16 N1280", "conv2d", {"B": 2, "C": 1280, "H": 16, "W": 16, "N": 1280, **CONV3}),
+    ("conv3x3 B2 C1280 8x8 N1280", "conv2d", {"B": 2, "C": 1280, "H": 8, "W": 8, "N": 1280, **CONV3}),
+    ("VAE conv3x3 C512 128x128 N512", "conv2d", {"B": 1, "C": 512, "H": 128, "W": 128, "N": 512, **CONV3}),
     ("linear M8192 K320 N2560", "linear", {"M": 8192, "N": 2560, "K": 320, "act": "none"}),
     ("linear M8192 K1280 N320", "linear", {"M": 8192, "N": 320, "K": 1280, "act": "none"}),
 ]
@@ -62,26 +69,42 @@ def sdcompile_rates(repeat: int) -> list[dict]:
         extra = {"mma": "bf16"} if mma else {}
         return KernelSpec.make(op, **a, bias=True, residual=False, wtype="f16", **extra)
 
+    from schedules import cpu_winograd_dot
+
     specs = [spec(op, a, m) for _, op, a in SHAPES for m in (True, False)]
     out = Path(tempfile.mkdtemp(prefix="bf16_dot-"))
-    ex = Executor(out, build_kernels(specs, "cpu", out), num_threads=1)
+    ex = Executor(out / "rules", build_kernels(specs, "cpu", out / "rules"), num_threads=1)
+    takes = {sp.name for sp in specs if cpu_winograd_dot.applicable(sp, 16, True)}
+    rule = cpu_winograd_dot.applicable
+    cpu_winograd_dot.applicable = lambda *a: False  # the same specs on the direct vdpbf16ps GEMM
+    try:
+        direct = [sp for sp in specs if sp.name in takes]
+        ex_direct = Executor(out / "direct", build_kernels(direct, "cpu", out / "direct"), num_threads=1)
+    finally:
+        cpu_winograd_dot.applicable = rule
     rng = np.random.default_rng(0)
     rows = []
     for name, op, a in SHAPES:
         row = {"shape": name}
-        for key, sp in (("bf16_dot", spec(op, a, True)), ("f32", spec(op, a, False))):
+        bf, f32 = spec(op, a, True), spec(op, a, False)
+        runs = [("bf16_dot", bf, ex), ("f32", f32, ex)]
+        if bf.name in takes:
+            runs = [("winograd_bf16", bf, ex), ("bf16_dot", bf, ex_direct), ("f32", f32, ex)]
+        for key, sp, kex in runs:
             bufs = []
             for p in sp.params:
                 if p.kind == "raw":
                     arr = (rng.standard_normal(p.words() * 2) * 0.05).astype(np.float16).view(np.uint32)
                 else:
                     arr = rng.standard_normal(p.shape).astype(np.float32)
-                buf = ex.alloc(arr.nbytes)
-                ex.upload(buf, arr)
+                buf = kex.alloc(arr.nbytes)
+                kex.upload(buf, arr)
                 bufs.append(
                     (buf, (p.words(),) if p.kind == "raw" else p.shape, "uint32" if p.kind == "raw" else p.dtype)
                 )
-            row[key] = gemm_flop(op, a) / best(lambda sp=sp, bufs=bufs: ex.launch(sp.name, bufs), repeat) / 1e9
+            row[key] = (
+                gemm_flop(op, a) / best(lambda sp=sp, bufs=bufs, kex=kex: kex.launch(sp.name, bufs), repeat) / 1e9
+            )
         rows.append(row)
     return rows
 
