@@ -119,8 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         default="f32",
         help="precision of matrix products: bf16 rounds both operands to bf16 and sums in f32 (as PyTorch's bf16 "
         "autocast; ~2e-3 relative error) for float, q8_0 and q4_0 weights and attention on the CPU's AMX tile unit, "
-        "or for float weights on AVX512_BF16 (vdpbf16ps) without it; elsewhere products stay f32 and the report "
-        "says so (default f32)",
+        "or for float weights, attention and (Winograd) the 3x3 convs of any weight type on AVX512_BF16 "
+        "(vdpbf16ps) without it; elsewhere products stay f32 and the report says so (default f32)",
     )
     s.add_argument(
         "--act-type",
