@@ -19,13 +19,13 @@ per instruction, about twice the error of bf16 products), where 16 or more rows,
 channels in whole vectors let the kernel take them — but not the 3x3 convs the Winograd kernel takes over
 ``cpu_winograd.OVER_PIXELS["cpu_vnni"]`` pixels (a VAE's 128x128 to 512x512 levels): with the weights decoded
 to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they keep f32 products (``kept_f32``).
-Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason; there the 3x3
-convs Winograd takes run it with bf16 products (``schedules/cpu_winograd_dot.py``: F(2x2, 3x3) on vdpbf16ps,
-1.2-2.1x faster than Winograd in f32 and 1.5-2.2x faster than the direct bf16 GEMM), whatever their weights' type
-— quantized ones are decoded to f32 first, as in f32 mode, and counted as ``quantized``: 1.06-1.5x faster than
-VNNI's int8 products and more exact, so the int8 rules above apply to the other nodes —, and the few it could not
-(channels not in whole conversions of 32) keep f32 products on Winograd over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels,
-faster than the direct bf16 GEMM. With AMX-BF16, every ``attention`` node
+Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason. Where it is
+fast, the 3x3 convs Winograd takes run it with bf16 products whatever their weights' type
+(``schedules/cpu_winograd_dot.py``: F(2x2, 3x3) on vdpbf16ps, 1.2-2.1x faster than Winograd in f32 and 1.5-2.2x
+faster than the direct bf16 GEMM; quantized weights are decoded to f32 first, as in f32 mode, and counted as
+``quantized``: 1.06-1.5x faster than VNNI's int8 products and more exact, so the int8 rules above apply to the
+other nodes only); the few it cannot take (channels not in whole conversions of 32) keep f32 products on Winograd
+over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels, faster than the direct bf16 GEMM. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16
