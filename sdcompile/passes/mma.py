@@ -166,16 +166,23 @@ def _vnni_takes(g: Graph, n) -> bool:
     return cpu_vnni.applicable(node_spec(g, n), 16)
 
 
-def _winograd_dot_takes(g: Graph, n) -> bool:
-    """Whether Winograd with bf16 products (``cpu_winograd_dot``) would take node ``n`` marked bf16: its own rule on
-    the spec the node would become."""
-    from schedules import cpu_winograd_dot
+def _bf16_spec(g: Graph, n):
+    """The kernel spec node ``n`` (not yet marked) would become with bf16 products: what a kernel's own rule is
+    asked about."""
     from sdcompile.codegen.plan import node_spec
 
     n.attrs["mma"] = "bf16"
-    takes = cpu_winograd_dot.applicable(node_spec(g, n), 16, True)
-    del n.attrs["mma"]
-    return takes
+    try:
+        return node_spec(g, n)
+    finally:
+        del n.attrs["mma"]
+
+
+def _winograd_dot_takes(g: Graph, n) -> bool:
+    """Whether Winograd with bf16 products (``cpu_winograd_dot``) would take node ``n`` marked bf16."""
+    from schedules import cpu_winograd_dot
+
+    return cpu_winograd_dot.applicable(_bf16_spec(g, n), 16, True)
 
 
 def _winograd_faster(g: Graph, n, kernel: str) -> bool:
@@ -201,11 +208,7 @@ def _attention_kept(g: Graph, n, tiles: bool, dot: bool = False) -> str:
     if not tiles:  # the vdpbf16ps kernel takes what the f32 flash attention would (its own rule, on the spec)
         from schedules.cpu_attention_fma import MIN_QUERIES
         from schedules.cpu_attention_fma import applicable as flash_applicable
-        from sdcompile.codegen.plan import node_spec
 
-        n.attrs["mma"] = "bf16"  # the spec the node would become
-        takes = flash_applicable(node_spec(g, n), 16)
-        del n.attrs["mma"]
-        if not takes:
+        if not flash_applicable(_bf16_spec(g, n), 16):
             return f"attention over fewer than {MIN_QUERIES} queries keeps the f32 kernel without AMX-BF16"
     return ""

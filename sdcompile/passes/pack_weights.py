@@ -8,7 +8,8 @@ instead of rounding every weight to bf16 and transposing it into tiles on every 
 (8x8 and 4x4 latents, prompts) that per-call work took as long as the products. Without the tile unit (AMD Zen 4)
 the vdpbf16ps GEMM (``schedules/cpu_bf16_dot.py``) reads the same layout: a tile's rows are its pair steps, 16
 weight rows' pair words each, the very vectors it multiplies, so float weights its nodes read are packed the same
-way (K in whole 32-value steps) — but not those of the 3x3 convs that Winograd with vdpbf16ps products takes
+way (K in whole 32-value steps). A weight is packed only for nodes the CPU dispatch (``schedules.cpu_rule``) gives
+to that GEMM: not those of the 3x3 convs that Winograd with vdpbf16ps products takes
 (``schedules/cpu_winograd_dot.py``), which transforms the weights as stored.
 
 A q8_0 weight read that way keeps its type and its bytes, reordered into tiles (``layouts.AMX_Q8_0``: each tile's
@@ -66,7 +67,9 @@ def _takes(g: Graph, n, w: str, layout: str, tiles: bool) -> bool:
     reads ``layout``."""
     if n.op not in ("linear", "conv2d") or n.attrs.get("mma") != "bf16" or n.inputs[1] != w or w in n.inputs[2:]:
         return False
-    from schedules import cpu_amx_bf16, cpu_bf16_dot, cpu_winograd_dot
+    import schedules
+    from schedules import cpu_amx_bf16, cpu_bf16_dot
+    from schedules.cpu import CpuInfo
     from sdcompile.codegen.plan import node_spec
 
     shape = g.values[w].shape
@@ -75,9 +78,8 @@ def _takes(g: Graph, n, w: str, layout: str, tiles: bool) -> bool:
     from sdcompile.kernels.spec import KernelSpec
 
     spec = node_spec(g, n)
-    if not tiles and cpu_winograd_dot.applicable(spec, 16, True):
-        return False  # Winograd with vdpbf16ps products transforms the weights as stored, row-major
+    reader = cpu_amx_bf16 if tiles else cpu_bf16_dot
+    if schedules.cpu_rule(spec, CpuInfo()) is not reader.linear:
+        return False  # the CPU dispatch gives the node to another kernel (Winograd: it transforms row-major weights)
     packed = KernelSpec.make(spec.op, **{**dict(spec.attrs), "wtype": layouts.DTYPE[layout], "wlayout": layout})
-    if tiles:
-        return cpu_amx_bf16.applicable(packed, 16, True)
-    return cpu_bf16_dot.applicable(packed, 16, True)
+    return reader.applicable(packed, 16, True)
