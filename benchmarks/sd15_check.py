@@ -345,14 +345,17 @@ def _decoded_part(artifact: Path, prefix: str, shapes: dict[str, tuple[int, ...]
     component at a time keeps the reference process under ~8 GB instead of holding all 4.3 GB of f32 weights twice."""
     import gguf
 
+    from sdcompile.kernels import layouts
     from tests.e2e.sd_helpers import CANONICAL_TO_LDM
 
     out = {}
+    packed = layouts.artifact_layouts(artifact)  # weights stored in a kernel's order (the manifest says which)
     for t in gguf.GGUFReader(str(artifact / "weights.gguf")).tensors:
         if not t.name.startswith(prefix):
             continue
         key = CANONICAL_TO_LDM[prefix] + t.name[len(prefix) :]
-        v = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+        data = t.data if t.name not in packed else layouts.row_major(packed[t.name], t.data, *reversed(t.shape))
+        v = np.asarray(gguf.quants.dequantize(data, t.tensor_type), np.float32)
         shape = shapes[key]
         if len(shape) == 4:
             o, c, kh, kw = shape

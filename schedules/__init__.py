@@ -62,8 +62,8 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_winograd_dot.linear  # pixels: Winograd F(2x2, 3x3) with vdpbf16ps products
     elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
         rule = cpu_bf16_dot.linear  # (it reads the tile unit's packed bf16 operands too)
-    elif spec.attr("wlayout"):  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
-        pass
+    elif spec.attr("wlayout") and not cpu_fma.applicable(spec, info.lanes):
+        pass  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
     elif cpu_conv_narrow.applicable(spec, info.lanes):  # a conv to a few channels (a VAE's to RGB): dot products
         rule = cpu_conv_narrow.conv2d
     elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI

@@ -165,7 +165,7 @@ def applicable(spec: KernelSpec, lanes: int, host_bf16: bool) -> bool:
         return False
     _, N, K = gemm_mnk(spec)
     layout = spec.attr("wlayout")
-    if layout and (layout not in layouts.LAYOUTS or layouts.DTYPE[layout] != spec.attr("wtype")):
+    if layout and (layout not in (layouts.AMX_BF16, layouts.AMX_Q8_0) or layouts.DTYPE[layout] != spec.attr("wtype")):
         return False  # its own layouts (``kernels/layouts.py``) are the only ones it reads
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 32 == 0 and lanes == 16 and host_bf16
 

@@ -43,10 +43,14 @@ Two loop nests, as in ``cpu_amx_bf16``:
   GFLOP/s on one thread; by rows 170). One group per task: 2 threads split 15 tasks of a few groups 8 / 7 (64x64
   conv on 2 threads 319 -> 363 GFLOP/s).
 
-Weights pre-packed in the artifact (stored in panels of NR rows, so a pass's slice is only converted, f32 read in
-place) were tried and not kept: within +-4% of packing per call at every SD1.5 shape (2 threads, ``fma_gemm``). At
-few rows what bounds the kernel is reading the weights, not transposing them: the UNet's 4x4 conv ran at 138
-GFLOP/s with f32 weights against 190 with f16.
+Weights stored as f32 panels (``wlayout="fma_f32"``, ``kernels/layouts.py``; ``passes/pack_weights.py`` stores f32
+weights that way where every reader is this kernel, not swapped, N in whole units of 64): the register block reads
+each unit where it lies, and nothing is packed per call. Alone, with the weights in cache, that gains little (on a
+Xeon, f16 weights as panels of f16 converted per call: within +-4% at every SD1.5 shape; on Zen 4, the text
+encoder's f32 linears 2-7%); in the model, where each layer's weights come from memory and the per-call packing
+waited for them, the SD1.5 text encoder in f32 went 135.6 -> 129.8 ms (AMD Zen 4, 2 threads, alternating). f16 and
+bf16 weights keep being packed per call: as f32 panels they would take twice the memory, and converted in the
+inner loop they would put a conversion beside every 6 FMAs.
 
 Measurements: GFLOP/s, ``benchmarks/fma_gemm.py`` on this 2-core Xeon (AVX-512, 2 FMA ports; f32 FMA peak 430
 GFLOP/s on two threads, one thread runs faster than half of it), bias, f32 weights for the text encoder and f16 for
@@ -94,6 +98,7 @@ from schedules.tir_build import (
     vload,
     vstore,
 )
+from sdcompile.kernels import layouts
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
@@ -129,13 +134,29 @@ def target_has_avx512() -> bool:
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
     """``linear`` or ``conv2d`` with float weights and f32 products (no ``mma``), N in whole vectors (a conv: its
-    channels too, so a tap's channels are whole vectors), FROM_ROWS rows or more, on a CPU with 16 f32 lanes."""
+    channels too, so a tap's channels are whole vectors), FROM_ROWS rows or more, on a CPU with 16 f32 lanes; weights
+    stored in a layout only as its f32 panels (``reads_panels``)."""
     if spec.attr("mma") or spec.op not in ("linear", "conv2d") or lanes != 16:
         return False
     if spec.op == "conv2d" and int(spec.attr("C")) % 16:
         return False
-    M, N, _ = gemm_mnk(spec)
+    M, N, K = gemm_mnk(spec)
+    layout = spec.attr("wlayout")
+    if layout and (layout != layouts.FMA_F32 or not reads_panels(spec)):
+        return False
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and M >= FROM_ROWS and target_has_avx512()
+
+
+def reads_panels(spec: KernelSpec) -> bool:
+    """Whether the kernel can read ``spec``'s weight stored as f32 panels (``layouts.FMA_F32``) in place: f32, whole
+    units of 64 rows (4 vectors per register block), K in whole vectors, not swapped (swapped, W's rows are x's)."""
+    M, N, K = gemm_mnk(spec)
+    return (
+        str(spec.attr("wtype")) == "f32"
+        and layouts.fits(layouts.FMA_F32, N, K)
+        and register_block(N)[2] == layouts.FMA_ROWS
+        and not swapped(M, N, K)
+    )
 
 
 def register_block(N: int) -> tuple[int, int, int, int]:
@@ -201,6 +222,8 @@ class _FmaGemm:
             self.UG = max(1, -(-self.NU // -(-UNIT_TASKS // self.MS))) if grouped else 1
             self.NG = -(-self.NU // self.UG)
         self.xrows = self.RG if self.by_rows else self.MB  # rows of prepared x held at a time
+        # the weight stored as this kernel's panels (``layouts.FMA_F32``): each unit read where it lies, none packed
+        self.in_place = spec.attr("wlayout") == layouts.FMA_F32
         self.x_slice = self.swap  # one pass's slice of prepared rows held at a time (``prep_slice``)
 
     def weight_views(self) -> None:
@@ -342,18 +365,21 @@ class _FmaGemm:
         if self.passes == 1:
             with T.parallel(0, self.NU * self.MS) as task:
                 u = T.bind(task // self.MS)
-                panel = T.alloc_buffer((self.UW,), "float32")
-                self.pack(panel, 0, u)
+                if self.in_place:
+                    panel, at = self.wviews[0], u * self.UW
+                else:
+                    panel, at = T.alloc_buffer((self.UW,), "float32"), 0
+                    self.pack(panel, 0, u)
 
                 def run(mp, t) -> None:
                     if self.MS == 1:
                         self.prefetch_unit(u + 1, t)
-                    self.micro(panel, 0, self.xb, mp * self.MR, None, t, u, self.row0(mp), 0)
+                    self.micro(panel, at, self.xb, mp * self.MR, None, t, u, self.row0(mp), 0)
 
                 self.panels(task % self.MS, run)
             return
         with T.parallel(0, self.NG * self.MS) as task:
-            panel = T.alloc_buffer((self.KC * self.NR,), "float32")
+            panel = self.wviews[0] if self.in_place else T.alloc_buffer((self.KC * self.NR,), "float32")
             part = T.alloc_buffer((self.UG * self.PPT * self.MR * self.NR,), "float32")
             with T.serial(0, self.passes) as kc:
                 with T.serial(0, self.UG) as ul:
@@ -361,12 +387,13 @@ class _FmaGemm:
                     with T.If(u < self.NU):
                         with T.Then():
                             v0 = kc * (self.KC // 16)
-                            self.pack(panel, 0, u, v0, T.min(self.KC // 16, self.KV - v0))
+                            if not self.in_place:  # the pass's slice of the unit, packed (L1)
+                                self.pack(panel, 0, u, v0, T.min(self.KC // 16, self.KV - v0))
                             self.panels(
                                 task % self.MS,
                                 lambda mp, t: self.micro(
                                     panel,
-                                    -kc * self.KC * self.NR,
+                                    u * self.UW if self.in_place else -kc * self.KC * self.NR,
                                     self.xb,
                                     mp * self.MR,
                                     part,
@@ -405,13 +432,14 @@ class _FmaGemm:
         parallel task takes a group of RG rows, prepares it (pass by pass, in L2) and runs every unit of the block
         over it, K in passes of KC values. x is read once per panel block, outputs are written a group of rows at a
         time, and nothing of size M x K is stored."""
-        panel = T.alloc_buffer((self.UPB * self.UW,), "float32")
+        panel = self.wviews[0] if self.in_place else T.alloc_buffer((self.UPB * self.UW,), "float32")
         with T.serial(0, self.PB) as pb:
             units = T.bind(T.min(self.UPB, self.NU - pb * self.UPB))
-            with T.parallel(0, self.UPB) as ul:
-                with T.If(ul < units):
-                    with T.Then():
-                        self.pack(panel, ul * self.UW, pb * self.UPB + ul)
+            if not self.in_place:
+                with T.parallel(0, self.UPB) as ul:
+                    with T.If(ul < units):
+                        with T.Then():
+                            self.pack(panel, ul * self.UW, pb * self.UPB + ul)
             # one task per group: with a few groups per task, 2 threads split 15 tasks 8 / 7 (-7% on a UNet conv)
             with T.parallel(0, self.GR) as g:
                 xg = T.alloc_buffer(((1 if self.x_slice else self.passes) * self.RG * self.KC,), "float32")
@@ -425,7 +453,7 @@ class _FmaGemm:
                 def run(ul, kc, t, slot) -> None:
                     m0 = g * self.RG + t * self.MR
                     u = pb * self.UPB + ul
-                    self.micro(panel, ul * self.UW, xg, t * self.MR, part, slot, u, m0, kc)
+                    self.micro(panel, (u if self.in_place else ul) * self.UW, xg, t * self.MR, part, slot, u, m0, kc)
 
                 if self.pass_outer:
                     with T.serial(0, self.passes) as kc:
@@ -541,4 +569,4 @@ def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
     replace_body(sch, spec, build)
 
 
-__all__ = ["TYPES", "applicable", "build", "linear"]
+__all__ = ["TYPES", "applicable", "build", "linear", "reads_panels"]

@@ -158,10 +158,14 @@ def artifact_state(artifact: Path) -> dict[str, np.ndarray]:
     Running the reference model on these isolates the compiler's arithmetic from the quantization error it chose.
     """
     from sdcompile.formats import open_store
+    from sdcompile.kernels import layouts
     from sdcompile.quant.reference import dequantize
 
     store = open_store(Path(artifact) / "weights.gguf")
-    return {
-        t.name.removeprefix("text_encoder."): dequantize(np.asarray(store.raw(t.name)), t.dtype, t.shape)
-        for t in store.infos()
-    }
+    packed = layouts.artifact_layouts(artifact)  # weights stored in a kernel's order: back to row-major first
+
+    def raw(t):
+        data = np.asarray(store.raw(t.name))
+        return layouts.row_major(packed[t.name], data, *t.shape) if t.name in packed else data
+
+    return {t.name.removeprefix("text_encoder."): dequantize(raw(t), t.dtype, t.shape) for t in store.infos()}

@@ -18,11 +18,18 @@ per 16 values and no transposes.
 
 The values do not change: bf16 products round the weight to bf16 anyway, with the same rounding (nearest even), so
 the kernel's outputs are the same bits; f32 weights take half the memory. Other quant types (and q8_0 without the
-tile unit) keep their row-major blocks (they keep their integer kernels). Any other reader of a weight (a node
-without bf16 products, a shape the kernel does not take) keeps it row-major; nothing is packed for GPU targets or
-without AMX-BF16 or AVX512_BF16. The report counts
-the packed weights and their bytes per layout (per function: ``tensors``, name -> (layout, bytes)); the manifest
-records each packed weight's layout.
+tile unit) keep their row-major blocks (they keep their integer kernels). Nothing is packed this way for GPU targets
+or without AMX-BF16 or AVX512_BF16.
+
+With f32 products an f32 weight that only the f32 FMA GEMM reads (``schedules/cpu_fma.py``: AVX-512, not swapped,
+whole units of 64 rows; the dispatch asked as above) is stored as that kernel's panels (``layouts.FMA_F32``), the
+same f32 values in another order: the kernel reads each unit in place instead of transposing it on every call.
+Where prompts are few rows that per-call work waited on the weights coming from memory (the SD1.5 text encoder in
+f32: 4% of its time). f16 and bf16 weights are not widened for it (twice the memory).
+
+A weight with another reader (a node the dispatch gives to another kernel, a shape the kernel does not take) keeps
+its row-major order. The report counts the packed weights and their bytes per layout (per function: ``tensors``,
+name -> (layout, bytes)); the manifest records each packed weight's layout.
 """
 
 from __future__ import annotations
@@ -36,19 +43,17 @@ LAYOUT_OF = {"q8_0": layouts.AMX_Q8_0}  # quantized weights the kernel reads in 
 
 
 def run(g: Graph, ctx: PassContext) -> Graph:
-    if ctx.options.target != "cpu" or not any(n.attrs.get("mma") == "bf16" for n in g.nodes):
+    if ctx.options.target != "cpu":
         return g
     from sdcompile.codegen import tvm_layer  # the CPU code is built for this host
 
-    tiles = tvm_layer.host_amx_bf16()
-    if not tiles and not tvm_layer.host_avx512_bf16():
-        return g
+    tiles, dot = tvm_layer.host_amx_bf16(), tvm_layer.host_avx512_bf16()
     g = g.copy()
-    rep = ctx.report.setdefault("pack_weights", {"tensors": {}})
+    tensors: dict[str, tuple[str, int]] = {}
     uses = g.consumers()
     for v in g.weights():
         readers = uses.get(v.name, [])
-        layout = layouts.AMX_BF16 if get_type(v.dtype).is_float else LAYOUT_OF.get(v.dtype) if tiles else None
+        layout = _layout(v.dtype, readers, tiles, dot)
         if not readers or layout is None or not all(_takes(g, n, v.name, layout, tiles) for n in readers):
             continue
         dtype = layouts.DTYPE[layout]
@@ -58,28 +63,43 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         v.data.layout = layout
         for n in readers:
             n.attrs["wlayout"] = layout
-        rep["tensors"][v.name] = (layout, get_type(dtype).row_bytes(v.shape[1]) * v.shape[0])
+        tensors[v.name] = (layout, get_type(dtype).row_bytes(v.shape[1]) * v.shape[0])
+    if tensors:
+        ctx.report.setdefault("pack_weights", {"tensors": {}})["tensors"].update(tensors)
     return g
 
 
+def _layout(dtype: str, readers: list, tiles: bool, dot: bool) -> str | None:
+    """The layout a weight of ``dtype`` would take for its readers' kernels: the bf16 GEMMs' where any asks for bf16
+    products (float weights as bf16 tiles, q8_0 in tiles of its own on the tile unit), else the f32 FMA GEMM's panels
+    for an f32 weight; None where there is none (the readers' kernels are then checked one by one)."""
+    if any(n.attrs.get("mma") == "bf16" for n in readers):
+        if get_type(dtype).is_float:
+            return layouts.AMX_BF16 if tiles or dot else None
+        return LAYOUT_OF.get(dtype) if tiles else None
+    return layouts.FMA_F32 if dtype == "f32" else None
+
+
 def _takes(g: Graph, n, w: str, layout: str, tiles: bool) -> bool:
-    """Whether node ``n`` reads weight ``w`` with the AMX-BF16 GEMM (``tiles``) or else the vdpbf16ps one, which
-    reads ``layout``."""
-    if n.op not in ("linear", "conv2d") or n.attrs.get("mma") != "bf16" or n.inputs[1] != w or w in n.inputs[2:]:
+    """Whether node ``n`` reads weight ``w`` (its only use in the node) with the kernel that reads ``layout``: the
+    AMX-BF16 GEMM (``tiles``) or else the vdpbf16ps one for the bf16 layouts, the f32 FMA GEMM for its panels. The
+    CPU dispatch (``schedules.cpu_rule``) is asked about the node as it is and as it would be with the weight packed,
+    so a kernel ahead of the reader in the dispatch (Winograd: it transforms row-major weights) keeps the weight
+    row-major, and the reader takes the packed node too."""
+    if n.op not in ("linear", "conv2d") or n.inputs[1] != w or w in n.inputs[2:]:
         return False
     import schedules
-    from schedules import cpu_amx_bf16, cpu_bf16_dot
+    from schedules import cpu_amx_bf16, cpu_bf16_dot, cpu_fma
     from schedules.cpu import CpuInfo
     from sdcompile.codegen.plan import node_spec
+    from sdcompile.kernels.spec import KernelSpec
 
     shape = g.values[w].shape
     if len(shape) != 2 or not layouts.fits(layout, *shape):
         return False
-    from sdcompile.kernels.spec import KernelSpec
-
     spec = node_spec(g, n)
-    reader = cpu_amx_bf16 if tiles else cpu_bf16_dot
+    reader = cpu_fma if layout == layouts.FMA_F32 else cpu_amx_bf16 if tiles else cpu_bf16_dot
     if schedules.cpu_rule(spec, CpuInfo()) is not reader.linear:
-        return False  # the CPU dispatch gives the node to another kernel (Winograd: it transforms row-major weights)
+        return False
     packed = KernelSpec.make(spec.op, **{**dict(spec.attrs), "wtype": layouts.DTYPE[layout], "wlayout": layout})
-    return reader.applicable(packed, 16, True)
+    return schedules.cpu_rule(packed, CpuInfo()) is reader.linear

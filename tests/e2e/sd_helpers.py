@@ -82,11 +82,15 @@ def decoded_state(artifact: Path, original: dict[str, np.ndarray], partial: bool
     ``partial``: the artifact compiled some components only; the checkpoint's own weights fill in the rest."""
     import gguf
 
+    from sdcompile.kernels import layouts
+
     out = dict(original) if partial else {}
+    packed = layouts.artifact_layouts(artifact)  # weights stored in a kernel's order (the manifest says which)
     for t in gguf.GGUFReader(str(artifact / "weights.gguf")).tensors:
         prefix = next(p for p in CANONICAL_TO_LDM if t.name.startswith(p))
         key = CANONICAL_TO_LDM[prefix] + t.name[len(prefix) :]
-        v = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+        data = t.data if t.name not in packed else layouts.row_major(packed[t.name], t.data, *reversed(t.shape))
+        v = np.asarray(gguf.quants.dequantize(data, t.tensor_type), np.float32)
         shape = original[key].shape
         if len(shape) == 4:
             o, c, kh, kw = shape

@@ -83,6 +83,15 @@ CASES = [
     ("conv2d", {"B": 1, "H": 6, "W": 6, "C": 256, "N": 32, "wtype": "q4_k", **CONV3, "bias": True, "residual": False}),
 ]
 SPECS = [KernelSpec.make(op, **a) for op, a in CASES]
+# f32 weights stored as the kernel's panels (``layouts.FMA_F32``), read in place: each loop nest that reads them
+PANEL_CASES = [
+    ("linear", {"M": 154, "N": 128, "K": 96, "bias": True, "residual": True, "act": "quick_gelu"}),  # by weights
+    ("linear", {"M": 154, "N": 64, "K": 4224, **EPI}),  # by weights, K in passes (the unit over UNIT_L2_BYTES)
+    ("linear", {"M": 1030, "N": 192, "K": 208, "bias": True, "residual": True, "act": "gelu"}),  # by rows
+    ("conv2d", {"B": 2, "H": 8, "W": 8, "C": 32, "N": 64, **CONV3, "bias": True, "residual": False}),
+    ("conv2d", {"B": 1, "H": 40, "W": 30, "C": 16, "N": 64, **CONV3, "bias": False, "residual": True}),  # by rows
+]
+PANELS = [KernelSpec.make(op, **a, wtype="f32", wlayout="fma_f32") for op, a in PANEL_CASES]
 NAN = KernelSpec.make("linear", M=40, N=64, K=48, wtype="f16", bias=True, residual=False, act="none")
 NAN_SWAPPED = KernelSpec.make("linear", M=40, N=64, K=2048, wtype="f16", bias=True, residual=False, act="none")
 # x = I: y = W^T, each output one product by 1, so the decoded weights themselves (every decoder of quant_vec)
@@ -93,7 +102,7 @@ DECODE = [
 
 # without AMX, which would take the quant types (``cpu_amx``), as on AMD Zen 4
 NO_AMX = {"SDCOMPILE_NO_AMX": "1"}
-built = fx.built_fixture("cpu", lambda: SPECS + [NAN, NAN_SWAPPED] + DECODE, "fma_cpu", NO_AMX)
+built = fx.built_fixture("cpu", lambda: SPECS + [NAN, NAN_SWAPPED] + DECODE + PANELS, "fma_cpu", NO_AMX)
 ex = fx.executor_fixture("cpu")
 
 
@@ -163,6 +172,51 @@ def test_f32_products_within_their_bound(ex, spec):
     err = np.abs(got - y)
     assert np.all(err <= bound), float(np.max(err / bound))
     assert np.abs(y).max() > 1  # not trivially small
+
+
+def test_panel_layout_dispatch():
+    """The kernel takes f32 weights stored as its panels in every loop nest but the swapped one (there W's rows are
+    read as x's), and no other layout; a weight of a unit narrower than 64 rows or another type is not read so."""
+    from sdcompile.kernels import layouts
+
+    nests = set()
+    for spec in PANELS:
+        assert cpu_fma.applicable(spec, 16) and cpu_fma.reads_panels(spec), spec.name
+        g = cpu_fma._FmaGemm(spec, {})
+        assert g.in_place and not g.swap
+        nests.add((g.by_rows, g.passes > 1))
+    assert nests >= {(False, False), (False, True)} and any(by_rows for by_rows, _ in nests)
+    plain = {"M": 154, "N": 128, "K": 96, "wtype": "f32", **EPI}
+    for why, change in (
+        ("swapped", {"M": 40, "K": 2048}),
+        ("units of 48 rows", {"N": 96}),
+        ("f16 weights", {"wtype": "f16"}),
+        ("K not in whole vectors", {"K": 100}),
+        ("the bf16 GEMMs' layout", {"wlayout": layouts.AMX_BF16}),
+    ):
+        spec = KernelSpec.make("linear", **(plain | {"wlayout": layouts.FMA_F32} | change))
+        assert not cpu_fma.applicable(spec, 16), why
+
+
+@pytest.mark.parametrize("spec", PANELS, ids=[s.name for s in PANELS])
+def test_panel_layout_read_in_place(ex, spec):
+    """Against float64 numpy on the same weights, within the f32 bound above; the same words row-major give a
+    result wrong by the size of the outputs (so the kernel reads the layout, not the row-major order)."""
+    from sdcompile.kernels import layouts
+
+    M, N, K = gemm_mnk(spec)
+    rng = np.random.default_rng(13)
+    arrays, w = _inputs(spec, rng)
+    row_major = arrays["w"]
+    arrays["w"] = layouts.pack(layouts.FMA_F32, row_major.view(np.uint8), N, K).view(np.uint32)
+    xm = _gemm_x(spec, arrays["x"])
+    pre = xm @ w.T + (arrays["bias"] if spec.attr("bias") else 0)
+    y = ACTS[str(spec.attr("act", "none"))](pre) + (arrays["res"] if spec.attr("residual") else 0)
+    bound = 1.2 * (K + 4) * U32 * (np.abs(xm) @ np.abs(w).T) + 8 * U32 * (1 + np.abs(y))
+    got = _run(ex, spec, arrays).reshape(M, N)
+    assert np.all(np.abs(got - y) <= bound), float(np.max(np.abs(got - y) / bound))
+    wrong = _run(ex, spec, arrays | {"w": row_major}).reshape(M, N)
+    assert np.abs(wrong - y).max() > 0.1 * np.abs(y).max()
 
 
 @pytest.mark.parametrize("spec", [NAN, NAN_SWAPPED], ids=["packed_w", "swapped"])

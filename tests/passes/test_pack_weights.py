@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from schedules import cpu_fma
 from sdcompile.codegen import tvm_layer
 from sdcompile.ir import interpret, verify
 from sdcompile.ir.weights import as_f32, raw_bytes
@@ -20,6 +21,7 @@ from sdcompile.quant.reference import quantize as quantize_values
 from sdcompile.quant.types import get as get_type
 
 amx = pytest.mark.skipif(not tvm_layer.host_amx_bf16(), reason="needs a CPU with AMX-BF16")
+avx512 = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
 
 
 def _run(g, **opts):
@@ -87,11 +89,44 @@ def test_a_weight_with_another_reader_stays_row_major(tiny_graph):
     assert ctx.report["pack_weights"]["tensors"]  # the others are packed
 
 
-def test_nothing_packed_with_f32_products_or_without_bf16_products(tiny_graph, monkeypatch):
-    _, g, ctx = _run(tiny_graph, compute="f32")
-    assert "pack_weights" not in ctx.report and not any(n.attrs.get("wlayout") for n in g.nodes)
+@avx512
+def test_f32_products_store_f32_weights_as_fma_panels(tiny_graph):
+    """With f32 products, f32 weights that only the f32 FMA GEMM reads are stored as its panels, the same values in
+    another order; f16 weights (fc2 here) are not widened for it, and nothing takes a bf16 layout."""
+    before, g, ctx = _run(tiny_graph, compute="f32", tensor_type_rules=[("fc2", "f16")])
+    gemms = [n for n in g.nodes if n.op == "linear"]
+    packed = [n for n in gemms if n.attrs.get("wlayout")]
+    f16 = [n for n in gemms if g.values[n.inputs[1]].dtype == "f16"]
+    assert packed and f16 and not any(n.attrs.get("wlayout") for n in f16)
+    for n in packed:
+        v, v0 = g.values[n.inputs[1]], before.values[n.inputs[1]]
+        assert n.attrs["wlayout"] == layouts.FMA_F32 and v.data.layout == layouts.FMA_F32
+        assert v.dtype == v0.dtype == "f32" and not v0.data.layout  # the pass copies
+        np.testing.assert_array_equal(as_f32(v), as_f32(v0))
+        flat = raw_bytes(v)
+        np.testing.assert_array_equal(flat, layouts.pack(layouts.FMA_F32, raw_bytes(v, False), *v.shape))
+        assert not np.array_equal(flat, raw_bytes(v, False))
+    # the f32 linears left row-major are those the FMA kernel does not take (the dispatch, asked per node)
+    from sdcompile.codegen.plan import node_spec
+
+    for n in gemms:
+        f32 = g.values[n.inputs[1]].dtype == "f32"
+        assert bool(n.attrs.get("wlayout")) == (f32 and cpu_fma.reads_panels(node_spec(before, n))), n.name
+    assert {layout for layout, _ in ctx.report["pack_weights"]["tensors"].values()} == {layouts.FMA_F32}
+    # the interpreter reads the logical weights: the same outputs
+    ids = np.arange(2 * 77).reshape(2, 77).astype(np.int32) % 1000
+    a, b = interpret.run(before, {"input_ids": ids}), interpret.run(g, {"input_ids": ids})
+    np.testing.assert_array_equal(b["last_hidden_state"], a["last_hidden_state"])
+
+
+def test_no_bf16_layouts_without_bf16_products(tiny_graph, monkeypatch):
+    """Without a unit that multiplies bf16 (mma keeps f32 products) and without AVX-512 f32 FMAs, nothing is
+    packed; with the FMAs only their f32 panels."""
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: False)
+    _, g, ctx = _run(tiny_graph, compute="bf16")
+    assert {n.attrs.get("wlayout") for n in g.nodes} <= {None, layouts.FMA_F32}
+    monkeypatch.setattr(cpu_fma, "target_has_avx512", lambda: False)
     _, g, ctx = _run(tiny_graph, compute="bf16")
     assert "pack_weights" not in ctx.report and not any(n.attrs.get("wlayout") for n in g.nodes)
     assert all(not v.data.layout for v in g.weights())
@@ -121,6 +156,7 @@ def test_without_the_tile_unit_float_weights_are_packed_for_vdpbf16ps(tiny_graph
             "vdpbf16ps",
             marks=pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs a CPU with AVX512_BF16"),
         ),
+        pytest.param("fma", marks=avx512),
     ],
 )
 def test_packed_artifact_gives_the_same_bits(unit, tiny_ldm_safetensors, tiny_ids, tmp_path, monkeypatch):
@@ -134,18 +170,23 @@ def test_packed_artifact_gives_the_same_bits(unit, tiny_ldm_safetensors, tiny_id
     if unit == "vdpbf16ps":
         monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
         monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)
-    opts = {"compute": "bf16", "tensor_type_rules": [("fc2", "q8_0")]}
+    opts = {"compute": "f32" if unit == "fma" else "bf16", "tensor_type_rules": [("fc2", "q8_0")]}
     m = compile_model(tiny_ldm_safetensors, tmp_path / "packed", CompileOptions(**opts))
     packed = {n: t for n, t in m["weights"]["tensors"].items() if t.get("layout")}
-    want_layouts = {("amx_bf16", "bf16"), ("amx_q8_0", "q8_0")} if unit == "tiles" else {("amx_bf16", "bf16")}
+    want_layouts = {
+        "tiles": {("amx_bf16", "bf16"), ("amx_q8_0", "q8_0")},
+        "vdpbf16ps": {("amx_bf16", "bf16")},
+        "fma": {("fma_f32", "f32")},
+    }[unit]
     assert {(t["layout"], t["dtype"]) for t in packed.values()} == want_layouts
     count = {k: v["weights"] for k, v in m["report"]["pack_weights"]["layouts"].items()}
     assert sum(count.values()) == len(packed) and count.get("amx_q8_0", 0) == (2 if unit == "tiles" else 0)
-    assert any("wlayoutamx_bf16" in k for k in m["kernels"]["kernels"])
+    main = "fma_f32" if unit == "fma" else "amx_bf16"
+    assert any(f"wlayout{main}" in k for k in m["kernels"]["kernels"])
     from sdcompile.report import render_compile_report
 
     text = render_compile_report(m, tmp_path / "packed")
-    assert f"layout    {count['amx_bf16']} weights" in text and ("(amx_q8_0)" in text) == (unit == "tiles")
+    assert f"layout    {count[main]} weights" in text and ("(amx_q8_0)" in text) == (unit == "tiles")
     got = runtime.load(tmp_path / "packed", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
 
     monkeypatch.setattr(pipeline, "PIPELINE", [p for p in pipeline.PIPELINE if p[0] != "pack_weights"])
