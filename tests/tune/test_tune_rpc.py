@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sdcompile.passes.context import CompileOptions
+from tests.tune import CPU_KERNEL as KERNEL
 
-KERNEL = "linear_K128_M77_N128_actnone_bias_wtypef32"
 KEY = "sdcompile-test-cpu"
 
 
