@@ -143,6 +143,17 @@ def test_code_uses_zmm_fma():
     assert "vbroadcastss" in asm
 
 
+def test_swapped_prefetches_the_next_pass():
+    """Swapped with K in passes, each W row's slice for the next pass is prefetched into L2 while this pass's
+    products run (``prefetch_slice``): ``prefetcht1`` in the code, which a kernel without it lacks."""
+    spec = NAN_SWAPPED
+    g = cpu_fma._FmaGemm(spec, {})
+    assert g.swap and g.passes > 1
+    target = tvm_layer.cpu_target()
+    asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
+    assert "prefetcht1" in asm
+
+
 def _run(ex, spec, arrays):
     return fx.run_spec(ex, spec, arrays).astype(np.float64)
 
