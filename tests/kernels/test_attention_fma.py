@@ -44,7 +44,8 @@ CASES = [
     (1, 256, 256, 1, 512, False, "float32"),  # the VAE's single head of 512 channels
     (2, 256, 77, 2, 40, False, "float16"),
     (1, 270, 270, 2, 80, True, "bfloat16"),
-    (2, 77, 77, 2, 64, True, "float32"),  # the text encoder's 77 causal tokens: a full and a mostly padded tile
+    (2, 77, 77, 2, 64, True, "float32"),  # the text encoder's 77 causal tokens: one task of 5 query tiles
+    (1, 80, 80, 1, 17, True, "float16"),  # 5 whole query tiles; p.v in 4-channel tiles and a tail of 1
     (1, 64, 77, 1, 160, False, "float16"),  # the fewest queries it takes: one tile
     (1, 64, 4100, 2, 80, False, "float32"),  # keys spanning more than L2: f32 k and v packed, a 4-key tail
 ]
@@ -100,6 +101,7 @@ def test_reads_stay_inside_the_buffers():
         ("attention", {"B": 1, "S": 272, "T": 80, "H": 2, "Dh": 40, "causal": False}),
         ("attention", {"B": 1, "S": 256, "T": 48, "H": 2, "Dh": 24, "causal": True, "dt": "hhhh"}),
         ("attention", {"B": 1, "S": 64, "T": 77, "H": 2, "Dh": 40, "causal": False}),  # f32 read in place, a tail
+        ("attention", {"B": 2, "S": 77, "T": 77, "H": 2, "Dh": 64, "causal": True}),  # 5 query tiles, 3 padded rows
     ]
     run_guarded(specs)
 
