@@ -237,6 +237,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "its timed part (Linux PSI); the attempt with the lowest median is kept (default: 2)",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every variant this many times, round by round (variants in turn, the order reversed every other "
+        "round), and keep each measurement's round with the lowest median: a phase of a slower machine then falls on "
+        "every variant alike instead of on the one measured during it (default: 1)",
+    )
+    p.add_argument(
         "--wait-quiet",
         type=float,
         default=0,
@@ -1731,6 +1739,24 @@ def collect_warnings(machine: dict[str, Any], recs: list[dict[str, Any]]) -> lis
     return out
 
 
+def best_of_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """--rounds: per measurement (variant, work, size), the round with the lowest median (a failed one only where
+    every round failed), in the first round's order, with every round's median listed (``round_medians_s``)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    by_key: dict[tuple, list[dict[str, Any]]] = {}
+    for recs in rounds:
+        for r in recs:
+            by_key.setdefault((r.get("variant"), r["work"], r.get("size")), []).append(r)
+    out = []
+    for key in dict.fromkeys((r.get("variant"), r["work"], r.get("size")) for r in rounds[0]):
+        recs = by_key[key]
+        ok = [r for r in recs if not r.get("error") and r.get("median_s") is not None]
+        best = min(ok, key=lambda r: r["median_s"]) if ok else recs[0]
+        out.append({**best, "round_medians_s": [r.get("median_s") for r in recs]})
+    return out
+
+
 def merge_records(
     old: dict[str, Any], records: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
@@ -1787,8 +1813,13 @@ def main(argv: list[str] | None = None) -> int:
     args.flops = flop_counts(args)
     run = utc_now()
     records = measure_peaks(args, "start", machine["cpu"]["flags"])
-    for v in args.variants:
-        records += run_variant(args, v, plan)
+    rounds: list[list[dict[str, Any]]] = []
+    for i in range(max(1, args.rounds)):
+        if args.rounds > 1:
+            log(f"round {i + 1} of {args.rounds}")
+        order = args.variants if i % 2 == 0 else list(reversed(args.variants))
+        rounds.append([rec for v in order for rec in run_variant(args, v, plan)])
+    records += best_of_rounds(rounds)
     records += measure_peaks(args, "end", machine["cpu"]["flags"])
     for r in records:
         r["run"] = run

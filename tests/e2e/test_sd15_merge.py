@@ -42,3 +42,23 @@ def test_merge_keeps_old_peaks_and_unrepeated_rows():
     assert not any(
         "different speeds" in w for w in m.collect_warnings(machine, m.merge_records(old, [_peak(470.0, "T2")])[0])
     )
+
+
+def test_rounds_keep_each_measurements_fastest_round():
+    """--rounds: each measurement keeps the round with its lowest median, every round's median listed; a failed
+    round loses to a finished one, and a measurement that failed in every round stays failed."""
+    m = load_benchmark("sd15")
+    failed = {"impl": "sd.cpp", "variant": "sdcpp-f16", "work": "unet", "size": 256, "error": "crashed"}
+    rounds = [
+        [_row("sdcompile-f16", "unet", 1.8), _row("onnxruntime-f32", "unet", 1.5), failed],
+        [failed, _row("onnxruntime-f32", "unet", 1.9), _row("sdcompile-f16", "unet", 1.6)],
+    ]
+    out = m.best_of_rounds(rounds)
+    by = {r["variant"]: r for r in out}
+    assert [r["variant"] for r in out] == ["sdcompile-f16", "onnxruntime-f32", "sdcpp-f16"]
+    assert by["sdcompile-f16"]["median_s"] == 1.6 and by["sdcompile-f16"]["round_medians_s"] == [1.8, 1.6]
+    assert by["onnxruntime-f32"]["median_s"] == 1.5
+    assert by["sdcpp-f16"]["error"] == "crashed"
+    ok = {**_row("sdcpp-f16", "unet", 7.0)}
+    assert m.best_of_rounds([[failed], [ok]])[0]["median_s"] == 7.0
+    assert m.best_of_rounds([rounds[0]]) == rounds[0]  # one round: as measured
