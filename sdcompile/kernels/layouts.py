@@ -3,7 +3,7 @@
 writer reorders the stored bytes (``pack``); the TE compute reads W[n, k] where the layout put it (``position``,
 ``q8_0_scale_byte``, ``q8_0_quant_byte``), so every schedule, and the reference check, sees the same logical weight.
 
-Both layouts hold the operands of the AMX-BF16 GEMM (``schedules/cpu_amx_bf16.py``) in tiles of 16 weight rows by
+The first two hold the operands of the AMX-BF16 GEMM (``schedules/cpu_amx_bf16.py``) in tiles of 16 weight rows by
 32 values, s-fastest (tile (t, s): rows 16 t .. 16 t + 15, values 32 s .. 32 s + 31), so a unit of weight rows is one
 run of tiles in K order:
 

@@ -23,7 +23,8 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("legalize", legalize.run),
     # product precision: bf16 products on the CPU's tile unit where asked (--compute)
     ("mma", mma.run),
-    # weight storage order: B operands of the AMX kernel where every reader is one (bf16 products)
+    # weight storage order: the operands of the bf16 GEMMs (bf16 products), or the f32 FMA GEMM's panels (f32 products),
+    # where every reader of a weight is that kernel
     ("pack_weights", pack_weights.run),
     # activation storage: f16/bf16 inside functions where asked (--act-type), the signatures staying f32
     ("act_dtype", act_dtype.run),

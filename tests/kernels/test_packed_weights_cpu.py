@@ -65,6 +65,21 @@ def test_layout_round_trip():
         layouts.pack("nchw16", w, 32, 64)
 
 
+def test_fma_f32_layout_round_trip():
+    """The f32 FMA GEMM's panels: a unit's 64 rows at each k, then the next k; ``row_major`` undoes it on data as a
+    weights-file reader returns it (any dtype and shape)."""
+    N, K = 128, 48
+    w = np.arange(N * K, dtype=np.uint32).reshape(N, K)
+    flat = layouts.pack(layouts.FMA_F32, w.view(np.uint8), N, K).view(np.uint32)
+    np.testing.assert_array_equal(layouts.unpack(layouts.FMA_F32, flat, N, K).view(np.uint32).reshape(N, K), w)
+    assert all(flat[layouts.position(layouts.FMA_F32, n, k, K)] == w[n, k] for n in range(N) for k in range(K))
+    assert flat[1] == w[1, 0] and flat[64] == w[0, 1] and flat[64 * K] == w[64, 0]
+    assert layouts.fits(layouts.FMA_F32, 128, 48)
+    assert not layouts.fits(layouts.FMA_F32, 96, 48) and not layouts.fits(layouts.FMA_F32, 128, 40)
+    stored = flat.view(np.float32).reshape(N, K)  # a reader sees the tensor's shape over the packed bytes
+    np.testing.assert_array_equal(layouts.row_major(layouts.FMA_F32, stored, N, K).view(np.uint32), w)
+
+
 def test_q8_0_layout_round_trip():
     from sdcompile.quant.reference import quantize
 
