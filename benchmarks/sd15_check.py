@@ -343,24 +343,9 @@ def _decoded_part(artifact: Path, prefix: str, shapes: dict[str, tuple[int, ...]
     """`tests.e2e.sd_helpers.decoded_state`, for one component's tensors (canonical `prefix`) at a time: the
     weights the artifact holds, decoded to f32 by the gguf package and put back under LDM names and shapes. One
     component at a time keeps the reference process under ~8 GB instead of holding all 4.3 GB of f32 weights twice."""
-    import gguf
+    from tests.e2e.sd_helpers import CANONICAL_TO_LDM, decoded_tensors
 
-    from sdcompile.kernels import layouts
-    from tests.e2e.sd_helpers import CANONICAL_TO_LDM
-
-    out = {}
-    packed = layouts.artifact_layouts(artifact)  # weights stored in a kernel's order (the manifest says which)
-    for t in gguf.GGUFReader(str(artifact / "weights.gguf")).tensors:
-        if not t.name.startswith(prefix):
-            continue
-        key = CANONICAL_TO_LDM[prefix] + t.name[len(prefix) :]
-        data = t.data if t.name not in packed else layouts.row_major(packed[t.name], t.data, *reversed(t.shape))
-        v = np.asarray(gguf.quants.dequantize(data, t.tensor_type), np.float32)
-        shape = shapes[key]
-        if len(shape) == 4:
-            o, c, kh, kw = shape
-            v = v.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
-        out[key] = np.ascontiguousarray(v.reshape(shape))
+    out = dict(decoded_tensors(artifact, shapes, prefix))
     want = {k for k in shapes if k.startswith(CANONICAL_TO_LDM[prefix])}
     if set(out) != want:
         raise AssertionError(f"{prefix}: the artifact holds other tensors than the checkpoint")

@@ -48,14 +48,20 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     from sdcompile.codegen import tvm_layer  # the CPU code is built for this host
 
     tiles, dot = tvm_layer.host_amx_bf16(), tvm_layer.host_avx512_bf16()
-    g = g.copy()
-    tensors: dict[str, tuple[str, int]] = {}
     uses = g.consumers()
+    plan: dict[str, str] = {}  # weight -> layout, decided on the graph as it came (each node reads one weight)
     for v in g.weights():
         readers = uses.get(v.name, [])
         layout = _layout(v.dtype, readers, tiles, dot)
-        if not readers or layout is None or not all(_takes(g, n, v.name, layout, tiles) for n in readers):
-            continue
+        if readers and layout is not None and all(_takes(g, n, v.name, layout, tiles) for n in readers):
+            plan[v.name] = layout
+    if not plan:
+        return g  # nothing to store otherwise: no copy
+    g = g.copy()
+    tensors: dict[str, tuple[str, int]] = {}
+    uses = g.consumers()
+    for name, layout in plan.items():
+        v, readers = g.values[name], uses[name]
         dtype = layouts.DTYPE[layout]
         if v.dtype != dtype:
             v.data.convert(dtype, "pack_weights: bf16 tiles of the AMX kernel (its products round to bf16)")
@@ -64,8 +70,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         for n in readers:
             n.attrs["wlayout"] = layout
         tensors[v.name] = (layout, get_type(dtype).row_bytes(v.shape[1]) * v.shape[0])
-    if tensors:
-        ctx.report.setdefault("pack_weights", {"tensors": {}})["tensors"].update(tensors)
+    ctx.report.setdefault("pack_weights", {"tensors": {}})["tensors"].update(tensors)
     return g
 
 

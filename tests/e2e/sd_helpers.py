@@ -76,25 +76,35 @@ CANONICAL_TO_LDM = {
 }
 
 
-def decoded_state(artifact: Path, original: dict[str, np.ndarray], partial: bool = False) -> dict[str, np.ndarray]:
-    """The weights an artifact holds, decoded to f32 by the gguf package (not by sdcompile) and put back under LDM
-    names and shapes: conv weights are stored [O, KH*KW*C] (channels last), the file had [O, C, KH, KW].
-    ``partial``: the artifact compiled some components only; the checkpoint's own weights fill in the rest."""
+def decoded_tensors(artifact: Path, shapes: dict[str, tuple[int, ...]], prefix: str = ""):
+    """(LDM name, f32 values) of each tensor the artifact holds whose canonical name starts with ``prefix``: decoded by
+    the gguf package (not by sdcompile), weights stored in a kernel's order put back in row-major order first (the
+    manifest says which), then shaped as ``shapes`` says: conv weights are stored [O, KH*KW*C] (channels last), the
+    file had [O, C, KH, KW]."""
     import gguf
 
     from sdcompile.kernels import layouts
 
-    out = dict(original) if partial else {}
-    packed = layouts.artifact_layouts(artifact)  # weights stored in a kernel's order (the manifest says which)
+    packed = layouts.artifact_layouts(artifact)
     for t in gguf.GGUFReader(str(artifact / "weights.gguf")).tensors:
-        prefix = next(p for p in CANONICAL_TO_LDM if t.name.startswith(p))
-        key = CANONICAL_TO_LDM[prefix] + t.name[len(prefix) :]
+        if not t.name.startswith(prefix):
+            continue
+        canonical = next(p for p in CANONICAL_TO_LDM if t.name.startswith(p))
+        key = CANONICAL_TO_LDM[canonical] + t.name[len(canonical) :]
         data = t.data if t.name not in packed else layouts.row_major(packed[t.name], t.data, *reversed(t.shape))
         v = np.asarray(gguf.quants.dequantize(data, t.tensor_type), np.float32)
-        shape = original[key].shape
+        shape = shapes[key]
         if len(shape) == 4:
             o, c, kh, kw = shape
             v = v.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
-        out[key] = np.ascontiguousarray(v.reshape(shape))
+        yield key, np.ascontiguousarray(v.reshape(shape))
+
+
+def decoded_state(artifact: Path, original: dict[str, np.ndarray], partial: bool = False) -> dict[str, np.ndarray]:
+    """The weights an artifact holds, decoded to f32 by the gguf package (not by sdcompile) and put back under LDM
+    names and shapes (``decoded_tensors``).
+    ``partial``: the artifact compiled some components only; the checkpoint's own weights fill in the rest."""
+    out = dict(original) if partial else {}
+    out.update(decoded_tensors(artifact, {k: v.shape for k, v in original.items()}))
     assert partial or set(out) == set(original), "the artifact holds other tensors than the checkpoint"
     return out
