@@ -275,32 +275,36 @@ class _WinogradConv(cpu_fma._FmaGemm):
         p = T.bind(m % (self.TH * self.TW))
         return b, T.bind((p // self.TW) * self.m - 1), T.bind((p % self.TW) * self.m - 1)
 
+    def input_tile(self, m):
+        """``tile(c0)``: tile m's alpha x alpha inputs, 16 channels from c0, row-major, zeros outside the image (m < T;
+        its positions are bound where this is called)."""
+        x = self.bufs["x"]
+        b, y0, x0 = self._tile_origin(m)
+        ys = [T.bind(y0 + i) for i in range(self.alpha)]
+        xs = [T.bind(x0 + i) for i in range(self.alpha)]
+        # rows and columns outside the image read a clamped address and are replaced by zeros (the load is issued
+        # either way); inside, the clamps change nothing
+        cy = [T.bind(T.max(T.min(v, self.H - 1), 0)) for v in ys]
+        cx = [T.bind(T.max(T.min(v, self.W - 1), 0)) for v in xs]
+        iny = [T.bind(tirx.all(v >= 0, v < self.H)) for v in ys]
+        inx = [T.bind(tirx.all(v >= 0, v < self.W)) for v in xs]
+
+        def tile(c0) -> list:
+            d = []
+            for i in range(self.alpha):
+                for j in range(self.alpha):
+                    v = T.bind(load_f32(x, [b, cy[i], cx[j], T.Ramp(c0, 1, 16)], 16))
+                    inside = T.Broadcast(tirx.all(iny[i], inx[j]), 16)
+                    d.append(T.bind(T.Select(inside, v, splat(0.0, "float32", 16))))
+            return d
+
+        return tile
+
     def prep_tile(self, m, vg, ml) -> None:
         """V of tile m (zeros for m >= T, the last panel's padding) as row ml of each xi's rows in vg."""
-        x = self.bufs["x"]
         with T.If(m < self.T):
             with T.Then():
-                b, y0, x0 = self._tile_origin(m)
-                ys = [T.bind(y0 + i) for i in range(self.alpha)]
-                xs = [T.bind(x0 + i) for i in range(self.alpha)]
-                # rows and columns outside the image read a clamped address and are replaced by zeros (the load is
-                # issued either way); inside, the clamps change nothing
-                cy = [T.bind(T.max(T.min(v, self.H - 1), 0)) for v in ys]
-                cx = [T.bind(T.max(T.min(v, self.W - 1), 0)) for v in xs]
-                iny = [T.bind(tirx.all(v >= 0, v < self.H)) for v in ys]
-                inx = [T.bind(tirx.all(v >= 0, v < self.W)) for v in xs]
-
-                def tile(c0) -> list:
-                    """The alpha x alpha input tile's 16 channels from c0, row-major, zeros outside the image."""
-                    d = []
-                    for i in range(self.alpha):
-                        for j in range(self.alpha):
-                            v = T.bind(load_f32(x, [b, cy[i], cx[j], T.Ramp(c0, 1, 16)], 16))
-                            inside = T.Broadcast(tirx.all(iny[i], inx[j]), 16)
-                            d.append(T.bind(T.Select(inside, v, splat(0.0, "float32", 16))))
-                    return d
-
-                self.store_v(tile, vg, ml)
+                self.store_v(self.input_tile(m), vg, ml)
             with T.Else():
                 with T.serial(0, self.KR // 16) as v:
                     for xi in range(self.XI):

@@ -1,0 +1,172 @@
+"""CPU conv2d 3x3 (stride 1, padding 1) in f32 by Winograd's F(2x2, 3x3) for convs over few tiles: a UNet's deep
+levels (SD1.5 at 256x256 with guidance: 8x8 pixels, 32 tiles, 1280 channels), where ``cpu_winograd`` does not go
+(``cpu_winograd.MIN_TILES``) and the direct conv (``cpu_fma``) runs.
+
+``cpu_winograd`` transforms the weights (U = G g G^T) into panels in memory once per call and runs its GEMMs by
+groups of tiles: over few tiles, writing and reading back U (16/9 the weights, in f32: 105 MB for a 1280 x 1280 conv)
+costs about what the direct conv does. Here the work is split by output channels instead, and U never leaves the
+cache: each task takes ``UNIT_ROWS`` output channels and, pass by pass over ``KC`` input channels, transforms that
+slice of its filters into U (in L2), then runs the 16 GEMMs of the pass on it. The GEMMs are swapped, as
+``cpu_fma``'s for few rows: the tiles lie in a vector's lanes (V^T [xi][channel][tile], prepared once per call for
+every task), the output channels are broadcast from U's rows, so neither U nor M is transposed; ``finish``
+transposes each 16 x 16 block of outputs (16 channels x 16 tiles) once, into rows of the output.
+
+- V^T: parallel over (16 tiles, 16 channels): B^T d B per tile (vectors over channels), each xi's 16 x 16 block
+  transposed in registers into vectors over tiles;
+- parallel over units of UNIT_ROWS output channels: per pass, U of the unit's filters for the pass's channels
+  ([xi][row][KC], ``pack_u``: no transposes, the weights read as stored: f32, f16, bf16 or a GGUF type), then per xi
+  ``cpu_fma``'s register block (``micro``) over the unit's rows (MR at a time, broadcast) and every tile (NB
+  vectors), the sums between passes in M ([xi][row][tile]); after the last, A^T M A and the fused epilogue.
+
+Numerics: as ``cpu_winograd``'s F(2x2, 3x3) (the same transforms, ``cpu_winograd.transform``; the products and the
+sums over channels in f32, in channel order), so the same bound holds (``tests/kernels/test_winograd_cpu.py``).
+
+Measured (Zen 4, 2 threads, f16 weights, GFLOP/s counted as the direct conv's, alternating with the direct kernel in
+one process; ``benchmarks/.work`` scratch): see ``MIN_TILES``.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules import cpu_fma, cpu_winograd
+from schedules.tir_build import prim_func, replace_body, splat, transpose16, vector_regs, vload, vstore
+from sdcompile.kernels.spec import KernelSpec
+
+MIN_TILES = 16  # 2x2 tiles per call at least (fewer: the weights' transform is not paid back), below cpu_winograd's
+UNIT_ROWS = 64  # output channels per task (N in whole units)
+MR_BY_NB = {1: 16, 2: 8}  # output channels per register block (broadcast) by vectors of tiles: 16 accumulators
+KC = 128  # input channels per pass: the pass's U (16 x UNIT_ROWS x KC f32, 512 KB) stays in L2
+MIN_CHANNELS = 256  # in and out (fewer: the direct conv is short anyway and the transforms weigh more)
+
+
+def applicable(spec: KernelSpec, lanes: int) -> bool:
+    """A 3x3 stride-1 conv padded by 1 that ``cpu_fma`` takes (f32 products, weights row-major), over MIN_TILES to
+    fewer than ``cpu_winograd.MIN_TILES`` 2x2 tiles (at most 32: two vectors of tiles), with MIN_CHANNELS channels in
+    and out or more, N in whole units of UNIT_ROWS."""
+    if spec.op != "conv2d" or spec.attr("wlayout") or not cpu_fma.applicable(spec, lanes):
+        return False
+    a = dict(spec.attrs)
+    shape = (int(a["kh"]), int(a["kw"]), int(a["stride"]), tuple(int(p) for p in a["pads"]))
+    n_tiles = cpu_winograd.tiles(a)
+    return (
+        shape == (3, 3, 1, (1, 1, 1, 1))
+        and MIN_TILES <= n_tiles < cpu_winograd.MIN_TILES
+        and n_tiles <= 32
+        and min(int(a["C"]), int(a["N"])) >= MIN_CHANNELS
+        and int(a["N"]) % UNIT_ROWS == 0
+    )
+
+
+class _WinogradByWeights(cpu_winograd._WinogradConv):
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        super().__init__(spec, bufs)
+        # the swapped GEMM's shape: MR output channels (rows, broadcast) x NB vectors of tiles (NR columns)
+        self.NB = -(-self.T // 16)
+        self.NR = 16 * self.NB
+        self.MR = MR_BY_NB[self.NB]
+        self.UR = UNIT_ROWS
+        self.NU = self.N // self.UR
+        self.passes = -(-self.C // KC)
+        self.KC = 16 * -(-self.C // (16 * self.passes))  # passes as even as whole vectors allow
+        self.CV = self.C // 16
+
+    def tile_m(self, a: dict) -> int:
+        return 2
+
+    def xat(self, ml, k, kc=None):
+        """Where channel k of U's row ml (xi UR + output channel in the unit) lies in the pass's U."""
+        return ml * self.KC + (k - kc * self.KC)
+
+    def build(self) -> None:
+        self.weight_views()
+        self.vt = T.alloc_buffer((self.XI * self.C * self.NR,), "float32")  # V^T [xi][channel][tile]
+        with T.parallel(0, self.NB * self.CV) as job:
+            self.prep_v(job // self.CV, job % self.CV)
+        with T.parallel(0, self.NU) as u:
+            ub = T.alloc_buffer((self.XI * self.UR * self.KC,), "float32")  # the pass's U [xi][row][channel]
+            self.mg = T.alloc_buffer((self.XI * self.UR * self.NR,), "float32")  # M [xi][row][tile]
+            blocks = self.UR // self.MR
+            with T.serial(0, self.passes) as kc:
+                self.pack_u(ub, u, kc)
+                with T.serial(0, self.XI) as xi:
+                    with T.serial(0, blocks) as blk:
+                        row = T.bind(xi * self.UR + blk * self.MR)
+                        # the sums between passes wait where the last pass leaves them (M): slot xi blocks + blk
+                        self.micro(self.vt, xi * self.C * self.NR, ub, row, self.mg, xi * blocks + blk, u, row, kc)
+            self.finish_unit(u)
+
+    def prep_v(self, tg, cv) -> None:
+        """V^T of tiles 16 tg .. 16 tg + 15 (zeros past T) for channels 16 cv .. 16 cv + 15: per tile B^T d B over
+        the 16 channels, then per xi a 16 x 16 transpose into one vector of the 16 tiles per channel."""
+        scratch = vector_regs(self.XI * 16)
+        with T.serial(0, 16) as i:
+            m = T.bind(tg * 16 + i)
+            with T.If(m < self.T):
+                with T.Then():
+                    tile = self.input_tile(m)(16 * cv)
+                    for xi, v in enumerate(cpu_winograd.transform(self.BT, tile, self.alpha)):
+                        vstore(scratch, (xi * 16 + i) * 16, v, 16)
+                with T.Else():
+                    for xi in range(self.XI):
+                        vstore(scratch, (xi * 16 + i) * 16, splat(0.0, "float32", 16), 16)
+        with T.serial(0, self.XI) as xi:
+            rows = [T.bind(vload(scratch, (xi * 16 + r) * 16, 16)) for r in range(16)]
+            for p, vec in enumerate(transpose16(rows)):
+                vstore(self.vt, (xi * self.C + 16 * cv + p) * self.NR + 16 * tg, vec, 16)
+
+    def pack_u(self, ub, u, kc) -> None:
+        """U = G g G^T of unit u's filters for pass kc's channels, as rows [xi][row][KC]: per output channel and 16
+        input channels, the 9 taps' vectors as stored, transformed into the 16 xi's vectors, stored as they come."""
+        chunks = self.KC // 16 if self.C % self.KC == 0 else T.min(self.KC // 16, self.CV - kc * (self.KC // 16))
+        with T.serial(0, self.UR) as r:
+            row = T.bind(u * self.UR + r)
+            with T.serial(0, chunks) as cv:
+                c = T.bind(kc * self.KC + 16 * cv)
+                g = [T.bind(self._wvec(row, tap * self.C + c, 16)) for tap in range(9)]
+                for xi, v in enumerate(cpu_winograd.transform(self.G, g, 3)):
+                    vstore(ub, (xi * self.UR + r) * self.KC + 16 * cv, v, 16)
+
+    def finish_unit(self, u) -> None:
+        """Y = A^T M A for the unit's output channels and every tile: per 16 channels and vector of 16 tiles, each
+        channel's 16 xi vectors (over tiles) give its m x m outputs, which a 16 x 16 transpose turns into rows of 16
+        channels per output pixel, through the fused epilogue."""
+        outs = vector_regs(self.m * self.m * 16)
+        with T.serial(0, self.UR // 16) as cg:
+            for j in range(self.NB):
+                with T.serial(0, 16) as r:
+                    sums = [
+                        T.bind(vload(self.mg, (xi * self.UR + 16 * cg + r) * self.NR + 16 * j, 16))
+                        for xi in range(self.XI)
+                    ]
+                    for o, v in enumerate(cpu_winograd.transform(self.AT, sums, self.alpha)):
+                        vstore(outs, (o * 16 + r) * 16, v, 16)
+                for o in range(self.m * self.m):
+                    rows = transpose16([T.bind(vload(outs, (o * 16 + r) * 16, 16)) for r in range(16)])
+                    for p, vec in enumerate(rows):  # tile 16 j + p's output o, 16 channels
+                        self._store_tile_output(16 * j + p, o, u * self.UR + 16 * cg, vec)
+
+    def _store_tile_output(self, m: int, o: int, n, v) -> None:
+        """Output o of tile m (both known here) through the fused epilogue, where it lies inside the image."""
+        if m >= self.T:
+            return
+        per = self.TH * self.TW
+        b, p = divmod(m, per)
+        oy, ox = (p // self.TW) * self.m + o // self.m, (p % self.TW) * self.m + o % self.m
+        if oy >= self.H or ox >= self.W:
+            return
+        self._store([], (b * self.H + oy) * self.W + ox, n, v)
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _WinogradByWeights(spec, bufs).build())
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with this loop nest."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["applicable", "build", "linear"]
