@@ -74,10 +74,10 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_amx.linear
     elif cpu_gemv.applicable(spec, info.lanes):  # few rows of x, a GGUF quant type: GEMV at memory bandwidth
         rule = cpu_gemv.linear
-    elif cpu_winograd.applicable(spec, info.lanes):  # f32 products, a 3x3 conv over many pixels: F(2x2, 3x3)
-        rule = cpu_winograd.linear
-    elif cpu_winograd_by_weights.applicable(spec, info.lanes):  # f32 products, a 3x3 conv over few tiles
+    elif cpu_winograd_by_weights.applicable(spec, info.lanes):  # f32 products, a 3x3 conv over 16-128 tiles
         rule = cpu_winograd_by_weights.linear  # and many channels: F(2x2, 3x3) by output channels, U in cache
+    elif cpu_winograd.applicable(spec, info.lanes):  # f32 products, a 3x3 conv over more tiles: F(2x2, 3x3)
+        rule = cpu_winograd.linear
     elif cpu_fma.applicable(spec, info.lanes):  # f32 products, 32 rows or more: register-blocked FMA GEMM
         rule = cpu_fma.linear
     elif cpu_group_norm.applicable(spec, info.lanes):  # channels in vectors: passes in memory order

@@ -1,6 +1,7 @@
-"""CPU conv2d 3x3 (stride 1, padding 1) in f32 by Winograd's F(2x2, 3x3) for convs over few tiles: a UNet's deep
-levels (SD1.5 at 256x256 with guidance: 8x8 pixels, 32 tiles, 1280 channels), where ``cpu_winograd`` does not go
-(``cpu_winograd.MIN_TILES``) and the direct conv (``cpu_fma``) runs.
+"""CPU conv2d 3x3 (stride 1, padding 1) in f32 by Winograd's F(2x2, 3x3) for convs over 16 to 128 tiles: a UNet's
+deep levels (SD1.5 with guidance at 256x256: 8x8 pixels, 32 tiles, and 16x16, 128 tiles; at 512x512 the 16x16 and 8x8
+levels), where ``cpu_winograd`` had not gone or barely paid (``cpu_winograd.MIN_TILES``) and the direct conv
+(``cpu_fma``) ran.
 
 ``cpu_winograd`` transforms the weights (U = G g G^T) into panels in memory once per call and runs its GEMMs by
 groups of tiles: over few tiles, writing and reading back U (16/9 the weights, in f32: 105 MB for a 1280 x 1280 conv)
@@ -15,14 +16,31 @@ transposes each 16 x 16 block of outputs (16 channels x 16 tiles) once, into row
   transposed in registers into vectors over tiles;
 - parallel over units of UNIT_ROWS output channels: per pass, U of the unit's filters for the pass's channels
   ([xi][row][KC], ``pack_u``: no transposes, the weights read as stored: f32, f16, bf16 or a GGUF type), then per xi
-  ``cpu_fma``'s register block (``micro``) over the unit's rows (MR at a time, broadcast) and every tile (NB
-  vectors), the sums between passes in M ([xi][row][tile]); after the last, A^T M A and the fused epilogue.
+  ``cpu_fma``'s register block (``micro``) over the unit's rows (MR at a time, broadcast) and each group of tiles
+  (NB vectors; V^T and M per group), the sums between passes in M ([group][xi][row][tile]); after the last, A^T M A
+  and the fused epilogue.
 
 Numerics: as ``cpu_winograd``'s F(2x2, 3x3) (the same transforms, ``cpu_winograd.transform``; the products and the
 sums over channels in f32, in channel order), so the same bound holds (``tests/kernels/test_winograd_cpu.py``).
 
-Measured (Zen 4, 2 threads, f16 weights, GFLOP/s counted as the direct conv's, alternating with the direct kernel in
-one process; ``benchmarks/.work`` scratch): see ``MIN_TILES``.
+Measured (AMD Zen 4, 2 threads, f16 weights, GFLOP/s counted as the direct conv's 2 M N K, alternating in one
+process; ``benchmarks/.work`` scratch):
+
+    shape (batch 2)              this kernel   direct (cpu_fma)   cpu_winograd
+    8x8 1280 -> 1280             368-378       194-196            -
+    8x8 2560 -> 1280             364-382       168-188            -
+    8x8 640 -> 1280              371-377       188                -
+    8x8 1280 -> 1280, batch 1    280           160                -
+    4x4 1280 -> 1280 (8 tiles)   154           159                -     (half of each tile vector padding)
+    16x16 1280 -> 1280           446-454       -                  370
+    16x16 640 -> 640             394-408       -                  266
+    16x16 1920 -> 640            370-386       -                  253
+    32x32 640 -> 640 (512 tiles) 376-398       -                  358
+    32x32 320 -> 320 (512 tiles) 314-317       -                  372   (5 units of 64 channels on 2 threads)
+
+In the model, the f32 UNet at 256x256 with guidance (``sdcompile bench``, alternating): 1.69-1.71 -> 1.54-1.57 s with
+the 8x8 level, then 1.57 -> 1.42-1.50 s with the 16x16 level too; its output within 1.9e-6 (rel rms) of the direct
+conv's, and the same with the 16x16 level moved over from cpu_winograd (the same products and sums in the same order).
 """
 
 from __future__ import annotations
@@ -34,9 +52,11 @@ from schedules import cpu_fma, cpu_winograd
 from schedules.tir_build import prim_func, replace_body, splat, transpose16, vector_regs, vload, vstore
 from sdcompile.kernels.spec import KernelSpec
 
-MIN_TILES = 16  # 2x2 tiles per call at least (fewer: the weights' transform is not paid back), below cpu_winograd's
+MAX_TILES = 128  # more: cpu_winograd (its U per call amortised over the tiles; see the measurements above)
+MIN_TILES = 16  # 2x2 tiles per call at least: with fewer, tile vectors are mostly padding
 UNIT_ROWS = 64  # output channels per task (N in whole units)
 MR_BY_NB = {1: 16, 2: 8}  # output channels per register block (broadcast) by vectors of tiles: 16 accumulators
+MAX_NB = 2  # vectors of tiles per register block: more tiles run as groups of them
 KC = 128  # input channels per pass: the pass's U (16 x UNIT_ROWS x KC f32, 512 KB) stays in L2
 MIN_CHANNELS = 256  # in and out (fewer: the direct conv is short anyway and the transforms weigh more)
 
@@ -52,8 +72,7 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     n_tiles = cpu_winograd.tiles(a)
     return (
         shape == (3, 3, 1, (1, 1, 1, 1))
-        and MIN_TILES <= n_tiles < cpu_winograd.MIN_TILES
-        and n_tiles <= 32
+        and MIN_TILES <= n_tiles <= MAX_TILES
         and min(int(a["C"]), int(a["N"])) >= MIN_CHANNELS
         and int(a["N"]) % UNIT_ROWS == 0
     )
@@ -63,7 +82,9 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
     def __init__(self, spec: KernelSpec, bufs: dict):
         super().__init__(spec, bufs)
         # the swapped GEMM's shape: MR output channels (rows, broadcast) x NB vectors of tiles (NR columns)
-        self.NB = -(-self.T // 16)
+        vectors = -(-self.T // 16)
+        self.NB = min(vectors, MAX_NB)
+        self.TG = -(-vectors // self.NB)  # groups of NB tile vectors, each with its own V^T and M
         self.NR = 16 * self.NB
         self.MR = MR_BY_NB[self.NB]
         self.UR = UNIT_ROWS
@@ -81,28 +102,34 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
 
     def build(self) -> None:
         self.weight_views()
-        self.vt = T.alloc_buffer((self.XI * self.C * self.NR,), "float32")  # V^T [xi][channel][tile]
-        with T.parallel(0, self.NB * self.CV) as job:
+        # V^T [tile group][xi][channel][NR tiles]
+        self.vt = T.alloc_buffer((self.TG * self.XI * self.C * self.NR,), "float32")
+        with T.parallel(0, self.TG * self.NB * self.CV) as job:
             self.prep_v(job // self.CV, job % self.CV)
         with T.parallel(0, self.NU) as u:
             ub = T.alloc_buffer((self.XI * self.UR * self.KC,), "float32")  # the pass's U [xi][row][channel]
-            self.mg = T.alloc_buffer((self.XI * self.UR * self.NR,), "float32")  # M [xi][row][tile]
+            self.mg = T.alloc_buffer((self.TG * self.XI * self.UR * self.NR,), "float32")  # M [group][xi][row][tile]
             blocks = self.UR // self.MR
             with T.serial(0, self.passes) as kc:
                 self.pack_u(ub, u, kc)
                 with T.serial(0, self.XI) as xi:
-                    with T.serial(0, blocks) as blk:
-                        row = T.bind(xi * self.UR + blk * self.MR)
-                        # the sums between passes wait where the last pass leaves them (M): slot xi blocks + blk
-                        self.micro(self.vt, xi * self.C * self.NR, ub, row, self.mg, xi * blocks + blk, u, row, kc)
-            self.finish_unit(u)
+                    with T.serial(0, self.TG) as tg:
+                        with T.serial(0, blocks) as blk:
+                            row = T.bind((tg * self.XI + xi) * self.UR + blk * self.MR)
+                            # the sums between passes wait where the last pass leaves them (M): slot row / MR
+                            pofs = (tg * self.XI + xi) * self.C * self.NR
+                            slot = (tg * self.XI + xi) * blocks + blk
+                            self.micro(self.vt, pofs, ub, xi * self.UR + blk * self.MR, self.mg, slot, u, row, kc)
+            with T.serial(0, self.TG) as tg:
+                self.finish_unit(u, tg)
 
-    def prep_v(self, tg, cv) -> None:
-        """V^T of tiles 16 tg .. 16 tg + 15 (zeros past T) for channels 16 cv .. 16 cv + 15: per tile B^T d B over
+    def prep_v(self, tv, cv) -> None:
+        """V^T of tiles 16 tv .. 16 tv + 15 (zeros past T) for channels 16 cv .. 16 cv + 15: per tile B^T d B over
         the 16 channels, then per xi a 16 x 16 transpose into one vector of the 16 tiles per channel."""
         scratch = vector_regs(self.XI * 16)
+        tg, j = tv // self.NB, tv % self.NB
         with T.serial(0, 16) as i:
-            m = T.bind(tg * 16 + i)
+            m = T.bind(tv * 16 + i)
             with T.If(m < self.T):
                 with T.Then():
                     tile = self.input_tile(m)(16 * cv)
@@ -114,7 +141,7 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
         with T.serial(0, self.XI) as xi:
             rows = [T.bind(vload(scratch, (xi * 16 + r) * 16, 16)) for r in range(16)]
             for p, vec in enumerate(transpose16(rows)):
-                vstore(self.vt, (xi * self.C + 16 * cv + p) * self.NR + 16 * tg, vec, 16)
+                vstore(self.vt, ((tg * self.XI + xi) * self.C + 16 * cv + p) * self.NR + 16 * j, vec, 16)
 
     def pack_u(self, ub, u, kc) -> None:
         """U = G g G^T of unit u's filters for pass kc's channels, as rows [xi][row][KC]: per output channel and 16
@@ -128,7 +155,7 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
                 for xi, v in enumerate(cpu_winograd.transform(self.G, g, 3)):
                     vstore(ub, (xi * self.UR + r) * self.KC + 16 * cv, v, 16)
 
-    def finish_unit(self, u) -> None:
+    def finish_unit(self, u, tg) -> None:
         """Y = A^T M A for the unit's output channels and every tile: per 16 channels and vector of 16 tiles, each
         channel's 16 xi vectors (over tiles) give its m x m outputs, which a 16 x 16 transpose turns into rows of 16
         channels per output pixel, through the fused epilogue."""
@@ -137,7 +164,7 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
             for j in range(self.NB):
                 with T.serial(0, 16) as r:
                     sums = [
-                        T.bind(vload(self.mg, (xi * self.UR + 16 * cg + r) * self.NR + 16 * j, 16))
+                        T.bind(vload(self.mg, ((tg * self.XI + xi) * self.UR + 16 * cg + r) * self.NR + 16 * j, 16))
                         for xi in range(self.XI)
                     ]
                     for o, v in enumerate(cpu_winograd.transform(self.AT, sums, self.alpha)):
@@ -145,18 +172,27 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
                 for o in range(self.m * self.m):
                     rows = transpose16([T.bind(vload(outs, (o * 16 + r) * 16, 16)) for r in range(16)])
                     for p, vec in enumerate(rows):  # tile 16 j + p's output o, 16 channels
-                        self._store_tile_output(16 * j + p, o, u * self.UR + 16 * cg, vec)
+                        self._store_tile_output((tg * self.NB + j) * 16 + p, o, u * self.UR + 16 * cg, vec)
 
-    def _store_tile_output(self, m: int, o: int, n, v) -> None:
-        """Output o of tile m (both known here) through the fused epilogue, where it lies inside the image."""
-        if m >= self.T:
+    def _store_tile_output(self, m, o: int, n, v) -> None:
+        """Output o of tile m through the fused epilogue, where the tile is real and the output inside the image."""
+
+        def store() -> None:
+            b, y0, x0 = self._tile_origin(m)
+            oy, ox = y0 + 1 + o // self.m, x0 + 1 + o % self.m
+            inside = []
+            if self.H % self.m and o // self.m >= self.H % self.m:
+                inside.append(oy < self.H)
+            if self.W % self.m and o % self.m >= self.W % self.m:
+                inside.append(ox < self.W)
+            self._store(inside, (b * self.H + oy) * self.W + ox, n, v)
+
+        if self.T == self.TG * self.NR:  # no padded tiles
+            store()
             return
-        per = self.TH * self.TW
-        b, p = divmod(m, per)
-        oy, ox = (p // self.TW) * self.m + o // self.m, (p % self.TW) * self.m + o % self.m
-        if oy >= self.H or ox >= self.W:
-            return
-        self._store([], (b * self.H + oy) * self.W + ox, n, v)
+        with T.If(m < self.T):
+            with T.Then():
+                store()
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from schedules import cpu_fma, cpu_winograd, cpu_winograd_by_weights
+from schedules import cpu_fma, cpu_winograd_by_weights
 from sdcompile.ir.ops import im2col_np, silu_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from tests.kernels import fixtures as fx
@@ -25,6 +25,10 @@ CASES = [
      "dt": "hhh"},
     # 16 tiles (one vector, 16 rows per register block), bf16 weights and activations, no bias
     {"B": 1, "H": 8, "W": 8, "C": 384, "N": 320, "wtype": "bf16", "bias": False, "residual": False, "dt": "bb"},
+    # 128 tiles (SD1.5's 16x16 level with guidance): four groups of two tile vectors, each with its own V^T and M
+    {"B": 2, "H": 16, "W": 16, "C": 256, "N": 256, "wtype": "f16", **EPI},
+    # 90 tiles in three groups, the last one part padding; odd sizes
+    {"B": 2, "H": 17, "W": 9, "C": 256, "N": 256, "wtype": "f32", **EPI, "residual": True},
     # a GGUF type decoded into U
     {"B": 2, "H": 8, "W": 8, "C": 256, "N": 256, "wtype": "q4_k", **EPI, "residual": True},
 ]  # fmt: skip
@@ -42,17 +46,16 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
     for spec in SPECS:
         assert cpu_winograd_by_weights.applicable(spec, 16), spec.name
-        assert not cpu_winograd.applicable(spec, 16), spec.name  # the two take disjoint tile counts
         assert schedules.cpu_rule(spec, CpuInfo()) is cpu_winograd_by_weights.linear, spec.name
         assert not cpu_winograd_by_weights.applicable(spec, 8)  # AVX2: no FMA kernel at all
     w = [cpu_winograd_by_weights._WinogradByWeights(s, {}) for s in SPECS]
-    assert {x.NB for x in w} == {1, 2}
+    assert {x.NB for x in w} == {1, 2} and max(x.TG for x in w) > 1  # one and several groups of tiles
     assert any(x.passes > 1 and x.C % x.KC for x in w)  # a short last pass
     base = {"B": 2, "H": 8, "W": 8, "C": 1280, "N": 1280, "wtype": "f16", **EPI}
     assert cpu_winograd_by_weights.applicable(KernelSpec.make("conv2d", **CONV3, **base), 16)
     for why, change in (
         ("too few tiles", {"H": 4, "W": 4}),
-        ("cpu_winograd's many tiles", {"H": 16, "W": 16}),
+        ("more tiles: cpu_winograd's", {"H": 16, "W": 18}),
         ("too few channels in", {"C": 128}),
         ("N not in units", {"N": 1296}),
         ("stride 2", {"stride": 2}),
