@@ -28,6 +28,7 @@ from schedules import (
     cpu_winograd,
     cpu_winograd_by_weights,
     cpu_winograd_dot,
+    cpu_winograd_dot_by_weights,
     gpu,
     injective,
 )
@@ -59,6 +60,8 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = RULES["cpu"][spec.family]
     if cpu_amx_bf16.applicable(spec, info.lanes, _host_bf16()):  # bf16 products asked for: on the tile unit
         rule = cpu_amx_bf16.linear
+    elif cpu_winograd_dot_by_weights.applicable(spec, info.lanes, _host_bf16_dot()):  # no tile unit, a 3x3 conv
+        rule = cpu_winograd_dot_by_weights.linear  # over 16-128 tiles: Winograd by output channels, vdpbf16ps
     elif cpu_winograd_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # no tile unit, a 3x3 conv over many
         rule = cpu_winograd_dot.linear  # pixels: Winograd F(2x2, 3x3) with vdpbf16ps products
     elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps

@@ -89,9 +89,11 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
         self.MR = MR_BY_NB[self.NB]
         self.UR = UNIT_ROWS
         self.NU = self.N // self.UR
-        self.passes = -(-self.C // KC)
-        self.KC = 16 * -(-self.C // (16 * self.passes))  # passes as even as whole vectors allow
-        self.CV = self.C // 16
+        # K in words (f32 values, or bf16 pairs: ``cpu_winograd_dot``'s PER_WORD), in passes of about KC channels,
+        # as even as whole vectors of words allow
+        self.passes = -(-self.KR // (KC // self.PER_WORD))
+        self.KC = 16 * -(-self.KR // (16 * self.passes))
+        self.VJ = self.KR // 16  # jobs per tile vector preparing V^T: 16 words of each tile's row
 
     def tile_m(self, a: dict) -> int:
         return 2
@@ -103,9 +105,9 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
     def build(self) -> None:
         self.weight_views()
         # V^T [tile group][xi][channel][NR tiles]
-        self.vt = T.alloc_buffer((self.TG * self.XI * self.C * self.NR,), "float32")
-        with T.parallel(0, self.TG * self.NB * self.CV) as job:
-            self.prep_v(job // self.CV, job % self.CV)
+        self.vt = T.alloc_buffer((self.TG * self.XI * self.KR * self.NR,), "float32")
+        with T.parallel(0, self.TG * self.NB * self.VJ) as job:
+            self.prep_v(job // self.VJ, job % self.VJ)
         with T.parallel(0, self.NU) as u:
             ub = T.alloc_buffer((self.XI * self.UR * self.KC,), "float32")  # the pass's U [xi][row][channel]
             self.mg = T.alloc_buffer((self.TG * self.XI * self.UR * self.NR,), "float32")  # M [group][xi][row][tile]
@@ -117,7 +119,7 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
                         with T.serial(0, blocks) as blk:
                             row = T.bind((tg * self.XI + xi) * self.UR + blk * self.MR)
                             # the sums between passes wait where the last pass leaves them (M): slot row / MR
-                            pofs = (tg * self.XI + xi) * self.C * self.NR
+                            pofs = (tg * self.XI + xi) * self.KR * self.NR
                             slot = (tg * self.XI + xi) * blocks + blk
                             self.micro(self.vt, pofs, ub, xi * self.UR + blk * self.MR, self.mg, slot, u, row, kc)
             with T.serial(0, self.TG) as tg:
@@ -141,19 +143,23 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
         with T.serial(0, self.XI) as xi:
             rows = [T.bind(vload(scratch, (xi * 16 + r) * 16, 16)) for r in range(16)]
             for p, vec in enumerate(transpose16(rows)):
-                vstore(self.vt, ((tg * self.XI + xi) * self.C + 16 * cv + p) * self.NR + 16 * j, vec, 16)
+                vstore(self.vt, ((tg * self.XI + xi) * self.KR + 16 * cv + p) * self.NR + 16 * j, vec, 16)
 
     def pack_u(self, ub, u, kc) -> None:
-        """U = G g G^T of unit u's filters for pass kc's channels, as rows [xi][row][KC]: per output channel and 16
-        input channels, the 9 taps' vectors as stored, transformed into the 16 xi's vectors, stored as they come."""
-        chunks = self.KC // 16 if self.C % self.KC == 0 else T.min(self.KC // 16, self.CV - kc * (self.KC // 16))
+        """U = G g G^T of unit u's filters for pass kc's words, as rows [xi][row][KC]: per output channel and 16
+        words, the 9 taps' vectors as stored, transformed into the 16 xi's vectors (``u_words``), stored as they
+        come."""
+        chunks = self.KC // 16 if self.KR % self.KC == 0 else T.min(self.KC // 16, self.VJ - kc * (self.KC // 16))
         with T.serial(0, self.UR) as r:
             row = T.bind(u * self.UR + r)
             with T.serial(0, chunks) as cv:
-                c = T.bind(kc * self.KC + 16 * cv)
-                g = [T.bind(self._wvec(row, tap * self.C + c, 16)) for tap in range(9)]
-                for xi, v in enumerate(cpu_winograd.transform(self.G, g, 3)):
+                for xi, v in enumerate(self.u_words(row, T.bind(kc * self.KC + 16 * cv))):
                     vstore(ub, (xi * self.UR + r) * self.KC + 16 * cv, v, 16)
+
+    def u_words(self, row, w0) -> list:
+        """U's 16 xi vectors of words w0 .. w0 + 15 (f32: channels) of output channel ``row``."""
+        g = [T.bind(self._wvec(row, tap * self.C + w0, 16)) for tap in range(9)]
+        return cpu_winograd.transform(self.G, g, 3)
 
     def finish_unit(self, u, tg) -> None:
         """Y = A^T M A for the unit's output channels and every tile: per 16 channels and vector of 16 tiles, each

@@ -25,6 +25,19 @@ def signature(name: str, plan: dict[str, Any]) -> str:
     return f"{name}({args(plan['inputs'])}) -> {args(plan['outputs'])}"
 
 
+def _fusion_summary(fuse: dict) -> str:
+    """The rules that fired with their counts, or that none did and, where some declined, how many and one reason
+    (the lifters of some families emit nodes already fused: then nothing is left to fold)."""
+    if fuse["fired"]:
+        return ", ".join(f"{k} ×{v}" for k, v in sorted(fuse["fired"].items()))
+    declined = fuse.get("declined") or {}
+    if not declined:
+        return "no rule fired (nothing left to fold)"
+    where, why = next(iter(sorted(declined.items())))
+    rule, _, value = where.partition("@")
+    return f"no rule fired ({len(declined)} declined, e.g. {rule} at {value}: {why})"
+
+
 def _ignored_lines(ignored: dict[str, str]) -> list[str]:
     """The tensors a compile left out, one line per reason with the count and the first names."""
     if not ignored:
@@ -148,8 +161,7 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
         + ", ".join(f"{t}×{n}" for t, n in q.items())
         + (f" ({', '.join(f'{c} {fmt_bytes(b)}' for c, b in by_comp.items())})" if len(by_comp) > 1 else ""),
         *_quantize_lines(m),
-        f"fusion    {r['fuse']['nodes']} kernels launched; "
-        + ", ".join(f"{k} ×{v}" for k, v in sorted(r["fuse"]["fired"].items())),
+        f"fusion    {r['fuse']['nodes']} kernels launched; " + _fusion_summary(r["fuse"]),
     ]
     leg = r["legalize"]
     lines.append(

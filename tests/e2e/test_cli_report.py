@@ -92,3 +92,18 @@ def test_inspect_tensors_of_a_diffusers_folder_shows_each_files_names(tmp_path):
     text = render_inspect(inspect_file(root), tensors=True)
     row = next(ln for ln in text.splitlines() if ln.split()[:1] == ["conv_in.weight"])
     assert row.split()[-1] == "unet.input_blocks.0.0.weight", row
+
+
+def test_fusion_line_says_when_no_rule_fired():
+    """The UNet's lifter emits its linears with bias and residual already fused, so the fuse pass fires nothing: the
+    report says so (with why, when a rule declined) instead of ending the line at 'kernels launched; '."""
+    from sdcompile.report import _fusion_summary
+
+    assert _fusion_summary({"fired": {"bias_into_linear": 3, "matmul_to_linear": 4}, "declined": {}}) == (
+        "bias_into_linear ×3, matmul_to_linear ×4"
+    )
+    assert _fusion_summary({"fired": {}, "declined": {}}) == "no rule fired (nothing left to fold)"
+    declined = {"residual_into_linear@u.add.9": "u.add.9 has 2 users", "bias_into_linear@u.add.3": "not linear"}
+    assert _fusion_summary({"fired": {}, "declined": declined}) == (
+        "no rule fired (2 declined, e.g. bias_into_linear at u.add.3: not linear)"
+    )

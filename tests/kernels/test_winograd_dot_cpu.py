@@ -142,6 +142,12 @@ def test_dispatch(monkeypatch):
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_within_its_bounds(ex, spec):
+    check_within_bounds(ex, spec)
+
+
+def check_within_bounds(ex, spec) -> None:
+    """The kernel built for ``spec`` within the emulated and the exact bound (the module's docstring); Winograd by
+    output channels with bf16 products (``tests/kernels/test_winograd_dot_by_weights_cpu.py``) has the same."""
     M, N, K = gemm_mnk(spec)
     C = int(spec.attr("C"))
     rng = np.random.default_rng(23)
