@@ -22,9 +22,10 @@ to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they 
 Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason. Where it is
 fast, the 3x3 convs Winograd takes run it with bf16 products whatever their weights' type
 (``schedules/cpu_winograd_dot.py``: F(2x2, 3x3) on vdpbf16ps, 1.2-2.1x faster than Winograd in f32 and 1.5-2.2x
-faster than the direct bf16 GEMM; quantized weights are decoded to f32 first, as in f32 mode, and counted as
-``quantized``: 1.06-1.5x faster than VNNI's int8 products and more exact, so the int8 rules above apply to the
-other nodes only); the few it cannot take (channels not in whole conversions of 32) keep f32 products on Winograd
+faster than the direct bf16 GEMM; over 16-128 tiles, SD1.5's deepest levels, by output channels:
+``schedules/cpu_winograd_dot_by_weights.py``; quantized weights are decoded to f32 first, as in f32 mode, and
+counted as ``quantized``: 1.06-1.5x faster than VNNI's int8 products (by output channels, q8_0 at 8x8 and 16x16 pixels
+with guidance, 1.2-1.3x) and more exact, so the int8 rules above apply to the other nodes only); the few it cannot take (channels not in whole conversions of 32) keep f32 products on Winograd
 over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels, faster than the direct bf16 GEMM. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
@@ -179,10 +180,12 @@ def _bf16_spec(g: Graph, n):
 
 
 def _winograd_dot_takes(g: Graph, n) -> bool:
-    """Whether Winograd with bf16 products (``cpu_winograd_dot``) would take node ``n`` marked bf16."""
-    from schedules import cpu_winograd_dot
+    """Whether Winograd with bf16 products (``cpu_winograd_dot``, or over 16-128 tiles
+    ``cpu_winograd_dot_by_weights``) would take node ``n`` marked bf16."""
+    from schedules import cpu_winograd_dot, cpu_winograd_dot_by_weights
 
-    return cpu_winograd_dot.applicable(_bf16_spec(g, n), 16, True)
+    spec = _bf16_spec(g, n)
+    return cpu_winograd_dot.applicable(spec, 16, True) or cpu_winograd_dot_by_weights.applicable(spec, 16, True)
 
 
 def _winograd_faster(g: Graph, n, kernel: str) -> bool:

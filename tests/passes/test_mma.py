@@ -295,3 +295,28 @@ def test_bf16_dot_convs_over_many_pixels(monkeypatch):
     assert whole.attrs["mma"] == "bf16" and "mma" not in big.attrs and small.attrs["mma"] == "bf16"
     rep = ctx.report["mma"]
     assert rep["kept_f32"] == 1 and rep["nodes"] == 2 and "Winograd runs them faster than vdpbf16ps" in rep["why"]
+
+
+def test_bf16_dot_quantized_convs_over_few_tiles_take_winograd_by_weights(monkeypatch):
+    """Where vdpbf16ps is fast (AMD Zen 4), a q8_0 3x3 conv over 32 tiles (SD1.5's 8x8 level with guidance) gets bf16
+    products: Winograd by output channels (``cpu_winograd_dot_by_weights``, 1.2-1.3x VNNI's int8 products there),
+    counted as quantized; over 8 tiles (too few for it) the conv keeps int8 products on VNNI."""
+    import schedules
+    from schedules import cpu_winograd_dot_by_weights
+    from schedules.cpu import CpuInfo
+    from sdcompile.ir.graph import WeightData
+
+    _zen4(monkeypatch)
+    g = Graph()
+    for i, side in enumerate((8, 4)):
+        x = g.add_input(f"x{i}", (2, side, side, 256), "float32", "unet")
+        w = g.add_weight(f"w{i}", (256, 9 * 256), "q8_0", "unet", WeightData(None, f"w{i}", "q8_0"))
+        attrs = {"kh": 3, "kw": 3, "pads": (1, 1, 1, 1), "stride": 1, "bias": False}
+        g.outputs.append(g.add_node("conv2d", [x, w], f"y{i}", (2, side, side, 256), "unet", **attrs))
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    g = mma.run(g, ctx)
+    few, fewer = g.nodes
+    assert few.attrs["mma"] == "bf16" and fewer.attrs["mma"] == "int8"
+    assert ctx.report["mma"]["quantized"] == 1 and ctx.report["mma"]["int8"] == 1
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")  # the dispatch as on Zen 4
+    assert schedules.cpu_rule(node_spec(g, few), CpuInfo()) is cpu_winograd_dot_by_weights.linear
