@@ -41,8 +41,9 @@ CASES = [
     {"B": 2, "H": 15, "W": 17, "C": 64, "N": 80, "wtype": "f16", "bias": False, "residual": True, "dt": "hhh"},
     # C = 960: K in four passes of pair words, the last one shorter; bf16 weights and activations
     {"B": 1, "H": 24, "W": 23, "C": 960, "N": 64, "wtype": "bf16", **EPI, "residual": True, "dt": "bbb"},
-    # several panel blocks (U of one unit: 2.6 MB; 7 units), the SiLU epilogue
-    {"B": 2, "H": 16, "W": 16, "C": 1280, "N": 448, "wtype": "f16", **EPI, "act": "silu"},
+    # several panel blocks (U of one unit: 2.6 MB; 7 units), the SiLU epilogue (144 tiles: up to 128 Winograd by
+    # output channels takes them, ``cpu_winograd_dot_by_weights``)
+    {"B": 2, "H": 16, "W": 18, "C": 1280, "N": 448, "wtype": "f16", **EPI, "act": "silu"},
     # GGUF types decoded into U (``quant_vec``), as the f32 Winograd kernel decodes them
     {"B": 1, "H": 32, "W": 32, "C": 64, "N": 64, "wtype": "q8_0", **EPI},
     {"B": 1, "H": 32, "W": 30, "C": 256, "N": 64, "wtype": "q4_k", **EPI},
