@@ -58,13 +58,13 @@ UNIT_ROWS = 64  # output channels per task (N in whole units)
 MR_BY_NB = {1: 16, 2: 8}  # output channels per register block (broadcast) by vectors of tiles: 16 accumulators
 MAX_NB = 2  # vectors of tiles per register block: more tiles run as groups of them
 KC = 128  # input channels per pass: the pass's U (16 x UNIT_ROWS x KC f32, 512 KB) stays in L2
-MIN_CHANNELS = 256  # in and out (fewer: the direct conv is short anyway and the transforms weigh more)
+MIN_CHANNELS = 256  # in and out at least: 4 tasks or more (SD1.5's convs here have 640 to 2560; fewer, not measured)
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
     """A 3x3 stride-1 conv padded by 1 that ``cpu_fma`` takes (f32 products, weights row-major), over MIN_TILES to
-    fewer than ``cpu_winograd.MIN_TILES`` 2x2 tiles (at most 32: two vectors of tiles), with MIN_CHANNELS channels in
-    and out or more, N in whole units of UNIT_ROWS."""
+    MAX_TILES 2x2 tiles, with MIN_CHANNELS channels in and out or more, N in whole units of UNIT_ROWS. The CPU
+    dispatch asks it before ``cpu_winograd``, which takes more tiles."""
     if spec.op != "conv2d" or spec.attr("wlayout") or not cpu_fma.applicable(spec, lanes):
         return False
     a = dict(spec.attrs)

@@ -70,16 +70,19 @@ def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
     """A 3x3 conv asking for bf16 products that the f32 Winograd kernel would take (stride 1, padding 1, enough
     tiles and channels; float weights or a GGUF type ``quant_vec`` decodes), with channels in whole conversions of
     32, on a host with AVX512_BF16 whose tile unit does not take the job (``host_dot``)."""
+    return bf16_applicable(spec, lanes, host_dot, cpu_winograd.applicable)
+
+
+def bf16_applicable(spec: KernelSpec, lanes: int, host_dot: bool, f32_applicable) -> bool:
+    """Whether a Winograd kernel with bf16 products takes ``spec``: a conv asking for them, channels in whole
+    conversions of 32, a host with AVX512_BF16 and no tile unit taking the job (``host_dot``), and the shape its f32
+    counterpart takes (``f32_applicable``, asked about the spec with f32 products: it takes only those)."""
     if spec.attr("mma") != "bf16" or spec.op != "conv2d" or not host_dot or spec.attr("wlayout"):
         return False
     if int(spec.attr("C")) % 32:
         return False
-    return _winograd_shape(spec, lanes) and target_has_bf16_dot()
-
-
-def _winograd_shape(spec: KernelSpec, lanes: int) -> bool:
-    """``cpu_winograd.applicable`` on the spec with f32 products (it takes only those)."""
-    return cpu_winograd.applicable(KernelSpec(spec.op, tuple(kv for kv in spec.attrs if kv[0] != "mma")), lanes)
+    f32 = KernelSpec(spec.op, tuple(kv for kv in spec.attrs if kv[0] != "mma"))
+    return f32_applicable(f32, lanes) and target_has_bf16_dot()
 
 
 class _WinogradDot(cpu_winograd._WinogradConv):

@@ -36,9 +36,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules import cpu_winograd, cpu_winograd_by_weights
+from schedules import cpu_winograd, cpu_winograd_by_weights, cpu_winograd_dot
 from schedules.cpu_attention_amx import interleaved_bf16
-from schedules.cpu_bf16_dot import target_has_bf16_dot
 from schedules.tir_build import (
     bf16_words,
     dot_bf16_words,
@@ -61,12 +60,7 @@ def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
     """A 3x3 conv asking for bf16 products that ``cpu_winograd_by_weights`` would take with f32 products, with
     channels in whole conversions of 32, on a host with AVX512_BF16 whose tile unit does not take the job
     (``host_dot``)."""
-    if spec.attr("mma") != "bf16" or spec.op != "conv2d" or not host_dot or spec.attr("wlayout"):
-        return False
-    if int(spec.attr("C")) % 32:
-        return False
-    f32 = KernelSpec(spec.op, tuple(kv for kv in spec.attrs if kv[0] != "mma"))
-    return cpu_winograd_by_weights.applicable(f32, lanes) and target_has_bf16_dot()
+    return cpu_winograd_dot.bf16_applicable(spec, lanes, host_dot, cpu_winograd_by_weights.applicable)
 
 
 class _WinogradDotByWeights(cpu_winograd_by_weights._WinogradByWeights):

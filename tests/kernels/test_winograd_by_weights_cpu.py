@@ -5,14 +5,12 @@ partial tiles and a partial last vector, K in passes with a shorter last one, th
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from schedules import cpu_fma, cpu_winograd_by_weights
-from sdcompile.ir.ops import im2col_np, silu_np
-from sdcompile.kernels.spec import KernelSpec, gemm_mnk
+from sdcompile.kernels.spec import KernelSpec
 from tests.kernels import fixtures as fx
-from tests.kernels.test_winograd_cpu import CONV3, EPI, HALF_ULP, ROUNDINGS, U32, _magnitude
+from tests.kernels.test_winograd_cpu import CONV3, EPI, check_within_the_winograd_bound
 
 pytestmark = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
 
@@ -69,20 +67,4 @@ def test_dispatch(monkeypatch):
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_within_the_winograd_bound(ex, spec):
-    M, N, K = gemm_mnk(spec)
-    C = int(spec.attr("C"))
-    rng = np.random.default_rng(23)
-    arrays, w = fx.gemm_inputs(spec, rng)
-    x = arrays["x"].astype(np.float64)
-    xm = im2col_np(x, dict(spec.attrs)).reshape(M, K)
-    pre = xm @ w.T + (arrays["bias"] if spec.attr("bias") else 0)
-    act = str(spec.attr("act", "none"))
-    y = (silu_np(pre) if act == "silu" else pre) + (arrays["res"] if spec.attr("residual") else 0)
-    mag = _magnitude(spec, x, w)
-    got = fx.run_spec(ex, spec, arrays).reshape(M, N).astype(np.float64)
-    out_round = HALF_ULP[spec.param("y").dtype] * np.abs(y)
-    bound = 1.1 * (C + ROUNDINGS[2]) * U32 * mag + 8 * U32 * (1 + np.abs(y)) + 1.01 * out_round
-    err = np.abs(got - y)
-    assert np.all(err <= bound), float(np.max(err / bound))
-    assert np.abs(y).max() > 1  # not trivially small
-    assert np.median(mag / (np.abs(xm) @ np.abs(w).T)) < 8  # the bound is a few times the direct conv's
+    check_within_the_winograd_bound(ex, spec)

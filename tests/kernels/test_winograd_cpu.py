@@ -138,6 +138,12 @@ def _magnitude(spec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_within_the_winograd_bound(ex, spec):
+    check_within_the_winograd_bound(ex, spec)
+
+
+def check_within_the_winograd_bound(ex, spec) -> None:
+    """The kernel built for ``spec`` within the module's bound; Winograd by output channels
+    (``test_winograd_by_weights_cpu.py``) has the same transforms, roundings and order of sums."""
     M, N, K = gemm_mnk(spec)
     C = int(spec.attr("C"))
     rng = np.random.default_rng(17)
