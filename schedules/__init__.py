@@ -40,6 +40,16 @@ RULES = {"cpu": cpu.RULES | {"injective": injective.cpu}, "gpu": gpu.RULES | {"i
 
 def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | None = None) -> None:
     """Schedule the function ``spec.name`` (already selected with ``sch.work_on``) for ``kind``."""
+    info = cpu_info or CpuInfo() if kind == "cpu" else None
+    rule = rule_for(spec, kind, info)
+    if kind == "cpu":
+        rule(sch, spec, info)
+    else:
+        rule(sch, spec)
+
+
+def rule_for(spec: KernelSpec, kind: str, cpu_info: CpuInfo | None = None):
+    """The built-in rule that schedules ``spec`` for ``kind`` (``cpu``: ``cpu_rule`` on this host's CPU)."""
     try:
         rule = RULES[kind][spec.family]
     except KeyError:
@@ -47,10 +57,16 @@ def apply(sch: s_tir.Schedule, spec: KernelSpec, kind: str, cpu_info: CpuInfo | 
     if kind == "gpu" and spec.op == "attention" and not spec.attr("tiled") and 1 in (spec.attr("S"), spec.attr("T")):
         rule = injective.gpu_fallback  # one query or one key (a UNet's 1x1 level): loops of extent 1 everywhere
     if kind == "cpu":
-        info = cpu_info or CpuInfo()
-        cpu_rule(spec, info, rule)(sch, spec, info)
-    else:
-        rule(sch, spec)
+        rule = cpu_rule(spec, cpu_info or CpuInfo(), rule)
+    return rule
+
+
+def builtin_rule_name(spec: KernelSpec, kind: str) -> str:
+    """The qualified name of the built-in rule for ``spec`` (``rule_for``): a tuning record names the rule it was
+    measured against, and stops applying when another rule takes the kernel (a faster built-in kernel may have
+    come since)."""
+    rule = rule_for(spec, kind)
+    return f"{rule.__module__}.{rule.__qualname__}"
 
 
 def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):

@@ -259,8 +259,9 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
             lines.append(f"            {name}{speed}")
         if tuning.get("stale"):
             lines.append(
-                f"          {len(tuning['stale'])} stale records ignored (kernel changed since tuned; run "
-                f"`sdcompile tune` again): {', '.join(tuning['stale'][:3])}{', ...' if len(tuning['stale']) > 3 else ''}"
+                f"          {len(tuning['stale'])} stale records ignored (kernel or its built-in rule changed since "
+                f"tuned; run `sdcompile tune` again): {', '.join(tuning['stale'][:3])}"
+                + (", ..." if len(tuning["stale"]) > 3 else "")
             )
     lines.append(
         f"artifact  {out} ({len(m['files'])} files, {fmt_bytes(sum(f['bytes'] for f in m['files'].values()))})"

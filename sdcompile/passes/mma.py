@@ -24,9 +24,10 @@ fast, the 3x3 convs Winograd takes run it with bf16 products whatever their weig
 (``schedules/cpu_winograd_dot.py``: F(2x2, 3x3) on vdpbf16ps, 1.2-2.1x faster than Winograd in f32 and 1.5-2.2x
 faster than the direct bf16 GEMM; over 16-128 tiles, SD1.5's deepest levels, by output channels:
 ``schedules/cpu_winograd_dot_by_weights.py``; quantized weights are decoded to f32 first, as in f32 mode, and
-counted as ``quantized``: 1.06-1.5x faster than VNNI's int8 products (by output channels, q8_0 at 8x8 and 16x16 pixels
-with guidance, 1.2-1.3x) and more exact, so the int8 rules above apply to the other nodes only); the few it cannot take (channels not in whole conversions of 32) keep f32 products on Winograd
-over ``OVER_PIXELS["cpu_bf16_dot"]`` pixels, faster than the direct bf16 GEMM. With AMX-BF16, every ``attention`` node
+counted as ``quantized``: 1.06-1.5x faster than VNNI's int8 products (by output channels, q8_0 at 8x8 and 16x16
+pixels with guidance, 1.2-1.3x) and more exact, so the int8 rules above apply to the other nodes only); the few it
+cannot take (channels not in whole conversions of 32) keep f32 products on Winograd over
+``OVER_PIXELS["cpu_bf16_dot"]`` pixels, faster than the direct bf16 GEMM. With AMX-BF16, every ``attention`` node
 (causal or not) with heads of at most ``cpu_attention_amx.MAX_DH`` channels is marked too: flash attention on the tile unit
 (``schedules/cpu_attention_amx.py``) with q, k, v and the probabilities rounded to bf16, f32 sums and an f32
 softmax, as PyTorch's bf16 scaled-dot-product attention does; wider heads keep the f32 kernel, and without AMX-BF16

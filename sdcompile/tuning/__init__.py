@@ -145,6 +145,7 @@ def tune_model(
 
 
 def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, rpc, say) -> dict[str, Any]:
+    import schedules
     from sdcompile.codegen import tvm_layer
     from sdcompile.tuning import tuner
 
@@ -154,12 +155,12 @@ def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, 
     declined_path = records.record_path(root, device.target, device.machine, spec.name, declined=True)
     digest = tvm_layer.workload_digest(spec)
     rec = records.find(root, device.target, device.machine, spec.name)
-    if rec is not None and rec.get("workload") == digest and rec.get("kind") == device.kind and not retune:
+    if rec is not None and records.current(rec, spec, device.kind) and not retune:
         m = rec.get("measured") or {}
         say(f"  {spec.name}: record exists ({_times(m)}); reused, not tuned again")
         return out | {"status": "reused", "record": str(path), **_pick(m)}
     old = records.read(declined_path) if declined_path.is_file() else None
-    if old is not None and old.get("workload") == digest and old.get("kind") == device.kind and not retune:
+    if old is not None and records.current(old, spec, device.kind) and not retune:
         m = old.get("measured") or {}
         say(f"  {spec.name}: built-in rule won when last tuned ({_times(m)}); skipped (--retune tunes it again)")
         return out | {"status": "skipped", "record": None, **_pick(m)}
@@ -214,6 +215,7 @@ def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, 
         "tvm_target": device.tvm_target,
         "tvm_version": tvm_layer.version(),
         "workload": digest,
+        "builtin_rule": schedules.builtin_rule_name(spec, device.kind),
         "measured": measured,
     }
     if speedup >= min_speedup:

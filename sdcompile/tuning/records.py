@@ -9,8 +9,9 @@ not tune that kernel again, and ``compile`` ignores it.
 
 The machine is what the code is generated and measured for: on the CPU the LLVM CPU name the build targets (plus
 ``-amx`` where the build uses the tile unit), since a trace's vector widths and tile sizes follow it; on a GPU the
-device's name. A record whose PrimFunc digest no longer matches (the kernel's compute changed since it was tuned) is
-stale: compile uses the built-in rule for it and says so.
+device's name. A record whose PrimFunc digest no longer matches (the kernel's compute changed since it was tuned), or
+that was measured against another built-in rule than the one that takes the kernel now (``builtin_rule``: a faster
+built-in kernel has come since), is stale: compile uses the built-in rule for it and says so.
 
 This module reads and writes files only; the TVM side (digest, trace replay) is in ``sdcompile.codegen.tvm_layer``.
 """
@@ -132,11 +133,25 @@ def applicable(specs: Iterable, target: str, root: Path | None = None) -> tuple[
         rec = find(root, target, machine, spec.name)
         if rec is None:
             continue
-        if rec.get("kind") != schedule_kind(target) or rec.get("workload") != tvm_layer.workload_digest(spec):
+        if not current(rec, spec, schedule_kind(target)):
             stale.append(spec.name)
             continue
         found[spec.name] = rec
     return machine, found, stale
+
+
+def current(rec: dict[str, Any], spec, kind: str) -> bool:
+    """Whether a record still describes ``spec``: tuned for this schedule kind, on the kernel's current PrimFunc
+    (``workload``) and measured against the built-in rule that takes the kernel now (``builtin_rule``: a record
+    measured against a slower rule that a faster one has replaced would make the kernel slower)."""
+    import schedules
+    from sdcompile.codegen import tvm_layer
+
+    return (
+        rec.get("kind") == kind
+        and rec.get("workload") == tvm_layer.workload_digest(spec)
+        and rec.get("builtin_rule") == schedules.builtin_rule_name(spec, kind)
+    )
 
 
 def report(target: str, machine: str | None, found: dict[str, dict], stale: list[str]) -> dict[str, Any] | None:

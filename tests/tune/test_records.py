@@ -79,6 +79,7 @@ def test_compare_against_reference():
 
 
 def _write(root, target, machine, spec, **extra):
+    import schedules
     from sdcompile.codegen import tvm_layer
     from sdcompile.tuning import records
 
@@ -88,6 +89,7 @@ def _write(root, target, machine, spec, **extra):
         "spec": spec.name,
         "kind": records.schedule_kind(target),
         "workload": tvm_layer.workload_digest(spec),
+        "builtin_rule": schedules.builtin_rule_name(spec, records.schedule_kind(target)),
         "trace": [[], []],
         "measured": {"builtin_s": 2e-5, "tuned_s": 1e-5, "speedup": 2.0},
     } | extra
@@ -99,6 +101,7 @@ def test_applicable_records(tmp_path):
     from sdcompile.tuning import records
 
     a, b, c = S.linear(4, 8, 16, "f32"), S.linear(4, 8, 32, "f32"), S.linear(4, 16, 16, "f32")
+    d, e = S.linear(4, 16, 32, "f32"), S.linear(4, 32, 16, "f32")
     assert records.applicable([a, b], "cpu", tmp_path) == (None, {}, [])  # no records: nothing probed
     here = records.cpu_machine(tvm_layer.cpu_target())
     _write(tmp_path, "cpu", here, a)
@@ -106,8 +109,11 @@ def test_applicable_records(tmp_path):
     _write(tmp_path, "cpu", "another-cpu", c)  # tuned for another machine
     _write(tmp_path, "vulkan", here, c)  # another target
     (records.record_path(tmp_path, "cpu", here, c.name, declined=True)).write_text(json.dumps({"format": "x"}))
-    machine, found, stale = records.applicable([a, b, c], "cpu", tmp_path)
-    assert machine == here and list(found) == [a.name] and stale == [b.name]
+    # measured against a built-in rule that no longer takes the kernel (a faster one came since), or not saying which
+    _write(tmp_path, "cpu", here, d, builtin_rule="schedules.cpu.linear_of_an_older_version")
+    _write(tmp_path, "cpu", here, e, builtin_rule=None)
+    machine, found, stale = records.applicable([a, b, c, d, e], "cpu", tmp_path)
+    assert machine == here and list(found) == [a.name] and stale == sorted([b.name, d.name, e.name])
     rep = records.report("cpu", machine, found, stale)
     assert rep["kernels"][a.name] == {
         "record": f"cpu/{here}/{a.name}.json",

@@ -100,6 +100,13 @@ def test_record_written_with_trace_and_times(tuned):
     assert rec is not None and rec["spec"] == KERNEL and rec["kind"] == "cpu" and rec["trace"]
     spec = KernelSpec.make(rec["op"], **rec["attrs"])
     assert spec.name == KERNEL and rec["workload"] == tvm_layer.workload_digest(spec)
+    # the built-in rule it was measured against, as the CPU dispatch names it: another rule taking the kernel later
+    # makes the record stale (``test_records.test_applicable_records``)
+    import schedules
+
+    assert rec["builtin_rule"] == schedules.builtin_rule_name(spec, "cpu") and rec["builtin_rule"].startswith(
+        "schedules."
+    )
     m = rec["measured"]
     assert m["builtin_s"] > 0 and m["tuned_s"] > 0 and m["error_ratio"] <= 1.0 and m["runner"] == "local"
     # the record replaces the declined measurement; the folder holds exactly one file for the kernel
