@@ -145,7 +145,6 @@ def tune_model(
 
 
 def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, rpc, say) -> dict[str, Any]:
-    import schedules
     from sdcompile.codegen import tvm_layer
     from sdcompile.tuning import tuner
 
@@ -153,14 +152,14 @@ def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, 
     out = {k: row[k] for k in ("name", "op", "launches", "flops")}
     path = records.record_path(root, device.target, device.machine, spec.name)
     declined_path = records.record_path(root, device.target, device.machine, spec.name, declined=True)
-    digest = tvm_layer.workload_digest(spec)
+    ident = records.identity(spec, device.kind)  # kind, PrimFunc digest, built-in rule: once per kernel
     rec = records.find(root, device.target, device.machine, spec.name)
-    if rec is not None and records.current(rec, spec, device.kind) and not retune:
+    if rec is not None and records.current(rec, ident) and not retune:
         m = rec.get("measured") or {}
         say(f"  {spec.name}: record exists ({_times(m)}); reused, not tuned again")
         return out | {"status": "reused", "record": str(path), **_pick(m)}
     old = records.read(declined_path) if declined_path.is_file() else None
-    if old is not None and records.current(old, spec, device.kind) and not retune:
+    if old is not None and records.current(old, ident) and not retune:
         m = old.get("measured") or {}
         say(f"  {spec.name}: built-in rule won when last tuned ({_times(m)}); skipped (--retune tunes it again)")
         return out | {"status": "skipped", "record": None, **_pick(m)}
@@ -209,13 +208,13 @@ def _tune_one(row, device, root: Path, trials, min_speedup, retune, seed, keep, 
         "op": spec.op,
         "attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.attrs},
         "target": device.target,
-        "kind": device.kind,
+        "kind": ident["kind"],
         "machine": device.machine,
         "device": device.name,
         "tvm_target": device.tvm_target,
         "tvm_version": tvm_layer.version(),
-        "workload": digest,
-        "builtin_rule": schedules.builtin_rule_name(spec, device.kind),
+        "workload": ident["workload"],
+        "builtin_rule": ident["builtin_rule"],
         "measured": measured,
     }
     if speedup >= min_speedup:

@@ -133,25 +133,34 @@ def applicable(specs: Iterable, target: str, root: Path | None = None) -> tuple[
         rec = find(root, target, machine, spec.name)
         if rec is None:
             continue
-        if not current(rec, spec, schedule_kind(target)):
+        if not current(rec, identity(spec, schedule_kind(target))):
             stale.append(spec.name)
             continue
         found[spec.name] = rec
     return machine, found, stale
 
 
-def current(rec: dict[str, Any], spec, kind: str) -> bool:
-    """Whether a record still describes ``spec``: tuned for this schedule kind, on the kernel's current PrimFunc
-    (``workload``) and measured against the built-in rule that takes the kernel now (``builtin_rule``: a record
-    measured against a slower rule that a faster one has replaced would make the kernel slower)."""
+IDENTITY = ("kind", "workload", "builtin_rule")  # what a record must share with the kernel to apply
+
+
+def identity(spec, kind: str) -> dict[str, str]:
+    """What a record of ``spec`` for schedule ``kind`` must hold to still describe it (``IDENTITY``): the kind, the
+    digest of the kernel's current PrimFunc (``workload``) and the built-in rule that takes the kernel now
+    (``builtin_rule``: a record measured against a slower rule that a faster one has replaced would make the kernel
+    slower)."""
     import schedules
     from sdcompile.codegen import tvm_layer
 
-    return (
-        rec.get("kind") == kind
-        and rec.get("workload") == tvm_layer.workload_digest(spec)
-        and rec.get("builtin_rule") == schedules.builtin_rule_name(spec, kind)
-    )
+    return {
+        "kind": kind,
+        "workload": tvm_layer.workload_digest(spec),
+        "builtin_rule": schedules.builtin_rule_name(spec, kind),
+    }
+
+
+def current(rec: dict[str, Any], ident: dict[str, str]) -> bool:
+    """Whether a record still describes the kernel whose ``identity`` is ``ident``."""
+    return all(rec.get(k) == ident[k] for k in IDENTITY)
 
 
 def report(target: str, machine: str | None, found: dict[str, dict], stale: list[str]) -> dict[str, Any] | None:
