@@ -203,8 +203,13 @@ class _WinogradConv(cpu_fma._FmaGemm):
         # (9 C), which ``_wvec`` reads
         self.K = 9 * self.C
         self.KR = self.C // self.PER_WORD  # words per row of V: its values, or pairs of them (``cpu_winograd_dot``)
-        self.KV = self.C // 16
         self.x_slice, self.swap = False, False
+        self.plan()
+
+    def plan(self) -> None:
+        """The loop nest's shape (this module's: GEMMs by groups of tiles on U packed once per call;
+        ``cpu_winograd_by_weights`` plans its own)."""
+        self.KV = self.C // 16
         self.NB, self.MR, self.NR, self.NU = cpu_fma.register_block(self.N)
         self.PJ = self.KR // 16  # jobs per unit packing its U: one per 16 words of a row
         self.passes, self.KC = cpu_fma.l1_passes(self.KR // 16, self.NR)

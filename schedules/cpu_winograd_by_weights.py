@@ -79,8 +79,8 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
 
 
 class _WinogradByWeights(cpu_winograd._WinogradConv):
-    def __init__(self, spec: KernelSpec, bufs: dict):
-        super().__init__(spec, bufs)
+    def plan(self) -> None:
+        """By output channels (in place of ``cpu_winograd``'s plan by groups of tiles)."""
         # the swapped GEMM's shape: MR output channels (rows, broadcast) x NB vectors of tiles (NR columns)
         vectors = -(-self.T // 16)
         self.NB = min(vectors, MAX_NB)
