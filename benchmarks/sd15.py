@@ -550,13 +550,12 @@ PEAK_METHODS = {
 }
 
 
-def child_peak(spec: dict[str, Any]) -> dict[str, Any]:
-    """The FMA peaks: a C program compiled here and now (f32; bf16 dot products where the CPU has them) and a
-    4096³ torch.matmul in f32 and bf16 (oneDNN; AMX tiles where the CPU has them) for what a library attains."""
-    threads, flags = spec["threads"], set(spec["flags"])
+def c_peaks(workdir: Path, threads: int, flags: set[str], repeat: int) -> list[dict[str, Any]]:
+    """The FMA peaks of a C program compiled here and now (cached under ``workdir``): f32 FMAs, and bf16 dot
+    products on the vector unit and the tile unit where the CPU has them; the best of ``repeat`` runs each."""
     records: list[dict[str, Any]] = []
     src = PEAK_C.encode()
-    exe = Path(spec["workdir"]) / "peak" / f"peak-{hashlib.sha256(src).hexdigest()[:12]}"
+    exe = Path(workdir) / "peak" / f"peak-{hashlib.sha256(src).hexdigest()[:12]}"
     if not exe.is_file():
         exe.parent.mkdir(parents=True, exist_ok=True)
         c = exe.with_suffix(".c")
@@ -571,7 +570,7 @@ def child_peak(spec: dict[str, Any]) -> dict[str, Any]:
         modes.append(("amx", "bf16-amx"))
     for mode, wtype in modes:
         attempts: list[dict[str, Any]] = []
-        for _ in range(spec["repeat"]):
+        for _ in range(repeat):
             with StallMeter() as m:
                 out = subprocess.run([str(exe), mode, str(threads), "1.0"], capture_output=True, text=True, check=True)
             if out.stdout.strip() == "unsupported":
@@ -582,6 +581,14 @@ def child_peak(spec: dict[str, Any]) -> dict[str, Any]:
         if attempts:
             best = max(attempts, key=lambda a: a["gflops"])
             records.append({"work": "fma", "wtype": wtype, **best, "method": PEAK_METHODS[wtype], "runs": attempts})
+    return records
+
+
+def child_peak(spec: dict[str, Any]) -> dict[str, Any]:
+    """The FMA peaks (``c_peaks``) and a 4096³ torch.matmul in f32 and bf16 (oneDNN; AMX tiles where the CPU has
+    them) for what a library attains."""
+    threads = spec["threads"]
+    records = c_peaks(Path(spec["workdir"]), threads, set(spec["flags"]), spec["repeat"])
     import torch
 
     torch.set_num_threads(threads)

@@ -25,7 +25,7 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import over_chunks
-from schedules.cpu_attention_amx import _Attention, _row16, interleaved_bf16
+from schedules.cpu_attention_amx import INTERLEAVE, _Attention, _row16, _transpose16, interleaved_bf16
 from schedules.cpu_attention_fma import _AttentionFma
 from schedules.cpu_attention_fma import applicable as fma_applicable
 from schedules.cpu_bf16_dot import target_has_bf16_dot
@@ -35,6 +35,7 @@ from schedules.tir_build import (
     importing_bf16_words,
     prim_func,
     replace_body,
+    shuffle,
     splat,
     vload,
     vstore,
@@ -67,11 +68,15 @@ class _AttentionDot(_AttentionFma):
         self.QROWS = self.DP // 2  # rows of a task's packed q^T: one per channel pair
         self.KW = 16 * self.DS  # words per packed k row: whole conversions of 32 channels
         self.NDP = -(-self.Dh // 2)  # channel pairs (q.k steps)
+        # bf16 q, k and v are packed as the words they already are: a row's channels 2p, 2p + 1 are word p of q^T and
+        # of k's rows, and v's key pairs are interleaved 16-bit lanes, not widened to f32 and rounded again
+        self.as_words = {n: str(bufs[n].dtype) == "uint16" and self.Dh % 2 == 0 for n in ("q", "k", "v")}
 
     kv_bytes = _Attention.kv_bytes  # k and v packed in bf16, as much as the tile unit's kernel packs
 
     def build(self) -> None:
         BH = self.B * self.H
+        self.words = {n: _words(self.bufs[n]) for n in ("q", "k") if self.as_words[n]}
         self.kw = T.alloc_buffer((BH * self.TP * self.KW,), "float32")  # k rows: channel-pair words, zeros past T
         self.vw = T.alloc_buffer((BH * self.TP // 2 * self.DP,), "float32")  # v: [key pair][channel] words
         self.qb = T.alloc_buffer((self.CH * self.QROWS * self.QB,), "float32")  # q^T: [channel pair][query] words
@@ -92,27 +97,60 @@ class _AttentionDot(_AttentionFma):
             bh = T.bind(g // (self.TP // 2))
             j0 = T.bind(g % (self.TP // 2) * 2)
             col = (bh % H) * Dh
+            if self.as_words["v"]:
+                for ct in range(self.DC):
+                    n = min(16, Dh - 16 * ct)
+                    halves = [T.bind(self._v_bits(bh, j0 + e, col + 16 * ct, n)) for e in range(2)]
+                    words = T.reinterpret("float32x16", shuffle(halves, INTERLEAVE))
+                    vstore(self.vw, g * self.DP + 16 * ct, words, 16)
+            if self.as_words["k"]:
+                for e in range(2):
+                    j = j0 + e
+                    at = self._word_at(bh, (bh // H) * T_ + T.min(j, T_ - 1))
+                    for s in range(self.DS):
+                        ld = self._words_of("k", at + 16 * s, min(16, self.NDP - 16 * s))
+                        vstore(
+                            self.kw,
+                            (bh * self.TP + j) * self.KW + 16 * s,
+                            T.Select(T.Broadcast(j < T_, 16), ld, zero),
+                            16,
+                        )
             tiles = {}
             for e in range(2):
                 j = j0 + e
                 row = (bh // H) * T_ + T.min(j, T_ - 1)
                 real = T.Broadcast(j < T_, 16)
-                for name in ("k", "v"):
+                for name in [n for n in ("k", "v") if not self.as_words[n]]:
                     for ct in range(self.DC):
                         ld = T.bind(_row16(self.bufs[name], row, col + 16 * ct, min(16, Dh - 16 * ct)))
                         tiles[name, e, ct] = T.bind(T.Select(real, ld, zero))
-                krow = (bh * self.TP + j) * self.KW
-                for s in range(self.DS):  # 32 channels per conversion (the last tile's partner may be zeros)
-                    lo = tiles["k", e, 2 * s]
-                    hi = tiles["k", e, 2 * s + 1] if 2 * s + 1 < self.DC else zero
-                    vstore(self.kw, krow + 16 * s, bf16_words(hi, lo), 16)
-            for ct in range(self.DC):
-                vstore(self.vw, g * self.DP + 16 * ct, _pair_words(tiles["v", 0, ct], tiles["v", 1, ct]), 16)
+                if not self.as_words["k"]:
+                    krow = (bh * self.TP + j) * self.KW
+                    for s in range(self.DS):  # 32 channels per conversion (the last tile's partner may be zeros)
+                        lo = tiles["k", e, 2 * s]
+                        hi = tiles["k", e, 2 * s + 1] if 2 * s + 1 < self.DC else zero
+                        vstore(self.kw, krow + 16 * s, bf16_words(hi, lo), 16)
+            if not self.as_words["v"]:
+                for ct in range(self.DC):
+                    vstore(self.vw, g * self.DP + 16 * ct, _pair_words(tiles["v", 0, ct], tiles["v", 1, ct]), 16)
+
+    def _v_bits(self, bh, j, col, n: int):
+        """The bf16 bits of v[key j, col:col + n] of head bh's batch (zeros past n, and for keys past T)."""
+        row = (bh // self.H) * self.T + T.min(j, self.T - 1)
+        zero = splat(0, "uint16", 16)
+        v = self.bufs["v"]
+        ld = v[row, T.Ramp(col, 1, n)]
+        if n < 16:
+            ld = shuffle([ld, zero], list(range(n)) + [n] * (16 - n))
+        return T.Select(T.Broadcast(j < self.T, 16), ld, zero)
 
     def pack_q(self, c, bh, q0) -> None:
         """The task's queries transposed, as words of channel pairs: q^T[channel pair][query] (zeros for queries past
         S and channels past Dh)."""
         base = c * self.QROWS * self.QB
+        if self.as_words["q"]:
+            self._pack_q_words(base, bh, q0)
+            return
         with T.serial(0, self.NQ) as qt:
             for ct in range(self.DC):
                 cols = [T.bind(v) for v in self.q_columns(bh, q0, qt, ct)]  # channel 16 ct + e of the 16 queries
@@ -120,6 +158,35 @@ class _AttentionDot(_AttentionFma):
                     vstore(
                         self.qb, base + (8 * ct + i) * self.QB + 16 * qt, _pair_words(cols[2 * i], cols[2 * i + 1]), 16
                     )
+
+    def _word_at(self, bh, row):
+        """Where head bh's channels of ``row`` (of q, k or v) start, in words."""
+        return row * (self.H * self.Dh // 2) + (bh % self.H) * (self.Dh // 2)
+
+    def _words_of(self, name: str, at, n: int):
+        """16 words of bf16 ``name`` from word ``at``: n real ones, zeros after them (nothing past them is read)."""
+        zero = splat(0.0, "float32", 16)
+        if n <= 0:
+            return zero
+        if n == 1:
+            first = T.Ramp(0, 1, 16) < T.Broadcast(T.int32(1), 16)
+            return T.bind(T.Select(first, T.Broadcast(self.words[name][at], 16), zero))
+        ld = self.words[name][T.Ramp(at, 1, n)]
+        return T.bind(ld if n == 16 else shuffle([ld, zero], list(range(n)) + [n] * (16 - n)))
+
+    def _pack_q_words(self, base, bh, q0) -> None:
+        """pack_q of bf16 q: per 16 queries and 16 channel pairs, a 16 x 16 transpose of the rows' words."""
+        zero = splat(0.0, "float32", 16)
+        with T.serial(0, self.NQ) as qt:
+            for s in range(-(-self.NDP // 16)):
+                n = min(16, self.NDP - 16 * s)  # channel pairs in this step
+                rows = []
+                for e in range(16):
+                    i = q0 + 16 * qt + e
+                    at = self._word_at(bh, (bh // self.H) * self.S + T.min(i, self.S - 1))
+                    rows.append(T.Select(T.Broadcast(i < self.S, 16), self._words_of("q", at + 16 * s, n), zero))
+                for p, col in enumerate(_transpose16(rows, "float32")[:n]):  # pair 16 s + p of the 16 queries
+                    vstore(self.qb, base + (16 * s + p) * self.QB + 16 * qt, col, 16)
 
     def qk_steps(self) -> int:
         """Steps of q.k: one per pair of channels."""
@@ -152,6 +219,14 @@ class _AttentionDot(_AttentionFma):
         pbase = self.c * self.KB // 2 * self.QB
         for i in range(8):
             vstore(self.pw, pbase + (8 * kt + i) * self.QB + 16 * qt, _pair_words(ps[2 * i], ps[2 * i + 1]), 16)
+
+
+def _words(buf):
+    """A flat f32-typed view of a bf16 (uint16) buffer's words: element i holds its 16-bit elements 2i, 2i + 1."""
+    n = 1
+    for d in buf.shape:
+        n *= int(d)
+    return T.decl_buffer((n // 2,), "float32", data=buf.data)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

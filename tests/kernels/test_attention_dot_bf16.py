@@ -28,6 +28,11 @@ NO_AMX = {"SDCOMPILE_NO_AMX": "1"}
 CASES = [c for c in AMX_CASES if c[1] >= 64] + [
     (1, 70, 65, 2, 33, False, "float32"),  # 33 channels (a pair half zero), 65 keys (a pair half masked)
     (2, 96, 96, 1, 40, True, "float16"),  # causal, f16 storage
+    # bf16 storage, packed as the words it already is: SD1.5's 40 channels (20 pairs: a second step of 4 words) over
+    # 77 keys; 17 pairs (a second step of one word) over an odd key count; odd channels (no whole words: widened)
+    (2, 70, 77, 2, 40, False, "bfloat16"),
+    (1, 80, 65, 3, 34, False, "bfloat16"),
+    (1, 64, 64, 2, 33, False, "bfloat16"),
 ]
 SPECS = [_spec(*c) for c in CASES]
 built = fx.built_fixture("cpu", lambda: SPECS, "attention_dot_bf16", NO_AMX)
