@@ -1540,6 +1540,11 @@ def _x(peer: dict[str, Any] | None, r: dict[str, Any]) -> str:
     return f"{peer['median_s'] / r['median_s']:.2f}×"
 
 
+def _run_label(run: str | None) -> str:
+    """A merged row's run, short: month-day hour:minute (UTC)."""
+    return f"{run[5:10]} {run[11:16]}Z" if run and len(run) >= 16 else (run or "")
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     m, cfg, recs = result["machine"], result["config"], result["records"]
     cpu = m["cpu"]
@@ -1556,7 +1561,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             [
                 "Runs merged here (`--merge`): "
                 + "; ".join(f"{x['run']} (commit {x.get('commit')})" for x in cfg.get("runs") or [])
-                + ". Each row's run is in the JSON (`run`).",
+                + ". Each row's run is in its `run` column (UTC) and in the JSON.",
                 "",
             ]
             if len(cfg.get("runs") or []) > 1
@@ -1582,6 +1587,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{k} {v['flops'] / 1e9:.1f} ({v['flops_without_attention'] / 1e9:.1f}) GFLOP" for k, v in fl.items()
             ),
         ]
+    merged = len(cfg.get("runs") or []) > 1  # each row says which run (and so which code) it comes from
     groups: list[tuple[str, Any]] = []
     for r in recs:
         if r.get("impl") != "peak" and (r["work"], r["size"]) not in groups:
@@ -1610,6 +1616,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                     _x(ort, r),
                     fmt(r.get("cpu_stall_pct"), 1),
                 ]
+                + ([_run_label(r.get("run"))] if merged else [])
                 + (["failed" if r.get("error") else ""] if any(x.get("error") for x in rows) else [])
             )
         lines += [
@@ -1629,6 +1636,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                     "vs ORT",
                     "CPU stall %",
                 ]
+                + (["run"] if merged else [])
                 + ([""] if any(x.get("error") for x in rows) else []),
                 body,
             ),

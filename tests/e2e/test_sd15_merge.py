@@ -62,3 +62,26 @@ def test_rounds_keep_each_measurements_fastest_round():
     ok = {**_row("sdcpp-f16", "unet", 7.0)}
     assert m.best_of_rounds([[failed], [ok]])[0]["median_s"] == 7.0
     assert m.best_of_rounds([rounds[0]]) == rounds[0]  # one round: as measured
+
+
+def test_merged_table_names_each_rows_run():
+    """A table of merged runs says which run each row is from: rows from older code must not pass for this run's."""
+    m = load_benchmark("sd15")
+    recs = [
+        _peak(475.0, "2026-12-06T22:33:16Z"),
+        _row("sdcompile-q8_0", "unet", 2.1, "2026-12-06T22:33:16Z"),
+        _row("sdcompile-f16", "unet", 1.4, "2026-12-07T09:33:24Z"),
+    ]
+    runs = [{"run": "2026-12-06T22:33:16Z", "commit": "aaa"}, {"run": "2026-12-07T09:33:24Z", "commit": "bbb"}]
+    result = {
+        "created": "2026-12-07T09:33:24Z",
+        "machine": {"cpu": {"model": "CPU", "usable_cores": 2, "flags": []}, "packages": {}},
+        "config": {"threads": 2, "runs": runs},
+        "records": recs,
+    }
+    table = [ln for ln in m.render_markdown(result).splitlines() if ln.startswith("| ")]
+    assert table[0].rstrip(" |").endswith("run")
+    assert any("sdcompile-q8_0" in ln and "12-06 22:33Z" in ln for ln in table)
+    assert any("sdcompile-f16 " in ln and "12-07 09:33Z" in ln for ln in table)
+    result["config"]["runs"] = runs[1:]  # one run: no column
+    assert not any("12-07 09:33Z" in ln for ln in m.render_markdown(result).splitlines() if ln.startswith("| "))
