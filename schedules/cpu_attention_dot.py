@@ -91,58 +91,50 @@ class _AttentionDot(_AttentionFma):
 
     def prep(self) -> None:
         """k as rows of channel-pair words, v as words of key pairs, both rounded to bf16, zeros past T."""
-        H, Dh, T_ = self.H, self.Dh, self.T
-        zero = splat(0.0, "float32", 16)
-        with T.parallel(0, self.B * H * self.TP // 2) as g:
+        with T.parallel(0, self.B * self.H * self.TP // 2) as g:
             bh = T.bind(g // (self.TP // 2))
             j0 = T.bind(g % (self.TP // 2) * 2)
-            col = (bh % H) * Dh
-            if self.as_words["v"]:
-                for ct in range(self.DC):
-                    n = min(16, Dh - 16 * ct)
-                    halves = [T.bind(self._v_bits(bh, j0 + e, col + 16 * ct, n)) for e in range(2)]
-                    words = T.reinterpret("float32x16", shuffle(halves, INTERLEAVE))
-                    vstore(self.vw, g * self.DP + 16 * ct, words, 16)
-            if self.as_words["k"]:
-                for e in range(2):
-                    j = j0 + e
-                    at = self._word_at(bh, (bh // H) * T_ + T.min(j, T_ - 1))
-                    for s in range(self.DS):
-                        ld = self._words_of("k", at + 16 * s, min(16, self.NDP - 16 * s))
-                        vstore(
-                            self.kw,
-                            (bh * self.TP + j) * self.KW + 16 * s,
-                            T.Select(T.Broadcast(j < T_, 16), ld, zero),
-                            16,
-                        )
-            tiles = {}
             for e in range(2):
-                j = j0 + e
-                row = (bh // H) * T_ + T.min(j, T_ - 1)
-                real = T.Broadcast(j < T_, 16)
-                for name in [n for n in ("k", "v") if not self.as_words[n]]:
-                    for ct in range(self.DC):
-                        ld = T.bind(_row16(self.bufs[name], row, col + 16 * ct, min(16, Dh - 16 * ct)))
-                        tiles[name, e, ct] = T.bind(T.Select(real, ld, zero))
-                if not self.as_words["k"]:
-                    krow = (bh * self.TP + j) * self.KW
-                    for s in range(self.DS):  # 32 channels per conversion (the last tile's partner may be zeros)
-                        lo = tiles["k", e, 2 * s]
-                        hi = tiles["k", e, 2 * s + 1] if 2 * s + 1 < self.DC else zero
-                        vstore(self.kw, krow + 16 * s, bf16_words(hi, lo), 16)
-            if not self.as_words["v"]:
-                for ct in range(self.DC):
-                    vstore(self.vw, g * self.DP + 16 * ct, _pair_words(tiles["v", 0, ct], tiles["v", 1, ct]), 16)
+                for s in range(self.DS):
+                    vstore(self.kw, (bh * self.TP + j0 + e) * self.KW + 16 * s, self._k_words(bh, j0 + e, s), 16)
+            for ct in range(self.DC):
+                vstore(self.vw, g * self.DP + 16 * ct, self._v_words(bh, j0, ct), 16)
 
-    def _v_bits(self, bh, j, col, n: int):
-        """The bf16 bits of v[key j, col:col + n] of head bh's batch (zeros past n, and for keys past T)."""
-        row = (bh // self.H) * self.T + T.min(j, self.T - 1)
-        zero = splat(0, "uint16", 16)
-        v = self.bufs["v"]
-        ld = v[row, T.Ramp(col, 1, n)]
-        if n < 16:
-            ld = shuffle([ld, zero], list(range(n)) + [n] * (16 - n))
-        return T.Select(T.Broadcast(j < self.T, 16), ld, zero)
+    def _row(self, bh, j):
+        """The row of key j (clamped to T - 1: keys past T are zeroed after the load) of head bh's batch."""
+        return (bh // self.H) * self.T + T.min(j, self.T - 1)
+
+    def _real(self, j, v, zero):
+        """v, or zeros for a key j past T."""
+        return T.Select(T.Broadcast(j < self.T, 16), v, zero)
+
+    def _tile(self, name: str, bh, j, ct):
+        """f32x16 of head bh's channels 16 ct .. 16 ct + 15 of key j in k or v (zeros past Dh and T)."""
+        n = min(16, self.Dh - 16 * ct)
+        ld = T.bind(_row16(self.bufs[name], self._row(bh, j), (bh % self.H) * self.Dh + 16 * ct, n))
+        return self._real(j, ld, splat(0.0, "float32", 16))
+
+    def _k_words(self, bh, j, s):
+        """Words 16 s .. 16 s + 15 of key j's packed row: channel pairs (zeros past Dh and T)."""
+        zero = splat(0.0, "float32", 16)
+        if self.as_words["k"]:
+            at = self._word_at(bh, self._row(bh, j)) + 16 * s
+            return self._real(j, self._words_of("k", at, min(16, self.NDP - 16 * s)), zero)
+        hi = self._tile("k", bh, j, 2 * s + 1) if 2 * s + 1 < self.DC else zero  # the last tile's partner may be 0
+        return bf16_words(hi, self._tile("k", bh, j, 2 * s))
+
+    def _v_words(self, bh, j0, ct):
+        """Channels 16 ct .. 16 ct + 15 of keys j0 and j0 + 1 as 16 words of the two keys' values."""
+        if not self.as_words["v"]:
+            return _pair_words(self._tile("v", bh, j0, ct), self._tile("v", bh, j0 + 1, ct))
+        n, zero = min(16, self.Dh - 16 * ct), splat(0, "uint16", 16)
+        halves = []
+        for j in (j0, j0 + 1):
+            ld = self.bufs["v"][self._row(bh, j), T.Ramp((bh % self.H) * self.Dh + 16 * ct, 1, n)]
+            if n < 16:
+                ld = shuffle([ld, zero], list(range(n)) + [n] * (16 - n))
+            halves.append(T.bind(self._real(j, ld, zero)))
+        return T.reinterpret("float32x16", shuffle(halves, INTERLEAVE))
 
     def pack_q(self, c, bh, q0) -> None:
         """The task's queries transposed, as words of channel pairs: q^T[channel pair][query] (zeros for queries past
@@ -183,7 +175,7 @@ class _AttentionDot(_AttentionFma):
                 rows = []
                 for e in range(16):
                     i = q0 + 16 * qt + e
-                    at = self._word_at(bh, (bh // self.H) * self.S + T.min(i, self.S - 1))
+                    at = self._word_at(bh, (bh // self.H) * self.S + T.min(i, self.S - 1))  # a query's row
                     rows.append(T.Select(T.Broadcast(i < self.S, 16), self._words_of("q", at + 16 * s, n), zero))
                 for p, col in enumerate(_transpose16(rows, "float32")[:n]):  # pair 16 s + p of the 16 queries
                     vstore(self.qb, base + (16 * s + p) * self.QB + 16 * qt, col, 16)
