@@ -292,7 +292,7 @@ def render(res: dict[str, Any]) -> str:
     lines += [
         "`calls`: per guided UNet evaluation. `UNet`: the sum of every shape's FLOPs times its calls over the sum of "
         "its times times its calls. `% peak`: of the peak of the unit the kernel computes on (bf16: the tile unit's "
-        "where the kernel is `cpu_attention_amx`, else `vdpbf16ps`'; f32: the FMA peak); the UNet row's share where "
+        "where the kernel is `cpu_attention_amx`, else `vdpbf16ps`; f32: the FMA peak); the UNet row's share where "
         "all its shapes of 64 queries or more use one unit.",
     ]
     return "\n".join(lines) + "\n"
