@@ -63,7 +63,7 @@ B, H, PROMPT = 2, 8, 77
 DH = (40, 80, 160, 160)  # head channels per UNet level (320, 640, 1280, 1280 channels over 8 heads)
 CALLS = (5, 5, 5, 1)  # transformer blocks per level: 2 down + 3 up; the middle block's one at the deepest
 VARIANTS = ("bf16", "f32")
-EXIT_OK, EXIT_BAD_ARGS = 0, 2
+EXIT_OK = 0
 
 
 def shapes(size: int) -> list[tuple[int, int, int, int]]:
@@ -112,6 +112,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--sizes: positive multiples of 64 (the UNet's deepest level is 1/64 of the image)")
     if min(a.threads, a.rounds, a.repeat) < 1:
         p.error("--threads, --rounds and --repeat must be at least 1")
+    if a.torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            p.error("--torch needs PyTorch (the test extra: pip install -e '.[test]')")
     return a
 
 

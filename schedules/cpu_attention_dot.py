@@ -14,6 +14,10 @@ products take pairs instead of single values, as bf16 pair words (``tir_build.bf
 - **o^T += V^T p^T** over pairs of keys: v packed per call as words [key pair][channel], one broadcast per channel
   and pair of keys.
 
+q, k and v stored in bf16 are packed as the words they already are (a row's channels 2p, 2p + 1 are its word p; v's
+two keys interleave as 16-bit lanes); f32 and f16 ones, and odd head sizes, are widened and rounded to bf16 once as
+they are packed.
+
 Numerics: as ``cpu_attention_amx`` and PyTorch's bf16 scaled-dot-product attention: q, k, v and the probabilities
 rounded to bf16 (nearest even), products and sums in f32, f32 softmax (its row sums over the unrounded
 probabilities), exp2 of degree 4 (the probabilities are rounded to bf16 anyway).
@@ -68,8 +72,7 @@ class _AttentionDot(_AttentionFma):
         self.QROWS = self.DP // 2  # rows of a task's packed q^T: one per channel pair
         self.KW = 16 * self.DS  # words per packed k row: whole conversions of 32 channels
         self.NDP = -(-self.Dh // 2)  # channel pairs (q.k steps)
-        # bf16 q, k and v are packed as the words they already are: a row's channels 2p, 2p + 1 are word p of q^T and
-        # of k's rows, and v's key pairs are interleaved 16-bit lanes, not widened to f32 and rounded again
+        # which of q, k and v are packed as the bf16 words they already are (see the module's docstring)
         self.as_words = {n: str(bufs[n].dtype) == "uint16" and self.Dh % 2 == 0 for n in ("q", "k", "v")}
 
     kv_bytes = _Attention.kv_bytes  # k and v packed in bf16, as much as the tile unit's kernel packs
