@@ -64,6 +64,7 @@ B, H, PROMPT = 2, 8, 77
 DH = (40, 80, 160, 160)  # head channels per UNet level (320, 640, 1280, 1280 channels over 8 heads)
 CALLS = (5, 5, 5, 1)  # transformer blocks per level: 2 down + 3 up; the middle block's one at the deepest
 VARIANTS = ("bf16", "f32")
+TORCH_KERNEL = "torch scaled_dot_product_attention (bf16)"
 EXIT_OK = 0
 
 
@@ -143,6 +144,34 @@ def torch_call(S: int, T: int, Dh: int, threads: int):
     return lambda: F.scaled_dot_product_attention(q, k, v)
 
 
+def fastest(fn, calls: int) -> tuple[float, float]:
+    """The fastest of ``calls`` calls of fn (seconds), and the % of their time some task waited for a CPU."""
+    best = float("inf")
+    with StallMeter() as m:
+        for _ in range(calls):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+    return best, m.pct or 0.0
+
+
+def record(size: int, S: int, T: int, Dh: int, calls: int, variant: str, kernel: str, unit, secs: float, stall: float):
+    """One measurement: a shape, what ran it, its fastest call (``pct_peak`` comes once the peaks are final)."""
+    return {
+        "size": size,
+        "S": S,
+        "T": T,
+        "Dh": Dh,
+        "calls": calls,
+        "variant": variant,
+        "kernel": kernel,
+        "unit": unit,
+        "min_ms": secs * 1e3,
+        "gflops": 4 * B * H * S * T * Dh / secs / 1e9,
+        "cpu_stall_pct": stall,
+    }
+
+
 def measure(a: argparse.Namespace, log=print) -> dict[str, Any]:
     from runtime.executors.cpu import Executor
     from sdcompile.codegen.build import build_kernels
@@ -171,53 +200,23 @@ def measure(a: argparse.Namespace, log=print) -> dict[str, Any]:
             fn()  # warm-up
         for r in range(a.rounds):
             for v in calls_of if r % 2 == 0 else reversed(list(calls_of)):
-                fn = calls_of[v][0]
-                with StallMeter() as m:
-                    for _ in range(a.repeat):
-                        t = time.perf_counter()
-                        fn()
-                        best[v] = min(best[v], time.perf_counter() - t)
-                stall[v] = max(stall[v], m.pct or 0.0)
-        flop = 4 * B * H * S * T * Dh
+                secs, pct = fastest(calls_of[v][0], a.repeat)
+                best[v], stall[v] = min(best[v], secs), max(stall[v], pct)
         line = f"{size}x{size} S {S:5d} T {T:5d} Dh {Dh:3d} x{calls}:"
         for v, (_, sp) in calls_of.items():
-            rule, unit = kernel_of(sp)
-            rec = {
-                "size": size,
-                "S": S,
-                "T": T,
-                "Dh": Dh,
-                "calls": calls,
-                "variant": v,
-                "kernel": rule,
-                "unit": unit,
-                "min_ms": best[v] * 1e3,
-                "gflops": flop / best[v] / 1e9,
-                "cpu_stall_pct": stall[v],
-            }
-            if unit in peaks:
-                rec["pct_peak"] = 100 * rec["gflops"] / peaks[unit]["gflops"]
-            records.append(rec)
-            pct = f" {rec['pct_peak']:4.1f}%" if "pct_peak" in rec else ""
-            line += f" | {v} {rec['min_ms']:8.3f} ms {rec['gflops']:5.0f} GFLOP/s{pct}"
+            records.append(record(size, S, T, Dh, calls, v, *kernel_of(sp), best[v], stall[v]))
+            unit = records[-1]["unit"]
+            pct = f" {100 * records[-1]['gflops'] / peaks[unit]['gflops']:4.1f}%" if unit in peaks else ""
+            line += f" | {v} {best[v] * 1e3:8.3f} ms {records[-1]['gflops']:5.0f} GFLOP/s{pct}"
         log(line)
     if a.torch:  # after every kernel: PyTorch's OpenMP threads spin after each call and would slow the kernels'
         time.sleep(1.0)
         for size, S, T, Dh, calls in todo:
             fn = torch_call(S, T, Dh, a.threads)
             fn()
-            best = float("inf")
-            with StallMeter() as m:
-                for _ in range(a.rounds * a.repeat):
-                    t = time.perf_counter()
-                    fn()
-                    best = min(best, time.perf_counter() - t)
-            flop = 4 * B * H * S * T * Dh
-            rec = {"size": size, "S": S, "T": T, "Dh": Dh, "calls": calls, "variant": "torch", "unit": None}
-            rec |= {"kernel": "torch scaled_dot_product_attention (bf16)", "min_ms": best * 1e3}
-            rec |= {"gflops": flop / best / 1e9, "cpu_stall_pct": m.pct or 0.0}
-            records.append(rec)
-            log(f"{size}x{size} S {S:5d} T {T:5d} Dh {Dh:3d} x{calls}: torch {best * 1e3:8.3f} ms")
+            secs, pct = fastest(fn, a.rounds * a.repeat)
+            records.append(record(size, S, T, Dh, calls, "torch", TORCH_KERNEL, None, secs, pct))
+            log(f"{size}x{size} S {S:5d} T {T:5d} Dh {Dh:3d} x{calls}: torch {secs * 1e3:8.3f} ms")
     log("FMA peaks (after)")
     for r in c_peaks(a.workdir, a.threads, flags, 3):
         if r["gflops"] > peaks[r["wtype"]]["gflops"]:

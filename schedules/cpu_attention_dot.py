@@ -121,8 +121,8 @@ class _AttentionDot(_AttentionFma):
         """Words 16 s .. 16 s + 15 of key j's packed row: channel pairs (zeros past Dh and T)."""
         zero = splat(0.0, "float32", 16)
         if self.as_words["k"]:
-            at = self._word_at(bh, self._row(bh, j)) + 16 * s
-            return self._real(j, self._words_of("k", at, min(16, self.NDP - 16 * s)), zero)
+            words = _row16(self.words["k"], self._row(bh, j), self._word_col(bh, s), min(16, self.NDP - 16 * s))
+            return self._real(j, T.bind(words), zero)
         hi = self._tile("k", bh, j, 2 * s + 1) if 2 * s + 1 < self.DC else zero  # the last tile's partner may be 0
         return bf16_words(hi, self._tile("k", bh, j, 2 * s))
 
@@ -154,20 +154,9 @@ class _AttentionDot(_AttentionFma):
                         self.qb, base + (8 * ct + i) * self.QB + 16 * qt, _pair_words(cols[2 * i], cols[2 * i + 1]), 16
                     )
 
-    def _word_at(self, bh, row):
-        """Where head bh's channels of ``row`` (of q, k or v) start, in words."""
-        return row * (self.H * self.Dh // 2) + (bh % self.H) * (self.Dh // 2)
-
-    def _words_of(self, name: str, at, n: int):
-        """16 words of bf16 ``name`` from word ``at``: n real ones, zeros after them (nothing past them is read)."""
-        zero = splat(0.0, "float32", 16)
-        if n <= 0:
-            return zero
-        if n == 1:
-            first = T.Ramp(0, 1, 16) < T.Broadcast(T.int32(1), 16)
-            return T.bind(T.Select(first, T.Broadcast(self.words[name][at], 16), zero))
-        ld = self.words[name][T.Ramp(at, 1, n)]
-        return T.bind(ld if n == 16 else shuffle([ld, zero], list(range(n)) + [n] * (16 - n)))
+    def _word_col(self, bh, s: int):
+        """The word where head bh's channel pairs 16 s .. 16 s + 15 start in a row of q or k's word view."""
+        return (bh % self.H) * (self.Dh // 2) + 16 * s
 
     def _pack_q_words(self, base, bh, q0) -> None:
         """pack_q of bf16 q: per 16 queries and 16 channel pairs, a 16 x 16 transpose of the rows' words."""
@@ -178,8 +167,9 @@ class _AttentionDot(_AttentionFma):
                 rows = []
                 for e in range(16):
                     i = q0 + 16 * qt + e
-                    at = self._word_at(bh, (bh // self.H) * self.S + T.min(i, self.S - 1))  # a query's row
-                    rows.append(T.Select(T.Broadcast(i < self.S, 16), self._words_of("q", at + 16 * s, n), zero))
+                    row = (bh // self.H) * self.S + T.min(i, self.S - 1)
+                    words = T.bind(_row16(self.words["q"], row, self._word_col(bh, s), n))
+                    rows.append(T.Select(T.Broadcast(i < self.S, 16), words, zero))
                 for p, col in enumerate(_transpose16(rows, "float32")[:n]):  # pair 16 s + p of the 16 queries
                     vstore(self.qb, base + (16 * s + p) * self.QB + 16 * qt, col, 16)
 
@@ -217,11 +207,10 @@ class _AttentionDot(_AttentionFma):
 
 
 def _words(buf):
-    """A flat f32-typed view of a bf16 (uint16) buffer's words: element i holds its 16-bit elements 2i, 2i + 1."""
-    n = 1
-    for d in buf.shape:
-        n *= int(d)
-    return T.decl_buffer((n // 2,), "float32", data=buf.data)
+    """An f32-typed view of a 2-D bf16 (uint16) buffer as rows of words: word i of a row holds its 16-bit elements
+    2i, 2i + 1 (read by ``_row16``, for which f32 needs no widening)."""
+    rows, cols = (int(d) for d in buf.shape)
+    return T.decl_buffer((rows, cols // 2), "float32", data=buf.data)
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
