@@ -37,7 +37,8 @@ vectors are read in place from NB such groups and no task packs anything. Per ca
 text encoder's fc1 2.00 -> 1.76, 128 x 1280 -> 10240 8.68 -> 7.83; the guided UNet at 256x256 with f16 weights
 1.046 -> 0.946 s (min of 8, alternating), its output the same bits.
 
-Register blocking: MR x NB accumulators (6 x 4 where N is a multiple of 64) plus NB weight vectors. Measured on AMD
+Register blocking: MR x NB accumulators (6 x 4 where N is a multiple of 64; 8 x 2 for x of few rows, ``register_block``)
+plus NB weight vectors. Measured on AMD
 Zen 4 (2 threads, f16 weights): 358-420 GFLOP/s on SD1.5's shapes against a vdpbf16ps peak of 455-466; the kernel
 this replaced converted both operands in its loop (two 64-byte loads and a conversion per weight vector, a shuffle
 per row and step) and ran 1.16-1.58x slower (a conv 3x3 over 8x8 pixels, 1280 channels: 16.7 -> 10.6 ms).
@@ -76,6 +77,7 @@ ROUNDS_TO_BF16 = ("x",)
 # rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
 MR_BY_NB = {4: 6, 3: 8, 2: 12, 1: 16}
 TASKS = 16  # parallel tasks to aim for: a few per thread, so uneven ones still balance
+FEW_ROWS = 128  # x with at most this many rows, in whole 8-row panels, takes 8 x 2 register blocks (``register_block``)
 MIN_PANELS = 16  # row panels per task at least: each task copies its weight unit, once per MR x 16 rows or more
 
 
@@ -98,6 +100,22 @@ def applicable(spec: KernelSpec, lanes: int, host_dot: bool) -> bool:
     return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and K % 2 == 0 and target_has_bf16_dot()
 
 
+def register_block(M: int, NT: int) -> tuple[int, int]:
+    """(NB, MR) for M rows of x and NT weight vectors: NB vectors per unit (the most of 4, 3, 2, 1 dividing NT) and
+    ``MR_BY_NB``'s rows; 8 x 2 where x has few rows (``FEW_ROWS``), all in 8-row panels: there each row panel reads
+    its unit's weights again from L2 or beyond, and 8 x 2 reads a weight vector per 8 products (6 x 4: per 6) and
+    pads no rows (M 32 in 6-row panels: 36). AMD Zen 4, 2 threads, weights read from memory, alternating: SD1.5's
+    convs over 4x4 pixels (M 32, K 11,520 and 23,040) 2.71 -> 2.27 ms and 5.37 -> 4.35 ms (74-76% -> 88-93% of the
+    ``vdpbf16ps`` peak), its 8x8 level's linears and 1x1 convs (M 128) 2-4% faster; with more rows (M 154 to 2,048)
+    6 x 4 is as fast or up to 4% faster. In the model those convs' weights are partly in L3 from the launch before
+    (``bench --profile``: 382-396 -> 393-401 GFLOP/s), and the guided UNet at 256x256 with bf16 products moved within
+    its noise (5 alternating rounds, each's min: 706-816 ms against 774-820)."""
+    if M <= FEW_ROWS and M % 8 == 0 and NT % 2 == 0:
+        return 2, 8
+    nb = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
+    return nb, MR_BY_NB[nb]
+
+
 class _DotGemm:
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.spec, self.bufs = spec, bufs
@@ -108,9 +126,8 @@ class _DotGemm:
         self.KV = -(-self.K // 16)  # 16-value vectors of x per row holding values (the last one zero-padded)
         self.KR = 32 * -(-self.K // 32)  # prepared row length: whole conversions of 32 values
         self.KW = self.KR // 2  # bf16 pair words per prepared row: the pair steps
+        self.NB, self.MR = register_block(self.M, self.N // 16)
         NT = self.N // 16
-        self.NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
-        self.MR = MR_BY_NB[self.NB]
         self.NU = NT // self.NB  # weight units
         self.MB, self.NBLK = row_blocks(self.M, 2 * self.KR, align=self.MR)
         self.MP = self.MB // self.MR  # row panels per block

@@ -34,6 +34,7 @@ CASES = [
     ("linear", {"M": 33, "N": 16, "K": 96, "wtype": "bf16", "bias": False, "residual": False, "act": "silu"}),  # 16 x 1
     ("linear", {"M": 13, "N": 48, "K": 40, "wtype": "f32", **LIN}),  # 8 x 3; K neither a multiple of 32 nor 16
     ("linear", {"M": 5, "N": 32, "K": 18, "wtype": "f16", **LIN}),  # 12 x 2; K below one vector
+    # M 128 and 16, in whole 8-row panels: 8 x 2 register blocks (``register_block``)
     ("conv2d", {"B": 2, "H": 8, "W": 8, "C": 32, "N": 64, "wtype": "f16", "bias": True, "residual": False, **CONV3}),
     (
         "conv2d",
@@ -75,6 +76,17 @@ def test_dispatch(monkeypatch):
     if tvm_layer.host_amx_bf16():  # with the tile unit on, the AMX kernel keeps the job
         monkeypatch.delenv("SDCOMPILE_NO_AMX")
         assert cpu_amx_bf16.applicable(PAIRS[0][0], 16, True)
+
+
+def test_register_blocks():
+    """8 x 2 where x has few rows in whole 8-row panels (two of the cases above take it), else 6 x 4 and the rest."""
+    from schedules.cpu_bf16_dot import register_block
+
+    assert register_block(32, 80) == (2, 8) and register_block(128, 4) == (2, 8) and register_block(16, 2) == (2, 8)
+    assert register_block(154, 48) == (4, 6) and register_block(136, 80) == (4, 6)  # more rows: 6 x 4
+    assert register_block(36, 80) == (4, 6) and register_block(32, 3) == (3, 8)  # not whole 8-row panels; NT odd
+    blocks = [register_block(M, N // 16) for M, N, _ in (gemm_mnk(bf) for bf, _ in PAIRS)]
+    assert blocks.count((2, 8)) == 2
 
 
 def test_code_uses_vdpbf16ps(monkeypatch):
