@@ -37,11 +37,11 @@ vectors are read in place from NB such groups and no task packs anything. Per ca
 text encoder's fc1 2.00 -> 1.76, 128 x 1280 -> 10240 8.68 -> 7.83; the guided UNet at 256x256 with f16 weights
 1.046 -> 0.946 s (min of 8, alternating), its output the same bits.
 
-Register blocking: MR x NB accumulators (6 x 4 where N is a multiple of 64; 8 x 2 for x of few rows, ``register_block``)
-plus NB weight vectors. Measured on AMD
-Zen 4 (2 threads, f16 weights): 358-420 GFLOP/s on SD1.5's shapes against a vdpbf16ps peak of 455-466; the kernel
-this replaced converted both operands in its loop (two 64-byte loads and a conversion per weight vector, a shuffle
-per row and step) and ran 1.16-1.58x slower (a conv 3x3 over 8x8 pixels, 1280 channels: 16.7 -> 10.6 ms).
+Register blocking: MR x NB accumulators (6 x 4 where N is a multiple of 64; 8 x 2 for x of few rows,
+``register_block``) plus NB weight vectors. Measured on AMD Zen 4 (2 threads, f16 weights): 358-420 GFLOP/s on
+SD1.5's shapes against a vdpbf16ps peak of 455-466; the kernel this replaced converted both operands in its loop (two
+64-byte loads and a conversion per weight vector, a shuffle per row and step) and ran 1.16-1.58x slower (a conv 3x3
+over 8x8 pixels, 1280 channels: 16.7 -> 10.6 ms).
 Requirements: N a multiple of 16; a conv's channels in whole vectors of 16 (one tap per 16 patch values); K even.
 """
 
