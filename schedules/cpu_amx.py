@@ -112,15 +112,24 @@ SUPER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs")
 MINS = ("q4_1", "q5_1", "q2_k", "q4_k", "q5_k")
 
 
-def target_has(*features: str) -> bool:
-    """Whether the CPU code is built with every one of LLVM's ``features`` (the target being built, else this
-    host's, ``tvm_layer.cpu_target``)."""
+def _cpu_target() -> tvm.target.Target:
+    """The CPU target being built, else this host's (``tvm_layer.cpu_target``)."""
     target = tvm.target.Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         from sdcompile.codegen import tvm_layer
 
         target = tvm.target.Target(tvm_layer.cpu_target())
-    return bool(tvm.target.codegen.llvm_cpu_has_features(list(features), target))
+    return target
+
+
+def target_has(*features: str) -> bool:
+    """Whether the CPU code is built with every one of LLVM's ``features``."""
+    return bool(tvm.target.codegen.llvm_cpu_has_features(list(features), _cpu_target()))
+
+
+def target_cpu() -> str:
+    """LLVM's name of the CPU the code is built for (``znver4``, ``sapphirerapids``, ...; empty for a generic one)."""
+    return str(_cpu_target().attrs.get("mcpu", ""))
 
 
 def target_has_amx() -> bool:

@@ -8,8 +8,9 @@ V_xi [tiles x C] times U_xi [C x N], and they run on ``cpu_fma``'s register bloc
 
 Where: ``compile`` without ``--compute bf16`` (f32 products) and the weights ``cpu_fma`` takes, on the 3x3 convs of
 a UNet or VAE over ``MIN_TILES`` 2x2 tiles or more with ``MIN_CHANNELS`` channels in and out or more; F(4x4, 3x3)
-where there are ``MIN_TILES_4`` 4x4 tiles or more. Below that (the UNet's 8x8 and 4x4 levels) a conv is bound by
-reading its weights, and U holds 16/9 (36/9) as many values as W: the direct kernel stays.
+where there are ``MIN_TILES_4`` 4x4 tiles or more (per CPU: ``MIN_TILES_4_BY_CPU``). Below that (the UNet's 8x8 and
+4x4 levels) a conv is bound by reading its weights, and U holds 16/9 (36/9) as many values as W: the direct kernel
+stays.
 
 Numerics. F(2x2, 3x3)'s coefficients are 0, +-1 and +-1/2, so each value of U and V is a short sum (the halvings
 are exact), rounded two to four times in f32; F(4x4, 3x3)'s also hold 1/6, 1/24 (rounded to f32) and up to 8, so
@@ -53,6 +54,7 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules import cpu_fma
+from schedules.cpu_amx import target_cpu
 from schedules.tir_build import (
     load_f32,
     prim_func,
@@ -67,8 +69,16 @@ from schedules.tir_build import (
 from sdcompile.kernels.spec import KernelSpec
 
 MIN_TILES = 128  # output tiles per call at least (2 x 2 tiles for F(2x2, 3x3))
-MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x3) (at 256, a VAE 64x64 conv, F(4x4)
-# ran 3% slower; at 512, the UNet's 64x64 level with guidance, 1.21x faster)
+MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x3) (Xeon, 2 threads: at 256, a VAE
+# 64x64 conv, F(4x4) ran 3% slower; at 512, the UNet's 64x64 level with guidance, 1.21x faster) ...
+# ... unless the CPU built for (LLVM's name) is here: AMD Zen 4 runs a 512-bit FMA per cycle, half the Xeon's rate,
+# so the products F(4x4) saves weigh more beside its larger transforms. Zen 4, 2 threads, f16 weights, weights from
+# memory, alternating, F(2x2) -> F(4x4): VAE 32x32 x 512 (64 tiles) 16.1 -> 9.8 ms, 64x64 x 512 (256) 46.4 -> 42.6;
+# UNet with guidance at 32x32 (128 tiles) 320 -> 320 9.38 -> 6.15 ms, 640 -> 320 18.9 -> 14.2, 960 -> 320 29.9 -> 23.6,
+# 640 -> 640 38.1 -> 27.3 (fewer tiles go by weights, ``cpu_winograd_by_weights``, F(2x2) only). In the model, alternating:
+# the guided UNet at 256x256 in f32 1.399-1.410 -> 1.356-1.358 s (a third round 1.479, disturbed), the VAE decode at
+# 256x256 1.256-1.274 -> 1.175-1.208 s
+MIN_TILES_4_BY_CPU = {"znver4": 64}
 # Quantized weights (q8_0, q4_0, ...): from this many pixels (B H W) Winograd, the weights decoded to f32 with the
 # transform, beats each int8 kernel, and takes the conv. One table for both places that choose: the CPU dispatch in f32
 # mode on a CPU with a tile unit (``schedules.cpu_rule``: ``cpu_amx``), and ``passes/mma.py``, which without AMX-BF16
@@ -133,8 +143,9 @@ def tiles(a: dict, m: int = 2) -> int:
 
 
 def tile_size(a: dict) -> int:
-    """m of the F(m x m, 3x3) a conv takes: 4 over MIN_TILES_4 4x4 tiles or more, else 2."""
-    return 4 if tiles(a, 4) >= MIN_TILES_4 else 2
+    """m of the F(m x m, 3x3) a conv takes: 4 over MIN_TILES_4 4x4 tiles or more (``MIN_TILES_4_BY_CPU`` for the CPU
+    built for), else 2."""
+    return 4 if tiles(a, 4) >= MIN_TILES_4_BY_CPU.get(target_cpu(), MIN_TILES_4) else 2
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:

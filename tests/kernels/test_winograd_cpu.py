@@ -40,7 +40,8 @@ CASES = [
     # GGUF types decoded into U (``quant_vec``)
     {"B": 1, "H": 32, "W": 32, "C": 64, "N": 64, "wtype": "q8_0", **EPI},
     {"B": 1, "H": 32, "W": 30, "C": 256, "N": 64, "wtype": "q4_k", **EPI},
-    # F(4x4, 3x3): 512 4x4 tiles and more; sizes that are not multiples of 4, K in passes, a quant type
+    # F(4x4, 3x3): 512 4x4 tiles and more (64 on AMD Zen 4: the two above too); sizes that are not multiples of 4, K
+    # in passes, a quant type
     {"B": 2, "H": 63, "W": 66, "C": 64, "N": 64, "wtype": "f16", "bias": True, "residual": True},
     {"B": 2, "H": 64, "W": 64, "C": 320, "N": 64, "wtype": "q8_0", **EPI, "act": "silu"},
 ]
@@ -88,6 +89,17 @@ def test_dispatch():
         spec = KernelSpec.make("conv2d", **(CONV3 | base | change))
         assert not cpu_winograd.applicable(spec, 16), why
     assert cpu_winograd.applicable(KernelSpec.make("conv2d", **CONV3, **base), 16)
+
+
+def test_tile_size_by_cpu():
+    """F(4x4) from fewer tiles where the CPU built for is in ``MIN_TILES_4_BY_CPU``, whatever this host is."""
+    import tvm
+
+    unet_32 = {"B": 2, "H": 32, "W": 32}  # 128 4x4 tiles: SD1.5's 32x32 level with guidance
+    unet_64 = {"B": 2, "H": 64, "W": 64}  # 512
+    for mcpu, m32 in (("znver4", 4), ("sapphirerapids", 2), ("x86-64-v4", 2)):
+        with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
+            assert (cpu_winograd.tile_size(unet_32), cpu_winograd.tile_size(unet_64)) == (m32, 4), mcpu
 
 
 def test_quantized_convs_over_many_pixels_take_winograd():
