@@ -107,9 +107,9 @@ def register_block(M: int, NT: int) -> tuple[int, int]:
     pads no rows (M 32 in 6-row panels: 36). AMD Zen 4, 2 threads, weights read from memory, alternating: SD1.5's
     convs over 4x4 pixels (M 32, K 11,520 and 23,040) 2.71 -> 2.27 ms and 5.37 -> 4.35 ms (74-76% -> 88-93% of the
     ``vdpbf16ps`` peak), its 8x8 level's linears and 1x1 convs (M 128) 2-4% faster; with more rows (M 154 to 2,048)
-    6 x 4 is as fast or up to 4% faster. In the model those convs' weights are partly in L3 from the launch before
-    (``bench --profile``: 382-396 -> 393-401 GFLOP/s), and the guided UNet at 256x256 with bf16 products moved within
-    its noise (5 alternating rounds, each's min: 706-816 ms against 774-820)."""
+    6 x 4 is as fast or up to 4% faster. In the model (``bench --profile``) the 4x4-pixel convs 352-360 -> 398-406
+    GFLOP/s, the M 128 linears and 1x1 convs 1-6% faster; the guided UNet at 256x256 with bf16 products 797-807 ->
+    785-798 ms (medians of 4 alternating rounds)."""
     if M <= FEW_ROWS and M % 8 == 0 and NT % 2 == 0:
         return 2, 8
     nb = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
