@@ -74,11 +74,11 @@ MIN_TILES_4 = 512  # 4 x 4 output tiles at least for F(4x4, 3x3), else F(2x2, 3x
 # ... unless the CPU built for (LLVM's name) is here: AMD Zen 4 runs a 512-bit FMA per cycle, half the Xeon's rate,
 # so the products F(4x4) saves weigh more beside its larger transforms. Zen 4, 2 threads, f16 weights, weights from
 # memory, alternating, F(2x2) -> F(4x4): VAE 32x32 x 512 (64 tiles) 16.1 -> 9.8 ms, 64x64 x 512 (256) 46.4 -> 42.6;
-# UNet with guidance at 32x32 (128 tiles) 320 -> 320 9.38 -> 6.15 ms, 640 -> 320 18.9 -> 14.2, 960 -> 320 29.9 -> 23.6,
-# 640 -> 640 38.1 -> 27.3 (fewer tiles go by weights, ``cpu_winograd_by_weights``, F(2x2) only). In the model, alternating:
-# the guided UNet at 256x256 in f32 1.399-1.410 -> 1.356-1.358 s (a third round 1.479, disturbed), the VAE decode at
-# 256x256 1.256-1.274 -> 1.175-1.208 s; at 512x512 both level (UNet 6.03-6.08 -> 5.89-6.18 s, VAE decode 4.49-4.67 ->
-# 4.56-4.59 s: there the 64x64 UNet level and the VAE's larger ones had F(4x4) already)
+# UNet with guidance at 32x32 (128 tiles) 320 -> 320 9.38 -> 6.15 ms, 640 -> 320 18.9 -> 14.2, 960 -> 320 29.9 ->
+# 23.6, 640 -> 640 38.1 -> 27.3 (fewer tiles go by weights, ``cpu_winograd_by_weights``, F(2x2) only). In the model,
+# alternating: the guided UNet at 256x256 in f32 1.399-1.410 -> 1.356-1.358 s (a third round 1.479, disturbed), the
+# VAE decode at 256x256 1.256-1.274 -> 1.175-1.208 s; at 512x512 both level (UNet 6.03-6.08 -> 5.89-6.18 s, VAE
+# decode 4.49-4.67 -> 4.56-4.59 s: there the 64x64 UNet level and the VAE's larger ones had F(4x4) already)
 MIN_TILES_4_BY_CPU = {"znver4": 64}
 # Quantized weights (q8_0, q4_0, ...): from this many pixels (B H W) Winograd, the weights decoded to f32 with the
 # transform, beats each int8 kernel, and takes the conv. One table for both places that choose: the CPU dispatch in f32

@@ -40,8 +40,8 @@ CASES = [
     # GGUF types decoded into U (``quant_vec``)
     {"B": 1, "H": 32, "W": 32, "C": 64, "N": 64, "wtype": "q8_0", **EPI},
     {"B": 1, "H": 32, "W": 30, "C": 256, "N": 64, "wtype": "q4_k", **EPI},
-    # F(4x4, 3x3): 512 4x4 tiles and more (64 on AMD Zen 4: the two above too); sizes that are not multiples of 4, K
-    # in passes, a quant type
+    # F(4x4, 3x3): 512 4x4 tiles and more (64 on AMD Zen 4: the two GGUF cases above too); sizes that are not
+    # multiples of 4, K in passes, a quant type
     {"B": 2, "H": 63, "W": 66, "C": 64, "N": 64, "wtype": "f16", "bias": True, "residual": True},
     {"B": 2, "H": 64, "W": 64, "C": 320, "N": 64, "wtype": "q8_0", **EPI, "act": "silu"},
 ]
