@@ -226,6 +226,8 @@ class _FmaGemm:
         # the weight stored as this kernel's panels (``layouts.FMA_F32``): each unit read where it lies, none packed
         self.in_place = spec.attr("wlayout") == layouts.FMA_F32
         self.x_slice = self.swap  # one pass's slice of prepared rows held at a time (``prep_slice``)
+        # swapped with float weights: the next pass's W rows prefetched a line per loop iteration (``prefetch_line``)
+        self.spread = self.swap and self.passes > 1 and self.wtype in FLOAT_TYPES
 
     def weight_views(self) -> None:
         self.wviews = weight_views(self.wtype, self.bufs["w"])
@@ -335,7 +337,7 @@ class _FmaGemm:
                     vstore(xb, at, self._wvec(n, kc * self.KC + 16 * v, 16), 16)
                 with T.Else():
                     vstore(xb, at, splat(0.0, "float32", 16), 16)
-        if self.passes > 1:
+        if self.passes > 1 and not self.spread:
             self.prefetch_slice(n, kc + 1)
 
     def prefetch_slice(self, n, kc) -> None:
@@ -353,6 +355,24 @@ class _FmaGemm:
                 with T.serial(0, lines) as i:
                     at = T.min(first + 64 * i, self.M * row - 2) // 2
                     prefetch(T.address_of(w16[at]), locality=2)
+
+    def prefetch_line(self, m0, kc, i) -> None:
+        """Swapped, float weights: line i of the next pass's (kc) slice of the register block's W rows m0 ..
+        m0 + MR - 1 into L2, one per iteration of the block's loop, so that the reads spread over the products
+        instead of leaving ``prep_slice`` in a burst of a group's rows (hundreds of rows, ten lines each), which
+        waited on memory: prep_slice's conversions held 20% of the 4x4-pixel conv's samples (``perf``). AMD Zen 4,
+        2 threads, f16 weights read from memory, alternating: SD1.5's 4x4-pixel 3x3 convs 6.05 -> 5.06 ms and
+        12.16 -> 10.10 ms, the 8x8 stride-2 one 6.51 -> 5.56 ms (67% -> 80% of the FMA peak), its M 128 linears and
+        1x1 convs over K 2,560 to 5,120 4-12% faster; in the f32 UNet at 256x256 (``bench --profile``, two runs
+        each) those kernels 178-183 -> 158-160 ms of its 1.36-1.44 s. GGUF types keep ``prefetch_slice`` (q8_0: 2-3%
+        slower spread, their rows' decoding weighing more beside the prefetches)."""
+        row = get_type(self.wtype).row_bytes(self.K)
+        lines = -(-self.KC * row // self.K // 64) + 1  # per row and pass, as ``prefetch_slice``
+        with T.If(T.And(i < self.MR * lines, kc < self.passes)):
+            with T.Then():
+                n = T.min(m0 + i // lines, self.M - 1)
+                at = T.min(n * row + kc * self.KC * row // self.K + 64 * (i % lines), self.M * row - 2)
+                prefetch(T.address_of(self.wviews[1][at // 2]), locality=2)
 
     def _xvec(self, m, k):
         """Swapped: x[m, k:k+16] (a conv: of patch m) as the rows of the panel; past M (up to a multiple of 16) any
@@ -500,6 +520,8 @@ class _FmaGemm:
         start_sums(acc, mr * nb, self.passes, kc, part, slot)
         steps = self.KC if self.KR % self.KC == 0 else T.min(self.KC, self.KR - kc * self.KC)
         with T.serial(0, steps // UNROLL) as kk:
+            if self.spread:
+                self.prefetch_line(m0, kc + 1, kk)
             for e in range(UNROLL):
                 k = T.bind(kc * self.KC + kk * UNROLL + e)
                 wv = [T.bind(vload(panel, pofs + k * self.NR + 16 * j, 16)) for j in range(nb)]

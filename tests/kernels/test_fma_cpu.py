@@ -143,12 +143,14 @@ def test_code_uses_zmm_fma():
     assert "vbroadcastss" in asm
 
 
-def test_swapped_prefetches_the_next_pass():
+@pytest.mark.parametrize("wtype", ["f16", "q8_0"])
+def test_swapped_prefetches_the_next_pass(wtype):
     """Swapped with K in passes, each W row's slice for the next pass is prefetched into L2 while this pass's
-    products run (``prefetch_slice``): ``prefetcht1`` in the code, which a kernel without it lacks."""
-    spec = NAN_SWAPPED
+    products run: float weights a line per iteration of the register block's loop (``prefetch_line``), GGUF types
+    row by row as the slice is prepared (``prefetch_slice``); ``prefetcht1`` in the code either way."""
+    spec = KernelSpec.make("linear", **(dict(NAN_SWAPPED.attrs) | {"wtype": wtype}))
     g = cpu_fma._FmaGemm(spec, {})
-    assert g.swap and g.passes > 1
+    assert g.swap and g.passes > 1 and g.spread == (wtype == "f16")
     target = tvm_layer.cpu_target()
     asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
     assert "prefetcht1" in asm
