@@ -126,8 +126,8 @@ class _DotGemm:
         self.KV = -(-self.K // 16)  # 16-value vectors of x per row holding values (the last one zero-padded)
         self.KR = 32 * -(-self.K // 32)  # prepared row length: whole conversions of 32 values
         self.KW = self.KR // 2  # bf16 pair words per prepared row: the pair steps
-        self.NB, self.MR = register_block(self.M, self.N // 16)
         NT = self.N // 16
+        self.NB, self.MR = register_block(self.M, NT)
         self.NU = NT // self.NB  # weight units
         self.MB, self.NBLK = row_blocks(self.M, 2 * self.KR, align=self.MR)
         self.MP = self.MB // self.MR  # row panels per block

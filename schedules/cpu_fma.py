@@ -346,15 +346,12 @@ class _FmaGemm:
         row, which the hardware prefetchers do not follow (SD1.5's 4x4-pixel 1280-channel conv, K 11,520, f16
         weights, 2 threads, alternating: 132 -> 140-142 GFLOP/s; its 8x8 ones +1.5%; the f32 UNet at 256x256
         0.5-1%)."""
-        row = get_type(self.wtype).row_bytes(self.K)  # whole blocks: a multiple of 2 bytes for every type here
-        first = T.bind(n * row + kc * self.KC * row // self.K)  # byte offsets (blocks are whole at pass starts)
-        lines = -(-self.KC * row // self.K // 64) + 1
-        w16 = self.wviews[1]
+        row, lines = self._slice_lines()
+        first = T.bind(self._slice_start(n, kc, row))
         with T.If(T.And(n < self.M, kc < self.passes)):
             with T.Then():
                 with T.serial(0, lines) as i:
-                    at = T.min(first + 64 * i, self.M * row - 2) // 2
-                    prefetch(T.address_of(w16[at]), locality=2)
+                    self._prefetch_w(first + 64 * i, row)
 
     def prefetch_line(self, m0, kc, i) -> None:
         """Swapped, float weights: line i of the next pass's (kc) slice of the register block's W rows m0 ..
@@ -366,13 +363,25 @@ class _FmaGemm:
         1x1 convs over K 2,560 to 5,120 4-12% faster; in the f32 UNet at 256x256 (``bench --profile``, two runs
         each) those kernels 178-183 -> 158-160 ms of its 1.36-1.44 s. GGUF types keep ``prefetch_slice`` (q8_0: 2-3%
         slower spread, their rows' decoding weighing more beside the prefetches)."""
-        row = get_type(self.wtype).row_bytes(self.K)
-        lines = -(-self.KC * row // self.K // 64) + 1  # per row and pass, as ``prefetch_slice``
+        row, lines = self._slice_lines()
         with T.If(T.And(i < self.MR * lines, kc < self.passes)):
             with T.Then():
                 n = T.min(m0 + i // lines, self.M - 1)
-                at = T.min(n * row + kc * self.KC * row // self.K + 64 * (i % lines), self.M * row - 2)
-                prefetch(T.address_of(self.wviews[1][at // 2]), locality=2)
+                self._prefetch_w(self._slice_start(n, kc, row) + 64 * (i % lines), row)
+
+    def _slice_lines(self) -> tuple[int, int]:
+        """Bytes of a W row as stored (whole blocks: a multiple of 2 bytes for every type here), and the cache lines
+        of its slice for one pass, one more for a slice that straddles lines."""
+        row = get_type(self.wtype).row_bytes(self.K)
+        return row, -(-self.KC * row // self.K // 64) + 1
+
+    def _slice_start(self, n, kc, row: int):
+        """The byte offset of W row n's slice for pass kc (blocks are whole at pass starts)."""
+        return n * row + kc * self.KC * row // self.K
+
+    def _prefetch_w(self, at, row: int) -> None:
+        """The line of W's stored byte ``at`` (at most its last) into L2 (``prefetcht1``)."""
+        prefetch(T.address_of(self.wviews[1][T.min(at, self.M * row - 2) // 2]), locality=2)
 
     def _xvec(self, m, k):
         """Swapped: x[m, k:k+16] (a conv: of patch m) as the rows of the panel; past M (up to a multiple of 16) any
