@@ -112,8 +112,14 @@ class _VnniGemm:
         self.NB = next(nb for nb in (4, 2, 1) if NT % nb == 0)
         self.MR = 12 // self.NB
         self.NU = NT // self.NB
+        # groups of rows (quantized together, X_GROUP_BYTES at most) of equal size in whole register blocks: every
+        # group runs all its blocks, so a last group filled up to the most rows would be mostly padding (SD1.5's
+        # 2,048 rows over K 320 had run as two groups of 1,638, 3,276 rows)
         rows = -(-self.M // self.MR) * self.MR
-        self.RG = min(rows, max(self.MR, X_GROUP_BYTES // self.K // self.MR * self.MR))  # rows per group
+        most = min(rows, max(self.MR, X_GROUP_BYTES // self.K // self.MR * self.MR))
+        groups = -(-rows // most)
+        per = -(-self.M // groups)
+        self.RG = -(-per // self.MR) * self.MR  # rows per group
         self.GR = -(-self.M // self.RG)
         # units split into UC ranges where there are too few groups to keep the threads busy (quantizing a group
         # once per range: K bytes per row against N K multiply-adds)

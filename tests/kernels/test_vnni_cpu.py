@@ -82,6 +82,16 @@ def test_dispatch():
     assert {g.NB for g in gemms} == {1, 2, 4} and any(g.UC > 1 for g in gemms) and any(g.GR > 1 for g in gemms)
 
 
+def test_groups_of_rows_balanced():
+    """Every group runs all its register blocks, so the groups are cut equal: SD1.5's shapes with more rows than a
+    group holds are padded by less than a block per group (2,048 rows over K 320 had run as 2 x 1,638 rows)."""
+    for M, K in ((2048, 320), (2048, 1280), (512, 2560), (128, 5120), (300, 4096), (8192, 320)):
+        for N in (320, 1280, 64):
+            g = cpu_vnni._VnniGemm(KernelSpec.make("linear", M=M, N=N, K=K, wtype="q8_0", **EPI), {})
+            assert g.RG % g.MR == 0 and g.RG * g.K <= max(cpu_vnni.X_GROUP_BYTES, g.MR * g.K), (M, N, K)
+            assert g.GR * g.RG >= M and g.GR * g.RG - M < g.GR * g.MR, (M, N, K, g.GR, g.RG)
+
+
 _inputs = fx.gemm_inputs
 
 
