@@ -33,6 +33,7 @@ from schedules import (
     injective,
 )
 from schedules.cpu import CpuInfo
+from sdcompile.kernels import layouts
 from sdcompile.kernels.spec import KernelSpec
 
 RULES = {"cpu": cpu.RULES | {"injective": injective.cpu}, "gpu": gpu.RULES | {"injective": injective.gpu}}
@@ -82,6 +83,8 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_winograd_dot.linear  # pixels: Winograd F(2x2, 3x3) with vdpbf16ps products
     elif cpu_bf16_dot.applicable(spec, info.lanes, _host_bf16_dot()):  # the same, no tile unit: vdpbf16ps
         rule = cpu_bf16_dot.linear  # (it reads the tile unit's packed bf16 operands too)
+    elif spec.attr("wlayout") == layouts.VNNI_Q8_0 and cpu_vnni.applicable(spec, info.lanes):
+        rule = cpu_vnni.linear  # int8 products, q8_0 stored in the VNNI GEMM's order
     elif spec.attr("wlayout") and not cpu_fma.applicable(spec, info.lanes):
         pass  # weights packed for a kernel this CPU lacks: the TE compute reads the layout
     elif cpu_conv_narrow.applicable(spec, info.lanes):  # a conv to a few channels (a VAE's to RGB): dot products

@@ -1,7 +1,8 @@
 """Weight layouts: a weight stored in an order its kernel reads directly, instead of row-major [N, K] (``N`` outputs,
 ``K`` values each; quant types: each row's blocks in order). ``passes/pack_weights.py`` chooses one; the artifact
 writer reorders the stored bytes (``pack``); the TE compute reads W[n, k] where the layout put it (``position``,
-``q8_0_scale_byte``, ``q8_0_quant_byte``), so every schedule, and the reference check, sees the same logical weight.
+``q8_0_scale_byte``, ``q8_0_quant_byte``, ``vnni_q8_0_scale_byte``, ``vnni_q8_0_quant_byte``), so every schedule,
+and the reference check, sees the same logical weight.
 
 The first two hold the operands of the AMX-BF16 GEMM (``schedules/cpu_amx_bf16.py``) in tiles of 16 weight rows by
 32 values, s-fastest (tile (t, s): rows 16 t .. 16 t + 15, values 32 s .. 32 s + 31), so a unit of weight rows is one
@@ -16,7 +17,17 @@ run of tiles in K order:
   conversion and a multiplication per 16 values and one rounding to bf16 per 32, with no transposes (the row-major
   blocks need a 16 x 16 transpose per tile).
 
-A third holds the f32 FMA GEMM's weight panels (``schedules/cpu_fma.py``, f32 products):
+A third holds q8_0 for the int8 GEMM on AVX-512 VNNI (``schedules/cpu_vnni.py``, CPUs without the tile unit),
+in the same tiles of 16 weight rows by 32 values, s-fastest:
+
+- ``vnni_q8_0`` (q8_0, the same bytes as row-major q8_0): first every tile's 512 quants, step t = (k % 32) // 4 of
+  ``vpdpbusd`` at 64 t, weight row 16 t + r's 4 quants of that step at 4 r (the vector the kernel multiplies), each
+  stored as q + 128 (q XOR 0x80: the instruction's unsigned operand); then every tile's 16 f16 scales (32 bytes, in
+  the same tile order). The quant tiles, 512 bytes each, stay aligned to the vector; the kernel reads them in place
+  where it had decoded the row-major blocks into a panel of this form on every call, which at the UNet's few-row
+  GEMMs (4x4 latents, 32 rows) took 30-46% of the kernel's time.
+
+A fourth holds the f32 FMA GEMM's weight panels (``schedules/cpu_fma.py``, f32 products):
 
 - ``fma_f32`` (f32): units of ``FMA_ROWS`` = 64 weight rows, each unit K-major: W[n, k] at
   (n // 64) 64 K + 64 k + n % 64, so that step k of a unit is the 4 vectors its register block multiplies. The
@@ -30,13 +41,20 @@ import numpy as np
 
 AMX_BF16 = "amx_bf16"
 AMX_Q8_0 = "amx_q8_0"
+VNNI_Q8_0 = "vnni_q8_0"
 FMA_F32 = "fma_f32"
-LAYOUTS = (AMX_BF16, AMX_Q8_0, FMA_F32)
-DTYPE = {AMX_BF16: "bf16", AMX_Q8_0: "q8_0", FMA_F32: "f32"}  # the storage type each layout holds its values in
+LAYOUTS = (AMX_BF16, AMX_Q8_0, VNNI_Q8_0, FMA_F32)
+DTYPE = {
+    AMX_BF16: "bf16",
+    AMX_Q8_0: "q8_0",
+    VNNI_Q8_0: "q8_0",
+    FMA_F32: "f32",
+}  # the storage type each layout holds its values in
 # what each layout is, for the compile report
 SUMMARY = {
     AMX_BF16: "as bf16 in tile order (the AMX tiles' and vdpbf16ps's operands), loaded in place",
     AMX_Q8_0: "as q8_0 in tile order",
+    VNNI_Q8_0: "as q8_0 in vpdpbusd order (the int8 VNNI GEMM's operands), read in place",
     FMA_F32: "as f32 panels of 64 rows, K-major (the f32 FMA GEMM's operands), read in place",
 }
 Q8_TILE = 16 * 34  # bytes of an amx_q8_0 tile: 16 scales, 512 quants
@@ -81,6 +99,16 @@ def q8_0_quant_byte(n, k, K: int):
     return _tile(n, k, K) * Q8_TILE + 32 + _in_tile(n, k)
 
 
+def vnni_q8_0_quant_byte(n, k, K: int):
+    """vnni_q8_0: the byte offset of W[n, k]'s quant (stored as q + 128)."""
+    return _tile(n, k, K) * 512 + ((k % 32) // 4) * 64 + (n % 16) * 4 + k % 4
+
+
+def vnni_q8_0_scale_byte(n, s, N: int, K: int):
+    """vnni_q8_0: the byte offset of the f16 scale of W[n, 32 s .. 32 s + 31] (after the N K bytes of quants)."""
+    return N * K + _tile(n, 32 * s, K) * 32 + 2 * (n % 16)
+
+
 def pack(layout: str, raw: np.ndarray, N: int, K: int) -> np.ndarray:
     """The bytes ``raw`` of an [N, K] weight stored row-major in ``DTYPE[layout]``, reordered into ``layout``."""
     _known(layout)
@@ -93,6 +121,9 @@ def pack(layout: str, raw: np.ndarray, N: int, K: int) -> np.ndarray:
         return np.ascontiguousarray(w.transpose(0, 2, 3, 1, 4)).reshape(-1).view(np.uint8)
     blocks = raw.reshape(N // 16, 16, K // 32, 34)
     d = blocks[..., :2].transpose(0, 2, 1, 3).reshape(N // 16, K // 32, 32)
+    if layout == VNNI_Q8_0:
+        q = blocks[..., 2:].reshape(N // 16, 16, K // 32, 8, 4).transpose(0, 2, 3, 1, 4) ^ np.uint8(0x80)
+        return np.concatenate([q.reshape(-1), d.reshape(-1)])
     q = blocks[..., 2:].reshape(N // 16, 16, K // 32, 16, 2).transpose(0, 2, 3, 1, 4).reshape(N // 16, K // 32, 512)
     return np.ascontiguousarray(np.concatenate([d, q], axis=2)).reshape(-1)
 
@@ -107,6 +138,10 @@ def unpack(layout: str, packed: np.ndarray, N: int, K: int) -> np.ndarray:
     if layout == AMX_BF16:
         w = packed.view(np.uint16).reshape(N // 16, K // 32, 16, 16, 2)
         return np.ascontiguousarray(w.transpose(0, 3, 1, 2, 4)).reshape(-1).view(np.uint8)
+    if layout == VNNI_Q8_0:
+        q = packed[: N * K].reshape(N // 16, K // 32, 8, 16, 4).transpose(0, 3, 1, 2, 4) ^ np.uint8(0x80)
+        d = packed[N * K :].reshape(N // 16, K // 32, 16, 2).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(np.concatenate([d, q.reshape(N // 16, 16, K // 32, 32)], axis=3)).reshape(-1)
     tiles = packed.reshape(N // 16, K // 32, Q8_TILE)
     d = tiles[..., :32].reshape(N // 16, K // 32, 16, 2).transpose(0, 2, 1, 3)
     q = tiles[..., 32:].reshape(N // 16, K // 32, 16, 16, 2).transpose(0, 3, 1, 2, 4).reshape(N // 16, 16, K // 32, 32)

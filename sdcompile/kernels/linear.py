@@ -17,7 +17,7 @@ from tvm import te, tirx
 
 from sdcompile.kernels import layouts
 from sdcompile.kernels.act import f32_reads, placeholder, stored
-from sdcompile.kernels.dequant import decode_staged, f16_at, f32, let, lut_inputs, signed_byte
+from sdcompile.kernels.dequant import byte, decode_staged, f16_at, f32, let, lut_inputs, signed_byte
 from sdcompile.kernels.spec import KernelSpec
 
 
@@ -63,6 +63,13 @@ def packed_decode(layout: str, wtype: str, w: te.Tensor, N: int, K: int):
             return d[n, k // 32] * signed_byte(w, layouts.q8_0_quant_byte(n, k, K))
 
         return [d], q8
+    if layout == layouts.VNNI_Q8_0:
+        d = te.compute((N, K // 32), lambda n, b: f16_at(w, layouts.vnni_q8_0_scale_byte(n, b, N, K)), name="wscale0")
+
+        def q8_biased(n, k):  # stored as q + 128
+            return d[n, k // 32] * (tirx.Cast("float32", byte(w, layouts.vnni_q8_0_quant_byte(n, k, K))) - f32(128.0))
+
+        return [d], q8_biased
     _, element = decode_staged(wtype, w, N, K)
 
     def at(n, k):  # the element's packed index, read as the row-major one it equals

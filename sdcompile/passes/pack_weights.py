@@ -14,11 +14,14 @@ to that GEMM: not those of the 3x3 convs that Winograd with vdpbf16ps products t
 
 A q8_0 weight read that way keeps its type and its bytes, reordered into tiles (``layouts.AMX_Q8_0``: each tile's
 16 scales, then its quants in the B operand's order), so the kernel decodes it with a conversion and a multiplication
-per 16 values and no transposes.
+per 16 values and no transposes. Without the tile unit, a q8_0 weight that only the int8 VNNI GEMM reads
+(``mma="int8"``, ``schedules/cpu_vnni.py``: AVX-512 VNNI) keeps its bytes too, reordered into that kernel's
+``vpdpbusd`` operands (``layouts.VNNI_Q8_0``), which it reads in place instead of decoding the row-major blocks into a
+panel on every call.
 
 The values do not change: bf16 products round the weight to bf16 anyway, with the same rounding (nearest even), so
 the kernel's outputs are the same bits; f32 weights take half the memory. Other quant types (and q8_0 without the
-tile unit) keep their row-major blocks (they keep their integer kernels). Nothing is packed this way for GPU targets
+tile unit or VNNI) keep their row-major blocks (they keep their integer kernels). Nothing is packed this way for GPU targets
 or without AMX-BF16 or AVX512_BF16.
 
 With f32 products an f32 weight that only the f32 FMA GEMM reads (``schedules/cpu_fma.py``: AVX-512, not swapped,
@@ -39,7 +42,7 @@ from sdcompile.kernels import layouts
 from sdcompile.passes.context import PassContext
 from sdcompile.quant.types import get as get_type
 
-LAYOUT_OF = {"q8_0": layouts.AMX_Q8_0}  # quantized weights the kernel reads in a layout of their own type
+LAYOUT_OF = {"q8_0": layouts.AMX_Q8_0}  # quantized weights the tile unit's kernel reads in a layout of their own type
 
 
 def run(g: Graph, ctx: PassContext) -> Graph:
@@ -47,12 +50,12 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         return g
     from sdcompile.codegen import tvm_layer  # the CPU code is built for this host
 
-    tiles, dot = tvm_layer.host_amx_bf16(), tvm_layer.host_avx512_bf16()
+    tiles, dot, vnni = tvm_layer.host_amx_bf16(), tvm_layer.host_avx512_bf16(), tvm_layer.host_avx512_vnni()
     uses = g.consumers()
     plan: dict[str, str] = {}  # weight -> layout, decided on the graph as it came (each node reads one weight)
     for v in g.weights():
         readers = uses.get(v.name, [])
-        layout = _layout(v.dtype, readers, tiles, dot)
+        layout = _layout(v.dtype, readers, tiles, dot, vnni)
         if readers and layout is not None and all(_takes(g, n, v.name, layout, tiles) for n in readers):
             plan[v.name] = layout
     if not plan:
@@ -74,27 +77,30 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     return g
 
 
-def _layout(dtype: str, readers: list, tiles: bool, dot: bool) -> str | None:
+def _layout(dtype: str, readers: list, tiles: bool, dot: bool, vnni: bool) -> str | None:
     """The layout a weight of ``dtype`` would take for its readers' kernels: the bf16 GEMMs' where any asks for bf16
-    products (float weights as bf16 tiles, q8_0 in tiles of its own on the tile unit), else the f32 FMA GEMM's panels
-    for an f32 weight; None where there is none (the readers' kernels are then checked one by one)."""
+    products (float weights as bf16 tiles, q8_0 in tiles of its own on the tile unit), the int8 VNNI GEMM's for q8_0
+    where any asks for int8 products, else the f32 FMA GEMM's panels for an f32 weight; None where there is none (the
+    readers' kernels are then checked one by one)."""
     if any(n.attrs.get("mma") == "bf16" for n in readers):
         if get_type(dtype).is_float:
             return layouts.AMX_BF16 if tiles or dot else None
         return LAYOUT_OF.get(dtype) if tiles else None
+    if any(n.attrs.get("mma") == "int8" for n in readers):
+        return layouts.VNNI_Q8_0 if dtype == "q8_0" and vnni and not tiles else None
     return layouts.FMA_F32 if dtype == "f32" else None
 
 
 def _takes(g: Graph, n, w: str, layout: str, tiles: bool) -> bool:
     """Whether node ``n`` reads weight ``w`` (its only use in the node) with the kernel that reads ``layout``: the
-    AMX-BF16 GEMM (``tiles``) or else the vdpbf16ps one for the bf16 layouts, the f32 FMA GEMM for its panels. The
-    CPU dispatch (``schedules.cpu_rule``) is asked about the node as it is and as it would be with the weight packed,
+    AMX-BF16 GEMM (``tiles``) or else the vdpbf16ps one for the bf16 layouts, the int8 VNNI GEMM for its q8_0
+    order, the f32 FMA GEMM for its panels. The CPU dispatch (``schedules.cpu_rule``) is asked about the node as it is and as it would be with the weight packed,
     so a kernel ahead of the reader in the dispatch (Winograd: it transforms row-major weights) keeps the weight
     row-major, and the reader takes the packed node too."""
     if n.op not in ("linear", "conv2d") or n.inputs[1] != w or w in n.inputs[2:]:
         return False
     import schedules
-    from schedules import cpu_amx_bf16, cpu_bf16_dot, cpu_fma
+    from schedules import cpu_amx_bf16, cpu_bf16_dot, cpu_fma, cpu_vnni
     from schedules.cpu import CpuInfo
     from sdcompile.codegen.plan import node_spec
     from sdcompile.kernels.spec import KernelSpec
@@ -103,7 +109,12 @@ def _takes(g: Graph, n, w: str, layout: str, tiles: bool) -> bool:
     if len(shape) != 2 or not layouts.fits(layout, *shape):
         return False
     spec = node_spec(g, n)
-    reader = cpu_fma if layout == layouts.FMA_F32 else cpu_amx_bf16 if tiles else cpu_bf16_dot
+    if layout == layouts.FMA_F32:
+        reader = cpu_fma
+    elif layout == layouts.VNNI_Q8_0:
+        reader = cpu_vnni
+    else:
+        reader = cpu_amx_bf16 if tiles else cpu_bf16_dot
     if schedules.cpu_rule(spec, CpuInfo()) is not reader.linear:
         return False
     packed = KernelSpec.make(spec.op, **{**dict(spec.attrs), "wtype": layouts.DTYPE[layout], "wlayout": layout})

@@ -41,6 +41,15 @@ BF16_DOT = AMX_BF16 + [
 ]
 
 
+# the int8 VNNI GEMM: q8_0 decoded per call and read in place (``vnni_q8_0``, its scales after the quants), a conv
+# whose patches cross the image's edges
+VNNI = [
+    ("conv2d", dict(CONV, B=2, H=4, W=4, C=32, N=64, wtype="q8_0", mma="int8")),
+    ("conv2d", dict(CONV, B=2, H=4, W=4, C=32, N=64, wtype="q8_0", mma="int8", wlayout="vnni_q8_0")),
+    ("linear", dict(LINEAR, M=20, N=64, K=96, wtype="q8_0", mma="int8", wlayout="vnni_q8_0")),
+]
+
+
 def test_kernels_stay_inside_their_buffers():
     run_guarded(SPECS)
 
@@ -53,3 +62,8 @@ def test_amx_kernels_stay_inside_their_buffers():
 @pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs AVX512_BF16")
 def test_bf16_dot_kernels_stay_inside_their_buffers():
     run_guarded(BF16_DOT, {"SDCOMPILE_NO_AMX": "1"})
+
+
+@pytest.mark.skipif(not tvm_layer.host_avx512_vnni(), reason="needs AVX-512 VNNI")
+def test_vnni_kernels_stay_inside_their_buffers():
+    run_guarded(VNNI, {"SDCOMPILE_NO_AMX": "1"})

@@ -20,6 +20,7 @@ import pytest
 
 from schedules import cpu_vnni
 from sdcompile.ir.ops import im2col_np
+from sdcompile.kernels import layouts
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from tests.kernels import fixtures as fx
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.skipif(not cpu_vnni.target_has_vnni(), reason="needs a 
 U32 = 2.0**-24
 HALF_ULP = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 CONV3 = {"kh": 3, "kw": 3, "stride": 1, "pads": (1, 1, 1, 1)}
+PACKED = layouts.VNNI_Q8_0
 EPI = {"bias": True, "residual": False, "act": "none", "mma": "int8"}
 CASES = [
     # 4 weight vectors x 3 rows; M = 154 (two prompts) leaves a partial register block; residual and q4_0
@@ -50,11 +52,17 @@ CASES = [
         {"B": 1, "H": 15, "W": 15, "C": 64, "N": 16, "wtype": "q8_0", **EPI}
         | {"kh": 3, "kw": 3, "stride": 2, "pads": (0, 0, 1, 1)},  # stride 2, asymmetric pads
     ),
+    # q8_0 stored in the kernel's order (``layouts.VNNI_Q8_0``), read in place: a partial register block, a conv,
+    # three groups of rows and K in two passes
+    ("linear", {"M": 154, "N": 128, "K": 96, "wtype": "q8_0", **EPI, "residual": True, "wlayout": PACKED}),
+    ("conv2d", {"B": 1, "H": 13, "W": 11, "C": 32, "N": 64, "wtype": "q8_0", **CONV3, **EPI, "wlayout": PACKED}),
+    ("linear", {"M": 300, "N": 64, "K": 4096, "wtype": "q8_0", **EPI, "wlayout": PACKED}),
 ]
 SPECS = [KernelSpec.make(op, **a) for op, a in CASES]
 NAN = KernelSpec.make("linear", M=40, N=64, K=64, wtype="q8_0", bias=True, residual=False, act="none", mma="int8")
+NAN_PACKED = KernelSpec.make("linear", **dict(NAN.attrs), wlayout=PACKED)
 
-built = fx.built_fixture("cpu", lambda: SPECS + [NAN], "vnni_cpu")
+built = fx.built_fixture("cpu", lambda: SPECS + [NAN, NAN_PACKED], "vnni_cpu")
 ex = fx.executor_fixture("cpu")
 
 
@@ -80,6 +88,9 @@ def test_dispatch():
     # the cases cover every register block shape, tasks split by units, and several groups of rows
     gemms = [cpu_vnni._VnniGemm(s, {}) for s in SPECS]
     assert {g.NB for g in gemms} == {1, 2, 4} and any(g.UC > 1 for g in gemms) and any(g.GR > 1 for g in gemms)
+    assert any(g.packed and g.GR > 1 and g.passes > 1 for g in gemms)
+    # the tile unit's q8_0 order is not this kernel's
+    assert not cpu_vnni.applicable(KernelSpec.make("linear", **base, wlayout=layouts.AMX_Q8_0), 16)
 
 
 def test_groups_of_rows_balanced():
@@ -92,7 +103,21 @@ def test_groups_of_rows_balanced():
             assert g.GR * g.RG >= M and g.GR * g.RG - M < g.GR * g.MR, (M, N, K, g.GR, g.RG)
 
 
-_inputs = fx.gemm_inputs
+def _pack(spec, words: np.ndarray) -> np.ndarray:
+    """The q8_0 words of W as the spec stores them: row-major, or reordered into its layout."""
+    if not spec.attr("wlayout"):
+        return words
+    _, N, K = gemm_mnk(spec)
+    raw = words.view(np.uint8).copy()
+    size = N * K // 32 * 34
+    raw[:size] = layouts.pack(str(spec.attr("wlayout")), raw[:size], N, K)
+    return raw.view(np.uint32)
+
+
+def _inputs(spec, rng):
+    arrays, w = fx.gemm_inputs(spec, rng)
+    arrays["w"] = _pack(spec, arrays["w"])
+    return arrays, w
 
 
 def quantize_q8_0(xm: np.ndarray):
@@ -133,12 +158,13 @@ def test_int8_products_within_their_bounds(ex, spec):
     assert err.max() > 1e-4 * np.abs(exact).max()  # the products really were int8 (f32's error is ~1e-7)
 
 
-def test_nan_propagates(ex):
+@pytest.mark.parametrize("spec", [NAN, NAN_PACKED], ids=["row_major", "packed"])
+def test_nan_propagates(ex, spec):
     """A NaN or an infinity in a row of x spoils that row (its block has no finite scale), a weight block whose
     scale is NaN that column; nothing else: no NaN lost in the quantization, none smeared across a register block."""
     from sdcompile.quant.types import get as get_type
 
-    M, N, K = gemm_mnk(NAN)
+    M, N, K = gemm_mnk(spec)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((M, K)).astype(np.float32)
     x[7, 17], x[30, 40] = np.nan, np.inf
@@ -146,7 +172,8 @@ def test_nan_propagates(ex):
     raw = words.view(np.uint8).copy()
     at = 37 * get_type("q8_0").row_bytes(K) + get_type("q8_0").type_size  # column 37, its second block's f16 scale
     raw[at : at + 2] = np.array([0x7E00], "<u2").view(np.uint8)
-    got = fx.run_spec(ex, NAN, {"x": x, "w": raw.view(np.uint32), "bias": np.zeros(N, np.float32)}).reshape(M, N)
+    w = _pack(spec, raw.view(np.uint32))
+    got = fx.run_spec(ex, spec, {"x": x, "w": w, "bias": np.zeros(N, np.float32)}).reshape(M, N)
     bad = np.zeros((M, N), bool)
     bad[[7, 30], :] = True
     bad[:, 37] = True

@@ -1,8 +1,8 @@
 """pack_weights: float weights that only bf16-product GEMMs read (on the tile unit, or on vdpbf16ps without it) are
 stored as the tile unit's B operands (bf16); the artifact's outputs are the same bits as without packing (bf16
 products round the weight the same way), the manifest records the layout, and nothing is packed where a weight has
-another reader, is quantized (q8_0 has a layout of its own on the tile unit only), the products are f32 or the CPU
-multiplies no bf16."""
+another reader, is quantized (q8_0 has a layout of its own on the tile unit, and another for the int8 VNNI GEMM
+without it), the products are f32 or the CPU multiplies no bf16."""
 
 from __future__ import annotations
 
@@ -73,6 +73,49 @@ def test_packs_the_weights_of_bf16_gemms(tiny_graph):
     assert not np.array_equal(b["last_hidden_state"], a["last_hidden_state"])
 
 
+@pytest.mark.skipif(not tvm_layer.host_avx512_vnni(), reason="needs a CPU with AVX-512 VNNI")
+def test_packs_q8_0_for_the_vnni_gemm(tiny_graph, monkeypatch):
+    """Without the tile unit, q8_0 weights that only the int8 VNNI GEMM reads keep their type and bytes in its
+    ``vpdpbusd`` order; q4_0 ones, which it also multiplies, stay row-major (decoded per call)."""
+    monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
+    before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc2", "q8_0"), ("fc1", "q4_0")])
+    gemms = [n for n in g.nodes if n.op == "linear"]
+    q8 = [n for n in gemms if g.values[n.inputs[1]].dtype == "q8_0"]
+    q4 = [n for n in gemms if g.values[n.inputs[1]].dtype == "q4_0"]
+    assert q8 and q4 and all(n.attrs.get("mma") == "int8" for n in q8 + q4)
+    for n in q8:
+        v, v0 = g.values[n.inputs[1]], before.values[n.inputs[1]]
+        assert n.attrs["wlayout"] == layouts.VNNI_Q8_0 and v.data.layout == layouts.VNNI_Q8_0 and v.dtype == "q8_0"
+        np.testing.assert_array_equal(as_f32(v), as_f32(v0))
+        raw = raw_bytes(v, False)
+        np.testing.assert_array_equal(raw, raw_bytes(v0))
+        np.testing.assert_array_equal(raw_bytes(v), layouts.pack(layouts.VNNI_Q8_0, raw, *v.shape))
+        assert not np.array_equal(raw_bytes(v), raw)
+    assert all(not n.attrs.get("wlayout") and not g.values[n.inputs[1]].data.layout for n in q4)
+    rep = ctx.report["pack_weights"]["tensors"]
+    assert {rep[n.inputs[1]][0] for n in q8} == {layouts.VNNI_Q8_0}
+    shapes = [g.values[n.inputs[1]].shape for n in q8]
+    assert [rep[n.inputs[1]][1] for n in q8] == [get_type("q8_0").row_bytes(K) * N for N, K in shapes]
+
+
+def test_vnni_q8_0_layout_round_trip():
+    N, K = 48, 96
+    raw = quantize_values(np.random.default_rng(1).standard_normal((N, K)).astype(np.float32), "q8_0").view(np.uint8)
+    packed = layouts.pack(layouts.VNNI_Q8_0, raw, N, K)
+    assert packed.size == raw.size and not np.array_equal(packed, raw)
+    np.testing.assert_array_equal(layouts.unpack(layouts.VNNI_Q8_0, packed, N, K), raw)
+    blocks = raw.reshape(N, K // 32, 34)
+    for n in range(N):
+        for k in range(K):
+            assert packed[layouts.vnni_q8_0_quant_byte(n, k, K)] == blocks[n, k // 32, 2 + k % 32] ^ 0x80
+        for s in range(K // 32):
+            at = layouts.vnni_q8_0_scale_byte(n, s, N, K)
+            assert bytes(packed[at : at + 2]) == bytes(blocks[n, s, :2])
+    # step t of a tile: 16 rows' 4 quants each, the vector vpdpbusd multiplies
+    assert layouts.vnni_q8_0_quant_byte(1, 0, K) == 4 and layouts.vnni_q8_0_quant_byte(0, 4, K) == 64
+    assert layouts.vnni_q8_0_quant_byte(0, 32, K) == 512 and layouts.vnni_q8_0_quant_byte(16, 0, K) == 3 * 512
+
+
 @amx
 def test_a_weight_with_another_reader_stays_row_major(tiny_graph):
     ctx = PassContext(CompileOptions(compute="bf16"))
@@ -135,7 +178,8 @@ def test_no_bf16_layouts_without_bf16_products(tiny_graph, monkeypatch):
 @pytest.mark.skipif(not tvm_layer.host_avx512_bf16(), reason="needs a CPU with AVX512_BF16")
 def test_without_the_tile_unit_float_weights_are_packed_for_vdpbf16ps(tiny_graph, monkeypatch):
     """No AMX-BF16 (AMD Zen 4; here also ``SDCOMPILE_NO_AMX``): the vdpbf16ps GEMM reads the same bf16 tiles, so
-    float weights of its GEMMs are packed; q8_0 keeps its row-major blocks (its products are int8 on VNNI)."""
+    float weights of its GEMMs are packed; q8_0 ones, whose products are int8 on VNNI, in that kernel's order
+    (``test_packs_q8_0_for_the_vnni_gemm``), never as the tile unit's."""
     monkeypatch.setenv("SDCOMPILE_NO_AMX", "1")
     monkeypatch.setattr(tvm_layer, "host_bf16_dot_fast", lambda: True)  # Intel: mma keeps f32 products otherwise
     before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc2", "q8_0")])
@@ -144,8 +188,11 @@ def test_without_the_tile_unit_float_weights_are_packed_for_vdpbf16ps(tiny_graph
     assert floats and all(n.attrs.get("wlayout") == layouts.AMX_BF16 for n in floats)
     assert all(g.values[n.inputs[1]].dtype == "bf16" for n in floats)
     q8 = [n for n in g.nodes if n.op == "linear" and g.values[n.inputs[1]].dtype == "q8_0"]
-    assert q8 and not any(n.attrs.get("wlayout") or g.values[n.inputs[1]].data.layout for n in q8)
-    assert {layout for layout, _ in ctx.report["pack_weights"]["tensors"].values()} == {layouts.AMX_BF16}
+    q8_layout = layouts.VNNI_Q8_0 if tvm_layer.host_avx512_vnni() else ""
+    assert q8 and all(g.values[n.inputs[1]].data.layout == q8_layout for n in q8)
+    assert {layout for layout, _ in ctx.report["pack_weights"]["tensors"].values()} == {layouts.AMX_BF16} | (
+        {q8_layout} if q8_layout else set()
+    )
 
 
 @pytest.mark.parametrize(
@@ -175,7 +222,8 @@ def test_packed_artifact_gives_the_same_bits(unit, tiny_ldm_safetensors, tiny_id
     packed = {n: t for n, t in m["weights"]["tensors"].items() if t.get("layout")}
     want_layouts = {
         "tiles": {("amx_bf16", "bf16"), ("amx_q8_0", "q8_0")},
-        "vdpbf16ps": {("amx_bf16", "bf16")},
+        # fc2's q8_0 weights take int8 products on VNNI, in its order
+        "vdpbf16ps": {("amx_bf16", "bf16")} | ({("vnni_q8_0", "q8_0")} if tvm_layer.host_avx512_vnni() else set()),
         "fma": {("fma_f32", "f32")},
     }[unit]
     assert {(t["layout"], t["dtype"]) for t in packed.values()} == want_layouts
