@@ -85,8 +85,10 @@ from schedules.cpu_amx import over_row_blocks, over_taps, row_blocks, target_has
 from schedules.tir_build import (
     end_sums,
     float_weight,
+    last_pass,
     load_f32,
     prefetch,
+    prefetch_outputs,
     prim_func,
     replace_body,
     splat,
@@ -228,6 +230,8 @@ class _FmaGemm:
         self.x_slice = self.swap  # one pass's slice of prepared rows held at a time (``prep_slice``)
         # swapped with float weights: the next pass's W rows prefetched a line per loop iteration (``prefetch_line``)
         self.spread = self.swap and self.passes > 1 and self.wtype in FLOAT_TYPES
+        # the block's strip of y (and of the residual) prefetched as the last pass starts (``prefetch_outputs``)
+        self.prefetch_y = not self.swap
 
     def weight_views(self) -> None:
         self.wviews = weight_views(self.wtype, self.bufs["w"])
@@ -527,6 +531,8 @@ class _FmaGemm:
         slot = t * mr * self.NR
 
         start_sums(acc, mr * nb, self.passes, kc, part, slot)
+        if self.prefetch_y:
+            last_pass(self.passes, kc, lambda: prefetch_outputs(self.bufs, m0, mr, u * self.NR, nb * 16, self.M))
         steps = self.KC if self.KR % self.KC == 0 else T.min(self.KC, self.KR - kc * self.KC)
         with T.serial(0, steps // UNROLL) as kk:
             if self.spread:

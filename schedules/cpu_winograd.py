@@ -215,7 +215,7 @@ class _WinogradConv(cpu_fma._FmaGemm):
         # (9 C), which ``_wvec`` reads
         self.K = 9 * self.C
         self.KR = self.C // self.PER_WORD  # words per row of V: its values, or pairs of them (``cpu_winograd_dot``)
-        self.x_slice, self.swap, self.spread = False, False, False
+        self.x_slice, self.swap, self.spread, self.prefetch_y = False, False, False, False
         self.plan()
 
     def plan(self) -> None:
