@@ -58,6 +58,7 @@ from schedules.tir_build import (
     float_weight,
     importing_bf16_words,
     load_f32,
+    prefetch_outputs,
     prim_func,
     replace_body,
     splat,
@@ -256,9 +257,13 @@ class _DotGemm:
         acc = vector_regs(mr * nb)  # the MR x NB accumulators
         for i in range(mr * nb):
             vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
+        m0 = self.m0 + mp * mr if self.NBLK > 1 else mp * mr
+        # the panel's strip of y (and of the residual) arrives while its products run: its rows lie a full row apart,
+        # which the hardware prefetchers do not follow
+        prefetch_outputs(self.bufs, m0, mr, u * nb * 16, nb * 16, self.M)
         self.steps(panel, mp, acc, u)
         for r in range(mr):
-            m = self.m0 + mp * mr + r if self.NBLK > 1 else mp * mr + r
+            m = m0 + r
             with T.If(m < self.M):
                 with T.Then():
                     for j in range(nb):

@@ -95,6 +95,8 @@ def test_code_uses_vdpbf16ps(monkeypatch):
     target = tvm_layer.cpu_target()
     asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
     assert "vdpbf16ps" in asm and "vcvtne2ps2bf16" in asm and "tdpbf16ps" not in asm
+    # each panel's strip of y prefetched for writing while its products run (rows a full row apart)
+    assert "prefetchw" in asm
 
 
 def _run(ex, spec, arrays):
