@@ -13,9 +13,9 @@ outputs are NaN.
 
 Why: a ``vpdpbusd`` does 64 multiply-adds of bytes at the issue rate of a 16-lane f32 FMA (measured here: 2.5 per
 ns both), so the products of a 32-value block take 8 instructions per 16 outputs where f32 takes 32; the block's
-scaling adds 3 per 16 outputs (convert, the two scales' product, a multiply-add). On CPUs without AMX-BF16 that is the fastest way to
-multiply these weights (Intel's ``vdpbf16ps`` runs at half the FMA rate, AMD's at the FMA rate with 32 per
-instruction).
+scaling adds 3 per 16 outputs (convert, the two scales' product, a multiply-add). On CPUs without AMX-BF16 that is the
+fastest way to multiply these weights (Intel's ``vdpbf16ps`` runs at half the FMA rate, AMD's at the FMA rate with 32
+per instruction).
 
 ``vpdpbusd`` multiplies unsigned bytes by signed ones: the weights go in as ``q + 128`` (0..255), x as it is, and
 each block's int32 sums start from ``-128 sum(q_x)`` (per row of x and block, taken as x is quantized), which cancels
@@ -31,7 +31,8 @@ it. So the weights' operands need nothing but their bytes, which lets them be st
 - **activations**: rows of x are quantized in groups of RG rows (bytes in L2, the scales beside), each parallel task
   taking (group, range of units) items, so that short GEMMs (the UNet's 8x8 level, prompts) still split across
   threads; where there are so few groups that the units are split, every row is quantized once first (in
-  parallel), not once per range of units; a conv gathers its patches one tap at a time (``cpu_amx.over_taps``) where C is a multiple of 32;
+  parallel), not once per range of units; a conv gathers its patches one tap at a time (``cpu_amx.over_taps``) where
+  C is a multiple of 32;
 - **register block**: MR rows x NB weight vectors, MR x NB int32 sums for the block and MR x NB f32 sums for the
   whole of K (24 of the 32 zmm registers), per step NB weight loads and MR broadcasts of 4 x bytes.
 """
@@ -155,7 +156,7 @@ class _VnniGemm:
             self.pd = T.alloc_buffer((self.NU * self.KS * self.NB * 16,), "float32")  # d_w [unit][block][j][16]
         self.part = T.alloc_buffer((self.CH * self.RG * self.NB * 16,), "float32")
         slots = self.GR * self.RG if self.shared else self.CH * self.RG  # rows of quantized x held at once
-        self.xq = T.alloc_buffer((slots * self.KW,), "uint32")  # q + 128 as bytes
+        self.xq = T.alloc_buffer((slots * self.KW,), "uint32")  # q as signed bytes
         self.dx = T.alloc_buffer((slots * self.KS,), "float32")  # d_x per row and block
         self.cx = T.alloc_buffer((slots * self.KS,), "int32")  # -128 sum(q_x) per row and block
         if self.shared:  # few groups: every row quantized once, before the items split the units

@@ -44,12 +44,8 @@ AMX_Q8_0 = "amx_q8_0"
 VNNI_Q8_0 = "vnni_q8_0"
 FMA_F32 = "fma_f32"
 LAYOUTS = (AMX_BF16, AMX_Q8_0, VNNI_Q8_0, FMA_F32)
-DTYPE = {
-    AMX_BF16: "bf16",
-    AMX_Q8_0: "q8_0",
-    VNNI_Q8_0: "q8_0",
-    FMA_F32: "f32",
-}  # the storage type each layout holds its values in
+# the storage type each layout holds its values in
+DTYPE = {AMX_BF16: "bf16", AMX_Q8_0: "q8_0", VNNI_Q8_0: "q8_0", FMA_F32: "f32"}
 # what each layout is, for the compile report
 SUMMARY = {
     AMX_BF16: "as bf16 in tile order (the AMX tiles' and vdpbf16ps's operands), loaded in place",

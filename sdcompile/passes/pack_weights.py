@@ -21,8 +21,8 @@ panel on every call.
 
 The values do not change: bf16 products round the weight to bf16 anyway, with the same rounding (nearest even), so
 the kernel's outputs are the same bits; f32 weights take half the memory. Other quant types (and q8_0 without the
-tile unit or VNNI) keep their row-major blocks (they keep their integer kernels). Nothing is packed this way for GPU targets
-or without AMX-BF16 or AVX512_BF16.
+tile unit or VNNI) keep their row-major blocks (they keep their integer kernels). Nothing is packed this way for GPU
+targets or without AMX-BF16, AVX512_BF16 or AVX-512 VNNI.
 
 With f32 products an f32 weight that only the f32 FMA GEMM reads (``schedules/cpu_fma.py``: AVX-512, not swapped,
 whole units of 64 rows; the dispatch asked as above) is stored as that kernel's panels (``layouts.FMA_F32``), the
@@ -94,9 +94,9 @@ def _layout(dtype: str, readers: list, tiles: bool, dot: bool, vnni: bool) -> st
 def _takes(g: Graph, n, w: str, layout: str, tiles: bool) -> bool:
     """Whether node ``n`` reads weight ``w`` (its only use in the node) with the kernel that reads ``layout``: the
     AMX-BF16 GEMM (``tiles``) or else the vdpbf16ps one for the bf16 layouts, the int8 VNNI GEMM for its q8_0
-    order, the f32 FMA GEMM for its panels. The CPU dispatch (``schedules.cpu_rule``) is asked about the node as it is and as it would be with the weight packed,
-    so a kernel ahead of the reader in the dispatch (Winograd: it transforms row-major weights) keeps the weight
-    row-major, and the reader takes the packed node too."""
+    order, the f32 FMA GEMM for its panels. The CPU dispatch (``schedules.cpu_rule``) is asked about the node as it
+    is and as it would be with the weight packed, so a kernel ahead of the reader in the dispatch (Winograd: it
+    transforms row-major weights) keeps the weight row-major, and the reader takes the packed node too."""
     if n.op not in ("linear", "conv2d") or n.inputs[1] != w or w in n.inputs[2:]:
         return False
     import schedules
