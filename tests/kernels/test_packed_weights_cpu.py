@@ -80,20 +80,34 @@ def test_fma_f32_layout_round_trip():
     np.testing.assert_array_equal(layouts.row_major(layouts.FMA_F32, stored, N, K).view(np.uint32), w)
 
 
-def test_q8_0_layout_round_trip():
+@pytest.mark.parametrize("layout", [layouts.AMX_Q8_0, layouts.VNNI_Q8_0])
+def test_q8_0_layout_round_trip(layout):
+    """q8_0 in the tile unit's order and in the VNNI GEMM's: the same bytes reordered (VNNI's quants + 128), every
+    quant and scale where the layout's offsets say."""
     from sdcompile.quant.reference import quantize
 
-    N, K = 32, 96
+    N, K = 48, 96
     raw = quantize(np.random.default_rng(1).standard_normal((N, K)).astype(np.float32), "q8_0").view(np.uint8)
-    packed = layouts.pack(layouts.AMX_Q8_0, raw, N, K)
+    packed = layouts.pack(layout, raw, N, K)
     assert packed.size == raw.size and not np.array_equal(packed, raw)
-    np.testing.assert_array_equal(layouts.unpack(layouts.AMX_Q8_0, packed, N, K), raw)
+    np.testing.assert_array_equal(layouts.unpack(layout, packed, N, K), raw)
+    if layout == layouts.AMX_Q8_0:
+        quant, scale, bias = layouts.q8_0_quant_byte, layouts.q8_0_scale_byte, 0
+    else:
+        quant, scale, bias = (
+            layouts.vnni_q8_0_quant_byte,
+            (lambda n, s, K: layouts.vnni_q8_0_scale_byte(n, s, N, K)),
+            0x80,
+        )
+        # step t of a tile: 16 rows' 4 quants each, the vector vpdpbusd multiplies; the scales after every quant
+        assert quant(1, 0, K) == 4 and quant(0, 4, K) == 64 and quant(0, 32, K) == 512 and quant(16, 0, K) == 3 * 512
+        assert scale(0, 0, K) == N * K
     blocks = raw.reshape(N, K // 32, 34)
     for n in range(N):
         for k in range(K):
-            assert packed[layouts.q8_0_quant_byte(n, k, K)] == blocks[n, k // 32, 2 + k % 32]
+            assert packed[quant(n, k, K)] == blocks[n, k // 32, 2 + k % 32] ^ bias
         for s in range(K // 32):
-            at = layouts.q8_0_scale_byte(n, s, K)
+            at = scale(n, s, K)
             assert bytes(packed[at : at + 2]) == bytes(blocks[n, s, :2])
 
 

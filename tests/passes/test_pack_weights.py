@@ -98,24 +98,6 @@ def test_packs_q8_0_for_the_vnni_gemm(tiny_graph, monkeypatch):
     assert [rep[n.inputs[1]][1] for n in q8] == [get_type("q8_0").row_bytes(K) * N for N, K in shapes]
 
 
-def test_vnni_q8_0_layout_round_trip():
-    N, K = 48, 96
-    raw = quantize_values(np.random.default_rng(1).standard_normal((N, K)).astype(np.float32), "q8_0").view(np.uint8)
-    packed = layouts.pack(layouts.VNNI_Q8_0, raw, N, K)
-    assert packed.size == raw.size and not np.array_equal(packed, raw)
-    np.testing.assert_array_equal(layouts.unpack(layouts.VNNI_Q8_0, packed, N, K), raw)
-    blocks = raw.reshape(N, K // 32, 34)
-    for n in range(N):
-        for k in range(K):
-            assert packed[layouts.vnni_q8_0_quant_byte(n, k, K)] == blocks[n, k // 32, 2 + k % 32] ^ 0x80
-        for s in range(K // 32):
-            at = layouts.vnni_q8_0_scale_byte(n, s, N, K)
-            assert bytes(packed[at : at + 2]) == bytes(blocks[n, s, :2])
-    # step t of a tile: 16 rows' 4 quants each, the vector vpdpbusd multiplies
-    assert layouts.vnni_q8_0_quant_byte(1, 0, K) == 4 and layouts.vnni_q8_0_quant_byte(0, 4, K) == 64
-    assert layouts.vnni_q8_0_quant_byte(0, 32, K) == 512 and layouts.vnni_q8_0_quant_byte(16, 0, K) == 3 * 512
-
-
 @amx
 def test_a_weight_with_another_reader_stays_row_major(tiny_graph):
     ctx = PassContext(CompileOptions(compute="bf16"))
