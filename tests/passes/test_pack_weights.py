@@ -217,6 +217,7 @@ def test_packed_artifact_gives_the_same_bits(unit, tiny_ldm_safetensors, tiny_id
 
     text = render_compile_report(m, tmp_path / "packed")
     assert f"layout    {count[main]} weights" in text and ("(amx_q8_0)" in text) == (unit == "tiles")
+    assert ("(vnni_q8_0)" in text) == (("vnni_q8_0", "q8_0") in want_layouts)
     got = runtime.load(tmp_path / "packed", num_threads=2).run({"input_ids": tiny_ids})["last_hidden_state"]
 
     monkeypatch.setattr(pipeline, "PIPELINE", [p for p in pipeline.PIPELINE if p[0] != "pack_weights"])
