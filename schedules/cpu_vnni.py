@@ -174,7 +174,7 @@ class _VnniGemm:
         4 bytes of step t of weight row 16 j + r) and the block scale per row. The 16 rows x 8 words of a block are
         transposed in registers: rows r and r + 8 share a vector (halves), then three rounds of two-vector shuffles
         transpose both 8 x 8 halves at once (24 shuffles, where word scatters took 128 stores)."""
-        bias = splat(0x80808080, "uint32", 16)  # q + 128 for each byte: its top bit flipped
+        bias = splat(layouts.VNNI_BIAS * 0x01010101, "uint32", 16)  # q + 128 for each byte: its top bit flipped
         for j in range(self.NB):  # 16 rows at a time, each read front to back (16 streams for the prefetchers)
             with T.serial(0, self.KS) as s:
                 pb = (u * self.KS + s) * self.PW
@@ -214,7 +214,7 @@ class _VnniGemm:
             for h in range(2):
                 vstore(self.xq, xbase + s * 8 + 4 * h, T.reinterpret("uint32x4", T.Cast("int8x16", q[h])), 4)
             T.buffer_store(self.dx, d + bad, [dbase + s])
-            T.buffer_store(self.cx, reduce_tree(q[0] + q[1], 16, lambda a, b: a + b) * -128, [dbase + s])
+            T.buffer_store(self.cx, reduce_tree(q[0] + q[1], 16, lambda a, b: a + b) * -layouts.VNNI_BIAS, [dbase + s])
 
         with T.If(m < self.M):
             with T.Then():
@@ -315,15 +315,18 @@ class _VnniGemm:
         end_sums(accf, mr * nb, self.passes, kc, self.part, part, epilogue)
 
     def w_step(self, u, s, j, t):
-        """Step t of block s of unit u's weight vector j: lane r, the 4 quants + 128 of weight row 16 (u NB + j) + r."""
+        """Step t of block s of unit u's weight vector j: lane r, the 4 quants + 128 of weight row 16 (u NB + j) + r
+        (stored: where the layout puts the step's first quant of the vector's first row)."""
         if self.packed:
-            return vload(self.bufs["w"], ((u * self.NB + j) * self.KS + s) * 128 + 16 * t, 16)
+            at = layouts.vnni_q8_0_quant_byte((u * self.NB + j) * 16, s * 32 + 4 * t, self.K)
+            return vload(self.bufs["w"], at // 4, 16)
         return vload(self.pq, (u * self.KS + s) * self.PW + (t * self.NB + j) * 16, 16)
 
     def w_scales(self, u, s, j):
         """The f32 scales of block s of unit u's weight vector j's 16 rows."""
         if self.packed:
-            return f16_to_f32(vload(self.w16, (self.N * self.K + ((u * self.NB + j) * self.KS + s) * 32) // 2, 16), 16)
+            at = layouts.vnni_q8_0_scale_byte((u * self.NB + j) * 16, s, self.N, self.K)
+            return f16_to_f32(vload(self.w16, at // 2, 16), 16)
         return vload(self.pd, (u * self.KS + s) * self.NB * 16 + 16 * j, 16)
 
 

@@ -54,6 +54,7 @@ SUMMARY = {
     FMA_F32: "as f32 panels of 64 rows, K-major (the f32 FMA GEMM's operands), read in place",
 }
 Q8_TILE = 16 * 34  # bytes of an amx_q8_0 tile: 16 scales, 512 quants
+VNNI_BIAS = 0x80  # added to (XORed into) each vnni_q8_0 quant: vpdpbusd's unsigned operand
 FMA_ROWS = 64  # weight rows per fma_f32 unit: the FMA GEMM's 4 vectors per register block (cpu_fma.register_block)
 
 
@@ -96,7 +97,7 @@ def q8_0_quant_byte(n, k, K: int):
 
 
 def vnni_q8_0_quant_byte(n, k, K: int):
-    """vnni_q8_0: the byte offset of W[n, k]'s quant (stored as q + 128)."""
+    """vnni_q8_0: the byte offset of W[n, k]'s quant (stored as q + ``VNNI_BIAS``)."""
     return _tile(n, k, K) * 512 + ((k % 32) // 4) * 64 + (n % 16) * 4 + k % 4
 
 
@@ -118,7 +119,7 @@ def pack(layout: str, raw: np.ndarray, N: int, K: int) -> np.ndarray:
     blocks = raw.reshape(N // 16, 16, K // 32, 34)
     d = blocks[..., :2].transpose(0, 2, 1, 3).reshape(N // 16, K // 32, 32)
     if layout == VNNI_Q8_0:
-        q = blocks[..., 2:].reshape(N // 16, 16, K // 32, 8, 4).transpose(0, 2, 3, 1, 4) ^ np.uint8(0x80)
+        q = blocks[..., 2:].reshape(N // 16, 16, K // 32, 8, 4).transpose(0, 2, 3, 1, 4) ^ np.uint8(VNNI_BIAS)
         return np.concatenate([q.reshape(-1), d.reshape(-1)])
     q = blocks[..., 2:].reshape(N // 16, 16, K // 32, 16, 2).transpose(0, 2, 3, 1, 4).reshape(N // 16, K // 32, 512)
     return np.ascontiguousarray(np.concatenate([d, q], axis=2)).reshape(-1)
@@ -135,7 +136,7 @@ def unpack(layout: str, packed: np.ndarray, N: int, K: int) -> np.ndarray:
         w = packed.view(np.uint16).reshape(N // 16, K // 32, 16, 16, 2)
         return np.ascontiguousarray(w.transpose(0, 3, 1, 2, 4)).reshape(-1).view(np.uint8)
     if layout == VNNI_Q8_0:
-        q = packed[: N * K].reshape(N // 16, K // 32, 8, 16, 4).transpose(0, 3, 1, 2, 4) ^ np.uint8(0x80)
+        q = packed[: N * K].reshape(N // 16, K // 32, 8, 16, 4).transpose(0, 3, 1, 2, 4) ^ np.uint8(VNNI_BIAS)
         d = packed[N * K :].reshape(N // 16, K // 32, 16, 2).transpose(0, 2, 1, 3)
         return np.ascontiguousarray(np.concatenate([d, q.reshape(N // 16, 16, K // 32, 32)], axis=3)).reshape(-1)
     tiles = packed.reshape(N // 16, K // 32, Q8_TILE)

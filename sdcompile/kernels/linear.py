@@ -66,8 +66,9 @@ def packed_decode(layout: str, wtype: str, w: te.Tensor, N: int, K: int):
     if layout == layouts.VNNI_Q8_0:
         d = te.compute((N, K // 32), lambda n, b: f16_at(w, layouts.vnni_q8_0_scale_byte(n, b, N, K)), name="wscale0")
 
-        def q8_biased(n, k):  # stored as q + 128
-            return d[n, k // 32] * (tirx.Cast("float32", byte(w, layouts.vnni_q8_0_quant_byte(n, k, K))) - f32(128.0))
+        def q8_biased(n, k):  # stored as q + VNNI_BIAS
+            q = tirx.Cast("float32", byte(w, layouts.vnni_q8_0_quant_byte(n, k, K))) - f32(layouts.VNNI_BIAS)
+            return d[n, k // 32] * q
 
         return [d], q8_biased
     _, element = decode_staged(wtype, w, N, K)
