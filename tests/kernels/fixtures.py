@@ -108,6 +108,24 @@ def weight_words(spec, w):
     return words.view(np.uint32), dequantize(raw, wtype, w.shape).astype(np.float64)
 
 
+def packed_words(spec, words):
+    """The storage words of W as the spec stores them: ``words`` (row-major, as ``weight_words`` gives them) reordered
+    into the spec's ``wlayout``, or as they are without one."""
+    import numpy as np
+
+    from sdcompile.kernels import layouts
+    from sdcompile.kernels.spec import gemm_mnk
+    from sdcompile.quant.types import get as get_type
+
+    if not spec.attr("wlayout"):
+        return words
+    _, N, K = gemm_mnk(spec)
+    raw = np.ascontiguousarray(words).view(np.uint8).copy()
+    size = get_type(str(spec.attr("wtype"))).row_bytes(K) * N
+    raw[:size] = layouts.pack(str(spec.attr("wlayout")), raw[:size], N, K)
+    return raw.view(np.uint32)
+
+
 def gemm_inputs(spec, rng):
     """(arrays for ``run_spec``, W's values as float64) for a linear or conv2d spec: Gaussian x (as its parameter
     stores it: f32, or rounded to f16 / bf16), W ~ 0.1 N(0, 1) in the spec's weight type, bias and residual where

@@ -177,7 +177,6 @@ built_packed = fx.built_fixture("cpu", lambda: [s for p in PACKED for s in p], "
 @pytest.mark.parametrize("pair", PACKED, ids=[p[1].name for p in PACKED])
 def test_packed_weights_same_bits(built_packed, pair):
     from runtime.executors.cpu import Executor
-    from sdcompile.kernels import layouts
 
     out, result = built_packed
     pex = Executor(out, result, num_threads=2)
@@ -188,11 +187,7 @@ def test_packed_weights_same_bits(built_packed, pair):
     arrays = {p.name: rng.standard_normal(p.shape).astype(np.float32) for p in plain.params if p.name not in ("w", "y")}
     arrays["w"] = words
     want = fx.run_spec(pex, plain, arrays)
-    raw = np.ascontiguousarray(words).view(np.uint8)
-    size = N * K * 2 if plain.attr("wtype") == "bf16" else N * K // 32 * 34
-    packed_raw = np.zeros_like(raw)
-    packed_raw[:size] = layouts.pack(str(packed.attr("wlayout")), raw[:size], N, K)
-    arrays["w"] = packed_raw.view(np.uint32)
+    arrays["w"] = fx.packed_words(packed, words)
     got = fx.run_spec(pex, packed, arrays)
     np.testing.assert_array_equal(got, want)
     assert np.abs(want).max() > 0

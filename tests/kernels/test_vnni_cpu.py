@@ -103,20 +103,9 @@ def test_groups_of_rows_balanced():
             assert g.GR * g.RG >= M and g.GR * g.RG - M < g.GR * g.MR, (M, N, K, g.GR, g.RG)
 
 
-def _pack(spec, words: np.ndarray) -> np.ndarray:
-    """The q8_0 words of W as the spec stores them: row-major, or reordered into its layout."""
-    if not spec.attr("wlayout"):
-        return words
-    _, N, K = gemm_mnk(spec)
-    raw = words.view(np.uint8).copy()
-    size = N * K // 32 * 34
-    raw[:size] = layouts.pack(str(spec.attr("wlayout")), raw[:size], N, K)
-    return raw.view(np.uint32)
-
-
 def _inputs(spec, rng):
     arrays, w = fx.gemm_inputs(spec, rng)
-    arrays["w"] = _pack(spec, arrays["w"])
+    arrays["w"] = fx.packed_words(spec, arrays["w"])
     return arrays, w
 
 
@@ -172,7 +161,7 @@ def test_nan_propagates(ex, spec):
     raw = words.view(np.uint8).copy()
     at = 37 * get_type("q8_0").row_bytes(K) + get_type("q8_0").type_size  # column 37, its second block's f16 scale
     raw[at : at + 2] = np.array([0x7E00], "<u2").view(np.uint8)
-    w = _pack(spec, raw.view(np.uint32))
+    w = fx.packed_words(spec, raw.view(np.uint32))
     got = fx.run_spec(ex, spec, {"x": x, "w": w, "bias": np.zeros(N, np.float32)}).reshape(M, N)
     bad = np.zeros((M, N), bool)
     bad[[7, 30], :] = True
