@@ -125,10 +125,9 @@ def test_kernel_reads_the_layout(ex, spec):
     M, N, K = gemm_mnk(spec)
     rng = np.random.default_rng(3)
     words, w = fx.weight_words(spec, rng.standard_normal((N, K)).astype(np.float32))
-    layout = str(spec.attr("wlayout"))
-    raw = words.view(np.uint8)[: N * K * 2 if layout == layouts.AMX_BF16 else N * K // 32 * 34]
+    packed = fx.packed_words(spec, words)
     x = rng.standard_normal(spec.param("x").shape).astype(np.float32)
-    arrays = {"x": x, "w": layouts.pack(layout, raw, N, K).view(np.uint32)}
+    arrays = {"x": x, "w": packed}
     xr = x.astype(ml_dtypes.bfloat16) if dot else x  # the products' operands: x rounded to bf16 (nearest even)
     xm = xr.astype(np.float64)
     xm = xm if spec.op == "linear" else im2col_np(xm, dict(spec.attrs))
@@ -141,7 +140,7 @@ def test_kernel_reads_the_layout(ex, spec):
     tol = (np.abs(xm) @ np.abs(w).T) * (K + 4) * U32 + 4 * U32 * np.abs(y)
     assert np.all(np.abs(got - y) <= tol), float(np.max(np.abs(got - y) / tol))
     # the stored bytes read row-major would be another matrix
-    if layout == layouts.AMX_BF16:
-        bits = layouts.pack(layout, raw, N, K).view(np.uint16).reshape(N, K)
+    if spec.attr("wlayout") == layouts.AMX_BF16:
+        bits = packed.view(np.uint16)[: N * K].reshape(N, K)
         misread = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
         assert np.abs(xm @ misread.T - y).max() > 100 * tol.max()
