@@ -116,7 +116,7 @@ def _exp2(y, degree: int = 5):
     """2^y of an f32x16 y <= 0 (any finite value): 2^f for f = y - floor(y) in [0, 1) (one ``vreduceps`` where the
     target has AVX512DQ, as every AVX-512 CPU but Xeon Phi does) from ``EXP2_POLY[degree]``, times 2^floor(y) by
     ``vscalefps`` (which takes the floor of its exponent itself), which underflows to exactly 0 (a masked score) and
-    needs no exponent-bit arithmetic."""
+    needs no exponent-bit arithmetic; on AVX2 (no ``vreduceps``, no ``vscalefps``) by floor and exponent bits."""
     zero = splat(0.0, "float32", 16)
     if target_has("avx512dq"):  # imm 9: keep no fraction bits, round down, no precision exception
         f = T.bind(
@@ -131,6 +131,10 @@ def _exp2(y, degree: int = 5):
     for cf in coefs[1:]:
         p = p * f + splat(cf, "float32", 16)
     p = p * f + splat(1.0, "float32", 16)
+    if not target_has("avx512f"):  # AVX2: 2^floor(y) as exponent bits, 0 from 2^-127 down (a masked score: exactly 0)
+        n = T.max(T.floor(y), splat(-127.0, "float32", 16))
+        scale = T.reinterpret("float32x16", T.shift_left(T.Cast("int32x16", n) + T.Broadcast(T.int32(127), 16), 23))
+        return p * scale
     return T.call_llvm_pure_intrin(
         "float32x16", "llvm.x86.avx512.mask.scalef.ps.512", p, y, zero, T.uint16(0xFFFF), T.int32(4)
     )

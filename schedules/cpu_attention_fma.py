@@ -45,31 +45,46 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import over_chunks
 from schedules.cpu_attention_amx import L2_BYTES, MASKED, MAX_DH, _Attention, _row16, _transpose16
-from schedules.cpu_fma import _fma, target_has_avx512
-from schedules.tir_build import prim_func, reduce_vectors, replace_body, splat, vector_regs, vload, vstore
+from schedules.cpu_fma import _fma, target_isa
+from schedules.tir_build import (
+    prim_func,
+    reduce_vectors,
+    replace_body,
+    sixteen_lanes,
+    splat,
+    vector_regs,
+    vload,
+    vstore,
+)
 from sdcompile.kernels.spec import KernelSpec
 
 NQ = 4  # query vectors per task: 64 queries
 KEY_BLOCK = 64  # keys per softmax block: scores 64 x 64 f32 (16 KB) stay in L1 beside q^T
-KR = 4  # keys per scores register tile (KR x NQ accumulators)
-RD = 6  # channels per p.v register tile (RD x NQ accumulators + NQ probability vectors)
-# a prompt's 65 to 80 queries (CLIP's 77 tokens) in one task of 5 query vectors instead of two of 4, the second
-# mostly padding: 80 x 80 scores per head instead of 128 x 80; p.v then in tiles of 4 channels (20 accumulators)
-NQ_SHORT, RD_SHORT = NQ + 1, 4
+# per ISA (``cpu_fma.target_isa``): KR keys per scores register tile and RD channels per p.v register tile, each
+# by QT query vectors (None: all NQ of the task), and RD_SHORT for a prompt's 65 to 80 queries (CLIP's 77 tokens),
+# which run in one task of 5 query vectors instead of two of 4, the second mostly padding (80 x 80 scores per head
+# instead of 128 x 80). AVX-512: KR x NQ and RD x NQ accumulators, 16 to 24 of the 32 zmm (RD_SHORT x 5: 20).
+# AVX2, where a 16-lane vector takes two of its 16 ymm: the query vectors one at a time, 4 keys (8 ymm of sums, 2 of
+# q, 1 broadcast) and 6 channels (12 of sums, 2 of p, 1 broadcast)
+TILES = {
+    "avx512": {"KR": 4, "RD": 6, "RD_SHORT": 4, "QT": None},
+    "avx2": {"KR": 4, "RD": 6, "RD_SHORT": 6, "QT": 1},
+}
+NQ_SHORT = NQ + 1
 UNROLL = 2  # channel steps of q.k per loop iteration
 MIN_QUERIES = 64  # fewer queries: the row kernel of ``cpu.attention`` (64 per task: fewer would be mostly padding)
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
     """``attention`` without bf16 products on the tile unit (the caller tries that first), at least ``MIN_QUERIES``
-    queries, heads of at most ``MAX_DH`` channels, on a CPU with 16 f32 lanes (AVX-512)."""
+    queries, heads of at most ``MAX_DH`` channels, on a CPU with AVX-512 or AVX2 and FMA (``cpu_fma.target_isa``)."""
     return (
         spec.op == "attention"
         and not spec.attr("tiled")
         and int(spec.attr("S")) >= MIN_QUERIES
         and int(spec.attr("Dh")) <= MAX_DH
-        and lanes == 16
-        and target_has_avx512()
+        and sixteen_lanes(lanes)
+        and target_isa() is not None
     )
 
 
@@ -81,7 +96,9 @@ class _AttentionFma(_Attention):
         self.DP = 16 * -(-int(spec.attr("Dh")) // 16)  # channels per packed row of k, v and q^T
         self.QROWS = self.DP  # rows of a task's packed q^T: one per channel
         short = 16 * NQ < int(spec.attr("S")) <= 16 * NQ_SHORT
-        self.NQ, self.RD = (NQ_SHORT, RD_SHORT) if short else (NQ, RD)
+        tiles = TILES[target_isa() or "avx512"]
+        self.KR, self.QT = tiles["KR"], tiles["QT"]
+        self.NQ, self.RD = (NQ_SHORT, tiles["RD_SHORT"]) if short else (NQ, tiles["RD"])
         super().__init__(spec, bufs)
         # f32 k and v are read where they are where the rows a head's keys lie in (every head's channels between
         # them) stay in L2 while the head's queries pass; 16-bit ones, or longer key ranges, are packed once per call
@@ -162,39 +179,45 @@ class _AttentionFma(_Attention):
         # a tail block's keys past T: their probabilities are exactly 0 (p.v skips them), their scores masked
         real = min(nkeys, self.T - key0) if isinstance(key0, int) else nkeys
 
-        acc = vector_regs(KR * nq)  # accumulators
+        # register tiles of KR keys x QT of the NQ query vectors, the query vectors' tiles one after another (on
+        # AVX-512 one tile takes them all)
+        qt_n = self.QT or nq
+        acc = vector_regs(self.KR * qt_n)  # accumulators
         # an unmasked block's max of the raw scores per query vector, taken from the accumulators (no pass over the
         # stored scores for it); a masked block's leaves out the masked keys in the softmax's own pass
         bmx = None if masked else vector_regs(nq)
         if not masked:
             for j in range(nq):
                 vstore(bmx, 16 * j, splat(MASKED, "float32", 16), 16)
-        with T.serial(0, nkeys // KR) as kg:
-            for i in range(KR * nq):
-                vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
+        for j0 in range(0, nq, qt_n):
+            qts = range(j0, min(nq, j0 + qt_n))
+            with T.serial(0, nkeys // self.KR) as kg:
+                for i in range(self.KR * len(qts)):
+                    vstore(acc, 16 * i, splat(0.0, "float32", 16), 16)
 
-            def step(d) -> None:
-                qv = [T.bind(vload(self.qb, qbase + d * self.QB + 16 * j, 16)) for j in range(nq)]
-                for r in range(KR):
-                    key = key0 + kg * KR + r
-                    kv = self.k_operand(key if real == nkeys else T.min(key, self.T - 1), d)  # masked
-                    for j in range(nq):
-                        i = r * nq + j
-                        vstore(acc, 16 * i, self.mac(vload(acc, 16 * i, 16), kv, qv[j]), 16)
+                def step(d, kg=kg, qts=qts) -> None:
+                    qv = [T.bind(vload(self.qb, qbase + d * self.QB + 16 * j, 16)) for j in qts]
+                    for r in range(self.KR):
+                        key = key0 + kg * self.KR + r
+                        kv = self.k_operand(key if real == nkeys else T.min(key, self.T - 1), d)  # masked
+                        for jj in range(len(qts)):
+                            i = r * len(qts) + jj
+                            vstore(acc, 16 * i, self.mac(vload(acc, 16 * i, 16), kv, qv[jj]), 16)
 
-            steps = self.qk_steps()
-            with T.serial(0, steps // UNROLL) as dd:
-                for u in range(UNROLL):
-                    step(dd * UNROLL + u)
-            for d in range(steps // UNROLL * UNROLL, steps):
-                step(d)
-            for r in range(KR):
-                for j in range(nq):
-                    vstore(self.sb, sbase + (kg * KR + r) * self.QB + 16 * j, vload(acc, 16 * (r * nq + j), 16), 16)
-            if not masked:
-                for j in range(nq):
-                    keys = [vload(acc, 16 * (r * nq + j), 16) for r in range(KR)]
-                    vstore(bmx, 16 * j, reduce_vectors(keys + [vload(bmx, 16 * j, 16)], T.max), 16)
+                steps = self.qk_steps()
+                with T.serial(0, steps // UNROLL) as dd:
+                    for u in range(UNROLL):
+                        step(dd * UNROLL + u)
+                for d in range(steps // UNROLL * UNROLL, steps):
+                    step(d)
+                for r in range(self.KR):
+                    for jj, j in enumerate(qts):
+                        at = sbase + (kg * self.KR + r) * self.QB + 16 * j
+                        vstore(self.sb, at, vload(acc, 16 * (r * len(qts) + jj), 16), 16)
+                if not masked:
+                    for jj, j in enumerate(qts):
+                        keys = [vload(acc, 16 * (r * len(qts) + jj), 16) for r in range(self.KR)]
+                        vstore(bmx, 16 * j, reduce_vectors(keys + [vload(bmx, 16 * j, 16)], T.max), 16)
         raw_max = None
         if not masked:
             bm = c * nq * 16
@@ -204,26 +227,28 @@ class _AttentionFma(_Attention):
         self.softmax(key0, nkeys, masked, q0, first, raw_max)
 
         def products(d0, rd: int) -> None:  # channels d0 .. d0 + rd - 1 (rd <= self.RD) for every query
-            acc = vector_regs(rd * nq)
+            acc = vector_regs(rd * qt_n)
 
             def at(e, qt):  # channel d0 + e, query tile qt in the o^T sums
                 d = d0 + e
                 return obase + ((d // 16) * nq + qt) * 256 + (d % 16) * 16
 
-            for e in range(rd):
-                for qt in range(nq):
-                    init = splat(0.0, "float32", 16) if first else vload(self.ob, at(e, qt), 16)
-                    vstore(acc, 16 * (e * nq + qt), init, 16)
-            with T.serial(0, self.pv_steps(real)) as j:
-                pv = [T.bind(self.p_operand(j, qt)) for qt in range(nq)]
+            for j0 in range(0, nq, qt_n):  # register tiles of rd channels x QT query vectors, one after another
+                qts = range(j0, min(nq, j0 + qt_n))
                 for e in range(rd):
-                    vv = self.v_operand(key0, j, d0 + e)
-                    for qt in range(nq):
-                        i = e * nq + qt
-                        vstore(acc, 16 * i, self.mac(vload(acc, 16 * i, 16), vv, pv[qt]), 16)
-            for e in range(rd):
-                for qt in range(nq):
-                    vstore(self.ob, at(e, qt), vload(acc, 16 * (e * nq + qt), 16), 16)
+                    for jj, qt in enumerate(qts):
+                        init = splat(0.0, "float32", 16) if first else vload(self.ob, at(e, qt), 16)
+                        vstore(acc, 16 * (e * len(qts) + jj), init, 16)
+                with T.serial(0, self.pv_steps(real)) as j:
+                    pv = [T.bind(self.p_operand(j, qt)) for qt in qts]
+                    for e in range(rd):
+                        vv = self.v_operand(key0, j, d0 + e)
+                        for jj in range(len(qts)):
+                            i = e * len(qts) + jj
+                            vstore(acc, 16 * i, self.mac(vload(acc, 16 * i, 16), vv, pv[jj]), 16)
+                for e in range(rd):
+                    for jj, qt in enumerate(qts):
+                        vstore(self.ob, at(e, qt), vload(acc, 16 * (e * len(qts) + jj), 16), 16)
 
         rd = self.RD
         if self.Dh // rd:

@@ -18,14 +18,14 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.tir_build import load_f32, narrow_to, parallel_rows, prim_func, replace_body
+from schedules.tir_build import load_f32, narrow_to, parallel_rows, prim_func, replace_body, sixteen_lanes
 from sdcompile.kernels.spec import KernelSpec
 
 TASK_VALUES = 1 << 16  # output values per parallel task at least (fewer cost more in thread wake-ups)
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
-    return spec.op == "concat" and lanes == 16
+    return spec.op == "concat" and sixteen_lanes(lanes)
 
 
 def _copy(x, y, o, start: int, width: int) -> None:

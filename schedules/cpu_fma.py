@@ -91,6 +91,7 @@ from schedules.tir_build import (
     prefetch_outputs,
     prim_func,
     replace_body,
+    sixteen_lanes,
     splat,
     start_sums,
     store_output,
@@ -109,8 +110,11 @@ FLOAT_TYPES = ("f32", "f16", "bf16")
 # holds, as exact as the float weights'
 TYPES = FLOAT_TYPES + quant_vec.TYPES
 FMA = "llvm.fma.v16f32"
-# rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast
-MR_BY_NB = {4: 6, 3: 8, 2: 14, 1: 28}
+# rows of x per register block, by weight vectors per block (NB): MR x NB accumulators, NB weights, one broadcast, in
+# the vector registers of the target's ISA (``target_isa``): 32 zmm with AVX-512; with AVX2 (AMD Zen 3, Intel
+# Haswell to Alder Lake), where LLVM splits every 16-lane vector into two ymm, 16 registers hold 8 of them: 6 rows by
+# one vector, 12 ymm accumulators, 2 for the weights, 1 broadcast (BLIS's Haswell block)
+MR_BY_NB = {"avx512": {4: 6, 3: 8, 2: 14, 1: 28}, "avx2": {1: 6}}
 FROM_ROWS = 32  # fewer rows of x: the tiled schedule is as fast (M 8, 24: equal; M 1: it is 15% faster)
 BY_ROWS_FROM = 1024  # GEMMs with at least this many rows go by rows (M 154 by rows: 25% slower than by weights)
 TASKS = 16  # by weights: parallel tasks to aim for, a few per thread, so uneven ones still balance
@@ -130,16 +134,23 @@ UNROLL = 2  # K steps per loop iteration: two gave +5% over one, four no more
 
 
 def target_has_avx512() -> bool:
-    """Whether the target being built for (or this host's, ``tvm_layer.cpu_target``) has AVX-512F: on AVX2, LLVM
-    would split every 512-bit vector in two and the accumulators would no longer fit the registers."""
+    """Whether the target being built for (or this host's, ``tvm_layer.cpu_target``) has AVX-512F."""
     return target_has("avx512f")
+
+
+def target_isa() -> str | None:
+    """The vector ISA this kernel builds for on the target (a key of ``MR_BY_NB``): "avx512", "avx2" (with FMA3),
+    or None (neither: the tiled schedule of ``cpu.py``)."""
+    if target_has_avx512():
+        return "avx512"
+    return "avx2" if target_has("avx2", "fma") else None
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
     """``linear`` or ``conv2d`` with float weights and f32 products (no ``mma``), N in whole vectors (a conv: its
-    channels too, so a tap's channels are whole vectors), FROM_ROWS rows or more, on a CPU with 16 f32 lanes; weights
-    stored in a layout only as its f32 panels (``reads_panels``)."""
-    if spec.attr("mma") or spec.op not in ("linear", "conv2d") or lanes != 16:
+    channels too, so a tap's channels are whole vectors), FROM_ROWS rows or more, on a CPU with AVX-512 or AVX2 and
+    FMA (``target_isa``); weights stored in a layout only as its f32 panels (``reads_panels``)."""
+    if spec.attr("mma") or spec.op not in ("linear", "conv2d") or not sixteen_lanes(lanes):
         return False
     if spec.op == "conv2d" and int(spec.attr("C")) % 16:
         return False
@@ -147,7 +158,7 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     layout = spec.attr("wlayout")
     if layout and (layout != layouts.FMA_F32 or not reads_panels(spec)):
         return False
-    return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and M >= FROM_ROWS and target_has_avx512()
+    return str(spec.attr("wtype")) in TYPES and N % 16 == 0 and M >= FROM_ROWS and target_isa() is not None
 
 
 def reads_panels(spec: KernelSpec) -> bool:
@@ -162,12 +173,14 @@ def reads_panels(spec: KernelSpec) -> bool:
     )
 
 
-def register_block(N: int) -> tuple[int, int, int, int]:
-    """(NB, MR, NR, NU) for N outputs (a multiple of 16): NB weight vectors per unit (4 where N is a multiple of 64,
-    else 3, 2, 1), MR rows of x per register block (``MR_BY_NB``), NR = 16 NB outputs per unit, NU units."""
+def register_block(N: int, isa: str | None = None) -> tuple[int, int, int, int]:
+    """(NB, MR, NR, NU) for N outputs (a multiple of 16) on ``isa`` (default: the target's): NB weight vectors per
+    unit (the most of ``MR_BY_NB[isa]`` that divides N's vectors: AVX-512 4 where N is a multiple of 64, else 3, 2,
+    1; AVX2 1), MR rows of x per register block, NR = 16 NB outputs per unit, NU units."""
+    mr_by_nb = MR_BY_NB[isa or target_isa() or "avx512"]
     NT = N // 16
-    NB = next(nb for nb in (4, 3, 2, 1) if NT % nb == 0)
-    return NB, MR_BY_NB[NB], 16 * NB, NT // NB
+    NB = max(nb for nb in mr_by_nb if NT % nb == 0)
+    return NB, mr_by_nb[NB], 16 * NB, NT // NB
 
 
 def l1_passes(KV: int, NR: int) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.tir_build import load_f32, parallel_rows, prim_func, replace_body, store_run
+from schedules.tir_build import load_f32, parallel_rows, prim_func, replace_body, sixteen_lanes, store_run
 from sdcompile.kernels.linear import activation
 from sdcompile.kernels.spec import KernelSpec
 
@@ -24,8 +24,8 @@ TASK_VALUES = 1 << 16  # output values per parallel task at least (fewer cost mo
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
-    """``geglu`` with F in whole vectors on a 16-lane CPU."""
-    return spec.op == "geglu" and lanes == 16 and int(spec.attr("F")) % 16 == 0
+    """``geglu`` with F in whole vectors on an AVX-512 or AVX2 CPU (``tir_build.sixteen_lanes``)."""
+    return spec.op == "geglu" and sixteen_lanes(lanes) and int(spec.attr("F")) % 16 == 0
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

@@ -44,6 +44,7 @@ from schedules.tir_build import (
     load_f32,
     prim_func,
     replace_body,
+    sixteen_lanes,
     splat,
     store_run,
     vector_regs,
@@ -59,8 +60,8 @@ MIN_TASKS = 8  # chunks per image at least where there are pixels enough, so tha
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
-    """``group_norm`` with channels in whole vectors on a 16-lane CPU."""
-    return spec.op == "group_norm" and lanes == 16 and int(spec.attr("C")) % 16 == 0
+    """``group_norm`` with channels in whole vectors on an AVX-512 or AVX2 CPU (``tir_build.sixteen_lanes``)."""
+    return spec.op == "group_norm" and sixteen_lanes(lanes) and int(spec.attr("C")) % 16 == 0
 
 
 def chunking(N: int) -> tuple[int, int]:

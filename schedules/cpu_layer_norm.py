@@ -24,6 +24,7 @@ from schedules.tir_build import (
     prim_func,
     reduce_vectors,
     replace_body,
+    sixteen_lanes,
     splat,
     store_run,
     vector_regs,
@@ -37,8 +38,8 @@ SUMS = 4  # partial sums per pass: four vector adds in flight instead of one cha
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
-    """``layer_norm`` with D in whole groups of SUMS vectors on a 16-lane CPU."""
-    return spec.op == "layer_norm" and lanes == 16 and int(spec.attr("D")) % (16 * SUMS) == 0
+    """``layer_norm`` with D in whole groups of SUMS vectors on an AVX-512 or AVX2 CPU (``tir_build.sixteen_lanes``)."""
+    return spec.op == "layer_norm" and sixteen_lanes(lanes) and int(spec.attr("D")) % (16 * SUMS) == 0
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:

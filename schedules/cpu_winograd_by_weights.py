@@ -55,8 +55,10 @@ from sdcompile.kernels.spec import KernelSpec
 MAX_TILES = 128  # more: cpu_winograd (its U per call amortised over the tiles; see the measurements above)
 MIN_TILES = 16  # 2x2 tiles per call at least: with fewer, tile vectors are mostly padding
 UNIT_ROWS = 64  # output channels per task (N in whole units)
-MR_BY_NB = {1: 16, 2: 8}  # output channels per register block (broadcast) by vectors of tiles: 16 accumulators
-MAX_NB = 2  # vectors of tiles per register block: more tiles run as groups of them
+# output channels per register block (broadcast) by vectors of tiles, per ISA (``cpu_fma.target_isa``): AVX-512 16
+# accumulators of its 32 zmm; AVX2 8 ymm of its 16 (4 rows: UNIT_ROWS in whole blocks, and 6, the GEMM's, does
+# not divide it); the most vectors of tiles per block is the largest key: more tiles run as groups of them
+MR_BY_NB = {"avx512": {1: 16, 2: 8}, "avx2": {1: 4}}
 KC = 128  # input channels per pass: the pass's U (16 x UNIT_ROWS x KC f32, 512 KB) stays in L2
 MIN_CHANNELS = 256  # in and out at least: 4 tasks or more (SD1.5's convs here have 640 to 2560; fewer, not measured)
 
@@ -83,10 +85,11 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
         """By output channels (in place of ``cpu_winograd``'s plan by groups of tiles)."""
         # the swapped GEMM's shape: MR output channels (rows, broadcast) x NB vectors of tiles (NR columns)
         vectors = -(-self.T // 16)
-        self.NB = min(vectors, MAX_NB)
+        mr_by_nb = MR_BY_NB[cpu_fma.target_isa() or "avx512"]
+        self.NB = min(vectors, max(mr_by_nb))
         self.TG = -(-vectors // self.NB)  # groups of NB tile vectors, each with its own V^T and M
         self.NR = 16 * self.NB
-        self.MR = MR_BY_NB[self.NB]
+        self.MR = mr_by_nb[self.NB]
         self.UR = UNIT_ROWS
         self.NU = self.N // self.UR
         # K in words (f32 values, or bf16 pairs: ``cpu_winograd_dot``'s PER_WORD), in passes of about KC channels,

@@ -159,6 +159,13 @@ def load_f32(buf, idx: list, lanes: int = 1):
     return widen(buf[tuple(idx)] if len(idx) > 1 else buf[idx[0]], lanes)
 
 
+def sixteen_lanes(lanes: int) -> bool:
+    """Whether the kernels written in 16-lane f32 vectors (``cpu_fma`` and the others that ask) build well for a CPU
+    of ``lanes`` f32 lanes (``tvm_layer.cpu_info``): AVX-512's 16, one zmm per vector, or AVX2's 8, where LLVM splits
+    each vector into two ymm (the register-blocked kernels size their blocks to the 16 ymm: ``cpu_fma.MR_BY_NB``)."""
+    return lanes in (8, 16)
+
+
 def vector_regs(count: int):
     """``count`` f32x16 vectors in an LLVM alloca, which LLVM keeps in registers where every index into it is a
     constant (TVM would turn an allocation inside a parallel loop into a runtime workspace call)."""

@@ -7,6 +7,7 @@ geometry out of the lowered host code, compiling and exporting — goes through 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -70,7 +71,7 @@ def host_amx() -> bool:
     global _HOST_AMX
     if _HOST_AMX is None:
         _HOST_AMX = _probe_amx()
-    return _HOST_AMX and os.environ.get("SDCOMPILE_NO_AMX", "") in ("", "0")
+    return _HOST_AMX and os.environ.get("SDCOMPILE_NO_AMX", "") in ("", "0") and not mcpu_override()
 
 
 _HOST_AMX: bool | None = None
@@ -121,11 +122,20 @@ def _cpuinfo(field: str) -> str:
 
 
 def _cpu_flags() -> list[str]:
-    return _cpuinfo("flags").split()
+    """This CPU's feature flags; none where ``SDCOMPILE_MCPU`` names the CPU to build for: its own optional units
+    (AMX, AVX512_BF16, VNNI) then stay unused, as on a CPU that has only what LLVM's model of that one has."""
+    return [] if mcpu_override() else _cpuinfo("flags").split()
+
+
+def mcpu_override() -> str:
+    """``SDCOMPILE_MCPU``: LLVM's name of a CPU to build the kernels for instead of this one (``haswell`` or
+    ``znver3``: AVX2 without AVX-512), so that an artifact runs on an older CPU than the compiling one, and the
+    kernels of such a CPU can be tested on a newer one; "" when unset."""
+    return os.environ.get("SDCOMPILE_MCPU", "")
 
 
 def _probe_amx() -> bool:
-    if not {"amx_tile", "amx_int8"} <= set(_cpu_flags()):
+    if not {"amx_tile", "amx_int8"} <= set(_cpuinfo("flags").split()):
         return False
     import ctypes
 
@@ -166,6 +176,7 @@ def cpu_requires(target: dict) -> list[str]:
 
 
 def cpu_target(mcpu: str | None = None, num_cores: int | None = None) -> dict:
+    mcpu = mcpu or mcpu_override() or None
     t: dict = {"kind": "llvm", "mcpu": mcpu or system_cpu()}
     if mcpu is None:
         # LLVM's host detection names a VM's CPU after the nearest model it knows ("rocketlake" here), which may
@@ -216,11 +227,19 @@ def scheduled_module(
 ) -> tvm.IRModule:
     """One IRModule holding every spec's PrimFunc, scheduled for ``kind`` ("cpu" or "gpu"); ``target`` (the CPU
     target dict) tunes the CPU schedules to its vector registers."""
-    from schedules import apply
-
-    info = cpu_info(target or cpu_target()) if kind == "cpu" else None
+    cpu = target or cpu_target()
+    info = cpu_info(cpu) if kind == "cpu" else None
     records = _RECORDS.get() or {}
     funcs = {}
+    # the CPU schedules ask the target being built what it has (``schedules.cpu_amx.target_has``): the one given
+    with tvm.target.Target(cpu) if kind == "cpu" else contextlib.nullcontext():
+        _schedule_all(specs, kind, info, records, funcs, progress)
+    return tvm.IRModule(funcs)
+
+
+def _schedule_all(specs, kind: str, info, records: Mapping[str, dict], funcs: dict, progress) -> None:
+    from schedules import apply
+
     for i, spec in enumerate(sorted(set(specs), key=lambda s: s.name)):
         if progress:
             progress(i, f"scheduling {spec.name}")
@@ -232,7 +251,6 @@ def scheduled_module(
         sch.work_on(spec.name)
         apply(sch, spec, kind, info)
         funcs[spec.name] = sch.mod[spec.name]
-    return tvm.IRModule(funcs)
 
 
 # --- tuning records (``sdcompile tune``; ``sdcompile.tuning.records``) ---------------------------------------------

@@ -26,21 +26,45 @@ def vulkan_marks() -> list:
     ]
 
 
-def built_fixture(target: str, specs: Callable[[], list] | list, name: str, env: dict[str, str] | None = None):
-    """A module-scoped fixture: (directory, build description) of ``specs`` built for ``target``, with the
-    environment variables ``env`` set during the build (``SDCOMPILE_NO_AMX``: test the paths AMX would take over)."""
+# The vector ISAs the 16-lane CPU kernels build for (``schedules.cpu_fma.target_isa``), each as the environment of
+# its build: the host's AVX-512, and AVX2 as LLVM's Haswell (``SDCOMPILE_MCPU``), which every x86-64 machine with
+# AVX2 runs, so that the AVX2 kernels are checked on AVX-512 machines too (and the AVX-512 ones skip on AVX2 ones)
+ISA_BUILDS = {"avx512": {}, "avx2": {"SDCOMPILE_MCPU": "haswell"}}
 
-    @pytest.fixture(scope="module")
-    def built(tmp_path_factory):
+
+def built_fixture(
+    target: str, specs: Callable[[], list] | list, name: str, env: dict[str, str] | None = None, isas: bool = False
+):
+    """A module-scoped fixture: (directory, build description) of ``specs`` built for ``target``, with the
+    environment variables ``env`` set during the build (``SDCOMPILE_NO_AMX``: test the paths AMX would take over);
+    with ``isas``, once per ``ISA_BUILDS`` entry this host can run (the tests that use it run once per build)."""
+
+    @pytest.fixture(scope="module", params=list(ISA_BUILDS) if isas else [None])
+    def built(request, tmp_path_factory):
         from sdcompile.codegen.build import build_kernels
 
+        isa = request.param
+        if isa is not None:
+            skip_unless_host_runs(isa)
         out = tmp_path_factory.mktemp(name)
         with pytest.MonkeyPatch.context() as mp:
-            for k, v in (env or {}).items():
+            for k, v in {**(env or {}), **(ISA_BUILDS[isa] if isa else {})}.items():
                 mp.setenv(k, v)
             return out, build_kernels(specs() if callable(specs) else specs, target, out)
 
     return built
+
+
+def skip_unless_host_runs(isa: str) -> None:
+    """Skip unless this host runs code built for ``isa`` ("avx512": the host's own build takes the AVX-512 kernels;
+    "avx2": the host has AVX2 and FMA)."""
+    from schedules import cpu_fma
+    from sdcompile.codegen import tvm_layer
+
+    if isa == "avx512" and cpu_fma.target_isa() != "avx512":
+        pytest.skip("needs a CPU with AVX-512")
+    if isa == "avx2" and not {"avx2", "fma"} <= set(tvm_layer._cpuinfo("flags").split()):
+        pytest.skip("needs a CPU with AVX2 and FMA")
 
 
 def executor_fixture(target: str):

@@ -29,7 +29,9 @@ from tests.kernels.test_attention_amx_bf16 import (
     score_error_max,
 )
 
-pytestmark = pytest.mark.skipif(not cpu_attention_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
+pytestmark = pytest.mark.skipif(
+    cpu_attention_fma.target_isa() is None, reason="needs a CPU with AVX-512 or AVX2 and FMA"
+)
 
 U = 2.0**-24
 CODE = {"float16": "h", "bfloat16": "b"}
@@ -57,7 +59,7 @@ def _spec(B, S, T, H, Dh, causal, dtype):
 
 
 SPECS = [_spec(*c) for c in CASES]
-built = fx.built_fixture("cpu", lambda: SPECS, "attention_fma")
+built = fx.built_fixture("cpu", lambda: SPECS, "attention_fma", isas=True)
 ex = fx.executor_fixture("cpu")
 
 
@@ -84,7 +86,7 @@ def test_dispatch(built):
     """From 64 queries on this kernel, fewer the row kernel; the build says which."""
     for spec in SPECS:
         assert cpu_attention_fma.applicable(spec, 16), spec.name
-        assert not cpu_attention_fma.applicable(spec, 8)  # AVX2: the row kernel
+        assert cpu_attention_fma.applicable(spec, 8) and not cpu_attention_fma.applicable(spec, 4)  # AVX2; SSE: rows
     short = KernelSpec.make("attention", B=1, S=cpu_attention_fma.MIN_QUERIES - 1, T=77, H=12, Dh=64, causal=True)
     assert not cpu_attention_fma.applicable(short, 16)
     wide = KernelSpec.make("attention", B=1, S=256, T=256, H=1, Dh=cpu_attention_fma.MAX_DH + 8, causal=False)

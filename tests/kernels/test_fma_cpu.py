@@ -19,7 +19,7 @@ from sdcompile.ir.ops import gelu_np, im2col_np, quick_gelu_np, silu_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from tests.kernels import fixtures as fx
 
-pytestmark = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
+pytestmark = pytest.mark.skipif(cpu_fma.target_isa() is None, reason="needs a CPU with AVX-512 or AVX2 and FMA")
 
 U32 = 2.0**-24
 HALF_ULP = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
@@ -40,6 +40,7 @@ CASES = [
     ),  # bf16 activations (x, res and y)
     # K passes by weights (the unit over UNIT_L2_BYTES), the last one shorter
     ("linear", {"M": 40, "N": 64, "K": 4200, "wtype": "f16", **EPI}),
+    ("linear", {"M": 130, "N": 32, "K": 16640, "wtype": "f16", **EPI}),  # the same for AVX2's units of 16 rows
     # by rows (M >= BY_ROWS_FROM)
     ("linear", {"M": 1030, "N": 192, "K": 200, "wtype": "f16", "bias": True, "residual": True, "act": "gelu"}),
     ("linear", {"M": 1100, "N": 48, "K": 37, "wtype": "bf16", **EPI, "dt": "hh"}),
@@ -102,7 +103,7 @@ DECODE = [
 
 # without AMX, which would take the quant types (``cpu_amx``), as on AMD Zen 4
 NO_AMX = {"SDCOMPILE_NO_AMX": "1"}
-built = fx.built_fixture("cpu", lambda: SPECS + [NAN, NAN_SWAPPED] + DECODE + PANELS, "fma_cpu", NO_AMX)
+built = fx.built_fixture("cpu", lambda: SPECS + [NAN, NAN_SWAPPED] + DECODE + PANELS, "fma_cpu", NO_AMX, isas=True)
 ex = fx.executor_fixture("cpu")
 
 
@@ -110,8 +111,8 @@ def test_dispatch():
     from schedules import cpu_bf16_dot
 
     for spec in SPECS + [NAN]:
-        assert cpu_fma.applicable(spec, 16), spec.name
-        assert not cpu_fma.applicable(spec, 8)  # AVX2: the tiled schedule
+        assert cpu_fma.applicable(spec, 16) and cpu_fma.applicable(spec, 8), spec.name  # AVX-512, AVX2
+        assert not cpu_fma.applicable(spec, 4)  # SSE: the tiled schedule
     nests = {(g.by_rows, g.passes > 1, g.KR % g.KC > 0) for g in (cpu_fma._FmaGemm(s, {}) for s in SPECS)}
     assert sum(g.swap for g in (cpu_fma._FmaGemm(s, {}) for s in SPECS)) >= 4
     # both loop nests, K in one pass and in several, a short last pass
@@ -134,6 +135,7 @@ def test_dispatch():
 def test_code_uses_zmm_fma():
     """The products are 512-bit FMAs with accumulators in registers: the register block's MR x NB
     ``vfmadd231ps`` on zmm registers, none of them with a memory destination (an accumulator spilled)."""
+    fx.skip_unless_host_runs("avx512")
     spec = SPECS[0]
     target = tvm_layer.cpu_target()
     asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
@@ -141,6 +143,20 @@ def test_code_uses_zmm_fma():
     zmm = [f for f in fmas if f.count("%zmm") == 3]
     assert len(zmm) >= cpu_fma.UNROLL * 24, len(zmm)
     assert "vbroadcastss" in asm
+
+
+def test_code_uses_ymm_fma_on_avx2():
+    """Built for an AVX2 CPU (LLVM's Haswell, whatever this host is), each 16-lane vector is two ymm and the
+    register block is 6 rows by one vector (``MR_BY_NB["avx2"]``): 12 accumulators, all in registers, so every
+    ``vfmadd231ps`` of the block names three ymm registers (a spilled accumulator would make it read memory), and
+    no zmm register appears."""
+    spec = SPECS[0]
+    target = tvm_layer.cpu_target("haswell")
+    asm = tvm_layer.compile_cpu(tvm_layer.scheduled_module([spec], "cpu", target), target).mod.inspect_source("asm")
+    fmas = [ln.split("#")[0].strip() for ln in asm.splitlines() if "vfmadd231ps" in ln]
+    assert sum(f.count("%ymm") == 3 for f in fmas) >= cpu_fma.UNROLL * 12, len(fmas)
+    assert "%zmm" not in asm and "vbroadcastss" in asm
+    assert cpu_fma.register_block(128, "avx2") == (1, 6, 16, 8)
 
 
 @pytest.mark.parametrize("wtype", ["f16", "q8_0"])
@@ -203,6 +219,9 @@ def test_panel_layout_dispatch():
     read as x's), and no other layout; a weight of a unit narrower than 64 rows or another type is not read so."""
     from sdcompile.kernels import layouts
 
+    if cpu_fma.target_isa() != "avx512":  # AVX2's units are 16 rows: it never reads them (pack_weights asks)
+        assert not any(cpu_fma.reads_panels(spec) for spec in PANELS)
+        return
     nests = set()
     for spec in PANELS:
         assert cpu_fma.applicable(spec, 16) and cpu_fma.reads_panels(spec), spec.name
@@ -329,7 +348,10 @@ def test_pass_outer_equals_unit_outer(tmp_path, monkeypatch):
 
     spec = KernelSpec.make("linear", M=1024, N=320, K=400, wtype="f16", bias=True, residual=True, act="gelu")
     arrays, _ = _inputs(spec, np.random.default_rng(5))
-    monkeypatch.setattr(cpu_fma, "PANEL_BYTES", 3 * 4 * 64 * 400)  # 3 units per block: 3 + 2
+    NR = cpu_fma.register_block(320)[2]  # AVX-512 units of 64 rows, AVX2 of 16: the same plan scaled by NR / 64
+    units = 320 // NR
+    monkeypatch.setattr(cpu_fma, "PANEL_BYTES", -(-units // 2) * 4 * NR * 400)  # AVX-512 3 units per block: 3 + 2
+    monkeypatch.setattr(cpu_fma, "L1_BYTES", cpu_fma.L1_BYTES * NR // 64)  # 144 values of K per pass: 3 passes
     results = []
     for group_bytes, outer in ((cpu_fma.GROUP_L2_BYTES, False), (0, True)):
         monkeypatch.setattr(cpu_fma, "GROUP_L2_BYTES", group_bytes)
@@ -349,10 +371,12 @@ def test_unit_groups_equal_single_units(tmp_path, monkeypatch):
 
     spec = KernelSpec.make("conv2d", B=1, H=12, W=16, C=64, N=320, wtype="f16", bias=True, residual=True, **CONV3)
     arrays, _ = _inputs(spec, np.random.default_rng(4))
-    monkeypatch.setattr(cpu_fma, "L1_BYTES", 64 * 4 * 64)  # 64 values of K per pass: 9 passes
+    NR = cpu_fma.register_block(320)[2]  # AVX-512 units of 64 rows (5), AVX2 of 16 (20): the plan scaled to them
+    monkeypatch.setattr(cpu_fma, "L1_BYTES", 64 * 4 * NR)  # 64 values of K per pass: 9 passes
     monkeypatch.setattr(cpu_fma, "UNIT_L2_BYTES", 0)  # no unit in one pass
+    monkeypatch.setattr(cpu_fma, "TASKS", 16 * 320 // NR // 5)  # two ranges of row panels (AVX-512: as built in)
     results = []
-    for slice_bytes, tasks, groups in ((1 << 40, 4, 5), (0, 6, 3)):
+    for slice_bytes, tasks, groups in ((1 << 40, 4, 320 // NR), (0, 6, 3)):
         monkeypatch.setattr(cpu_fma, "X_SLICE_BYTES", slice_bytes)
         monkeypatch.setattr(cpu_fma, "UNIT_TASKS", tasks)
         monkeypatch.setattr(build, "_BUILT", {})

@@ -37,7 +37,7 @@ def test_dispatch():
 
     assert all(schedules.cpu_rule(s, CpuInfo()) is cpu_geglu.geglu for s in SPECS)
     assert not cpu_geglu.applicable(KernelSpec.make("geglu", M=4, F=40), 16)  # not whole vectors: the TE schedule
-    assert not cpu_geglu.applicable(SPECS[0], 8)
+    assert cpu_geglu.applicable(SPECS[0], 8) and not cpu_geglu.applicable(SPECS[0], 4)  # AVX2 too; SSE: TE
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

@@ -36,7 +36,7 @@ def test_dispatch():
 
     assert all(schedules.cpu_rule(s, CpuInfo()) is cpu_layer_norm.layer_norm for s in SPECS)
     assert not cpu_layer_norm.applicable(KernelSpec.make("layer_norm", M=4, D=96, eps=1e-5), 16)  # the TE schedule
-    assert not cpu_layer_norm.applicable(SPECS[0], 8)
+    assert cpu_layer_norm.applicable(SPECS[0], 8) and not cpu_layer_norm.applicable(SPECS[0], 4)  # SSE: TE
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

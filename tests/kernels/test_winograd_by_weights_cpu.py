@@ -12,7 +12,7 @@ from sdcompile.kernels.spec import KernelSpec
 from tests.kernels import fixtures as fx
 from tests.kernels.test_winograd_cpu import CONV3, EPI, check_within_the_winograd_bound
 
-pytestmark = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
+pytestmark = pytest.mark.skipif(cpu_fma.target_isa() is None, reason="needs a CPU with AVX-512 or AVX2 and FMA")
 
 CASES = [
     # SD1.5's 8x8 level with guidance (32 tiles, two vectors of them), 2 passes of 128 channels
@@ -33,7 +33,7 @@ CASES = [
 SPECS = [KernelSpec.make("conv2d", **CONV3, **a) for a in CASES]
 
 # without AMX, whose int8 tile kernel would take the quant type (``cpu_amx``), as on AMD Zen 4
-built = fx.built_fixture("cpu", SPECS, "winograd_by_weights_cpu", {"SDCOMPILE_NO_AMX": "1"})
+built = fx.built_fixture("cpu", SPECS, "winograd_by_weights_cpu", {"SDCOMPILE_NO_AMX": "1"}, isas=True)
 ex = fx.executor_fixture("cpu")
 
 
@@ -45,9 +45,10 @@ def test_dispatch(monkeypatch):
     for spec in SPECS:
         assert cpu_winograd_by_weights.applicable(spec, 16), spec.name
         assert schedules.cpu_rule(spec, CpuInfo()) is cpu_winograd_by_weights.linear, spec.name
-        assert not cpu_winograd_by_weights.applicable(spec, 8)  # AVX2: no FMA kernel at all
+        assert cpu_winograd_by_weights.applicable(spec, 8) and not cpu_winograd_by_weights.applicable(spec, 4)
     w = [cpu_winograd_by_weights._WinogradByWeights(s, {}) for s in SPECS]
-    assert {x.NB for x in w} == {1, 2} and max(x.TG for x in w) > 1  # one and several groups of tiles
+    # one and several groups of tiles (AVX2: blocks of one vector)
+    assert {x.NB for x in w} == set(cpu_winograd_by_weights.MR_BY_NB[cpu_fma.target_isa()]) and max(x.TG for x in w) > 1
     assert any(x.passes > 1 and x.C % x.KC for x in w)  # a short last pass
     base = {"B": 2, "H": 8, "W": 8, "C": 1280, "N": 1280, "wtype": "f16", **EPI}
     assert cpu_winograd_by_weights.applicable(KernelSpec.make("conv2d", **CONV3, **base), 16)

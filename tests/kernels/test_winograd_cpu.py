@@ -21,7 +21,7 @@ from sdcompile.ir.ops import im2col_np, silu_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from tests.kernels import fixtures as fx
 
-pytestmark = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
+pytestmark = pytest.mark.skipif(cpu_fma.target_isa() is None, reason="needs a CPU with AVX-512 or AVX2 and FMA")
 
 U32 = 2.0**-24
 HALF_ULP = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
@@ -34,9 +34,10 @@ CASES = [
     {"B": 2, "H": 15, "W": 17, "C": 64, "N": 80, "wtype": "f16", "bias": False, "residual": True, "dt": "hhh"},
     # C = 320: K in three passes, the last one shorter; bf16 weights and activations
     {"B": 1, "H": 24, "W": 23, "C": 320, "N": 64, "wtype": "bf16", **EPI, "residual": True, "dt": "bbb"},
-    # several panel blocks (U of one unit: 2.6 MB; 7 units), the SiLU epilogue (144 tiles: up to 128 Winograd by
-    # output channels takes them, ``cpu_winograd_by_weights``)
-    {"B": 2, "H": 16, "W": 18, "C": 640, "N": 448, "wtype": "f16", **EPI, "act": "silu"},
+    # several panel blocks (AVX-512: U of one unit 2.8 MB, 7 units), the SiLU epilogue (144 tiles: up to 128
+    # Winograd by output channels takes them, ``cpu_winograd_by_weights``); C = 688, 43 vectors: a short last pass
+    # for AVX2's units of 16 rows too (2 passes of 352 and 336 channels)
+    {"B": 2, "H": 16, "W": 18, "C": 688, "N": 448, "wtype": "f16", **EPI, "act": "silu"},
     # GGUF types decoded into U (``quant_vec``)
     {"B": 1, "H": 32, "W": 32, "C": 64, "N": 64, "wtype": "q8_0", **EPI},
     {"B": 1, "H": 32, "W": 30, "C": 256, "N": 64, "wtype": "q4_k", **EPI},
@@ -48,7 +49,7 @@ CASES = [
 SPECS = [KernelSpec.make("conv2d", **CONV3, **a) for a in CASES]
 
 # without AMX, which would take the quant types (``cpu_amx``), as on AMD Zen 4
-built = fx.built_fixture("cpu", SPECS, "winograd_cpu", {"SDCOMPILE_NO_AMX": "1"})
+built = fx.built_fixture("cpu", SPECS, "winograd_cpu", {"SDCOMPILE_NO_AMX": "1"}, isas=True)
 ex = fx.executor_fixture("cpu")
 
 
@@ -71,7 +72,7 @@ def test_dispatch():
 
     for spec in SPECS:
         assert cpu_winograd.applicable(spec, 16), spec.name
-        assert not cpu_winograd.applicable(spec, 8)  # AVX2: no FMA kernel at all
+        assert cpu_winograd.applicable(spec, 8) and not cpu_winograd.applicable(spec, 4)  # AVX2 too; SSE: none
     g = [cpu_winograd._WinogradConv(s, {}) for s in SPECS]
     assert {w.m for w in g} == {2, 4}
     assert any(w.passes > 1 and w.KR % w.KC for w in g)  # a short last pass
