@@ -1,5 +1,6 @@
-"""CPU attention in f32 on AVX-512 FMAs: flash attention for ``attention`` with f32 products (``compile`` without
-``--compute bf16``, and with it on CPUs without AMX-BF16, whose tile unit ``cpu_attention_amx`` needs).
+"""CPU attention in f32 on AVX-512 or AVX2 FMAs (register tiles per ISA: ``TILES``): flash attention for
+``attention`` with f32 products (``compile`` without ``--compute bf16``, and with it on CPUs without AMX-BF16, whose
+tile unit ``cpu_attention_amx`` needs).
 
 The layout and the online softmax are ``cpu_attention_amx``'s (its ``_Attention``): the work runs transposed, 16
 queries in a vector's lanes, so that the softmax is plain vertical vector work; only the two products differ, here

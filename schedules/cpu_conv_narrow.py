@@ -1,5 +1,5 @@
 """CPU convolution with few output channels (fewer than 16: an SD VAE's last conv, 128 -> 3 channels at the image's
-size, and a UNet's, 320 -> 4), on AVX-512 FMAs as dot products over the input channels.
+size, and a UNet's, 320 -> 4), on AVX-512 or AVX2 FMAs as dot products over the input channels.
 
 The GEMM kernels put the output channels in a vector's lanes (or in tiles of 16), so at 3 channels 13 of every 16
 lanes would be padding, and none of them applies (N is not a multiple of 16): the tiled schedule ran these convs at
@@ -23,13 +23,13 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_amx import target_has
-from schedules.cpu_fma import TYPES, _fma, weight_vec, weight_views
+from schedules.cpu_fma import TYPES, _fma, target_isa, weight_vec, weight_views
 from schedules.tir_build import (
     hsum,
     load_f32,
     prim_func,
     replace_body,
+    sixteen_lanes,
     splat,
     store_output,
     vector_regs,
@@ -39,19 +39,21 @@ from schedules.tir_build import (
 from sdcompile.kernels.spec import KernelSpec, conv_geometry
 
 MAX_N = 15  # output channels at most (from 16 on, the GEMM kernels take the conv)
-PAIR_N = 8  # two pixels at a time up to this many output channels (2 N accumulators, 2 x vectors, one weight)
+# two pixels at a time up to this many output channels (2 N accumulators, 2 x vectors, one weight), per ISA
+# (``cpu_fma.target_isa``): AVX-512's 32 zmm, AVX2's 16 ymm, two per vector (N = 3: 12 of sums, 4 of x)
+PAIR_N = {"avx512": 8, "avx2": 3}
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
     """``conv2d`` with at most ``MAX_N`` output channels, input channels in whole vectors, a weight type the f32
-    kernels decode, on a CPU with 16 f32 lanes (AVX-512)."""
+    kernels decode, on a CPU with AVX-512 or AVX2 and FMA (``cpu_fma.target_isa``)."""
     return (
         spec.op == "conv2d"
         and int(spec.attr("N")) <= MAX_N
         and int(spec.attr("C")) % 16 == 0
         and str(spec.attr("wtype")) in TYPES
-        and lanes == 16
-        and target_has("avx512f")
+        and sixteen_lanes(lanes)
+        and target_isa() is not None
     )
 
 
@@ -66,7 +68,7 @@ class _NarrowConv:
         self.B = int(spec.attr("B"))
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
-        self.P = 2 if self.N <= PAIR_N else 1  # pixels per step
+        self.P = 2 if self.N <= PAIR_N[target_isa() or "avx512"] else 1  # pixels per step
 
     def build(self) -> None:
         self.wviews = weight_views(self.wtype, self.bufs["w"])

@@ -1,5 +1,5 @@
-"""CPU GEMM in f32 on AVX-512 FMAs: ``linear`` and ``conv2d`` with float weights (f32, f16, bf16) or the GGUF types
-``quant_vec`` decodes, and f32 products (no ``mma``: ``compile`` without ``--compute bf16``), register-blocked as
+"""CPU GEMM in f32 on AVX-512 or AVX2 FMAs: ``linear`` and ``conv2d`` with float weights (f32, f16, bf16) or the GGUF
+types ``quant_vec`` decodes, and f32 products (no ``mma``: ``compile`` without ``--compute bf16``), register-blocked as
 BLIS's micro-kernels are, for GEMMs of ``FROM_ROWS`` rows or more (fewer: the tiled schedule of ``cpu.py`` is as fast).
 Quantized weights are decoded into the same f32 panel, bit-exact with gguf's dequantize, so their products are as
 exact as the float weights'. Where AMX is there it takes the quant types first (``cpu_amx``); without it (AMD Zen 4)
@@ -13,7 +13,9 @@ stores). x is prepared as f32 rows of KR values (K rounded up to 16, zeros after
 tap at a time: one bounds check, then the tap's channels), rows past M zeros up to a whole row panel.
 
 Register block: MR rows of x by NB weight vectors, MR x NB f32 accumulators (6 x 4, 8 x 3, 14 x 2, 28 x 1: 24 to 28
-of the 32 zmm registers), NB weight vectors and one broadcast. Per step of K, NB vector loads, MR broadcasts of one
+of the 32 zmm registers), NB weight vectors and one broadcast. On AVX2 (``MR_BY_NB["avx2"]``: AMD Zen 3, Intel
+Haswell to Alder Lake) the same code in 16-lane vectors, which LLVM splits into pairs of ymm: 6 x 1, 12 of the 16
+ymm registers (the units then 16 rows; everything else as here). Per step of K, NB vector loads, MR broadcasts of one
 x value each (``vbroadcastss``) and MR x NB ``vfmadd231ps``; two steps per loop iteration (+5% over one). After
 the last step the sums leave the registers through the fused epilogue (``tir_build.store_output_vec``: bias,
 activation, residual, the output's storage type) on vectors of 16 consecutive outputs. Summation is plain f32, k in

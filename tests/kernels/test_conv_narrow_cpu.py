@@ -17,7 +17,7 @@ from sdcompile.ir.ops import im2col_np
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
 from tests.kernels import fixtures as fx
 
-pytestmark = pytest.mark.skipif(not cpu_fma.target_has_avx512(), reason="needs a CPU with AVX-512")
+pytestmark = pytest.mark.skipif(cpu_fma.target_isa() is None, reason="needs a CPU with AVX-512 or AVX2 and FMA")
 
 U32 = 2.0**-24
 HALF_ULP = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
@@ -31,7 +31,7 @@ CASES = [
     {"B": 1, "H": 8, "W": 8, "C": 32, "N": 3, "wtype": "f16", **CONV3, "bias": True, "residual": False, "mma": "bf16"},
 ]
 SPECS = [KernelSpec.make("conv2d", **a) for a in CASES]
-built = fx.built_fixture("cpu", lambda: SPECS, "conv_narrow_cpu")
+built = fx.built_fixture("cpu", lambda: SPECS, "conv_narrow_cpu", isas=True)
 ex = fx.executor_fixture("cpu")
 
 
@@ -41,7 +41,7 @@ def test_dispatch():
     base = CASES[0]
     for why, change in (("16 channels: the GEMM kernels'", {"N": 16}), ("channels not in vectors", {"C": 8})):
         assert not cpu_conv_narrow.applicable(KernelSpec.make("conv2d", **(base | change)), 16), why
-    assert not cpu_conv_narrow.applicable(SPECS[0], 8)  # AVX2: the tiled schedule
+    assert cpu_conv_narrow.applicable(SPECS[0], 8) and not cpu_conv_narrow.applicable(SPECS[0], 4)  # AVX2; SSE
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])

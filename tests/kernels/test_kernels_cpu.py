@@ -153,3 +153,26 @@ def test_exp_is_vector_code_within_an_ulp():
     ulp = np.maximum(np.spacing(ref32[finite]), np.float32(2.0**-149)).astype(np.float64)
     err = np.abs(got[finite] - ref[finite]) / ulp
     assert err.max() <= 1.0, (x[finite][np.argmax(err)], err.max())
+
+
+def test_kernels_built_for_another_cpu(tmp_path, monkeypatch):
+    """``SDCOMPILE_MCPU`` builds for the CPU it names instead of this one: an AVX2 CPU (LLVM's Haswell) here gives
+    code and a manifest that need AVX2 and FMA but no AVX-512, the optional units this host may have (AMX,
+    AVX512_BF16, VNNI) are not used, and the kernels still give numpy's answer on this host."""
+    from schedules import cpu_fma
+    from sdcompile.codegen import tvm_layer
+
+    fx.skip_unless_host_runs("avx2")
+    monkeypatch.setenv("SDCOMPILE_MCPU", "haswell")
+    assert tvm_layer.cpu_target() == {"kind": "llvm", "mcpu": "haswell"}
+    assert not (tvm_layer.host_amx() or tvm_layer.host_avx512_bf16() or tvm_layer.host_avx512_vnni())
+    assert cpu_fma.target_isa() == "avx2"
+    spec = S.KernelSpec.make("linear", M=64, N=32, K=48, wtype="f32", bias=True, residual=False, act="none")
+    result = build_kernels([spec], "cpu", tmp_path)
+    assert result["cpu"]["mcpu"] == "haswell"
+    assert {"avx2", "fma"} <= set(result["cpu"]["requires"]) and "avx512f" not in result["cpu"]["requires"]
+    rng = np.random.default_rng(0)
+    arrays, w = fx.gemm_inputs(spec, rng)
+    got = fx.run_spec(Executor(tmp_path, result, num_threads=2), spec, arrays)
+    want = arrays["x"].astype(np.float64) @ w.T + arrays["bias"]
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5)
