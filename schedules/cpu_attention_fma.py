@@ -46,7 +46,7 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import over_chunks
 from schedules.cpu_attention_amx import L2_BYTES, MASKED, MAX_DH, _Attention, _row16, _transpose16
-from schedules.cpu_fma import _fma, target_isa
+from schedules.cpu_fma import _fma, for_isa, target_isa
 from schedules.tir_build import (
     prim_func,
     reduce_vectors,
@@ -97,7 +97,7 @@ class _AttentionFma(_Attention):
         self.DP = 16 * -(-int(spec.attr("Dh")) // 16)  # channels per packed row of k, v and q^T
         self.QROWS = self.DP  # rows of a task's packed q^T: one per channel
         short = 16 * NQ < int(spec.attr("S")) <= 16 * NQ_SHORT
-        tiles = TILES[target_isa() or "avx512"]
+        tiles = for_isa(TILES)
         self.KR, self.QT = tiles["KR"], tiles["QT"]
         self.NQ, self.RD = (NQ_SHORT, tiles["RD_SHORT"]) if short else (NQ, tiles["RD"])
         super().__init__(spec, bufs)

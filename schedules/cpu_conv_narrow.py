@@ -23,7 +23,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
-from schedules.cpu_fma import TYPES, _fma, target_isa, weight_vec, weight_views
+from schedules.cpu_fma import TYPES, _fma, for_isa, target_isa, weight_vec, weight_views
 from schedules.tir_build import (
     hsum,
     load_f32,
@@ -68,7 +68,7 @@ class _NarrowConv:
         self.B = int(spec.attr("B"))
         self.wtype = str(spec.attr("wtype"))
         self.act = str(spec.attr("act", "none"))
-        self.P = 2 if self.N <= PAIR_N[target_isa() or "avx512"] else 1  # pixels per step
+        self.P = 2 if self.N <= for_isa(PAIR_N) else 1  # pixels per step
 
     def build(self) -> None:
         self.wviews = weight_views(self.wtype, self.bufs["w"])

@@ -148,6 +148,12 @@ def target_isa() -> str | None:
     return "avx2" if target_has("avx2", "fma") else None
 
 
+def for_isa(table: dict):
+    """``table``'s entry for the target's ISA (``target_isa``): the register blocks a kernel plans with; AVX-512's
+    where the target has neither (a plan asked for outside the dispatch, e.g. by a test)."""
+    return table[target_isa() or "avx512"]
+
+
 def applicable(spec: KernelSpec, lanes: int) -> bool:
     """``linear`` or ``conv2d`` with float weights and f32 products (no ``mma``), N in whole vectors (a conv: its
     channels too, so a tap's channels are whole vectors), FROM_ROWS rows or more, on a CPU with AVX-512 or AVX2 and
@@ -179,7 +185,7 @@ def register_block(N: int, isa: str | None = None) -> tuple[int, int, int, int]:
     """(NB, MR, NR, NU) for N outputs (a multiple of 16) on ``isa`` (default: the target's): NB weight vectors per
     unit (the most of ``MR_BY_NB[isa]`` that divides N's vectors: AVX-512 4 where N is a multiple of 64, else 3, 2,
     1; AVX2 1), MR rows of x per register block, NR = 16 NB outputs per unit, NU units."""
-    mr_by_nb = MR_BY_NB[isa or target_isa() or "avx512"]
+    mr_by_nb = MR_BY_NB[isa] if isa else for_isa(MR_BY_NB)
     NT = N // 16
     NB = max(nb for nb in mr_by_nb if NT % nb == 0)
     return NB, mr_by_nb[NB], 16 * NB, NT // NB

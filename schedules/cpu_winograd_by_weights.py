@@ -85,7 +85,7 @@ class _WinogradByWeights(cpu_winograd._WinogradConv):
         """By output channels (in place of ``cpu_winograd``'s plan by groups of tiles)."""
         # the swapped GEMM's shape: MR output channels (rows, broadcast) x NB vectors of tiles (NR columns)
         vectors = -(-self.T // 16)
-        mr_by_nb = MR_BY_NB[cpu_fma.target_isa() or "avx512"]
+        mr_by_nb = cpu_fma.for_isa(MR_BY_NB)
         self.NB = min(vectors, max(mr_by_nb))
         self.TG = -(-vectors // self.NB)  # groups of NB tile vectors, each with its own V^T and M
         self.NR = 16 * self.NB

@@ -227,30 +227,26 @@ def scheduled_module(
 ) -> tvm.IRModule:
     """One IRModule holding every spec's PrimFunc, scheduled for ``kind`` ("cpu" or "gpu"); ``target`` (the CPU
     target dict) tunes the CPU schedules to its vector registers."""
-    cpu = target or cpu_target()
-    info = cpu_info(cpu) if kind == "cpu" else None
+    from schedules import apply
+
+    cpu = (target or cpu_target()) if kind == "cpu" else None
+    info = cpu_info(cpu) if cpu else None
     records = _RECORDS.get() or {}
     funcs = {}
     # the CPU schedules ask the target being built what it has (``schedules.cpu_amx.target_has``): the one given
-    with tvm.target.Target(cpu) if kind == "cpu" else contextlib.nullcontext():
-        _schedule_all(specs, kind, info, records, funcs, progress)
+    with tvm.target.Target(cpu) if cpu else contextlib.nullcontext():
+        for i, spec in enumerate(sorted(set(specs), key=lambda s: s.name)):
+            if progress:
+                progress(i, f"scheduling {spec.name}")
+            rec = records.get(spec.name)
+            if rec is not None and rec.get("kind") == kind:
+                funcs[spec.name] = replay_trace(spec, rec["trace"])
+                continue
+            sch = tvm.s_tir.Schedule(tvm.IRModule({spec.name: prim_func(spec)}))
+            sch.work_on(spec.name)
+            apply(sch, spec, kind, info)
+            funcs[spec.name] = sch.mod[spec.name]
     return tvm.IRModule(funcs)
-
-
-def _schedule_all(specs, kind: str, info, records: Mapping[str, dict], funcs: dict, progress) -> None:
-    from schedules import apply
-
-    for i, spec in enumerate(sorted(set(specs), key=lambda s: s.name)):
-        if progress:
-            progress(i, f"scheduling {spec.name}")
-        rec = records.get(spec.name)
-        if rec is not None and rec.get("kind") == kind:
-            funcs[spec.name] = replay_trace(spec, rec["trace"])
-            continue
-        sch = tvm.s_tir.Schedule(tvm.IRModule({spec.name: prim_func(spec)}))
-        sch.work_on(spec.name)
-        apply(sch, spec, kind, info)
-        funcs[spec.name] = sch.mod[spec.name]
 
 
 # --- tuning records (``sdcompile tune``; ``sdcompile.tuning.records``) ---------------------------------------------
