@@ -24,6 +24,7 @@ from schedules import (
     cpu_gemv,
     cpu_group_norm,
     cpu_layer_norm,
+    cpu_madd,
     cpu_vnni,
     cpu_winograd,
     cpu_winograd_by_weights,
@@ -91,6 +92,8 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_conv_narrow.conv2d
     elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
         rule = cpu_vnni.linear
+    elif cpu_madd.applicable(spec, info.lanes):  # int8 products asked for, AVX2 without VNNI: vpmaddwd pairs
+        rule = cpu_madd.linear
     elif cpu_amx.applicable(spec, info.lanes) and not cpu_winograd.over_products(spec, info.lanes, "cpu_amx"):
         # several rows, a CPU with a tile unit: GEMM on AMX (not a 3x3 conv over many pixels: Winograd)
         rule = cpu_amx.linear

@@ -107,6 +107,14 @@ def _dpbusd(acc, a_u8, b_s8):
 
 
 class _VnniGemm:
+    STEP_VALUES = 4  # values of K per 32-bit lane and product step: vpdpbusd's 4 bytes
+    X_GROUP_BYTES = X_GROUP_BYTES
+
+    def register_block(self, NT: int) -> tuple[int, int]:
+        """(NB, MR) for NT vectors of outputs: MR rows x NB vectors of 16 outputs, 12 of each kind of sum."""
+        nb = next(nb for nb in (4, 2, 1) if NT % nb == 0)
+        return nb, 12 // nb
+
     def __init__(self, spec: KernelSpec, bufs: dict):
         self.spec, self.bufs = spec, bufs
         self.M, self.N, self.K = gemm_mnk(spec)
@@ -116,17 +124,16 @@ class _VnniGemm:
         self.act = str(spec.attr("act", "none"))
         self.conv = dict(spec.attrs) if spec.op == "conv2d" else None
         self.packed = spec.attr("wlayout") == layouts.VNNI_Q8_0  # read in place, else decoded into a panel per call
-        self.KS, self.KW = self.K // 32, self.K // 4  # blocks, words of 4 bytes per row
+        self.STEPS = 32 // self.STEP_VALUES  # product steps per block of 32 values
+        self.KS, self.KW = self.K // 32, self.K // self.STEP_VALUES  # blocks, words of quantized x per row
         NT = self.N // 16
-        # register block: MR rows x NB vectors of 16 outputs, 12 of each kind of sum
-        self.NB = next(nb for nb in (4, 2, 1) if NT % nb == 0)
-        self.MR = 12 // self.NB
+        self.NB, self.MR = self.register_block(NT)
         self.NU = NT // self.NB
         # groups of rows (quantized together, X_GROUP_BYTES at most) of equal size in whole register blocks: every
         # group runs all its blocks, so a last group filled up to the most rows would be mostly padding (SD1.5's
         # 2,048 rows over K 320 had run as two groups of 1,638, 3,276 rows)
         rows = -(-self.M // self.MR) * self.MR
-        most = min(rows, max(self.MR, X_GROUP_BYTES // self.K // self.MR * self.MR))
+        most = min(rows, max(self.MR, self.X_GROUP_BYTES // (4 * self.KW) // self.MR * self.MR))
         groups = -(-rows // most)
         per = -(-self.M // groups)
         self.RG = -(-per // self.MR) * self.MR  # rows per group
@@ -139,7 +146,7 @@ class _VnniGemm:
         self.items = self.GR * self.UC
         self.shared = self.UC > 1
         self.TPC, self.CH = chunking(self.items)
-        self.PW = self.NB * 16 * 8  # panel words per unit and block: 8 steps x NB vectors
+        self.PW = self.NB * 16 * self.STEPS  # panel words per unit and block: STEPS steps x NB vectors
         # K in passes of KC blocks whose slice of a unit's panel (quants, scales, sums) stays in L2 while every row
         # tile of the group passes over it; between passes each tile's f32 sums wait in a small buffer
         self.KC = max(1, min(self.KS, PANEL_SLICE_BYTES // ((self.PW + 2 * self.NB * 16) * 4)))
@@ -211,10 +218,8 @@ class _VnniGemm:
             d = T.bind(amax / T.float32(127.0))
             inv = T.bind(T.Select(d > T.float32(0.0), T.float32(1.0) / d, T.float32(0.0)))
             q = [T.bind(T.Cast("int32x16", T.nearbyint(v * T.Broadcast(inv, 16)))) for v in (v0, v1)]
-            for h in range(2):
-                vstore(self.xq, xbase + s * 8 + 4 * h, T.reinterpret("uint32x4", T.Cast("int8x16", q[h])), 4)
             T.buffer_store(self.dx, d + bad, [dbase + s])
-            T.buffer_store(self.cx, reduce_tree(q[0] + q[1], 16, lambda a, b: a + b) * -layouts.VNNI_BIAS, [dbase + s])
+            self.store_quants(xbase, dbase, s, q)
 
         with T.If(m < self.M):
             with T.Then():
@@ -242,8 +247,14 @@ class _VnniGemm:
                 with T.serial(0, self.KS) as s:
                     self.zero_block(xbase, dbase, s)
 
+    def store_quants(self, xbase, dbase, s, q: list) -> None:
+        """Block s's quants (two int32x16 vectors, values -127 .. 127) as bytes, and -128 sum(q)."""
+        for h in range(2):
+            vstore(self.xq, xbase + s * 8 + 4 * h, T.reinterpret("uint32x4", T.Cast("int8x16", q[h])), 4)
+        T.buffer_store(self.cx, reduce_tree(q[0] + q[1], 16, lambda a, b: a + b) * -layouts.VNNI_BIAS, [dbase + s])
+
     def zero_block(self, xbase, dbase, s) -> None:
-        vstore(self.xq, xbase + s * 8, splat(0, "uint32", 8), 8)  # q = 0
+        vstore(self.xq, xbase + s * self.STEPS, splat(0, "uint32", self.STEPS), self.STEPS)  # q = 0
         T.buffer_store(self.dx, T.float32(0.0), [dbase + s])
         T.buffer_store(self.cx, 0, [dbase + s])
 
@@ -283,18 +294,20 @@ class _VnniGemm:
         xrow = [(slot + r) * self.KW for r in range(mr)]
         steps = self.KC if self.KS % self.KC == 0 else T.min(self.KC, self.KS - kc * self.KC)
         with T.serial(kc * self.KC, kc * self.KC + steps) as s:
-            # a row's block sums start at -128 sum(q_x), which the 128 added to every weight quant puts back
             for r in range(mr):
-                cx = T.bind(T.Broadcast(self.cx[(slot + r) * self.KS + s], 16))
+                start = T.bind(self.block_sums(slot + r, s))
                 for j in range(nb):
-                    vstore(acci, 16 * (r * nb + j), cx, 16)
-            for t in range(8):
+                    vstore(acci, 16 * (r * nb + j), start, 16)
+
+            def step(t, s=s) -> None:
                 wv = [T.bind(self.w_step(u, s, j, t)) for j in range(nb)]
                 for r in range(mr):
-                    xv = T.Broadcast(self.xq[xrow[r] + s * 8 + t], 16)
+                    xv = T.Broadcast(self.xq[xrow[r] + s * self.STEPS + t], 16)
                     for j in range(nb):
                         i = r * nb + j
-                        vstore(acci, 16 * i, _dpbusd(vload(acci, 16 * i, 16), wv[j], xv), 16)
+                        vstore(acci, 16 * i, self.product(vload(acci, 16 * i, 16), wv[j], xv), 16)
+
+            self.steps(step)
             dw = [T.bind(self.w_scales(u, s, j)) for j in range(nb)]
             for r in range(mr):
                 d = T.Broadcast(self.dx[(slot + r) * self.KS + s], 16)
@@ -313,6 +326,20 @@ class _VnniGemm:
                             )
 
         end_sums(accf, mr * nb, self.passes, kc, self.part, part, epilogue)
+
+    def steps(self, step) -> None:
+        """A block's product steps, unrolled (``vpdpbusd`` is opaque to LLVM: it keeps each sum's chain)."""
+        for t in range(self.STEPS):
+            step(t)
+
+    def block_sums(self, slot, s):
+        """Where the int32 sums of block s of quantized row ``slot`` start: -128 sum(q_x), which the 128 added to
+        every weight quant puts back."""
+        return T.Broadcast(self.cx[slot * self.KS + s], 16)
+
+    def product(self, acc, w, x):
+        """acc + one step's products: 4 weight bytes (+ 128) times 4 bytes of x per lane."""
+        return _dpbusd(acc, w, x)
 
     def w_step(self, u, s, j, t):
         """Step t of block s of unit u's weight vector j: lane r, the 4 quants + 128 of weight row 16 (u NB + j) + r

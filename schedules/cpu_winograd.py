@@ -101,7 +101,9 @@ MIN_TILES_4_BY_CPU = {"znver4": 64}
 # Zen 4, 2 threads, f16 weights, alternating: 8,192 pixels 1.58x (SD1.5's UNet 64x64 with guidance, 320 channels),
 # 16,384 1.37x, 65,536 1.8-1.9x; 4,096 0.94x and fewer 0.75-0.9x) — for bf16 only where Winograd with bf16 products
 # (``cpu_winograd_dot``, faster still) does not take the conv: channels not in whole conversions of 32
-OVER_PIXELS = {"cpu_amx": 4096, "cpu_vnni": 16384, "cpu_bf16_dot": 8192}
+OVER_PIXELS = {"cpu_amx": 4096, "cpu_vnni": 16384, "cpu_bf16_dot": 8192, "cpu_madd": 0}
+# AVX2's int8 products (``cpu_madd``) run at about twice the FMA's rate, Winograd F(2x2) saves 2.25 times the
+# products and F(4x4) 4 times: it keeps every conv it takes (and ``cpu_winograd_by_weights`` its fewer tiles)
 MIN_CHANNELS = 64  # in and out: with fewer the transforms cost more than the products they save
 GROUP_PANELS = 16  # row panels (of MR tiles) per group at most
 MIN_GROUPS = 2  # groups per call at least: smaller groups read each weight slice for fewer tiles (a UNet 16x16 conv

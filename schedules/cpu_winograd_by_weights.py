@@ -55,6 +55,10 @@ from sdcompile.kernels.spec import KernelSpec
 MAX_TILES = 128  # more: cpu_winograd (its U per call amortised over the tiles; see the measurements above)
 MIN_TILES = 16  # 2x2 tiles per call at least: with fewer, tile vectors are mostly padding
 UNIT_ROWS = 64  # output channels per task (N in whole units)
+# int8 kernels this one runs faster than (``passes/mma.py`` keeps f32 products where it takes a conv): AVX2's
+# vpmaddwd GEMM (``cpu_madd``) on SD1.5's guided 8x8 conv of 1,280 channels took 20.9 and 32.9 ms against this
+# kernel's 14.2 and 18.4 ms (AMD Zen 3, 2 threads, q8_0 decoded to f32, in turn in one process, two runs)
+FASTER_THAN = ("cpu_madd",)
 # output channels per register block (broadcast) by vectors of tiles, per ISA (``cpu_fma.target_isa``): AVX-512 16
 # accumulators of its 32 zmm; AVX2 8 ymm of its 16 (4 rows: UNIT_ROWS in whole blocks, and 6, the GEMM's, does
 # not divide it); the most vectors of tiles per block is the largest key: more tiles run as groups of them

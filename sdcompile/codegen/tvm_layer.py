@@ -94,6 +94,12 @@ def host_avx512_vnni() -> bool:
     return "avx512_vnni" in _cpu_flags()
 
 
+def host_avx2() -> bool:
+    """Whether this host's vector unit has AVX2 (``vpmaddwd`` on 256 bits: int8 products of q8_0 / q4_0 weights
+    under ``--compute bf16`` where VNNI and the tile unit are missing: AMD Zen 2 and 3, Intel Haswell to Alder Lake)."""
+    return "avx2" in _cpu_flags()
+
+
 # CPU vendors whose AVX512_BF16 vdpbf16ps runs at least at the f32 FMA rate per FLOP: AMD Zen 4 and later (twice
 # it: one 512-bit vdpbf16ps, 64 FLOP, per cycle against one 512-bit FMA, 32). Intel's runs at half its FMA rate
 # (Sapphire Rapids measured: 232 against 455 GFLOP/s on 2 threads, benchmarks/results/sd15.md), so there bf16

@@ -64,6 +64,10 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     tiles = tvm_layer.host_amx_bf16()
     dot = not tiles and tvm_layer.host_bf16_dot_fast()  # bf16 products on the vector unit (vdpbf16ps)
     vnni = not tiles and tvm_layer.host_avx512_vnni()  # q8_0 / q4_0: int8 products on the vector unit
+    # without VNNI, AVX2's vpmaddwd on int16 pairs (``schedules/cpu_madd.py``): the same products and numerics
+    madd = not tiles and not vnni and tvm_layer.host_avx2()
+    int8_kernel = "cpu_vnni" if vnni else "cpu_madd"
+    int8_unit = "AVX-512 VNNI" if vnni else "AVX2 (vpmaddwd)"
     if not tiles and not tvm_layer.host_avx512_bf16():
         no_bf16 = "this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set) and no AVX512_BF16"
     elif not tiles and not dot:
@@ -74,7 +78,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         )
     else:
         no_bf16 = ""
-    if no_bf16 and not vnni:
+    if no_bf16 and not (vnni or madd):
         rep["why"] = f"--compute {compute} has no effect: {no_bf16}"
         return g
     from schedules.cpu_amx_bf16 import BLOCK_TYPES
@@ -123,20 +127,21 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             rep["nodes"] += 1
             rep["quantized"] = rep.get("quantized", 0) + 1
             why.add(f"{'/'.join(BLOCK_TYPES)} weights are decoded to bf16 for the tile unit (one rounding, as f16's)")
-        elif vnni and w.dtype in INT8_TYPES and _winograd_faster(g, n, "cpu_vnni"):
+        elif (vnni or madd) and w.dtype in INT8_TYPES and _winograd_faster(g, n, int8_kernel):
             rep["kept_f32"] += 1
             why.add(
-                f"{'/'.join(INT8_TYPES)} 3x3 convs over {OVER_PIXELS['cpu_vnni']:,} pixels or more keep f32 "
-                "products: Winograd, with the weights decoded to f32, runs them faster than int8 products, and more "
-                "exactly"
+                f"{'/'.join(INT8_TYPES)} 3x3 convs "
+                + (f"over {OVER_PIXELS[int8_kernel]:,} pixels or more " if OVER_PIXELS[int8_kernel] else "")
+                + "that Winograd takes keep f32 products: with the weights decoded to f32 it runs them faster than "
+                "int8 products, and more exactly"
             )
-        elif vnni and w.dtype in INT8_TYPES:
+        elif (vnni or madd) and w.dtype in INT8_TYPES:
             n.attrs["mma"] = "int8"
-            if _vnni_takes(g, n):
+            if _int8_takes(g, n, int8_kernel):
                 rep["nodes"] += 1
                 rep["int8"] = rep.get("int8", 0) + 1
                 why.add(
-                    f"{'/'.join(INT8_TYPES)} weights multiply int8 activations on AVX-512 VNNI (activations quantized "
+                    f"{'/'.join(INT8_TYPES)} weights multiply int8 activations on {int8_unit} (activations quantized "
                     "per 32 values as ggml's q8_0, as llama.cpp and stable-diffusion.cpp compute with these weights: "
                     "about twice the error of bf16 products)"
                 )
@@ -153,19 +158,19 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             rep["kept_f32"] += 1
             why.add(
                 "quantized weights keep their integer kernels"
-                + ("" if tiles or vnni else f" (without AMX-BF16 or AVX512_VNNI {'/'.join(BLOCK_TYPES)} do too)")
+                + ("" if tiles or vnni or madd else f" (without AMX-BF16, AVX512_VNNI or AVX2 {'/'.join(BLOCK_TYPES)} do too)")
             )
     rep["why"] = ("" if rep["nodes"] else f"--compute {compute} has no effect: ") + "; ".join(sorted(why))
     return g
 
 
-def _vnni_takes(g: Graph, n) -> bool:
-    """Whether the VNNI kernel takes node ``n`` (already marked ``mma="int8"``): the kernel's own rule
-    (``cpu_vnni.applicable``) on the spec the node becomes, so the report counts what runs."""
-    from schedules import cpu_vnni
+def _int8_takes(g: Graph, n, kernel: str) -> bool:
+    """Whether the int8 kernel (``cpu_vnni`` or ``cpu_madd``) takes node ``n`` (already marked ``mma="int8"``): the
+    kernel's own rule on the spec the node becomes, so the report counts what runs."""
+    from schedules import cpu_madd, cpu_vnni
     from sdcompile.codegen.plan import node_spec
 
-    return cpu_vnni.applicable(node_spec(g, n), 16)
+    return {"cpu_vnni": cpu_vnni, "cpu_madd": cpu_madd}[kernel].applicable(node_spec(g, n), 16)
 
 
 def _bf16_spec(g: Graph, n):
@@ -191,12 +196,16 @@ def _winograd_dot_takes(g: Graph, n) -> bool:
 
 def _winograd_faster(g: Graph, n, kernel: str) -> bool:
     """Whether node ``n`` (not yet marked) runs faster with f32 products on the Winograd kernel than with the
-    products of ``kernel`` (``cpu_vnni``: int8, ``cpu_bf16_dot``: bf16): one table (``cpu_winograd.OVER_PIXELS``) for
-    this choice and the CPU dispatch's."""
-    from schedules import cpu_winograd
+    products of ``kernel`` (``cpu_vnni``, ``cpu_madd``: int8, ``cpu_bf16_dot``: bf16): one table
+    (``cpu_winograd.OVER_PIXELS``) for this choice and the CPU dispatch's; over fewer tiles, by output channels
+    (``cpu_winograd_by_weights``), faster than the kernels its ``FASTER_THAN`` names."""
+    from schedules import cpu_winograd, cpu_winograd_by_weights
     from sdcompile.codegen.plan import node_spec
 
-    return cpu_winograd.over_products(node_spec(g, n), 16, kernel)
+    spec = node_spec(g, n)
+    if cpu_winograd.over_products(spec, 16, kernel):
+        return True
+    return kernel in cpu_winograd_by_weights.FASTER_THAN and cpu_winograd_by_weights.applicable(spec, 16)
 
 
 def _attention_kept(g: Graph, n, tiles: bool, dot: bool = False) -> str:

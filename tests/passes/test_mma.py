@@ -82,7 +82,8 @@ def test_vector_unit_marks_products_and_attention(tiny_graph, monkeypatch):
 
     monkeypatch.setattr(tvm_layer, "host_amx_bf16", lambda: False)
     monkeypatch.setattr(tvm_layer, "host_avx512_bf16", lambda: True)
-    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: False)  # int8 products: the next test
+    monkeypatch.setattr(tvm_layer, "host_avx512_vnni", lambda: False)  # int8 products: the next tests
+    monkeypatch.setattr(tvm_layer, "host_avx2", lambda: False)
     monkeypatch.setattr(tvm_layer, "cpu_vendor", lambda: "AuthenticAMD")
     before, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=[("fc1", "q8_0")])
     marked = [n for n in g.nodes if n.attrs.get("mma") == "bf16" and n.op != "attention"]
@@ -136,6 +137,44 @@ def test_vnni_takes_q8_0_and_q4_0_without_amx(tiny_graph, monkeypatch, vendor):
 
     with _built_for("znver4"):  # the marks lead to the VNNI kernel
         assert all(cpu_vnni.applicable(node_spec(g, n), 16) for n in int8)
+
+
+def test_avx2_int8_products_without_vnni(tiny_graph, monkeypatch):
+    """With AVX2 but neither AMX-BF16, AVX512_BF16 nor VNNI (AMD Zen 3, Intel Haswell to Alder Lake), q8_0 and q4_0
+    linears get int8 products on vpmaddwd (``cpu_madd``), the other quant types and float weights keep theirs with the
+    reason; 3x3 convs a Winograd kernel takes (by tiles, or over fewer tiles by output channels) keep f32 products,
+    smaller ones get int8; every mark leads to the AVX2 kernel where the build target is Haswell."""
+    from schedules import cpu_madd
+
+    for flag, value in (("host_amx_bf16", False), ("host_avx512_bf16", False), ("host_avx512_vnni", False)):
+        monkeypatch.setattr(tvm_layer, flag, lambda value=value: value)
+    monkeypatch.setattr(tvm_layer, "host_avx2", lambda: True)
+    rules = [("fc1", "q8_0"), ("fc2", "q4_0"), ("q_proj", "q5_1")]
+    with _built_for("haswell"):
+        _, g, ctx = _run(tiny_graph, compute="bf16", tensor_type_rules=rules)
+    lin = [n for n in g.nodes if n.op == "linear"]
+    int8 = [n for n in lin if n.attrs.get("mma") == "int8"]
+    assert {g.values[n.inputs[1]].dtype for n in int8} == {"q8_0", "q4_0"}
+    assert all("mma" not in n.attrs for n in lin if n not in int8)
+    rep = ctx.report["mma"]
+    assert rep["int8"] == len(int8) and "AVX2 (vpmaddwd)" in rep["why"] and "no AVX512_BF16" in rep["why"]
+    with _built_for("haswell"):
+        assert all(cpu_madd.applicable(node_spec(g, n), 8) for n in int8)
+    # SD1.5's guided levels at 256x256: 32x32 (Winograd), 8x8 (by output channels), 4x4 (neither: int8)
+    from sdcompile.ir.graph import WeightData
+
+    g = Graph()
+    for i, side in enumerate((32, 8, 4)):
+        x = g.add_input(f"x{i}", (2, side, side, 256), "float32", "unet")
+        w = g.add_weight(f"w{i}", (256, 9 * 256), "q8_0", "unet", WeightData(None, f"w{i}", "q8_0"))
+        attrs = {"kh": 3, "kw": 3, "pads": (1, 1, 1, 1), "stride": 1, "bias": False}
+        g.outputs.append(g.add_node("conv2d", [x, w], f"y{i}", (2, side, side, 256), "unet", **attrs))
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    with _built_for("haswell"):
+        g = mma.run(g, ctx)
+    tiles, by_weights, direct = g.nodes
+    assert "mma" not in tiles.attrs and "mma" not in by_weights.attrs and direct.attrs["mma"] == "int8"
+    assert ctx.report["mma"]["kept_f32"] == 2 and "that Winograd takes keep f32" in ctx.report["mma"]["why"]
 
 
 def test_no_effect_is_said(tiny_graph, monkeypatch):

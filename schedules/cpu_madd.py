@@ -1,0 +1,140 @@
+"""CPU GEMM in int8 on AVX2 (``vpmaddwd``): ``linear`` and ``conv2d`` with q8_0 or q4_0 weights whose spec asks for
+int8 products (``mma="int8"``, set by ``compile --compute bf16`` on CPUs with AVX2 but without AVX-512 VNNI: AMD Zen
+2 and 3, Intel Haswell to Alder Lake; ``passes/mma.py``).
+
+Numerics: ``cpu_vnni``'s, exactly (ggml's q8_0 x q8_0 dot product): each row of x quantized per block of 32 values
+to int8 (``d = max|x| / 127``, round to nearest even), the products of the int8 activations and the weights' int8
+quants (q8_0: q; q4_0: q - 8) summed exactly in int32 per block, each block's sum entering the f32 output times
+d_x d_w. The only error beyond f32 summation is the activations' quantization (``cpu_vnni``: 0.53% relative RMS on a
+2,880-long dot product).
+
+Why ``vpmaddwd`` and not ggml's ``vpmaddubsw``: AVX2 has no byte dot product into int32. ``vpmaddwd`` multiplies
+pairs of int16 and adds each pair into an int32 lane (16 multiply-adds per ymm instruction, exact: two products of
+|q| <= 128 cannot overflow); ggml's ``vpmaddubsw`` takes 32 byte products per instruction but saturates at 16 bits
+unless one operand's sign is moved to the other first (``vpsignb``), and needs a ``vpmaddwd`` by ones after it.
+Measured here (AMD Zen 3, one thread, 8 independent chains, no memory operands): ``vpmaddwd`` + ``vpaddd`` 109 G
+multiply-adds/s, the sign trick 80, an f32 FMA 51: the pairs run at 2.1 times the FMA's rate.
+
+Layout and loop nest: ``cpu_vnni``'s (its ``_VnniGemm``), with steps of 2 values instead of 4: the weights decoded
+once per call into a panel [unit][block][16 steps][16 rows] of words holding two int16 quants of a row (a 16 x 16
+word transpose in registers per block), the rows of x quantized per group into words of two int16 quants, and per
+step NB weight vectors and MR broadcast words. Register block: MR rows x one vector of 16 outputs: 2 MR ymm of int32
+sums, the f32 sums beside (read and written once per block of 32 values).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
+
+from schedules.cpu_amx import target_has
+from schedules.cpu_vnni import FROM_ROWS, TYPES, _VnniGemm, target_has_vnni
+from schedules.tir_build import (
+    f16_to_f32,
+    prim_func,
+    replace_body,
+    shuffle,
+    sixteen_lanes,
+    splat,
+    transpose16,
+    vstore,
+)
+from sdcompile.kernels.spec import KernelSpec, gemm_mnk
+
+PMADDWD = "llvm.x86.avx2.pmadd.wd"
+MR = 6  # rows of x per register block (one vector of 16 outputs: 12 ymm of int32 sums)
+UNROLL = 2  # product steps per loop iteration
+# a group's quantized rows (2 K bytes each) at most this: they stay in L2 beside a unit's panel (AMD Zen 3 has 512 KB
+# per core; at ``cpu_vnni``'s 512 KB, 409 rows of K 1,280 in a group, SD1.5's 512 x 1,280 x 5,120 ran at 125
+# GFLOP/s against the f32 FMA kernel's 170)
+X_GROUP_BYTES = 256 << 10
+
+
+def applicable(spec: KernelSpec, lanes: int) -> bool:
+    """``linear`` or ``conv2d`` asking for int8 products, with q8_0 or q4_0 weights stored row-major,
+    ``cpu_vnni.FROM_ROWS`` rows or more, N in whole vectors (a conv: its channels too), K in whole blocks, on a target
+    with AVX2 but without AVX-512 VNNI (``cpu_vnni`` takes those)."""
+    if spec.attr("mma") != "int8" or spec.op not in ("linear", "conv2d") or spec.attr("wlayout"):
+        return False
+    if spec.op == "conv2d" and int(spec.attr("C")) % 16:
+        return False
+    M, N, K = gemm_mnk(spec)
+    return (
+        str(spec.attr("wtype")) in TYPES
+        and M >= FROM_ROWS
+        and N % 16 == 0
+        and K % 32 == 0
+        and sixteen_lanes(lanes)
+        and target_has("avx2")
+        and not target_has_vnni()
+    )
+
+
+def _pmaddwd(acc, a, b):
+    """acc + the sums of the 2 int16 products in each 32-bit lane of a and b (16 lanes of words each): two AVX2
+    ``vpmaddwd`` on the halves."""
+    a16, b16 = T.reinterpret("int16x32", a), T.reinterpret("int16x32", b)
+    halves = [
+        T.call_llvm_pure_intrin(
+            "int32x8", PMADDWD, shuffle([a16], list(range(16 * h, 16 * h + 16))), shuffle([b16], list(range(16 * h, 16 * h + 16)))
+        )
+        for h in range(2)
+    ]
+    return acc + shuffle(halves, list(range(16)))
+
+
+class _MaddGemm(_VnniGemm):
+    STEP_VALUES = 2  # vpmaddwd's pairs of int16
+    X_GROUP_BYTES = X_GROUP_BYTES
+
+    def register_block(self, NT: int) -> tuple[int, int]:
+        return 1, MR
+
+    def decode_unit(self, u) -> None:
+        """Unit u's rows of W into the panel: for each block, 16 steps x NB vectors (lane r: quants 2t and 2t + 1
+        of weight row 16 j + r as int16, the first in the low half), transposed in registers from the rows' 16
+        words each, and the block scale per row."""
+        for j in range(self.NB):
+            with T.serial(0, self.KS) as s:
+                pb = (u * self.KS + s) * self.PW
+                mb = (u * self.KS + s) * self.NB * 16
+                bases = [T.bind(((u * self.NB + j) * 16 + r) * self.RB + s * self.BS) for r in range(16)]
+                words = [T.bind(T.reinterpret("uint32x16", T.Cast("int16x32", self._quants(b)))) for b in bases]
+                v = transpose16(words)
+                for t in range(16):
+                    vstore(self.pq, pb + (t * self.NB + j) * 16, v[t], 16)
+                for r in range(16):
+                    T.buffer_store(self.pd, f16_to_f32(self.w16[bases[r] // 2], 1), [mb + j * 16 + r])
+
+    def store_quants(self, xbase, dbase, s, q: list) -> None:
+        """Block s's quants as int16, two to a word."""
+        for h in range(2):
+            vstore(self.xq, xbase + s * 16 + 8 * h, T.reinterpret("uint32x8", T.Cast("int16x16", q[h])), 8)
+
+    def block_sums(self, slot, s):
+        """A block's int32 sums start at 0 (the weights' quants go in as they are)."""
+        return splat(0, "int32", 16)
+
+    def steps(self, step) -> None:
+        """A block's 16 steps in a loop of UNROLL: fully unrolled, LLVM reassociates the integer sums into trees over
+        the steps, loading every step's weights first, and spills them (the kernel ran at 134 GFLOP/s, slower than
+        the f32 FMAs' 180)."""
+        with T.serial(0, self.STEPS // UNROLL) as tt:
+            for e in range(UNROLL):
+                step(tt * UNROLL + e)
+
+    def product(self, acc, w, x):
+        return _pmaddwd(acc, w, x)
+
+
+def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
+    """The AVX2 int8 GEMM PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    return prim_func(spec, params, lambda bufs: _MaddGemm(spec, bufs).build())
+
+
+def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the AVX2 int8 loop nest."""
+    replace_body(sch, spec, build)
+
+
+__all__ = ["applicable", "build", "linear"]
