@@ -37,6 +37,7 @@ from schedules.tir_build import (
     sixteen_lanes,
     splat,
     transpose16,
+    vload,
     vstore,
 )
 from sdcompile.kernels.spec import KernelSpec, gemm_mnk
@@ -86,6 +87,10 @@ def _pmaddwd(acc, a, b):
 class _MaddGemm(_VnniGemm):
     STEP_VALUES = 2  # vpmaddwd's pairs of int16
     X_GROUP_BYTES = X_GROUP_BYTES
+    # the panel keeps the quants as bytes, widened to int16 as each step loads them (vpmovsxbw): an int16 panel
+    # doubled the bytes decoded, written and read per call, which bounds a GEMM of few rows (SD1.5's 4x4-pixel convs:
+    # 32 rows against 29.5 MB of int16 weights)
+    PANEL_LANE_BYTES = 2
 
     def register_block(self, NT: int) -> tuple[int, int]:
         return 1, MR
@@ -99,12 +104,24 @@ class _MaddGemm(_VnniGemm):
                 pb = (u * self.KS + s) * self.PW
                 mb = (u * self.KS + s) * self.NB * 16
                 bases = [T.bind(((u * self.NB + j) * 16 + r) * self.RB + s * self.BS) for r in range(16)]
-                words = [T.bind(T.reinterpret("uint32x16", T.Cast("int16x32", self._quants(b)))) for b in bases]
-                v = transpose16(words)
+                pairs = [T.bind(T.reinterpret("uint16x16", self._quants(b))) for b in bases]
+                v = transpose16(pairs)
                 for t in range(16):
-                    vstore(self.pq, pb + (t * self.NB + j) * 16, v[t], 16)
+                    vstore(self.pq16, 2 * pb + (t * self.NB + j) * 16, v[t], 16)
                 for r in range(16):
                     T.buffer_store(self.pd, f16_to_f32(self.w16[bases[r] // 2], 1), [mb + j * 16 + r])
+
+    def panel_views(self) -> None:
+        """The panel as pairs of quants (decode) and as bytes (the steps' loads)."""
+        words = self.NU * self.KS * self.PW
+        self.pq16 = T.decl_buffer((2 * words,), "uint16", data=self.pq.data)
+        self.pq8 = T.decl_buffer((4 * words,), "int8", data=self.pq.data)
+
+    def w_step(self, u, s, j, t):
+        """Step t of block s of unit u's weight vector j: lane r, quants 2t and 2t + 1 of weight row 16 (u NB + j) + r,
+        widened to int16 (the first in the low half of the word)."""
+        at = 4 * ((u * self.KS + s) * self.PW) + 2 * (t * self.NB + j) * 16
+        return T.reinterpret("uint32x16", T.Cast("int16x32", vload(self.pq8, at, 32)))
 
     def store_quants(self, xbase, dbase, s, q: list) -> None:
         """Block s's quants as int16, two to a word."""

@@ -109,6 +109,7 @@ def _dpbusd(acc, a_u8, b_s8):
 class _VnniGemm:
     STEP_VALUES = 4  # values of K per 32-bit lane and product step: vpdpbusd's 4 bytes
     X_GROUP_BYTES = X_GROUP_BYTES
+    PANEL_LANE_BYTES = 4  # a panel lane's bytes per step: the 4 quants (+ 128)
 
     def register_block(self, NT: int) -> tuple[int, int]:
         """(NB, MR) for NT vectors of outputs: MR rows x NB vectors of 16 outputs, 12 of each kind of sum."""
@@ -146,7 +147,8 @@ class _VnniGemm:
         self.items = self.GR * self.UC
         self.shared = self.UC > 1
         self.TPC, self.CH = chunking(self.items)
-        self.PW = self.NB * 16 * self.STEPS  # panel words per unit and block: STEPS steps x NB vectors
+        # panel words per unit and block: STEPS steps x NB vectors of 16 lanes of PANEL_LANE_BYTES
+        self.PW = self.NB * 16 * self.STEPS * self.PANEL_LANE_BYTES // 4
         # K in passes of KC blocks whose slice of a unit's panel (quants, scales, sums) stays in L2 while every row
         # tile of the group passes over it; between passes each tile's f32 sums wait in a small buffer
         self.KC = max(1, min(self.KS, PANEL_SLICE_BYTES // ((self.PW + 2 * self.NB * 16) * 4)))
@@ -161,6 +163,7 @@ class _VnniGemm:
         if not self.packed:
             self.pq = T.alloc_buffer((self.NU * self.KS * self.PW,), "uint32")  # quants + 128 [unit][block][step][j]
             self.pd = T.alloc_buffer((self.NU * self.KS * self.NB * 16,), "float32")  # d_w [unit][block][j][16]
+            self.panel_views()
         self.part = T.alloc_buffer((self.CH * self.RG * self.NB * 16,), "float32")
         slots = self.GR * self.RG if self.shared else self.CH * self.RG  # rows of quantized x held at once
         self.xq = T.alloc_buffer((slots * self.KW,), "uint32")  # q as signed bytes
@@ -175,6 +178,9 @@ class _VnniGemm:
         over_chunks(self.CH, self.TPC, self.items, None, self.item)
 
     # -- weights --
+
+    def panel_views(self) -> None:
+        """Other views of the panel a kernel reads it through (this one: none, words of 4 quants)."""
 
     def decode_unit(self, u) -> None:
         """Unit u's rows of W into the panel: for each block, the quants + 128 as 8 steps x NB vectors (lane r: the

@@ -182,7 +182,7 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
             f"({a.get('attention', 0)} attention"
             + (f", {a['quantized']} of quantized weights decoded to bf16" if a.get("quantized") else "")
             + ")"
-            + (f", int8 for {a['int8']} q8_0/q4_0 nodes (AVX-512 VNNI)" if a.get("int8") else "")
+            + (f", int8 for {a['int8']} q8_0/q4_0 nodes" if a.get("int8") else "")
             + (f", {a['kept_f32']} kept ({a['why']})" if a["kept_f32"] else "")
             + (f"; {a['why']}" if not a["kept_f32"] and a["why"] else "")
         )

@@ -67,7 +67,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
     # without VNNI, AVX2's vpmaddwd on int16 pairs (``schedules/cpu_madd.py``): the same products and numerics
     madd = not tiles and not vnni and tvm_layer.host_avx2()
     int8_kernel = "cpu_vnni" if vnni else "cpu_madd"
-    int8_unit = "AVX-512 VNNI" if vnni else "AVX2 (vpmaddwd)"
+    int8_unit = "AVX-512 VNNI" if vnni else "AVX2's vpmaddwd"
     if not tiles and not tvm_layer.host_avx512_bf16():
         no_bf16 = "this CPU has no AMX-BF16 (or SDCOMPILE_NO_AMX is set) and no AVX512_BF16"
     elif not tiles and not dot:

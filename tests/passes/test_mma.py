@@ -157,7 +157,7 @@ def test_avx2_int8_products_without_vnni(tiny_graph, monkeypatch):
     assert {g.values[n.inputs[1]].dtype for n in int8} == {"q8_0", "q4_0"}
     assert all("mma" not in n.attrs for n in lin if n not in int8)
     rep = ctx.report["mma"]
-    assert rep["int8"] == len(int8) and "AVX2 (vpmaddwd)" in rep["why"] and "no AVX512_BF16" in rep["why"]
+    assert rep["int8"] == len(int8) and "AVX2's vpmaddwd" in rep["why"] and "no AVX512_BF16" in rep["why"]
     with _built_for("haswell"):
         assert all(cpu_madd.applicable(node_spec(g, n), 8) for n in int8)
     # SD1.5's guided levels at 256x256: 32x32 (Winograd), 8x8 (by output channels), 4x4 (neither: int8)
