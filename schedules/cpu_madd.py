@@ -28,10 +28,12 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import target_has
+from schedules.cpu_fma import FLOAT_TYPES, weight_vec, weight_views
 from schedules.cpu_vnni import FROM_ROWS, TYPES, _VnniGemm, target_has_vnni
 from schedules.tir_build import (
     f16_to_f32,
     prim_func,
+    reduce_tree,
     replace_body,
     shuffle,
     sixteen_lanes,
@@ -49,19 +51,22 @@ UNROLL = 2  # product steps per loop iteration
 # per core; at ``cpu_vnni``'s 512 KB, 409 rows of K 1,280 in a group, SD1.5's 512 x 1,280 x 5,120 ran at 125
 # GFLOP/s against the f32 FMA kernel's 170)
 X_GROUP_BYTES = 256 << 10
+# int16 products (``mma="int16"``, float weights): both operands quantized per block of 32 to -QMAX_WIDE ..
+# QMAX_WIDE, the most whose block sums cannot overflow int32 (32 x 8,191^2 = 2,146,959,392 < 2^31)
+QMAX_WIDE = 8191
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
     """``linear`` or ``conv2d`` asking for int8 products, with q8_0 or q4_0 weights stored row-major,
     ``cpu_vnni.FROM_ROWS`` rows or more, N in whole vectors (a conv: its channels too), K in whole blocks, on a target
     with AVX2 but without AVX-512 VNNI (``cpu_vnni`` takes those)."""
-    if spec.attr("mma") != "int8" or spec.op not in ("linear", "conv2d") or spec.attr("wlayout"):
+    if spec.attr("mma") not in ("int8", "int16") or spec.op not in ("linear", "conv2d") or spec.attr("wlayout"):
         return False
     if spec.op == "conv2d" and int(spec.attr("C")) % 16:
         return False
     M, N, K = gemm_mnk(spec)
     return (
-        str(spec.attr("wtype")) in TYPES
+        str(spec.attr("wtype")) in (TYPES if spec.attr("mma") == "int8" else FLOAT_TYPES)
         and M >= FROM_ROWS
         and N % 16 == 0
         and K % 32 == 0
@@ -85,6 +90,13 @@ def _pmaddwd(acc, a, b):
 
 
 class _MaddGemm(_VnniGemm):
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        # int16 products of float weights: both operands quantized to 14 bits, the panel in int16 pairs
+        self.wide = spec.attr("mma") == "int16"
+        if self.wide:
+            self.QMAX, self.PANEL_LANE_BYTES = QMAX_WIDE, 4
+        super().__init__(spec, bufs)
+
     STEP_VALUES = 2  # vpmaddwd's pairs of int16
     X_GROUP_BYTES = X_GROUP_BYTES
     # the panel keeps the quants as bytes, widened to int16 as each step loads them (vpmovsxbw): an int16 panel
@@ -96,6 +108,37 @@ class _MaddGemm(_VnniGemm):
         return 1, MR
 
     def decode_unit(self, u) -> None:
+        if self.wide:
+            self.quantize_unit(u)
+        else:
+            self.decode_quants(u)
+
+    def quantize_unit(self, u) -> None:
+        """Unit u's rows of float W into the int16 panel: per row and block of 32 values, d_w = max|w| / QMAX_WIDE
+        and q = round(w / d_w) (to nearest even, as x), stored as 16 steps x NB vectors of words (lane r: quants 2t
+        and 2t + 1 of weight row 16 j + r), transposed in registers, and d_w per row."""
+        for j in range(self.NB):
+            with T.serial(0, self.KS) as s:
+                pb = (u * self.KS + s) * self.PW
+                mb = (u * self.KS + s) * self.NB * 16
+                words = []
+                for r in range(16):
+                    row = (u * self.NB + j) * 16 + r
+                    v = [T.bind(weight_vec(self.wtype, self.wviews, row, 32 * s + 16 * h, self.K, 16)) for h in range(2)]
+                    amax = reduce_tree(T.max(T.fabs(v[0]), T.fabs(v[1])), 16, T.max)
+                    # 0 for finite values, NaN where the block holds a NaN or an infinity (the max drops a NaN)
+                    zero = splat(0.0, "float32", 16)
+                    bad = reduce_tree(v[0] * zero + v[1] * zero, 16, lambda a, b: a + b)
+                    d = T.bind(amax / T.float32(QMAX_WIDE))
+                    inv = T.bind(T.Select(d > T.float32(0.0), T.float32(1.0) / d, T.float32(0.0)))
+                    q = [T.Cast("int16x16", T.nearbyint(x * T.Broadcast(inv, 16))) for x in v]
+                    words.append(T.bind(T.reinterpret("uint32x16", shuffle(q, list(range(32))))))
+                    T.buffer_store(self.pd, d + bad, [mb + j * 16 + r])  # a NaN scale: the column's outputs NaN
+                v = transpose16(words)
+                for t in range(16):
+                    vstore(self.pq, pb + (t * self.NB + j) * 16, v[t], 16)
+
+    def decode_quants(self, u) -> None:
         """Unit u's rows of W into the panel: for each block, 16 steps x NB vectors (lane r: quants 2t and 2t + 1
         of weight row 16 j + r as int16, the first in the low half), transposed in registers from the rows' 16
         words each, and the block scale per row."""
@@ -112,7 +155,9 @@ class _MaddGemm(_VnniGemm):
                     T.buffer_store(self.pd, f16_to_f32(self.w16[bases[r] // 2], 1), [mb + j * 16 + r])
 
     def panel_views(self) -> None:
-        """The panel as pairs of quants (decode) and as bytes (the steps' loads)."""
+        """The panel as pairs of quants (decode) and as bytes (the steps' loads); float weights' storage views."""
+        if self.wide:
+            self.wviews = weight_views(self.wtype, self.bufs["w"])
         words = self.NU * self.KS * self.PW
         self.pq16 = T.decl_buffer((2 * words,), "uint16", data=self.pq.data)
         self.pq8 = T.decl_buffer((4 * words,), "int8", data=self.pq.data)
@@ -120,6 +165,8 @@ class _MaddGemm(_VnniGemm):
     def w_step(self, u, s, j, t):
         """Step t of block s of unit u's weight vector j: lane r, quants 2t and 2t + 1 of weight row 16 (u NB + j) + r,
         widened to int16 (the first in the low half of the word)."""
+        if self.wide:  # int16 pairs as they are
+            return super().w_step(u, s, j, t)
         at = 4 * ((u * self.KS + s) * self.PW) + 2 * (t * self.NB + j) * 16
         return T.reinterpret("uint32x16", T.Cast("int16x32", vload(self.pq8, at, 32)))
 

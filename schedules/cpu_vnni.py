@@ -110,6 +110,7 @@ class _VnniGemm:
     STEP_VALUES = 4  # values of K per 32-bit lane and product step: vpdpbusd's 4 bytes
     X_GROUP_BYTES = X_GROUP_BYTES
     PANEL_LANE_BYTES = 4  # a panel lane's bytes per step: the 4 quants (+ 128)
+    QMAX = 127  # x quantized to -QMAX .. QMAX per block of 32
 
     def register_block(self, NT: int) -> tuple[int, int]:
         """(NB, MR) for NT vectors of outputs: MR rows x NB vectors of 16 outputs, 12 of each kind of sum."""
@@ -221,7 +222,7 @@ class _VnniGemm:
             amax = reduce_tree(T.max(T.fabs(v0), T.fabs(v1)), 16, T.max)
             # 0 for finite values, NaN where the block holds a NaN or an infinity (x * 0)
             bad = reduce_tree(v0 * splat(0.0, "float32", 16) + v1 * splat(0.0, "float32", 16), 16, lambda a, b: a + b)
-            d = T.bind(amax / T.float32(127.0))
+            d = T.bind(amax / T.float32(self.QMAX))
             inv = T.bind(T.Select(d > T.float32(0.0), T.float32(1.0) / d, T.float32(0.0)))
             q = [T.bind(T.Cast("int32x16", T.nearbyint(v * T.Broadcast(inv, 16)))) for v in (v0, v1)]
             T.buffer_store(self.dx, d + bad, [dbase + s])
