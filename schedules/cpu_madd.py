@@ -54,6 +54,10 @@ X_GROUP_BYTES = 256 << 10
 # int16 products (``mma="int16"``, float weights): both operands quantized per block of 32 to -QMAX_WIDE ..
 # QMAX_WIDE, the most whose block sums cannot overflow int32 (32 x 8,191^2 = 2,146,959,392 < 2^31)
 QMAX_WIDE = 8191
+# int16 products from this many rows of x: the weights are quantized once per call, which fewer rows do not repay
+# (SD1.5's f16 GEMMs, 2 threads, interleaved with the f32 FMA kernel: 8,192 x 320 -> 2,560 and 2,048 x 640 -> 640
+# 1.17x and 1.07x faster, 512 x 1,280 -> 5,120 1.04x, 128 x 1,280 -> 10,240 0.7-0.9x)
+WIDE_FROM_ROWS = 512
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
@@ -67,7 +71,7 @@ def applicable(spec: KernelSpec, lanes: int) -> bool:
     M, N, K = gemm_mnk(spec)
     return (
         str(spec.attr("wtype")) in (TYPES if spec.attr("mma") == "int8" else FLOAT_TYPES)
-        and M >= FROM_ROWS
+        and M >= (FROM_ROWS if spec.attr("mma") == "int8" else WIDE_FROM_ROWS)
         and N % 16 == 0
         and K % 32 == 0
         and sixteen_lanes(lanes)

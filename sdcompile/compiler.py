@@ -150,8 +150,8 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
         out["legalize"] = dict(rep["legalize"])
         if "mma" in rep:
             m = rep["mma"]
-            a = out.setdefault("mma", dict(m, nodes=0, attention=0, kept_f32=0, quantized=0, int8=0, why=""))
-            for k in ("nodes", "attention", "kept_f32", "quantized", "int8"):
+            a = out.setdefault("mma", dict(m, nodes=0, attention=0, kept_f32=0, quantized=0, int8=0, int16=0, why=""))
+            for k in ("nodes", "attention", "kept_f32", "quantized", "int8", "int16"):
                 a[k] += m.get(k, 0)
             # every function's reasons, once each ("no effect" only where no function's products changed)
             prefix = f"--compute {m['compute']} has no effect: "

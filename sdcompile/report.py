@@ -178,11 +178,12 @@ def render_compile_report(m: dict[str, Any], out: Path) -> str:
     if r.get("mma"):
         a = r["mma"]
         lines.append(
-            f"products  {a['compute']} for {a['nodes'] - a.get('int8', 0)} linear/conv2d/attention nodes "
+            f"products  {a['compute']} for {a['nodes'] - a.get('int8', 0) - a.get('int16', 0)} linear/conv2d/attention nodes "
             f"({a.get('attention', 0)} attention"
             + (f", {a['quantized']} of quantized weights decoded to bf16" if a.get("quantized") else "")
             + ")"
             + (f", int8 for {a['int8']} q8_0/q4_0 nodes" if a.get("int8") else "")
+            + (f", int16 for {a['int16']} float-weight nodes" if a.get("int16") else "")
             + (f", {a['kept_f32']} kept ({a['why']})" if a["kept_f32"] else "")
             + (f"; {a['why']}" if not a["kept_f32"] and a["why"] else "")
         )

@@ -82,6 +82,7 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         rep["why"] = f"--compute {compute} has no effect: {no_bf16}"
         return g
     from schedules.cpu_amx_bf16 import BLOCK_TYPES
+    from schedules.cpu_madd import WIDE_FROM_ROWS
     from schedules.cpu_vnni import TYPES as INT8_TYPES
     from schedules.cpu_winograd import OVER_PIXELS
 
@@ -119,6 +120,15 @@ def run(g: Graph, ctx: PassContext) -> Graph:
         elif get_type(w.dtype).is_float and not no_bf16:
             n.attrs["mma"] = compute
             rep["nodes"] += 1
+        elif get_type(w.dtype).is_float and madd and _int16_takes(g, n):
+            n.attrs["mma"] = "int16"
+            rep["nodes"] += 1
+            rep["int16"] = rep.get("int16", 0) + 1
+            why.add(
+                "float weights multiply on AVX2's vpmaddwd (int16 products: weights and activations quantized per 32 "
+                f"values to 14 bits, about an eighth of bf16 products' error) in GEMMs of {WIDE_FROM_ROWS} rows or "
+                "more, except the 3x3 convs Winograd takes"
+            )
         elif get_type(w.dtype).is_float:
             rep["kept_f32"] += 1
             why.add(f"float weights keep f32 products: {no_bf16}")
@@ -171,6 +181,20 @@ def _int8_takes(g: Graph, n, kernel: str) -> bool:
     from sdcompile.codegen.plan import node_spec
 
     return {"cpu_vnni": cpu_vnni, "cpu_madd": cpu_madd}[kernel].applicable(node_spec(g, n), 16)
+
+
+def _int16_takes(g: Graph, n) -> bool:
+    """Whether AVX2's int16 GEMM (``cpu_madd``) takes float-weight node ``n`` and Winograd does not."""
+    from schedules import cpu_madd
+    from sdcompile.codegen.plan import node_spec
+
+    if _winograd_faster(g, n, "cpu_madd"):
+        return False
+    n.attrs["mma"] = "int16"
+    try:
+        return cpu_madd.applicable(node_spec(g, n), 16)
+    finally:
+        del n.attrs["mma"]
 
 
 def _bf16_spec(g: Graph, n):

@@ -175,6 +175,24 @@ def test_avx2_int8_products_without_vnni(tiny_graph, monkeypatch):
     tiles, by_weights, direct = g.nodes
     assert "mma" not in tiles.attrs and "mma" not in by_weights.attrs and direct.attrs["mma"] == "int8"
     assert ctx.report["mma"]["kept_f32"] == 2 and "that Winograd takes keep f32" in ctx.report["mma"]["why"]
+    # float weights: int16 products in GEMMs of WIDE_FROM_ROWS rows or more (not the 3x3 convs Winograd takes)
+    g = Graph()
+    for i, rows in enumerate((cpu_madd.WIDE_FROM_ROWS, cpu_madd.WIDE_FROM_ROWS - 1)):
+        x = g.add_input(f"x{i}", (1, rows, 256), "float32", "unet")
+        w = g.add_weight(f"w{i}", (320, 256), "f16", "unet", WeightData(None, f"w{i}", "f16"))
+        g.outputs.append(g.add_node("linear", [x, w], f"y{i}", (1, rows, 320), "unet", bias=False, act="none"))
+    x = g.add_input("x9", (2, 32, 32, 256), "float32", "unet")
+    w = g.add_weight("w9", (256, 9 * 256), "f16", "unet", WeightData(None, "w9", "f16"))
+    attrs = {"kh": 3, "kw": 3, "pads": (1, 1, 1, 1), "stride": 1, "bias": False}
+    g.outputs.append(g.add_node("conv2d", [x, w], "y9", (2, 32, 32, 256), "unet", **attrs))
+    ctx = PassContext(CompileOptions(compute="bf16"))
+    with _built_for("haswell"):
+        g = mma.run(g, ctx)
+        many, few, conv = g.nodes
+        assert many.attrs["mma"] == "int16" and cpu_madd.applicable(node_spec(g, many), 8)
+    assert "mma" not in few.attrs and "mma" not in conv.attrs
+    rep = ctx.report["mma"]
+    assert (rep["int16"], rep["nodes"], rep["kept_f32"]) == (1, 1, 2) and "14 bits" in rep["why"]
 
 
 def test_no_effect_is_said(tiny_graph, monkeypatch):
