@@ -86,7 +86,10 @@ def _pmaddwd(acc, a, b):
     a16, b16 = T.reinterpret("int16x32", a), T.reinterpret("int16x32", b)
     halves = [
         T.call_llvm_pure_intrin(
-            "int32x8", PMADDWD, shuffle([a16], list(range(16 * h, 16 * h + 16))), shuffle([b16], list(range(16 * h, 16 * h + 16)))
+            "int32x8",
+            PMADDWD,
+            shuffle([a16], list(range(16 * h, 16 * h + 16))),
+            shuffle([b16], list(range(16 * h, 16 * h + 16))),
         )
         for h in range(2)
     ]
@@ -128,7 +131,9 @@ class _MaddGemm(_VnniGemm):
                 words = []
                 for r in range(16):
                     row = (u * self.NB + j) * 16 + r
-                    v = [T.bind(weight_vec(self.wtype, self.wviews, row, 32 * s + 16 * h, self.K, 16)) for h in range(2)]
+                    v = [
+                        T.bind(weight_vec(self.wtype, self.wviews, row, 32 * s + 16 * h, self.K, 16)) for h in range(2)
+                    ]
                     amax = reduce_tree(T.max(T.fabs(v[0]), T.fabs(v[1])), 16, T.max)
                     # 0 for finite values, NaN where the block holds a NaN or an infinity (the max drops a NaN)
                     zero = splat(0.0, "float32", 16)
@@ -174,10 +179,13 @@ class _MaddGemm(_VnniGemm):
         at = 4 * ((u * self.KS + s) * self.PW) + 2 * (t * self.NB + j) * 16
         return T.reinterpret("uint32x16", T.Cast("int16x32", vload(self.pq8, at, 32)))
 
-    def store_quants(self, xbase, dbase, s, q: list) -> None:
+    def store_quants(self, xbase, s, q: list) -> None:
         """Block s's quants as int16, two to a word."""
         for h in range(2):
             vstore(self.xq, xbase + s * 16 + 8 * h, T.reinterpret("uint32x8", T.Cast("int16x16", q[h])), 8)
+
+    def store_compensation(self, dbase, s, q: list) -> None:
+        """None: the weights' quants go in as they are (``block_sums``)."""
 
     def block_sums(self, slot, s):
         """A block's int32 sums start at 0 (the weights' quants go in as they are)."""

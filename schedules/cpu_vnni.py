@@ -225,8 +225,9 @@ class _VnniGemm:
             d = T.bind(amax / T.float32(self.QMAX))
             inv = T.bind(T.Select(d > T.float32(0.0), T.float32(1.0) / d, T.float32(0.0)))
             q = [T.bind(T.Cast("int32x16", T.nearbyint(v * T.Broadcast(inv, 16)))) for v in (v0, v1)]
+            self.store_quants(xbase, s, q)
             T.buffer_store(self.dx, d + bad, [dbase + s])
-            self.store_quants(xbase, dbase, s, q)
+            self.store_compensation(dbase, s, q)
 
         with T.If(m < self.M):
             with T.Then():
@@ -254,10 +255,13 @@ class _VnniGemm:
                 with T.serial(0, self.KS) as s:
                     self.zero_block(xbase, dbase, s)
 
-    def store_quants(self, xbase, dbase, s, q: list) -> None:
-        """Block s's quants (two int32x16 vectors, values -127 .. 127) as bytes, and -128 sum(q)."""
+    def store_quants(self, xbase, s, q: list) -> None:
+        """Block s's quants (two int32x16 vectors, values -QMAX .. QMAX) as bytes."""
         for h in range(2):
             vstore(self.xq, xbase + s * 8 + 4 * h, T.reinterpret("uint32x4", T.Cast("int8x16", q[h])), 4)
+
+    def store_compensation(self, dbase, s, q: list) -> None:
+        """-128 sum(q) of block s, where its int32 sums start (``block_sums``)."""
         T.buffer_store(self.cx, reduce_tree(q[0] + q[1], 16, lambda a, b: a + b) * -layouts.VNNI_BIAS, [dbase + s])
 
     def zero_block(self, xbase, dbase, s) -> None:

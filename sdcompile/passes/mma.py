@@ -168,7 +168,11 @@ def run(g: Graph, ctx: PassContext) -> Graph:
             rep["kept_f32"] += 1
             why.add(
                 "quantized weights keep their integer kernels"
-                + ("" if tiles or vnni or madd else f" (without AMX-BF16, AVX512_VNNI or AVX2 {'/'.join(BLOCK_TYPES)} do too)")
+                + (
+                    ""
+                    if tiles or vnni or madd
+                    else f" (without AMX-BF16, AVX512_VNNI or AVX2 {'/'.join(BLOCK_TYPES)} do too)"
+                )
             )
     rep["why"] = ("" if rep["nodes"] else f"--compute {compute} has no effect: ") + "; ".join(sorted(why))
     return g

@@ -18,15 +18,15 @@ from tests.kernels import test_vnni_cpu as vnni
 HASWELL = {"SDCOMPILE_MCPU": "haswell"}
 SPECS = [s for s in vnni.SPECS if not s.attr("wlayout")]
 NAN = vnni.NAN
-# int16 products of float weights: a partial register block with a residual, three groups of rows (K 4,096), units
-# split across tasks, a conv, f16 activations
+# int16 products of float weights (cpu_madd.WIDE_FROM_ROWS rows or more): a partial register block with a residual,
+# groups of rows (K 4,096), units split across tasks, a conv, f16 activations
 WIDE = {**vnni.EPI, "mma": "int16"}
 WIDE_CASES = [
-    ("linear", {"M": 154, "N": 128, "K": 96, "wtype": "f16", **WIDE, "residual": True}),
-    ("linear", {"M": 300, "N": 64, "K": 4096, "wtype": "f32", **WIDE, "bias": False}),
-    ("linear", {"M": 20, "N": 256, "K": 64, "wtype": "bf16", **WIDE}),
-    ("conv2d", {"B": 1, "H": 13, "W": 11, "C": 32, "N": 64, "wtype": "f16", **vnni.CONV3, **WIDE}),
-    ("linear", {"M": 40, "N": 48, "K": 128, "wtype": "f16", **WIDE, "dt": "hh"}),
+    ("linear", {"M": 520, "N": 128, "K": 96, "wtype": "f16", **WIDE, "residual": True}),
+    ("linear", {"M": 600, "N": 64, "K": 4096, "wtype": "f32", **WIDE, "bias": False}),
+    ("linear", {"M": 512, "N": 256, "K": 64, "wtype": "bf16", **WIDE}),
+    ("conv2d", {"B": 1, "H": 24, "W": 24, "C": 32, "N": 64, "wtype": "f16", **vnni.CONV3, **WIDE}),
+    ("linear", {"M": 512, "N": 48, "K": 128, "wtype": "f16", **WIDE, "dt": "hh"}),
 ]
 WIDE_SPECS = [KernelSpec.make(op, **a) for op, a in WIDE_CASES]
 
@@ -70,10 +70,16 @@ def test_dispatch(monkeypatch):
 
     with __import__("tvm").target.Target(tvm_layer.cpu_target()):
         assert not cpu_madd.applicable(SPECS[0], 16) and cpu_vnni.applicable(SPECS[0], 16)
-    # the cases cover tasks split by units and several groups of rows
-    gemms = [cpu_madd._MaddGemm(s, {}) for s in SPECS]
-    assert {(g.NB, g.MR) for g in gemms} == {(1, cpu_madd.MR)}
-    assert any(g.UC > 1 for g in gemms) and any(g.GR > 1 for g in gemms)
+    # the cases cover tasks split by units and several groups of rows, for both kinds of products; fewer rows than
+    # WIDE_FROM_ROWS keep f32 products
+    with _for_haswell(monkeypatch):
+        assert all(cpu_madd.applicable(s, 8) for s in WIDE_SPECS)
+        few = KernelSpec.make("linear", **{**dict(WIDE_SPECS[2].attrs), "M": cpu_madd.WIDE_FROM_ROWS - 1})
+        assert not cpu_madd.applicable(few, 8)
+    for specs in (SPECS, WIDE_SPECS):
+        gemms = [cpu_madd._MaddGemm(s, {}) for s in specs]
+        assert {(g.NB, g.MR) for g in gemms} == {(1, cpu_madd.MR)}
+        assert any(g.UC > 1 for g in gemms) and any(g.GR > 1 for g in gemms)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
