@@ -1513,7 +1513,9 @@ NOTES = [
     "where the CPU has them) can pass 100%; their own ceiling is the bf16 peaks above.",
     "sdcompile `q4_0`/`q4_k`: `--type` applies to every quantizable weight (linears and convolutions); rows that "
     "are not a multiple of the block stay f16. `act…`: --act-type (activation storage; math stays f32). `bf16mm`: "
-    "--compute bf16 (products of bf16 operands summed in f32 on the AMX tile unit, as PyTorch's bf16).",
+    "--compute bf16 (products of bf16 operands summed in f32, as PyTorch's bf16, on the AMX tile unit or "
+    "vdpbf16ps; where the CPU has neither, int8 products of q8_0/q4_0 weights on VNNI or AVX2, and on AVX2 int16 "
+    "products of float weights: the compile report says which).",
     "PyTorch and ONNX Runtime txt2img: the components in diffusers' EulerDiscreteScheduler loop with guidance, as "
     "StableDiffusionPipeline runs them (token ids given); sdcompile: its runtime's pipeline; stable-diffusion.cpp: "
     "generate_image (euler). All: cfg 7, seed 42.",

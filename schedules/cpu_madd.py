@@ -1,12 +1,16 @@
-"""CPU GEMM in int8 on AVX2 (``vpmaddwd``): ``linear`` and ``conv2d`` with q8_0 or q4_0 weights whose spec asks for
-int8 products (``mma="int8"``, set by ``compile --compute bf16`` on CPUs with AVX2 but without AVX-512 VNNI: AMD Zen
-2 and 3, Intel Haswell to Alder Lake; ``passes/mma.py``).
+"""CPU GEMM on AVX2's ``vpmaddwd`` (integer products, CPUs with AVX2 but without AVX-512 VNNI or bf16 units: AMD Zen
+2 and 3, Intel Haswell to Alder Lake), for ``linear`` and ``conv2d`` whose spec asks for integer products
+(``compile --compute bf16``, ``passes/mma.py``):
 
-Numerics: ``cpu_vnni``'s, exactly (ggml's q8_0 x q8_0 dot product): each row of x quantized per block of 32 values
-to int8 (``d = max|x| / 127``, round to nearest even), the products of the int8 activations and the weights' int8
-quants (q8_0: q; q4_0: q - 8) summed exactly in int32 per block, each block's sum entering the f32 output times
-d_x d_w. The only error beyond f32 summation is the activations' quantization (``cpu_vnni``: 0.53% relative RMS on a
-2,880-long dot product).
+- ``mma="int8"``, q8_0 or q4_0 weights: ``cpu_vnni``'s numerics, exactly (ggml's q8_0 x q8_0 dot product): each row
+  of x quantized per block of 32 values to int8 (``d = max|x| / 127``, round to nearest even), the products of the
+  int8 activations and the weights' int8 quants (q8_0: q; q4_0: q - 8) summed exactly in int32 per block, each
+  block's sum entering the f32 output times d_x d_w. The only error beyond f32 summation is the activations'
+  quantization (``cpu_vnni``: 0.53% relative RMS on a 2,880-long dot product);
+- ``mma="int16"``, float weights (f32, f16, bf16), ``WIDE_FROM_ROWS`` rows or more: x and W both quantized per block
+  of 32 values to -``QMAX_WIDE`` .. ``QMAX_WIDE`` (14 bits; W once per call, per row), summed exactly in int32 per
+  block as above. Each operand moves by at most half a step, max|block| / 16,382, where bf16 rounding moves a value
+  by up to 2^-9 of itself: about an eighth of bf16 products' error on Gaussian data.
 
 Why ``vpmaddwd`` and not ggml's ``vpmaddubsw``: AVX2 has no byte dot product into int32. ``vpmaddwd`` multiplies
 pairs of int16 and adds each pair into an int32 lane (16 multiply-adds per ymm instruction, exact: two products of

@@ -19,6 +19,11 @@ per instruction, about twice the error of bf16 products), where 16 or more rows,
 channels in whole vectors let the kernel take them — but not the 3x3 convs the Winograd kernel takes over
 ``cpu_winograd.OVER_PIXELS["cpu_vnni"]`` pixels (a VAE's 128x128 to 512x512 levels): with the weights decoded
 to f32 it runs them 1.05-1.45x faster than VNNI does, and more exactly, so they keep f32 products (``kept_f32``).
+On a CPU with AVX2 and none of AMX-BF16, AVX512_BF16 or VNNI (AMD Zen 2 and 3, Intel Haswell to Alder Lake) the same
+int8 products run on ``vpmaddwd`` (``schedules/cpu_madd.py``), except every 3x3 conv a Winograd kernel takes (by tiles,
+or over fewer tiles by output channels: ``cpu_winograd_by_weights.FASTER_THAN``); there float weights get
+``mma="int16"``, counted as ``int16``: both operands quantized per 32 values to 14 bits, in GEMMs of
+``cpu_madd.WIDE_FROM_ROWS`` rows or more outside Winograd's convs.
 Float weights there get bf16 products only where vdpbf16ps is fast, else stay f32 with the reason. Where it is
 fast, the 3x3 convs Winograd takes run it with bf16 products whatever their weights' type
 (``schedules/cpu_winograd_dot.py``: F(2x2, 3x3) on vdpbf16ps, 1.2-2.1x faster than Winograd in f32 and 1.5-2.2x
