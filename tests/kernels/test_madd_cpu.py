@@ -53,18 +53,9 @@ def test_dispatch(monkeypatch):
         for spec in SPECS + [NAN]:
             assert cpu_madd.applicable(spec, 8) and cpu_madd.applicable(spec, 16), spec.name
             assert not cpu_vnni.applicable(spec, 16)
-        base = {"M": 64, "N": 64, "K": 64, "wtype": "q8_0", **vnni.EPI}
-        for why, change in (
-            ("not asked for", {"mma": None}),
-            ("bf16 asked for", {"mma": "bf16"}),
-            ("another quant type", {"wtype": "q4_k", "K": 256}),
-            ("float weights", {"wtype": "f16"}),
-            ("few rows", {"M": cpu_vnni.FROM_ROWS - 1}),
-            ("N % 16", {"N": 24}),
-            ("the VNNI order", {"wlayout": vnni.PACKED}),
-        ):
-            attrs = {k: v for k, v in (base | change).items() if v is not None}
-            assert not cpu_madd.applicable(KernelSpec.make("linear", **attrs), 8), why
+        packed = KernelSpec.make("linear", M=64, N=64, K=64, wtype="q8_0", **vnni.EPI, wlayout=vnni.PACKED)
+        for why, spec in vnni.declined() + [("the VNNI order", packed)]:
+            assert not cpu_madd.applicable(spec, 8), why
     monkeypatch.setenv("SDCOMPILE_MCPU", "znver4")
     from sdcompile.codegen import tvm_layer
 

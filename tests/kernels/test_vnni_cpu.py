@@ -70,17 +70,8 @@ def test_dispatch():
     for spec in SPECS + [NAN]:
         assert cpu_vnni.applicable(spec, 16), spec.name
         assert not cpu_vnni.applicable(spec, 8)
-    base = {"M": 64, "N": 64, "K": 64, "wtype": "q8_0", **EPI}
-    for why, change in (
-        ("not asked for", {"mma": None}),
-        ("bf16 asked for", {"mma": "bf16"}),
-        ("another quant type", {"wtype": "q4_k", "K": 256}),
-        ("float weights", {"wtype": "f16"}),
-        ("few rows", {"M": cpu_vnni.FROM_ROWS - 1}),
-        ("N % 16", {"N": 24}),
-    ):
-        attrs = {k: v for k, v in (base | change).items() if v is not None}
-        assert not cpu_vnni.applicable(KernelSpec.make("linear", **attrs), 16), why
+    for why, spec in declined():
+        assert not cpu_vnni.applicable(spec, 16), why
     conv = KernelSpec.make(
         "conv2d", B=1, H=8, W=8, C=8, N=32, wtype="q8_0", bias=False, residual=False, mma="int8", **CONV3
     )
@@ -90,7 +81,23 @@ def test_dispatch():
     assert {g.NB for g in gemms} == {1, 2, 4} and any(g.UC > 1 for g in gemms) and any(g.GR > 1 for g in gemms)
     assert any(g.packed and g.GR > 1 and g.passes > 1 for g in gemms)
     # the tile unit's q8_0 order is not this kernel's
-    assert not cpu_vnni.applicable(KernelSpec.make("linear", **base, wlayout=layouts.AMX_Q8_0), 16)
+    amx = KernelSpec.make("linear", M=64, N=64, K=64, wtype="q8_0", **EPI, wlayout=layouts.AMX_Q8_0)
+    assert not cpu_vnni.applicable(amx, 16)
+
+
+def declined() -> list:
+    """(why, spec): int8 GEMMs neither integer kernel (this one, ``cpu_madd``) takes."""
+    base = {"M": 64, "N": 64, "K": 64, "wtype": "q8_0", **EPI}
+    changes = (
+        ("not asked for", {"mma": None}),
+        ("bf16 asked for", {"mma": "bf16"}),
+        ("another quant type", {"wtype": "q4_k", "K": 256}),
+        ("float weights", {"wtype": "f16"}),
+        ("few rows", {"M": cpu_vnni.FROM_ROWS - 1}),
+        ("N % 16", {"N": 24}),
+    )
+    specs = [KernelSpec.make("linear", **{k: v for k, v in (base | c).items() if v is not None}) for _, c in changes]
+    return [(why, spec) for (why, _), spec in zip(changes, specs)]
 
 
 def test_groups_of_rows_balanced():
