@@ -10,7 +10,8 @@
 - ``mma="int16"``, float weights (f32, f16, bf16), ``WIDE_FROM_ROWS`` rows or more: x and W both quantized per block
   of 32 values to -``QMAX_WIDE`` .. ``QMAX_WIDE`` (14 bits; W once per call, per row), summed exactly in int32 per
   block as above. Each operand moves by at most half a step, max|block| / 16,382, where bf16 rounding moves a value
-  by up to 2^-9 of itself: about an eighth of bf16 products' error on Gaussian data.
+  by up to 2^-9 of itself. SD1.5's guided UNet at 256x256 (random f16 weights, 108 GEMMs on int16 products): 3.7e-4
+  relative RMS from its f32 products (q8_0 with int8 products: 1.9e-2).
 
 Why ``vpmaddwd`` and not ggml's ``vpmaddubsw``: AVX2 has no byte dot product into int32. ``vpmaddwd`` multiplies
 pairs of int16 and adds each pair into an int32 lane (16 multiply-adds per ymm instruction, exact: two products of
