@@ -21,8 +21,9 @@ Measured here (AMD Zen 3, one thread, 8 independent chains, no memory operands):
 multiply-adds/s, the sign trick 80, an f32 FMA 51: the pairs run at 2.1 times the FMA's rate.
 
 Layout and loop nest: ``cpu_vnni``'s (its ``_VnniGemm``), with steps of 2 values instead of 4: the weights decoded
-once per call into a panel [unit][block][16 steps][16 rows] of words holding two int16 quants of a row (a 16 x 16
-word transpose in registers per block), the rows of x quantized per group into words of two int16 quants, and per
+once per call into a panel [unit][block][16 steps][16 rows] of two quants of a row each (q8_0 / q4_0: two bytes,
+widened to int16 as a step loads them; float weights: two int16), a 16 x 16 transpose in registers per block; the
+rows of x quantized per group into words of two int16 quants, and per
 step NB weight vectors and MR broadcast words. Register block: MR rows x one vector of 16 outputs: 2 MR ymm of int32
 sums, the f32 sums beside (read and written once per block of 32 values).
 """
@@ -102,19 +103,19 @@ def _pmaddwd(acc, a, b):
 
 
 class _MaddGemm(_VnniGemm):
-    def __init__(self, spec: KernelSpec, bufs: dict):
-        # int16 products of float weights: both operands quantized to 14 bits, the panel in int16 pairs
-        self.wide = spec.attr("mma") == "int16"
-        if self.wide:
-            self.QMAX, self.PANEL_LANE_BYTES = QMAX_WIDE, 4
-        super().__init__(spec, bufs)
-
     STEP_VALUES = 2  # vpmaddwd's pairs of int16
     X_GROUP_BYTES = X_GROUP_BYTES
     # the panel keeps the quants as bytes, widened to int16 as each step loads them (vpmovsxbw): an int16 panel
     # doubled the bytes decoded, written and read per call, which bounds a GEMM of few rows (SD1.5's 4x4-pixel convs:
     # 32 rows against 29.5 MB of int16 weights)
     PANEL_LANE_BYTES = 2
+
+    def __init__(self, spec: KernelSpec, bufs: dict):
+        # int16 products of float weights: both operands quantized to 14 bits, the panel in int16 pairs
+        self.wide = spec.attr("mma") == "int16"
+        if self.wide:
+            self.QMAX, self.PANEL_LANE_BYTES = QMAX_WIDE, 4
+        super().__init__(spec, bufs)
 
     def register_block(self, NT: int) -> tuple[int, int]:
         return 1, MR
@@ -153,9 +154,9 @@ class _MaddGemm(_VnniGemm):
                     vstore(self.pq, pb + (t * self.NB + j) * 16, v[t], 16)
 
     def decode_quants(self, u) -> None:
-        """Unit u's rows of W into the panel: for each block, 16 steps x NB vectors (lane r: quants 2t and 2t + 1
-        of weight row 16 j + r as int16, the first in the low half), transposed in registers from the rows' 16
-        words each, and the block scale per row."""
+        """Unit u's rows of q8_0 / q4_0 W into the byte panel: for each block, 16 steps x NB vectors (lane r: the
+        two byte quants 2t and 2t + 1 of weight row 16 j + r, widened to int16 as a step loads them), transposed in
+        registers from the rows' 16 pairs each, and the block scale per row."""
         for j in range(self.NB):
             with T.serial(0, self.KS) as s:
                 pb = (u * self.KS + s) * self.PW
