@@ -92,7 +92,7 @@ def cpu_rule(spec: KernelSpec, info: CpuInfo, rule=None):
         rule = cpu_conv_narrow.conv2d
     elif cpu_vnni.applicable(spec, info.lanes):  # int8 products asked for (q8_0/q4_0 without AMX-BF16): VNNI
         rule = cpu_vnni.linear
-    elif cpu_madd.applicable(spec, info.lanes):  # int8 products asked for, AVX2 without VNNI: vpmaddwd pairs
+    elif cpu_madd.applicable(spec, info.lanes):  # int8 / int16 products asked for, AVX2 without VNNI: vpmaddwd
         rule = cpu_madd.linear
     elif cpu_amx.applicable(spec, info.lanes) and not cpu_winograd.over_products(spec, info.lanes, "cpu_amx"):
         # several rows, a CPU with a tile unit: GEMM on AMX (not a 3x3 conv over many pixels: Winograd)

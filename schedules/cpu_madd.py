@@ -35,11 +35,10 @@ from tvm.script.ir_builder import tirx as T
 
 from schedules.cpu_amx import target_has
 from schedules.cpu_fma import FLOAT_TYPES, weight_vec, weight_views
-from schedules.cpu_vnni import FROM_ROWS, TYPES, _VnniGemm, target_has_vnni
+from schedules.cpu_vnni import FROM_ROWS, TYPES, _VnniGemm, quantize_block, target_has_vnni
 from schedules.tir_build import (
     f16_to_f32,
     prim_func,
-    reduce_tree,
     replace_body,
     shuffle,
     sixteen_lanes,
@@ -67,9 +66,10 @@ WIDE_FROM_ROWS = 512
 
 
 def applicable(spec: KernelSpec, lanes: int) -> bool:
-    """``linear`` or ``conv2d`` asking for int8 products, with q8_0 or q4_0 weights stored row-major,
-    ``cpu_vnni.FROM_ROWS`` rows or more, N in whole vectors (a conv: its channels too), K in whole blocks, on a target
-    with AVX2 but without AVX-512 VNNI (``cpu_vnni`` takes those)."""
+    """``linear`` or ``conv2d`` asking for int8 products with q8_0 or q4_0 weights stored row-major
+    (``cpu_vnni.FROM_ROWS`` rows or more), or int16 products with float weights (``WIDE_FROM_ROWS`` rows or more); N
+    in whole vectors (a conv: its channels too), K in whole blocks, on a target with AVX2 but without AVX-512 VNNI
+    (``cpu_vnni`` takes those)."""
     if spec.attr("mma") not in ("int8", "int16") or spec.op not in ("linear", "conv2d") or spec.attr("wlayout"):
         return False
     if spec.op == "conv2d" and int(spec.attr("C")) % 16:
@@ -140,15 +140,10 @@ class _MaddGemm(_VnniGemm):
                     v = [
                         T.bind(weight_vec(self.wtype, self.wviews, row, 32 * s + 16 * h, self.K, 16)) for h in range(2)
                     ]
-                    amax = reduce_tree(T.max(T.fabs(v[0]), T.fabs(v[1])), 16, T.max)
-                    # 0 for finite values, NaN where the block holds a NaN or an infinity (the max drops a NaN)
-                    zero = splat(0.0, "float32", 16)
-                    bad = reduce_tree(v[0] * zero + v[1] * zero, 16, lambda a, b: a + b)
-                    d = T.bind(amax / T.float32(QMAX_WIDE))
-                    inv = T.bind(T.Select(d > T.float32(0.0), T.float32(1.0) / d, T.float32(0.0)))
-                    q = [T.Cast("int16x16", T.nearbyint(x * T.Broadcast(inv, 16))) for x in v]
-                    words.append(T.bind(T.reinterpret("uint32x16", shuffle(q, list(range(32))))))
-                    T.buffer_store(self.pd, d + bad, [mb + j * 16 + r])  # a NaN scale: the column's outputs NaN
+                    q, scale = quantize_block(v[0], v[1], QMAX_WIDE)  # as x is
+                    q16 = [T.Cast("int16x16", h) for h in q]
+                    words.append(T.bind(T.reinterpret("uint32x16", shuffle(q16, list(range(32))))))
+                    T.buffer_store(self.pd, scale, [mb + j * 16 + r])  # NaN: the column's outputs NaN
                 v = transpose16(words)
                 for t in range(16):
                     vstore(self.pq, pb + (t * self.NB + j) * 16, v[t], 16)
@@ -210,12 +205,12 @@ class _MaddGemm(_VnniGemm):
 
 
 def build(spec: KernelSpec, params: list) -> tirx.PrimFunc:
-    """The AVX2 int8 GEMM PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
+    """The AVX2 integer GEMM PrimFunc of ``spec`` over the given parameter buffers (``spec.params`` order)."""
     return prim_func(spec, params, lambda bufs: _MaddGemm(spec, bufs).build())
 
 
 def linear(sch: s_tir.Schedule, spec: KernelSpec, cpu) -> None:
-    """Replace the scheduled function's body (``sch.work_on`` selected it) with the AVX2 int8 loop nest."""
+    """Replace the scheduled function's body (``sch.work_on`` selected it) with the AVX2 integer loop nest."""
     replace_body(sch, spec, build)
 
 

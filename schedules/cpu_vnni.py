@@ -106,6 +106,18 @@ def _dpbusd(acc, a_u8, b_s8):
     )
 
 
+def quantize_block(v0, v1, qmax: int):
+    """A block of 32 f32 values (two 16-lane vectors) quantized to -qmax .. qmax: ([q of v0, q of v1] as int32x16,
+    its scale d = max|v| / qmax), q = round(v / d) to nearest even (0 where d is 0); the scale is NaN where the block
+    holds a NaN or an infinity (the max drops a NaN: a sum of v * 0 carries it), so what it scales is NaN."""
+    amax = reduce_tree(T.max(T.fabs(v0), T.fabs(v1)), 16, T.max)
+    bad = reduce_tree(v0 * splat(0.0, "float32", 16) + v1 * splat(0.0, "float32", 16), 16, lambda a, b: a + b)
+    d = T.bind(amax / T.float32(qmax))
+    inv = T.bind(T.Select(d > T.float32(0.0), T.float32(1.0) / d, T.float32(0.0)))
+    q = [T.bind(T.Cast("int32x16", T.nearbyint(v * T.Broadcast(inv, 16)))) for v in (v0, v1)]
+    return q, d + bad
+
+
 class _VnniGemm:
     STEP_VALUES = 4  # values of K per 32-bit lane and product step: vpdpbusd's 4 bytes
     X_GROUP_BYTES = X_GROUP_BYTES
@@ -219,14 +231,9 @@ class _VnniGemm:
         xbase, dbase = slot * self.KW, slot * self.KS
 
         def block(s, v0, v1) -> None:
-            amax = reduce_tree(T.max(T.fabs(v0), T.fabs(v1)), 16, T.max)
-            # 0 for finite values, NaN where the block holds a NaN or an infinity (x * 0)
-            bad = reduce_tree(v0 * splat(0.0, "float32", 16) + v1 * splat(0.0, "float32", 16), 16, lambda a, b: a + b)
-            d = T.bind(amax / T.float32(self.QMAX))
-            inv = T.bind(T.Select(d > T.float32(0.0), T.float32(1.0) / d, T.float32(0.0)))
-            q = [T.bind(T.Cast("int32x16", T.nearbyint(v * T.Broadcast(inv, 16)))) for v in (v0, v1)]
+            q, scale = quantize_block(v0, v1, self.QMAX)
             self.store_quants(xbase, s, q)
-            T.buffer_store(self.dx, d + bad, [dbase + s])
+            T.buffer_store(self.dx, scale, [dbase + s])
             self.store_compensation(dbase, s, q)
 
         with T.If(m < self.M):

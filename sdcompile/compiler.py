@@ -126,6 +126,10 @@ def _check_shared_weights(mod: Module) -> None:
                 raise AssertionError(f"weight {v.name}: {seen[v.name]} in one function, {key} in {fn}")
 
 
+# the mma report's counts, summed over functions (one list: a count missing from the start values was counted twice)
+MMA_COUNTS = ("nodes", "attention", "kept_f32", "quantized", "int8", "int16")
+
+
 def _merge_reports(reports: dict[str, dict]) -> dict:
     """One report for the module: quantize decisions per tensor (identical across functions that share a weight),
     fusion and legalization summed over functions."""
@@ -150,8 +154,8 @@ def _merge_reports(reports: dict[str, dict]) -> dict:
         out["legalize"] = dict(rep["legalize"])
         if "mma" in rep:
             m = rep["mma"]
-            a = out.setdefault("mma", dict(m, nodes=0, attention=0, kept_f32=0, quantized=0, int8=0, int16=0, why=""))
-            for k in ("nodes", "attention", "kept_f32", "quantized", "int8", "int16"):
+            a = out.setdefault("mma", dict(m, **dict.fromkeys(MMA_COUNTS, 0), why=""))
+            for k in MMA_COUNTS:
                 a[k] += m.get(k, 0)
             # every function's reasons, once each ("no effect" only where no function's products changed)
             prefix = f"--compute {m['compute']} has no effect: "

@@ -95,8 +95,9 @@ def host_avx512_vnni() -> bool:
 
 
 def host_avx2() -> bool:
-    """Whether this host's vector unit has AVX2 (``vpmaddwd`` on 256 bits: int8 products of q8_0 / q4_0 weights
-    under ``--compute bf16`` where VNNI and the tile unit are missing: AMD Zen 2 and 3, Intel Haswell to Alder Lake)."""
+    """Whether this host's vector unit has AVX2 (``vpmaddwd`` on 256 bits: int8 products of q8_0 / q4_0 weights and
+    int16 products of float weights under ``--compute bf16`` where VNNI, bf16 units and the tile unit are missing: AMD
+    Zen 2 and 3, Intel Haswell to Alder Lake)."""
     return "avx2" in _cpu_flags()
 
 

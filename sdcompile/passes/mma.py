@@ -195,23 +195,16 @@ def _int8_takes(g: Graph, n, kernel: str) -> bool:
 def _int16_takes(g: Graph, n) -> bool:
     """Whether AVX2's int16 GEMM (``cpu_madd``) takes float-weight node ``n`` and Winograd does not."""
     from schedules import cpu_madd
-    from sdcompile.codegen.plan import node_spec
 
-    if _winograd_faster(g, n, "cpu_madd"):
-        return False
-    n.attrs["mma"] = "int16"
-    try:
-        return cpu_madd.applicable(node_spec(g, n), 16)
-    finally:
-        del n.attrs["mma"]
+    return not _winograd_faster(g, n, "cpu_madd") and cpu_madd.applicable(_marked_spec(g, n, "int16"), 16)
 
 
-def _bf16_spec(g: Graph, n):
-    """The kernel spec node ``n`` (not yet marked) would become with bf16 products: what a kernel's own rule is
+def _marked_spec(g: Graph, n, mma: str = "bf16"):
+    """The kernel spec node ``n`` (not yet marked) would become with ``mma`` products: what a kernel's own rule is
     asked about."""
     from sdcompile.codegen.plan import node_spec
 
-    n.attrs["mma"] = "bf16"
+    n.attrs["mma"] = mma
     try:
         return node_spec(g, n)
     finally:
@@ -223,7 +216,7 @@ def _winograd_dot_takes(g: Graph, n) -> bool:
     ``cpu_winograd_dot_by_weights``) would take node ``n`` marked bf16."""
     from schedules import cpu_winograd_dot, cpu_winograd_dot_by_weights
 
-    spec = _bf16_spec(g, n)
+    spec = _marked_spec(g, n)
     return cpu_winograd_dot.applicable(spec, 16, True) or cpu_winograd_dot_by_weights.applicable(spec, 16, True)
 
 
@@ -255,6 +248,6 @@ def _attention_kept(g: Graph, n, tiles: bool, dot: bool = False) -> str:
         from schedules.cpu_attention_fma import MIN_QUERIES
         from schedules.cpu_attention_fma import applicable as flash_applicable
 
-        if not flash_applicable(_bf16_spec(g, n), 16):
+        if not flash_applicable(_marked_spec(g, n), 16):
             return f"attention over fewer than {MIN_QUERIES} queries keeps the f32 kernel without AMX-BF16"
     return ""
